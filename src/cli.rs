@@ -1,0 +1,250 @@
+//! The command line, as phase-2 users type it, and the dispatch to the Lua runtime.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::error::{EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK};
+use crate::host::HostCtx;
+use crate::lua::{self, Runtime};
+
+/// The config file a phase-2 user keeps next to their run.
+pub const DEFAULT_CONFIG: &str = "generate_execution_config.json";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cellsci",
+    version,
+    about = "Turn research ideas into executed, repaired and scored Jupyter notebooks; \
+policy in Lua scripts, mechanisms in Rust."
+)]
+pub struct Cli {
+    /// The phase-2 config file (JSON).
+    #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More output (-v: debug detail and Lua tracebacks, -vv: trace).
+    #[arg(short = 'v', long = "verbose", global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only the plain event lines and errors; no progress bars.
+    #[arg(short = 'q', long = "quiet", global = true)]
+    pub quiet: bool,
+    /// A folder searched first for Lua modules (your own pipeline.lua, success.lua, ...).
+    #[arg(long = "scripts", global = true, value_name = "DIR")]
+    pub scripts: Option<PathBuf>,
+    /// Record every LLM exchange to this cassette file (the API key is never written).
+    #[arg(long = "record", global = true, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Replay LLM exchanges from this cassette instead of calling the API.
+    #[arg(long = "replay", global = true, value_name = "FILE")]
+    pub replay: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct GenerateArgs {
+    /// Design the notebook from the phase-1 ideas (idea.json).
+    #[arg(long = "use-idea")]
+    pub use_idea: bool,
+    /// The generation prompt file (YAML); overrides prompt_branch.prompt_file.
+    #[arg(long = "prompt-file", value_name = "PATH")]
+    pub prompt_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct TrialArgs {
+    /// The trial folder to work on (default: the newest).
+    #[arg(long = "trial", value_name = "DIR")]
+    pub trial: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Loop generate → execute → analyze until the success criterion holds or iterations run out.
+    Run(GenerateArgs),
+    /// Generate a notebook (notebook_prompt.ipynb) in a new trial folder.
+    Generate(GenerateArgs),
+    /// Execute a trial's notebook, repairing failing cells.
+    Execute(TrialArgs),
+    /// Score a trial's metrics.json and write experiment_report.md.
+    Analyze(TrialArgs),
+    /// Run a Lua file with every primitive loaded; `arg` holds the arguments.
+    Script {
+        /// The Lua file.
+        file: PathBuf,
+        /// Arguments for the script (`arg[1]`, `arg[2]`, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Work with the bundled scripts, stdlib and prompts.
+    #[command(subcommand)]
+    Scripts(ScriptsCommand),
+    /// Notebook tools.
+    #[command(subcommand)]
+    Notebook(NotebookCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScriptsCommand {
+    /// Write the bundled scripts/, stdlib/ and prompts/ into DIR for editing.
+    Export {
+        dir: PathBuf,
+        /// Overwrite files that already exist.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the bundled files.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NotebookCommand {
+    /// Execute a notebook cell by cell in a kernel, saving after every cell.
+    Run(crate::nbrun::NotebookRunArgs),
+}
+
+/// Run the parsed command line; returns the process exit code.
+pub fn main(cli: Cli) -> u8 {
+    init_logging(&cli);
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let verbose = cli.verbose > 0;
+    let local = tokio::task::LocalSet::new();
+    let result = local.block_on(&rt, async move {
+        crate::signals::install();
+        dispatch(cli).await
+    });
+    crate::signals::kill_children();
+    let code = match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", lua::describe_error(&e, verbose));
+            EXIT_ERROR
+        }
+    };
+    if crate::signals::interrupted() && code != EXIT_OK {
+        return EXIT_INTERRUPTED;
+    }
+    code
+}
+
+fn init_logging(cli: &Cli) {
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CELLSCI_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("cellsci={level},warn")));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+fn load_config(cli: &Cli, required: bool) -> Result<Option<Arc<crate::config::Config>>> {
+    let path = match &cli.config {
+        Some(p) => p.clone(),
+        None => {
+            let p = PathBuf::from(DEFAULT_CONFIG);
+            if !required && !p.exists() {
+                return Ok(None);
+            }
+            p
+        }
+    };
+    Ok(Some(Arc::new(crate::config::load(&path)?)))
+}
+
+fn host_ctx(cli: &Cli, config: Option<Arc<crate::config::Config>>, script_dir: Option<&Path>) -> HostCtx {
+    let mut ctx = HostCtx::new(config);
+    if let Some(d) = &cli.scripts {
+        ctx.user_dirs.push(std::path::absolute(d).unwrap_or_else(|_| d.clone()));
+    }
+    if let Some(d) = script_dir {
+        ctx.user_dirs.push(d.to_path_buf());
+    }
+    ctx.verbosity = if cli.quiet { -1 } else { cli.verbose.min(3) as i8 };
+    ctx.progress = !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    ctx.record = cli.record.clone();
+    ctx.replay = cli.replay.clone();
+    ctx
+}
+
+async fn dispatch(cli: Cli) -> Result<u8> {
+    match &cli.command {
+        Command::Run(g) | Command::Generate(g) => {
+            let name = if matches!(cli.command, Command::Run(_)) { "run" } else { "generate" };
+            let opts = json!({
+                "use_idea": g.use_idea,
+                "prompt_file": g.prompt_file.as_ref().map(|p| abs(p)),
+            });
+            pipeline(&cli, name, opts).await
+        }
+        Command::Execute(t) | Command::Analyze(t) => {
+            let name = if matches!(cli.command, Command::Execute(_)) { "execute" } else { "analyze" };
+            pipeline(&cli, name, json!({ "trial": t.trial.as_ref().map(|p| abs(p)) })).await
+        }
+        Command::Script { file, args } => {
+            let config = load_config(&cli, false)?;
+            let file = std::path::absolute(file).unwrap_or_else(|_| file.clone());
+            let dir = file.parent().map(Path::to_path_buf);
+            let rt = Runtime::new(host_ctx(&cli, config, dir.as_deref()))?;
+            let ret = rt.run_file(&file, args).await?;
+            Ok(lua::exit_code_of(&ret))
+        }
+        Command::Scripts(ScriptsCommand::Export { dir, force }) => {
+            export_scripts(dir, *force)?;
+            Ok(EXIT_OK)
+        }
+        Command::Scripts(ScriptsCommand::List) => {
+            for (p, _) in crate::embedded::files() {
+                println!("{p}");
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Notebook(NotebookCommand::Run(args)) => crate::nbrun::run(args, cli.quiet).await,
+    }
+}
+
+fn abs(p: &Path) -> String {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+}
+
+async fn pipeline(cli: &Cli, command: &str, opts: serde_json::Value) -> Result<u8> {
+    let config = load_config(cli, true)?;
+    let rt = Runtime::new(host_ctx(cli, config, None))?;
+    let ret = rt.run_pipeline(command, opts).await?;
+    Ok(lua::exit_code_of(&ret))
+}
+
+/// Write the embedded scripts, stdlib and prompts into `dir`, keeping existing files unless `force`.
+pub fn export_scripts(dir: &Path, force: bool) -> Result<()> {
+    let mut written = 0;
+    let mut kept = Vec::new();
+    for (rel, _) in crate::embedded::files() {
+        let text = crate::embedded::get(rel).unwrap_or_default();
+        let dest = dir.join(rel);
+        if dest.exists() && !force {
+            kept.push(rel.to_string());
+            continue;
+        }
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&dest, text.as_bytes()).with_context(|| format!("cannot write {}", dest.display()))?;
+        written += 1;
+    }
+    println!("wrote {written} files to {}", dir.display());
+    if !kept.is_empty() {
+        println!("kept {} existing files (use --force to overwrite): {}", kept.len(), kept.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! llm: see its issue. (skeleton)

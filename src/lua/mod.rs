@@ -1,0 +1,198 @@
+//! The Lua runtime: one VM on one thread, the host's modules registered from one ordered list, module
+//! lookup (user folders, then the project's `scripts/` and `stdlib/`, then the embedded copies), chunk
+//! names that make tracebacks read `stdlib/retry.lua:12:`, and the instruction hook that lets Ctrl-C
+//! stop a script stuck in a CPU loop.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use mlua::prelude::*;
+
+use crate::host::HostCtx;
+
+pub mod env;
+pub mod fs;
+pub mod host;
+pub mod json;
+pub mod kernel;
+pub mod llm;
+pub mod log;
+pub mod notebook;
+pub mod path;
+pub mod report;
+pub mod task;
+pub mod time;
+pub mod util;
+pub mod yaml;
+
+/// Every module the host provides, in registration order: `require(name)` returns `register(lua)`.
+/// This list is the whole Rust → Lua API surface.
+pub const MODULES: &[(&str, fn(&Lua) -> LuaResult<LuaTable>)] = &[
+    ("json", json::register),
+    ("yaml", yaml::register),
+    ("fs", fs::register),
+    ("path", path::register),
+    ("log", log::register),
+    ("time", time::register),
+    ("env", env::register),
+    ("task", task::register),
+    ("host", host::register),
+    ("llm", llm::register),
+    ("notebook", notebook::register),
+    ("kernel", kernel::register),
+    ("report", report::register),
+];
+
+/// Where a `require`d Lua module came from; the reloader watches the files behind these.
+#[derive(Debug, Clone)]
+pub struct ModuleSource {
+    /// The file, when it is a real file (None for embedded copies).
+    pub file: Option<PathBuf>,
+    /// The chunk name without the leading `@`.
+    pub chunk: String,
+}
+
+/// Lua modules loaded through the searcher, by module name.
+#[derive(Default)]
+pub struct LoadedModules(pub RefCell<HashMap<String, ModuleSource>>);
+
+pub struct Runtime {
+    pub lua: Lua,
+}
+
+/// A display name for a file: relative to the current directory when it is inside it.
+pub fn display_path(p: &Path) -> String {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    match p.strip_prefix(&cwd) {
+        Ok(rel) if !rel.as_os_str().is_empty() => rel.display().to_string(),
+        _ => p.display().to_string(),
+    }
+}
+
+/// Find the source of module `name`: (source text, chunk name, file if real).
+pub fn find_module(ctx: &HostCtx, name: &str) -> Option<(String, ModuleSource)> {
+    let rel = name.replace('.', "/");
+    for dir in ctx.search_dirs() {
+        for cand in [dir.join(format!("{rel}.lua")), dir.join(&rel).join("init.lua")] {
+            if cand.is_file() {
+                let text = std::fs::read_to_string(&cand).ok()?;
+                let chunk = display_path(&cand);
+                return Some((text, ModuleSource { file: Some(cand), chunk }));
+            }
+        }
+    }
+    for top in ["scripts", "stdlib"] {
+        for cand in [format!("{top}/{rel}.lua"), format!("{top}/{rel}/init.lua")] {
+            if let Some(text) = crate::embedded::get(&cand) {
+                return Some((text.into_owned(), ModuleSource { file: None, chunk: cand }));
+            }
+        }
+    }
+    None
+}
+
+/// Compile a module's source under its chunk name.
+pub fn compile(lua: &Lua, text: &str, chunk: &str) -> LuaResult<LuaFunction> {
+    lua.load(text).set_name(format!("@{chunk}")).into_function()
+}
+
+impl Runtime {
+    /// A fresh VM with every host module registered and the module searcher installed.
+    pub fn new(ctx: HostCtx) -> Result<Runtime> {
+        let lua = Lua::new();
+        lua.set_app_data(Arc::new(ctx));
+        lua.set_app_data(LoadedModules::default());
+        util::remember_array_metatable(&lua);
+        let package: LuaTable = lua.globals().get("package")?;
+        let preload: LuaTable = package.get("preload")?;
+        for (name, register) in MODULES {
+            preload.set(*name, lua.create_function(move |lua, ()| register(lua))?)?;
+        }
+        let preload_searcher: LuaFunction = package.get::<LuaTable>("searchers")?.get(1)?;
+        let searcher = lua.create_function(|lua, name: String| {
+            let ctx = HostCtx::get(lua);
+            match find_module(&ctx, &name) {
+                Some((text, src)) => {
+                    let f = compile(lua, &text, &src.chunk)?;
+                    let chunk = src.chunk.clone();
+                    if let Some(loaded) = lua.app_data_ref::<LoadedModules>() {
+                        loaded.0.borrow_mut().insert(name, src);
+                    }
+                    (f, chunk).into_lua_multi(lua)
+                }
+                None => format!(
+                    "\n\tno module '{name}' in {} or the bundled scripts",
+                    ctx.search_dirs().iter().map(|d| display_path(d)).collect::<Vec<_>>().join(", ")
+                )
+                .into_lua_multi(lua),
+            }
+        })?;
+        package.set("searchers", lua.create_sequence_from([preload_searcher, searcher])?)?;
+        // A CPU-bound script never reaches an await point, so Ctrl-C is delivered by the hook.
+        // set_global_hook (not set_hook) so the coroutines of async calls are covered too.
+        let delivered = std::sync::atomic::AtomicBool::new(false);
+        lua.set_global_hook(LuaHookTriggers::new().every_nth_instruction(10_000), move |_, _| {
+            if crate::signals::interrupted() && !delivered.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Err(LuaError::runtime("interrupted (Ctrl-C)"));
+            }
+            Ok(LuaVmState::Continue)
+        })?;
+        Ok(Runtime { lua })
+    }
+
+    pub fn ctx(&self) -> Arc<HostCtx> {
+        HostCtx::get(&self.lua)
+    }
+
+    /// Run a Lua file with `arg` set (`arg[0]` the script, `arg[1..]` the arguments).
+    pub async fn run_file(&self, path: &Path, args: &[String]) -> Result<LuaMultiValue> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read script {}", path.display()))?;
+        let arg = self.lua.create_table()?;
+        arg.set(0, path.display().to_string())?;
+        for (i, a) in args.iter().enumerate() {
+            arg.set(i + 1, a.as_str())?;
+        }
+        self.lua.globals().set("arg", arg)?;
+        let f = compile(&self.lua, &text, &display_path(path))?;
+        Ok(f.call_async::<LuaMultiValue>(()).await?)
+    }
+
+    /// Call `require("pipeline")[command](opts)`.
+    pub async fn run_pipeline(&self, command: &str, opts: serde_json::Value) -> Result<LuaMultiValue> {
+        let require: LuaFunction = self.lua.globals().get("require")?;
+        let pipeline: LuaTable = require.call_async("pipeline").await?;
+        let f: LuaFunction = pipeline
+            .get::<Option<LuaFunction>>(command)?
+            .with_context(|| format!("scripts/pipeline.lua has no function '{command}'"))?;
+        let opts = util::to_lua(&self.lua, &opts)?;
+        Ok(f.call_async::<LuaMultiValue>(opts).await?)
+    }
+}
+
+/// The exit code a script asks for with its return value: a number is the code, `false` is 1,
+/// anything else (nil, true, a table) is 0.
+pub fn exit_code_of(ret: &LuaMultiValue) -> u8 {
+    match ret.iter().next() {
+        Some(LuaValue::Integer(n)) => (*n).clamp(0, 255) as u8,
+        Some(LuaValue::Number(n)) => n.clamp(0.0, 255.0) as u8,
+        Some(LuaValue::Boolean(false)) => crate::error::EXIT_NOT_MET,
+        _ => crate::error::EXIT_OK,
+    }
+}
+
+/// A readable message for an error that came out of Lua: the message with its file:line, and the
+/// traceback only when asked for.
+pub fn describe_error(e: &anyhow::Error, verbose: bool) -> String {
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        let s = if verbose { s } else { s.split("\nstack traceback:").next().unwrap_or(&s).to_string() };
+        if !parts.iter().any(|p: &String| p.contains(s.trim())) {
+            parts.push(s.trim().to_string());
+        }
+    }
+    parts.join("\n  caused by: ")
+}

@@ -1,0 +1,6 @@
+//! The `report` module (skeleton: filled in by its own issue).
+use mlua::prelude::*;
+
+pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
+    lua.create_table()
+}

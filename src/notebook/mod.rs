@@ -1,0 +1,1 @@
+//! notebook: see its issue. (skeleton)

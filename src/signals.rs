@@ -1,0 +1,92 @@
+//! Ctrl-C / SIGTERM handling and the last-resort cleanup of child processes.
+//!
+//! The first signal sets a process-wide flag and cancels `token()`: async primitives (kernel execution,
+//! LLM calls, sleeps) watch the token and return promptly, and the Lua instruction hook stops a script
+//! stuck in a CPU loop. A second signal kills every registered child process and exits at once.
+//! Kernels register their process ids here so no kernel outlives cellsci, whatever way it ends.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use tokio_util::sync::CancellationToken;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+static TOKEN: OnceLock<CancellationToken> = OnceLock::new();
+static CHILDREN: OnceLock<Mutex<HashSet<u32>>> = OnceLock::new();
+
+/// Cancelled on the first Ctrl-C / SIGTERM.
+pub fn token() -> &'static CancellationToken {
+    TOKEN.get_or_init(CancellationToken::new)
+}
+
+/// True once Ctrl-C / SIGTERM was received.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Mark the process as interrupted (what a signal does; also usable from tests).
+pub fn trigger() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+    token().cancel();
+}
+
+fn children() -> &'static Mutex<HashSet<u32>> {
+    CHILDREN.get_or_init(Default::default)
+}
+
+/// Remember a child process (a kernel) that must not outlive cellsci.
+pub fn register_child(pid: u32) {
+    children().lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
+}
+
+/// Forget a child process that has been shut down.
+pub fn unregister_child(pid: u32) {
+    children().lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
+}
+
+/// Kill every registered child process (its whole process group when it leads one).
+pub fn kill_children() {
+    let pids: Vec<u32> = children().lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+    for pid in pids {
+        // SAFETY: plain syscalls on process ids we started; failure (already gone) is fine.
+        unsafe {
+            libc::kill(-(pid as i32), libc::SIGKILL);
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+}
+
+/// Install the signal listeners (call once, inside the tokio runtime).
+pub fn install() {
+    let _ = token();
+    std::panic::set_hook({
+        let prev = std::panic::take_hook();
+        Box::new(move |info| {
+            kill_children();
+            prev(info);
+        })
+    });
+    tokio::spawn(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+            let n = SIGNALS.fetch_add(1, Ordering::SeqCst);
+            if n == 0 {
+                eprintln!("\ncellsci: interrupted; stopping at the next safe point (press Ctrl-C again to quit now)");
+                trigger();
+            } else {
+                eprintln!("\ncellsci: interrupted again; killing kernels and exiting");
+                kill_children();
+                std::process::exit(crate::error::EXIT_INTERRUPTED as i32);
+            }
+        }
+    });
+}
