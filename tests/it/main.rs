@@ -1,0 +1,10 @@
+//! Integration tests: one binary, modules by area. Helpers live in `util`.
+mod cli;
+mod extract;
+mod kernel;
+mod llm;
+mod notebook;
+mod pipeline;
+mod reload;
+mod report;
+mod util;
