@@ -173,6 +173,7 @@ fn host_ctx(cli: &Cli, config: Option<Arc<crate::config::Config>>, script_dir: O
     }
     ctx.verbosity = if cli.quiet { -1 } else { cli.verbose.min(3) as i8 };
     ctx.progress = !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    crate::ui::enable_progress(ctx.progress);
     ctx.record = cli.record.clone();
     ctx.replay = cli.replay.clone();
     ctx

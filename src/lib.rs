@@ -17,3 +17,4 @@ pub mod notebook;
 pub mod reload;
 pub mod report;
 pub mod signals;
+pub mod ui;
