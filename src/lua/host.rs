@@ -11,7 +11,9 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
         Some(c) => t.set("config", util::to_lua(lua, &c.value)?)?,
         None => t.set("config", lua.create_table()?)?,
     }
-    t.set("reload", lua.create_function(|lua, ()| crate::reload::reload(lua))?)?;
+    // host.reload() -> names, errors (see crate::reload)
+    t.set("reload", lua.create_function(|lua, ()| crate::reload::reload_lua(lua))?)?;
+    t.set("version", env!("CARGO_PKG_VERSION"))?;
     t.set("interrupted", lua.create_function(|_, ()| Ok(crate::signals::interrupted()))?)?;
     Ok(t)
 }

@@ -118,6 +118,7 @@ impl Runtime {
                 Some((text, src)) => {
                     let f = compile(lua, &text, &src.chunk)?;
                     let chunk = src.chunk.clone();
+                    crate::reload::on_require(lua, &name, &src);
                     if let Some(loaded) = lua.app_data_ref::<LoadedModules>() {
                         loaded.0.borrow_mut().insert(name, src);
                     }
