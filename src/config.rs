@@ -257,7 +257,7 @@ pub fn from_value(path: &Path, value: Value) -> anyhow::Result<Config> {
 }
 
 fn from_text(path: &Path, shown: &str, text: &str, mut value: Value) -> anyhow::Result<Config> {
-    let path = std::path::absolute(path)?;
+    let path = normalize(&std::path::absolute(path)?);
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let where_ = |keys: &[&str]| match locate(text, keys) {
         Some(line) => format!("{shown}:{line}"),
