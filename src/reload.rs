@@ -56,6 +56,9 @@ struct ReloadState {
     dirty: Arc<Mutex<Dirty>>,
     /// The version of each module file last loaded (or last tried), by module name.
     stamps: HashMap<String, Stamp>,
+    /// When each module was first searched for. A module's dependencies are searched after it (its
+    /// chunk requires them), so reloading in reverse order updates dependencies before their users.
+    order: HashMap<String, usize>,
 }
 
 /// The debounce window: an editor's burst of writes becomes one change.
@@ -79,6 +82,8 @@ pub fn on_require(lua: &Lua, name: &str, src: &ModuleSource) {
     }
     let Some(mut st) = lua.app_data_mut::<ReloadState>() else { return };
     st.stamps.insert(name.to_string(), stamp(file));
+    let n = st.order.len();
+    st.order.entry(name.to_string()).or_insert(n);
     let Some(dir) = file.parent().map(Path::to_path_buf) else { return };
     if st.fallback || st.watched.contains(&dir) {
         return;
@@ -153,7 +158,7 @@ fn changed_modules(lua: &Lua) -> Vec<(String, PathBuf, String, Stamp)> {
     }
     let mut out = Vec::new();
     let mut mods: Vec<_> = loaded.0.borrow().iter().map(|(n, s)| (n.clone(), s.clone())).collect();
-    mods.sort_by(|a, b| a.0.cmp(&b.0));
+    mods.sort_by_key(|(n, _)| std::cmp::Reverse(st.order.get(n).copied().unwrap_or(0)));
     for (name, src) in mods {
         let Some(file) = src.file else { continue };
         let touched = dirs.contains(&file) || file.parent().is_some_and(|p| dirs.contains(p));
