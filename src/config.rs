@@ -413,11 +413,7 @@ pub fn expand(s: &str, vars: &[(String, String)]) -> String {
 
 fn expand_all(v: &mut Value, vars: &[(String, String)]) {
     match v {
-        Value::String(s) => {
-            if s.contains("${") {
-                *s = expand(s, vars);
-            }
-        }
+        Value::String(s) if s.contains("${") => *s = expand(s, vars),
         Value::Array(a) => a.iter_mut().for_each(|x| expand_all(x, vars)),
         Value::Object(m) => m.values_mut().for_each(|x| expand_all(x, vars)),
         _ => {}

@@ -65,7 +65,7 @@ impl Running {
     }
 
     /// Stop the script and return its stderr.
-    fn finish(mut self, dir: &Path) -> String {
+    fn finish(self, dir: &Path) -> String {
         write(dir, "stop", "");
         while self.lines.recv_timeout(Duration::from_secs(60)).is_ok() {}
         let o = self.child.wait_with_output().unwrap();
