@@ -378,6 +378,20 @@ end
 -- analyze
 ---------------------------------------------------------------------------------------------------
 
+-- Numbers rounded for a prompt: the model needs 4 significant decimals, and rounding keeps a request the
+-- same across machines whose floating point differs in the last bits (so recorded replies still match).
+function M.rounded(v)
+  if type(v) == "number" then
+    if v ~= v or v == math.huge or v == -math.huge or math.type(v) == "integer" then return v end
+    return tonumber(string.format("%.4g", v))
+  elseif type(v) == "table" then
+    local out = {}
+    for k, x in pairs(v) do out[k] = M.rounded(x) end
+    return setmetatable(out, getmetatable(v))
+  end
+  return v
+end
+
 local function direction(metric)
   return require("success").direction(metric, section("experiment").direction)
 end
@@ -406,7 +420,7 @@ function M.analyze_trial(trial)
   if ok then
     host.reload()
     local user = M.fill(rp.user_template or "${metrics_json}", {
-      primary_metric = pm, metrics_json = json.encode(cmp, { pretty = true }) })
+      primary_metric = pm, metrics_json = json.encode(M.rounded(cmp), { pretty = true }) })
     local resp, cerr = llm.chat(chat_opts({ messages = {
       { role = "system", content = rp.system or "" }, { role = "user", content = user } } }))
     if resp then narrative = resp.text else narrative_error = tostring(cerr) end
