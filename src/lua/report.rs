@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::util;
 use crate::host::HostCtx;
+use crate::report::markdown;
 use crate::report::metrics::{self, Metrics};
 use crate::report::stats::{self, Comparison, Direction};
 
@@ -16,8 +17,25 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set("load_metrics", lua.create_function(load_metrics)?)?;
     t.set("compare", lua.create_function(compare)?)?;
     t.set("score", lua.create_function(score)?)?;
+    t.set("markdown", lua.create_function(markdown)?)?;
+    t.set("narrative_input", lua.create_function(narrative_input)?)?;
+    t.set("narrative_messages", lua.create_function(narrative_messages)?)?;
     t.set("direction", lua.create_function(|_, metric: String| Ok(Direction::infer(&metric).as_str()))?)?;
     Ok(t)
+}
+
+/// A successful result: one value (so `print(report.x(...))` shows no trailing nil).
+fn ok(lua: &Lua, v: impl IntoLua) -> LuaResult<LuaMultiValue> {
+    v.into_lua_multi(lua)
+}
+
+/// An expected failure: `nil, err`.
+fn fail(lua: &Lua, kind: &str, msg: impl AsRef<str>) -> LuaResult<LuaMultiValue> {
+    util::fail(lua, kind, msg)?.into_lua_multi(lua)
+}
+
+fn fail_with(lua: &Lua, kind: &str, msg: impl AsRef<str>, extra: &serde_json::Value) -> LuaResult<LuaMultiValue> {
+    util::fail_with(lua, kind, msg, extra)?.into_lua_multi(lua)
 }
 
 /// Why metrics could not be had: (err.kind, message).
@@ -119,10 +137,10 @@ pub(crate) fn metrics_to_lua(lua: &Lua, m: &Metrics) -> LuaResult<LuaTable> {
     Ok(t)
 }
 
-fn load_metrics(lua: &Lua, v: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
+fn load_metrics(lua: &Lua, v: LuaValue) -> LuaResult<LuaMultiValue> {
     match metrics_arg(lua, &v, "report.load_metrics")? {
-        Ok(m) => Ok((LuaValue::Table(metrics_to_lua(lua, &m)?), LuaValue::Nil)),
-        Err((kind, msg)) => util::fail(lua, kind, msg),
+        Ok(m) => ok(lua, metrics_to_lua(lua, &m)?),
+        Err((kind, msg)) => fail(lua, kind, msg),
     }
 }
 
@@ -239,30 +257,30 @@ pub(crate) fn comparison_for(
     }))
 }
 
-fn compare(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<(LuaValue, LuaValue)> {
+fn compare(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
     if let Some(o) = &opts {
         util::check_opts(lua, o, "report.compare", &["metric", "baseline", "direction"])?;
     }
     let m = match metrics_arg(lua, &v, "report.compare")? {
         Ok(m) => m,
-        Err((kind, msg)) => return util::fail(lua, kind, msg),
+        Err((kind, msg)) => return fail(lua, kind, msg),
     };
     match comparison_for(lua, &m, &opts, "report.compare")? {
-        Ok(c) => Ok((LuaValue::Table(comparison_to_lua(lua, &c)?), LuaValue::Nil)),
-        Err((kind, msg)) => util::fail(lua, kind, msg),
+        Ok(c) => ok(lua, comparison_to_lua(lua, &c)?),
+        Err((kind, msg)) => fail(lua, kind, msg),
     }
 }
 
-fn score(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<(LuaValue, LuaValue)> {
+fn score(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
     if let Some(o) = &opts {
         util::check_opts(lua, o, "report.score", &["metric", "direction"])?;
     }
     let m = match metrics_arg(lua, &v, "report.score")? {
         Ok(m) => m,
-        Err((kind, msg)) => return util::fail(lua, kind, msg),
+        Err((kind, msg)) => return fail(lua, kind, msg),
     };
     let Some(metric) = pick_metric(lua, opt_string(&opts, "metric")?, &m) else {
-        return util::fail(lua, "no_metric", "no model reports any metric");
+        return fail(lua, "no_metric", "no model reports any metric");
     };
     let direction = pick_direction(lua, opt_string(&opts, "direction")?, &metric, "report.score")?
         .unwrap_or_else(|| Direction::infer(&metric));
@@ -274,8 +292,172 @@ fn score(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<(LuaVa
             t.set("source", source)?;
             t.set("metric", m.resolve_metric(&metric).unwrap_or(metric))?;
             t.set("direction", direction.as_str())?;
-            Ok((LuaValue::Table(t), LuaValue::Nil))
+            ok(lua, t)
         }
-        Err(e) => util::fail_with(lua, "no_metric", e, &json!({ "metric": metric })),
+        Err(e) => fail_with(lua, "no_metric", e, &json!({ "metric": metric })),
     }
 }
+
+/// Markdown options shared by `markdown`, `narrative_input` and `narrative_messages`.
+fn md_options(lua: &Lua, m: &Metrics, opts: &Option<LuaTable>, func: &str) -> LuaResult<markdown::Options> {
+    let metric = pick_metric(lua, opt_string(opts, "metric")?, m);
+    let direction = match &metric {
+        Some(x) => pick_direction(lua, opt_string(opts, "direction")?, x, func)?,
+        None => None,
+    };
+    let mut plots = Vec::new();
+    if let Some(LuaValue::Table(list)) = opts.as_ref().map(|o| o.get::<LuaValue>("plots")).transpose()? {
+        for v in list.sequence_values::<LuaValue>() {
+            match v? {
+                LuaValue::String(s) => {
+                    let p = s.to_string_lossy();
+                    let title = std::path::Path::new(&p)
+                        .file_stem()
+                        .map(|x| x.to_string_lossy().replace(['_', '-'], " "))
+                        .unwrap_or_else(|| p.clone());
+                    plots.push((p, title));
+                }
+                LuaValue::Table(t) => {
+                    let Some(p) = t.get::<Option<String>>("path")? else {
+                        return Err(util::misuse(lua, format!("{func}: each plot needs a path")));
+                    };
+                    let title = t.get::<Option<String>>("title")?.unwrap_or_else(|| p.clone());
+                    plots.push((p, title));
+                }
+                other => {
+                    return Err(util::misuse(
+                        lua,
+                        format!("{func}: plots are paths or {{path=, title=}} tables, got {}", other.type_name()),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(markdown::Options {
+        metric,
+        direction,
+        baseline: opt_string(opts, "baseline")?,
+        narrative: opt_string(opts, "narrative")?,
+        narrative_error: match opts.as_ref().map(|o| o.get::<LuaValue>("narrative_error")).transpose()? {
+            None | Some(LuaValue::Nil) => None,
+            Some(LuaValue::String(s)) => Some(s.to_string_lossy()),
+            // an err table from llm.chat: use its message
+            Some(LuaValue::Table(t)) => {
+                Some(t.get::<Option<String>>("message")?.unwrap_or_else(|| "the LLM call failed".into()))
+            }
+            Some(other) => Some(other.to_string()?),
+        },
+        plots,
+        title: opt_string(opts, "title")?,
+    })
+}
+
+/// Write a file atomically (a temporary file in the same folder, then rename), creating folders.
+pub(crate) fn write_atomic(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(data)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn markdown(lua: &Lua, opts: LuaTable) -> LuaResult<LuaMultiValue> {
+    const KEYS: &[&str] =
+        &["metrics", "metric", "direction", "baseline", "narrative", "narrative_error", "plots", "title", "path"];
+    util::check_opts(lua, &opts, "report.markdown", KEYS)?;
+    let mv: LuaValue = opts.get("metrics")?;
+    if mv.is_nil() {
+        return Err(util::misuse(lua, "report.markdown: 'metrics' (a path or a metrics table) is required"));
+    }
+    let o = Some(opts.clone());
+    let text = match metrics_arg(lua, &mv, "report.markdown")? {
+        Ok(m) => {
+            let mo = md_options(lua, &m, &o, "report.markdown")?;
+            markdown::render(&m, &mo)
+        }
+        Err((_, why)) => {
+            let mo = md_options(lua, &Metrics::default(), &o, "report.markdown")?;
+            markdown::render_unavailable(mo.title.as_deref(), &why, &mo)
+        }
+    };
+    if let Some(path) = opt_string(&o, "path")? {
+        if let Err(e) = write_atomic(std::path::Path::new(&path), text.as_bytes()) {
+            return fail(lua, "io", format!("cannot write {path}: {e}"));
+        }
+    }
+    ok(lua, text)
+}
+
+fn narrative_input(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
+    if let Some(o) = &opts {
+        util::check_opts(lua, o, "report.narrative_input", &["metric", "baseline", "direction"])?;
+    }
+    let m = match metrics_arg(lua, &v, "report.narrative_input")? {
+        Ok(m) => m,
+        Err((kind, msg)) => return fail(lua, kind, msg),
+    };
+    let mo = md_options(lua, &m, &opts, "report.narrative_input")?;
+    let text = crate::jsonx::to_string(&markdown::narrative_input(&m, &mo), true);
+    ok(lua, text)
+}
+
+/// The chat messages for the narrative: the report prompt (a table with `system` and `user_template`,
+/// or the path of its YAML file) with `${primary_metric}` and `${metrics_json}` filled in.
+fn narrative_messages(
+    lua: &Lua,
+    (prompt, v, opts): (LuaValue, LuaValue, Option<LuaTable>),
+) -> LuaResult<LuaMultiValue> {
+    if let Some(o) = &opts {
+        util::check_opts(lua, o, "report.narrative_messages", &["metric", "baseline", "direction"])?;
+    }
+    let (system, user) = match &prompt {
+        LuaValue::Table(t) => (t.get::<Option<String>>("system")?, t.get::<Option<String>>("user_template")?),
+        LuaValue::String(p) => {
+            let p = p.to_string_lossy();
+            let text = match std::fs::read_to_string(&p) {
+                Ok(t) => t,
+                Err(e) => return fail(lua, "io", format!("cannot read report prompt {p}: {e}")),
+            };
+            let y: serde_yaml_ng::Value = match serde_yaml_ng::from_str(&text) {
+                Ok(y) => y,
+                Err(e) => return fail(lua, "parse", format!("report prompt {p} is not valid YAML: {e}")),
+            };
+            let get = |k: &str| y.get(k).and_then(|v| v.as_str()).map(String::from);
+            (get("system"), get("user_template"))
+        }
+        other => {
+            return Err(util::misuse(
+                lua,
+                format!("report.narrative_messages: the prompt is a table or a YAML path, got {}", other.type_name()),
+            ))
+        }
+    };
+    let m = match metrics_arg(lua, &v, "report.narrative_messages")? {
+        Ok(m) => m,
+        Err((kind, msg)) => return fail(lua, kind, msg),
+    };
+    let mo = md_options(lua, &m, &opts, "report.narrative_messages")?;
+    let json_text = crate::jsonx::to_string(&markdown::narrative_input(&m, &mo), true);
+    let metric = markdown::comparison(&m, &mo).map(|c| c.metric).ok().or(mo.metric.clone()).unwrap_or_default();
+    let vars = [("primary_metric", metric.as_str()), ("metrics_json", json_text.as_str())];
+    let system = markdown::fill_template(system.as_deref().unwrap_or(DEFAULT_SYSTEM), &vars);
+    let user = markdown::fill_template(user.as_deref().unwrap_or(DEFAULT_USER), &vars);
+    let msgs = array(
+        lua,
+        [("system", system), ("user", user)].into_iter().map(|(role, content)| {
+            let t = lua.create_table().expect("table");
+            t.set("role", role).expect("set");
+            t.set("content", content).expect("set");
+            t
+        }),
+    )?;
+    ok(lua, msgs)
+}
+
+const DEFAULT_SYSTEM: &str = "You are a computational biologist. The results table of this experiment is already \
+written from the computed numbers below; write only the discussion: which model wins on ${primary_metric} and by \
+how much, whether the differences against the baseline are statistically significant, and what the other metrics \
+add. Quote numbers only from the JSON. Markdown, no tables, at most 300 words.";
+const DEFAULT_USER: &str = "```json\n${metrics_json}\n```";

@@ -3,5 +3,6 @@
 //! Everything here is pure computation on values plus plain file writes; the Lua binding is
 //! `src/lua/report.rs`.
 
+pub mod markdown;
 pub mod metrics;
 pub mod stats;

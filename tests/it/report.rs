@@ -306,3 +306,106 @@ assert(f.model == "Ridge" and f.source == "mean of folds")
 near(f.score, 0.31, 1e-12, "first model's fold mean")
 "#);
 }
+
+// ---------------------------------------------------------------- experiment_report.md
+
+#[test]
+fn the_report_has_winner_table_in_seed_order_tests_and_says_the_narrative_is_missing() {
+    let (dir, _) = lua(r#"
+local text = report.markdown{metrics = D .. "/demo/metrics.json", metric = "MSE",
+  narrative_error = {kind = "timeout", message = "the LLM did not answer within 600 s"},
+  plots = {"mse_per_fold.svg", {path = "iterations.svg", title = "Score per iteration"}},
+  path = "out/experiment_report.md"}
+local f = assert(io.open("out/experiment_report.md")); local disk = f:read("a"); f:close()
+assert(disk == text, "the file holds the returned text")
+"#);
+    let text = std::fs::read_to_string(dir.path().join("out/experiment_report.md")).unwrap();
+    assert!(text.contains("- **Primary metric:** MSE (lower is better)"), "{text}");
+    assert!(text.contains("- **Winner:** GraphPerturbNet — MSE 0.03362 ± 0.00181 over 5 folds"), "{text}");
+    assert!(text.contains("- **Baseline:** Ridge_baseline"), "{text}");
+    assert!(text.contains(
+        "| Model | MSE | PCC | R2 | DEG_RMSE_20 | DEG_PCC_20 | MSE_DM | PCC_DM | train_time_s | Δ% MSE vs baseline | p (paired t) |"
+    ));
+    // Δ% = (0.041278 - 0.033622) / 0.041278 * 100 = +18.55%; p from ttest_rel over the 5 folds
+    assert!(text.contains("| **GraphPerturbNet** (winner) | 0.03362 ± 0.00181 |"), "{text}");
+    assert!(text.contains("| +18.55% | 0.00242 * |"), "{text}");
+    assert!(text.contains("| Ridge_baseline (baseline) |"), "{text}");
+    assert!(text.contains("### Tests against the baseline (MSE)"));
+    assert!(text.contains("![Score per iteration](iterations.svg)") && text.contains("](mse_per_fold.svg)"));
+    assert!(text.contains("_The narrative is missing: the LLM did not answer within 600 s."), "{text}");
+    for bad in ["NaN", "nan", "inf", "nil"] {
+        assert!(!text.contains(bad), "'{bad}' printed in:\n{text}");
+    }
+}
+
+#[test]
+fn nan_folds_and_missing_tests_print_dashes_and_reasons_never_nan() {
+    let (_, out) = lua(r#"
+print(report.markdown{metrics = D .. "/layouts/nan.json", metric = "PCC"})
+print("=====")
+print(report.markdown{metrics = D .. "/layouts/nan.json", metric = "MSE"})
+print("=====")
+print(report.markdown{metrics = D .. "/layouts/aggregate_only.json", metric = "MSE"})
+"#);
+    let parts: Vec<&str> = out.split("=====").collect();
+    // PCC: only MLP has one (−Infinity): no finite value anywhere
+    assert!(parts[0].contains("- **Winner:** — (no model has a finite PCC)"), "{}", parts[0]);
+    assert!(parts[0].contains("MLP: no Δ% — the baseline Ridge has no finite PCC."), "{}", parts[0]);
+    assert!(parts[1].contains("MLP: 1 MSE value of MLP was NaN or infinite and left out."), "{}", parts[1]);
+    assert!(parts[1].contains("- **Winner:** MLP — MSE 0.2500 ± 0.0100 over 3 folds"), "{}", parts[1]);
+    assert!(parts[1].contains("- **Winner declared by the notebook:** Ridge"), "{}", parts[1]);
+    assert!(
+        parts[2].contains("MLP: no t-test — MLP reports only an aggregate MSE, no per-fold values."),
+        "{}",
+        parts[2]
+    );
+    assert!(parts[2].contains("- **Folds:** none (single values)"), "{}", parts[2]);
+    assert!(!parts[0].contains("### Tests against the baseline"), "no test at all, no tests table");
+    for p in &parts {
+        let p = p.replace("NaN or infinite", "");
+        for bad in ["NaN", "nan", "inf"] {
+            assert!(!p.contains(bad), "'{bad}' printed in:\n{p}");
+        }
+    }
+}
+
+#[test]
+fn a_narrative_is_appended_unfenced_and_names_are_escaped() {
+    let (_, out) = lua(r#"
+local m = {order = {"base|line", "new*model"},
+  ["base|line"] = {per_fold = {{MSE = 1.0}, {MSE = 1.2}}}, ["new*model"] = {per_fold = {{MSE = 0.8}, {MSE = 0.9}}}}
+print(report.markdown{metrics = m, metric = "MSE", title = "Trial 7",
+  narrative = "```markdown\nThe new model wins.\n```"})
+"#);
+    assert!(out.starts_with("# Trial 7\n"), "{out}");
+    assert!(out.contains("| base\\|line (baseline) |"), "{out}");
+    assert!(out.contains("| **new\\*model** (winner) |"), "{out}");
+    assert!(out.contains("## Narrative\n\nThe new model wins.\n"), "{out}");
+    assert!(!out.contains("```"), "{out}");
+}
+
+#[test]
+fn unreadable_metrics_still_give_a_report_that_says_why() {
+    let (_, out) = lua(r#"
+print(report.markdown{metrics = D .. "/layouts/no_models.json", metric = "MSE"})
+"#);
+    assert!(out.contains("**No metrics:** metrics file"), "{out}");
+    assert!(out.contains("No models were run"), "{out}");
+    assert!(out.contains("_No narrative was written for this report._"), "{out}");
+}
+
+#[test]
+fn narrative_messages_fill_the_report_prompt_with_computed_numbers() {
+    let (_, out) = lua(r#"
+local prompt = {system = "Primary: ${primary_metric}. Keep ${other}.", user_template = "```json\n${metrics_json}\n```"}
+local msgs = assert(report.narrative_messages(prompt, D .. "/demo/metrics.json", {metric = "MSE"}))
+assert(#msgs == 2 and msgs[1].role == "system" and msgs[2].role == "user")
+assert(msgs[1].content == "Primary: MSE. Keep ${other}.", msgs[1].content)
+local doc = require("json").decode(msgs[2].content:match("```json\n(.*)\n```"))
+assert(doc.primary_metric == "MSE" and doc.baseline == "Ridge_baseline" and doc.winner == "GraphPerturbNet")
+assert(doc.tests_vs_baseline.MLP.significant == true)
+assert(math.abs(doc.tests_vs_baseline.GraphPerturbNet.delta_pct - 18.5474) < 1e-4)
+print(report.narrative_input(D .. "/layouts/nan.json", {metric = "MSE"}))
+"#);
+    assert!(!out.replace("NaN or infinite", "").contains("NaN"), "non-finite numbers reach the LLM: {out}");
+}
