@@ -20,6 +20,8 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set("markdown", lua.create_function(markdown)?)?;
     t.set("narrative_input", lua.create_function(narrative_input)?)?;
     t.set("narrative_messages", lua.create_function(narrative_messages)?)?;
+    t.set("plot_folds", lua.create_function(plot_folds)?)?;
+    t.set("plot_iterations", lua.create_function(plot_iterations)?)?;
     t.set("direction", lua.create_function(|_, metric: String| Ok(Direction::infer(&metric).as_str()))?)?;
     Ok(t)
 }
@@ -359,6 +361,13 @@ pub(crate) fn write_atomic(path: &std::path::Path, data: &[u8]) -> std::io::Resu
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(data)?;
+    // NamedTempFile is created 0600; a report is for everyone who can read the folder
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o644);
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
@@ -461,3 +470,89 @@ written from the computed numbers below; write only the discussion: which model 
 how much, whether the differences against the baseline are statistically significant, and what the other metrics \
 add. Quote numbers only from the JSON. Markdown, no tables, at most 300 words.";
 const DEFAULT_USER: &str = "```json\n${metrics_json}\n```";
+
+/// Write `svg` to `path` when one is given and return the path, else return the SVG text.
+fn svg_result(lua: &Lua, svg: String, path: Option<String>) -> LuaResult<LuaMultiValue> {
+    match path {
+        Some(p) => match write_atomic(std::path::Path::new(&p), svg.as_bytes()) {
+            Ok(()) => ok(lua, p),
+            Err(e) => fail(lua, "io", format!("cannot write {p}: {e}")),
+        },
+        None => ok(lua, svg),
+    }
+}
+
+fn plot_folds(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
+    if let Some(o) = &opts {
+        util::check_opts(lua, o, "report.plot_folds", &["metric", "path", "direction", "title"])?;
+    }
+    let m = match metrics_arg(lua, &v, "report.plot_folds")? {
+        Ok(m) => m,
+        Err((kind, msg)) => return fail(lua, kind, msg),
+    };
+    let Some(metric) = pick_metric(lua, opt_string(&opts, "metric")?, &m) else {
+        return fail(lua, "no_metric", "no model reports any metric");
+    };
+    let direction = pick_direction(lua, opt_string(&opts, "direction")?, &metric, "report.plot_folds")?
+        .unwrap_or_else(|| Direction::infer(&metric));
+    let title = opt_string(&opts, "title")?;
+    match crate::report::plot::folds_svg(&m, &metric, direction, title.as_deref()) {
+        Ok(svg) => svg_result(lua, svg, opt_string(&opts, "path")?),
+        Err(e) => fail(lua, if e.starts_with("drawing") { "plot" } else { "no_metric" }, e),
+    }
+}
+
+fn plot_iterations(lua: &Lua, (v, opts): (LuaTable, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
+    use crate::report::plot::Iteration;
+    const F: &str = "report.plot_iterations";
+    if let Some(o) = &opts {
+        util::check_opts(lua, o, F, &["threshold", "metric", "path", "direction", "title"])?;
+    }
+    let mut its = Vec::new();
+    for (i, item) in v.sequence_values::<LuaValue>().enumerate() {
+        let pos = i as i64 + 1;
+        let it = match item? {
+            LuaValue::Integer(x) => Iteration { number: pos, score: Some(x as f64), status: None },
+            LuaValue::Number(x) => Iteration { number: pos, score: Some(x), status: None },
+            LuaValue::Table(t) => {
+                let number = ["iteration", "number", "index"]
+                    .iter()
+                    .find_map(|k| t.get::<Option<i64>>(*k).ok().flatten())
+                    .unwrap_or(pos);
+                let score = match t.get::<LuaValue>("score")? {
+                    LuaValue::Integer(x) => Some(x as f64),
+                    LuaValue::Number(x) => Some(x),
+                    _ => None,
+                };
+                Iteration { number, score, status: t.get::<Option<String>>("status")? }
+            }
+            other => {
+                return Err(util::misuse(
+                    lua,
+                    format!(
+                        "{F}: iterations are numbers or {{iteration=, score=, status=}} tables, got {}",
+                        other.type_name()
+                    ),
+                ))
+            }
+        };
+        its.push(it);
+    }
+    let metric = match opt_string(&opts, "metric")? {
+        Some(m) => m,
+        None => {
+            HostCtx::get(lua).config.as_ref().map(|c| c.experiment.primary_metric.clone()).unwrap_or("score".into())
+        }
+    };
+    let direction =
+        pick_direction(lua, opt_string(&opts, "direction")?, &metric, F)?.unwrap_or_else(|| Direction::infer(&metric));
+    let threshold = match &opts {
+        Some(o) => o.get::<Option<f64>>("threshold")?,
+        None => None,
+    };
+    let title = opt_string(&opts, "title")?;
+    match crate::report::plot::iterations_svg(&its, threshold, &metric, direction, title.as_deref()) {
+        Ok(svg) => svg_result(lua, svg, opt_string(&opts, "path")?),
+        Err(e) => fail(lua, "plot", e),
+    }
+}

@@ -5,4 +5,5 @@
 
 pub mod markdown;
 pub mod metrics;
+pub mod plot;
 pub mod stats;

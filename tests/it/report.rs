@@ -409,3 +409,56 @@ print(report.narrative_input(D .. "/layouts/nan.json", {metric = "MSE"}))
 "#);
     assert!(!out.replace("NaN or infinite", "").contains("NaN"), "non-finite numbers reach the LLM: {out}");
 }
+
+// ---------------------------------------------------------------- plots
+
+/// A written SVG: an svg document with balanced text elements, holding `must` strings.
+fn assert_svg(path: &std::path::Path, must: &[&str]) -> String {
+    let svg = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "not an SVG document: {}", path.display());
+    assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count(), "unbalanced text elements");
+    for m in must {
+        assert!(svg.contains(m), "{} lacks {m:?}", path.display());
+    }
+    let shown = svg.replace("NaN or infinite", "");
+    for bad in ["NaN", "inf<", ">inf"] {
+        assert!(!shown.contains(bad), "{} shows {bad}", path.display());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "a plot must be readable by others");
+    }
+    svg
+}
+
+#[test]
+fn fold_and_iteration_plots_are_written_as_svg() {
+    let (dir, _) = lua(r#"
+assert(report.plot_folds(D .. "/demo/metrics.json", {metric = "MSE", path = "plots/mse_per_fold.svg"}) == "plots/mse_per_fold.svg")
+assert(report.plot_folds(D .. "/layouts/nan.json", {metric = "MSE", path = "nan.svg", title = "MSE <&> per fold"}))
+assert(report.plot_folds(D .. "/layouts/aggregate_only.json", {metric = "MSE", path = "agg.svg"}))
+local its = {{iteration = 1, score = 0.61, status = "VALID"}, {iteration = 2, status = "CRASH"},
+             {iteration = 3, score = 0.66, status = "VALID"}, {iteration = 4, score = 0.71, status = "VALID"}}
+assert(report.plot_iterations(its, {threshold = 0.7, metric = "PCC", path = "iterations.svg"}))
+assert(report.plot_iterations({0.5, 0.4, 0.3}, {threshold = 0.35, metric = "MSE", path = "lower.svg"}))
+-- without a path the SVG text comes back
+local svg = assert(report.plot_folds(D .. "/layouts/canonical.json", {metric = "PCC"}))
+assert(svg:find("^<svg") and svg:find("PCC per fold %(higher is better%)"))
+-- nothing finite to draw: nil, err
+local none, err = report.plot_folds(D .. "/layouts/nan.json", {metric = "PCC"})
+assert(none == nil and err.kind == "no_metric" and err.message:find("no finite PCC"), tostring(err))
+local _, e2 = report.plot_iterations({}, {path = "x.svg"})
+assert(e2.kind == "plot", tostring(e2))
+"#);
+    let d = dir.path();
+    assert_svg(
+        &d.join("plots/mse_per_fold.svg"),
+        &["MSE per fold (lower is better)", "Ridge_baseline", "GraphPerturbNet", "fold_4"],
+    );
+    assert_svg(&d.join("nan.svg"), &["MSE &lt;&amp;&gt; per fold", "1 NaN or infinite value not drawn"]);
+    assert_svg(&d.join("agg.svg"), &["GNN (aggregate)", "no folds"]);
+    assert_svg(&d.join("iterations.svg"), &["PCC per iteration (higher is better)", "threshold 0.7000", "CRASH"]);
+    assert_svg(&d.join("lower.svg"), &["MSE per iteration (lower is better)", "criterion met"]);
+}
