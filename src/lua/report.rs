@@ -22,6 +22,8 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set("narrative_messages", lua.create_function(narrative_messages)?)?;
     t.set("plot_folds", lua.create_function(plot_folds)?)?;
     t.set("plot_iterations", lua.create_function(plot_iterations)?)?;
+    t.set("hypergraph", lua.create_function(hypergraph)?)?;
+    t.set("mermaid", lua.create_function(mermaid)?)?;
     t.set("direction", lua.create_function(|_, metric: String| Ok(Direction::infer(&metric).as_str()))?)?;
     Ok(t)
 }
@@ -554,5 +556,113 @@ fn plot_iterations(lua: &Lua, (v, opts): (LuaTable, Option<LuaTable>)) -> LuaRes
     match crate::report::plot::iterations_svg(&its, threshold, &metric, direction, title.as_deref()) {
         Ok(svg) => svg_result(lua, svg, opt_string(&opts, "path")?),
         Err(e) => fail(lua, "plot", e),
+    }
+}
+
+/// A notebook argument: a notebook handle (its `to_table()`), an nbformat table, or an .ipynb path.
+fn notebook_arg(
+    lua: &Lua,
+    v: &LuaValue,
+    func: &str,
+) -> LuaResult<Result<crate::report::hypergraph::Hypergraph, Failure>> {
+    let doc = match v {
+        LuaValue::UserData(ud) => {
+            let t: LuaValue = ud
+                .call_method("to_table", ())
+                .map_err(|e| util::misuse(lua, format!("{func}: the notebook handle has no usable to_table(): {e}")))?;
+            util::from_lua_checked(lua, &t, func)?
+        }
+        LuaValue::Table(_) => util::from_lua_checked(lua, v, func)?,
+        LuaValue::String(s) => {
+            let p = s.to_string_lossy();
+            let text = match std::fs::read_to_string(&p) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(Err(("not_found", format!("no notebook at {p}"))))
+                }
+                Err(e) => return Ok(Err(("io", format!("cannot read notebook {p}: {e}")))),
+            };
+            match crate::jsonx::parse(&text) {
+                Ok(d) => d,
+                Err(e) => {
+                    return Ok(Err((
+                        "parse",
+                        format!("notebook {p} is not valid JSON (line {} column {}): {e}", e.line(), e.column()),
+                    )))
+                }
+            }
+        }
+        other => {
+            return Err(util::misuse(
+                lua,
+                format!("{func}: expected a notebook, an nbformat table or an .ipynb path, got {}", other.type_name()),
+            ))
+        }
+    };
+    Ok(crate::report::hypergraph::from_notebook(&doc).map_err(|e| ("notebook", e)))
+}
+
+fn hypergraph(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
+    if let Some(o) = &opts {
+        util::check_opts(lua, o, "report.hypergraph", &["path"])?;
+    }
+    let h = match notebook_arg(lua, &v, "report.hypergraph")? {
+        Ok(h) => h,
+        Err((kind, msg)) => return fail(lua, kind, msg),
+    };
+    let doc = h.to_json();
+    if let Some(p) = opt_string(&opts, "path")? {
+        let text = crate::jsonx::to_string(&doc, true) + "\n";
+        if let Err(e) = write_atomic(std::path::Path::new(&p), text.as_bytes()) {
+            return fail(lua, "io", format!("cannot write {p}: {e}"));
+        }
+    }
+    ok(lua, util::to_lua(lua, &doc)?)
+}
+
+fn mermaid(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
+    if let Some(o) = &opts {
+        util::check_opts(lua, o, "report.mermaid", &["path"])?;
+    }
+    let h = match notebook_arg(lua, &v, "report.mermaid")? {
+        Ok(h) => h,
+        Err((kind, msg)) => return fail(lua, kind, msg),
+    };
+    let text = h.mermaid();
+    if let Some(p) = opt_string(&opts, "path")? {
+        if let Err(e) = write_atomic(std::path::Path::new(&p), text.as_bytes()) {
+            return fail(lua, "io", format!("cannot write {p}: {e}"));
+        }
+    }
+    ok(lua, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stands in for the notebook module's handle: all `report` needs is `nb:to_table()`.
+    struct FakeNotebook(serde_json::Value);
+
+    impl LuaUserData for FakeNotebook {
+        fn add_methods<M: LuaUserDataMethods<Self>>(m: &mut M) {
+            m.add_method("to_table", |lua, this, ()| util::to_lua(lua, &this.0));
+        }
+    }
+
+    #[test]
+    fn a_notebook_handle_is_read_through_its_to_table() {
+        let lua = Lua::new();
+        util::remember_array_metatable(&lua);
+        let report = register(&lua).unwrap();
+        let nb = FakeNotebook(serde_json::json!({
+            "cells": [{"cell_type": "code", "source": "", "metadata": {"subtask": {"id": "a", "name": "A", "purpose": "p"}}},
+                      {"cell_type": "code", "source": "", "metadata": {"subtask": {"id": "b", "name": "B", "purpose": ""}}}],
+            "metadata": {"execution": {"hypergraph": {"hyperedges": [{"tail": "a", "head": "b"}]}}}
+        }));
+        let (text, h): (String, LuaTable) =
+            lua.load("local r, nb = ...; return r.mermaid(nb), r.hypergraph(nb)").call((report, nb)).unwrap();
+        assert!(text.contains("c0[\"a: A<br/>p\"]") && text.contains("c0 --> c1"), "{text}");
+        assert_eq!(h.get::<LuaTable>("cells").unwrap().raw_len(), 2);
     }
 }

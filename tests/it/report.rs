@@ -462,3 +462,74 @@ assert(e2.kind == "plot", tostring(e2))
     assert_svg(&d.join("iterations.svg"), &["PCC per iteration (higher is better)", "threshold 0.7000", "CRASH"]);
     assert_svg(&d.join("lower.svg"), &["MSE per iteration (lower is better)", "criterion met"]);
 }
+
+// ---------------------------------------------------------------- hypergraph
+
+#[test]
+fn hypergraph_json_keeps_the_original_shape_and_normalises_edges() {
+    let (dir, _) = lua(r#"
+local h = assert(report.hypergraph(D .. "/hypergraph/tricky.ipynb", {path = "hypergraph.json"}))
+assert(#h.cells == 5, "code cells with a subtask only")
+assert(h.cells[1].id == "load data" and h.cells[1].index == 1 and h.cells[1].name:find('"REFERENCE_DATA.h5"'))
+assert(h.cells[3].id == "3", "numeric ids become text")
+-- tails given as a string, a list or a number all become lists
+assert(h.hyperedges[1].tail[1] == "load data" and h.hyperedges[1].head == "end")
+assert(#h.hyperedges[2].tail == 2 and h.hyperedges[2].head == "3")
+assert(h.hyperedges[3].tail[1] == "3")
+assert(#h.hyperedges[6].tail == 0 and h.hyperedges[6].head == "load data")
+assert(h.hypergraph.hyperedges[1].tail == "load data", "the raw hypergraph is kept as the notebook had it")
+assert(has(h.warnings, "'ghost node', which is no cell's subtask id"))
+-- the same from an nbformat table, e.g. one read with json.decode
+local f = assert(io.open(D .. "/hypergraph/tricky.ipynb")); local nb = require("json").decode(f:read("a")); f:close()
+local h2 = assert(report.hypergraph(nb))
+assert(#h2.cells == 5 and #h2.hyperedges == 6)
+"#);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("hypergraph.json")).unwrap()).unwrap();
+    assert_eq!(v["cells"][1]["id"], "end");
+    assert_eq!(v["hypergraph"]["hyperedges"][2]["tail"], 3, "raw values kept");
+    assert_eq!(v["hyperedges"][4]["tail"], serde_json::json!(["graph", "ghost node"]));
+}
+
+/// tricky.expected.md was checked once by hand with mermaid 12.3.0 under Node (jsdom): `mermaid.parse`
+/// accepts it and `mermaid.render` shows every label literally (quotes, <b>, &, #, backticks, `-->`,
+/// `:::`, `%%`, backslash, CJK and emoji), with the two ids that are no cell drawn as dashed nodes.
+#[test]
+fn mermaid_survives_spaces_quotes_brackets_keywords_and_unicode() {
+    let (dir, _) = lua(r#"
+local text = assert(report.mermaid(D .. "/hypergraph/tricky.ipynb", {path = "hypergraph.md"}))
+assert(text:find("^```mermaid\nflowchart TD\n"))
+"#);
+    let got = std::fs::read_to_string(dir.path().join("hypergraph.md")).unwrap();
+    let want = std::fs::read_to_string(data().join("hypergraph/tricky.expected.md")).unwrap();
+    assert_eq!(got, want);
+    // no raw character inside a label that Mermaid or the markdown fence would interpret
+    for line in got.lines().filter(|l| l.contains("[\"")) {
+        let label = &line[line.find("[\"").unwrap() + 2..line.rfind("\"]").unwrap()];
+        for bad in ['"', '<', '>', '`', '&'] {
+            assert!(!label.replace("<br/>", "").contains(bad), "raw {bad:?} in {line}");
+        }
+    }
+    assert!(got.contains("    c4 & u0 --> u1\n"), "edges to unknown ids are shown: {got}");
+    assert!(got.contains("u1[\"final #quot;summary#quot; (not a cell)\"]:::missing"));
+}
+
+#[test]
+fn mermaid_of_empty_and_odd_notebooks_is_still_a_flowchart() {
+    let (_, out) = lua(r#"
+print(report.mermaid({cells = {}, metadata = {}}))
+print(report.mermaid({nbformat = 4, cells = {{cell_type = "code", source = "", metadata = {subtask = {id = "end", name = "o"}}}},
+  metadata = {execution = {hypergraph = {hyperedges = {{tail = "x", head = "end"}, {tail = {"end"}, head = {"o", "x"}}}}}}}))
+local _, err = report.mermaid(D .. "/hypergraph/missing.ipynb")
+assert(err.kind == "not_found", tostring(err))
+_, err = report.hypergraph(D .. "/layouts/broken.json")
+assert(err.kind == "parse", tostring(err))
+local ok, e = pcall(report.mermaid, 7)
+assert(not ok and tostring(e):find("t.lua:%d+: report.mermaid: expected a notebook"), tostring(e))
+"#);
+    assert!(
+        out.contains("```mermaid\nflowchart TD\n    empty[\"(this notebook has no subtask cells)\"]\n```"),
+        "{out}"
+    );
+    assert!(out.contains("    u0 --> c0\n    c0 --> u1 & u0\n"), "{out}");
+}
