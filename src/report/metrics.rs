@@ -201,6 +201,8 @@ pub fn normalize(doc: &Value) -> Result<Metrics, String> {
                 let name = top.get("model").or_else(|| top.get("name")).and_then(|v| v.as_str()).unwrap_or("model");
                 w.push(format!("the file holds one model's metrics at the top level; it is called '{name}'"));
                 models.push(read_model(name, top, &mut w));
+            } else if let Some(fm) = fold_major(top) {
+                models = fm;
             } else {
                 for (k, v) in top {
                     if NOT_MODELS.iter().any(|n| n.eq_ignore_ascii_case(k)) || CONTAINER_KEYS.contains(&k.as_str()) {
@@ -268,6 +270,40 @@ pub fn normalize(doc: &Value) -> Result<Metrics, String> {
     }
     sort_folds(&mut folds);
     Ok(Metrics { models, winner, folds, warnings: w })
+}
+
+/// `{FOLD: {MODEL: {METRIC: v}}}` at the top level: every non-meta key a fold name holding model objects.
+fn fold_major(top: &Map<String, Value>) -> Option<Vec<Model>> {
+    let entries: Vec<(&String, &Map<String, Value>)> = top
+        .iter()
+        .filter(|(k, _)| !NOT_MODELS.iter().any(|n| n.eq_ignore_ascii_case(k)))
+        .map(|(k, v)| v.as_object().map(|o| (k, o)))
+        .collect::<Option<Vec<_>>>()?;
+    if entries.is_empty() || !entries.iter().all(|(k, o)| looks_like_fold(k) && o.values().all(|v| v.is_object())) {
+        return None;
+    }
+    let mut models: Vec<Model> = Vec::new();
+    let mut scratch = Vec::new();
+    for (fold, by_model) in entries {
+        for (name, v) in by_model {
+            let vals = fold_metrics(name, fold, v.as_object().expect("checked"), &mut scratch);
+            let i = match models.iter().position(|m| m.name == *name) {
+                Some(i) => i,
+                None => {
+                    models.push(Model { name: name.clone(), ..Default::default() });
+                    models.len() - 1
+                }
+            };
+            let slot = fold_slot(&mut models[i].per_fold, fold);
+            for (m, x) in vals {
+                push_metric(slot, &m, x);
+            }
+        }
+    }
+    for m in &mut models {
+        sort_fold_entries(&mut m.per_fold);
+    }
+    Some(models)
 }
 
 fn winner_name(v: Option<&Value>) -> Option<String> {
@@ -389,6 +425,20 @@ fn read_model(name: &str, m: &Map<String, Value>, w: &mut Vec<String>) -> Model 
     {
         read_folds(name, key, fv, &mut folds, w);
     }
+    // per-metric fold maps directly on the model: {"MSE": {"fold_0": v, ...}, ...}
+    let direct: Map<String, Value> = m
+        .iter()
+        .filter(|(k, v)| {
+            !FOLD_KEYS.contains(&k.as_str())
+                && !AGG_KEYS.contains(&k.as_str())
+                && !NESTED_FOLD_KEYS.contains(&k.as_str())
+                && v.is_object()
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !direct.is_empty() && is_metric_major(&direct) {
+        read_folds(name, "the model", &Value::Object(direct), &mut folds, w);
+    }
     // per-metric lists directly on the model: {"MSE": [..], ...}
     for (k, v) in m {
         if let Value::Array(a) = v {
@@ -469,6 +519,22 @@ fn read_folds(model: &str, key: &str, fv: &Value, folds: &mut Vec<(String, Vec<(
                 }
                 return;
             }
+            if is_metric_major(map) {
+                // metric-major maps: {"MSE": {"fold_0": v, ...}}
+                for (metric, inner) in map {
+                    for (fold, x) in inner.as_object().into_iter().flatten() {
+                        match number(x) {
+                            Some(x) => push_metric(fold_slot(folds, fold), metric, x),
+                            None if x.is_null() => {}
+                            None => w.push(format!(
+                                "model '{model}': {key}.{metric}.{fold} is {}, not a number",
+                                type_name(x)
+                            )),
+                        }
+                    }
+                }
+                return;
+            }
             for (fold, v) in map {
                 match v {
                     Value::Object(o) => {
@@ -521,6 +587,27 @@ fn read_folds(model: &str, key: &str, fv: &Value, folds: &mut Vec<(String, Vec<(
             // e.g. "folds": 5 — a count, not values
         }
     }
+}
+
+/// Does a name look like a fold's: `3`, `fold_3`, `Fold 3`, `fold3`, `split-2`, `cv_1`? (Not `F1`.)
+pub fn looks_like_fold(k: &str) -> bool {
+    let l = k.trim().to_ascii_lowercase();
+    let rest = ["fold", "split", "cv"].iter().find_map(|p| l.strip_prefix(p)).unwrap_or(&l);
+    let rest = rest.trim_start_matches(['_', '-', ' ']);
+    !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit())
+}
+
+/// `{METRIC: {FOLD: v}}`: outer names are not fold names, every inner name is, values are numbers.
+fn is_metric_major(map: &Map<String, Value>) -> bool {
+    !map.is_empty()
+        && map.keys().all(|k| !looks_like_fold(k))
+        && map.values().all(|v| match v {
+            Value::Object(inner) => {
+                !inner.is_empty()
+                    && inner.iter().all(|(f, x)| looks_like_fold(f) && (number(x).is_some() || x.is_null()))
+            }
+            _ => false,
+        })
 }
 
 /// A fold object's metrics: its own numeric members, then (for names not seen yet) those nested under
@@ -586,6 +673,16 @@ mod tests {
         let mut f: Vec<String> = ["10", "9", "a"].iter().map(|s| s.to_string()).collect();
         sort_folds(&mut f);
         assert_eq!(f, ["9", "10", "a"]);
+    }
+
+    #[test]
+    fn fold_names_are_recognised() {
+        for k in ["3", "fold_3", "Fold 3", "fold3", "split-2", "cv_1"] {
+            assert!(looks_like_fold(k), "{k}");
+        }
+        for k in ["MSE", "DEG_RMSE_20", "R2", "fold", "PCC_DM", "F1"] {
+            assert!(!looks_like_fold(k), "{k}");
+        }
     }
 
     #[test]

@@ -38,7 +38,8 @@ fn lua(code: &str) -> (tempfile::TempDir, String) {
 #[test]
 fn every_metrics_layout_reads_the_same_fold_values() {
     lua(r#"
-for _, f in ipairs({"canonical", "methods_folds", "top_level", "per_fold_lists", "nested"}) do
+for _, f in ipairs({"canonical", "methods_folds", "top_level", "per_fold_lists", "nested", "metric_major",
+                    "fold_major", "models_list"}) do
   local m, err = report.load_metrics(D .. "/layouts/" .. f .. ".json")
   assert(m, f .. ": " .. tostring(err))
   local r, p = m.models.Ridge, m.models.MLP
@@ -66,6 +67,11 @@ assert(t.winner == "MLP")
 local l = assert(report.load_metrics(D .. "/layouts/per_fold_lists.json"))
 near(l.models.GNN.per_fold["2"].MSE, 0.25, 0, "GNN fold 2")
 near(l.models.KNN.per_fold["1"].MSE, 0.36, 0, "KNN fold 1")
+-- a single model's metrics at the top level
+local s1 = assert(report.load_metrics(D .. "/layouts/single_model.json"))
+assert(s1.order[1] == "model" and s1.models.model.aggregate.PCC == 0.6 and s1.models.model.per_fold.fold_1.PCC == 0.7)
+assert(has(s1.warnings, "one model's metrics at the top level"))
+assert(assert(report.load_metrics(D .. "/layouts/fold_major.json")).winner == "MLP")
 -- nested: the val group is read, train is not
 local n = assert(report.load_metrics(D .. "/layouts/nested.json"))
 near(n.models.MLP.per_fold.fold_0.MSE, 0.25, 0, "val not train")
