@@ -539,3 +539,23 @@ assert(not ok and tostring(e):find("t.lua:%d+: report.mermaid: expected a notebo
     );
     assert!(out.contains("    u0 --> c0\n    c0 --> u1 & u0\n"), "{out}");
 }
+
+/// The example in tests/data/report/demo/example (shown in docs/readme/report.md) is what the code
+/// renders now: regenerate it with `cellsci script tests/data/report/demo/make_example.lua tests/data/report`.
+#[test]
+fn the_committed_example_report_is_current() {
+    let dir = util::tempdir();
+    let out = util::cellsci(dir.path())
+        .arg("script")
+        .arg(data().join("demo/make_example.lua"))
+        .arg(data())
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", util::text(&out));
+    for f in ["experiment_report.md", "hypergraph.md", "hypergraph.json", "mse_per_fold.svg", "iterations.svg"] {
+        let got = std::fs::read_to_string(dir.path().join(f)).unwrap();
+        let want = std::fs::read_to_string(data().join("demo/example").join(f)).unwrap();
+        assert!(got == want, "{f} differs from the committed example: regenerate it (see this test's comment)");
+    }
+}
