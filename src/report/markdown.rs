@@ -295,7 +295,7 @@ pub fn render(metrics: &Metrics, opts: &Options) -> String {
             ));
             // an exact Wilcoxon p cannot go below 2/2^n: with 5 folds or fewer it can never reach 0.05
             if let Some(n) = others.iter().filter(|e| e.wilcoxon_p.is_some()).map(|e| e.n_paired).min() {
-                if n <= 5 && n >= 1 {
+                if (1..=5).contains(&n) {
                     o.push_str(&format!(
                         "With {n} folds the smallest two-sided Wilcoxon p possible is {}, so it cannot reach {ALPHA}; \
                          the t-test is the one to read.\n\n",
