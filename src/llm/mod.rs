@@ -1,1 +1,2 @@
-//! llm: see its issue. (skeleton)
+//! The LLM engine (see issue 3).
+pub mod extract;
