@@ -87,7 +87,7 @@ function M:decide(info)
     wait = wait * (1 + self.jitter * (2 * math.random() - 1))
   end
   if info.elapsed + wait > self.deadline then
-    return false, 0, string.format("the deadline of %s would pass (%s spent, next wait %s)",
+    return false, 0, string.format("the deadline of %s would pass: %s spent, next wait %s",
       fmt(self.deadline), fmt(info.elapsed), fmt(wait))
   end
   return true, wait

@@ -36,7 +36,12 @@ impl Recorder {
     }
 
     /// Append one exchange (flushed at once so an interrupted run keeps what it paid for).
-    pub fn write(&mut self, req: &Request, r: &Result<Reply, Failure>, mask: &dyn Fn(&str) -> String) -> std::io::Result<()> {
+    pub fn write(
+        &mut self,
+        req: &Request,
+        r: &Result<Reply, Failure>,
+        mask: &dyn Fn(&str) -> String,
+    ) -> std::io::Result<()> {
         let entry = match r {
             Ok(rep) => json!({"request": req.key(), "response": rep.to_json()}),
             Err(f) if matches!(f.kind, Kind::Empty | Kind::Truncated | Kind::Client | Kind::BadBody) => {
@@ -68,7 +73,8 @@ pub struct Player {
 
 impl Player {
     pub fn load(path: &Path) -> Result<Player, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read cassette {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read cassette {}: {e}", path.display()))?;
         let mut entries = Vec::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
@@ -76,9 +82,10 @@ impl Player {
             }
             let v: Value = serde_json::from_str(line)
                 .map_err(|e| format!("cassette {} line {}: not JSON: {e}", path.display(), i + 1))?;
-            let request = v.get("request").cloned().ok_or_else(|| {
-                format!("cassette {} line {}: no \"request\"", path.display(), i + 1)
-            })?;
+            let request = v
+                .get("request")
+                .cloned()
+                .ok_or_else(|| format!("cassette {} line {}: no \"request\"", path.display(), i + 1))?;
             let reply = v.get("response").and_then(Reply::from_json);
             let outcome = match v.get("error") {
                 Some(e) => {
@@ -88,7 +95,8 @@ impl Player {
                     f.reply = reply;
                     Err(f)
                 }
-                None => reply.ok_or_else(|| format!("cassette {} line {}: no \"response\" text", path.display(), i + 1))
+                None => reply
+                    .ok_or_else(|| format!("cassette {} line {}: no \"response\" text", path.display(), i + 1))
                     .map(Ok)?,
             };
             entries.push(Entry { request, outcome, used: false });
@@ -106,11 +114,10 @@ impl Player {
             self.entries[i].used = true;
             return self.entries[i].outcome.clone();
         }
-        let closest = self
-            .entries
-            .iter()
-            .enumerate()
-            .max_by(|a, b| similarity(&a.1.request, key).total_cmp(&similarity(&b.1.request, key)).then(b.0.cmp(&a.0)));
+        let closest =
+            self.entries.iter().enumerate().max_by(|a, b| {
+                similarity(&a.1.request, key).total_cmp(&similarity(&b.1.request, key)).then(b.0.cmp(&a.0))
+            });
         let msg = match closest {
             None => format!("the cassette {} holds no exchanges", self.path.display()),
             Some((i, e)) => format!(

@@ -161,7 +161,11 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 }
 
 fn from_reqwest(e: &reqwest::Error, url: &str) -> Failure {
-    let msg = chain(e);
+    // reqwest's own top line ("error sending request for url (…)") only repeats the URL: keep the causes
+    let msg = match std::error::Error::source(e) {
+        Some(src) => chain(src),
+        None => e.to_string(),
+    };
     let low = msg.to_ascii_lowercase();
     if e.is_timeout() {
         return Failure::new(Kind::Timeout, format!("{url} timed out: {msg}"));
@@ -173,7 +177,10 @@ fn from_reqwest(e: &reqwest::Error, url: &str) -> Failure {
         return Failure::new(Kind::Config, format!("cannot build the request: {msg}"));
     }
     if ["reset", "broken pipe", "closed", "incomplete", "eof", "aborted"].iter().any(|w| low.contains(w)) {
-        return Failure::new(Kind::Reset, format!("the connection to {url} was closed before the reply was complete: {msg}"));
+        return Failure::new(
+            Kind::Reset,
+            format!("the connection to {url} was closed before the reply was complete: {msg}"),
+        );
     }
     Failure::new(Kind::Reset, format!("the exchange with {url} failed: {msg}"))
 }
@@ -401,14 +408,18 @@ async fn read_stream(
     let mut st = StreamState { text: String::new(), finish: None, usage: None, model: None, chunks: 0, done: false };
     let partial = |st: &StreamState, mut f: Failure| {
         if !st.text.is_empty() {
-            f.message = format!("{} (after {} streamed chunks, {} chars)", f.message, st.chunks, st.text.chars().count());
+            f.message =
+                format!("{} (after {} streamed chunks, {} chars)", f.message, st.chunks, st.text.chars().count());
         }
         f
     };
     while !st.done {
         let next = match tokio::time::timeout(idle, body.next()).await {
             Err(_) => {
-                let f = Failure::new(Kind::Timeout, format!("the stream stalled: no data for {}", secs(idle.as_secs_f64())));
+                let f = Failure::new(
+                    Kind::Timeout,
+                    format!("the stream stalled: no data for {}", secs(idle.as_secs_f64())),
+                );
                 return Err(partial(&st, f));
             }
             Ok(n) => n,
@@ -442,7 +453,8 @@ async fn read_stream(
         st.feed_line(&rest)?;
     }
     if !st.done && st.finish.is_none() {
-        let f = Failure::new(Kind::Reset, "the stream ended before the reply was complete (no [DONE], no finish_reason)");
+        let f =
+            Failure::new(Kind::Reset, "the stream ended before the reply was complete (no [DONE], no finish_reason)");
         return Err(partial(&st, f));
     }
     let usage = st.usage.unwrap_or(Usage {

@@ -63,8 +63,8 @@ pub fn extract_json(text: &str) -> Result<Value, ExtractError> {
     let mut best_bare: Option<(usize, Value)> = None;
     // the longest candidate that runs off the end of the text and looks like JSON
     let mut cut: Option<(usize, bool)> = None; // (start, fenced)
-    // brackets known to stay open to the end of the text (from an earlier unclosed scan): scanning
-    // from them again would only run to the end again, which made `{{{{…` quadratic
+                                               // brackets known to stay open to the end of the text (from an earlier unclosed scan): scanning
+                                               // from them again would only run to the end again, which made `{{{{…` quadratic
     let mut open_to_end = std::collections::BTreeSet::new();
     let mut i = 0;
     while i < b.len() {
@@ -640,10 +640,7 @@ mod tests {
     #[test]
     fn python_dict_literals() {
         let t = "{'cells': [{'id': 'c1', 'ok': True, 'skip': False, 'note': None, 'shape': (3, 4)}]}";
-        assert_eq!(
-            ok(t),
-            json!({"cells": [{"id": "c1", "ok": true, "skip": false, "note": null, "shape": [3, 4]}]})
-        );
+        assert_eq!(ok(t), json!({"cells": [{"id": "c1", "ok": true, "skip": false, "note": null, "shape": [3, 4]}]}));
         let t = "{'code': \"print('hi')\", 'q': 'say \"x\"', 'esc': 'it\\'s'}";
         assert_eq!(ok(t), json!({"code": "print('hi')", "q": "say \"x\"", "esc": "it's"}));
     }
@@ -672,7 +669,10 @@ mod tests {
     fn trailing_commas_comments_and_bare_keys() {
         let t = "{\n  \"a\": [1, 2, 3,],\n  // a comment\n  \"b\": {\"c\": 1,}, # python comment\n}";
         assert_eq!(ok(t), json!({"a": [1, 2, 3], "b": {"c": 1}}));
-        assert_eq!(ok("{edits: [{cell_index: 2, source: 'x = 1'}]}"), json!({"edits": [{"cell_index": 2, "source": "x = 1"}]}));
+        assert_eq!(
+            ok("{edits: [{cell_index: 2, source: 'x = 1'}]}"),
+            json!({"edits": [{"cell_index": 2, "source": "x = 1"}]})
+        );
     }
 
     #[test]

@@ -298,7 +298,11 @@ impl Default for Settings {
 impl Settings {
     /// Settings from the config's `llm` section (defaults without one), `OPENAI_API_KEY`, and the
     /// CLI's `--record` / `--replay` (which win over the config's `record` / `replay`).
-    pub fn from_config(cfg: Option<&Config>, record: Option<PathBuf>, replay: Option<PathBuf>) -> Result<Settings, String> {
+    pub fn from_config(
+        cfg: Option<&Config>,
+        record: Option<PathBuf>,
+        replay: Option<PathBuf>,
+    ) -> Result<Settings, String> {
         let llm = cfg.map(|c| c.llm.clone()).unwrap_or_default();
         let extra = &llm.extra;
         let num = |k: &str| -> Result<Option<f64>, String> {
@@ -574,12 +578,10 @@ impl Engine {
             ));
         }
         let ep = self.endpoint().map_err(|e| Failure::new(Kind::Config, self.settings.mask(&e)))?;
-        client::chat(&ep, s.api_key.as_deref(), req, opts)
-            .await
-            .map_err(|mut f| {
-                f.message = s.mask(&f.message);
-                f
-            })
+        client::chat(&ep, s.api_key.as_deref(), req, opts).await.map_err(|mut f| {
+            f.message = s.mask(&f.message);
+            f
+        })
     }
 
     /// The endpoint of the configured base_url (its client, pool and concurrency limit).
@@ -665,7 +667,8 @@ impl Engine {
             }
             Err(f) => {
                 ev["outcome"] = json!("error");
-                ev["error"] = json!({"kind": f.kind.as_str(), "status": f.status, "message": self.settings.mask(&f.message)});
+                ev["error"] =
+                    json!({"kind": f.kind.as_str(), "status": f.status, "message": self.settings.mask(&f.message)});
                 if let Some(rep) = &f.reply {
                     ev["response"] = json!({"chars": rep.text.chars().count(), "finish_reason": rep.finish_reason,
                         "usage": rep.usage.to_json()});

@@ -148,7 +148,10 @@ fn build_request(lua: &Lua, opts: &LuaTable, en: &Engine) -> LuaResult<Request> 
     }
     if let Some(sys) = system {
         if messages.first().and_then(|m| m.get("role")).and_then(Value::as_str) == Some("system") {
-            return Err(util::misuse(lua, "llm.chat: 'system' given, but messages already start with a system message"));
+            return Err(util::misuse(
+                lua,
+                "llm.chat: 'system' given, but messages already start with a system message",
+            ));
         }
         messages.insert(0, json!({"role": "system", "content": sys}));
     }
@@ -165,13 +168,17 @@ fn build_request(lua: &Lua, opts: &LuaTable, en: &Engine) -> LuaResult<Request> 
     let max_tokens = match opt_f64(lua, opts, "max_tokens")? {
         None => s.max_tokens,
         Some(x) if x >= 1.0 && x.fract() == 0.0 => Some(x as u64),
-        Some(x) => return Err(util::misuse(lua, format!("llm.chat: 'max_tokens' must be a positive integer, got {x}"))),
+        Some(x) => {
+            return Err(util::misuse(lua, format!("llm.chat: 'max_tokens' must be a positive integer, got {x}")))
+        }
     };
     let extra = match opts.get::<LuaValue>("extra")? {
         LuaValue::Nil => serde_json::Map::new(),
         v @ LuaValue::Table(_) => match util::from_lua_checked(lua, &v, "llm.chat: extra")? {
             Value::Object(m) => m,
-            _ => return Err(util::misuse(lua, "llm.chat: 'extra' must be a table of request fields (top_p=, seed=...)")),
+            _ => {
+                return Err(util::misuse(lua, "llm.chat: 'extra' must be a table of request fields (top_p=, seed=...)"))
+            }
         },
         other => {
             return Err(util::misuse(lua, format!("llm.chat: 'extra' must be a table, got {}", other.type_name())))

@@ -37,11 +37,7 @@ fn extract_json_from_a_real_reply() {
     let srv = FakeLlm::start();
     srv.push_reply("Here is the fix:\n```json\n{\"edits\": [{\"cell_index\": 2, \"source\": \"import numpy as np\nx = np.zeros(3)\"}]}\n```");
     let dir = tempdir();
-    util::write(
-        dir.path(),
-        "cfg.json",
-        &serde_json::json!({"llm": {"model": "m", "base_url": srv.url()}}).to_string(),
-    );
+    util::write(dir.path(), "cfg.json", &serde_json::json!({"llm": {"model": "m", "base_url": srv.url()}}).to_string());
     util::write(
         dir.path(),
         "t.lua",

@@ -31,6 +31,7 @@ fn run(dir: &Path, lua: &str, flags: &[&str]) -> Output {
 fn ok(out: &Output) -> String {
     let t = util::text(out);
     assert_eq!(out.status.code(), Some(0), "script failed:\n{t}");
+    println!("{t}");
     t
 }
 
@@ -638,4 +639,21 @@ fn events_of_each_exchange_are_logged_masked() {
     assert_eq!(evs[1]["attempt"], 2);
     assert_eq!(evs[1]["request"]["last_user"], "please answer");
     assert_eq!(evs[1]["response"]["text"], "the answer");
+}
+
+#[test]
+fn nothing_listening_is_a_connect_failure() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempdir();
+    config(dir.path(), &format!("http://127.0.0.1:{port}/v1"), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x", retry = false}
+        assert(not r and err.kind == "connect", tostring(err))
+        assert(err.message:find("cannot connect to http://127.0.0.1:"), err.message)
+        "#,
+        &[],
+    );
+    ok(&out);
 }

@@ -326,10 +326,8 @@ fn respond(w: &mut TcpStream, req: &Value, reply: Reply, stop: &AtomicBool) -> b
                 "usage": usage_for(req, &text),
             })
             .to_string();
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                body.len()
-            );
+            let head =
+                format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
             w.write_all(head.as_bytes()).is_ok() && w.write_all(body.as_bytes()).is_ok() && w.flush().is_ok()
         }
         Reply::Stream { chunks, delay, finish_reason, usage } => {
@@ -378,7 +376,8 @@ fn stream(
     stop: &AtomicBool,
 ) -> bool {
     let model = model_of(req);
-    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
+    let head =
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
     if w.write_all(head.as_bytes()).is_err() {
         return false;
     }
