@@ -92,7 +92,7 @@ impl Player {
                     let kind = e.get("kind").and_then(Value::as_str).and_then(Kind::parse).unwrap_or(Kind::BadBody);
                     let mut f = Failure::new(kind, e.get("message").and_then(Value::as_str).unwrap_or("").to_string());
                     f.status = e.get("status").and_then(Value::as_u64).map(|s| s as u16);
-                    f.reply = reply;
+                    f.reply = reply.map(Box::new);
                     Err(f)
                 }
                 None => reply

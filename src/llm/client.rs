@@ -29,8 +29,13 @@ impl Endpoint {
             // reqwest is built without a default crypto provider; another part may have installed one
             let _ = rustls::crypto::ring::default_provider().install_default();
         });
-        // Proxies: reqwest honours HTTP_PROXY / HTTPS_PROXY / ALL_PROXY / NO_PROXY by default.
-        let client = reqwest::Client::builder()
+        // Proxies: reqwest honours HTTP_PROXY / HTTPS_PROXY / ALL_PROXY / NO_PROXY by default. A local
+        // endpoint is reached directly: a proxy cannot reach this machine's loopback.
+        let mut builder = reqwest::Client::builder();
+        if super::is_loopback(base_url) {
+            builder = builder.no_proxy();
+        }
+        let client = builder
             .connect_timeout(connect_timeout)
             .pool_idle_timeout(Duration::from_secs(50))
             .tcp_nodelay(true)
@@ -143,6 +148,14 @@ async fn exchange(
         Ok(Err(e)) => return Err(from_reqwest(&e, &url)),
         Ok(Ok(b)) => b,
     };
+    if stream && body.trim_ascii_start().starts_with(b"data:") {
+        // an event stream sent with another content type
+        let mut st = StreamState::default();
+        for line in body.split(|&b| b == b'\n') {
+            st.feed_line(line)?;
+        }
+        return st.finish(req, started);
+    }
     parse_completion(&body, req, started.elapsed().as_secs_f64(), status.as_u16())
 }
 
@@ -257,7 +270,10 @@ fn strip_tags(s: &str) -> String {
 
 fn from_status(status: reqwest::StatusCode, body: &[u8]) -> Failure {
     let code = status.as_u16();
+    let low = String::from_utf8_lossy(body).to_ascii_lowercase();
     let kind = match code {
+        // OpenAI sends an exhausted quota as 429 too, but waiting does not refill it
+        429 if low.contains("insufficient_quota") => Kind::Client,
         429 => Kind::RateLimited,
         408 => Kind::Timeout,
         500..=599 => Kind::Server,
@@ -331,19 +347,20 @@ pub fn check_reply(reply: Reply, req: &Request) -> Result<Reply, Failure> {
                 reply.text.chars().count()
             ),
         );
-        f.reply = Some(reply);
+        f.reply = Some(Box::new(reply));
         return Err(f);
     }
     if reply.text.trim().is_empty() {
         let why = if reply.finish_reason.is_empty() { "none".to_string() } else { reply.finish_reason.clone() };
         let mut f = Failure::new(Kind::Empty, format!("the reply has no content (finish_reason {why})"));
-        f.reply = Some(reply);
+        f.reply = Some(Box::new(reply));
         return Err(f);
     }
     Ok(reply)
 }
 
 /// Accumulates a server-sent-events completion.
+#[derive(Default)]
 struct StreamState {
     text: String,
     finish: Option<String>,
@@ -405,7 +422,7 @@ async fn read_stream(
 ) -> Result<Reply, Failure> {
     let mut body = resp.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
-    let mut st = StreamState { text: String::new(), finish: None, usage: None, model: None, chunks: 0, done: false };
+    let mut st = StreamState::default();
     let partial = |st: &StreamState, mut f: Failure| {
         if !st.text.is_empty() {
             f.message =
@@ -457,22 +474,28 @@ async fn read_stream(
             Failure::new(Kind::Reset, "the stream ended before the reply was complete (no [DONE], no finish_reason)");
         return Err(partial(&st, f));
     }
-    let usage = st.usage.unwrap_or(Usage {
-        // the server sent no usage: estimate (a chunk is about a token; 4 chars per prompt token)
-        prompt_tokens: (req.chars() / 4) as u64,
-        completion_tokens: st.chunks,
-        total_tokens: (req.chars() / 4) as u64 + st.chunks,
-    });
-    let reply = Reply {
-        text: st.text,
-        finish_reason: st.finish.unwrap_or_else(|| "stop".into()),
-        usage,
-        model: st.model.unwrap_or_else(|| req.model.clone()),
-        latency: started.elapsed().as_secs_f64(),
-        streamed: true,
-        replayed: false,
-    };
-    check_reply(reply, req)
+    st.finish(req, started)
+}
+
+impl StreamState {
+    fn finish(self, req: &Request, started: Instant) -> Result<Reply, Failure> {
+        let usage = self.usage.unwrap_or(Usage {
+            // the server sent no usage: estimate (a chunk is about a token; 4 chars per prompt token)
+            prompt_tokens: (req.chars() / 4) as u64,
+            completion_tokens: self.chunks,
+            total_tokens: (req.chars() / 4) as u64 + self.chunks,
+        });
+        let reply = Reply {
+            text: self.text,
+            finish_reason: self.finish.unwrap_or_else(|| "stop".into()),
+            usage,
+            model: self.model.unwrap_or_else(|| req.model.clone()),
+            latency: started.elapsed().as_secs_f64(),
+            streamed: true,
+            replayed: false,
+        };
+        check_reply(reply, req)
+    }
 }
 
 #[cfg(test)]

@@ -167,7 +167,7 @@ pub struct Failure {
     pub retry_after: Option<f64>,
     pub message: String,
     /// What did arrive, for `empty` and `truncated` (the partial text and the tokens paid for).
-    pub reply: Option<Reply>,
+    pub reply: Option<Box<Reply>>,
     /// The server refused a streaming request (the client then asks again without streaming).
     pub(crate) refused_stream: bool,
 }

@@ -209,12 +209,12 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
     let call = CallOpts { timeout, stream: opt_bool(&lua, &opts, "stream")?.unwrap_or_else(|| en.default_stream()) };
     let retry: LuaValue = opts.get("retry")?;
     match &retry {
-        LuaValue::Nil | LuaValue::Boolean(false) | LuaValue::Function(_) | LuaValue::Table(_) => {}
+        LuaValue::Nil | LuaValue::Boolean(_) | LuaValue::Function(_) | LuaValue::Table(_) => {}
         other => {
             return Err(util::misuse(
                 &lua,
                 format!(
-                    "llm.chat: 'retry' must be a policy (a table with decide, or a function) or false, got {}",
+                    "llm.chat: 'retry' must be a policy (a table with decide, or a function), true or false, got {}",
                     other.type_name()
                 ),
             ))
