@@ -219,6 +219,6 @@ mod tests {
         let d = first_difference(&a, &b, "").unwrap();
         assert!(d.starts_with("messages[1].content at char 7"), "{d}");
         let c = json!({"model": "n", "messages": []});
-        assert!(first_difference(&a, &c, "").unwrap().starts_with("model:"));
+        assert!(first_difference(&a, &c, "").unwrap().starts_with("model at char 1"));
     }
 }
