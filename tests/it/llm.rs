@@ -657,3 +657,42 @@ fn nothing_listening_is_a_connect_failure() {
     );
     ok(&out);
 }
+
+#[test]
+fn a_stream_that_goes_silent_is_a_timeout() {
+    let srv = FakeLlm::start();
+    srv.push_stream(&["partial ", "answer"], Duration::from_millis(1500));
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x", stream = true, timeout = 0.4, retry = false}
+        assert(not r and err.kind == "timeout" and err.message:find("stream stalled"), tostring(err))
+        "#,
+        &[],
+    );
+    ok(&out);
+}
+
+#[test]
+fn an_exhausted_quota_is_not_waited_for() {
+    let srv = FakeLlm::start();
+    srv.push(
+        429,
+        &[("content-type", "application/json")],
+        r#"{"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}"#,
+    );
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x"}
+        assert(not r and err.kind == "client" and err.status == 429 and err.attempts == 1, tostring(err))
+        assert(err.message:find("exceeded your current quota"), err.message)
+        "#,
+        &[],
+    );
+    ok(&out);
+}
