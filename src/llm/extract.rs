@@ -53,6 +53,15 @@ pub fn extract_json(text: &str) -> Result<Value, ExtractError> {
     let text: &str = &stripped;
     let trimmed = text.trim();
     if let Ok(v) = crate::jsonx::parse(trimmed) {
+        // a reply that is one JSON string holding the JSON (double-encoded) means the inner value
+        if let Value::String(inner) = &v {
+            let t = inner.trim();
+            if t.starts_with(['{', '[']) {
+                if let Some(x) = parse_lenient(t).filter(|x| x.is_object() || x.is_array()) {
+                    return Ok(x);
+                }
+            }
+        }
         return Ok(v);
     }
     let b = text.as_bytes();
@@ -718,6 +727,20 @@ mod tests {
         assert_eq!(ok("42"), json!(42));
         assert_eq!(ok("\"s\""), json!("s"));
         assert_eq!(ok("[]"), json!([]));
+    }
+
+    #[test]
+    fn double_encoded_reply_means_the_inner_value() {
+        assert_eq!(ok(r#""{\"cells\": [1, 2]}""#), json!({"cells": [1, 2]}));
+        assert_eq!(ok(r#""just text""#), json!("just text"));
+    }
+
+    #[test]
+    fn several_fenced_blocks_the_largest_wins() {
+        let t = "Format:\n```json\n{\"id\": 0}\n```\nAnswer:\n```json\n{\"cells\": [{\"id\": 1}, {\"id\": 2}]}\n```";
+        assert_eq!(ok(t)["cells"][1]["id"], 2);
+        let t = "json\n{\"leaked\": \"lang tag\"}";
+        assert_eq!(ok(t), json!({"leaked": "lang tag"}));
     }
 
     #[test]
