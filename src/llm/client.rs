@@ -503,6 +503,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_https_client_builds_with_the_ring_provider() {
+        Endpoint::new("https://api.openai.com/v1", Duration::from_secs(5), 4).expect("client builds");
+    }
+
+    #[test]
     fn summaries() {
         assert_eq!(body_summary(br#"{"error": {"message": "bad model"}}"#), "bad model");
         assert_eq!(

@@ -623,7 +623,13 @@ impl Engine {
             }
         }
         if let Some(rec) = guard.as_mut() {
-            if let Err(e) = rec.write(req, r, &|s| self.settings.mask(s)) {
+            // only the key itself: the look-alike patterns of `mask` could alter a prompt and break replay
+            let key = self.settings.api_key.clone();
+            let exact = move |s: &str| match key.as_deref() {
+                Some(k) if k.len() >= 4 => s.replace(k, "***"),
+                _ => s.to_string(),
+            };
+            if let Err(e) = rec.write(req, r, &exact) {
                 crate::ui::eline(&format!("warning: cannot record LLM exchange to {}: {e}", path.display()));
             }
         }
