@@ -140,8 +140,9 @@ fn server_500_is_retried_until_the_deadline_then_named() {
         assert(not r)
         print(tostring(err))
         assert(err.kind == "server" and err.status == 500, err.kind)
-        assert(err.attempts >= 3, err.attempts)
-        assert(err.elapsed > 0.5 and err.elapsed < 1.5, err.elapsed)
+        assert(err.attempts >= 2, err.attempts)
+        -- waits are at most 0.25 s, so it cannot have stopped before 0.75 s of the 1 s deadline
+        assert(err.elapsed > 0.7, err.elapsed)
         local m = err.message
         assert(m:find("HTTP 500") and m:find("upstream exploded") and m:find("attempts") and m:find("deadline"), m)
         assert(not m:find("None"))
@@ -661,13 +662,13 @@ fn nothing_listening_is_a_connect_failure() {
 #[test]
 fn a_stream_that_goes_silent_is_a_timeout() {
     let srv = FakeLlm::start();
-    srv.push_stream(&["partial ", "answer"], Duration::from_millis(1500));
+    srv.push_stream(&["partial ", "answer"], Duration::from_secs(5));
     let dir = tempdir();
     config(dir.path(), &srv.url(), json!({}));
     let out = run(
         dir.path(),
         r#"
-        local r, err = require("llm").chat{prompt = "x", stream = true, timeout = 0.4, retry = false}
+        local r, err = require("llm").chat{prompt = "x", stream = true, timeout = 1.5, retry = false}
         assert(not r and err.kind == "timeout" and err.message:find("stream stalled"), tostring(err))
         "#,
         &[],

@@ -278,8 +278,15 @@ fn serve(conn: TcpStream, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>) {
                 },
             }
         };
-        let keep = respond(&mut w, &body, reply, &stop);
+        // "in flight" is the time before the answer starts: counting the writing too would let a
+        // client that already has its answer (and sent the next request) look like one more at once
+        let mut reply = reply;
+        while let Reply::Slow(d, r) = reply {
+            std::thread::sleep(d);
+            reply = *r;
+        }
         state.lock().unwrap_or_else(|e| e.into_inner()).in_flight -= 1;
+        let keep = respond(&mut w, &body, reply, &stop);
         if !keep {
             let _ = w.shutdown(std::net::Shutdown::Both);
             return;
