@@ -201,6 +201,7 @@ impl Notebook {
         }
         let source = match get("source") {
             None => String::new(),
+            Some(Value::Object(o)) if o.is_empty() => String::new(),
             Some(v @ (Value::String(_) | Value::Array(_))) => join_text(v),
             Some(other) => bail!("cell source must be a string, not {}", type_name(other)),
         };
@@ -240,6 +241,7 @@ impl Notebook {
         if cell_type == "code" {
             let outputs = match get("outputs") {
                 None => Vec::new(),
+                Some(Value::Object(o)) if o.is_empty() => Vec::new(),
                 Some(Value::Array(a)) => a.iter().map(split_output).collect(),
                 Some(other) => bail!("cell outputs must be a list, not {}", type_name(other)),
             };
