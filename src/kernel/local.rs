@@ -233,6 +233,8 @@ impl LocalKernel {
             .stderr(logf)
             .process_group(0)
             .kill_on_drop(true);
+        // ipykernel exits on its own when this parent dies, even by SIGKILL (jupyter_client sets it too).
+        cmd.env("JPY_PARENT_PID", std::process::id().to_string());
         for (k, v) in &self.spec.env {
             cmd.env(k, v);
         }
