@@ -84,8 +84,9 @@ impl Notebook {
             if k == "cells" {
                 let Value::Array(a) = v else { bail!("'cells' must be a list") };
                 cells_pos = Some(top.len());
-                for (i, c) in a.into_iter().enumerate() {
+                for (i, mut c) in a.into_iter().enumerate() {
                     check_cell(&c).with_context(|| format!("cell {}", i + 1))?;
+                    add_required(&mut c);
                     cells.push(Cell::new(c));
                 }
             } else {
@@ -465,6 +466,26 @@ fn check_cell(c: &Value) -> Result<()> {
     }
 }
 
+/// Members every cell must have (a valid file has them already; a table from Lua loses nulls).
+fn add_required(c: &mut Value) {
+    let Some(m) = c.as_object_mut() else { return };
+    let code = m.get("cell_type").and_then(Value::as_str) == Some("code");
+    if !m.contains_key("metadata") {
+        insert_sorted(m, "metadata", json!({}));
+    }
+    if !m.contains_key("source") {
+        insert_sorted(m, "source", json!([]));
+    }
+    if code {
+        if !m.contains_key("execution_count") {
+            insert_sorted(m, "execution_count", Value::Null);
+        }
+        if !m.contains_key("outputs") {
+            insert_sorted(m, "outputs", json!([]));
+        }
+    }
+}
+
 /// nbformat's cell id rule.
 pub fn valid_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -572,7 +593,7 @@ pub fn split_output_owned(mut o: Value) -> Value {
 /// first indented by `level` more spaces (for its place inside the document).
 pub fn pretty(v: &Value, level: usize) -> String {
     let mut buf = Vec::new();
-    let fmt = serde_json::ser::PrettyFormatter::with_indent(b" ");
+    let fmt = PyFormatter(serde_json::ser::PrettyFormatter::with_indent(b" "));
     let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
     serde::Serialize::serialize(v, &mut ser).expect("JSON values serialize");
     let s = String::from_utf8(buf).expect("serde_json writes UTF-8");
@@ -592,8 +613,65 @@ pub fn pretty(v: &Value, level: usize) -> String {
     out
 }
 
+/// `repr(float)` as Python writes it: fixed notation for exponents -4..16 (with a `.0` on whole
+/// numbers), otherwise `1e-05` / `1.5e+16`; the digits are the shortest that round-trip in both.
+pub fn py_float(x: f64) -> String {
+    if !x.is_finite() {
+        return crate::jsonx::from_f64(x).to_string();
+    }
+    let sci = format!("{x:e}");
+    let (mant, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let e: i32 = exp.parse().unwrap_or(0);
+    if (-4..16).contains(&e) {
+        let s = format!("{x}");
+        if s.contains('.') { s } else { format!("{s}.0") }
+    } else {
+        format!("{mant}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
+    }
+}
+
+/// serde_json's pretty printer with Python's float spelling.
+struct PyFormatter<'a>(serde_json::ser::PrettyFormatter<'a>);
+
+macro_rules! delegate {
+    ($($name:ident($($arg:ident: $t:ty),*);)*) => {$(
+        fn $name<W: ?Sized + Write>(&mut self, w: &mut W $(, $arg: $t)*) -> std::io::Result<()> {
+            self.0.$name(w $(, $arg)*)
+        }
+    )*};
+}
+
+impl serde_json::ser::Formatter for PyFormatter<'_> {
+    fn write_f64<W: ?Sized + Write>(&mut self, w: &mut W, value: f64) -> std::io::Result<()> {
+        w.write_all(py_float(value).as_bytes())
+    }
+    delegate! {
+        begin_array();
+        end_array();
+        begin_array_value(first: bool);
+        end_array_value();
+        begin_object();
+        end_object();
+        begin_object_key(first: bool);
+        begin_object_value();
+        end_object_value();
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn floats_are_spelled_like_python() {
+        assert_eq!(py_float(1e-5), "1e-05");
+        assert_eq!(py_float(0.1), "0.1");
+        assert_eq!(py_float(2.0), "2.0");
+        assert_eq!(py_float(1e16), "1e+16");
+        assert_eq!(py_float(1.5e16), "1.5e+16");
+        assert_eq!(py_float(123456.789), "123456.789");
+        assert_eq!(py_float(0.0001), "0.0001");
+        assert_eq!(py_float(-2.5e-7), "-2.5e-07");
+    }
+
     use super::*;
 
     #[test]
