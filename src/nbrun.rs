@@ -62,9 +62,10 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
         Some(d) => d.clone(),
         None => std::path::absolute(&args.input)?.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")),
     };
-    let name = args.kernel.clone().or_else(|| {
-        nb.metadata().pointer("/kernelspec/name").and_then(Value::as_str).map(String::from)
-    });
+    let name = args
+        .kernel
+        .clone()
+        .or_else(|| nb.metadata().pointer("/kernelspec/name").and_then(Value::as_str).map(String::from));
     let opts = StartOptions { name, python: args.python.clone(), cwd: Some(cwd), env, ..Default::default() };
     if let Some(t) = args.timeout {
         if !(t.is_finite() && t > 0.0) {

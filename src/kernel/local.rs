@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use jupyter_protocol::connection_info::Transport;
-use jupyter_protocol::{ConnectionInfo, ExecuteRequest, InterruptRequest, JupyterMessage, KernelInfoRequest, ShutdownRequest};
+use jupyter_protocol::{
+    ConnectionInfo, ExecuteRequest, InterruptRequest, JupyterMessage, KernelInfoRequest, ShutdownRequest,
+};
 use jupyter_zmq_client as jzc;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
@@ -80,7 +82,6 @@ fn reader<S: SocketRecv + Send + 'static>(
         }
     })
 }
-
 
 /// State a concurrent `interrupt()` needs while an execution holds the kernel.
 pub struct Shared {
@@ -404,7 +405,11 @@ impl LocalKernel {
         if let Some(e) = p.exited() {
             return Ok(ExecResult {
                 exit: Some(e.clone()),
-                ..ExecResult::failed(ExecStatus::Dead, &format!("the kernel is not running: it {}", e.describe()), started)
+                ..ExecResult::failed(
+                    ExecStatus::Dead,
+                    &format!("the kernel is not running: it {}", e.describe()),
+                    started,
+                )
             });
         }
         // Late messages of earlier requests are of no use now.
@@ -424,7 +429,13 @@ impl LocalKernel {
         let id = req.header.msg_id.clone();
         match p.shell.as_mut() {
             Some(s) => s.send(req).await?,
-            None => return Ok(ExecResult::failed(ExecStatus::Dead, "the kernel is not running (call k:restart())", started)),
+            None => {
+                return Ok(ExecResult::failed(
+                    ExecStatus::Dead,
+                    "the kernel is not running (call k:restart())",
+                    started,
+                ))
+            }
         }
         let mut ob = OutputBuilder::default();
         let mut timing: HashMap<&'static str, String> = HashMap::new();

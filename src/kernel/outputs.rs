@@ -143,7 +143,11 @@ impl OutputBuilder {
 
     /// A copy of the outputs so far, as they would be finished (for partial results).
     pub fn snapshot(&self) -> Vec<Value> {
-        let b = OutputBuilder { outputs: self.outputs.clone(), dirty_streams: self.dirty_streams.clone(), ..Default::default() };
+        let b = OutputBuilder {
+            outputs: self.outputs.clone(),
+            dirty_streams: self.dirty_streams.clone(),
+            ..Default::default()
+        };
         b.finish()
     }
 }
@@ -188,7 +192,9 @@ pub fn apply_control_chars(s: &str) -> String {
 /// Remove ANSI escape sequences (colours, cursor moves) from text shown to scripts.
 pub fn strip_ansi(s: &str) -> String {
     static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    let re = RE.get_or_init(|| regex::Regex::new(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])").expect("valid"));
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])").expect("valid")
+    });
     re.replace_all(s, "").into_owned()
 }
 

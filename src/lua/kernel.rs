@@ -70,7 +70,9 @@ fn start_options(lua: &Lua, opts: Option<LuaTable>) -> LuaResult<StartOptions> {
     }
     if let Some(p) = t.get::<Option<LuaValue>>("packages")? {
         so.packages = match from_lua_checked(lua, &p, "kernel.start packages")? {
-            Value::Array(a) => a.iter().map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).collect(),
+            Value::Array(a) => {
+                a.iter().map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).collect()
+            }
             Value::Object(o) if o.is_empty() => Vec::new(),
             Value::String(s) => vec![s],
             _ => return Err(misuse(lua, "kernel.start: packages must be a list of pip requirement strings")),
@@ -86,8 +88,19 @@ fn start_options(lua: &Lua, opts: Option<LuaTable>) -> LuaResult<StartOptions> {
                 LuaValue::String(s) => s.to_string_lossy(),
                 LuaValue::Integer(i) => i.to_string(),
                 LuaValue::Number(n) => n.to_string(),
-                LuaValue::Boolean(b) => if b { "1".into() } else { "0".into() },
-                other => return Err(misuse(lua, format!("kernel.start: env.{k} must be a string, not {}", other.type_name()))),
+                LuaValue::Boolean(b) => {
+                    if b {
+                        "1".into()
+                    } else {
+                        "0".into()
+                    }
+                }
+                other => {
+                    return Err(misuse(
+                        lua,
+                        format!("kernel.start: env.{k} must be a string, not {}", other.type_name()),
+                    ))
+                }
             };
             so.env.push((k, v));
         }

@@ -78,7 +78,9 @@ impl LuaUserData for LuaNotebook {
             let i = index(lua, &this.0, i, false)?;
             let v = from_lua_checked(lua, &result, "nb:set_outputs")?;
             let (outputs, count, timing) = result_parts(lua, &v)?;
-            this.0.set_outputs(i, &outputs, count, timing.as_ref()).map_err(|e| misuse(lua, format!("nb:set_outputs: {e}")))
+            this.0
+                .set_outputs(i, &outputs, count, timing.as_ref())
+                .map_err(|e| misuse(lua, format!("nb:set_outputs: {e}")))
         });
         methods.add_method_mut("clear_outputs", |_, this, ()| {
             this.0.clear_outputs();

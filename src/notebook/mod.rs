@@ -171,7 +171,9 @@ impl Notebook {
         for (k, v) in c {
             let v = match k.as_str() {
                 "source" => Value::String(join_text(v)),
-                "outputs" => Value::Array(v.as_array().map(|a| a.iter().map(join_output).collect()).unwrap_or_default()),
+                "outputs" => {
+                    Value::Array(v.as_array().map(|a| a.iter().map(join_output).collect()).unwrap_or_default())
+                }
                 _ => v.clone(),
             };
             m.insert(k.clone(), v);
@@ -297,7 +299,13 @@ impl Notebook {
     }
 
     /// Set the outputs, execution count and timing of code cell `i` from an execution result.
-    pub fn set_outputs(&mut self, i: usize, outputs: &[Value], execution_count: Option<i64>, timing: Option<&Map<String, Value>>) -> Result<()> {
+    pub fn set_outputs(
+        &mut self,
+        i: usize,
+        outputs: &[Value],
+        execution_count: Option<i64>,
+        timing: Option<&Map<String, Value>>,
+    ) -> Result<()> {
         let c = self.cell_mut(i)?;
         if c.get("cell_type").and_then(Value::as_str) != Some("code") {
             bail!("cell {} is not a code cell", i + 1);
@@ -315,7 +323,13 @@ impl Notebook {
     }
 
     /// Set the outputs of cell `i` taking ownership of them (no copy; for large outputs).
-    pub fn set_outputs_owned(&mut self, i: usize, outputs: Vec<Value>, execution_count: Option<i64>, timing: Option<Map<String, Value>>) -> Result<()> {
+    pub fn set_outputs_owned(
+        &mut self,
+        i: usize,
+        outputs: Vec<Value>,
+        execution_count: Option<i64>,
+        timing: Option<Map<String, Value>>,
+    ) -> Result<()> {
         let c = self.cell_mut(i)?;
         if c.get("cell_type").and_then(Value::as_str) != Some("code") {
             bail!("cell {} is not a code cell", i + 1);
@@ -624,7 +638,11 @@ pub fn py_float(x: f64) -> String {
     let e: i32 = exp.parse().unwrap_or(0);
     if (-4..16).contains(&e) {
         let s = format!("{x}");
-        if s.contains('.') { s } else { format!("{s}.0") }
+        if s.contains('.') {
+            s
+        } else {
+            format!("{s}.0")
+        }
     } else {
         format!("{mant}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
     }

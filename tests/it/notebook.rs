@@ -156,7 +156,12 @@ fn notebook_run_executes_every_cell_and_saves_a_valid_notebook() {
     let nb = write_nb(
         d.path(),
         "in.ipynb",
-        &["import os\nprint(os.environ['GREETING'], os.path.basename(os.getcwd()))", "", "x = 6 * 7\nx", "print('π ✓')"],
+        &[
+            "import os\nprint(os.environ['GREETING'], os.path.basename(os.getcwd()))",
+            "",
+            "x = 6 * 7\nx",
+            "print('π ✓')",
+        ],
     );
     let o = util::cellsci(d.path())
         .args(["notebook", "run", "in.ipynb", "out.ipynb", "--python"])
