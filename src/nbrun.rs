@@ -95,18 +95,28 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
         bar.set_position(k as u64);
         let src = join_text(nb.cell_value(i).and_then(|c| c.get("source")).unwrap_or(&Value::Null));
         let log = args.log_output;
+        let pending = std::cell::RefCell::new(String::new());
         let mut eo = ExecOptions { timeout, on_output: None };
         if log {
-            eo.on_output = Some(Box::new(|o: &Value, kind: &str| {
-                // Streams are merged into one output; print only the new part.
+            crate::ui::line(&format!("--- cell {} ({}/{}) ---", i + 1, k + 1, code_cells.len()));
+            let pending = &pending;
+            eo.on_output = Some(Box::new(move |o: &Value, kind: &str| {
+                let mut p = pending.borrow_mut();
                 if kind == "stream" {
+                    // Print whole lines as they complete; keep a partial line for later.
+                    p.push_str(o.get("text").and_then(Value::as_str).unwrap_or(""));
+                    if let Some(cut) = p.rfind('\n') {
+                        crate::ui::line(&p[..cut]);
+                        p.drain(..=cut);
+                    }
                     return;
+                }
+                if !p.is_empty() {
+                    crate::ui::line(&p);
+                    p.clear();
                 }
                 crate::ui::line(summary(o).trim_end_matches('\n'));
             }));
-        }
-        if log {
-            crate::ui::line(&format!("--- cell {} ({}/{}) ---", i + 1, k + 1, code_cells.len()));
         }
         let res = match kernel.execute(&src, eo).await {
             Ok(r) => r,
@@ -117,10 +127,8 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
                 return Err(e);
             }
         };
-        if log {
-            for o in res.outputs.iter().filter(|o| o.get("output_type").and_then(Value::as_str) == Some("stream")) {
-                crate::ui::line(summary(o).trim_end_matches('\n'));
-            }
+        if !pending.borrow().is_empty() {
+            crate::ui::line(&pending.borrow());
         }
         let status = res.status;
         let (ename, evalue, tb, message) =

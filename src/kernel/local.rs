@@ -161,6 +161,12 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+        // Wait (briefly) until the process is reaped, so that when cellsci exits its kernels are gone.
+        // The waiter task runs on the runtime's worker threads, not on this one.
+        let until = Instant::now() + Duration::from_millis(500);
+        while self.exited().is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         crate::signals::unregister_child(self.pid);
         for t in &self.tasks {
             t.abort();
@@ -466,7 +472,18 @@ impl LocalKernel {
                             if let Some(d) = m.date { timing.insert("iopub.execute_input", d); }
                         }
                         t => {
-                            if let Some(i) = ob.handle(t, m.content) {
+                            // Streams are merged, so the callback gets the new piece, not the whole text.
+                            if t == "stream" {
+                                if let Some(cb) = opts.on_output.as_mut() {
+                                    let piece = serde_json::json!({
+                                        "name": m.content.get("name").cloned().unwrap_or(Value::Null),
+                                        "output_type": "stream",
+                                        "text": m.content.get("text").cloned().unwrap_or(Value::Null),
+                                    });
+                                    cb(&piece, t);
+                                }
+                                ob.handle(t, m.content);
+                            } else if let Some(i) = ob.handle(t, m.content) {
                                 if let Some(cb) = opts.on_output.as_mut() {
                                     if let Some(o) = ob.outputs.get(i) { cb(o, t) }
                                 }

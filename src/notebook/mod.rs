@@ -606,25 +606,44 @@ pub fn split_output_owned(mut o: Value) -> Value {
 /// JSON as Python's `json.dumps(indent=1, ensure_ascii=False)` writes it, with every line after the
 /// first indented by `level` more spaces (for its place inside the document).
 pub fn pretty(v: &Value, level: usize) -> String {
+    let pad = vec![b' '; level];
     let mut buf = Vec::new();
-    let fmt = PyFormatter(serde_json::ser::PrettyFormatter::with_indent(b" "));
-    let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
-    serde::Serialize::serialize(v, &mut ser).expect("JSON values serialize");
-    let s = String::from_utf8(buf).expect("serde_json writes UTF-8");
-    if level == 0 || !s.contains('\n') {
-        return s;
+    {
+        // Indent while serializing (no second copy: a cell may hold a 20 MB image).
+        let w = Indent { out: &mut buf, pad: &pad };
+        let fmt = PyFormatter(serde_json::ser::PrettyFormatter::with_indent(b" "));
+        let mut ser = serde_json::Serializer::with_formatter(w, fmt);
+        serde::Serialize::serialize(v, &mut ser).expect("JSON values serialize");
     }
-    // Strings never hold a raw newline (it is escaped), so every '\n' starts a new line of JSON.
-    let pad = " ".repeat(level);
-    let mut out = String::with_capacity(s.len() + s.len() / 8);
-    for (i, line) in s.split('\n').enumerate() {
-        if i > 0 {
-            out.push('\n');
-            out.push_str(&pad);
+    String::from_utf8(buf).expect("serde_json writes UTF-8")
+}
+
+/// A writer that adds `pad` after every newline. JSON strings never hold a raw newline (it is
+/// escaped), so every '\n' starts a new line of JSON.
+struct Indent<'a> {
+    out: &'a mut Vec<u8>,
+    pad: &'a [u8],
+}
+
+impl Write for Indent<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.pad.is_empty() {
+            self.out.extend_from_slice(buf);
+            return Ok(buf.len());
         }
-        out.push_str(line);
+        let mut rest = buf;
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            self.out.extend_from_slice(&rest[..=i]);
+            self.out.extend_from_slice(self.pad);
+            rest = &rest[i + 1..];
+        }
+        self.out.extend_from_slice(rest);
+        Ok(buf.len())
     }
-    out
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `repr(float)` as Python writes it: fixed notation for exponents -4..16 (with a `.0` on whole
