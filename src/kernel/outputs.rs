@@ -28,13 +28,8 @@ impl OutputBuilder {
     /// Handle one iopub message. Returns the index of the output it created or changed (None when it
     /// changed nothing visible).
     pub fn handle(&mut self, msg_type: &str, mut content: Value) -> Option<usize> {
-        match msg_type {
-            "stream" | "display_data" | "execute_result" | "error" => {
-                if self.clear_pending {
-                    self.clear();
-                }
-            }
-            _ => {}
+        if self.clear_pending && matches!(msg_type, "stream" | "display_data" | "execute_result" | "error") {
+            self.clear();
         }
         match msg_type {
             "stream" => {

@@ -20,8 +20,11 @@ fn index(lua: &Lua, nb: &Notebook, i: i64, allow_end: bool) -> LuaResult<usize> 
     Ok(i as usize - 1)
 }
 
+/// Outputs, execution count and timing of an execution result.
+type ResultParts = (Vec<Value>, Option<i64>, Option<Map<String, Value>>);
+
 /// Outputs, count and timing from a `k:execute` result table (or a table with just `outputs`).
-pub fn result_parts(lua: &Lua, v: &Value) -> LuaResult<(Vec<Value>, Option<i64>, Option<Map<String, Value>>)> {
+pub fn result_parts(lua: &Lua, v: &Value) -> LuaResult<ResultParts> {
     let Some(m) = v.as_object() else {
         return Err(misuse(lua, "nb:set_outputs expects the table k:execute returned (or {outputs = {...}})"));
     };
