@@ -11,8 +11,9 @@
 //!
 //! Reload must not trigger itself: notify on Linux reports our own reads (`Access(Open)`), so events are
 //! filtered by kind, and a module is only reloaded when its file's (mtime, len, inode) differ from what
-//! was last loaded — `stat` causes no event. When a watch cannot be set up (inotify limits, an exotic
-//! file system) the reloader falls back to stat-ing every module file at each `reload` call.
+//! was last loaded — `stat` causes no event. Each `reload` call also stats every module file, so edits
+//! the watcher cannot see (a network file system edited from another machine, a failed watch) are still
+//! picked up once they have settled.
 //!
 //! Only `package.loaded` is replaced: a `local m = require("m")` captured earlier keeps the old table, so
 //! code that wants edits picked up calls `require` again after the safe point.
@@ -42,7 +43,8 @@ fn stamp(p: &Path) -> Stamp {
 struct Dirty {
     /// Folders in which something was created, modified, renamed or removed.
     dirs: HashSet<PathBuf>,
-    /// The watcher reported an error (e.g. a queue overflow): check every module.
+    /// The watcher reported an error (e.g. a queue overflow). Every module is stat-ed at each reload
+    /// anyway, so this is only kept for diagnostics.
     rescan: bool,
 }
 
@@ -50,12 +52,14 @@ struct Dirty {
 #[derive(Default)]
 struct ReloadState {
     debouncer: Option<Debouncer<RecommendedWatcher, NoCache>>,
-    /// Watching is impossible: stat every module at each reload.
+    /// Watching is impossible: do not try again (the stat sweep at each reload still finds changes).
     fallback: bool,
     watched: HashSet<PathBuf>,
     dirty: Arc<Mutex<Dirty>>,
     /// The version of each module file last loaded (or last tried), by module name.
     stamps: HashMap<String, Stamp>,
+    /// A change seen by stat but not (yet) reported by the watcher, waiting to settle.
+    pending: HashMap<String, Stamp>,
     /// When each module was first searched for. A module's dependencies are searched after it (its
     /// chunk requires them), so reloading in reverse order updates dependencies before their users.
     order: HashMap<String, usize>,
@@ -145,30 +149,40 @@ pub fn on_require(lua: &Lua, name: &str, src: &ModuleSource) {
 }
 
 /// The modules whose file changed since they were last loaded: (name, file, chunk name, new stamp).
+///
+/// Every module file is stat-ed (cheap, and it fires no event), not only those the watcher reported:
+/// inotify misses edits made on another machine of a network file system, and a watch may have failed.
+/// A change the watcher did not report is taken once it has settled — its mtime is older than the
+/// debounce window, or the same new version was already seen at the previous call — so a file an editor
+/// is still writing is not loaded half-written.
 fn changed_modules(lua: &Lua) -> Vec<(String, PathBuf, String, Stamp)> {
     let Some(loaded) = lua.app_data_ref::<LoadedModules>() else { return Vec::new() };
     let Some(mut st) = lua.app_data_mut::<ReloadState>() else { return Vec::new() };
-    let (dirs, rescan) = {
+    let (dirs, _rescan) = {
         let mut d = st.dirty.lock().unwrap_or_else(|e| e.into_inner());
         (std::mem::take(&mut d.dirs), std::mem::take(&mut d.rescan))
     };
-    let check_all = rescan || st.fallback;
-    if !check_all && dirs.is_empty() {
-        return Vec::new();
-    }
     let mut out = Vec::new();
     let mut mods: Vec<_> = loaded.0.borrow().iter().map(|(n, s)| (n.clone(), s.clone())).collect();
     mods.sort_by_key(|(n, _)| std::cmp::Reverse(st.order.get(n).copied().unwrap_or(0)));
+    let wall = SystemTime::now();
     for (name, src) in mods {
         let Some(file) = src.file else { continue };
-        let touched = dirs.contains(&file) || file.parent().is_some_and(|p| dirs.contains(p));
-        if !check_all && !touched {
+        let now = stamp(&file);
+        if st.stamps.get(&name) == Some(&now) {
+            st.pending.remove(&name);
             continue;
         }
-        let now = stamp(&file);
-        if st.stamps.get(&name) != Some(&now) {
+        let reported = dirs.contains(&file) || file.parent().is_some_and(|p| dirs.contains(p));
+        let settled = reported
+            || st.pending.get(&name) == Some(&now)
+            || now.is_some_and(|(mtime, ..)| wall.duration_since(mtime).is_ok_and(|d| d >= DEBOUNCE));
+        if settled {
+            st.pending.remove(&name);
             st.stamps.insert(name.clone(), now);
             out.push((name, file, src.chunk, now));
+        } else {
+            st.pending.insert(name, now);
         }
     }
     out
