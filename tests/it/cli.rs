@@ -373,3 +373,93 @@ fn ctrl_c_ends_a_sleep() {
     assert_eq!(code, Some(130), "{err}");
     assert!(err.contains("s.lua:4: interrupted: interrupted (Ctrl-C)"), "{err}");
 }
+
+#[test]
+fn host_modules_behave_as_documented() {
+    let d = util::tempdir();
+    write(
+        d.path(),
+        "t.lua",
+        r#"
+local json, yaml, fs, path, time, env, log = require("json"), require("yaml"), require("fs"), require("path"),
+  require("time"), require("env"), require("log")
+
+-- json: Python's non-finite tokens, stable key order, arrays, errors as nil, err
+local v = assert(json.decode('{"b": NaN, "a": [Infinity, -Infinity, null, 1.5]}'))
+assert(v.b ~= v.b and v.a[1] == math.huge and v.a[2] == -math.huge and v.a[3] == json.null)
+assert(json.encode(v) == '{"a":[Infinity,-Infinity,null,1.5],"b":NaN}', json.encode(v))
+assert(json.encode({}) == "{}" and json.encode(json.array()) == "[]")
+assert(json.encode({ z = 1, a = { 1, 2 } }, { pretty = true }) == '{\n  "a": [\n    1,\n    2\n  ],\n  "z": 1\n}')
+local none, err = json.decode('{"a": }')
+assert(none == nil and err.kind == "parse" and err.line == 1 and err.column == 7, tostring(err))
+
+-- yaml: merges, and the author's key order survives a round trip (keys added later come after, sorted)
+local spec = assert(yaml.decode("system: s\ntask: t\nbase: &b {k: 1}\ndata:\n  <<: *b\n  j: .nan\n"))
+assert(spec.data.k == 1 and spec.data.j ~= spec.data.j)
+spec.system = nil
+spec.extra = "e"
+assert(yaml.encode(spec) == "task: t\nbase:\n  k: 1\ndata:\n  j: .nan\n  k: 1\nextra: e\n", yaml.encode(spec))
+local bad, yerr = yaml.decode("a: [1,\n")
+assert(bad == nil and yerr.kind == "parse" and yerr.message:find("line 2"), tostring(yerr))
+
+-- fs: atomic write into new folders, append, sorted list, stat, glob, copy, rename, remove
+assert(fs.write("out/a/f.txt", "one"))
+assert(fs.append("out/a/f.txt", " two"))
+assert(fs.read("out/a/f.txt") == "one two")
+assert(fs.write("out/a/b.txt", "b") and fs.write("out/c.json", "{}"))
+assert(table.concat(fs.list("out/a"), ",") == "b.txt,f.txt")
+for _, n in ipairs(fs.list("out/a")) do assert(not n:find("%.tmp$"), "temp file left behind: " .. n) end
+local st = assert(fs.stat("out/a/f.txt"))
+assert(st.size == 7 and st.is_file and not st.is_dir and st.mtime > 0)
+assert(table.concat(fs.glob("out/**/*.txt"), ",") == "out/a/b.txt,out/a/f.txt", table.concat(fs.glob("out/**/*.txt"), ","))
+assert(table.concat(fs.glob("out/*.json"), ",") == "out/c.json")
+assert(fs.copy("out/a", "copy/a") and fs.read("copy/a/f.txt") == "one two")
+assert(fs.rename("copy/a/f.txt", "moved/g.txt") and not fs.exists("copy/a/f.txt") and fs.exists("moved/g.txt"))
+local r, rerr = fs.remove("copy")
+assert(r == nil and rerr.kind == "not_empty", tostring(rerr))
+assert(fs.remove("copy", { recursive = true }) and not fs.exists("copy"))
+assert(fs.remove("never-existed") == true)
+local missing, ferr = fs.read("no/such/file")
+assert(missing == nil and ferr.kind == "not_found" and ferr.path == "no/such/file")
+assert(not pcall(fs.write, "x.txt", {}), "a table is misuse")
+
+-- path
+assert(path.join("a", "b", "c.txt") == "a/b/c.txt" and path.join("a", "/abs") == "/abs")
+assert(path.dirname("a/b/c.txt") == "a/b" and path.dirname("c.txt") == ".")
+assert(path.basename("a/b/c.tar.gz") == "c.tar.gz" and path.ext("c.tar.gz") == "gz" and path.stem("c.tar.gz") == "c.tar")
+assert(path.abs("x/../y") == path.cwd() .. "/y")
+assert(path.relative("/a/b/c", "/a/x") == "../b/c" and path.normalize("a/./b/../c") == "a/c")
+
+-- time
+assert(time.stamp():match("^%d%d%d%d%d%d%d%d_%d%d%d%d%d%d$"), time.stamp())
+assert(time.stamp(0):match("^19[67]%d"), "a given time is used")
+assert(time.iso():match("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d"))
+local t0 = time.monotonic()
+assert(time.sleep(0.01) == true and time.monotonic() >= t0)
+
+-- env: set for child processes, removed with nil
+env.set("CELLSCI_TEST_VAR", 42)
+assert(env.get("CELLSCI_TEST_VAR") == "42" and env.all().CELLSCI_TEST_VAR == "42")
+assert(os.execute('test "$CELLSCI_TEST_VAR" = 42'), "a child process sees the variable")
+env.set("CELLSCI_TEST_VAR", nil)
+assert(env.get("CELLSCI_TEST_VAR") == nil and env.get("CELLSCI_TEST_VAR", "d") == "d")
+
+-- log: stdout line, event file
+log.set_event_file("trial/events.jsonl")
+log.event("step", { n = 1 })
+log.line("ITERATION 1/1")
+log.warn("careful")
+local lines = {}
+for l in fs.read("trial/events.jsonl"):gmatch("[^\n]+") do lines[#lines + 1] = assert(json.decode(l)) end
+assert(lines[1].kind == "step" and lines[1].n == 1 and lines[2].kind == "log" and lines[2].level == "warn")
+"#,
+    );
+    let o = cellsci(d.path()).args(["script", "t.lua"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ITERATION 1/1\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "warning: careful\n");
+    // Atomic writes create files with the usual permissions, not the temp file's 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d.path().join("out/a/f.txt")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode & 0o044, 0o044, "mode {mode:o}");
+}
