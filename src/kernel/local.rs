@@ -424,8 +424,8 @@ impl LocalKernel {
         let req = JupyterMessage::new(
             ExecuteRequest {
                 code: code.to_string(),
-                silent: false,
-                store_history: true,
+                silent: opts.silent,
+                store_history: !opts.silent,
                 user_expressions: None,
                 allow_stdin: false,
                 stop_on_error: true,
