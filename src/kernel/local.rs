@@ -81,7 +81,7 @@ fn decode(zmsg: zeromq::ZmqMessage, mac: &Option<ring::hmac::Key>) -> Result<Msg
 }
 
 fn unhex(s: &[u8]) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let v = |c: u8| -> Option<u8> {
