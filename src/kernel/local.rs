@@ -324,6 +324,9 @@ impl LocalKernel {
             if !tail.is_empty() {
                 msg.push_str(&format!("; its output:\n{tail}"));
             }
+            if tail.contains("No module named ipykernel") {
+                msg.push_str(&format!("\n(install ipykernel in that environment: {} -m pip install ipykernel)", argv[0]));
+            }
             anyhow!(msg)
         };
         // Wait until the kernel listens (10 ms polls) so zeromq's connect does not back off.
