@@ -246,7 +246,7 @@ local function start_kernel(trial, s1)
   local k, err = kernel.start({ name = ex.kernel_name, python = ex.python, packages = ex.kernel_packages,
     cwd = trial, env = env })
   if not k then error("cannot start the kernel: " .. tostring(err), 0) end
-  local r = run_cell(k, M.GUARD, {})
+  local r = run_cell(k, M.GUARD, { silent = true })
   if r.status ~= "ok" then error("kernel set-up failed: " .. tostring(r.evalue), 0) end
   return k
 end
@@ -260,7 +260,7 @@ end
 
 -- Bring a restarted kernel back to where it was: set-up, then every cell that had succeeded.
 local function replay(k, nb, done)
-  local r = run_cell(k, M.GUARD, {})
+  local r = run_cell(k, M.GUARD, { silent = true })
   if r.status ~= "ok" then return false, "set-up failed after restart" end
   for _, j in ipairs(done) do
     local rr = run_cell(k, nb:cell(j).source, { timeout = tonumber(section("exec").timeout_seconds) })

@@ -96,7 +96,7 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
         let src = join_text(nb.cell_value(i).and_then(|c| c.get("source")).unwrap_or(&Value::Null));
         let log = args.log_output;
         let pending = std::cell::RefCell::new(String::new());
-        let mut eo = ExecOptions { timeout, on_output: None };
+        let mut eo = ExecOptions { timeout, silent: false, on_output: None };
         if log {
             crate::ui::line(&format!("--- cell {} ({}/{}) ---", i + 1, k + 1, code_cells.len()));
             let pending = &pending;

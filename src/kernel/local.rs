@@ -38,9 +38,29 @@ pub struct Msg {
     pub content: Value,
 }
 
-fn decode(raw: jzc::RawMessage) -> Result<Msg> {
-    if raw.jparts.len() < 4 {
+/// Split a multipart message, check its signature and decode it. This is jupyter-zmq-client's
+/// `RawMessage::from_multipart` without its copy of the signed parts into one buffer: the HMAC is
+/// computed part by part, so a 20 MB output is never held twice while it is checked.
+fn decode(zmsg: zeromq::ZmqMessage, mac: &Option<ring::hmac::Key>) -> Result<Msg> {
+    let parts = zmsg.into_vec();
+    let d = parts.iter().position(|p| &p[..] == b"<IDS|MSG>").context("kernel message without delimiter")?;
+    if parts.len() < d + 6 {
         bail!("short kernel message");
+    }
+    let j = &parts[d + 2..];
+    if let Some(key) = mac {
+        let mut ctx = ring::hmac::Context::with_key(key);
+        for p in &j[..4] {
+            ctx.update(p);
+        }
+        let tag = ctx.sign();
+        let expected = unhex(&parts[d + 1]).context("kernel message with a malformed signature")?;
+        let got = tag.as_ref();
+        // constant-time comparison
+        let diff = expected.len() ^ got.len() | expected.iter().zip(got).fold(0u8, |a, (x, y)| a | (x ^ y)) as usize;
+        if diff != 0 {
+            bail!("kernel message with a bad signature");
+        }
     }
     #[derive(serde::Deserialize)]
     struct H {
@@ -54,10 +74,25 @@ fn decode(raw: jzc::RawMessage) -> Result<Msg> {
         #[serde(default)]
         msg_id: Option<String>,
     }
-    let h: H = serde_json::from_slice(&raw.jparts[0])?;
-    let p: P = serde_json::from_slice(&raw.jparts[1]).unwrap_or(P { msg_id: None });
-    let content: Value = serde_json::from_slice(&raw.jparts[3])?;
+    let h: H = serde_json::from_slice(&j[0])?;
+    let p: P = serde_json::from_slice(&j[1]).unwrap_or(P { msg_id: None });
+    let content: Value = serde_json::from_slice(&j[3])?;
     Ok(Msg { msg_type: h.msg_type, parent_id: p.msg_id, date: h.date, content })
+}
+
+fn unhex(s: &[u8]) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let v = |c: u8| -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    };
+    s.chunks(2).map(|p| Some(v(p[0])? << 4 | v(p[1])?)).collect()
 }
 
 /// Read messages from a socket forever, forwarding them; ends when the socket or the receiver does.
@@ -69,7 +104,7 @@ fn reader<S: SocketRecv + Send + 'static>(
     tokio::spawn(async move {
         loop {
             let Ok(zmsg) = socket.recv().await else { break };
-            let msg = match jzc::RawMessage::from_multipart(zmsg, &mac).map_err(anyhow::Error::from).and_then(decode) {
+            let msg = match decode(zmsg, &mac) {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::debug!("dropping a kernel message that does not decode: {e:#}");
@@ -289,6 +324,9 @@ impl LocalKernel {
             if !tail.is_empty() {
                 msg.push_str(&format!("; its output:\n{tail}"));
             }
+            if tail.contains("No module named ipykernel") {
+                msg.push_str(&format!("\n(install ipykernel in that environment: {} -m pip install ipykernel)", argv[0]));
+            }
             anyhow!(msg)
         };
         // Wait until the kernel listens (10 ms polls) so zeromq's connect does not back off.
@@ -424,8 +462,8 @@ impl LocalKernel {
         let req = JupyterMessage::new(
             ExecuteRequest {
                 code: code.to_string(),
-                silent: false,
-                store_history: true,
+                silent: opts.silent,
+                store_history: !opts.silent,
                 user_expressions: None,
                 allow_stdin: false,
                 stop_on_error: true,
@@ -595,4 +633,32 @@ impl LocalKernel {
 async fn wait_exit(p: &mut Proc) -> ExitInfo {
     let _ = tokio::time::timeout(Duration::from_millis(500), p.exit_rx.wait_for(|e| e.is_some())).await;
     p.exited().unwrap_or(ExitInfo { code: None, signal: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signed(key: &ring::hmac::Key, parts: &[&str], tamper: bool) -> zeromq::ZmqMessage {
+        let mut ctx = ring::hmac::Context::with_key(key);
+        for p in parts {
+            ctx.update(p.as_bytes());
+        }
+        let sig: String = ctx.sign().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let mut v: Vec<bytes::Bytes> = vec![bytes::Bytes::from_static(b"<IDS|MSG>"), sig.into_bytes().into()];
+        for (i, p) in parts.iter().enumerate() {
+            let p = if tamper && i == 3 { p.replace('1', "2") } else { p.to_string() };
+            v.push(p.into_bytes().into());
+        }
+        zeromq::ZmqMessage::try_from(v).unwrap()
+    }
+
+    #[test]
+    fn signatures_are_checked_part_by_part() {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"secret");
+        let parts = [r#"{"msg_type": "stream", "date": "d"}"#, r#"{"msg_id": "p"}"#, "{}", r#"{"text": "1"}"#];
+        let m = decode(signed(&key, &parts, false), &Some(key.clone())).unwrap();
+        assert_eq!((m.msg_type.as_str(), m.parent_id.as_deref()), ("stream", Some("p")));
+        assert!(decode(signed(&key, &parts, true), &Some(key)).is_err(), "a tampered message is rejected");
+    }
 }

@@ -59,6 +59,8 @@ impl Default for StartOptions {
 #[derive(Default)]
 pub struct ExecOptions<'a> {
     pub timeout: Option<Duration>,
+    /// Jupyter's silent execution: no execution count, no history, no execute_result (set-up code).
+    pub silent: bool,
     /// Called with each output as it is created or changed, and the message type that did it.
     #[allow(clippy::type_complexity)]
     pub on_output: Option<Box<dyn FnMut(&Value, &str) + 'a>>,
@@ -198,7 +200,7 @@ pub enum Kernel {
 /// Pick the kernelspec for `opts`: an explicit Python, else the named spec, else a provisioned venv.
 pub async fn resolve_spec(opts: &StartOptions) -> Result<KernelSpec> {
     if !opts.packages.is_empty() {
-        let py = spec::provision(&opts.packages).await?;
+        let py = spec::provision(opts.python.as_deref(), &opts.packages).await?;
         return Ok(spec::for_python(&py));
     }
     if let Some(py) = &opts.python {
@@ -217,7 +219,7 @@ pub async fn resolve_spec(opts: &StartOptions) -> Result<KernelSpec> {
         return Ok(s);
     }
     if name == "python3" || name == "python" {
-        let py = spec::provision(&[]).await?;
+        let py = spec::provision(None, &[]).await?;
         return Ok(spec::for_python(&py));
     }
     let names: Vec<String> = spec::list(None).into_iter().map(|s| s.name).collect();

@@ -262,9 +262,10 @@ pub fn cache_root() -> PathBuf {
     dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("cellsci").join("kernels")
 }
 
-/// Make (once) a venv with ipykernel and `packages` in the cache dir; returns its interpreter.
-pub async fn provision(packages: &[String]) -> Result<PathBuf> {
-    let base = which("python3").or_else(|| which("python")).context(
+/// Make (once) a venv with ipykernel and `packages` in the cache dir, from `base` (default: the
+/// `python3` on PATH); returns its interpreter.
+pub async fn provision(base: Option<&Path>, packages: &[String]) -> Result<PathBuf> {
+    let base = base.map(Path::to_path_buf).or_else(|| which("python3")).or_else(|| which("python")).context(
         "no kernelspec was found and Python is not installed (no python3 on PATH): install Python 3 \
          (e.g. `apt-get install python3 python3-venv`), or set exec.python / python= to an interpreter \
          that has ipykernel",

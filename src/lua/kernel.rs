@@ -128,13 +128,15 @@ impl LuaUserData for LuaKernel {
         methods.add_async_method("execute", |lua, this, (code, opts): (String, Option<LuaTable>)| async move {
             let mut timeout = None;
             let mut on_output: Option<LuaFunction> = None;
+            let mut silent = false;
             if let Some(cfg) = &HostCtx::get(&lua).config {
                 if cfg.exec.timeout_seconds > 0.0 && cfg.exec.timeout_seconds.is_finite() {
                     timeout = Some(Duration::from_secs_f64(cfg.exec.timeout_seconds));
                 }
             }
             if let Some(t) = &opts {
-                check_opts(&lua, t, "k:execute", &["timeout", "on_output"])?;
+                check_opts(&lua, t, "k:execute", &["timeout", "on_output", "silent"])?;
+                silent = t.get::<Option<bool>>("silent")?.unwrap_or(false);
                 match t.get::<LuaValue>("timeout")? {
                     LuaValue::Nil => {}
                     LuaValue::Boolean(false) => timeout = None,
@@ -149,7 +151,7 @@ impl LuaUserData for LuaKernel {
             drop(this);
             let mut k = kernel.lock().await;
             let cb_err: std::cell::RefCell<Option<LuaError>> = Default::default();
-            let mut eo = ExecOptions { timeout, on_output: None };
+            let mut eo = ExecOptions { timeout, silent, on_output: None };
             if let Some(f) = on_output.clone() {
                 let lua2 = lua.clone();
                 let cb_err = &cb_err;

@@ -607,7 +607,8 @@ pub fn split_output_owned(mut o: Value) -> Value {
 /// first indented by `level` more spaces (for its place inside the document).
 pub fn pretty(v: &Value, level: usize) -> String {
     let pad = vec![b' '; level];
-    let mut buf = Vec::new();
+    // Sized up front: growing a 20 MB buffer by doubling would hold ~1.5 copies of it at once.
+    let mut buf = Vec::with_capacity(estimate(v, level + 1) + 64);
     {
         // Indent while serializing (no second copy: a cell may hold a 20 MB image).
         let w = Indent { out: &mut buf, pad: &pad };
@@ -616,6 +617,19 @@ pub fn pretty(v: &Value, level: usize) -> String {
         serde::Serialize::serialize(v, &mut ser).expect("JSON values serialize");
     }
     String::from_utf8(buf).expect("serde_json writes UTF-8")
+}
+
+/// A close upper estimate of the pretty-printed size of `v` at indent `depth`.
+fn estimate(v: &Value, depth: usize) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 24,
+        Value::String(s) => s.len() + s.len() / 16 + 2,
+        Value::Array(a) => 4 + depth + a.iter().map(|x| estimate(x, depth + 1) + depth + 3).sum::<usize>(),
+        Value::Object(m) => {
+            4 + depth + m.iter().map(|(k, x)| k.len() + 6 + depth + estimate(x, depth + 1)).sum::<usize>()
+        }
+    }
 }
 
 /// A writer that adds `pad` after every newline. JSON strings never hold a raw newline (it is

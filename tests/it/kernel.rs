@@ -163,7 +163,11 @@ fn sys_exit_is_an_error_and_input_fails_fast() {
         d.path(),
         r#"
 local k = assert(kernel.start{python = PY})
+-- silent set-up code (what the pipeline runs first) takes no execution count
+local g = k:execute("hidden = 1\nhidden", {silent = true})
+assert(g.status == "ok" and #g.outputs == 0, #g.outputs)
 local r = k:execute("import sys\nsys.exit(3)")
+assert(r.execution_count == 1, r.execution_count)
 assert(r.status == "error" and r.ename == "SystemExit", r.ename)
 local i = k:execute("name = input('who? ')", {timeout = 60})
 assert(i.status == "error" and i.ename == "StdinNotImplementedError", i.ename)
