@@ -82,9 +82,10 @@ pub struct ReloadError {
 pub fn on_require(lua: &Lua, name: &str, src: &ModuleSource) {
     let Some(file) = &src.file else { return };
     if lua.app_data_ref::<ReloadState>().is_none() {
-        lua.set_app_data(ReloadState::default());
+        // try_: set_app_data panics while other app data is borrowed; losing one watch is not worth that.
+        let _ = lua.try_set_app_data(ReloadState::default());
     }
-    let Some(mut st) = lua.app_data_mut::<ReloadState>() else { return };
+    let Ok(Some(mut st)) = lua.try_app_data_mut::<ReloadState>() else { return };
     st.stamps.insert(name.to_string(), stamp(file));
     let n = st.order.len();
     st.order.entry(name.to_string()).or_insert(n);
@@ -156,8 +157,8 @@ pub fn on_require(lua: &Lua, name: &str, src: &ModuleSource) {
 /// debounce window, or the same new version was already seen at the previous call — so a file an editor
 /// is still writing is not loaded half-written.
 fn changed_modules(lua: &Lua) -> Vec<(String, PathBuf, String, Stamp)> {
-    let Some(loaded) = lua.app_data_ref::<LoadedModules>() else { return Vec::new() };
-    let Some(mut st) = lua.app_data_mut::<ReloadState>() else { return Vec::new() };
+    let Ok(Some(loaded)) = lua.try_app_data_ref::<LoadedModules>() else { return Vec::new() };
+    let Ok(Some(mut st)) = lua.try_app_data_mut::<ReloadState>() else { return Vec::new() };
     let (dirs, _rescan) = {
         let mut d = st.dirty.lock().unwrap_or_else(|e| e.into_inner());
         (std::mem::take(&mut d.dirs), std::mem::take(&mut d.rescan))
