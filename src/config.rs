@@ -471,7 +471,7 @@ fn describe(v: &Value) -> String {
 }
 
 /// Resolve relative paths against the config's folder: every string in `paths`, and any string under a
-/// key ending in `_dir`, `_file`, `_root` or `_path` in the other sections. `~/` means the home folder;
+/// key ending in `_dir`, `_file`, `_root` or `_path` (or a `python` with a slash) in the other sections. `~/` means the home folder;
 /// URLs and empty strings are left alone.
 fn resolve_paths(value: &mut Value, dir: &Path) {
     let Some(top) = value.as_object_mut() else { return };
@@ -494,7 +494,9 @@ fn resolve_in(v: &mut Value, dir: &Path, depth: usize) {
         return;
     }
     for (k, x) in m.iter_mut() {
-        if x.is_string() && PATH_SUFFIXES.iter().any(|s| k.ends_with(s)) {
+        // `python` is a path when it has a slash; a bare `python3` is a command looked up on PATH.
+        let python = k == "python" && x.as_str().is_some_and(|s| s.contains('/'));
+        if x.is_string() && (python || PATH_SUFFIXES.iter().any(|s| k.ends_with(s))) {
             resolve_one(x, dir);
         } else if x.is_object() {
             resolve_in(x, dir, depth + 1);

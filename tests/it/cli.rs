@@ -177,6 +177,7 @@ fn config_relative_paths_resolve_against_the_config_folder_not_the_cwd() {
   "prompt_branch": {"prompt_file": "prompts/gen.yaml", "idea_file": "../ideas/idea.json", "save_root": "runs",
                     "strategy_prompt_file": "prompts/strategy.yaml"},
   "literature": {"out_dir": "lit", "query": "relative/looking/text"},
+  "exec": {"python": "venv/bin/python"},
   "llm": {"base_url": "http://127.0.0.1:9/v1"}
 }"#,
     );
@@ -198,6 +199,7 @@ eq(c.prompt_branch.save_root, "{conf}/runs")
 eq(c.prompt_branch.strategy_prompt_file, "{conf}/prompts/strategy.yaml")
 eq(c.literature.out_dir, "{conf}/lit")
 eq(c.literature.query, "relative/looking/text")
+eq(c.exec.python, "{conf}/venv/bin/python")
 eq(c.llm.base_url, "http://127.0.0.1:9/v1")
 eq(require("host").config_file, "{conf}/c.json")
 print("ok")"#
