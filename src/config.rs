@@ -217,7 +217,7 @@ impl Config {
     }
 
     /// Where trials are written: `prompt_branch.save_root`, else `paths.design_execution_root`, else the
-    /// config file's folder.
+    /// current folder (as the Python original did).
     pub fn save_root(&self) -> PathBuf {
         self.prompt_branch
             .save_root
@@ -225,7 +225,7 @@ impl Config {
             .or(self.paths.design_execution_root.as_deref())
             .filter(|s| !s.is_empty())
             .map(PathBuf::from)
-            .unwrap_or_else(|| self.dir.clone())
+            .unwrap_or_else(|| std::env::current_dir().unwrap_or_else(|_| self.dir.clone()))
     }
 }
 
@@ -306,7 +306,8 @@ fn from_text(path: &Path, shown: &str, text: &str, mut value: Value) -> anyhow::
     let section = |k: &str| value.get(k).cloned().unwrap_or(Value::Object(Default::default()));
     let typed = |k: &str, e: serde_json::Error| anyhow::anyhow!("{}: {k}: {e}", where_(&[k]));
     let mut llm: LlmConfig = serde_json::from_value(section("llm")).map_err(|e| typed("llm", e))?;
-    if llm.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+    // An empty key, or a `${VAR}` whose variable is not set, is no key (the client then tries OPENAI_API_KEY).
+    if llm.api_key.as_deref().is_some_and(|k| k.trim().is_empty() || k.contains("${")) {
         llm.api_key = None;
     }
     let cfg = Config {
