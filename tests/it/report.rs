@@ -72,6 +72,9 @@ local s1 = assert(report.load_metrics(D .. "/layouts/single_model.json"))
 assert(s1.order[1] == "model" and s1.models.model.aggregate.PCC == 0.6 and s1.models.model.per_fold.fold_1.PCC == 0.7)
 assert(has(s1.warnings, "one model's metrics at the top level"))
 assert(assert(report.load_metrics(D .. "/layouts/fold_major.json")).winner == "MLP")
+-- a model wrapped in "metrics"; a model that reports only train/val groups: val is its aggregate
+local wr = assert(report.load_metrics(D .. "/layouts/wrapped.json"))
+assert(wr.models.Ridge.per_fold.fold_2.MSE == 0.31 and wr.models.MLP.aggregate.MSE == 0.25)
 -- nested: the val group is read, train is not
 local n = assert(report.load_metrics(D .. "/layouts/nested.json"))
 near(n.models.MLP.per_fold.fold_0.MSE, 0.25, 0, "val not train")
