@@ -28,9 +28,12 @@ pub mod time;
 pub mod util;
 pub mod yaml;
 
+/// Builds a module's table; `require(name)` returns it.
+pub type Register = fn(&Lua) -> LuaResult<LuaTable>;
+
 /// Every module the host provides, in registration order: `require(name)` returns `register(lua)`.
 /// This list is the whole Rust → Lua API surface.
-pub const MODULES: &[(&str, fn(&Lua) -> LuaResult<LuaTable>)] = &[
+pub const MODULES: &[(&str, Register)] = &[
     ("json", json::register),
     ("yaml", yaml::register),
     ("fs", fs::register),

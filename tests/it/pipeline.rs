@@ -75,7 +75,8 @@ type Handler = Box<dyn Fn(Kind, &Value, usize) -> Reply + Send + Sync>;
 /// A temporary phase-2 project: config, stage-1 folder, the fake LLM server.
 struct Project {
     dir: tempfile::TempDir,
-    srv: FakeLlm,
+    /// Kept alive for the project's lifetime (the server stops when dropped).
+    _srv: FakeLlm,
     seen: Arc<Mutex<Vec<(Kind, Value)>>>,
 }
 
@@ -118,7 +119,7 @@ impl Project {
         });
         merge(&mut cfg, config);
         util::write(dir.path(), "generate_execution_config.json", &serde_json::to_string_pretty(&cfg).unwrap());
-        Project { dir, srv, seen }
+        Project { dir, _srv: srv, seen }
     }
 
     fn path(&self) -> &Path {
@@ -537,7 +538,7 @@ fn ctrl_c_mid_cell_records_interrupted_and_leaves_no_kernel() {
         json!({"experiment": {"max_iterations": 3}}),
         simple_handler(vec![generation_reply(&[("T1", "import time\nprint('sleeping', flush=True)\ntime.sleep(60)")])]),
     );
-    let mut child = cellsci(p.path())
+    let child = cellsci(p.path())
         .args(["--config", "generate_execution_config.json", "run"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
