@@ -1,16 +1,611 @@
--- The default phase-2 pipeline (generate / execute / analyze / run).
--- Placeholder until the pipeline issue lands.
+-- The default phase-2 pipeline: generate -> execute (with autofix) -> analyze, and the `run` loop.
+--
+-- `cellsci run|generate|execute|analyze` call M.run / M.generate / M.execute / M.analyze with the
+-- command-line options. Policies live in stdlib modules that are required at each use, after
+-- host.reload(), so edits to them (or your own shadowing copies) take effect during a run:
+--   retry.lua (LLM retries), autofix.lua (repairing cells), success.lua (when to stop), strategy.lua.
+-- The plain lines printed with log.line are read by other tools: keep their wording.
+local host = require("host")
+local fs = require("fs")
+local path = require("path")
+local json = require("json")
+local yaml = require("yaml")
+local log = require("log")
+local time = require("time")
+local llm = require("llm")
+local notebook = require("notebook")
+local kernel = require("kernel")
+local report = require("report")
+
 local M = {}
 
-local function not_yet(name)
-  return function()
-    error("cellsci " .. name .. ": the default pipeline (scripts/pipeline.lua) is not there yet", 0)
-  end
+---------------------------------------------------------------------------------------------------
+-- Config and files
+---------------------------------------------------------------------------------------------------
+
+local function cfg() return host.config end
+
+local function section(name) return cfg()[name] or {} end
+
+function M.save_root()
+  local c = cfg()
+  local root = section("prompt_branch").save_root or section("paths").design_execution_root
+  if not root or root == "" then root = path.abs(".") end
+  return root
 end
 
-M.run = not_yet("run")
-M.generate = not_yet("generate")
-M.execute = not_yet("execute")
-M.analyze = not_yet("analyze")
+local function prompt_root() return path.join(M.save_root(), "prompt") end
+
+-- ${name} in prompt text: the given vars, then the config's top-level strings; unknown names stay.
+function M.fill(text, vars)
+  return (text:gsub("%${([%w_]+)}", function(name)
+    local v = vars[name]
+    if v == nil then v = cfg()[name] end
+    if type(v) == "string" or type(v) == "number" then return tostring(v) end
+    return nil
+  end))
+end
+
+-- A prompt file: an explicit path (config or command line), else prompts/<name> in the current folder,
+-- else the bundled copy.
+function M.load_prompt(explicit, name)
+  local text, where
+  if explicit and explicit ~= "" then
+    local err
+    text, err = fs.read(explicit)
+    if not text then error("cannot read prompt file " .. explicit .. ": " .. tostring(err), 0) end
+    where = explicit
+  else
+    text, where = host.bundled("prompts/" .. name)
+    if not text then error("no bundled prompt prompts/" .. name, 0) end
+  end
+  local doc, err = yaml.decode(text)
+  if doc == nil then error("prompt file " .. where .. ": " .. tostring(err), 0) end
+  if type(doc) ~= "table" then error("prompt file " .. where .. ": expected a mapping of keys", 0) end
+  return doc, where
+end
+
+local function write_json(p, value)
+  local ok, err = fs.write(p, json.encode(value, { pretty = true }) .. "\n")
+  if not ok then error("cannot write " .. p .. ": " .. tostring(err), 0) end
+end
+
+local function write_text(p, text)
+  local ok, err = fs.write(p, text)
+  if not ok then error("cannot write " .. p .. ": " .. tostring(err), 0) end
+end
+
+-- Chat options shared by every request of the pipeline (model etc. come from the config's llm section).
+local function chat_opts(extra)
+  local o = {}
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return o
+end
+
+-- The newest trial folder under <save_root>/prompt (by modification time), or the one named.
+function M.find_trial(named)
+  if named then
+    if not fs.exists(named) then error("trial folder not found: " .. named, 0) end
+    return named
+  end
+  local root = prompt_root()
+  local best, best_m
+  for _, n in ipairs(fs.list(root) or {}) do
+    local p = path.join(root, n)
+    local st = fs.stat(p)
+    if st and st.is_dir and (not best_m or st.mtime >= best_m) then best, best_m = p, st.mtime end
+  end
+  if not best then error("no trial folder under " .. root .. " (run `cellsci generate` first)", 0) end
+  return best
+end
+
+---------------------------------------------------------------------------------------------------
+-- generate
+---------------------------------------------------------------------------------------------------
+
+local function read_ideas(p)
+  local text = p and fs.read(p)
+  if not text then return {} end
+  local doc, err = json.decode(text)
+  if type(doc) ~= "table" then
+    log.warn("[SETUP] cannot read " .. p .. ": " .. tostring(err))
+    return {}
+  end
+  return doc.ideas or doc
+end
+
+-- Cells of a generation reply: {"cells": [...]} or a bare list. Returns cells, hypergraph | nil, reason.
+function M.cells_of(reply)
+  if type(reply) ~= "table" then return nil, "the reply is not a JSON object or list" end
+  local cells = reply.cells or reply
+  if type(cells) ~= "table" or #cells == 0 then return nil, "the reply has no cells" end
+  for i, c in ipairs(cells) do
+    if type(c) ~= "table" then return nil, "cell " .. i .. " is not an object" end
+    local code = c.code or c.source
+    if type(code) == "table" then code = table.concat(code) end
+    if type(code) ~= "string" or not code:match("%S") then return nil, "cell " .. i .. " has no code" end
+    c.code = code
+  end
+  local hg = (type(reply.hypergraph) == "table") and reply.hypergraph or { hyperedges = {} }
+  return cells, hg
+end
+
+-- Ask for the notebook; on an unreadable reply, ask the model to reformat it (prompt_branch.json_retries).
+-- Returns cells, hypergraph, attempts (raw replies with errors).
+local function request_notebook(system, user)
+  local pb = section("prompt_branch")
+  local messages = { { role = "system", content = system }, { role = "user", content = user } }
+  local attempts = {}
+  local retries = tonumber(pb.json_retries) or 2
+  for attempt = 0, retries do
+    host.reload()
+    local resp, err = llm.chat(chat_opts({ messages = messages, temperature = pb.temperature, max_tokens = pb.max_tokens }))
+    if not resp then
+      table.insert(attempts, { attempt = attempt + 1, error = tostring(err) })
+      return nil, nil, attempts, "the generation request failed: " .. tostring(err)
+    end
+    local parsed, perr = llm.extract_json(resp.text)
+    local cells, hg
+    if parsed ~= nil then cells, hg = M.cells_of(parsed) end
+    if cells then return cells, hg, attempts end
+    local why = parsed == nil and tostring(perr) or hg
+    table.insert(attempts, { attempt = attempt + 1, error = why, raw = resp.text, finish_reason = resp.finish_reason })
+    log.warn(string.format("[GENERATE] reply %d could not be used (%s)%s", attempt + 1, why,
+      attempt < retries and "; asking the model to reformat it" or ""))
+    table.insert(messages, { role = "assistant", content = resp.text })
+    table.insert(messages, { role = "user", content = "Your reply could not be used: " .. why
+      .. '. Reply again with only the JSON object {"cells": [...], "hypergraph": {...}} and no other text.' })
+  end
+  return nil, nil, attempts, "no usable notebook after " .. #attempts .. " replies"
+end
+
+-- Build the notebook (DESIGN §1) from the cells, hypergraph and strategy.
+function M.build_notebook(cells, hypergraph, strategy_md)
+  local nb = notebook.new()
+  if strategy_md then nb:push({ cell_type = "markdown", source = strategy_md }) end
+  for i, c in ipairs(cells) do
+    nb:push({ cell_type = "code", source = c.code, metadata = { subtask = {
+      id = tostring(c.id or ("T" .. i)), name = c.name or ("Step " .. i), purpose = c.purpose or "" } } })
+  end
+  local md = nb.metadata
+  md.execution = md.execution or {}
+  md.execution.hypergraph = hypergraph
+  nb.metadata = md
+  return nb
+end
+
+-- Generate into `trial` (created). Returns the notebook path.
+function M.generate_into(trial, opts, s1)
+  fs.mkdir(trial)
+  log.set_event_file(path.join(trial, "events.jsonl"))
+  local c = cfg()
+  local spec, spec_path = M.load_prompt(opts.prompt_file or section("prompt_branch").prompt_file, "generation.yaml")
+  local vars = { cuda_device_str = "cuda:" .. tostring(section("exec").cuda_device_id or 0),
+    primary_metric = section("experiment").primary_metric, dataset_name = c.dataset_name }
+  local system = M.fill(spec.system or "", vars)
+  spec.system = nil
+
+  local strategy_md
+  if opts.use_idea then
+    host.reload()
+    local sprompt = M.load_prompt(section("prompt_branch").strategy_prompt_file, "strategy.yaml")
+    local ideas = read_ideas(s1.idea)
+    local info
+    strategy_md, info = require("strategy").synthesize({ ideas = ideas, system = M.fill(sprompt.system or "", vars) })
+    write_text(path.join(trial, "research_strategy.md"), strategy_md)
+    log.info("[STRATEGY] research_strategy.md written (" .. info.source .. ")")
+  end
+
+  local user = "Technical specification (YAML):\n\n" .. M.fill(yaml.encode(spec), vars)
+    .. "\n\nResearch strategy:\n\n" .. (strategy_md or "No research strategy was given: the design is freestyle.")
+    .. "\n\nReturn the notebook as the JSON object described in the system prompt."
+  local cells, hg, attempts, err = request_notebook(system, user)
+  if not cells then
+    local fail_path = path.join(trial, "generation_failure.json")
+    write_json(fail_path, { error = err, prompt_file = spec_path, attempts = attempts })
+    error("generation failed: " .. err .. " (every reply is saved in " .. fail_path .. ")", 0)
+  end
+  local nb = M.build_notebook(cells, hg, strategy_md)
+  local nb_path = path.join(trial, "notebook_prompt.ipynb")
+  local ok, werr = nb:write(nb_path)
+  if ok == nil then error("cannot write " .. nb_path .. ": " .. tostring(werr), 0) end
+  log.event("generated", { notebook = nb_path, cells = #cells, prompt_file = spec_path })
+  log.info(string.format("[GENERATE] %d cells -> %s", #cells, nb_path))
+  return nb_path
+end
+
+---------------------------------------------------------------------------------------------------
+-- execute
+---------------------------------------------------------------------------------------------------
+
+-- Run silently before the notebook (never saved in it): sys.exit becomes an error.
+M.GUARD = [[
+import sys as _cellsci_sys, builtins as _cellsci_builtins
+def _cellsci_blocked_exit(*args, **kwargs):
+    raise RuntimeError("sys.exit() is blocked in cellsci notebooks: raise an exception with a message instead")
+_cellsci_sys.exit = _cellsci_blocked_exit
+_cellsci_builtins.exit = _cellsci_builtins.quit = _cellsci_blocked_exit
+del _cellsci_sys, _cellsci_builtins
+]]
+
+-- k:execute, with a failure of the kernel link (not of the cell) turned into a "dead" result and Ctrl-C
+-- into an error that unwinds the run.
+local function run_cell(k, code, opts)
+  local r, err = k:execute(code, opts)
+  if r then return r end
+  if host.interrupted() or (type(err) == "table" and err.kind == "interrupted") then error("interrupted", 0) end
+  return { status = "dead", message = tostring(err), evalue = tostring(err), outputs = {} }
+end
+
+local function start_kernel(trial, s1)
+  local ex = section("exec")
+  local env = { OUTPUT_DIR = trial }
+  if s1.h5 then env.STAGE1_H5_PATH = s1.h5 end
+  if s1.idea then env.STAGE1_IDEA_PATH = s1.idea end
+  if ex.cuda_device_id ~= nil then env.CUDA_VISIBLE_DEVICES = tostring(ex.cuda_device_id) end
+  local k, err = kernel.start({ name = ex.kernel_name, python = ex.python, packages = ex.kernel_packages,
+    cwd = trial, env = env })
+  if not k then error("cannot start the kernel: " .. tostring(err), 0) end
+  local r = run_cell(k, M.GUARD, { silent = true })
+  if r.status ~= "ok" then error("kernel set-up failed: " .. tostring(r.evalue), 0) end
+  return k
+end
+
+local function short(r)
+  if r.status == "error" then return string.format("%s: %s", r.ename or "Error", (r.evalue or ""):sub(1, 200)) end
+  if r.status == "timeout" then return "timed out" end
+  if r.status == "dead" then return "kernel died: " .. tostring(r.evalue or "") end
+  return r.status
+end
+
+-- Bring a restarted kernel back to where it was: set-up, then every cell that had succeeded.
+local function replay(k, nb, done)
+  local r = run_cell(k, M.GUARD, { silent = true })
+  if r.status ~= "ok" then return false, "set-up failed after restart" end
+  for _, j in ipairs(done) do
+    local rr = run_cell(k, nb:cell(j).source, { timeout = tonumber(section("exec").timeout_seconds) })
+    if rr.status ~= "ok" then return false, "replaying cell " .. (j - 1) .. " failed: " .. short(rr) end
+  end
+  return true
+end
+
+-- Execute a trial's notebook cell by cell with repairs. Returns {ok=, exec_path=, failed_cell=, error=}.
+function M.execute_trial(trial, s1)
+  log.set_event_file(path.join(trial, "events.jsonl"))
+  local ex = section("exec")
+  local nb_path = path.join(trial, "notebook_prompt.ipynb")
+  local nb, err = notebook.read(nb_path)
+  if not nb then error("cannot read " .. nb_path .. ": " .. tostring(err), 0) end
+  nb:clear_outputs()
+  local exec_path = path.join(trial, "notebook_prompt_exec.ipynb")
+  local timeout = tonumber(ex.timeout_seconds) or 3600
+  local max_rounds = tonumber(ex.max_fix_rounds) or 3
+  local fix_prompt = M.load_prompt(section("prompt_branch").fix_prompt_file or ex.fix_prompt_file, "fix.yaml")
+  fs.mkdir(path.join(trial, "intermediate"))
+
+  local k = start_kernel(trial, s1)
+  local done, outcome = {}, { ok = true, exec_path = exec_path }
+  local ok_run, run_err = pcall(function()
+    for i = 1, nb:len() do
+      local cell = nb:cell(i)
+      if cell.cell_type == "code" then
+        local sub = (cell.metadata or {}).subtask or {}
+        local id = tostring(sub.id or ("Cell_" .. (i - 1)))
+        log.info(string.format("[GRAPH] running node %s: %s (cell %d)", id, sub.name or "", i - 1))
+        local r = run_cell(k, cell.source, { timeout = timeout })
+        nb:set_outputs(i, r)
+        nb:write(exec_path)
+        log.event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, ename = r.ename })
+        local round = 0
+        while r.status ~= "ok" do
+          log.line(string.format("[GRAPH] Error in Node %s (cell %d): %s", id, i - 1, short(r)))
+          if host.interrupted() then error("interrupted", 0) end
+          if round >= max_rounds then
+            outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1,
+              error = string.format("cell %d (%s) still fails after %d fix rounds: %s", i - 1, id, max_rounds, short(r)) }
+            break
+          end
+          round = round + 1
+          host.reload()
+          log.line(string.format("[FIX] %s | Round %d/%d | %s", id, round, max_rounds, short(r)))
+          if r.status == "dead" or r.restarted or not k:alive() then
+            if not k:alive() then k:restart() end
+            local rok, rerr = replay(k, nb, done)
+            if not rok then
+              outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1, error = rerr }
+              break
+            end
+          end
+          local src = nb:cell(i).source
+          local new, how = require("autofix").fix({
+            cell_index = i - 1, source = src, result = r, round = round, max_rounds = max_rounds,
+            timeout = timeout, use_llm = ex.enable_llm_autofix ~= false,
+            system_prompt = fix_prompt.system_prompt or fix_prompt.system or "",
+          })
+          log.event("fix", { cell_index = i - 1, id = id, round = round, applied = new ~= nil, how = how })
+          if not new then
+            log.line(string.format("[FIX] %s | no fix: %s", id, how))
+            outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1,
+              error = string.format("cell %d (%s) could not be fixed (%s): %s", i - 1, id, how, short(r)) }
+            break
+          end
+          log.line(string.format("[FIX] %s | applied fix (%s); re-running", id, how))
+          nb:set_source(i, new)
+          r = run_cell(k, new, { timeout = timeout })
+          nb:set_outputs(i, r)
+          nb:write(exec_path)
+          log.event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, round = round })
+        end
+        if not outcome.ok then break end
+        table.insert(done, i)
+      end
+    end
+  end)
+  k:shutdown()
+  local md = nb.metadata
+  md.execution = md.execution or {}
+  md.execution.cellsci = { ok = ok_run and outcome.ok, failed_cell = outcome.failed_cell, error = outcome.error }
+  nb.metadata = md
+  nb:write(exec_path)
+  log.line("[EXEC] Saved final state: " .. exec_path)
+  if not ok_run then error(run_err, 0) end
+
+  if ex.enable_hypergraph_viz ~= false then
+    local _, herr = report.hypergraph(nb, { path = path.join(trial, "hypergraph.json") })
+    if herr then log.warn("[EXEC] hypergraph.json: " .. tostring(herr)) end
+    local _, merr = report.mermaid(nb, { path = path.join(trial, "hypergraph.md") })
+    if merr then log.warn("[EXEC] hypergraph.md: " .. tostring(merr)) end
+  end
+  M.list_intermediate(trial)
+  if not outcome.ok then log.warn("[EXEC] " .. outcome.error) end
+  return outcome
+end
+
+-- Say what the notebook wrote under intermediate/ (a missing folder is worth knowing about).
+function M.list_intermediate(trial)
+  local dir = path.join(trial, "intermediate")
+  local files = {}
+  local function walk(d, rel)
+    for _, n in ipairs(fs.list(d) or {}) do
+      local p = path.join(d, n)
+      local st = fs.stat(p)
+      if st and st.is_dir then walk(p, rel .. n .. "/")
+      elseif st then table.insert(files, { path = "intermediate/" .. rel .. n, size = st.size }) end
+    end
+  end
+  walk(dir, "")
+  if #files == 0 then
+    log.info("[EXEC] the notebook wrote nothing under intermediate/")
+  else
+    for _, f in ipairs(files) do log.info(string.format("[EXEC]   %-48s %10d bytes", f.path, f.size)) end
+  end
+  log.event("intermediate", { files = files })
+  return files
+end
+
+---------------------------------------------------------------------------------------------------
+-- analyze
+---------------------------------------------------------------------------------------------------
+
+local function direction(metric)
+  return require("success").direction(metric, section("experiment").direction)
+end
+
+-- Write experiment_report.md for `trial`. Returns {score=, winner=, metrics=} (score nil without metrics).
+function M.analyze_trial(trial)
+  local pm = section("experiment").primary_metric or "PCC"
+  local dir = direction(pm)
+  local report_path = path.join(trial, "experiment_report.md")
+  local mpath = path.join(trial, "metrics.json")
+  if not fs.exists(mpath) then
+    write_text(report_path, "# Experiment report\n\nThe notebook wrote no metrics.json, so there is nothing to score.\n")
+    log.info("[ANALYZE] no metrics.json in " .. trial)
+    return {}
+  end
+  local m, err = report.load_metrics(mpath)
+  if not m then
+    write_text(report_path, "# Experiment report\n\nmetrics.json could not be read: " .. tostring(err) .. "\n")
+    log.warn("[ANALYZE] metrics.json could not be read: " .. tostring(err))
+    return {}
+  end
+  -- The narrative: the model explains numbers it is given (report.narrative_input), never writes them.
+  local narrative, narrative_error
+  local ok, rp = pcall(M.load_prompt, section("prompt_branch").report_prompt_file, "report.yaml")
+  if ok then
+    host.reload()
+    local messages = report.narrative_messages(rp, m, { metric = pm, direction = dir })
+    local resp, cerr = llm.chat(chat_opts({ messages = messages }))
+    if resp then narrative = resp.text else narrative_error = cerr end
+  else
+    narrative_error = tostring(rp)
+  end
+  local plots = {}
+  local fold_svg = path.join(trial, "fold_scores.svg")
+  if report.plot_folds(m, { metric = pm, path = fold_svg, direction = dir }) then
+    table.insert(plots, { title = pm .. " per fold", path = "fold_scores.svg" })
+  end
+  local md = report.markdown({ metrics = m, metric = pm, direction = dir, narrative = narrative,
+    narrative_error = narrative_error, plots = plots, title = "Experiment report: " .. (cfg().dataset_name or "") })
+  write_text(report_path, md)
+  local sc = report.score(m, { metric = pm, direction = dir }) or {}
+  log.info("[ANALYZE] report written: " .. report_path)
+  return { score = sc.score, winner = sc.model, metrics = m }
+end
+
+---------------------------------------------------------------------------------------------------
+-- commands
+---------------------------------------------------------------------------------------------------
+
+local function new_trial_name()
+  return string.format("prompt_run_%s_%d", time.stamp(), host.pid())
+end
+
+function M.generate(opts)
+  local s1 = require("stage1").discover(cfg(), opts.use_idea)
+  local trial = path.join(prompt_root(), new_trial_name())
+  local nb_path = M.generate_into(trial, opts, s1)
+  log.line("[GENERATE] Trial: " .. trial)
+  return 0
+end
+
+function M.execute(opts)
+  local trial = M.find_trial(opts.trial)
+  local s1 = require("stage1").discover(cfg(), fs.exists(path.join(trial, "research_strategy.md")))
+  local out = M.execute_trial(trial, s1)
+  return out.ok and 0 or 1
+end
+
+function M.analyze(opts)
+  local trial = M.find_trial(opts.trial)
+  local res = M.analyze_trial(trial)
+  if res.score ~= nil then
+    log.line(string.format("[CHECK] %s | %s: %.4f", tostring(res.winner), section("experiment").primary_metric or "PCC", res.score))
+  end
+  return 0
+end
+
+-- Rename a trial to prompt_run_<stamp> (what phase-3 tools look for); never overwrite.
+function M.archive(trial)
+  local parent = path.dirname(trial)
+  local name = "prompt_run_" .. time.stamp()
+  local dest, n = path.join(parent, name), 1
+  while fs.exists(dest) do
+    n = n + 1
+    dest = path.join(parent, name .. "_" .. n)
+  end
+  local ok, err = fs.rename(trial, dest)
+  if not ok then
+    log.warn("[ARCHIVE] could not rename " .. trial .. ": " .. tostring(err))
+    return nil
+  end
+  log.line("[ARCHIVE] Saved run to: " .. path.basename(dest))
+  return dest
+end
+
+local function usage_totals()
+  local u = llm.usage() or {}
+  return { prompt = u.prompt_tokens or 0, completion = u.completion_tokens or 0, total = u.total_tokens or 0,
+    calls = u.calls or 0, latency = u.latency or 0 }
+end
+
+function M.run(opts)
+  local c = cfg()
+  local exp = section("experiment")
+  local pm = exp.primary_metric or "PCC"
+  local threshold = tonumber(exp.success_threshold) or 0
+  local max_iters = math.max(1, math.floor(tonumber(exp.max_iterations) or 1))
+  local stamp, pid = time.stamp(), host.pid()
+  local root = M.save_root()
+  fs.mkdir(prompt_root())
+  local summary_path = path.join(root, string.format("phase2_loop_summary_%s_%d.json", stamp, pid))
+  local started, started_iso = time.now(), time.iso()
+  local iters = {}
+  local best_score, best_trial, archived
+  log.info(string.format("[LOOP] %d iterations at most; success when %s meets %s (%s is better); summary: %s",
+    max_iters, pm, tostring(threshold), direction(pm), summary_path))
+
+  local function summary(final)
+    local valid, met = 0, 0
+    for _, r in ipairs(iters) do
+      if r.status == "VALID" then valid = valid + 1 end
+      if r.criteria_met then met = met + 1 end
+    end
+    local u = usage_totals()
+    write_json(summary_path, {
+      dataset = c.dataset_name, started_at = started_iso, finished_at = final and time.iso() or json.null,
+      primary_metric = pm, direction = direction(pm), success_threshold = threshold, max_iterations = max_iters,
+      iterations_executed = #iters, valid_iterations = valid, criteria_met_iterations = met,
+      success_rate = #iters > 0 and met / #iters or 0, validity_rate = #iters > 0 and valid / #iters or 0,
+      best_score = best_score or json.null, best_at_budget = best_score or json.null,
+      best_trial_dir = best_trial or json.null, archived_dir = archived or json.null,
+      total_tokens = u.total, prompt_tokens = u.prompt, completion_tokens = u.completion,
+      llm_calls = u.calls, llm_latency_sec = u.latency, total_time_sec = time.now() - started,
+      iterations = iters,
+    })
+  end
+
+  local met_any = false
+  for i = 1, max_iters do
+    host.reload()
+    local run_name = string.format("workspace_%s_%d_iter%03d", stamp, pid, i)
+    local trial = path.join(prompt_root(), run_name)
+    log.line(string.format("ITERATION %d/%d", i, max_iters))
+    local t0, u0 = time.now(), usage_totals()
+    local rec = { iter = i, run_name = run_name, status = "CRASH", score = json.null, trial_dir = trial,
+      criteria_met = false }
+    local ok, err = pcall(function()
+      local s1 = require("stage1").discover(c, opts.use_idea)
+      M.generate_into(trial, opts, s1)
+      local ex = M.execute_trial(trial, s1)
+      local res = M.analyze_trial(trial)
+      if not ex.ok then
+        rec.status, rec.error = "CRASH", ex.error
+        if res.score ~= nil then rec.score = res.score end
+        return
+      end
+      if res.score == nil then
+        rec.status = "NO_METRIC"
+        return
+      end
+      rec.status, rec.score, rec.winner = "VALID", res.score, res.winner
+      log.line(string.format("[CHECK] %s | %s: %.4f", tostring(res.winner), pm, res.score))
+      host.reload()
+      local success = require("success")
+      local met, why = success.judge({ score = res.score, threshold = threshold, metric = pm, direction = exp.direction })
+      rec.criteria_met, rec.judgement = met and true or false, why
+      if success.better(res.score, best_score, pm, exp.direction) then
+        best_score, best_trial = res.score, trial
+      end
+    end)
+    local u1 = usage_totals()
+    rec.duration_sec = time.now() - t0
+    rec.tokens = { prompt = u1.prompt - u0.prompt, completion = u1.completion - u0.completion, total = u1.total - u0.total }
+    rec.llm_calls = u1.calls - u0.calls
+    rec.llm_latency_sec = u1.latency - u0.latency
+    if not ok then
+      if host.interrupted() then
+        rec.status, rec.error = "INTERRUPTED", "interrupted by the user"
+        table.insert(iters, rec)
+        summary(true)
+        log.line("[INTERRUPT] stopped; loop summary saved to " .. summary_path)
+        return 130
+      end
+      rec.status, rec.error = "CRASH", tostring(err)
+      log.error(string.format("[LOOP] iteration %d crashed: %s", i, tostring(err)))
+    end
+    table.insert(iters, rec)
+    summary(false)
+    if rec.criteria_met then
+      met_any = true
+      log.line("[SUCCESS] criterion met; archiving and stopping")
+      archived = M.archive(trial)
+      if best_trial == trial then best_trial = archived end
+      break
+    end
+    if rec.status == "VALID" then log.info("[CONTINUE] criterion not met: " .. tostring(rec.judgement)) end
+  end
+  if not met_any then
+    if best_trial and fs.exists(best_trial) then
+      log.info(string.format("[LOOP] no iteration met the criterion; archiving the best (%s %.4f)", pm, best_score))
+      archived = M.archive(best_trial)
+      best_trial = archived
+    else
+      log.info("[LOOP] no iteration produced a score; nothing archived")
+    end
+  end
+  -- The score of every iteration against the threshold, beside the archived report.
+  if archived then
+    local pts = {}
+    for _, r in ipairs(iters) do table.insert(pts, { iteration = r.iter, score = type(r.score) == "number" and r.score or nil, status = r.status }) end
+    local svg = path.join(archived, "iterations.svg")
+    if report.plot_iterations(pts, { threshold = threshold, metric = pm, path = svg, direction = direction(pm) }) then
+      local rp = path.join(archived, "experiment_report.md")
+      local text = fs.read(rp)
+      if text then write_text(rp, text .. "\n## Iterations\n\n![" .. pm .. " per iteration](iterations.svg)\n") end
+    end
+  end
+  summary(true)
+  return met_any and 0 or 1
+end
 
 return M

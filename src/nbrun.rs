@@ -1,15 +1,169 @@
-//! `cellsci notebook run`: the papermill-style executor (skeleton: filled in by the kernel issue).
-use clap::Args;
+//! `cellsci notebook run`: the papermill-style executor. Runs the code cells of a notebook in order in
+//! one kernel and saves the output notebook after every cell, so a crash loses at most the running
+//! cell. Saving stays cheap on long notebooks because unchanged cells keep their serialized text
+//! (see `notebook`), so a save is a concatenation and one write, never a re-serialization.
+
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde_json::Value;
+
+use crate::kernel::outputs::summary;
+use crate::kernel::{ExecOptions, ExecStatus, Kernel, StartOptions};
+use crate::notebook::{join_text, Notebook};
 
 #[derive(Args, Debug, Clone)]
 pub struct NotebookRunArgs {
     /// The notebook to run.
     pub input: PathBuf,
-    /// Where to write the executed notebook (default: overwrite nothing; INPUT with `.out.ipynb`).
+    /// Where to write the executed notebook (default: INPUT with `.out.ipynb`; never INPUT itself
+    /// unless you name it).
     pub output: Option<PathBuf>,
+    /// The kernelspec to use (default: the notebook's metadata.kernelspec.name, else python3).
+    #[arg(long = "kernel", value_name = "NAME")]
+    pub kernel: Option<String>,
+    /// Run ipykernel with this Python interpreter instead of a kernelspec.
+    #[arg(long = "python", value_name = "PATH", conflicts_with = "kernel")]
+    pub python: Option<PathBuf>,
+    /// Seconds a cell may run before it is interrupted (default: no limit).
+    #[arg(long = "timeout", value_name = "S")]
+    pub timeout: Option<f64>,
+    /// Keep going after a cell fails (the error is saved in the notebook).
+    #[arg(long = "allow-errors")]
+    pub allow_errors: bool,
+    /// The kernel's working directory (default: the notebook's folder).
+    #[arg(long = "cwd", value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// An environment variable for the kernel (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Print each cell's output as it arrives.
+    #[arg(long = "log-output")]
+    pub log_output: bool,
 }
 
-pub async fn run(_args: &NotebookRunArgs, _quiet: bool) -> anyhow::Result<u8> {
-    anyhow::bail!("cellsci notebook run is not implemented yet")
+fn default_output(input: &std::path::Path) -> PathBuf {
+    let stem = input.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "notebook".into());
+    input.with_file_name(format!("{stem}.out.ipynb"))
+}
+
+pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
+    let t0 = Instant::now();
+    let mut nb = Notebook::read(&args.input)?;
+    let out = args.output.clone().unwrap_or_else(|| default_output(&args.input));
+    let mut env = Vec::new();
+    for kv in &args.env {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--env {kv}: expected K=V"))?;
+        env.push((k.to_string(), v.to_string()));
+    }
+    let cwd = match &args.cwd {
+        Some(d) => d.clone(),
+        None => std::path::absolute(&args.input)?.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")),
+    };
+    let name = args
+        .kernel
+        .clone()
+        .or_else(|| nb.metadata().pointer("/kernelspec/name").and_then(Value::as_str).map(String::from));
+    let opts = StartOptions { name, python: args.python.clone(), cwd: Some(cwd), env, ..Default::default() };
+    if let Some(t) = args.timeout {
+        if !(t.is_finite() && t > 0.0) {
+            anyhow::bail!("--timeout must be a positive number of seconds");
+        }
+    }
+    let timeout = args.timeout.map(Duration::from_secs_f64);
+
+    nb.clear_outputs();
+    let code_cells: Vec<usize> = (0..nb.len())
+        .filter(|&i| {
+            let c = nb.cell_value(i).expect("in range");
+            c.get("cell_type").and_then(Value::as_str) == Some("code")
+                && !join_text(c.get("source").unwrap_or(&Value::Null)).trim().is_empty()
+        })
+        .collect();
+    nb.write(&out)?;
+
+    let spin = crate::ui::spinner("starting kernel");
+    let mut kernel = Kernel::start(opts).await?;
+    spin.finish_and_clear();
+    let bar = crate::ui::bar(code_cells.len() as u64, "{spinner} cell {pos}/{len} [{elapsed}] {wide_bar} {msg}");
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let mut code = 0u8;
+    let mut failures = 0usize;
+    for (k, &i) in code_cells.iter().enumerate() {
+        bar.set_position(k as u64);
+        let src = join_text(nb.cell_value(i).and_then(|c| c.get("source")).unwrap_or(&Value::Null));
+        let log = args.log_output;
+        let pending = std::cell::RefCell::new(String::new());
+        let mut eo = ExecOptions { timeout, silent: false, on_output: None };
+        if log {
+            crate::ui::line(&format!("--- cell {} ({}/{}) ---", i + 1, k + 1, code_cells.len()));
+            let pending = &pending;
+            eo.on_output = Some(Box::new(move |o: &Value, kind: &str| {
+                let mut p = pending.borrow_mut();
+                if kind == "stream" {
+                    // Print whole lines as they complete; keep a partial line for later.
+                    p.push_str(o.get("text").and_then(Value::as_str).unwrap_or(""));
+                    if let Some(cut) = p.rfind('\n') {
+                        crate::ui::line(&p[..cut]);
+                        p.drain(..=cut);
+                    }
+                    return;
+                }
+                if !p.is_empty() {
+                    crate::ui::line(&p);
+                    p.clear();
+                }
+                crate::ui::line(summary(o).trim_end_matches('\n'));
+            }));
+        }
+        let res = match kernel.execute(&src, eo).await {
+            Ok(r) => r,
+            Err(e) => {
+                nb.write(&out)?;
+                kernel.shutdown().await;
+                bar.abandon();
+                return Err(e);
+            }
+        };
+        if !pending.borrow().is_empty() {
+            crate::ui::line(&pending.borrow());
+        }
+        let status = res.status;
+        let (ename, evalue, tb, message) =
+            (res.ename.clone(), res.evalue.clone(), res.traceback.join("\n"), res.message.clone());
+        nb.set_outputs_owned(i, res.outputs, res.execution_count, Some(res.timing))?;
+        nb.write(&out)?;
+        if status != ExecStatus::Ok {
+            failures += 1;
+            let what = match status {
+                ExecStatus::Error => format!("{}: {}", ename.unwrap_or_default(), evalue.unwrap_or_default()),
+                _ => message.unwrap_or_else(|| status.as_str().to_string()),
+            };
+            crate::ui::eline(&format!("cell {} ({}/{}) failed: {what}", i + 1, k + 1, code_cells.len()));
+            if !quiet && status == ExecStatus::Error && !tb.is_empty() {
+                crate::ui::eline(&tb);
+            }
+            if !args.allow_errors {
+                code = 1;
+                break;
+            }
+            if status == ExecStatus::Dead {
+                kernel.restart().await?;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    kernel.shutdown().await;
+    if !quiet {
+        crate::ui::eline(&format!(
+            "executed {} code cells in {:.1} s{} -> {}",
+            code_cells.len(),
+            t0.elapsed().as_secs_f64(),
+            if failures > 0 { format!(" ({failures} failed)") } else { String::new() },
+            out.display()
+        ));
+    }
+    Ok(code)
 }

@@ -1,1 +1,296 @@
-//! kernel: see its issue. (skeleton)
+//! Jupyter kernels: finding them, starting them, running code in them cell by cell, and turning hangs
+//! and crashes into results a script can act on.
+//!
+//! Scripts and the notebook runner see one interface, [`Kernel`]; today its only backend is a local
+//! process ([`local::LocalKernel`]). A remote backend (Jupyter Server / Enterprise Gateway over REST and
+//! WebSocket) becomes another variant with the same methods, and no script changes.
+//! Nothing here may leave a kernel process running after cellsci ends.
+
+pub mod local;
+pub mod outputs;
+pub mod spec;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::{json, Map, Value};
+
+pub use spec::{InterruptMode, KernelSpec};
+
+/// Errors of the kernel layer a caller may branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("interrupted (Ctrl-C)")]
+    Interrupted,
+}
+
+/// How to start a kernel.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// A kernelspec name (default `python3`).
+    pub name: Option<String>,
+    /// A Python interpreter whose environment has ipykernel (skips kernelspec lookup).
+    pub python: Option<PathBuf>,
+    /// Packages for a provisioned kernel venv (forces provisioning).
+    pub packages: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub startup_timeout: Duration,
+    /// How long a timed-out cell gets to react to the interrupt before the kernel is killed.
+    pub interrupt_grace: Duration,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            name: None,
+            python: None,
+            packages: Vec::new(),
+            cwd: None,
+            env: Vec::new(),
+            startup_timeout: Duration::from_secs(60),
+            interrupt_grace: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Options of one execution.
+#[derive(Default)]
+pub struct ExecOptions<'a> {
+    pub timeout: Option<Duration>,
+    /// Jupyter's silent execution: no execution count, no history, no execute_result (set-up code).
+    pub silent: bool,
+    /// Called with each output as it is created or changed, and the message type that did it.
+    #[allow(clippy::type_complexity)]
+    pub on_output: Option<Box<dyn FnMut(&Value, &str) + 'a>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecStatus {
+    Ok,
+    Error,
+    Timeout,
+    Dead,
+}
+
+impl ExecStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecStatus::Ok => "ok",
+            ExecStatus::Error => "error",
+            ExecStatus::Timeout => "timeout",
+            ExecStatus::Dead => "dead",
+        }
+    }
+}
+
+/// How a kernel process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+fn signal_name(s: i32) -> String {
+    match s {
+        libc::SIGKILL => "SIGKILL".into(),
+        libc::SIGSEGV => "SIGSEGV".into(),
+        libc::SIGABRT => "SIGABRT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGBUS => "SIGBUS".into(),
+        libc::SIGFPE => "SIGFPE".into(),
+        libc::SIGILL => "SIGILL".into(),
+        n => format!("signal {n}"),
+    }
+}
+
+impl ExitInfo {
+    /// "exited with code 1" / "was killed by SIGKILL (likely out of memory)".
+    pub fn describe(&self) -> String {
+        match (self.code, self.signal) {
+            (Some(c), _) => format!("exited with code {c}"),
+            (None, Some(s)) if s == libc::SIGKILL => {
+                "was killed by SIGKILL (likely out of memory: the OOM killer sends SIGKILL)".into()
+            }
+            (None, Some(s)) => format!("was killed by {} ({})", signal_name(s), s),
+            _ => "ended".into(),
+        }
+    }
+
+    pub fn likely_oom(&self) -> bool {
+        self.signal == Some(libc::SIGKILL)
+    }
+}
+
+/// The result of running one cell.
+#[derive(Debug, Clone)]
+pub struct ExecResult {
+    pub status: ExecStatus,
+    /// nbformat outputs, multi-line strings joined.
+    pub outputs: Vec<Value>,
+    pub execution_count: Option<i64>,
+    pub ename: Option<String>,
+    pub evalue: Option<String>,
+    /// Traceback lines with ANSI colours stripped.
+    pub traceback: Vec<String>,
+    /// Seconds.
+    pub duration: f64,
+    /// nbclient's `metadata.execution` timestamps.
+    pub timing: Map<String, Value>,
+    /// What happened, for timeouts and deaths.
+    pub message: Option<String>,
+    /// The kernel was restarted (timeout that ignored the interrupt): its state is gone.
+    pub restarted: bool,
+    pub exit: Option<ExitInfo>,
+}
+
+impl ExecResult {
+    fn failed(status: ExecStatus, message: &str, started: Instant) -> ExecResult {
+        ExecResult {
+            status,
+            outputs: Vec::new(),
+            execution_count: None,
+            ename: None,
+            evalue: None,
+            traceback: Vec::new(),
+            duration: started.elapsed().as_secs_f64(),
+            timing: Map::new(),
+            message: if message.is_empty() { None } else { Some(message.to_string()) },
+            restarted: false,
+            exit: None,
+        }
+    }
+
+    /// The result as the table scripts get (`traceback` one ANSI-free string).
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("status".into(), json!(self.status.as_str()));
+        m.insert("outputs".into(), Value::Array(self.outputs.clone()));
+        m.insert("execution_count".into(), json!(self.execution_count));
+        m.insert("ename".into(), json!(self.ename));
+        m.insert("evalue".into(), json!(self.evalue));
+        m.insert(
+            "traceback".into(),
+            if self.traceback.is_empty() && self.status == ExecStatus::Ok {
+                Value::Null
+            } else {
+                json!(self.traceback.join("\n"))
+            },
+        );
+        m.insert("duration".into(), json!(self.duration));
+        m.insert("timing".into(), Value::Object(self.timing.clone()));
+        m.insert("message".into(), json!(self.message));
+        m.insert("restarted".into(), json!(self.restarted));
+        if let Some(e) = &self.exit {
+            m.insert("exit_code".into(), json!(e.code));
+            m.insert("signal".into(), json!(e.signal));
+            m.insert("likely_oom".into(), json!(e.likely_oom()));
+        }
+        Value::Object(m)
+    }
+}
+
+/// A running kernel, whatever backs it.
+pub enum Kernel {
+    Local(local::LocalKernel),
+}
+
+/// Pick the kernelspec for `opts`: an explicit Python, else the named spec, else a provisioned venv.
+pub async fn resolve_spec(opts: &StartOptions) -> Result<KernelSpec> {
+    if !opts.packages.is_empty() {
+        let py = spec::provision(opts.python.as_deref(), &opts.packages).await?;
+        return Ok(spec::for_python(&py));
+    }
+    if let Some(py) = &opts.python {
+        let py = if py.is_absolute() || py.components().count() > 1 {
+            std::path::absolute(py).unwrap_or_else(|_| py.clone())
+        } else {
+            spec::which(&py.display().to_string()).unwrap_or_else(|| py.clone())
+        };
+        if !py.exists() {
+            anyhow::bail!("python interpreter {} does not exist", py.display());
+        }
+        return Ok(spec::for_python(&py));
+    }
+    let name = opts.name.clone().unwrap_or_else(|| "python3".into());
+    if let Some(s) = spec::find(&name, None) {
+        return Ok(s);
+    }
+    if name == "python3" || name == "python" {
+        let py = spec::provision(None, &[]).await?;
+        return Ok(spec::for_python(&py));
+    }
+    let names: Vec<String> = spec::list(None).into_iter().map(|s| s.name).collect();
+    anyhow::bail!(
+        "no kernelspec named '{name}' (found: {}); searched {}",
+        if names.is_empty() { "none".to_string() } else { names.join(", ") },
+        spec::data_dirs(None).iter().map(|(d, _)| d.display().to_string()).collect::<Vec<_>>().join(", ")
+    )
+}
+
+impl Kernel {
+    /// Start a kernel as `opts` says.
+    pub async fn start(opts: StartOptions) -> Result<Kernel> {
+        let spec = resolve_spec(&opts).await?;
+        Ok(Kernel::Local(local::LocalKernel::start(spec, opts).await.context("cannot start the kernel")?))
+    }
+
+    pub fn spec(&self) -> &KernelSpec {
+        match self {
+            Kernel::Local(k) => k.spec(),
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Kernel::Local(k) => k.pid(),
+        }
+    }
+
+    /// Run `code`; expected failures (exceptions, timeouts, deaths) are results, not errors.
+    pub async fn execute(&mut self, code: &str, opts: ExecOptions<'_>) -> Result<ExecResult> {
+        match self {
+            Kernel::Local(k) => k.execute(code, opts).await,
+        }
+    }
+
+    /// A handle that can interrupt the kernel while an execution holds `&mut self`.
+    pub fn interrupter(&self) -> Interrupter {
+        match self {
+            Kernel::Local(k) => Interrupter(k.shared.clone()),
+        }
+    }
+
+    pub async fn interrupt(&self) -> Result<()> {
+        self.interrupter().interrupt().await
+    }
+
+    pub async fn restart(&mut self) -> Result<()> {
+        match self {
+            Kernel::Local(k) => k.restart().await,
+        }
+    }
+
+    pub async fn shutdown(&mut self) {
+        match self {
+            Kernel::Local(k) => k.shutdown().await,
+        }
+    }
+
+    pub fn alive(&self) -> bool {
+        match self {
+            Kernel::Local(k) => k.alive(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Interrupter(std::sync::Arc<local::Shared>);
+
+impl Interrupter {
+    pub async fn interrupt(&self) -> Result<()> {
+        self.0.interrupt().await
+    }
+}

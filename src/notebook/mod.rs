@@ -1,1 +1,742 @@
-//! notebook: see its issue. (skeleton)
+//! Jupyter notebooks (nbformat 4.0–4.5), read and written faithfully.
+//!
+//! A notebook is kept as the JSON the file holds (`serde_json::Value` with `preserve_order`), not as a
+//! typed model: runtimed's `nbformat` crate drops unknown cell metadata (our own `subtask` key among
+//! them), re-orders notebook metadata through a `HashMap`, appends a newline to the last source line,
+//! silently skips outputs it cannot parse, and upgrades 4.0–4.4 files to 4.5 with invented cell ids.
+//! Here every member a file holds is written back as it was; only cells a caller changes are touched,
+//! and those are written the way Jupyter writes them (sorted keys, multi-line strings as line lists,
+//! one-space indent, a final newline).
+//!
+//! Saving after every cell must stay cheap on long notebooks, so each cell's serialized text is cached
+//! and only cells that changed are serialized again; a save concatenates the cached pieces.
+//! This module must never lose a member of a user's notebook.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Map, Value};
+
+/// Newest minor version of nbformat 4 we write for new notebooks.
+pub const NBFORMAT_MINOR: i64 = 5;
+
+/// One cell: its JSON object and the cached serialized text (indented for its place in the file).
+#[derive(Debug, Clone)]
+struct Cell {
+    value: Value,
+    cache: Option<String>,
+}
+
+impl Cell {
+    fn new(value: Value) -> Self {
+        Cell { value, cache: None }
+    }
+}
+
+/// A notebook document.
+#[derive(Debug, Clone)]
+pub struct Notebook {
+    /// Top-level members other than `cells`, in file order.
+    top: Map<String, Value>,
+    /// Where `cells` stood among the top-level members.
+    cells_pos: usize,
+    cells: Vec<Cell>,
+}
+
+impl Default for Notebook {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Notebook {
+    /// A new, empty nbformat 4.5 notebook for a Python 3 kernel.
+    pub fn new() -> Self {
+        let mut top = Map::new();
+        top.insert(
+            "metadata".into(),
+            json!({
+                "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+                "language_info": {"name": "python"}
+            }),
+        );
+        top.insert("nbformat".into(), json!(4));
+        top.insert("nbformat_minor".into(), json!(NBFORMAT_MINOR));
+        Notebook { top, cells_pos: 0, cells: Vec::new() }
+    }
+
+    /// Read a notebook file.
+    pub fn read(path: &Path) -> Result<Notebook> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read notebook {}", path.display()))?;
+        let value: Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a notebook (invalid JSON)", path.display()))?;
+        Notebook::from_value(value).with_context(|| format!("{} is not a valid notebook", path.display()))
+    }
+
+    /// Build from the notebook's JSON document.
+    pub fn from_value(value: Value) -> Result<Notebook> {
+        let Value::Object(map) = value else { bail!("a notebook must be a JSON object") };
+        let mut top = Map::new();
+        let mut cells_pos = None;
+        let mut cells = Vec::new();
+        for (k, v) in map {
+            if k == "cells" {
+                let Value::Array(a) = v else { bail!("'cells' must be a list") };
+                cells_pos = Some(top.len());
+                for (i, mut c) in a.into_iter().enumerate() {
+                    check_cell(&c).with_context(|| format!("cell {}", i + 1))?;
+                    add_required(&mut c);
+                    cells.push(Cell::new(c));
+                }
+            } else {
+                top.insert(k, v);
+            }
+        }
+        match top.get("nbformat").and_then(Value::as_i64) {
+            Some(4) => {}
+            Some(n) => bail!("nbformat {n} is not supported (only 4.x); convert it with `jupyter nbconvert --to notebook --nbformat 4`"),
+            None => {
+                top.insert("nbformat".into(), json!(4));
+            }
+        }
+        if !top.contains_key("nbformat_minor") {
+            top.insert("nbformat_minor".into(), json!(NBFORMAT_MINOR));
+        }
+        if !top.get("metadata").is_some_and(Value::is_object) {
+            top.insert("metadata".into(), json!({}));
+        }
+        let mut nb = Notebook { top, cells_pos: cells_pos.unwrap_or(0), cells };
+        if nb.wants_ids() {
+            for i in 0..nb.cells.len() {
+                if nb.cells[i].value.get("id").is_none() {
+                    let id = nb.fresh_id();
+                    insert_sorted(nb.cells[i].value.as_object_mut().expect("checked"), "id", json!(id));
+                }
+            }
+        }
+        Ok(nb)
+    }
+
+    /// nbformat_minor of the document.
+    pub fn minor(&self) -> i64 {
+        self.top.get("nbformat_minor").and_then(Value::as_i64).unwrap_or(NBFORMAT_MINOR)
+    }
+
+    /// Cell ids are part of the format from 4.5 on (and forbidden before).
+    fn wants_ids(&self) -> bool {
+        self.minor() >= 5
+    }
+
+    fn fresh_id(&self) -> String {
+        loop {
+            let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+            if !self.cells.iter().any(|c| c.value.get("id").and_then(Value::as_str) == Some(id.as_str())) {
+                return id;
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    /// The notebook metadata.
+    pub fn metadata(&self) -> &Value {
+        self.top.get("metadata").expect("metadata is always present")
+    }
+
+    pub fn set_metadata(&mut self, m: Value) -> Result<()> {
+        if !m.is_object() {
+            bail!("notebook metadata must be a table of named fields");
+        }
+        self.top.insert("metadata".into(), m);
+        Ok(())
+    }
+
+    /// The raw JSON of cell `i` (0-based), as stored.
+    pub fn cell_value(&self, i: usize) -> Option<&Value> {
+        self.cells.get(i).map(|c| &c.value)
+    }
+
+    /// Cell `i` (0-based) with multi-line strings joined: `{cell_type, id, metadata, source, outputs,
+    /// execution_count, attachments}` (absent members left out).
+    pub fn cell_joined(&self, i: usize) -> Option<Value> {
+        let c = self.cells.get(i)?.value.as_object()?;
+        let mut m = Map::new();
+        for (k, v) in c {
+            let v = match k.as_str() {
+                "source" => Value::String(join_text(v)),
+                "outputs" => {
+                    Value::Array(v.as_array().map(|a| a.iter().map(join_output).collect()).unwrap_or_default())
+                }
+                _ => v.clone(),
+            };
+            m.insert(k.clone(), v);
+        }
+        Some(Value::Object(m))
+    }
+
+    /// Make a cell object from a caller's description (`cell_type` default "code", `source` a string or
+    /// list of lines, `metadata`, `outputs`, `execution_count`, `id`, `attachments`).
+    pub fn make_cell(&self, spec: Value) -> Result<Value> {
+        let spec = match spec {
+            Value::String(s) => json!({ "source": s }),
+            Value::Object(m) => Value::Object(m),
+            other => bail!("a cell must be a table or a source string, not {}", type_name(&other)),
+        };
+        let get = |k: &str| spec.get(k).filter(|v| !v.is_null());
+        let cell_type = get("cell_type").and_then(Value::as_str).unwrap_or("code").to_string();
+        if !matches!(cell_type.as_str(), "code" | "markdown" | "raw") {
+            bail!("cell_type must be \"code\", \"markdown\" or \"raw\", not {cell_type:?}");
+        }
+        for k in spec.as_object().expect("object").keys() {
+            if !matches!(
+                k.as_str(),
+                "cell_type" | "source" | "metadata" | "outputs" | "execution_count" | "id" | "attachments"
+            ) {
+                bail!("unknown cell field '{k}' (known: cell_type, source, metadata, outputs, execution_count, id, attachments)");
+            }
+        }
+        let source = match get("source") {
+            None => String::new(),
+            Some(Value::Object(o)) if o.is_empty() => String::new(),
+            Some(v @ (Value::String(_) | Value::Array(_))) => join_text(v),
+            Some(other) => bail!("cell source must be a string, not {}", type_name(other)),
+        };
+        let metadata = match get("metadata") {
+            None => json!({}),
+            Some(Value::Array(a)) if a.is_empty() => json!({}),
+            Some(m @ Value::Object(_)) => m.clone(),
+            Some(other) => bail!("cell metadata must be a table, not {}", type_name(other)),
+        };
+        // Keys in sorted order, as Jupyter writes them.
+        let mut m = Map::new();
+        if cell_type == "markdown" || cell_type == "raw" {
+            if let Some(a) = get("attachments") {
+                m.insert("attachments".into(), a.clone());
+            }
+        }
+        m.insert("cell_type".into(), json!(cell_type));
+        if cell_type == "code" {
+            m.insert("execution_count".into(), get("execution_count").cloned().unwrap_or(Value::Null));
+        }
+        if self.wants_ids() {
+            let id = match get("id").and_then(Value::as_str) {
+                Some(id) => {
+                    if !valid_id(id) {
+                        bail!("cell id {id:?} is not valid (1-64 letters, digits, '-' or '_')");
+                    }
+                    if self.cells.iter().any(|c| c.value.get("id").and_then(Value::as_str) == Some(id)) {
+                        bail!("cell id {id:?} is already used in this notebook");
+                    }
+                    id.to_string()
+                }
+                None => self.fresh_id(),
+            };
+            m.insert("id".into(), json!(id));
+        }
+        m.insert("metadata".into(), metadata);
+        if cell_type == "code" {
+            let outputs = match get("outputs") {
+                None => Vec::new(),
+                Some(Value::Object(o)) if o.is_empty() => Vec::new(),
+                Some(Value::Array(a)) => a.iter().map(split_output).collect(),
+                Some(other) => bail!("cell outputs must be a list, not {}", type_name(other)),
+            };
+            m.insert("outputs".into(), Value::Array(outputs));
+        }
+        m.insert("source".into(), split_lines(&source));
+        Ok(Value::Object(m))
+    }
+
+    /// Append a cell (see `make_cell`).
+    pub fn push(&mut self, spec: Value) -> Result<usize> {
+        let c = self.make_cell(spec)?;
+        self.cells.push(Cell::new(c));
+        Ok(self.cells.len() - 1)
+    }
+
+    /// Insert a cell before position `i` (0-based; `i == len` appends).
+    pub fn insert(&mut self, i: usize, spec: Value) -> Result<()> {
+        if i > self.cells.len() {
+            bail!("position {} is past the end (the notebook has {} cells)", i + 1, self.cells.len());
+        }
+        let c = self.make_cell(spec)?;
+        self.cells.insert(i, Cell::new(c));
+        Ok(())
+    }
+
+    /// Remove cell `i` (0-based), returning it.
+    pub fn remove(&mut self, i: usize) -> Result<Value> {
+        self.check_index(i)?;
+        Ok(self.cells.remove(i).value)
+    }
+
+    fn check_index(&self, i: usize) -> Result<()> {
+        if i >= self.cells.len() {
+            bail!("no cell {} (the notebook has {} cells)", i + 1, self.cells.len());
+        }
+        Ok(())
+    }
+
+    fn cell_mut(&mut self, i: usize) -> Result<&mut Map<String, Value>> {
+        self.check_index(i)?;
+        let c = &mut self.cells[i];
+        c.cache = None;
+        c.value.as_object_mut().context("cell is not an object")
+    }
+
+    /// Replace the source of cell `i` (0-based).
+    pub fn set_source(&mut self, i: usize, src: &str) -> Result<()> {
+        let c = self.cell_mut(i)?;
+        insert_sorted(c, "source", split_lines(src));
+        Ok(())
+    }
+
+    /// Set the outputs, execution count and timing of code cell `i` from an execution result.
+    pub fn set_outputs(
+        &mut self,
+        i: usize,
+        outputs: &[Value],
+        execution_count: Option<i64>,
+        timing: Option<&Map<String, Value>>,
+    ) -> Result<()> {
+        let c = self.cell_mut(i)?;
+        if c.get("cell_type").and_then(Value::as_str) != Some("code") {
+            bail!("cell {} is not a code cell", i + 1);
+        }
+        insert_sorted(c, "outputs", Value::Array(outputs.iter().map(split_output).collect()));
+        insert_sorted(c, "execution_count", execution_count.map(Value::from).unwrap_or(Value::Null));
+        if let Some(t) = timing {
+            if !c.get("metadata").is_some_and(Value::is_object) {
+                insert_sorted(c, "metadata", json!({}));
+            }
+            let meta = c.get_mut("metadata").and_then(Value::as_object_mut).expect("metadata object");
+            insert_sorted(meta, "execution", Value::Object(t.clone()));
+        }
+        Ok(())
+    }
+
+    /// Set the outputs of cell `i` taking ownership of them (no copy; for large outputs).
+    pub fn set_outputs_owned(
+        &mut self,
+        i: usize,
+        outputs: Vec<Value>,
+        execution_count: Option<i64>,
+        timing: Option<Map<String, Value>>,
+    ) -> Result<()> {
+        let c = self.cell_mut(i)?;
+        if c.get("cell_type").and_then(Value::as_str) != Some("code") {
+            bail!("cell {} is not a code cell", i + 1);
+        }
+        insert_sorted(c, "outputs", Value::Array(outputs.into_iter().map(split_output_owned).collect()));
+        insert_sorted(c, "execution_count", execution_count.map(Value::from).unwrap_or(Value::Null));
+        if let Some(t) = timing {
+            if !c.get("metadata").is_some_and(Value::is_object) {
+                insert_sorted(c, "metadata", json!({}));
+            }
+            let meta = c.get_mut("metadata").and_then(Value::as_object_mut).expect("metadata object");
+            insert_sorted(meta, "execution", Value::Object(t));
+        }
+        Ok(())
+    }
+
+    /// Clear every code cell's outputs and execution count (and recorded timing).
+    pub fn clear_outputs(&mut self) {
+        for i in 0..self.cells.len() {
+            let is_code = self.cells[i].value.get("cell_type").and_then(Value::as_str) == Some("code");
+            let has = self.cells[i].value.get("outputs").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
+                || !self.cells[i].value.get("execution_count").is_none_or(Value::is_null)
+                || self.cells[i].value.pointer("/metadata/execution").is_some();
+            if is_code && has {
+                let c = self.cell_mut(i).expect("in range");
+                insert_sorted(c, "outputs", json!([]));
+                insert_sorted(c, "execution_count", Value::Null);
+                if let Some(m) = c.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.shift_remove("execution");
+                }
+            }
+        }
+    }
+
+    /// The whole notebook as its JSON document.
+    pub fn to_value(&self) -> Value {
+        let mut m = Map::new();
+        let cells = Value::Array(self.cells.iter().map(|c| c.value.clone()).collect());
+        let mut placed = false;
+        for (i, (k, v)) in self.top.iter().enumerate() {
+            if i == self.cells_pos {
+                m.insert("cells".into(), cells.clone());
+                placed = true;
+            }
+            m.insert(k.clone(), v.clone());
+        }
+        if !placed {
+            m.insert("cells".into(), cells);
+        }
+        Value::Object(m)
+    }
+
+    /// Serialize the whole notebook the way Jupyter does (one-space indent, final newline), reusing
+    /// the cached text of unchanged cells.
+    pub fn to_bytes(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_to(&mut out).expect("writing to memory cannot fail");
+        out
+    }
+
+    fn refresh_cache(&mut self) {
+        for c in &mut self.cells {
+            if c.cache.is_none() {
+                c.cache = Some(pretty(&c.value, 2));
+            }
+        }
+    }
+
+    /// Write the serialized notebook to `w`.
+    pub fn write_to(&mut self, w: &mut dyn Write) -> std::io::Result<()> {
+        self.refresh_cache();
+        w.write_all(b"{\n")?;
+        let n = self.top.len() + 1;
+        let mut idx = 0;
+        let emit_cells = |w: &mut dyn Write, last: bool| -> std::io::Result<()> {
+            if self.cells.is_empty() {
+                w.write_all(b" \"cells\": []")?;
+            } else {
+                w.write_all(b" \"cells\": [\n")?;
+                for (j, c) in self.cells.iter().enumerate() {
+                    w.write_all(b"  ")?;
+                    w.write_all(c.cache.as_deref().expect("cache refreshed").as_bytes())?;
+                    w.write_all(if j + 1 < self.cells.len() { b",\n" } else { b"\n" })?;
+                }
+                w.write_all(b" ]")?;
+            }
+            w.write_all(if last { b"\n" } else { b",\n" })
+        };
+        let mut cells_done = false;
+        for (i, (k, v)) in self.top.iter().enumerate() {
+            if i == self.cells_pos {
+                idx += 1;
+                emit_cells(w, idx == n)?;
+                cells_done = true;
+            }
+            idx += 1;
+            w.write_all(b" ")?;
+            w.write_all(serde_json::to_string(k).expect("string").as_bytes())?;
+            w.write_all(b": ")?;
+            w.write_all(pretty(v, 1).as_bytes())?;
+            w.write_all(if idx == n { b"\n" } else { b",\n" })?;
+        }
+        if !cells_done {
+            emit_cells(w, true)?;
+        }
+        w.write_all(b"}\n")
+    }
+
+    /// Write the notebook to `path` atomically (a temporary file in the same folder, then a rename).
+    pub fn write(&mut self, path: &Path) -> Result<()> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".cellsci-")
+            .suffix(".ipynb.tmp")
+            .tempfile_in(&dir)
+            .with_context(|| format!("cannot write in {}", dir.display()))?;
+        {
+            let mut w = std::io::BufWriter::with_capacity(256 * 1024, tmp.as_file());
+            self.write_to(&mut w).with_context(|| format!("cannot write {}", path.display()))?;
+            w.flush()?;
+        }
+        tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nil",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a table",
+    }
+}
+
+fn check_cell(c: &Value) -> Result<()> {
+    let Some(m) = c.as_object() else { bail!("a cell must be an object") };
+    match m.get("cell_type").and_then(Value::as_str) {
+        Some("code" | "markdown" | "raw") => Ok(()),
+        Some(t) => bail!("unknown cell_type {t:?}"),
+        None => bail!("cell has no cell_type"),
+    }
+}
+
+/// Members every cell must have (a valid file has them already; a table from Lua loses nulls).
+fn add_required(c: &mut Value) {
+    let Some(m) = c.as_object_mut() else { return };
+    let code = m.get("cell_type").and_then(Value::as_str) == Some("code");
+    if !m.contains_key("metadata") {
+        insert_sorted(m, "metadata", json!({}));
+    }
+    if !m.contains_key("source") {
+        insert_sorted(m, "source", json!([]));
+    }
+    if code {
+        if !m.contains_key("execution_count") {
+            insert_sorted(m, "execution_count", Value::Null);
+        }
+        if !m.contains_key("outputs") {
+            insert_sorted(m, "outputs", json!([]));
+        }
+    }
+}
+
+/// nbformat's cell id rule.
+pub fn valid_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Insert `k` keeping an existing key's place, or at its sorted place among sorted keys.
+fn insert_sorted(m: &mut Map<String, Value>, k: &str, v: Value) {
+    if let Some(slot) = m.get_mut(k) {
+        *slot = v;
+        return;
+    }
+    let pos = m.keys().position(|x| x.as_str() > k).unwrap_or(m.len());
+    m.shift_insert(pos, k.to_string(), v);
+}
+
+/// A multi-line string as stored (a string or a list of strings), joined.
+pub fn join_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+        _ => String::new(),
+    }
+}
+
+/// Python's `str.splitlines(True)` for the line endings Jupyter writes (\n, \r\n, \r); as a JSON list.
+pub fn split_lines(s: &str) -> Value {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\n' => {
+                out.push(Value::String(s[start..=i].to_string()));
+                start = i + 1;
+            }
+            b'\r' => {
+                let end = if i + 1 < b.len() && b[i + 1] == b'\n' { i + 1 } else { i };
+                out.push(Value::String(s[start..=end].to_string()));
+                i = end;
+                start = end + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if start < b.len() {
+        out.push(Value::String(s[start..].to_string()));
+    }
+    Value::Array(out)
+}
+
+/// Mime types whose strings Jupyter stores as line lists.
+fn splits_mime(key: &str) -> bool {
+    key.starts_with("text/") || key == "application/javascript" || key == "image/svg+xml"
+}
+
+/// An output with its multi-line strings joined (the shape kernels send and scripts see).
+pub fn join_output(o: &Value) -> Value {
+    let mut o = o.clone();
+    if let Some(m) = o.as_object_mut() {
+        if let Some(t) = m.get_mut("text") {
+            if t.is_array() {
+                *t = Value::String(join_text(t));
+            }
+        }
+        if let Some(Value::Object(d)) = m.get_mut("data") {
+            for (k, v) in d.iter_mut() {
+                if splits_mime(k) && v.is_array() {
+                    *v = Value::String(join_text(v));
+                }
+            }
+        }
+    }
+    o
+}
+
+/// An output with its multi-line strings split into line lists (the shape Jupyter writes).
+pub fn split_output(o: &Value) -> Value {
+    split_output_owned(o.clone())
+}
+
+pub fn split_output_owned(mut o: Value) -> Value {
+    if let Some(m) = o.as_object_mut() {
+        if m.get("output_type").and_then(Value::as_str) == Some("stream") {
+            if let Some(Value::String(t)) = m.get("text") {
+                let v = split_lines(t);
+                m.insert("text".into(), v);
+            }
+        }
+        if let Some(Value::Object(d)) = m.get_mut("data") {
+            for (k, v) in d.iter_mut() {
+                if splits_mime(k) {
+                    if let Value::String(s) = v {
+                        *v = split_lines(s);
+                    }
+                }
+            }
+        }
+    }
+    o
+}
+
+/// JSON as Python's `json.dumps(indent=1, ensure_ascii=False)` writes it, with every line after the
+/// first indented by `level` more spaces (for its place inside the document).
+pub fn pretty(v: &Value, level: usize) -> String {
+    let pad = vec![b' '; level];
+    // Sized up front: growing a 20 MB buffer by doubling would hold ~1.5 copies of it at once.
+    let mut buf = Vec::with_capacity(estimate(v, level + 1) + 64);
+    {
+        // Indent while serializing (no second copy: a cell may hold a 20 MB image).
+        let w = Indent { out: &mut buf, pad: &pad };
+        let fmt = PyFormatter(serde_json::ser::PrettyFormatter::with_indent(b" "));
+        let mut ser = serde_json::Serializer::with_formatter(w, fmt);
+        serde::Serialize::serialize(v, &mut ser).expect("JSON values serialize");
+    }
+    String::from_utf8(buf).expect("serde_json writes UTF-8")
+}
+
+/// A close upper estimate of the pretty-printed size of `v` at indent `depth`.
+fn estimate(v: &Value, depth: usize) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 24,
+        Value::String(s) => s.len() + s.len() / 16 + 2,
+        Value::Array(a) => 4 + depth + a.iter().map(|x| estimate(x, depth + 1) + depth + 3).sum::<usize>(),
+        Value::Object(m) => {
+            4 + depth + m.iter().map(|(k, x)| k.len() + 6 + depth + estimate(x, depth + 1)).sum::<usize>()
+        }
+    }
+}
+
+/// A writer that adds `pad` after every newline. JSON strings never hold a raw newline (it is
+/// escaped), so every '\n' starts a new line of JSON.
+struct Indent<'a> {
+    out: &'a mut Vec<u8>,
+    pad: &'a [u8],
+}
+
+impl Write for Indent<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.pad.is_empty() {
+            self.out.extend_from_slice(buf);
+            return Ok(buf.len());
+        }
+        let mut rest = buf;
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            self.out.extend_from_slice(&rest[..=i]);
+            self.out.extend_from_slice(self.pad);
+            rest = &rest[i + 1..];
+        }
+        self.out.extend_from_slice(rest);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `repr(float)` as Python writes it: fixed notation for exponents -4..16 (with a `.0` on whole
+/// numbers), otherwise `1e-05` / `1.5e+16`; the digits are the shortest that round-trip in both.
+pub fn py_float(x: f64) -> String {
+    if !x.is_finite() {
+        return crate::jsonx::from_f64(x).to_string();
+    }
+    let sci = format!("{x:e}");
+    let (mant, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let e: i32 = exp.parse().unwrap_or(0);
+    if (-4..16).contains(&e) {
+        let s = format!("{x}");
+        if s.contains('.') {
+            s
+        } else {
+            format!("{s}.0")
+        }
+    } else {
+        format!("{mant}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
+    }
+}
+
+/// serde_json's pretty printer with Python's float spelling.
+struct PyFormatter<'a>(serde_json::ser::PrettyFormatter<'a>);
+
+macro_rules! delegate {
+    ($($name:ident($($arg:ident: $t:ty),*);)*) => {$(
+        fn $name<W: ?Sized + Write>(&mut self, w: &mut W $(, $arg: $t)*) -> std::io::Result<()> {
+            self.0.$name(w $(, $arg)*)
+        }
+    )*};
+}
+
+impl serde_json::ser::Formatter for PyFormatter<'_> {
+    fn write_f64<W: ?Sized + Write>(&mut self, w: &mut W, value: f64) -> std::io::Result<()> {
+        w.write_all(py_float(value).as_bytes())
+    }
+    delegate! {
+        begin_array();
+        end_array();
+        begin_array_value(first: bool);
+        end_array_value();
+        begin_object();
+        end_object();
+        begin_object_key(first: bool);
+        begin_object_value();
+        end_object_value();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn floats_are_spelled_like_python() {
+        assert_eq!(py_float(1e-5), "1e-05");
+        assert_eq!(py_float(0.1), "0.1");
+        assert_eq!(py_float(2.0), "2.0");
+        assert_eq!(py_float(1e16), "1e+16");
+        assert_eq!(py_float(1.5e16), "1.5e+16");
+        assert_eq!(py_float(123456.789), "123456.789");
+        assert_eq!(py_float(0.0001), "0.0001");
+        assert_eq!(py_float(-2.5e-7), "-2.5e-07");
+    }
+
+    use super::*;
+
+    #[test]
+    fn splitlines_matches_python() {
+        assert_eq!(split_lines("a\nb"), json!(["a\n", "b"]));
+        assert_eq!(split_lines("a\n"), json!(["a\n"]));
+        assert_eq!(split_lines(""), json!([]));
+        assert_eq!(split_lines("a\r\nb\rc"), json!(["a\r\n", "b\r", "c"]));
+    }
+
+    #[test]
+    fn round_trip_is_byte_exact_for_jupyter_layout() {
+        let text = "{\n \"cells\": [\n  {\n   \"cell_type\": \"code\",\n   \"execution_count\": null,\n   \"id\": \"ab\",\n   \"metadata\": {},\n   \"outputs\": [],\n   \"source\": [\n    \"x = 1\\n\",\n    \"é\"\n   ]\n  }\n ],\n \"metadata\": {\n  \"zzz\": [\n   1,\n   2.5\n  ]\n },\n \"nbformat\": 4,\n \"nbformat_minor\": 5\n}\n";
+        let mut nb = Notebook::from_value(serde_json::from_str(text).unwrap()).unwrap();
+        assert_eq!(String::from_utf8(nb.to_bytes()).unwrap(), text);
+    }
+}

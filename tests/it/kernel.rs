@@ -1,1 +1,370 @@
-//! Tests for the kernel area.
+//! Tests for the kernel area: a real ipykernel from the test venv (`util::test_venv()`), driven from Lua
+//! scripts through `cellsci script`; the assertions live in the Lua snippets.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use crate::util;
+
+pub fn python() -> PathBuf {
+    util::test_venv().join("bin/python")
+}
+
+/// Run a Lua snippet with `PY` bound to the test venv's interpreter.
+pub fn lua(dir: &Path, body: &str) -> Output {
+    let script = format!(
+        "local kernel = require('kernel')\nlocal notebook = require('notebook')\nlocal PY = {:?}\n{body}\n",
+        python().display().to_string()
+    );
+    let f = util::write(dir, "t.lua", &script);
+    util::cellsci(dir).arg("script").arg(f).output().expect("run cellsci")
+}
+
+#[track_caller]
+pub fn ok(o: &Output) -> String {
+    let t = util::text(o);
+    assert!(o.status.success(), "cellsci failed ({:?}):\n{t}", o.status);
+    t
+}
+
+/// nbformat's own validator on a file (from the test venv).
+#[track_caller]
+pub fn validate(nb: &Path) {
+    let o = std::process::Command::new(python())
+        .args(["-c", "import nbformat,sys; nbformat.validate(nbformat.read(sys.argv[1], as_version=nbformat.NO_CONVERT)); print('valid')"])
+        .arg(nb)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "nbformat rejects {}: {}", nb.display(), util::text(&o));
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // A zombie still answers kill(0); look at its state too.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.contains(") Z ")
+}
+
+#[test]
+fn outputs_of_every_type_are_built_like_nbclient() {
+    let d = util::tempdir();
+    let o = lua(
+        d.path(),
+        r#"
+local k = assert(kernel.start{python = PY})
+local r = k:execute([[
+import sys
+from IPython.display import display, HTML, Image, update_display, clear_output, JSON
+print("a", end=""); sys.stdout.flush()
+print("b"); sys.stdout.flush()
+print("warn", file=sys.stderr); sys.stderr.flush()
+print("c"); sys.stdout.flush()
+for i in range(3):
+    print(f"\r{i*50}%", end=""); sys.stdout.flush()
+print()
+display(HTML("<b>ünïcödé ✓</b>"))
+display(JSON({"k": [1, 2]}))
+png = b"\x89PNG\r\n\x1a\n" + bytes(20)
+display(Image(data=png, format="png"), display_id="img")
+display(HTML("<i>old</i>"), display_id="upd")
+update_display(HTML("<i>new</i>"), display_id="upd")
+"日本語 ✓"
+]])
+assert(r.status == "ok", r.status)
+assert(r.execution_count == 1)
+local o = r.outputs
+local types = {}
+for i, x in ipairs(o) do types[i] = x.output_type .. (x.name and (":" .. x.name) or "") end
+local got = table.concat(types, ",")
+assert(got == "stream:stdout,stream:stderr,stream:stdout,display_data,display_data,display_data,display_data,execute_result", got)
+assert(o[1].text == "ab\n", o[1].text)
+assert(o[3].text == "c\n100%\n", ("%q"):format(o[3].text))
+assert(o[4].data["text/html"] == "<b>ünïcödé ✓</b>")
+assert(o[5].data["application/json"].k[2] == 2)
+assert(o[6].data["image/png"] ~= nil)
+assert(o[7].data["text/html"] == "<i>new</i>", o[7].data["text/html"])
+assert(o[8].execution_count == 1 and o[8].data["text/plain"] == "'日本語 ✓'", o[8].data["text/plain"])
+assert(r.timing["shell.execute_reply"] and r.timing["iopub.status.idle"])
+assert(type(r.duration) == "number")
+
+local r2 = k:execute([[
+from IPython.display import clear_output
+print("gone")
+clear_output(wait=True)
+print("kept")
+]])
+assert(#r2.outputs == 1 and r2.outputs[1].text == "kept\n", r2.outputs[1].text)
+
+local e = k:execute("def f():\n    raise ValueError('bad ✗')\nf()")
+assert(e.status == "error" and e.ename == "ValueError" and e.evalue == "bad ✗")
+assert(not e.traceback:find("\27"), "traceback for scripts has no ANSI codes")
+assert(e.traceback:find("ValueError: bad ✗", 1, true), e.traceback)
+local tb = e.outputs[#e.outputs].traceback
+assert(table.concat(tb, "\n"):find("\27%["), "the notebook keeps the coloured traceback")
+
+local nb = notebook.new()
+nb:push("print('x')")
+nb:push({cell_type = "code", source = "err"})
+nb:set_outputs(1, r)
+nb:set_outputs(2, e)
+assert(nb:cell(1).execution_count == 1)
+assert(nb:cell(1).metadata.execution["shell.execute_reply"])
+assert(nb:write("out.ipynb"))
+k:shutdown()
+assert(not k:alive())
+"#,
+    );
+    ok(&o);
+    validate(&d.path().join("out.ipynb"));
+}
+
+#[test]
+fn large_display_and_stream_outputs_are_kept_whole() {
+    let d = util::tempdir();
+    let o = lua(
+        d.path(),
+        r#"
+local k = assert(kernel.start{python = PY})
+local r = k:execute([[
+import base64, os
+from IPython.display import display
+data = base64.b64encode(os.urandom(15_000_000)).decode()
+display({"image/png": data}, raw=True)
+len(data)
+]])
+assert(r.status == "ok", r.status)
+local n = tonumber(r.outputs[2].data["text/plain"])
+assert(n == 20000000, n)
+assert(#r.outputs[1].data["image/png"] == n)
+local nb = notebook.new()
+nb:push("x")
+nb:set_outputs(1, r)
+assert(nb:write("big.ipynb"))
+r = nil
+collectgarbage()
+
+local s = k:execute("for i in range(400000):\n    print(i)")
+assert(s.status == "ok")
+assert(#s.outputs == 1, #s.outputs)
+local lines = 0
+for _ in s.outputs[1].text:gmatch("\n") do lines = lines + 1 end
+assert(lines == 400000, lines)
+assert(s.outputs[1].text:sub(-7) == "399999\n")
+k:shutdown()
+"#,
+    );
+    ok(&o);
+    assert!(std::fs::metadata(d.path().join("big.ipynb")).unwrap().len() > 20_000_000);
+}
+
+#[test]
+fn sys_exit_is_an_error_and_input_fails_fast() {
+    let d = util::tempdir();
+    let o = lua(
+        d.path(),
+        r#"
+local k = assert(kernel.start{python = PY})
+-- silent set-up code (what the pipeline runs first) takes no execution count
+local g = k:execute("hidden = 1\nhidden", {silent = true})
+assert(g.status == "ok" and #g.outputs == 0, #g.outputs)
+local r = k:execute("import sys\nsys.exit(3)")
+assert(r.execution_count == 1, r.execution_count)
+assert(r.status == "error" and r.ename == "SystemExit", r.ename)
+local i = k:execute("name = input('who? ')", {timeout = 60})
+assert(i.status == "error" and i.ename == "StdinNotImplementedError", i.ename)
+assert(k:alive())
+assert(k:execute("1").status == "ok")
+k:shutdown()
+"#,
+    );
+    ok(&o);
+}
+
+#[test]
+fn timeout_interrupts_keeps_partial_outputs_and_the_kernel_recovers() {
+    let d = util::tempdir();
+    let o = lua(
+        d.path(),
+        r#"
+local k = assert(kernel.start{python = PY, interrupt_grace = 1})
+assert(k:execute("state = 42").status == "ok")
+local r = k:execute("import time\nprint('before', flush=True)\ntime.sleep(60)", {timeout = 1})
+assert(r.status == "timeout", r.status)
+assert(r.outputs[1].text == "before\n", "partial output kept")
+assert(r.restarted == false)
+assert(r.message:find("interrupted"), r.message)
+-- the interrupt worked: the kernel and its state survive
+local s = k:execute("state")
+assert(s.status == "ok" and s.outputs[1].data["text/plain"] == "42")
+
+-- a cell that ignores SIGINT: killed after the grace, the kernel is restarted
+local r2 = k:execute("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('stuck', flush=True)\ntime.sleep(60)", {timeout = 1})
+assert(r2.status == "timeout" and r2.restarted == true, r2.status)
+assert(r2.outputs[1].text == "stuck\n")
+assert(k:alive())
+local s2 = k:execute("'state' in globals()")
+assert(s2.status == "ok" and s2.outputs[1].data["text/plain"] == "False", "fresh kernel after the restart")
+k:shutdown()
+"#,
+    );
+    ok(&o);
+}
+
+#[test]
+fn os_exit_is_detected_and_restart_gives_a_fresh_kernel() {
+    let d = util::tempdir();
+    let o = lua(
+        d.path(),
+        r#"
+local k = assert(kernel.start{python = PY})
+assert(k:execute("x = 1").status == "ok")
+local r = k:execute("print('bye', flush=True)\nimport os\nos._exit(7)")
+assert(r.status == "dead", r.status)
+assert(r.exit_code == 7, r.exit_code)
+assert(r.message:find("exited with code 7"), r.message)
+assert(not k:alive())
+local again = k:execute("1")
+assert(again.status == "dead")
+assert(k:restart())
+assert(k:alive())
+local s = k:execute("'x' in globals()")
+assert(s.outputs[1].data["text/plain"] == "False")
+k:shutdown()
+"#,
+    );
+    ok(&o);
+}
+
+#[test]
+fn sigkill_of_the_kernel_is_reported_as_likely_oom() {
+    let d = util::tempdir();
+    let o = lua(
+        d.path(),
+        r#"
+local k = assert(kernel.start{python = PY})
+local r = k:execute("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+assert(r.status == "dead", r.status)
+assert(r.signal == 9 and r.likely_oom == true)
+assert(r.message:find("SIGKILL") and r.message:find("out of memory"), r.message)
+assert(k:restart())
+assert(k:execute("1+1").outputs[1].data["text/plain"] == "2")
+k:shutdown()
+"#,
+    );
+    ok(&o);
+}
+
+#[test]
+fn ctrl_c_of_cellsci_leaves_no_kernel_process() {
+    let d = util::tempdir();
+    let script = format!(
+        "local kernel = require('kernel')\nlocal k = assert(kernel.start{{python = {:?}}})\nprint('PID ' .. k:pid())\nio.stdout:flush()\nlocal r = assert(k:execute('import time\\ntime.sleep(120)'))\n",
+        python().display().to_string()
+    );
+    let f = util::write(d.path(), "c.lua", &script);
+    let mut child = util::cellsci(d.path())
+        .arg("script")
+        .arg(f)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let pid: i32 = line.trim().strip_prefix("PID ").expect("kernel pid line").parse().unwrap();
+    assert!(pid_alive(pid));
+    std::thread::sleep(std::time::Duration::from_millis(300)); // let the cell start
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(130), "exit code after Ctrl-C");
+    // SIGKILL is asynchronous: give the kernel a moment to disappear from the process table.
+    let mut alive = pid_alive(pid);
+    for _ in 0..100 {
+        if !alive {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        alive = pid_alive(pid);
+    }
+    assert!(!alive, "kernel {pid} outlived cellsci");
+}
+
+#[test]
+fn kernelspecs_are_found_on_jupyter_path_with_python_resolved() {
+    let d = util::tempdir();
+    let spec = d.path().join("jp/kernels/mykernel");
+    std::fs::create_dir_all(&spec).unwrap();
+    std::fs::write(
+        spec.join("kernel.json"),
+        r#"{"argv": ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "Mine",
+            "language": "python", "env": {"FROM_SPEC": "yes"}}"#,
+    )
+    .unwrap();
+    let msg = d.path().join("jp/kernels/msgkernel");
+    std::fs::create_dir_all(&msg).unwrap();
+    std::fs::write(
+        msg.join("kernel.json"),
+        r#"{"argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "Msg",
+            "language": "python", "interrupt_mode": "message"}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(d.path().join("work")).unwrap();
+    let script = r#"
+local kernel = require('kernel')
+local found
+for _, s in ipairs(kernel.specs()) do if s.name == "mykernel" then found = s end end
+assert(found, "mykernel listed")
+assert(found.display_name == "Mine")
+assert(found.argv[1] == os.getenv("VIRTUAL_ENV") .. "/bin/python", found.argv[1])
+local k = assert(kernel.start{name = "mykernel", cwd = "work", env = {FROM_SCRIPT = "1"}})
+local r = k:execute("import os\nprint(os.environ['FROM_SPEC'], os.environ['FROM_SCRIPT'], os.path.basename(os.getcwd()))")
+assert(r.outputs[1].text == "yes 1 work\n", r.outputs[1].text)
+k:shutdown()
+-- a spec that asks for interrupts by message (control channel), not by signal
+local m = assert(kernel.start{name = "msgkernel"})
+local t = m:execute("import time\nprint('x', flush=True)\ntime.sleep(60)", {timeout = 1})
+assert(t.status == "timeout" and t.restarted == false, t.status)
+assert(m:execute("1").status == "ok")
+m:shutdown()
+local none, err = kernel.start{name = "no-such-kernel"}
+assert(none == nil and err.kind == "start" and err.message:find("no%-such%-kernel"), tostring(err))
+local bad, err2 = kernel.start{python = "/nonexistent/python"}
+assert(bad == nil and err2.kind == "start", tostring(err2))
+"#;
+    let f = util::write(d.path(), "s.lua", script);
+    let o = util::cellsci(d.path())
+        .arg("script")
+        .arg(f)
+        .env("JUPYTER_PATH", d.path().join("jp"))
+        .env("VIRTUAL_ENV", util::test_venv())
+        .output()
+        .unwrap();
+    ok(&o);
+}
+
+#[test]
+fn provisioning_without_python_says_so() {
+    let d = util::tempdir();
+    let empty = d.path().join("empty-bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    let f = util::write(
+        d.path(),
+        "p.lua",
+        r#"
+local kernel = require('kernel')
+local k, err = kernel.start{packages = {"numpy"}}
+assert(k == nil and err.kind == "start", tostring(err))
+assert(err.message:find("Python is not installed"), err.message)
+"#,
+    );
+    let o = util::cellsci(d.path())
+        .arg("script")
+        .arg(f)
+        .env("PATH", &empty)
+        .env("HOME", d.path())
+        .env_remove("VIRTUAL_ENV")
+        .env("CELLSCI_CACHE_DIR", d.path().join("cache"))
+        .output()
+        .unwrap();
+    ok(&o);
+}

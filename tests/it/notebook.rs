@@ -1,1 +1,219 @@
-//! Tests for the notebook area.
+//! Tests for the notebook area: faithful read/write of Jupyter-written notebooks, the Lua API, and
+//! `cellsci notebook run` with a real ipykernel.
+
+use std::path::Path;
+
+use crate::kernel::{lua, ok, python, validate};
+use crate::util;
+
+fn data(name: &str) -> std::path::PathBuf {
+    util::repo().join("tests/data/notebooks").join(name)
+}
+
+/// True when two JSON files hold the same document (compared by Python's json, floats included).
+#[track_caller]
+fn same_json(a: &Path, b: &Path) {
+    let o = std::process::Command::new(python())
+        .args(["-c", "import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); sys.exit(0 if a==b else 1)"])
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{} and {} differ: {}", a.display(), b.display(), util::text(&o));
+}
+
+#[test]
+fn jupyter_written_notebooks_round_trip_with_nothing_lost() {
+    let d = util::tempdir();
+    for name in ["jupyter_written_45.ipynb", "jupyter_written_44.ipynb"] {
+        let src = data(name);
+        let o = lua(
+            d.path(),
+            &format!(
+                "local nb = assert(notebook.read({:?}))\nassert(nb:len() == 7)\nassert(nb:write('rt.ipynb'))",
+                src.display().to_string()
+            ),
+        );
+        ok(&o);
+        let rt = d.path().join("rt.ipynb");
+        same_json(&src, &rt);
+        validate(&rt);
+        // Byte for byte too (floats are spelled as Python spells them).
+        let a = std::fs::read_to_string(&src).unwrap();
+        let b = std::fs::read_to_string(&rt).unwrap();
+        assert_eq!(a, b, "{name} is written back byte for byte");
+    }
+}
+
+#[test]
+fn lua_notebook_api_edits_cells_and_writes_valid_notebooks() {
+    let d = util::tempdir();
+    let src = data("jupyter_written_45.ipynb");
+    let o = lua(
+        d.path(),
+        &format!(
+            r##"
+local nb = assert(notebook.read({src:?}))
+local c = nb:cell(2)
+assert(c.cell_type == "code" and c.source == "import numpy as np\nx = np.arange(3)\nx", c.source)
+assert(c.metadata.subtask.purpose == "données")
+assert(c.outputs[1].data["text/plain"] == "array([0, 1, 2])")
+assert(nb:cell(3).outputs[1].text == "a\nb\n")
+assert(nb:cell(1).id and #nb:cell(1).id > 0)
+
+local n = notebook.new()
+assert(n:len() == 0)
+assert(n:push("print(1)") == 1)
+n:push({{cell_type = "markdown", source = "# Title\ntext"}})
+n:insert(1, {{cell_type = "code", source = "x = 1\n", metadata = {{subtask = {{id = "c0", name = "n", purpose = "p"}}}}}})
+assert(n:len() == 3 and #n == 3)
+assert(n:cell(1).metadata.subtask.id == "c0")
+assert(n:cell(3).cell_type == "markdown")
+n:set_source(2, "print(2)\nprint(3)")
+assert(n:cell(2).source == "print(2)\nprint(3)")
+local removed = n:remove(3)
+assert(removed.cell_type == "markdown" and n:len() == 2)
+assert(n:cell(1).id ~= n:cell(2).id)
+local m = n.metadata
+m.execution = {{hypergraph = {{hyperedges = {{ {{tail = {{"c0"}}, head = "c1"}} }}}}}}
+n.metadata = m
+assert(n.metadata.execution.hypergraph.hyperedges[1].head == "c1")
+n:set_outputs(2, {{outputs = {{ {{output_type = "stream", name = "stdout", text = "2\n3\n"}} }}, execution_count = 5}})
+assert(n:cell(2).execution_count == 5)
+local t = n:to_table()
+assert(t.nbformat == 4 and t.nbformat_minor == 5 and #t.cells == 2)
+assert(type(t.cells[2].source) == "table", "sources are stored as line lists, like Jupyter")
+assert(n:write("sub/new.ipynb"))
+local back = notebook.from_table(t)
+assert(back:len() == 2 and back:cell(2).outputs[1].text == "2\n3\n")
+back:clear_outputs()
+assert(#back:cell(2).outputs == 0 and back:cell(2).execution_count == nil)
+assert(back:write("cleared.ipynb"))
+
+local ok1, e1 = pcall(function() return n:cell(9) end)
+assert(not ok1 and tostring(e1):find("t.lua:%d+: cell index 9 out of range"), tostring(e1))
+local ok2, e2 = pcall(function() n:push({{cell_type = "weird"}}) end)
+assert(not ok2 and tostring(e2):find("cell_type"), tostring(e2))
+
+local none, err = notebook.read("missing.ipynb")
+assert(none == nil and err.kind == "not_found", tostring(err))
+local f = io.open("bad.ipynb", "w"); f:write("{{ not json"); f:close()
+local bad, err2 = notebook.read("bad.ipynb")
+assert(bad == nil and err2.kind == "invalid", tostring(err2))
+local f3 = io.open("v3.ipynb", "w"); f3:write('{{"nbformat": 3, "nbformat_minor": 0, "worksheets": [], "metadata": {{}}}}'); f3:close()
+local v3, err3 = notebook.read("v3.ipynb")
+assert(v3 == nil and err3.message:find("nbformat 3"), tostring(err3))
+
+-- a 4.4 notebook gets no ids (the 4.4 schema forbids them)
+local old = assert(notebook.read({old:?}))
+old:push("y = 2")
+assert(old:cell(old:len()).id == nil)
+assert(old:write("old.ipynb"))
+"##,
+            src = src.display().to_string(),
+            old = data("jupyter_written_44.ipynb").display().to_string()
+        ),
+    );
+    ok(&o);
+    for f in ["sub/new.ipynb", "cleared.ipynb", "old.ipynb"] {
+        validate(&d.path().join(f));
+    }
+}
+
+fn write_nb(dir: &Path, name: &str, cells: &[&str]) -> std::path::PathBuf {
+    let cells: Vec<serde_json::Value> = cells
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            serde_json::json!({"cell_type": "code", "execution_count": null, "id": format!("c{i}"), "metadata": {},
+                               "outputs": [], "source": s})
+        })
+        .collect();
+    let nb = serde_json::json!({"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "P", "language": "python"}},
+                                "nbformat": 4, "nbformat_minor": 5});
+    util::write(dir, name, &serde_json::to_string_pretty(&nb).unwrap())
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn stdout_of(cell: &serde_json::Value) -> String {
+    cell["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["output_type"] == "stream")
+        .map(|o| o["text"].as_array().map(|a| a.iter().map(|l| l.as_str().unwrap()).collect()).unwrap_or_default())
+        .collect::<Vec<String>>()
+        .join("")
+}
+
+#[test]
+fn notebook_run_executes_every_cell_and_saves_a_valid_notebook() {
+    let d = util::tempdir();
+    std::fs::create_dir_all(d.path().join("wd")).unwrap();
+    let nb = write_nb(
+        d.path(),
+        "in.ipynb",
+        &[
+            "import os\nprint(os.environ['GREETING'], os.path.basename(os.getcwd()))",
+            "",
+            "x = 6 * 7\nx",
+            "print('π ✓')",
+        ],
+    );
+    let o = util::cellsci(d.path())
+        .args(["notebook", "run", "in.ipynb", "out.ipynb", "--python"])
+        .arg(python())
+        .args(["--env", "GREETING=hello", "--cwd", "wd", "--log-output", "--timeout", "60"])
+        .output()
+        .unwrap();
+    let text = ok(&o);
+    assert!(text.contains("hello wd"), "--log-output shows cell output: {text}");
+    let out = d.path().join("out.ipynb");
+    validate(&out);
+    let v = read_json(&out);
+    let cells = v["cells"].as_array().unwrap();
+    assert_eq!(stdout_of(&cells[0]), "hello wd\n");
+    assert_eq!(cells[0]["execution_count"], 1);
+    assert!(cells[1]["execution_count"].is_null(), "empty cells are skipped");
+    assert_eq!(cells[2]["outputs"][0]["data"]["text/plain"][0], "42");
+    assert_eq!(stdout_of(&cells[3]), "π ✓\n");
+    assert!(cells[0]["metadata"]["execution"]["shell.execute_reply"].is_string(), "timing recorded");
+    assert_eq!(read_json(&nb)["cells"][0]["outputs"], serde_json::json!([]), "the input is not touched");
+}
+
+#[test]
+fn notebook_run_stops_at_an_error_unless_errors_are_allowed() {
+    let d = util::tempdir();
+    write_nb(d.path(), "in.ipynb", &["print('one')", "1/0", "print('three')"]);
+    let o = util::cellsci(d.path()).args(["notebook", "run", "in.ipynb", "--python"]).arg(python()).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", util::text(&o));
+    assert!(util::text(&o).contains("ZeroDivisionError"));
+    let v = read_json(&d.path().join("in.out.ipynb"));
+    assert_eq!(v["cells"][1]["outputs"][0]["ename"], "ZeroDivisionError");
+    assert!(v["cells"][2]["execution_count"].is_null(), "cells after the error are not run");
+
+    let o = util::cellsci(d.path())
+        .args(["notebook", "run", "in.ipynb", "all.ipynb", "--allow-errors", "--python"])
+        .arg(python())
+        .output()
+        .unwrap();
+    ok(&o);
+    let v = read_json(&d.path().join("all.ipynb"));
+    assert_eq!(stdout_of(&v["cells"][2]), "three\n");
+}
+
+#[test]
+fn notebook_run_saves_after_every_cell_so_a_crash_keeps_finished_cells() {
+    let d = util::tempdir();
+    // The second cell kills cellsci itself (the kernel's parent) with SIGKILL: no clean-up can run.
+    write_nb(d.path(), "in.ipynb", &["print('finished')", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"]);
+    let o = util::cellsci(d.path()).args(["notebook", "run", "in.ipynb", "--python"]).arg(python()).output().unwrap();
+    assert_eq!(o.status.code(), None, "cellsci was killed");
+    let out = d.path().join("in.out.ipynb");
+    validate(&out);
+    let v = read_json(&out);
+    assert_eq!(stdout_of(&v["cells"][0]), "finished\n");
+}

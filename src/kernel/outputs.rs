@@ -1,0 +1,262 @@
+//! Turning iopub messages into nbformat outputs the way nbclient does: consecutive streams of the same
+//! name merged, carriage returns and backspaces applied, `clear_output(wait=True)` deferred to the next
+//! output, `update_display_data` applied by display id, `execute_result` with its count, errors with
+//! their ANSI-coloured traceback kept (the notebook shows colours; scripts get a stripped copy).
+
+use std::collections::HashMap;
+
+use serde_json::{json, Map, Value};
+
+#[derive(Default)]
+pub struct OutputBuilder {
+    pub outputs: Vec<Value>,
+    clear_pending: bool,
+    /// display_id → indices of outputs showing it.
+    display: HashMap<String, Vec<usize>>,
+    /// Index of an output whose stream text still needs carriage-return processing.
+    dirty_streams: Vec<usize>,
+}
+
+fn take_obj(content: &mut Value, key: &str) -> Value {
+    match content.get_mut(key) {
+        Some(v @ Value::Object(_)) => v.take(),
+        _ => json!({}),
+    }
+}
+
+impl OutputBuilder {
+    /// Handle one iopub message. Returns the index of the output it created or changed (None when it
+    /// changed nothing visible).
+    pub fn handle(&mut self, msg_type: &str, mut content: Value) -> Option<usize> {
+        if self.clear_pending && matches!(msg_type, "stream" | "display_data" | "execute_result" | "error") {
+            self.clear();
+        }
+        match msg_type {
+            "stream" => {
+                let name = content.get("name").and_then(Value::as_str).unwrap_or("stdout").to_string();
+                let text = match content.get_mut("text") {
+                    Some(Value::String(s)) => std::mem::take(s),
+                    _ => String::new(),
+                };
+                if let Some(last) = self.outputs.last_mut() {
+                    if last.get("output_type").and_then(Value::as_str) == Some("stream")
+                        && last.get("name").and_then(Value::as_str) == Some(name.as_str())
+                    {
+                        if let Some(Value::String(t)) = last.get_mut("text") {
+                            t.push_str(&text);
+                        }
+                        let i = self.outputs.len() - 1;
+                        self.mark_dirty(i, &text);
+                        return Some(i);
+                    }
+                }
+                let dirty = text.contains(['\r', '\u{8}']);
+                self.outputs.push(json!({"name": name, "output_type": "stream", "text": text}));
+                let i = self.outputs.len() - 1;
+                if dirty {
+                    self.dirty_streams.push(i);
+                }
+                Some(i)
+            }
+            "display_data" => {
+                let display_id = content.pointer("/transient/display_id").and_then(Value::as_str).map(String::from);
+                let data = take_obj(&mut content, "data");
+                let metadata = take_obj(&mut content, "metadata");
+                self.outputs.push(json!({"data": data, "metadata": metadata, "output_type": "display_data"}));
+                let i = self.outputs.len() - 1;
+                if let Some(id) = display_id {
+                    self.display.entry(id).or_default().push(i);
+                }
+                Some(i)
+            }
+            "update_display_data" => {
+                let id = content.pointer("/transient/display_id").and_then(Value::as_str)?.to_string();
+                let data = take_obj(&mut content, "data");
+                let metadata = take_obj(&mut content, "metadata");
+                let idx = self.display.get(&id)?.clone();
+                for &i in &idx {
+                    if let Some(Value::Object(o)) = self.outputs.get_mut(i) {
+                        o.insert("data".into(), data.clone());
+                        o.insert("metadata".into(), metadata.clone());
+                    }
+                }
+                idx.last().copied()
+            }
+            "execute_result" => {
+                let display_id = content.pointer("/transient/display_id").and_then(Value::as_str).map(String::from);
+                let count = content.get("execution_count").cloned().unwrap_or(Value::Null);
+                let data = take_obj(&mut content, "data");
+                let metadata = take_obj(&mut content, "metadata");
+                self.outputs.push(json!({"data": data, "execution_count": count, "metadata": metadata, "output_type": "execute_result"}));
+                let i = self.outputs.len() - 1;
+                if let Some(id) = display_id {
+                    self.display.entry(id).or_default().push(i);
+                }
+                Some(i)
+            }
+            "error" => {
+                let ename = content.get("ename").cloned().unwrap_or(json!(""));
+                let evalue = content.get("evalue").cloned().unwrap_or(json!(""));
+                let tb = content.get_mut("traceback").map(Value::take).unwrap_or(json!([]));
+                self.outputs.push(json!({"ename": ename, "evalue": evalue, "output_type": "error", "traceback": tb}));
+                Some(self.outputs.len() - 1)
+            }
+            "clear_output" => {
+                if content.get("wait").and_then(Value::as_bool).unwrap_or(false) {
+                    self.clear_pending = true;
+                } else {
+                    self.clear();
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn mark_dirty(&mut self, i: usize, text: &str) {
+        if text.contains(['\r', '\u{8}']) && !self.dirty_streams.contains(&i) {
+            self.dirty_streams.push(i);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.outputs.clear();
+        self.display.clear();
+        self.dirty_streams.clear();
+        self.clear_pending = false;
+    }
+
+    /// The finished outputs (carriage returns and backspaces applied).
+    pub fn finish(mut self) -> Vec<Value> {
+        for i in std::mem::take(&mut self.dirty_streams) {
+            if let Some(Value::String(t)) = self.outputs.get_mut(i).and_then(|o| o.get_mut("text")) {
+                *t = apply_control_chars(t);
+            }
+        }
+        self.outputs
+    }
+
+    /// A copy of the outputs so far, as they would be finished (for partial results).
+    pub fn snapshot(&self) -> Vec<Value> {
+        let b = OutputBuilder {
+            outputs: self.outputs.clone(),
+            dirty_streams: self.dirty_streams.clone(),
+            ..Default::default()
+        };
+        b.finish()
+    }
+}
+
+/// nbclient's stream clean-up: `.*\r(?=[^\n])` removed on every line (text overwritten by a carriage
+/// return), then `[^\n]\b` removed until nothing changes (backspaces).
+pub fn apply_control_chars(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (n, line) in s.split('\n').enumerate() {
+        if n > 0 {
+            out.push('\n');
+        }
+        // the last '\r' that is followed by another character on this line
+        let b = line.as_bytes();
+        let mut cut = 0;
+        for (i, &c) in b.iter().enumerate() {
+            if c == b'\r' && i + 1 < b.len() {
+                cut = i + 1;
+            }
+        }
+        out.push_str(&line[cut..]);
+    }
+    if !out.contains('\u{8}') {
+        return out;
+    }
+    let mut res = String::with_capacity(out.len());
+    for ch in out.chars() {
+        if ch == '\u{8}' {
+            match res.chars().last() {
+                Some(prev) if prev != '\n' && prev != '\u{8}' => {
+                    res.pop();
+                }
+                _ => res.push(ch),
+            }
+        } else {
+            res.push(ch);
+        }
+    }
+    res
+}
+
+/// Remove ANSI escape sequences (colours, cursor moves) from text shown to scripts.
+pub fn strip_ansi(s: &str) -> String {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])").expect("valid")
+    });
+    re.replace_all(s, "").into_owned()
+}
+
+/// An output object in the message shape (for the `on_output` callback and logs): kept as is.
+pub fn summary(o: &Value) -> String {
+    match o.get("output_type").and_then(Value::as_str) {
+        Some("stream") => o.get("text").and_then(Value::as_str).unwrap_or("").to_string(),
+        Some("error") => {
+            let tb: Vec<String> = o
+                .get("traceback")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).map(strip_ansi).collect())
+                .unwrap_or_default();
+            format!("{}\n", tb.join("\n"))
+        }
+        Some(_) => {
+            let data = o.get("data").and_then(Value::as_object);
+            match data.and_then(|d| d.get("text/plain")).and_then(Value::as_str) {
+                Some(t) => format!("{t}\n"),
+                None => format!(
+                    "[{}]\n",
+                    data.map(|d| d.keys().cloned().collect::<Vec<_>>().join(", ")).unwrap_or_default()
+                ),
+            }
+        }
+        None => String::new(),
+    }
+}
+
+/// Keep only timing keys nbclient records, in its order.
+pub fn timing_map(t: &HashMap<&'static str, String>) -> Map<String, Value> {
+    let mut m = Map::new();
+    for k in ["iopub.execute_input", "iopub.status.busy", "iopub.status.idle", "shell.execute_reply"] {
+        if let Some(v) = t.get(k) {
+            m.insert(k.to_string(), json!(v));
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carriage_return_and_backspace() {
+        assert_eq!(apply_control_chars("10%\r50%\r100%\ndone\n"), "100%\ndone\n");
+        assert_eq!(apply_control_chars("a\r\nb"), "a\r\nb");
+        assert_eq!(apply_control_chars("abc\u{8}\u{8}x"), "ax");
+    }
+
+    #[test]
+    fn streams_merge_and_clear_wait() {
+        let mut b = OutputBuilder::default();
+        b.handle("stream", json!({"name": "stdout", "text": "a"}));
+        b.handle("stream", json!({"name": "stdout", "text": "b\n"}));
+        b.handle("stream", json!({"name": "stderr", "text": "e"}));
+        assert_eq!(b.outputs.len(), 2);
+        b.handle("clear_output", json!({"wait": true}));
+        assert_eq!(b.outputs.len(), 2);
+        b.handle("stream", json!({"name": "stdout", "text": "z"}));
+        let out = b.finish();
+        assert_eq!(out, vec![json!({"name": "stdout", "output_type": "stream", "text": "z"})]);
+    }
+
+    #[test]
+    fn ansi_is_stripped() {
+        assert_eq!(strip_ansi("\x1b[0;31mZeroDivisionError\x1b[0m: x"), "ZeroDivisionError: x");
+    }
+}

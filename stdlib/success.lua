@@ -1,0 +1,46 @@
+-- Success criterion for `cellsci run`: does an iteration's score meet the threshold?
+--
+-- Shadow this file (put your own success.lua in your scripts folder) to change what counts as success;
+-- edits take effect at the next iteration of a running `run`. Must not have side effects at load.
+local M = {}
+
+-- Metric names where lower is better (matched case-insensitively against the whole name or a prefix/suffix).
+M.lower_is_better = { "mse", "rmse", "mae", "loss", "error", "deg_rmse", "mape", "nll" }
+
+-- "higher" or "lower" for a metric: the config's experiment.direction wins, else the name decides.
+function M.direction(metric, configured)
+  if configured == "higher" or configured == "lower" then
+    return configured
+  end
+  local m = string.lower(metric or "")
+  for _, pat in ipairs(M.lower_is_better) do
+    if m == pat or m:find("^" .. pat .. "[_%-]") or m:find("[_%-]" .. pat .. "$") or m:find("[_%-]" .. pat .. "[_%-]") then
+      return "lower"
+    end
+  end
+  return "higher"
+end
+
+-- judge{score=, threshold=, metric=, direction=} -> met (boolean), explanation (string)
+-- A missing or non-finite score never meets the criterion.
+function M.judge(t)
+  local score, threshold = t.score, t.threshold or 0
+  local dir = M.direction(t.metric, t.direction)
+  if type(score) ~= "number" or score ~= score or score == math.huge or score == -math.huge then
+    return false, "no usable score"
+  end
+  if dir == "lower" then
+    return score < threshold, string.format("%s %.4f < %s (lower is better)", t.metric or "score", score, tostring(threshold))
+  end
+  return score > threshold, string.format("%s %.4f > %s (higher is better)", t.metric or "score", score, tostring(threshold))
+end
+
+-- Is score a better than score b under the metric's direction? (Used to pick the best iteration.)
+function M.better(a, b, metric, direction)
+  if type(a) ~= "number" or a ~= a then return false end
+  if type(b) ~= "number" or b ~= b then return true end
+  if M.direction(metric, direction) == "lower" then return a < b end
+  return a > b
+end
+
+return M
