@@ -562,3 +562,13 @@ fn the_committed_example_report_is_current() {
         assert!(got == want, "{f} differs from the committed example: regenerate it (see this test's comment)");
     }
 }
+
+#[test]
+fn a_real_notebook_handle_gives_the_same_hypergraph_as_its_file() {
+    lua(r#"
+local nb = assert(require("notebook").read(D .. "/hypergraph/tricky.ipynb"))
+assert(report.mermaid(nb) == report.mermaid(D .. "/hypergraph/tricky.ipynb"))
+local h = assert(report.hypergraph(nb))
+assert(#h.cells == 5 and #h.hyperedges == 6 and h.cells[5].id == "graph")
+"#);
+}
