@@ -325,7 +325,10 @@ impl LocalKernel {
                 msg.push_str(&format!("; its output:\n{tail}"));
             }
             if tail.contains("No module named ipykernel") {
-                msg.push_str(&format!("\n(install ipykernel in that environment: {} -m pip install ipykernel)", argv[0]));
+                msg.push_str(&format!(
+                    "\n(install ipykernel in that environment: {} -m pip install ipykernel)",
+                    argv[0]
+                ));
             }
             anyhow!(msg)
         };

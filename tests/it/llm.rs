@@ -697,3 +697,24 @@ fn an_exhausted_quota_is_not_waited_for() {
     );
     ok(&out);
 }
+
+#[test]
+fn the_configs_retry_options_shape_the_default_policy() {
+    let srv = FakeLlm::start();
+    srv.set_default(Reply::Http { status: 502, headers: vec![], body: b"bad gateway".to_vec() });
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"retry": {"base": 0.01, "per_kind": {"server": 2}}}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x"}
+        assert(not r and err.kind == "server" and err.attempts == 3, tostring(err))
+        assert(err.message:find("2 retries"), err.message)
+        local ok, e = pcall(require("retry").new, {dedline = 1})
+        assert(not ok and tostring(e):find("unknown option 'dedline'"), tostring(e))
+        "#,
+        &[],
+    );
+    ok(&out);
+    assert_eq!(srv.requests().len(), 3);
+}
