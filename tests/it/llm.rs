@@ -718,3 +718,21 @@ fn the_configs_retry_options_shape_the_default_policy() {
     ok(&out);
     assert_eq!(srv.requests().len(), 3);
 }
+
+#[test]
+fn a_stream_that_trickles_forever_is_cut_at_six_timeouts() {
+    let srv = FakeLlm::start();
+    let pieces: Vec<&str> = vec!["tick "; 100];
+    srv.push_stream(&pieces, Duration::from_millis(100));
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x", stream = true, timeout = 1, retry = false}
+        assert(not r and err.kind == "timeout" and err.message:find("went on for more than 6s"), tostring(err))
+        "#,
+        &[],
+    );
+    ok(&out);
+}
