@@ -135,7 +135,8 @@ fn server_500_is_retried_until_the_deadline_then_named() {
     let out = run(
         dir.path(),
         r#"
-        local policy = require("retry").new{base = 0.05, max_wait = 0.2, deadline = 1}
+        local policy = require("retry").new{base = 0.05, max_wait = 0.2, deadline = 1, max_attempts = 100,
+                                            per_kind = {server = 100}}
         local r, err = require("llm").chat{prompt = "x", retry = policy}
         assert(not r)
         print(tostring(err))
@@ -490,7 +491,7 @@ fn usage_snapshot_accounts_per_iteration() {
 #[test]
 fn concurrent_chats_respect_the_endpoint_limit() {
     let srv = FakeLlm::start();
-    srv.set_default(Reply::Slow(Duration::from_millis(150), Box::new(Reply::text("slow"))));
+    srv.set_default(Reply::Slow(Duration::from_millis(400), Box::new(Reply::text("slow"))));
     let dir = tempdir();
     config(dir.path(), &srv.url(), json!({"max_concurrency": 2}));
     let out = run(
