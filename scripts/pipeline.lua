@@ -199,6 +199,7 @@ function M.generate_into(trial, opts, s1)
   local user = "Technical specification (YAML):\n\n" .. M.fill(yaml.encode(spec), vars)
     .. "\n\nResearch strategy:\n\n" .. (strategy_md or "No research strategy was given: the design is freestyle.")
     .. "\n\nReturn the notebook as the JSON object described in the system prompt."
+    .. (section("prompt_branch").strict_json_only ~= false and " Reply with that JSON object only: no prose before or after it." or "")
   local cells, hg, attempts, err = request_notebook(system, user)
   if not cells then
     local fail_path = path.join(trial, "generation_failure.json")

@@ -413,6 +413,9 @@ impl StreamState {
     }
 }
 
+/// How many timeouts a whole streamed reply may last.
+const STREAM_CAP: u32 = 6;
+
 async fn read_stream(
     resp: reqwest::Response,
     req: &Request,
@@ -430,7 +433,17 @@ async fn read_stream(
         }
         f
     };
+    // a server that trickles keep-alive bytes forever must not hold the run: the whole stream may
+    // last at most STREAM_CAP times the timeout
+    let cap = idle * STREAM_CAP;
     while !st.done {
+        if started.elapsed() > cap {
+            let f = Failure::new(
+                Kind::Timeout,
+                format!("the stream went on for more than {} ({STREAM_CAP} x timeout)", secs(cap.as_secs_f64())),
+            );
+            return Err(partial(&st, f));
+        }
         let next = match tokio::time::timeout(idle, body.next()).await {
             Err(_) => {
                 let f = Failure::new(

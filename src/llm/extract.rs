@@ -49,7 +49,7 @@ impl std::error::Error for ExtractError {}
 
 /// Extract the JSON value an LLM reply holds. Python's NaN/Infinity come back as `jsonx` markers.
 pub fn extract_json(text: &str) -> Result<Value, ExtractError> {
-    let stripped = strip_think(text);
+    let (stripped, cut_in_think) = strip_think(text);
     let text: &str = &stripped;
     let trimmed = text.trim();
     if let Ok(v) = crate::jsonx::parse(trimmed) {
@@ -136,6 +136,12 @@ pub fn extract_json(text: &str) -> Result<Value, ExtractError> {
     if let Some((_, v)) = best_bare {
         return Ok(v);
     }
+    if cut_in_think {
+        return Err(ExtractError {
+            kind: ExtractErrorKind::Truncated,
+            message: "the reply ended inside a <think> block, before any answer; raise max_tokens".into(),
+        });
+    }
     Err(ExtractError {
         kind: ExtractErrorKind::NoJson,
         message: format!("no JSON object or array in the reply ({} chars): {}", text.len(), preview(trimmed, 80)),
@@ -175,12 +181,14 @@ fn looks_like_json_start(b: &[u8], i: usize) -> bool {
 
 /// Remove `<think>…</think>` (and `<thinking>`) blocks, case-insensitively. A closing tag with no
 /// opening one (templates that eat the opening tag) drops everything before it. An opening tag that
-/// is never closed is left alone: the answer may be inside.
-pub fn strip_think(text: &str) -> std::borrow::Cow<'_, str> {
+/// is never closed means the reply was cut off while thinking: the rest is dropped (a value in the
+/// thoughts is a draft, not the answer) and the flag is set.
+pub fn strip_think(text: &str) -> (std::borrow::Cow<'_, str>, bool) {
     let lower = text.to_ascii_lowercase();
     if !lower.contains("think") {
-        return std::borrow::Cow::Borrowed(text);
+        return (std::borrow::Cow::Borrowed(text), false);
     }
+    let mut cut = false;
     let mut out = String::with_capacity(text.len());
     let mut pos = 0;
     let first_open = find_open_think(&lower, 0).map(|(s, _)| s);
@@ -192,14 +200,19 @@ pub fn strip_think(text: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     while let Some((start, after)) = find_open_think(&lower, pos) {
-        let Some(close) = lower[after..].find("</think") else { break };
-        let close = after + close;
-        let Some(gt) = lower[close..].find('>') else { break };
         out.push_str(&text[pos..start]);
-        pos = close + gt + 1;
+        let close = lower[after..].find("</think").map(|c| after + c);
+        match close.and_then(|c| lower[c..].find('>').map(|gt| c + gt + 1)) {
+            Some(end) => pos = end,
+            None => {
+                cut = true;
+                pos = text.len();
+                break;
+            }
+        }
     }
     out.push_str(&text[pos..]);
-    std::borrow::Cow::Owned(out)
+    (std::borrow::Cow::Owned(out), cut)
 }
 
 fn find_open_think(lower: &str, from: usize) -> Option<(usize, usize)> {
@@ -633,6 +646,8 @@ mod tests {
         // two think blocks
         let t = "<think>{\"a\":1}</think>x<think>{\"b\":2, \"c\": 3}</think>{\"c\": 3}";
         assert_eq!(ok(t), json!({"c": 3}));
+        // cut off while thinking: the draft in the thoughts is not the answer
+        assert_eq!(err("<think>I will answer {\"cells\": []} once I have checked"), ExtractErrorKind::Truncated);
     }
 
     #[test]

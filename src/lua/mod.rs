@@ -28,7 +28,7 @@ pub mod time;
 pub mod util;
 pub mod yaml;
 
-/// A module's registration function: builds the table `require(name)` returns.
+/// Builds a module's table; `require(name)` returns it.
 pub type Register = fn(&Lua) -> LuaResult<LuaTable>;
 
 /// Every module the host provides, in registration order: `require(name)` returns `register(lua)`.

@@ -500,7 +500,7 @@ fn plot_folds(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<L
     let title = opt_string(&opts, "title")?;
     match crate::report::plot::folds_svg(&m, &metric, direction, title.as_deref()) {
         Ok(svg) => svg_result(lua, svg, opt_string(&opts, "path")?),
-        Err(e) => fail(lua, if e.starts_with("drawing") { "plot" } else { "no_metric" }, e),
+        Err(e) => fail(lua, if e.starts_with("no ") { "no_metric" } else { "plot" }, e),
     }
 }
 

@@ -516,3 +516,45 @@ mod tests {
         assert_eq!(strip_outer_fence("text ```code``` more"), "text ```code``` more");
     }
 }
+
+#[cfg(test)]
+mod odd_inputs {
+    use super::*;
+    use crate::report::metrics::normalize;
+
+    /// Whatever a notebook writes, reading, comparing and rendering never panic and never print NaN.
+    #[test]
+    fn odd_metrics_never_crash_or_print_nan() {
+        let docs = [
+            "[]",
+            r#""text""#,
+            "{}",
+            r#"{"models": []}"#,
+            r#"{"models": {"A": 5, "B": null, "C": "x"}}"#,
+            r#"{"models": {"A": {"per_fold": [1, 2, 3]}}}"#,
+            r#"{"models": {"A": {"per_fold": {"f": 1}}, "B": {"aggregate": {"MSE": NaN}}}}"#,
+            r#"{"models": {"A": {"per_fold": [{"MSE": NaN}, {"MSE": Infinity}]}, "B": {"per_fold": [{"MSE": 1}, {"MSE": 2}]}}}"#,
+            r#"{"models": {"A": {"per_fold": [{"MSE": 1}, {"MSE": 1}]}, "B": {"per_fold": [{"MSE": 1}, {"MSE": 1}]}}}"#,
+            r#"{"models": {"base": {"aggregate": {"MSE": 0}}, "B": {"aggregate": {"MSE": 1}}}}"#,
+            r#"{"models": {"A": {"per_fold": {"fold_1": {"MSE": 1e308}, "fold_2": {"MSE": -1e308}}}, "base": {"per_fold": {"fold_1": {"MSE": 1e-308}, "fold_2": {"MSE": 5e-324}}}}}"#,
+            r#"{"models": [{"per_fold": []}, {"name": 3}]}"#,
+            r#"{"models": {"A": {"per_fold": [{"MSE": 1e299}, {"MSE": -1e299}]}, "B": {"per_fold": [{"MSE": 1e-300}, {"MSE": 2e-300}]}}}"#,
+            r#"{"models": {"A": {"per_fold": [{"MSE": 1.0}, {"MSE": 1.0000000000000002}]}}}"#,
+            r#"{"winner": {"name": "A"}, "A": {"MSE": [1, null, "2", true]}, "B": {"MSE": [3, 4]}}"#,
+            r#"{"0": {"A": {"MSE": 1}}, "1": {"A": {"MSE": 2}, "B": {"MSE": 3}}}"#,
+        ];
+        for d in docs {
+            let v = crate::jsonx::parse(d).unwrap();
+            let Ok(m) = normalize(&v) else { continue };
+            for metric in ["MSE", "PCC"] {
+                let opts = Options { metric: Some(metric.into()), ..Default::default() };
+                let text = render(&m, &opts).replace("NaN or infinite", "");
+                assert!(!text.contains("NaN") && !text.contains("inf"), "{d}:\n{text}");
+                let j = crate::jsonx::to_string(&narrative_input(&m, &opts), false).replace("NaN or infinite", "");
+                assert!(!j.contains("NaN"), "{d}: {j}");
+                let _ = crate::report::stats::score(&m, metric);
+                let _ = crate::report::plot::folds_svg(&m, metric, Direction::Lower, None);
+            }
+        }
+    }
+}

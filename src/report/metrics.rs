@@ -8,7 +8,9 @@
 //! (named by their `fold` key, else their position), or metric-major lists `{METRIC: [v, ...]}`; fold
 //! values nested under `metrics` or `val` (also `validation`, `valid`, `test`); aggregates under
 //! `aggregate` (also `agg`, `summary`, `overall`, `mean`, `metrics`), as numbers or `{mean, std}`
-//! objects, else the model's own numeric members; per-metric lists directly on a model; Python's
+//! objects, else a `val`/`validation`/`test` group, else the model's own numeric members; models wrapped in
+//! `metrics`/`results`; metric-major maps `{METRIC: {FOLD: v}}`; fold-major top levels
+//! `{FOLD: {MODEL: {...}}}`; per-metric lists directly on a model; Python's
 //! `NaN` / `Infinity` tokens; numeric strings. Nulls mean "not reported" and are left out.
 
 use serde_json::{Map, Value};
@@ -416,6 +418,16 @@ fn push_metric(list: &mut Vec<(String, f64)>, name: &str, v: f64) {
 }
 
 fn read_model(name: &str, m: &Map<String, Value>, w: &mut Vec<String>) -> Model {
+    // a wrapper: {"metrics": {"per_fold": ..., "aggregate": ...}} or {"results": {...}}
+    if !FOLD_KEYS.iter().any(|k| m.contains_key(*k)) && !m.contains_key("aggregate") {
+        for wrap in ["metrics", "results", "scores"] {
+            if let Some(Value::Object(inner)) = m.get(wrap) {
+                if FOLD_KEYS.iter().chain(&["aggregate"]).any(|k| inner.contains_key(*k)) {
+                    return read_model(name, inner, w);
+                }
+            }
+        }
+    }
     let mut model = Model { name: name.to_string(), ..Default::default() };
     let mut folds: Vec<(String, Vec<(String, f64)>)> = Vec::new();
 
@@ -455,7 +467,8 @@ fn read_model(name: &str, m: &Map<String, Value>, w: &mut Vec<String>) -> Model 
     }
 
     // aggregate values
-    let agg_src = AGG_KEYS.iter().find_map(|k| match m.get(*k) {
+    // aggregate keys, then (for models that report one split) val / validation / valid / test
+    let agg_src = AGG_KEYS.iter().chain(&NESTED_FOLD_KEYS[1..]).find_map(|k| match m.get(*k) {
         Some(Value::Object(a)) if !a.is_empty() => Some(a),
         _ => None,
     });

@@ -24,29 +24,35 @@ const COLORS: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-/// Raise the top of a y range so `entries` legend lines fit above the data.
-fn room_for_legend((lo, hi): (f64, f64), entries: usize) -> (f64, f64) {
-    let frac = ((entries as f64) * 20.0 + 18.0) / 420.0;
-    (lo, lo + (hi - lo) / (1.0 - frac.min(0.6)))
-}
-
 fn err(e: impl std::fmt::Display) -> String {
     format!("drawing failed: {e}")
 }
 
-/// y range covering `vals` with a margin (never empty).
-fn y_range(vals: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+/// y range covering `vals` with a margin (never empty, always finite). Err for magnitudes plotters
+/// cannot lay out (|x| > 1e300), which no real metric has.
+fn y_range(vals: impl Iterator<Item = f64>) -> Result<Option<(f64, f64)>, String> {
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for v in vals.filter(|v| v.is_finite()) {
+        if v.abs() > 1e300 {
+            return Err(format!("a value ({v:e}) is too large to plot"));
+        }
         lo = lo.min(v);
         hi = hi.max(v);
     }
     if !lo.is_finite() {
-        return None;
+        return Ok(None);
     }
+    let mag = lo.abs().max(hi.abs());
     let span = hi - lo;
-    let pad = if span > 0.0 { span * 0.12 } else { lo.abs().max(1.0) * 0.05 };
-    Some((lo - pad, hi + pad))
+    // a span lost in rounding is drawn as a flat line around the value
+    let pad = if span > 1e-9 * mag.max(1e-300) { span * 0.12 } else { mag.max(1.0) * 0.05 };
+    Ok(Some((lo - pad, hi + pad)))
+}
+
+/// Raise the top of a y range so `entries` legend lines fit above the data.
+fn room_for_legend((lo, hi): (f64, f64), entries: usize) -> (f64, f64) {
+    let frac = ((entries as f64) * 20.0 + 18.0) / 420.0;
+    (lo, lo + (hi - lo) / (1.0 - frac.min(0.6)))
 }
 
 fn short(s: &str, n: usize) -> String {
@@ -69,7 +75,7 @@ pub fn folds_svg(metrics: &Metrics, metric: &str, direction: Direction, title: O
         }
     }
     let dropped = all.iter().filter(|v| !v.is_finite()).count();
-    let range = y_range(all.iter().copied()).ok_or_else(|| format!("no finite {metric} values to plot"))?;
+    let range = y_range(all.iter().copied())?.ok_or_else(|| format!("no finite {metric} values to plot"))?;
     let (ylo, yhi) = room_for_legend(range, metrics.models.len());
     let n = folds.len().max(1) as i32;
     let title = title.map(String::from).unwrap_or_else(|| {
@@ -173,7 +179,7 @@ pub fn iterations_svg(
         return Err("no iterations to plot".into());
     }
     let scores = its.iter().filter_map(|i| i.score).chain(threshold);
-    let (ylo, yhi) = room_for_legend(y_range(scores).unwrap_or((0.0, 1.0)), 4);
+    let (ylo, yhi) = room_for_legend(y_range(scores)?.unwrap_or((0.0, 1.0)), 4);
     let xmin = its.iter().map(|i| i.number).min().unwrap_or(1) as i32;
     let xmax = its.iter().map(|i| i.number).max().unwrap_or(1) as i32;
     let better = if direction == Direction::Lower { "lower" } else { "higher" };

@@ -153,6 +153,9 @@ pub fn ttest_paired(d: &[f64], scale: f64) -> Result<TTest, String> {
     }
     let (mean, sd) = mean_sd(d);
     let (mean, sd) = (mean.unwrap_or(0.0), sd.unwrap_or(0.0));
+    if !mean.is_finite() || !sd.is_finite() {
+        return Err("the differences are too large to compute (overflow)".into());
+    }
     let tol = 1e-12 * scale.abs().max(mean.abs()).max(f64::MIN_POSITIVE);
     if d.iter().all(|x| *x == 0.0) {
         return Err("identical to the baseline in every fold".into());

@@ -135,7 +135,8 @@ fn server_500_is_retried_until_the_deadline_then_named() {
     let out = run(
         dir.path(),
         r#"
-        local policy = require("retry").new{base = 0.05, max_wait = 0.2, deadline = 1}
+        local policy = require("retry").new{base = 0.05, max_wait = 0.2, deadline = 1, max_attempts = 100,
+                                            per_kind = {server = 100}}
         local r, err = require("llm").chat{prompt = "x", retry = policy}
         assert(not r)
         print(tostring(err))
@@ -490,7 +491,7 @@ fn usage_snapshot_accounts_per_iteration() {
 #[test]
 fn concurrent_chats_respect_the_endpoint_limit() {
     let srv = FakeLlm::start();
-    srv.set_default(Reply::Slow(Duration::from_millis(150), Box::new(Reply::text("slow"))));
+    srv.set_default(Reply::Slow(Duration::from_millis(400), Box::new(Reply::text("slow"))));
     let dir = tempdir();
     config(dir.path(), &srv.url(), json!({"max_concurrency": 2}));
     let out = run(
@@ -692,6 +693,45 @@ fn an_exhausted_quota_is_not_waited_for() {
         local r, err = require("llm").chat{prompt = "x"}
         assert(not r and err.kind == "client" and err.status == 429 and err.attempts == 1, tostring(err))
         assert(err.message:find("exceeded your current quota"), err.message)
+        "#,
+        &[],
+    );
+    ok(&out);
+}
+
+#[test]
+fn the_configs_retry_options_shape_the_default_policy() {
+    let srv = FakeLlm::start();
+    srv.set_default(Reply::Http { status: 502, headers: vec![], body: b"bad gateway".to_vec() });
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"retry": {"base": 0.01, "per_kind": {"server": 2}}}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x"}
+        assert(not r and err.kind == "server" and err.attempts == 3, tostring(err))
+        assert(err.message:find("2 retries"), err.message)
+        local ok, e = pcall(require("retry").new, {dedline = 1})
+        assert(not ok and tostring(e):find("unknown option 'dedline'"), tostring(e))
+        "#,
+        &[],
+    );
+    ok(&out);
+    assert_eq!(srv.requests().len(), 3);
+}
+
+#[test]
+fn a_stream_that_trickles_forever_is_cut_at_six_timeouts() {
+    let srv = FakeLlm::start();
+    let pieces: Vec<&str> = vec!["tick "; 100];
+    srv.push_stream(&pieces, Duration::from_millis(100));
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x", stream = true, timeout = 1, retry = false}
+        assert(not r and err.kind == "timeout" and err.message:find("went on for more than 6s"), tostring(err))
         "#,
         &[],
     );

@@ -75,7 +75,8 @@ type Handler = Box<dyn Fn(Kind, &Value, usize) -> Reply + Send + Sync>;
 /// A temporary phase-2 project: config, stage-1 folder, the fake LLM server.
 struct Project {
     dir: tempfile::TempDir,
-    srv: FakeLlm,
+    /// Kept alive for the project's lifetime (the server stops when dropped).
+    _srv: FakeLlm,
     seen: Arc<Mutex<Vec<(Kind, Value)>>>,
 }
 
@@ -118,7 +119,7 @@ impl Project {
         });
         merge(&mut cfg, config);
         util::write(dir.path(), "generate_execution_config.json", &serde_json::to_string_pretty(&cfg).unwrap());
-        Project { dir, srv, seen }
+        Project { dir, _srv: srv, seen }
     }
 
     fn path(&self) -> &Path {
@@ -537,7 +538,7 @@ fn ctrl_c_mid_cell_records_interrupted_and_leaves_no_kernel() {
         json!({"experiment": {"max_iterations": 3}}),
         simple_handler(vec![generation_reply(&[("T1", "import time\nprint('sleeping', flush=True)\ntime.sleep(60)")])]),
     );
-    let mut child = cellsci(p.path())
+    let child = cellsci(p.path())
         .args(["--config", "generate_execution_config.json", "run"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -681,4 +682,32 @@ fn unusable_generation_replies_are_saved_and_reported() {
     assert_eq!(doc["attempts"].as_array().unwrap().len(), 2, "the reply and one reformat request");
     assert_eq!(doc["attempts"][0]["raw"], "I would rather not write JSON today.");
     assert_eq!(p.requests(Kind::Generation).len(), 2);
+}
+
+#[test]
+fn the_custom_strategy_example_generates_in_parallel_and_keeps_the_best() {
+    let gen = Arc::new(AtomicUsize::new(0));
+    let g = gen.clone();
+    let handler: Handler = Box::new(move |kind, _req, _n| match kind {
+        Kind::Generation => {
+            // Three candidates scoring 0.4, 0.9 and 0.6, whatever order the branches ask in.
+            let i = g.fetch_add(1, Ordering::SeqCst);
+            let score = [0.4, 0.9, 0.6][i % 3];
+            Reply::Slow(
+                Duration::from_millis(300),
+                Box::new(Reply::text(&generation_reply(&[("T1", &metrics_cell(score))]))),
+            )
+        }
+        _ => Reply::text("ok"),
+    });
+    let p = Project::new(json!({}), handler);
+    let script = util::repo().join("examples/strategies/best_of_n.lua");
+    let out = p.run(&["script", script.to_str().unwrap(), "3"]);
+    let so = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    assert_eq!(so.matches("[CANDIDATE]").count(), 3, "{so}");
+    assert!(p._srv.max_in_flight() >= 2, "the generation requests were not concurrent");
+    assert!(so.contains("[BEST] PCC 0.9000"), "{so}");
+    assert_eq!(p.archived().len(), 1);
+    assert_eq!(read_json(&p.archived()[0].join("metrics.json"))["models"]["better"]["aggregate"]["PCC"], 0.9);
 }

@@ -72,6 +72,9 @@ local s1 = assert(report.load_metrics(D .. "/layouts/single_model.json"))
 assert(s1.order[1] == "model" and s1.models.model.aggregate.PCC == 0.6 and s1.models.model.per_fold.fold_1.PCC == 0.7)
 assert(has(s1.warnings, "one model's metrics at the top level"))
 assert(assert(report.load_metrics(D .. "/layouts/fold_major.json")).winner == "MLP")
+-- a model wrapped in "metrics"; a model that reports only train/val groups: val is its aggregate
+local wr = assert(report.load_metrics(D .. "/layouts/wrapped.json"))
+assert(wr.models.Ridge.per_fold.fold_2.MSE == 0.31 and wr.models.MLP.aggregate.MSE == 0.25)
 -- nested: the val group is read, train is not
 local n = assert(report.load_metrics(D .. "/layouts/nested.json"))
 near(n.models.MLP.per_fold.fold_0.MSE, 0.25, 0, "val not train")
@@ -558,4 +561,14 @@ fn the_committed_example_report_is_current() {
         let want = std::fs::read_to_string(data().join("demo/example").join(f)).unwrap();
         assert!(got == want, "{f} differs from the committed example: regenerate it (see this test's comment)");
     }
+}
+
+#[test]
+fn a_real_notebook_handle_gives_the_same_hypergraph_as_its_file() {
+    lua(r#"
+local nb = assert(require("notebook").read(D .. "/hypergraph/tricky.ipynb"))
+assert(report.mermaid(nb) == report.mermaid(D .. "/hypergraph/tricky.ipynb"))
+local h = assert(report.hypergraph(nb))
+assert(#h.cells == 5 and #h.hyperedges == 6 and h.cells[5].id == "graph")
+"#);
 }
