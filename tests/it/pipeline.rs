@@ -711,3 +711,36 @@ fn the_custom_strategy_example_generates_in_parallel_and_keeps_the_best() {
     assert_eq!(p.archived().len(), 1);
     assert_eq!(read_json(&p.archived()[0].join("metrics.json"))["models"]["better"]["aggregate"]["PCC"], 0.9);
 }
+
+/// The README's demo: the recorded cassette must still match every request the pipeline sends (a prompt
+/// or pipeline change that alters a request breaks the offline demo; re-record with examples/demo/record.sh).
+#[test]
+fn the_demo_replays_offline_and_ends_with_a_report() {
+    let dir = util::tempdir();
+    let demo = util::repo().join("examples/demo");
+    for rel in [
+        "stage1/reference/20261101_120000/REFERENCE_DATA.h5",
+        "stage1/reference/20261101_120000/idea.json",
+        "cassette.jsonl",
+    ] {
+        let dest = dir.path().join(rel);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(demo.join(rel), &dest).unwrap();
+    }
+    let mut cfg = read_json(&demo.join("generate_execution_config.json"));
+    // The test venv instead of a provisioned one (tests never install from the network).
+    cfg["exec"].as_object_mut().unwrap().remove("kernel_packages");
+    cfg["exec"]["python"] = json!(util::test_venv().join("bin/python").display().to_string());
+    util::write(dir.path(), "generate_execution_config.json", &serde_json::to_string_pretty(&cfg).unwrap());
+    let out = cellsci(dir.path()).args(["-c", "generate_execution_config.json", "run", "--use-idea"]).output().unwrap();
+    let so = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    assert!(so.contains("Error in Node T4") && so.contains("[FIX] T4 | Round 1/2"), "the recorded fix ran: {so}");
+    assert!(so.contains("[CHECK] composition_ridge | PCC: 0.7586"), "{so}");
+    let root = dir.path().join("results/DEMO/generate_execution/prompt");
+    let archived: Vec<PathBuf> = std::fs::read_dir(&root).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(archived.len(), 1);
+    let report = std::fs::read_to_string(archived[0].join("experiment_report.md")).unwrap();
+    assert!(report.contains("composition-aware model"), "the recorded narrative was replayed: {report}");
+    assert!(!util::text(&out).contains("replay_miss"), "{}", util::text(&out));
+}
