@@ -543,7 +543,7 @@ assert(not ok and tostring(e):find("t.lua:%d+: report.mermaid: expected a notebo
     assert!(out.contains("    u0 --> c0\n    c0 --> u1 & u0\n"), "{out}");
 }
 
-/// The example in tests/data/report/demo/example (shown in docs/readme/report.md) is what the code
+/// The example in tests/data/report/demo/example (shown in docs/report.md) is what the code
 /// renders now: regenerate it with `cellsci script tests/data/report/demo/make_example.lua tests/data/report`.
 #[test]
 fn the_committed_example_report_is_current() {
