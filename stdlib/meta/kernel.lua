@@ -58,10 +58,10 @@ function kernel.start(opts) end
 ---The nbclient-style timestamps of an execution (ISO 8601 strings), as saved in a cell's
 ---`metadata.execution`.
 ---@class cellsci.kernel.Timing
----@field ["iopub.status.busy"]? string
----@field ["iopub.execute_input"]? string
----@field ["shell.execute_reply"]? string
----@field ["iopub.status.idle"]? string
+---@field ["iopub.status.busy"] string?
+---@field ["iopub.execute_input"] string?
+---@field ["shell.execute_reply"] string?
+---@field ["iopub.status.idle"] string?
 
 ---What `k:execute` returns. Pass it to `nb:set_outputs(i, r)` to store it in a notebook.
 ---@class cellsci.kernel.Result
@@ -80,7 +80,7 @@ function kernel.start(opts) end
 ---@field likely_oom? boolean When `status == "dead"`: killed by SIGKILL, likely out of memory.
 
 ---A running Jupyter kernel (a handle; `tostring(k)` is `"kernel (<name>)"`).
----@class cellsci.kernel.Kernel: userdata
+---@class cellsci.kernel.Kernel
 ---@field name string The kernelspec name.
 local Kernel = {}
 

@@ -96,10 +96,10 @@ local llm = {}
 ---`false, 0, reason` to give up (or a `cellsci.llm.RetryDecision` table). `require("retry")` and
 ---`require("retry").new{...}` are policies.
 ---@class cellsci.llm.RetryPolicy
----@field decide fun(self: cellsci.llm.RetryPolicy, info: cellsci.llm.RetryInfo): (boolean|cellsci.llm.RetryDecision|nil), number?, string?
+---@field decide fun(self: cellsci.llm.RetryPolicy, info: cellsci.llm.RetryInfo): boolean|cellsci.llm.RetryDecision|nil, number?, string?
 
 ---A retry policy as a plain function: same arguments (without `self`) and returns as `decide`.
----@alias cellsci.llm.RetryFunction fun(info: cellsci.llm.RetryInfo): (boolean|cellsci.llm.RetryDecision|nil), number?, string?
+---@alias cellsci.llm.RetryFunction fun(info: cellsci.llm.RetryInfo): boolean|cellsci.llm.RetryDecision|nil, number?, string?
 
 ---Send a chat request, retrying as the policy decides (edited scripts are reloaded before each
 ---decision). Never raises for an expected failure; raises on misuse (not a table, an unknown option,

@@ -45,7 +45,7 @@ local notebook = {}
 
 ---A notebook in memory (a handle; `#nb` is its number of cells; `tostring(nb)` is
 ---`"notebook (<n> cells, nbformat 4.<minor>)"`).
----@class cellsci.notebook.Notebook: userdata
+---@class cellsci.notebook.Notebook
 ---@field metadata table A copy of the notebook's metadata; assign a table to change it (`local m = nb.metadata; m.x = 1; nb.metadata = m`). Assigning nil or `{}` clears it; a non-table raises.
 ---@operator len: integer
 local Notebook = {}
