@@ -1,0 +1,119 @@
+---@meta kernel
+-- Type stubs for the native `kernel` module (`local kernel = require("kernel")`), for
+-- lua-language-server. The real module is built into cellsci; this file only describes it. Requiring
+-- it (as `meta.kernel`) returns a table of empty functions and never replaces the real module.
+
+---Jupyter kernels as handles (`k`); execution results as plain tables. An exception in a cell, a
+---timeout or a dead kernel is not a failure of the call: `k:execute` returns a result whose `status`
+---says what happened. No kernel outlives cellsci.
+---@class cellsci.kernel
+local kernel = {}
+
+---A kernelspec found on this machine (`kernel.specs()`).
+---@class cellsci.kernel.Spec
+---@field name string The kernelspec name, e.g. `"python3"`.
+---@field display_name string
+---@field language string
+---@field argv string[] The command line, with `{connection_file}`.
+---@field resource_dir? string The spec's folder (absent for a spec made for an interpreter).
+---@field interrupt_mode "signal"|"message"
+---@field env table<string, string> Variables the spec adds.
+
+---Every kernelspec found, the way Jupyter finds them (`$JUPYTER_PATH`, the Python environments in
+---play, the user data dir, the system dirs).
+---@return cellsci.kernel.Spec[]
+function kernel.specs() end
+
+---Options of `kernel.start`. Any other key raises.
+---@class cellsci.kernel.StartOpts
+---@field name? string The kernelspec. Default: the config's `exec.kernel_name`, else `"python3"`. Giving it drops the config's `exec.python`.
+---@field python? string Run this interpreter's ipykernel instead of a kernelspec. Default: the config's `exec.python` (none).
+---@field packages? string[]|string Provision (once, cached) a venv with ipykernel and these pip requirements, and run it. Default: the config's `exec.kernel_packages` (`{}`).
+---@field cwd? string The kernel's working directory. Default: cellsci's current folder.
+---@field env? table<string, string|number|boolean> Added to the inherited environment and the spec's env (`true`/`false` become `"1"`/`"0"`). Default: none.
+---@field startup_timeout? number Seconds to wait for the kernel to be ready. Default: `60`.
+---@field interrupt_grace? number Seconds a timed-out cell gets after the interrupt before the kernel is killed and restarted. Default: `3`.
+
+---@alias cellsci.kernel.ErrorKind
+---| "start"       # the kernel could not start (the message includes the kernel's own output)
+---| "interrupted" # Ctrl-C / SIGTERM
+---| "kernel"      # a protocol failure while executing or interrupting
+
+---The error of a kernel call.
+---@class cellsci.kernel.Error: cellsci.Error
+---@field kind cellsci.kernel.ErrorKind
+
+---Start a kernel. Raises on an unknown option or a non-positive timeout.
+---@param opts? cellsci.kernel.StartOpts
+---@return cellsci.kernel.Kernel|nil k
+---@return cellsci.kernel.Error|nil err `kind = "start"` or `"interrupted"`.
+function kernel.start(opts) end
+
+---Options of `k:execute`. Any other key raises.
+---@class cellsci.kernel.ExecOpts
+---@field timeout? number|false Seconds before the cell is interrupted (`status = "timeout"`); `false` for none. Default: the config's `exec.timeout_seconds` (`3600`) when there is a config, else none.
+---@field on_output? fun(output: table, msg_type: string) Called as outputs arrive: a stream piece `{output_type = "stream", name, text}` (the new text only) or the nbformat output as created/updated; `msg_type` is the Jupyter message type (`"stream"`, `"display_data"`, `"execute_result"`, `"error"`, `"update_display_data"`, ...). It must not call async functions; an error in it is raised by `k:execute`. Default: none.
+---@field silent? boolean Jupyter's silent execution: no execution count, no history, no execute_result (for set-up code). Default: `false`.
+
+---The nbclient-style timestamps of an execution (ISO 8601 strings), as saved in a cell's
+---`metadata.execution`.
+---@class cellsci.kernel.Timing
+---@field ["iopub.status.busy"] string?
+---@field ["iopub.execute_input"] string?
+---@field ["shell.execute_reply"] string?
+---@field ["iopub.status.idle"] string?
+
+---What `k:execute` returns. Pass it to `nb:set_outputs(i, r)` to store it in a notebook.
+---@class cellsci.kernel.Result
+---@field status "ok"|"error"|"timeout"|"dead" `error`: the cell raised (also `sys.exit()`); `timeout`: interrupted after `timeout` (outputs so far kept); `dead`: the kernel process ended (call `k:restart()`).
+---@field outputs table[] nbformat outputs (streams merged, `\r` applied, display updates applied; text as single strings).
+---@field execution_count? integer
+---@field ename? string The exception's class, e.g. `"ValueError"`.
+---@field evalue? string The exception's message.
+---@field traceback? string One string, ANSI colours stripped (the notebook keeps the coloured lines).
+---@field duration number Seconds.
+---@field timing cellsci.kernel.Timing
+---@field message? string For `timeout` / `dead`: what happened.
+---@field restarted boolean True when a timeout ended in kill + restart (the kernel's state is gone).
+---@field exit_code? integer When `status == "dead"` and the process exited.
+---@field signal? integer When `status == "dead"` and the process was killed by a signal.
+---@field likely_oom? boolean When `status == "dead"`: killed by SIGKILL, likely out of memory.
+
+---A running Jupyter kernel (a handle; `tostring(k)` is `"kernel (<name>)"`).
+---@class cellsci.kernel.Kernel
+---@field name string The kernelspec name.
+local Kernel = {}
+
+---Run code and wait for the result. A raised exception, a timeout or a dead kernel is a result
+---(see `status`), not an error. Raises on an unknown option.
+---@param code string
+---@param opts? cellsci.kernel.ExecOpts
+---@return cellsci.kernel.Result|nil result
+---@return cellsci.kernel.Error|nil err `kind = "interrupted"` (Ctrl-C) or `"kernel"` (protocol failure).
+function Kernel:execute(code, opts) end
+
+---Interrupt the running cell: SIGINT to the kernel's process group, or an `interrupt_request` when the
+---spec's `interrupt_mode` is `"message"`.
+---@return true|nil ok
+---@return cellsci.kernel.Error|nil err `kind = "kernel"`.
+function Kernel:interrupt() end
+
+---Kill the kernel and start it fresh (after `"dead"`, or to reset its state).
+---@return true|nil ok
+---@return cellsci.kernel.Error|nil err `kind = "start"` or `"interrupted"`.
+function Kernel:restart() end
+
+---Ask the kernel to shut down (`shutdown_request`), killing it if it does not exit within 3 s.
+---@return true
+function Kernel:shutdown() end
+
+---Whether the kernel process is running (`true` while a cell is executing; `false` once it exited).
+---@return boolean
+function Kernel:alive() end
+
+---The kernel process id; nil after `k:shutdown()`, and also while a cell is executing (the handle
+---is busy then).
+---@return integer|nil pid
+function Kernel:pid() end
+
+return kernel

@@ -1,0 +1,52 @@
+---@meta log
+-- Type stubs for the native `log` module (`local log = require("log")`), for lua-language-server.
+-- The real module is built into cellsci; this file only describes it. Requiring it (as `meta.log`)
+-- returns a table of empty functions and never replaces the real module.
+
+---Messages for the person running cellsci (stderr, by level, respecting `-q` / `-v`), plain stdout
+---event lines other tools parse (`log.line`), and the trial's event log (`log.event`). Messages at
+---info and above are also appended to the event log when one is set. Never pass the API key to any of
+---these. The message functions join their arguments with spaces after `tostring`, like `print`.
+---@class cellsci.log
+local log = {}
+
+---A debug message on stderr, prefixed `debug: <file>:<line>: `; shown only with `-v`; not written to
+---the event log.
+---@param ... any
+function log.debug(...) end
+
+---An informational message on stderr (hidden with `-q`); also a `log` event (level `info`).
+---@param ... any
+function log.info(...) end
+
+---A warning on stderr, prefixed `warning: ` (hidden with `-q`); also a `log` event (level `warn`).
+---@param ... any
+function log.warn(...) end
+
+---An error message on stderr, prefixed `error: ` (shown even with `-q`); also a `log` event (level
+---`error`).
+---@param ... any
+function log.error(...) end
+
+---Print one plain line to stdout at once (e.g. `ITERATION 1/3`, `[CHECK] ...`, `[FIX] ...`), whatever
+---the verbosity.
+---@param ... any
+function log.line(...) end
+
+---Append `{"ts": ..., "kind": kind, ...fields}` as one JSON line to the event log, when one is set
+---(else nothing happens). A non-table `fields` raises; `fields` that encode to a JSON array are put
+---under `data`. Raises when `kind` is not a string or `fields` cannot be encoded.
+---@param kind string
+---@param fields? table Default: `{}`.
+function log.event(kind, fields) end
+
+---Where `log.event` (and info/warn/error messages) append: a JSON-lines file, made absolute; its
+---parent folders are created (failing raises). `nil` or `""` stops event logging.
+---@param path string|nil
+function log.set_event_file(path) end
+
+---The current event log path (absolute), or nil when none is set.
+---@return string|nil path
+function log.event_file() end
+
+return log

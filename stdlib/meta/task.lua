@@ -1,0 +1,19 @@
+---@meta task
+-- Type stubs for the native `task` module (`local task = require("task")`), for lua-language-server.
+-- The real module is built into cellsci; this file only describes it. Requiring it (as `meta.task`)
+-- returns a table of empty functions and never replaces the real module.
+
+---Parallel branches. Each function runs as its own coroutine; they interleave at the host's await
+---points (an LLM call, a kernel cell, a sleep), so I/O overlaps while the VM stays on one thread.
+---@class cellsci.task
+local task = {}
+
+---Run the functions concurrently (each called with no arguments) and wait for all of them.
+---Returns the first return value of each, in the same positions (a function that returns nothing
+---leaves a hole, so prefer returning a value). If any function raised, the first error (in list
+---order) is raised after all have ended. Raises when `fs` is not a list of functions.
+---@param fs (fun(): any)[]
+---@return any[] results
+function task.all(fs) end
+
+return task
