@@ -7,6 +7,7 @@ pub mod config;
 pub mod embedded;
 pub mod error;
 pub mod events;
+pub mod files;
 pub mod host;
 pub mod jsonx;
 pub mod kernel;

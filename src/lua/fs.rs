@@ -44,41 +44,7 @@ fn ok(v: impl IntoLua, lua: &Lua) -> LuaResult<Ret> {
     Ok((v.into_lua(lua)?, LuaValue::Nil))
 }
 
-/// Write `bytes` to `path` atomically: temp file in the same folder, flushed, then renamed over. Missing
-/// parent folders are created; an existing file's permissions are kept.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "file".into());
-    let mut tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(&dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_data()?;
-    let perms = match std::fs::metadata(path) {
-        Ok(m) => m.permissions(),
-        Err(_) => {
-            // tempfile creates 0600; a new file gets what a plain create would give (0666 & ~umask).
-            use std::os::unix::fs::PermissionsExt;
-            let mask = umask();
-            std::fs::Permissions::from_mode(0o666 & !mask)
-        }
-    };
-    std::fs::set_permissions(tmp.path(), perms)?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
-/// The process umask, read without changing it (setting it to read it would race with other threads).
-fn umask() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("Umask:").and_then(|v| u32::from_str_radix(v.trim(), 8).ok()))
-        })
-        .unwrap_or(0o022)
-}
+use crate::files::write_atomic;
 
 fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
     if std::fs::metadata(src)?.is_dir() {

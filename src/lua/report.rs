@@ -356,23 +356,7 @@ fn md_options(lua: &Lua, m: &Metrics, opts: &Option<LuaTable>, func: &str) -> Lu
     })
 }
 
-/// Write a file atomically (a temporary file in the same folder, then rename), creating folders.
-pub(crate) fn write_atomic(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(data)?;
-    // NamedTempFile is created 0600; a report is for everyone who can read the folder
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o644);
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode))?;
-    }
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
+use crate::files::write_atomic;
 
 fn markdown(lua: &Lua, opts: LuaTable) -> LuaResult<LuaMultiValue> {
     const KEYS: &[&str] =

@@ -440,22 +440,9 @@ impl Notebook {
 
     /// Write the notebook to `path` atomically (a temporary file in the same folder, then a rename).
     pub fn write(&mut self, path: &Path) -> Result<()> {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => std::path::PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".cellsci-")
-            .suffix(".ipynb.tmp")
-            .tempfile_in(&dir)
-            .with_context(|| format!("cannot write in {}", dir.display()))?;
-        {
-            let mut w = std::io::BufWriter::with_capacity(256 * 1024, tmp.as_file());
-            self.write_to(&mut w).with_context(|| format!("cannot write {}", path.display()))?;
-            w.flush()?;
-        }
-        tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
+        // No fsync: the notebook is saved after every cell, and the rename already protects it from a crash.
+        crate::files::write_atomic_with(path, false, |w| self.write_to(w))
+            .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
     }
 }

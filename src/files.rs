@@ -1,0 +1,77 @@
+//! Atomic file writes, the one implementation every writer uses (`fs.write`, reports, plots, notebooks):
+//! the data goes to a temporary file in the destination's folder and is renamed over the destination,
+//! so a reader or a crash never sees half a file. Missing folders are created; an existing file keeps its
+//! permissions and a new one gets what a plain create would give (0666 & ~umask).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Write `bytes` to `path` atomically, synced to disk before the rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, true, |w| w.write_all(bytes))
+}
+
+/// Write to `path` atomically through `fill`, which streams into a buffered writer. `sync` flushes the
+/// data to disk before the rename (protection against power loss, at the cost of an fsync); without it
+/// the rename still protects against a crash of the process.
+pub fn write_atomic_with(
+    path: &Path,
+    sync: bool,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "file".into());
+    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(&dir)?;
+    {
+        let mut w = std::io::BufWriter::with_capacity(256 * 1024, tmp.as_file());
+        fill(&mut w)?;
+        w.flush()?;
+    }
+    if sync {
+        tmp.as_file().sync_data()?;
+    }
+    let perms = match std::fs::metadata(path) {
+        Ok(m) => m.permissions(),
+        Err(_) => {
+            // tempfile creates 0600
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::Permissions::from_mode(0o666 & !umask())
+        }
+    };
+    std::fs::set_permissions(tmp.path(), perms)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The process umask, read without changing it (setting it to read it would race with other threads).
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Umask:").and_then(|v| u32::from_str_radix(v.trim(), 8).ok()))
+        })
+        .unwrap_or(0o022)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_file_and_keeps_its_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub/a.txt");
+        write_atomic(&p, b"one").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic_with(&p, false, |w| w.write_all(b"two")).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o640);
+        let left: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "no temporary file left behind");
+    }
+}
