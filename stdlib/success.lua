@@ -4,21 +4,13 @@
 -- edits take effect at the next iteration of a running `run`. Must not have side effects at load.
 local M = {}
 
--- Metric names where lower is better (matched case-insensitively against the whole name or a prefix/suffix).
-M.lower_is_better = { "mse", "rmse", "mae", "loss", "error", "deg_rmse", "mape", "nll" }
-
--- "higher" or "lower" for a metric: the config's experiment.direction wins, else the name decides.
+-- "higher" or "lower" for a metric: the config's experiment.direction wins, else the name decides
+-- (report.direction: lower is better for MSE, RMSE, MAE, MAPE, loss, error, NLL and names built on them).
 function M.direction(metric, configured)
   if configured == "higher" or configured == "lower" then
     return configured
   end
-  local m = string.lower(metric or "")
-  for _, pat in ipairs(M.lower_is_better) do
-    if m == pat or m:find("^" .. pat .. "[_%-]") or m:find("[_%-]" .. pat .. "$") or m:find("[_%-]" .. pat .. "[_%-]") then
-      return "lower"
-    end
-  end
-  return "higher"
+  return require("report").direction(metric or "")
 end
 
 -- judge{score=, threshold=, metric=, direction=} -> met (boolean), explanation (string)

@@ -744,3 +744,21 @@ fn the_demo_replays_offline_and_ends_with_a_report() {
     assert!(report.contains("composition-aware model"), "the recorded narrative was replayed: {report}");
     assert!(!util::text(&out).contains("replay_miss"), "{}", util::text(&out));
 }
+
+#[test]
+fn an_error_metric_as_primary_succeeds_when_it_is_below_the_threshold() {
+    // MSE 0.5 against a threshold of 0.6: lower is better, so this meets the criterion (the original
+    // compared `score > threshold` for every metric and would have called it a failure).
+    let p = Project::new(
+        json!({"experiment": {"primary_metric": "MSE", "success_threshold": 0.6, "max_iterations": 1}}),
+        simple_handler(vec![generation_reply(&[("T1", &metrics_cell(0.8))])]),
+    );
+    let out = p.run(&["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    assert!(stdout(&out).contains("[CHECK] better | MSE: 0.5000"), "{}", stdout(&out));
+    let s = p.summary();
+    assert_eq!(s["direction"], "lower");
+    assert_eq!(s["iterations"][0]["criteria_met"], true);
+    let report = std::fs::read_to_string(p.archived()[0].join("experiment_report.md")).unwrap();
+    assert!(report.contains("lower is better"), "{report}");
+}
