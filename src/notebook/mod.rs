@@ -245,7 +245,7 @@ impl Notebook {
             let outputs = match get("outputs") {
                 None => Vec::new(),
                 Some(Value::Object(o)) if o.is_empty() => Vec::new(),
-                Some(Value::Array(a)) => a.iter().map(split_output).collect(),
+                Some(Value::Array(a)) => a.clone(),
                 Some(other) => bail!("cell outputs must be a list, not {}", type_name(other)),
             };
             m.insert("outputs".into(), Value::Array(outputs));
@@ -310,7 +310,7 @@ impl Notebook {
         if c.get("cell_type").and_then(Value::as_str) != Some("code") {
             bail!("cell {} is not a code cell", i + 1);
         }
-        insert_sorted(c, "outputs", Value::Array(outputs.iter().map(split_output).collect()));
+        insert_sorted(c, "outputs", Value::Array(outputs.to_vec()));
         insert_sorted(c, "execution_count", execution_count.map(Value::from).unwrap_or(Value::Null));
         if let Some(t) = timing {
             if !c.get("metadata").is_some_and(Value::is_object) {
@@ -334,7 +334,7 @@ impl Notebook {
         if c.get("cell_type").and_then(Value::as_str) != Some("code") {
             bail!("cell {} is not a code cell", i + 1);
         }
-        insert_sorted(c, "outputs", Value::Array(outputs.into_iter().map(split_output_owned).collect()));
+        insert_sorted(c, "outputs", Value::Array(outputs));
         insert_sorted(c, "execution_count", execution_count.map(Value::from).unwrap_or(Value::Null));
         if let Some(t) = timing {
             if !c.get("metadata").is_some_and(Value::is_object) {
@@ -393,7 +393,7 @@ impl Notebook {
     fn refresh_cache(&mut self) {
         for c in &mut self.cells {
             if c.cache.is_none() {
-                c.cache = Some(pretty(&c.value, 2));
+                c.cache = Some(pretty_with(&CellSer(&c.value), &c.value, 2));
             }
         }
     }
@@ -577,35 +577,13 @@ pub fn join_output(o: &Value) -> Value {
     o
 }
 
-/// An output with its multi-line strings split into line lists (the shape Jupyter writes).
-pub fn split_output(o: &Value) -> Value {
-    split_output_owned(o.clone())
-}
-
-pub fn split_output_owned(mut o: Value) -> Value {
-    if let Some(m) = o.as_object_mut() {
-        if m.get("output_type").and_then(Value::as_str) == Some("stream") {
-            if let Some(Value::String(t)) = m.get("text") {
-                let v = split_lines(t);
-                m.insert("text".into(), v);
-            }
-        }
-        if let Some(Value::Object(d)) = m.get_mut("data") {
-            for (k, v) in d.iter_mut() {
-                if splits_mime(k) {
-                    if let Value::String(s) = v {
-                        *v = split_lines(s);
-                    }
-                }
-            }
-        }
-    }
-    o
-}
-
 /// JSON as Python's `json.dumps(indent=1, ensure_ascii=False)` writes it, with every line after the
 /// first indented by `level` more spaces (for its place inside the document).
 pub fn pretty(v: &Value, level: usize) -> String {
+    pretty_with(v, v, level)
+}
+
+fn pretty_with<T: serde::Serialize + ?Sized>(x: &T, v: &Value, level: usize) -> String {
     let pad = vec![b' '; level];
     // Sized up front: growing a 20 MB buffer by doubling would hold ~1.5 copies of it at once.
     let mut buf = Vec::with_capacity(estimate(v, level + 1) + 64);
@@ -614,9 +592,108 @@ pub fn pretty(v: &Value, level: usize) -> String {
         let w = Indent { out: &mut buf, pad: &pad };
         let fmt = PyFormatter(serde_json::ser::PrettyFormatter::with_indent(b" "));
         let mut ser = serde_json::Serializer::with_formatter(w, fmt);
-        serde::Serialize::serialize(v, &mut ser).expect("JSON values serialize");
+        serde::Serialize::serialize(x, &mut ser).expect("JSON values serialize");
     }
     String::from_utf8(buf).expect("serde_json writes UTF-8")
+}
+
+// Outputs are held with their text joined (one string, not one JSON value per line: 400k printed
+// lines would otherwise cost ~30 MB of small allocations) and split into line lists, as Jupyter
+// writes them, only while serializing. Values that are already lists are written as they are.
+
+/// A cell, serialized with its source and output text split into lines.
+struct CellSer<'a>(&'a Value);
+struct OutputsSer<'a>(&'a [Value]);
+struct OutputSer<'a>(&'a Value);
+struct DataSer<'a>(&'a Map<String, Value>);
+/// A string as a list of its lines (`str.splitlines(True)`), without copying it.
+struct Lines<'a>(&'a str);
+
+impl serde::Serialize for Lines<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(line_slices(self.0))
+    }
+}
+
+/// Python's `str.splitlines(True)` for \n, \r\n and \r, as slices.
+fn line_slices(s: &str) -> impl Iterator<Item = &str> {
+    let b = s.as_bytes();
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= b.len() {
+            return None;
+        }
+        let mut i = start;
+        while i < b.len() {
+            match b[i] {
+                b'\n' => break,
+                b'\r' => {
+                    if i + 1 < b.len() && b[i + 1] == b'\n' {
+                        i += 1;
+                    }
+                    break;
+                }
+                _ => i += 1,
+            }
+        }
+        let end = (i + 1).min(b.len());
+        let line = &s[start..end];
+        start = end;
+        Some(line)
+    })
+}
+
+impl serde::Serialize for CellSer<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(m) = self.0.as_object() else { return self.0.serialize(s) };
+        let mut map = s.serialize_map(Some(m.len()))?;
+        for (k, v) in m {
+            match (k.as_str(), v) {
+                ("source", Value::String(t)) => map.serialize_entry(k, &Lines(t))?,
+                ("outputs", Value::Array(a)) => map.serialize_entry(k, &OutputsSer(a))?,
+                _ => map.serialize_entry(k, v)?,
+            }
+        }
+        map.end()
+    }
+}
+
+impl serde::Serialize for OutputsSer<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(OutputSer))
+    }
+}
+
+impl serde::Serialize for OutputSer<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(m) = self.0.as_object() else { return self.0.serialize(s) };
+        let stream = m.get("output_type").and_then(Value::as_str) == Some("stream");
+        let mut map = s.serialize_map(Some(m.len()))?;
+        for (k, v) in m {
+            match (k.as_str(), v) {
+                ("text", Value::String(t)) if stream => map.serialize_entry(k, &Lines(t))?,
+                ("data", Value::Object(d)) => map.serialize_entry(k, &DataSer(d))?,
+                _ => map.serialize_entry(k, v)?,
+            }
+        }
+        map.end()
+    }
+}
+
+impl serde::Serialize for DataSer<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            match v {
+                Value::String(t) if splits_mime(k) => map.serialize_entry(k, &Lines(t))?,
+                _ => map.serialize_entry(k, v)?,
+            }
+        }
+        map.end()
+    }
 }
 
 /// A close upper estimate of the pretty-printed size of `v` at indent `depth`.
@@ -724,6 +801,14 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn line_slices_match_splitlines() {
+        for t in ["a\nb", "a\n", "", "a\r\nb\rc", "\n\n", "x\r"] {
+            let a: Vec<&str> = line_slices(t).collect();
+            assert_eq!(json!(a), split_lines(t), "{t:?}");
+        }
+    }
 
     #[test]
     fn splitlines_matches_python() {
