@@ -495,11 +495,10 @@ impl Notebook {
             for (j, c) in self.cells.iter_mut().enumerate() {
                 w.write_all(b"  ")?;
                 if matches!(c.cache, Cache::None) {
-                    if target.is_some() && estimate(&c.value, 3) > BIG_CELL {
+                    if let Some(t) = target.filter(|_| estimate(&c.value, 3) > BIG_CELL) {
                         let start = w.pos;
                         write_pretty(&CellSer(&c.value), 2, &mut *w)?;
-                        let file = target.expect("checked").clone();
-                        moved.push((j, Cache::Disk { file, off: start, len: w.pos - start }));
+                        moved.push((j, Cache::Disk { file: t.clone(), off: start, len: w.pos - start }));
                     } else {
                         c.cache = Cache::Mem(pretty_with(&CellSer(&c.value), &c.value, 2));
                     }
