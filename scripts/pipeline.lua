@@ -199,6 +199,7 @@ function M.generate_into(trial, opts, s1)
   local user = "Technical specification (YAML):\n\n" .. M.fill(yaml.encode(spec), vars)
     .. "\n\nResearch strategy:\n\n" .. (strategy_md or "No research strategy was given: the design is freestyle.")
     .. "\n\nReturn the notebook as the JSON object described in the system prompt."
+    .. (section("prompt_branch").strict_json_only ~= false and " Reply with that JSON object only: no prose before or after it." or "")
   local cells, hg, attempts, err = request_notebook(system, user)
   if not cells then
     local fail_path = path.join(trial, "generation_failure.json")
@@ -228,6 +229,15 @@ _cellsci_builtins.exit = _cellsci_builtins.quit = _cellsci_blocked_exit
 del _cellsci_sys, _cellsci_builtins
 ]]
 
+-- k:execute, with a failure of the kernel link (not of the cell) turned into a "dead" result and Ctrl-C
+-- into an error that unwinds the run.
+local function run_cell(k, code, opts)
+  local r, err = k:execute(code, opts)
+  if r then return r end
+  if host.interrupted() or (type(err) == "table" and err.kind == "interrupted") then error("interrupted", 0) end
+  return { status = "dead", message = tostring(err), evalue = tostring(err), outputs = {} }
+end
+
 local function start_kernel(trial, s1)
   local ex = section("exec")
   local env = { OUTPUT_DIR = trial }
@@ -237,7 +247,7 @@ local function start_kernel(trial, s1)
   local k, err = kernel.start({ name = ex.kernel_name, python = ex.python, packages = ex.kernel_packages,
     cwd = trial, env = env })
   if not k then error("cannot start the kernel: " .. tostring(err), 0) end
-  local r = k:execute(M.GUARD, { silent = true })
+  local r = run_cell(k, M.GUARD, { silent = true })
   if r.status ~= "ok" then error("kernel set-up failed: " .. tostring(r.evalue), 0) end
   return k
 end
@@ -251,10 +261,10 @@ end
 
 -- Bring a restarted kernel back to where it was: set-up, then every cell that had succeeded.
 local function replay(k, nb, done)
-  local r = k:execute(M.GUARD, { silent = true })
+  local r = run_cell(k, M.GUARD, { silent = true })
   if r.status ~= "ok" then return false, "set-up failed after restart" end
   for _, j in ipairs(done) do
-    local rr = k:execute(nb:cell(j).source, { timeout = tonumber(section("exec").timeout_seconds) })
+    local rr = run_cell(k, nb:cell(j).source, { timeout = tonumber(section("exec").timeout_seconds) })
     if rr.status ~= "ok" then return false, "replaying cell " .. (j - 1) .. " failed: " .. short(rr) end
   end
   return true
@@ -283,7 +293,7 @@ function M.execute_trial(trial, s1)
         local sub = (cell.metadata or {}).subtask or {}
         local id = tostring(sub.id or ("Cell_" .. (i - 1)))
         log.info(string.format("[GRAPH] running node %s: %s (cell %d)", id, sub.name or "", i - 1))
-        local r = k:execute(cell.source, { timeout = timeout })
+        local r = run_cell(k, cell.source, { timeout = timeout })
         nb:set_outputs(i, r)
         nb:write(exec_path)
         log.event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, ename = r.ename })
@@ -322,7 +332,7 @@ function M.execute_trial(trial, s1)
           end
           log.line(string.format("[FIX] %s | applied fix (%s); re-running", id, how))
           nb:set_source(i, new)
-          r = k:execute(new, { timeout = timeout })
+          r = run_cell(k, new, { timeout = timeout })
           nb:set_outputs(i, r)
           nb:write(exec_path)
           log.event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, round = round })
@@ -342,10 +352,10 @@ function M.execute_trial(trial, s1)
   if not ok_run then error(run_err, 0) end
 
   if ex.enable_hypergraph_viz ~= false then
-    local hg = report.hypergraph(nb)
-    if hg then write_json(path.join(trial, "hypergraph.json"), hg) end
-    local mm = report.mermaid(nb)
-    if mm then write_text(path.join(trial, "hypergraph.md"), mm) end
+    local _, herr = report.hypergraph(nb, { path = path.join(trial, "hypergraph.json") })
+    if herr then log.warn("[EXEC] hypergraph.json: " .. tostring(herr)) end
+    local _, merr = report.mermaid(nb, { path = path.join(trial, "hypergraph.md") })
+    if merr then log.warn("[EXEC] hypergraph.md: " .. tostring(merr)) end
   end
   M.list_intermediate(trial)
   if not outcome.ok then log.warn("[EXEC] " .. outcome.error) end
@@ -399,29 +409,26 @@ function M.analyze_trial(trial)
     log.warn("[ANALYZE] metrics.json could not be read: " .. tostring(err))
     return {}
   end
-  local cmp = report.compare(m.models, { metric = pm, direction = dir })
-  -- The narrative: the model explains numbers it is given, never writes them.
+  -- The narrative: the model explains numbers it is given (report.narrative_input), never writes them.
   local narrative, narrative_error
   local ok, rp = pcall(M.load_prompt, section("prompt_branch").report_prompt_file, "report.yaml")
   if ok then
     host.reload()
-    local user = M.fill(rp.user_template or "${metrics_json}", {
-      primary_metric = pm, metrics_json = json.encode(cmp, { pretty = true }) })
-    local resp, cerr = llm.chat(chat_opts({ messages = {
-      { role = "system", content = rp.system or "" }, { role = "user", content = user } } }))
-    if resp then narrative = resp.text else narrative_error = tostring(cerr) end
+    local messages = report.narrative_messages(rp, m, { metric = pm, direction = dir })
+    local resp, cerr = llm.chat(chat_opts({ messages = messages }))
+    if resp then narrative = resp.text else narrative_error = cerr end
   else
     narrative_error = tostring(rp)
   end
   local plots = {}
   local fold_svg = path.join(trial, "fold_scores.svg")
-  if report.plot_folds(m, { metric = pm, path = fold_svg }) then
+  if report.plot_folds(m, { metric = pm, path = fold_svg, direction = dir }) then
     table.insert(plots, { title = pm .. " per fold", path = "fold_scores.svg" })
   end
   local md = report.markdown({ metrics = m, metric = pm, direction = dir, narrative = narrative,
     narrative_error = narrative_error, plots = plots, title = "Experiment report: " .. (cfg().dataset_name or "") })
   write_text(report_path, md)
-  local sc = report.score(m, { metric = pm }) or {}
+  local sc = report.score(m, { metric = pm, direction = dir }) or {}
   log.info("[ANALYZE] report written: " .. report_path)
   return { score = sc.score, winner = sc.model, metrics = m }
 end

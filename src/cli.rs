@@ -154,7 +154,10 @@ fn load_config(cli: &Cli, required: bool) -> Result<Option<Arc<crate::config::Co
         Some(p) => p.clone(),
         None => {
             let p = PathBuf::from(DEFAULT_CONFIG);
-            if !required && !p.exists() {
+            if !p.exists() {
+                if required {
+                    anyhow::bail!("no config file: pass --config FILE (there is no {DEFAULT_CONFIG} in this folder)");
+                }
                 return Ok(None);
             }
             p

@@ -4,8 +4,12 @@
 //! expansion and path resolution, and the sections the host itself needs are also parsed into typed
 //! structs. Loading must never lose a key a user wrote.
 //!
-//! NOTE (skeleton): expansion, defaults, path resolution and precise error messages are filled in by
-//! the host issue; the typed structs below are the interface other modules rely on.
+//! Order of work: parse (syntax errors give `file:line:column`), expand `${name}` in every string (the
+//! config's own top-level scalars first, then the environment; unknown names stay as written, because
+//! prompt text like `${cuda_device_str}` is expanded later by the pipeline), check the types of the
+//! keys the host knows (errors name the key path and, when it can be found, the line), resolve relative
+//! paths against the config file's folder, and fill in defaults. The API key is kept only in the typed
+//! `LlmConfig`; it is removed from `value`, so a script can never print or log it by dumping the config.
 
 use std::path::{Path, PathBuf};
 
@@ -155,28 +159,420 @@ impl Default for ExecConfig {
     }
 }
 
+/// What a known key must hold. Numbers written as numeric strings ("5") are accepted and converted,
+/// as the original's `int(...)`/`float(...)` did; `null` counts as missing.
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Num,
+    UInt,
+    Int,
+    Bool,
+    StrList,
+}
+
+/// The keys the host reads, with their types. Keys not listed are kept as written.
+const SCHEMA: &[(&str, &str, Kind)] = &[
+    ("paths", "baseline_source_dir", Kind::Str),
+    ("paths", "stage1_analysis_dir", Kind::Str),
+    ("paths", "design_execution_root", Kind::Str),
+    ("paths", "literature_dir", Kind::Str),
+    ("llm", "model", Kind::Str),
+    ("llm", "base_url", Kind::Str),
+    ("llm", "api_key", Kind::Str),
+    ("llm", "max_tokens", Kind::UInt),
+    ("llm", "temperature", Kind::Num),
+    ("llm", "timeout", Kind::Num),
+    ("experiment", "primary_metric", Kind::Str),
+    ("experiment", "max_iterations", Kind::UInt),
+    ("experiment", "success_threshold", Kind::Num),
+    ("experiment", "direction", Kind::Str),
+    ("prompt_branch", "prompt_file", Kind::Str),
+    ("prompt_branch", "idea_file", Kind::Str),
+    ("prompt_branch", "save_root", Kind::Str),
+    ("prompt_branch", "temperature", Kind::Num),
+    ("prompt_branch", "max_tokens", Kind::UInt),
+    ("prompt_branch", "strict_json_only", Kind::Bool),
+    ("prompt_branch", "json_retries", Kind::UInt),
+    ("exec", "timeout_seconds", Kind::Num),
+    ("exec", "max_fix_rounds", Kind::UInt),
+    ("exec", "enable_llm_autofix", Kind::Bool),
+    ("exec", "enable_hypergraph_viz", Kind::Bool),
+    ("exec", "viz_format", Kind::Str),
+    ("exec", "cuda_device_id", Kind::Int),
+    ("exec", "kernel_name", Kind::Str),
+    ("exec", "kernel_packages", Kind::StrList),
+];
+
+/// The sections the host reads; each must be an object when present.
+const SECTIONS: &[&str] = &["paths", "llm", "experiment", "prompt_branch", "exec"];
+
+/// Keys (in any section, at any depth) whose string values are paths: besides every string in `paths`.
+const PATH_SUFFIXES: &[&str] = &["_dir", "_file", "_root", "_path"];
+
+impl Config {
+    /// A value by dotted key path (`"exec.max_fix_rounds"`), after expansion and defaults.
+    pub fn get(&self, dotted: &str) -> Option<&Value> {
+        dotted.split('.').try_fold(&self.value, |v, k| v.get(k))
+    }
+
+    /// Where trials are written: `prompt_branch.save_root`, else `paths.design_execution_root`, else the
+    /// current folder (as the Python original did).
+    pub fn save_root(&self) -> PathBuf {
+        self.prompt_branch
+            .save_root
+            .as_deref()
+            .or(self.paths.design_execution_root.as_deref())
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::current_dir().unwrap_or_else(|_| self.dir.clone()))
+    }
+}
+
 /// Load a config file. Errors name the file and, where it applies, line:column or the key path.
 pub fn load(path: &Path) -> anyhow::Result<Config> {
-    use anyhow::Context;
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-    let value: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
-    from_value(path, value)
+    let shown = crate::lua::display_path(&std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!("config file not found: {shown}"),
+        Err(e) => anyhow::bail!("cannot read config file {shown}: {e}"),
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let value = crate::jsonx::parse(text).map_err(|e| anyhow::anyhow!("{shown}:{}", syntax_error(&e)))?;
+    from_text(path, &shown, text, value)
+}
+
+/// `line:column: message` of a JSON syntax error (serde_json puts the position at the end).
+fn syntax_error(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let msg = msg.strip_suffix(&suffix).unwrap_or(&msg);
+    format!("{}:{}: invalid JSON: {msg}", e.line(), e.column())
 }
 
 /// Build a `Config` from an already parsed document.
 pub fn from_value(path: &Path, value: Value) -> anyhow::Result<Config> {
-    let path = std::path::absolute(path)?;
+    let shown = path.display().to_string();
+    from_text(path, &shown, "", value)
+}
+
+fn from_text(path: &Path, shown: &str, text: &str, mut value: Value) -> anyhow::Result<Config> {
+    let path = normalize(&std::path::absolute(path)?);
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let where_ = |keys: &[&str]| match locate(text, keys) {
+        Some(line) => format!("{shown}:{line}"),
+        None => shown.to_string(),
+    };
+    let Value::Object(top) = &value else {
+        anyhow::bail!("{shown}: the config must be a JSON object, got {}", describe(&value));
+    };
+    let vars = top_level_vars(top);
+    expand_all(&mut value, &vars);
+    // Types of the known keys.
+    for section in SECTIONS {
+        match value.get(*section) {
+            None | Some(Value::Object(_)) => {}
+            Some(Value::Null) => {
+                value.as_object_mut().map(|o| o.remove(*section));
+            }
+            Some(other) => {
+                anyhow::bail!("{}: {section}: expected an object, got {}", where_(&[section]), describe(other))
+            }
+        }
+    }
+    if let Some(v) = value.get("dataset_name") {
+        if !v.is_string() && !v.is_null() {
+            anyhow::bail!("{}: dataset_name: expected a string, got {}", where_(&["dataset_name"]), describe(v));
+        }
+    }
+    for (section, key, kind) in SCHEMA {
+        let Some(obj) = value.get_mut(*section).and_then(Value::as_object_mut) else { continue };
+        let Some(v) = obj.get(*key) else { continue };
+        if v.is_null() {
+            obj.remove(*key);
+            continue;
+        }
+        match check(v, *kind) {
+            Ok(Some(fixed)) => {
+                obj.insert(key.to_string(), fixed);
+            }
+            Ok(None) => {}
+            Err(expected) => {
+                anyhow::bail!("{}: {section}.{key}: expected {expected}, got {}", where_(&[section, key]), describe(v))
+            }
+        }
+    }
+    resolve_paths(&mut value, &dir);
     let section = |k: &str| value.get(k).cloned().unwrap_or(Value::Object(Default::default()));
-    Ok(Config {
+    let typed = |k: &str, e: serde_json::Error| anyhow::anyhow!("{}: {k}: {e}", where_(&[k]));
+    let mut llm: LlmConfig = serde_json::from_value(section("llm")).map_err(|e| typed("llm", e))?;
+    // An empty key, or a `${VAR}` whose variable is not set, is no key (the client then tries OPENAI_API_KEY).
+    if llm.api_key.as_deref().is_some_and(|k| k.trim().is_empty() || k.contains("${")) {
+        llm.api_key = None;
+    }
+    let cfg = Config {
         dataset_name: value.get("dataset_name").and_then(Value::as_str).unwrap_or("").to_string(),
-        paths: serde_json::from_value(section("paths"))?,
-        llm: serde_json::from_value(section("llm"))?,
-        experiment: serde_json::from_value(section("experiment"))?,
-        prompt_branch: serde_json::from_value(section("prompt_branch"))?,
-        exec: serde_json::from_value(section("exec"))?,
+        paths: serde_json::from_value(section("paths")).map_err(|e| typed("paths", e))?,
+        llm,
+        experiment: serde_json::from_value(section("experiment")).map_err(|e| typed("experiment", e))?,
+        prompt_branch: serde_json::from_value(section("prompt_branch")).map_err(|e| typed("prompt_branch", e))?,
+        exec: serde_json::from_value(section("exec")).map_err(|e| typed("exec", e))?,
         path,
         dir,
-        value,
-    })
+        value: Value::Null,
+    };
+    // Defaults become visible to scripts; the key never does.
+    let defaults = [
+        ("paths", serde_json::to_value(&cfg.paths)?),
+        ("llm", serde_json::to_value(&cfg.llm)?),
+        ("experiment", serde_json::to_value(&cfg.experiment)?),
+        ("prompt_branch", serde_json::to_value(&cfg.prompt_branch)?),
+        ("exec", serde_json::to_value(&cfg.exec)?),
+    ];
+    let top = value.as_object_mut().expect("checked above");
+    for (name, d) in defaults {
+        let sec = top.entry(name).or_insert_with(|| Value::Object(Default::default()));
+        if let (Some(sec), Value::Object(d)) = (sec.as_object_mut(), d) {
+            for (k, v) in d {
+                if !v.is_null() && !sec.contains_key(&k) {
+                    sec.insert(k, v);
+                }
+            }
+        }
+    }
+    if let Some(llm) = top.get_mut("llm").and_then(Value::as_object_mut) {
+        llm.remove("api_key");
+    }
+    top.entry("dataset_name").or_insert_with(|| Value::String(String::new()));
+    Ok(Config { value, ..cfg })
+}
+
+/// The values `${name}` can refer to: top-level strings, numbers and booleans, themselves expanded
+/// (they may refer to each other and to the environment; a cycle stops after a few rounds).
+fn top_level_vars(top: &serde_json::Map<String, Value>) -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> = top
+        .iter()
+        .filter_map(|(k, v)| match v {
+            Value::String(s) => Some((k.clone(), s.clone())),
+            Value::Number(n) => Some((k.clone(), n.to_string())),
+            Value::Bool(b) => Some((k.clone(), b.to_string())),
+            _ => None,
+        })
+        .collect();
+    for _ in 0..8 {
+        let snapshot = vars.clone();
+        let mut changed = false;
+        for (_, v) in vars.iter_mut() {
+            let new = expand(v, &snapshot);
+            if new != *v {
+                *v = new;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    vars
+}
+
+/// Expand `${name}` (name = letters, digits, `_`) from `vars`, then the environment. Unknown names are
+/// left exactly as written.
+pub fn expand(s: &str, vars: &[(String, String)]) -> String {
+    if !s.contains("${") {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let end = after.find('}');
+        let name = end.map(|e| &after[..e]);
+        match name.filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
+            Some(n) => {
+                let val = vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()).or_else(|| std::env::var(n).ok());
+                match val {
+                    Some(v) => out.push_str(&v),
+                    None => {
+                        out.push_str("${");
+                        out.push_str(n);
+                        out.push('}');
+                    }
+                }
+                rest = &after[n.len() + 1..];
+            }
+            None => {
+                out.push_str("${");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn expand_all(v: &mut Value, vars: &[(String, String)]) {
+    match v {
+        Value::String(s) if s.contains("${") => *s = expand(s, vars),
+        Value::Array(a) => a.iter_mut().for_each(|x| expand_all(x, vars)),
+        Value::Object(m) => m.values_mut().for_each(|x| expand_all(x, vars)),
+        _ => {}
+    }
+}
+
+/// Check one value against its kind: Ok(None) fine as is, Ok(Some(v)) converted, Err(what was expected).
+fn check(v: &Value, kind: Kind) -> Result<Option<Value>, &'static str> {
+    let num = |v: &Value| -> Option<f64> {
+        match v {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.trim().parse::<f64>().ok().filter(|x| x.is_finite()),
+            _ => None,
+        }
+    };
+    match kind {
+        Kind::Str => v.is_string().then_some(None).ok_or("a string"),
+        Kind::Bool => v.is_boolean().then_some(None).ok_or("true or false"),
+        Kind::Num => match v {
+            Value::Number(_) => Ok(None),
+            _ => num(v).map(|x| Some(serde_json::json!(x))).ok_or("a number"),
+        },
+        Kind::UInt | Kind::Int => {
+            let expected = if matches!(kind, Kind::UInt) { "a whole number >= 0" } else { "a whole number" };
+            let x = num(v).ok_or("a number")?;
+            if x.fract() != 0.0 || (matches!(kind, Kind::UInt) && x < 0.0) || x.abs() > 9.0e15 {
+                return Err(expected);
+            }
+            match v {
+                Value::Number(n) if n.is_i64() || n.is_u64() => Ok(None),
+                _ => Ok(Some(serde_json::json!(x as i64))),
+            }
+        }
+        Kind::StrList => match v {
+            Value::Array(a) if a.iter().all(Value::is_string) => Ok(None),
+            Value::String(s) => Ok(Some(serde_json::json!([s]))),
+            _ => Err("a list of strings"),
+        },
+    }
+}
+
+/// A short rendering of a wrong value for an error message.
+fn describe(v: &Value) -> String {
+    let s = match v {
+        Value::Object(_) => return "an object".into(),
+        Value::Array(_) => return "a list".into(),
+        Value::Null => return "null".into(),
+        other => other.to_string(),
+    };
+    if s.chars().count() > 60 {
+        format!("{}...", s.chars().take(57).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// Resolve relative paths against the config's folder: every string in `paths`, and any string under a
+/// key ending in `_dir`, `_file`, `_root` or `_path` (or a `python` with a slash) in the other sections. `~/` means the home folder;
+/// URLs and empty strings are left alone.
+fn resolve_paths(value: &mut Value, dir: &Path) {
+    let Some(top) = value.as_object_mut() else { return };
+    for (name, sec) in top.iter_mut() {
+        if name == "paths" {
+            if let Some(m) = sec.as_object_mut() {
+                for v in m.values_mut() {
+                    resolve_one(v, dir);
+                }
+            }
+        } else {
+            resolve_in(sec, dir, 0);
+        }
+    }
+}
+
+fn resolve_in(v: &mut Value, dir: &Path, depth: usize) {
+    let Some(m) = v.as_object_mut() else { return };
+    if depth > 8 {
+        return;
+    }
+    for (k, x) in m.iter_mut() {
+        // `python` is a path when it has a slash; a bare `python3` is a command looked up on PATH.
+        let python = k == "python" && x.as_str().is_some_and(|s| s.contains('/'));
+        if x.is_string() && (python || PATH_SUFFIXES.iter().any(|s| k.ends_with(s))) {
+            resolve_one(x, dir);
+        } else if x.is_object() {
+            resolve_in(x, dir, depth + 1);
+        }
+    }
+}
+
+fn resolve_one(v: &mut Value, dir: &Path) {
+    let Value::String(s) = v else { return };
+    if s.is_empty() || s.contains("://") {
+        return;
+    }
+    let p = match s.strip_prefix("~/") {
+        Some(rest) => match dirs::home_dir() {
+            Some(h) => h.join(rest),
+            None => return,
+        },
+        None => PathBuf::from(&*s),
+    };
+    let p = if p.is_absolute() { p } else { dir.join(p) };
+    *s = normalize(&p).display().to_string();
+}
+
+/// Remove `.` and `..` components without touching the file system (the path may not exist yet).
+pub fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The line of `"a": { ... "b": ...` in the source text, best effort (None when not found, so a
+/// message never points at a wrong line it guessed).
+fn locate(text: &str, keys: &[&str]) -> Option<usize> {
+    let mut from = 0;
+    for k in keys {
+        let pat = regex::Regex::new(&format!(r#""{}"\s*:"#, regex::escape(k))).ok()?;
+        from += pat.find(&text[from..])?.start();
+    }
+    Some(text[..from].matches('\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expansion_leaves_unknown_names_and_stray_dollars() {
+        let vars = vec![("dataset_name".to_string(), "BBBC".to_string())];
+        assert_eq!(expand("${dataset_name}/x", &vars), "BBBC/x");
+        assert_eq!(expand("cuda ${cuda_device_str} $x ${ ${", &vars), "cuda ${cuda_device_str} $x ${ ${");
+        assert_eq!(expand("a${dataset_name}${dataset_name}b", &vars), "aBBBCBBBCb");
+    }
+
+    #[test]
+    fn locate_finds_nested_key_line() {
+        let text = "{\n \"llm\": {\"timeout\": 1},\n \"exec\": {\n  \"timeout\": 2\n }\n}";
+        assert_eq!(locate(text, &["exec", "timeout"]), Some(4));
+        assert_eq!(locate(text, &["nope"]), None);
+    }
+
+    #[test]
+    fn wrong_type_names_the_key_path() {
+        let v = serde_json::json!({"exec": {"max_fix_rounds": "five"}});
+        let e = from_value(Path::new("/tmp/c.json"), v).unwrap_err().to_string();
+        assert!(e.ends_with("exec.max_fix_rounds: expected a number, got \"five\""), "{e}");
+    }
 }

@@ -68,11 +68,13 @@ pub fn install() {
             prev(info);
         })
     });
-    tokio::spawn(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-            return;
-        };
+    // Register the handlers now, not inside the task: a task may first run after the script has started,
+    // and a Ctrl-C in between would kill the process with the default disposition (no cleanup, no 130).
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return;
+    };
+    tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = int.recv() => {},

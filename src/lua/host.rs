@@ -1,4 +1,5 @@
-//! `host`: the config as a table, and `reload()`, the safe point where edited scripts are swapped in.
+//! `host`: the config as a table, `reload()` (the safe point where edited scripts are swapped in), and
+//! facts about the running cellsci (version, pid, Ctrl-C, the bundled files).
 use mlua::prelude::*;
 
 use super::util;
@@ -7,11 +8,61 @@ use crate::host::HostCtx;
 pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
     let ctx = HostCtx::get(lua);
+    // host.config: the loaded config (expanded, paths absolute, defaults filled; no API key). {} without one.
     match &ctx.config {
         Some(c) => t.set("config", util::to_lua(lua, &c.value)?)?,
         None => t.set("config", lua.create_table()?)?,
     }
-    t.set("reload", lua.create_function(|lua, ()| crate::reload::reload(lua))?)?;
+    // host.config_file: the config's absolute path, or nil
+    if let Some(c) = &ctx.config {
+        t.set("config_file", c.path.display().to_string())?;
+    }
+    // host.reload() -> names, errors (see crate::reload)
+    t.set("reload", lua.create_function(|lua, ()| crate::reload::reload_lua(lua))?)?;
+    t.set("version", env!("CARGO_PKG_VERSION"))?;
+    // host.pid() -> this process's id
+    t.set("pid", lua.create_function(|_, ()| Ok(std::process::id()))?)?;
+    // host.interrupted() -> true once Ctrl-C / SIGTERM was received
     t.set("interrupted", lua.create_function(|_, ()| Ok(crate::signals::interrupted()))?)?;
+    // host.verbosity: -1 quiet, 0 normal, 1+ verbose
+    t.set("verbosity", ctx.verbosity)?;
+    // host.bundled(rel) -> text, where | nil, err: a bundled file such as "prompts/generation.yaml",
+    // shadowed by the same path in a user folder (the script's folder, --scripts) or the current folder.
+    t.set(
+        "bundled",
+        lua.create_function(|lua, rel: String| {
+            let ctx = HostCtx::get(lua);
+            let rel_path = std::path::Path::new(&rel);
+            if rel_path.is_absolute() || rel_path.components().any(|c| c == std::path::Component::ParentDir) {
+                return Err(util::misuse(
+                    lua,
+                    format!("host.bundled: '{rel}' must be a relative path like prompts/x.yaml"),
+                ));
+            }
+            let dirs = ctx.user_dirs.iter().chain(std::iter::once(&ctx.project_dir));
+            for d in dirs {
+                let p = d.join(&rel);
+                if p.is_file() {
+                    return match std::fs::read_to_string(&p) {
+                        Ok(text) => Ok((text.into_lua(lua)?, super::display_path(&p).into_lua(lua)?)),
+                        Err(e) => super::fs::io_fail(lua, "cannot read", &p, &e),
+                    };
+                }
+            }
+            match crate::embedded::get(&rel) {
+                Some(text) => Ok((text.into_owned().into_lua(lua)?, format!("<bundled>/{rel}").into_lua(lua)?)),
+                None => util::fail(lua, "not_found", format!("no bundled file {rel}")),
+            }
+        })?,
+    )?;
+    // host.bundled_files() -> {"scripts/pipeline.lua", "stdlib/...", "prompts/...", ...}
+    t.set(
+        "bundled_files",
+        lua.create_function(|lua, ()| {
+            let t = lua.create_sequence_from(crate::embedded::files().iter().map(|(p, _)| *p))?;
+            t.set_metatable(Some(lua.array_metatable()))?;
+            Ok(t)
+        })?,
+    )?;
     Ok(t)
 }

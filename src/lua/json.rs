@@ -1,23 +1,37 @@
 //! `json`: decode (accepts NaN/Infinity/-Infinity as Python writes them) and encode (stable key order,
-//! pretty on request).
+//! pretty on request). `json.null` stands for null inside arrays; `json.array(t)` marks a table as an
+//! array so an empty one encodes as `[]` rather than `{}`.
 use mlua::prelude::*;
 
 use super::util;
 
 pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
+    // json.decode(text) -> value | nil, err{kind="parse", line, column}
     t.set(
         "decode",
-        lua.create_function(|lua, text: LuaString| {
+        lua.create_function(|lua, text: LuaValue| {
+            let LuaValue::String(text) = text else {
+                return Err(util::misuse(lua, format!("json.decode: expected a string, got {}", text.type_name())));
+            };
             let text = text.to_str()?;
-            match crate::jsonx::parse(&text) {
+            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+            match crate::jsonx::parse(text) {
                 Ok(v) => Ok((util::to_lua(lua, &v)?, LuaValue::Nil)),
                 Err(e) => {
-                    util::fail(lua, "parse", format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()))
+                    let msg = e.to_string();
+                    let msg = msg.strip_suffix(&format!(" at line {} column {}", e.line(), e.column())).unwrap_or(&msg);
+                    util::fail_with(
+                        lua,
+                        "parse",
+                        format!("invalid JSON at line {} column {}: {msg}", e.line(), e.column()),
+                        &serde_json::json!({"line": e.line(), "column": e.column()}),
+                    )
                 }
             }
         })?,
     )?;
+    // json.encode(value, {pretty=false}) -> text; object keys sorted; NaN/Infinity written as Python does.
     t.set(
         "encode",
         lua.create_function(|lua, (v, opts): (LuaValue, Option<LuaTable>)| {
@@ -28,6 +42,18 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
             }
             let v = util::from_lua_checked(lua, &v, "json.encode")?;
             Ok(crate::jsonx::to_string(&sort_keys(v), pretty))
+        })?,
+    )?;
+    // json.array(t?) -> t, marked as an array (a new empty one when no table is given).
+    t.set(
+        "array",
+        lua.create_function(|lua, t: Option<LuaTable>| {
+            let t = match t {
+                Some(t) => t,
+                None => lua.create_table()?,
+            };
+            t.set_metatable(Some(lua.array_metatable()))?;
+            Ok(t)
         })?,
     )?;
     t.set("null", LuaValue::NULL)?;

@@ -1,6 +1,390 @@
-//! The `llm` module (skeleton: filled in by its own issue).
+//! The `llm` module: `llm.chat`, `llm.extract_json`, `llm.usage`, `llm.usage_snapshot`, `llm.settings`,
+//! `llm.mask`.
+//!
+//! `llm.chat` runs the attempts (Rust: `crate::llm::Engine`) and asks a Lua retry policy after each
+//! failure that could pass on a retry (`stdlib/retry.lua` unless the call or config says otherwise);
+//! edited scripts are swapped in (`crate::reload::reload`) just before each decision. It never raises
+//! for an expected failure: it returns `nil, err` with `err.kind`, and the message names the last
+//! cause, the status, the attempts and the time spent. It never shows the key.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use mlua::prelude::*;
+use serde_json::{json, Value};
+
+use super::util;
+use crate::host::HostCtx;
+use crate::llm::{CallOpts, Engine, Failure, Kind, Reply, Request};
+
+const CHAT_OPTS: &[&str] = &[
+    "messages",
+    "prompt",
+    "system",
+    "model",
+    "temperature",
+    "max_tokens",
+    "json",
+    "timeout",
+    "retry",
+    "stream",
+    "extra",
+];
+
+/// The run's engine (one per VM, made on first use from the host's config and CLI flags).
+pub fn engine(lua: &Lua) -> Arc<Engine> {
+    if let Some(e) = lua.app_data_ref::<Arc<Engine>>() {
+        return e.clone();
+    }
+    let e = Arc::new(Engine::for_host(HostCtx::get(lua)));
+    lua.set_app_data(e.clone());
+    e
+}
 
 pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
-    lua.create_table()
+    let t = lua.create_table()?;
+    t.set("chat", lua.create_async_function(|lua, opts: LuaValue| async move { chat(lua, opts).await })?)?;
+    t.set(
+        "extract_json",
+        lua.create_function(|lua, text: LuaValue| {
+            let text = match &text {
+                LuaValue::String(s) => s.to_string_lossy(),
+                other => {
+                    return Err(util::misuse(
+                        lua,
+                        format!("llm.extract_json: expected the reply text (a string), got {}", other.type_name()),
+                    ))
+                }
+            };
+            match crate::llm::extract::extract_json(&text) {
+                Ok(v) => Ok((util::to_lua(lua, &v)?, LuaValue::Nil)),
+                Err(e) => util::fail(lua, e.kind.as_str(), &e.message),
+            }
+        })?,
+    )?;
+    t.set("usage", lua.create_function(|lua, ()| util::to_lua(lua, &engine(lua).usage()))?)?;
+    t.set(
+        "usage_snapshot",
+        lua.create_function(|lua, opts: Option<LuaTable>| {
+            let mut reset = false;
+            if let Some(o) = &opts {
+                util::check_opts(lua, o, "llm.usage_snapshot", &["reset"])?;
+                reset = o.get::<Option<bool>>("reset")?.unwrap_or(false);
+            }
+            util::to_lua(lua, &engine(lua).usage_snapshot(reset))
+        })?,
+    )?;
+    t.set(
+        "settings",
+        lua.create_function(|lua, ()| {
+            let en = engine(lua);
+            let mut v = en.settings.to_json();
+            if let Some(e) = &en.settings_error {
+                v["error"] = json!(e);
+            }
+            util::to_lua(lua, &v)
+        })?,
+    )?;
+    t.set("mask", lua.create_function(|lua, s: String| Ok(engine(lua).settings.mask(&s)))?)?;
+    Ok(t)
+}
+
+fn opt_f64(lua: &Lua, opts: &LuaTable, key: &str) -> LuaResult<Option<f64>> {
+    match opts.get::<LuaValue>(key)? {
+        LuaValue::Nil => Ok(None),
+        LuaValue::Integer(i) => Ok(Some(i as f64)),
+        LuaValue::Number(x) if x.is_finite() => Ok(Some(x)),
+        other => Err(util::misuse(lua, format!("llm.chat: '{key}' must be a number, got {}", other.type_name()))),
+    }
+}
+
+fn opt_bool(lua: &Lua, opts: &LuaTable, key: &str) -> LuaResult<Option<bool>> {
+    match opts.get::<LuaValue>(key)? {
+        LuaValue::Nil => Ok(None),
+        LuaValue::Boolean(b) => Ok(Some(b)),
+        other => Err(util::misuse(lua, format!("llm.chat: '{key}' must be true or false, got {}", other.type_name()))),
+    }
+}
+
+fn opt_str(lua: &Lua, opts: &LuaTable, key: &str) -> LuaResult<Option<String>> {
+    match opts.get::<LuaValue>(key)? {
+        LuaValue::Nil => Ok(None),
+        LuaValue::String(s) => Ok(Some(s.to_string_lossy())),
+        other => Err(util::misuse(lua, format!("llm.chat: '{key}' must be a string, got {}", other.type_name()))),
+    }
+}
+
+fn build_request(lua: &Lua, opts: &LuaTable, en: &Engine) -> LuaResult<Request> {
+    let s = &en.settings;
+    let mut messages: Vec<Value> = Vec::new();
+    let given: LuaValue = opts.get("messages")?;
+    let prompt = opt_str(lua, opts, "prompt")?;
+    let system = opt_str(lua, opts, "system")?;
+    match &given {
+        LuaValue::Nil => {}
+        LuaValue::Table(_) => {
+            let v = util::from_lua_checked(lua, &given, "llm.chat: messages")?;
+            let Value::Array(items) = v else {
+                return Err(util::misuse(lua, "llm.chat: 'messages' must be a list of {role=, content=} tables"));
+            };
+            for (i, m) in items.into_iter().enumerate() {
+                let ok = m.get("role").is_some_and(Value::is_string) && m.get("content").is_some();
+                if !ok {
+                    return Err(util::misuse(
+                        lua,
+                        format!("llm.chat: messages[{}] must be a table with 'role' (a string) and 'content'", i + 1),
+                    ));
+                }
+                messages.push(m);
+            }
+        }
+        other => {
+            return Err(util::misuse(
+                lua,
+                format!("llm.chat: 'messages' must be a list of {{role=, content=}} tables, got {}", other.type_name()),
+            ))
+        }
+    }
+    if let Some(sys) = system {
+        if messages.first().and_then(|m| m.get("role")).and_then(Value::as_str) == Some("system") {
+            return Err(util::misuse(
+                lua,
+                "llm.chat: 'system' given, but messages already start with a system message",
+            ));
+        }
+        messages.insert(0, json!({"role": "system", "content": sys}));
+    }
+    if let Some(p) = prompt {
+        messages.push(json!({"role": "user", "content": p}));
+    }
+    if !messages.iter().any(|m| m.get("role").and_then(Value::as_str) != Some("system")) {
+        return Err(util::misuse(lua, "llm.chat: give 'messages' (a list of {role=, content=}) or 'prompt'"));
+    }
+    let model = opt_str(lua, opts, "model")?.unwrap_or_else(|| s.model.clone());
+    if model.trim().is_empty() {
+        return Err(util::misuse(lua, "llm.chat: 'model' is empty (set llm.model in the config or pass model=)"));
+    }
+    let max_tokens = match opt_f64(lua, opts, "max_tokens")? {
+        None => s.max_tokens,
+        Some(x) if x >= 1.0 && x.fract() == 0.0 => Some(x as u64),
+        Some(x) => {
+            return Err(util::misuse(lua, format!("llm.chat: 'max_tokens' must be a positive integer, got {x}")))
+        }
+    };
+    let extra = match opts.get::<LuaValue>("extra")? {
+        LuaValue::Nil => serde_json::Map::new(),
+        v @ LuaValue::Table(_) => match util::from_lua_checked(lua, &v, "llm.chat: extra")? {
+            Value::Object(m) => m,
+            _ => {
+                return Err(util::misuse(lua, "llm.chat: 'extra' must be a table of request fields (top_p=, seed=...)"))
+            }
+        },
+        other => {
+            return Err(util::misuse(lua, format!("llm.chat: 'extra' must be a table, got {}", other.type_name())))
+        }
+    };
+    Ok(Request {
+        model,
+        messages,
+        temperature: opt_f64(lua, opts, "temperature")?.or(s.temperature),
+        max_tokens,
+        json: opt_bool(lua, opts, "json")?.unwrap_or(false),
+        extra,
+    })
+}
+
+async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
+    let LuaValue::Table(opts) = opts else {
+        return Err(util::misuse(&lua, "llm.chat: expected a table of options, e.g. llm.chat{prompt = \"hi\"}"));
+    };
+    util::check_opts(&lua, &opts, "llm.chat", CHAT_OPTS)?;
+    let en = engine(&lua);
+    let req = build_request(&lua, &opts, &en)?;
+    let timeout = match opt_f64(&lua, &opts, "timeout")? {
+        None => en.settings.timeout,
+        Some(t) if t > 0.0 => t,
+        Some(t) => return Err(util::misuse(&lua, format!("llm.chat: 'timeout' must be positive seconds, got {t}"))),
+    };
+    let call = CallOpts { timeout, stream: opt_bool(&lua, &opts, "stream")?.unwrap_or_else(|| en.default_stream()) };
+    let retry: LuaValue = opts.get("retry")?;
+    match &retry {
+        LuaValue::Nil | LuaValue::Boolean(_) | LuaValue::Function(_) | LuaValue::Table(_) => {}
+        other => {
+            return Err(util::misuse(
+                &lua,
+                format!(
+                    "llm.chat: 'retry' must be a policy (a table with decide, or a function), true or false, got {}",
+                    other.type_name()
+                ),
+            ))
+        }
+    }
+    let started = Instant::now();
+    let mut counts: BTreeMap<&'static str, u32> = BTreeMap::new();
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        let mut f = match en.attempt(&req, &call, attempt).await {
+            Ok(rep) => {
+                en.record_call(&req.model, true, attempt);
+                return Ok((LuaValue::Table(reply_table(&lua, &rep, attempt, started)?), LuaValue::Nil));
+            }
+            Err(f) => f,
+        };
+        *counts.entry(f.kind.as_str()).or_default() += 1;
+        let mut reason = None;
+        if f.kind.may_retry() {
+            if let Err(e) = crate::reload::reload(&lua) {
+                tracing::warn!("reload before the retry decision failed: {e}");
+            }
+            match decide(&lua, &retry, &f, attempt, &counts, started, &req.model, &en).await? {
+                Ok(wait) => {
+                    if wait > 0.0 {
+                        tokio::select! {
+                            _ = crate::signals::token().cancelled() => {
+                                f = Failure::new(Kind::Interrupted, format!(
+                                    "interrupted (Ctrl-C) while waiting to retry after: {}", f.message));
+                            }
+                            _ = tokio::time::sleep(Duration::from_secs_f64(wait)) => continue,
+                        }
+                    } else {
+                        continue;
+                    }
+                }
+                Err(why) => reason = Some(why),
+            }
+        }
+        en.record_call(&req.model, false, attempt);
+        return give_up(&lua, &f, attempt, started, reason, &req.model, &en);
+    }
+}
+
+fn reply_table(lua: &Lua, rep: &Reply, attempts: u32, started: Instant) -> LuaResult<LuaTable> {
+    let t = lua.create_table()?;
+    t.set("text", rep.text.as_str())?;
+    t.set("finish_reason", rep.finish_reason.as_str())?;
+    t.set("usage", util::to_lua(lua, &rep.usage.to_json())?)?;
+    t.set("latency", rep.latency)?;
+    t.set("model", rep.model.as_str())?;
+    t.set("attempts", attempts)?;
+    t.set("elapsed", started.elapsed().as_secs_f64())?;
+    t.set("streamed", rep.streamed)?;
+    t.set("replayed", rep.replayed)?;
+    Ok(t)
+}
+
+fn plural(n: u32, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+fn give_up(
+    lua: &Lua,
+    f: &Failure,
+    attempts: u32,
+    started: Instant,
+    reason: Option<String>,
+    model: &str,
+    en: &Engine,
+) -> LuaResult<(LuaValue, LuaValue)> {
+    let elapsed = started.elapsed().as_secs_f64();
+    let verb = if reason.is_some() { "gave up" } else { "stopped" };
+    let mut msg = format!("{}; {verb} after {} in {elapsed:.1}s", f.message, plural(attempts, "attempt"));
+    if let Some(r) = &reason {
+        msg.push_str(&format!(" ({r})"));
+    }
+    let mut extra = json!({
+        "status": f.status, "attempts": attempts, "elapsed": elapsed, "retry_after": f.retry_after, "model": model,
+    });
+    if let Some(rep) = &f.reply {
+        extra["text"] = json!(rep.text);
+        extra["finish_reason"] = json!(rep.finish_reason);
+        extra["usage"] = rep.usage.to_json();
+    }
+    util::fail_with(lua, f.kind.as_str(), en.settings.mask(&msg), &extra)
+}
+
+/// Ask the retry policy: Ok(wait seconds) to retry, Err(reason) to stop.
+#[allow(clippy::too_many_arguments)]
+async fn decide(
+    lua: &Lua,
+    retry: &LuaValue,
+    f: &Failure,
+    attempt: u32,
+    counts: &BTreeMap<&'static str, u32>,
+    started: Instant,
+    model: &str,
+    en: &Engine,
+) -> LuaResult<Result<f64, String>> {
+    let info = lua.create_table()?;
+    info.set("kind", f.kind.as_str())?;
+    info.set("status", f.status)?;
+    info.set("attempt", attempt)?;
+    info.set("elapsed", started.elapsed().as_secs_f64())?;
+    info.set("retry_after", f.retry_after)?;
+    info.set("message", en.settings.mask(&f.message))?;
+    info.set("model", model)?;
+    let c = lua.create_table()?;
+    for (k, n) in counts {
+        c.set(*k, *n)?;
+    }
+    info.set("counts", c)?;
+    let (func, this): (LuaFunction, Option<LuaTable>) = match retry {
+        LuaValue::Boolean(false) => return Ok(Err("retries are off: retry = false".into())),
+        LuaValue::Function(func) => (func.clone(), None),
+        LuaValue::Table(t) => match t.get::<LuaValue>("decide")? {
+            LuaValue::Function(func) => (func, Some(t.clone())),
+            _ => return Err(util::misuse(lua, "llm.chat: the 'retry' table has no decide function")),
+        },
+        _ => {
+            let require: LuaFunction = lua.globals().get("require")?;
+            let module: LuaTable = require.call("retry")?;
+            let policy = match &en.settings.retry {
+                Some(cfg) => {
+                    let new: LuaFunction = module.get("new")?;
+                    new.call::<LuaTable>(util::to_lua(lua, cfg)?)?
+                }
+                None => module,
+            };
+            let func: LuaFunction = policy.get("decide").map_err(|_| {
+                LuaError::runtime("the retry module (retry.lua) must return a table with a decide function")
+            })?;
+            (func, Some(policy))
+        }
+    };
+    let ret: LuaMultiValue = match this {
+        Some(t) => func.call_async((t, info)).await?,
+        None => func.call_async(info).await?,
+    };
+    let mut it = ret.into_iter();
+    let first = it.next().unwrap_or(LuaValue::Nil);
+    let (go, wait, reason): (bool, Option<f64>, Option<String>) = match &first {
+        LuaValue::Table(t) => (
+            t.get::<Option<bool>>("retry")?.unwrap_or(false),
+            t.get::<Option<f64>>("wait")?,
+            t.get::<Option<String>>("reason")?,
+        ),
+        v => {
+            let wait = match it.next() {
+                Some(LuaValue::Integer(i)) => Some(i as f64),
+                Some(LuaValue::Number(x)) => Some(x),
+                _ => None,
+            };
+            let reason = match it.next() {
+                Some(LuaValue::String(s)) => Some(s.to_string_lossy()),
+                _ => None,
+            };
+            (!matches!(v, LuaValue::Nil | LuaValue::Boolean(false)), wait, reason)
+        }
+    };
+    if go {
+        let w = wait.filter(|w| w.is_finite()).unwrap_or(0.0).clamp(0.0, 86_400.0);
+        Ok(Ok(w))
+    } else {
+        Ok(Err(reason.unwrap_or_else(|| "the retry policy said stop".into())))
+    }
 }

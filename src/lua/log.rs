@@ -1,6 +1,94 @@
-//! The `log` module (skeleton: filled in by the host issue).
+//! `log`: messages for the person running cellsci (stderr, by level, respecting -q / -v), the plain
+//! stdout event lines other tools parse (`log.line`), and the trial's event log (`log.event`).
+//! Messages at info and above are also appended to the event log when one is set, so a trial's
+//! events.jsonl tells the whole story. Never pass the API key to any of these.
 use mlua::prelude::*;
 
+use super::util;
+use crate::host::HostCtx;
+
+fn message(lua: &Lua, args: &LuaMultiValue) -> LuaResult<String> {
+    let tostring: LuaFunction = lua.globals().get("tostring")?;
+    let mut parts = Vec::with_capacity(args.len());
+    for v in args.iter() {
+        parts.push(tostring.call::<String>(v.clone())?);
+    }
+    Ok(parts.join(" "))
+}
+
+/// (level name, minimum verbosity to show, prefix)
+const LEVELS: &[(&str, i8, &str)] =
+    &[("debug", 1, "debug: "), ("info", 0, ""), ("warn", 0, "warning: "), ("error", -1, "error: ")];
+
 pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
-    lua.create_table()
+    let t = lua.create_table()?;
+    for &(level, min, prefix) in LEVELS {
+        // log.debug(...), log.info(...), log.warn(...), log.error(...): values joined by spaces, like print
+        t.set(
+            level,
+            lua.create_function(move |lua, args: LuaMultiValue| {
+                let ctx = HostCtx::get(lua);
+                let msg = message(lua, &args)?;
+                if ctx.verbosity >= min {
+                    let loc = if level == "debug" {
+                        util::caller_location(lua).map(|l| format!("{l}: ")).unwrap_or_default()
+                    } else {
+                        String::new()
+                    };
+                    crate::ui::eline(&format!("{prefix}{loc}{msg}"));
+                }
+                if level != "debug" {
+                    ctx.events.emit("log", serde_json::json!({"level": level, "message": msg}));
+                }
+                Ok(())
+            })?,
+        )?;
+    }
+    // log.line(...) -> prints one plain line to stdout at once (ITERATION 1/3, [CHECK] ..., [FIX] ...)
+    t.set(
+        "line",
+        lua.create_function(|lua, args: LuaMultiValue| {
+            crate::ui::line(&message(lua, &args)?);
+            Ok(())
+        })?,
+    )?;
+    // log.event(kind, fields?) -> appends {"ts", "kind", ...fields} to the event log (if one is set)
+    t.set(
+        "event",
+        lua.create_function(|lua, (kind, fields): (LuaValue, Option<LuaValue>)| {
+            let LuaValue::String(kind) = kind else {
+                return Err(util::misuse(lua, format!("log.event: expected a kind string, got {}", kind.type_name())));
+            };
+            let fields = match fields {
+                None | Some(LuaValue::Nil) => serde_json::json!({}),
+                Some(v @ LuaValue::Table(_)) => util::from_lua_checked(lua, &v, "log.event")?,
+                Some(v) => {
+                    return Err(util::misuse(lua, format!("log.event: fields must be a table, got {}", v.type_name())))
+                }
+            };
+            let fields = if fields.is_object() { fields } else { serde_json::json!({ "data": fields }) };
+            HostCtx::get(lua).events.emit(&kind.to_str()?, fields);
+            Ok(())
+        })?,
+    )?;
+    // log.set_event_file(path | nil): where log.event appends (parent folders are created); nil stops
+    t.set(
+        "set_event_file",
+        lua.create_function(|lua, p: Option<String>| {
+            let p = p.filter(|s| !s.is_empty()).map(|s| super::path::abs(std::path::Path::new(&s)));
+            if let Some(dir) = p.as_ref().and_then(|p| p.parent()) {
+                if let Err(e) = std::fs::create_dir_all(dir) {
+                    return Err(util::misuse(lua, format!("log.set_event_file: cannot create {}: {e}", dir.display())));
+                }
+            }
+            HostCtx::get(lua).events.set_path(p);
+            Ok(())
+        })?,
+    )?;
+    // log.event_file() -> the current event log path, or nil
+    t.set(
+        "event_file",
+        lua.create_function(|lua, ()| Ok(HostCtx::get(lua).events.path().map(|p| p.display().to_string())))?,
+    )?;
+    Ok(t)
 }

@@ -28,9 +28,12 @@ pub mod time;
 pub mod util;
 pub mod yaml;
 
+/// Builds a module's table; `require(name)` returns it.
+pub type Register = fn(&Lua) -> LuaResult<LuaTable>;
+
 /// Every module the host provides, in registration order: `require(name)` returns `register(lua)`.
 /// This list is the whole Rust → Lua API surface.
-pub const MODULES: &[(&str, fn(&Lua) -> LuaResult<LuaTable>)] = &[
+pub const MODULES: &[(&str, Register)] = &[
     ("json", json::register),
     ("yaml", yaml::register),
     ("fs", fs::register),
@@ -118,6 +121,7 @@ impl Runtime {
                 Some((text, src)) => {
                     let f = compile(lua, &text, &src.chunk)?;
                     let chunk = src.chunk.clone();
+                    crate::reload::on_require(lua, &name, &src);
                     if let Some(loaded) = lua.app_data_ref::<LoadedModules>() {
                         loaded.0.borrow_mut().insert(name, src);
                     }
@@ -134,9 +138,15 @@ impl Runtime {
         // A CPU-bound script never reaches an await point, so Ctrl-C is delivered by the hook.
         // set_global_hook (not set_hook) so the coroutines of async calls are covered too.
         let delivered = std::sync::atomic::AtomicBool::new(false);
-        lua.set_global_hook(LuaHookTriggers::new().every_nth_instruction(10_000), move |_, _| {
+        lua.set_global_hook(LuaHookTriggers::new().every_nth_instruction(10_000), move |_, debug| {
             if crate::signals::interrupted() && !delivered.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                return Err(LuaError::runtime("interrupted (Ctrl-C)"));
+                // Say where the script was, so a user who stopped a runaway loop finds it.
+                let src = debug.source();
+                let at = match (src.short_src, debug.current_line()) {
+                    (Some(f), Some(l)) => format!("{f}:{l}: "),
+                    _ => String::new(),
+                };
+                return Err(LuaError::runtime(format!("{at}interrupted (Ctrl-C)")));
             }
             Ok(LuaVmState::Continue)
         })?;
@@ -190,6 +200,8 @@ pub fn describe_error(e: &anyhow::Error, verbose: bool) -> String {
     for cause in e.chain() {
         let s = cause.to_string();
         let s = if verbose { s } else { s.split("\nstack traceback:").next().unwrap_or(&s).to_string() };
+        // mlua's "runtime error: " prefix says nothing to a user; the file:line after it does.
+        let s = s.strip_prefix("runtime error: ").map(str::to_string).unwrap_or(s);
         if !parts.iter().any(|p: &String| p.contains(s.trim())) {
             parts.push(s.trim().to_string());
         }

@@ -1,6 +1,668 @@
-//! The `report` module (skeleton: filled in by its own issue).
+//! The `report` module: metrics loading, statistics, experiment_report.md, SVG plots, the hypergraph.
+//! Every number a report shows is computed here, never by the LLM. Functions that read data return
+//! `nil, err` when the data is not usable (err.kind: "not_found", "io", "parse", "no_models",
+//! "no_metric", "bad_baseline", "plot", "notebook"); wrong arguments raise.
+
 use mlua::prelude::*;
+use serde_json::json;
+
+use super::util;
+use crate::host::HostCtx;
+use crate::report::markdown;
+use crate::report::metrics::{self, Metrics};
+use crate::report::stats::{self, Comparison, Direction};
 
 pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
-    lua.create_table()
+    let t = lua.create_table()?;
+    t.set("load_metrics", lua.create_function(load_metrics)?)?;
+    t.set("compare", lua.create_function(compare)?)?;
+    t.set("score", lua.create_function(score)?)?;
+    t.set("markdown", lua.create_function(markdown)?)?;
+    t.set("narrative_input", lua.create_function(narrative_input)?)?;
+    t.set("narrative_messages", lua.create_function(narrative_messages)?)?;
+    t.set("plot_folds", lua.create_function(plot_folds)?)?;
+    t.set("plot_iterations", lua.create_function(plot_iterations)?)?;
+    t.set("hypergraph", lua.create_function(hypergraph)?)?;
+    t.set("mermaid", lua.create_function(mermaid)?)?;
+    t.set("direction", lua.create_function(|_, metric: String| Ok(Direction::infer(&metric).as_str()))?)?;
+    Ok(t)
+}
+
+/// A successful result: one value (so `print(report.x(...))` shows no trailing nil).
+fn ok(lua: &Lua, v: impl IntoLua) -> LuaResult<LuaMultiValue> {
+    v.into_lua_multi(lua)
+}
+
+/// An expected failure: `nil, err`.
+fn fail(lua: &Lua, kind: &str, msg: impl AsRef<str>) -> LuaResult<LuaMultiValue> {
+    util::fail(lua, kind, msg)?.into_lua_multi(lua)
+}
+
+fn fail_with(lua: &Lua, kind: &str, msg: impl AsRef<str>, extra: &serde_json::Value) -> LuaResult<LuaMultiValue> {
+    util::fail_with(lua, kind, msg, extra)?.into_lua_multi(lua)
+}
+
+/// Why metrics could not be had: (err.kind, message).
+type Failure = (&'static str, String);
+
+/// Read metrics from a path (a file, or a folder holding metrics.json) or a table (raw or already
+/// normalised). Raises when the argument is neither.
+pub(crate) fn metrics_arg(lua: &Lua, v: &LuaValue, func: &str) -> LuaResult<Result<Metrics, Failure>> {
+    match v {
+        LuaValue::String(s) => Ok(load_path(&s.to_string_lossy())),
+        LuaValue::Table(t) => {
+            let doc = util::from_lua_checked(lua, v, func)?;
+            let mut m = match metrics::normalize(&doc) {
+                Ok(m) => m,
+                Err(e) => return Ok(Err(("no_models", format!("the metrics table: {e}")))),
+            };
+            // a Lua table has no order: take the one load_metrics recorded, else sort by name
+            let order: Vec<String> = match t.get::<LuaValue>("order")? {
+                LuaValue::Table(o) => o.sequence_values::<String>().filter_map(|x| x.ok()).collect(),
+                _ => Vec::new(),
+            };
+            m.models.sort_by(|a, b| {
+                let pa = order.iter().position(|n| *n == a.name).unwrap_or(usize::MAX);
+                let pb = order.iter().position(|n| *n == b.name).unwrap_or(usize::MAX);
+                pa.cmp(&pb).then_with(|| a.name.cmp(&b.name))
+            });
+            if let LuaValue::Table(w) = t.get::<LuaValue>("warnings")? {
+                let mut old: Vec<String> = w.sequence_values::<String>().filter_map(|x| x.ok()).collect();
+                old.retain(|x| !m.warnings.contains(x));
+                old.append(&mut m.warnings);
+                m.warnings = old;
+            }
+            Ok(Ok(m))
+        }
+        other => Err(util::misuse(
+            lua,
+            format!("{func}: expected a metrics.json path or a metrics table, got {}", other.type_name()),
+        )),
+    }
+}
+
+fn load_path(path: &str) -> Result<Metrics, Failure> {
+    let mut p = std::path::PathBuf::from(path);
+    if p.is_dir() {
+        p = p.join("metrics.json");
+    }
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(("not_found", format!("no metrics file at {}", p.display())))
+        }
+        Err(e) => return Err(("io", format!("cannot read metrics file {}: {e}", p.display()))),
+    };
+    if text.trim().is_empty() {
+        return Err(("parse", format!("metrics file {} is empty", p.display())));
+    }
+    let doc = crate::jsonx::parse(&text).map_err(|e| {
+        (
+            "parse",
+            format!("metrics file {} is not valid JSON (line {} column {}): {e}", p.display(), e.line(), e.column()),
+        )
+    })?;
+    metrics::normalize(&doc).map_err(|e| ("no_models", format!("metrics file {}: {e}", p.display())))
+}
+
+fn array(lua: &Lua, items: impl IntoIterator<Item = impl IntoLua>) -> LuaResult<LuaTable> {
+    let t = lua.create_sequence_from(items)?;
+    t.set_metatable(Some(lua.array_metatable()))?;
+    Ok(t)
+}
+
+pub(crate) fn metrics_to_lua(lua: &Lua, m: &Metrics) -> LuaResult<LuaTable> {
+    let t = lua.create_table()?;
+    let models = lua.create_table()?;
+    for model in &m.models {
+        let mt = lua.create_table()?;
+        let pf = lua.create_table()?;
+        for (fold, vals) in &model.per_fold {
+            let ft = lua.create_table()?;
+            for (k, v) in vals {
+                ft.set(k.as_str(), *v)?;
+            }
+            pf.set(fold.as_str(), ft)?;
+        }
+        let agg = lua.create_table()?;
+        for (k, v) in &model.aggregate {
+            agg.set(k.as_str(), *v)?;
+        }
+        mt.set("per_fold", pf)?;
+        mt.set("aggregate", agg)?;
+        models.set(model.name.as_str(), mt)?;
+    }
+    t.set("models", models)?;
+    t.set("winner", m.winner.as_deref())?;
+    t.set("folds", array(lua, m.folds.iter().map(|s| s.as_str()))?)?;
+    t.set("warnings", array(lua, m.warnings.iter().map(|s| s.as_str()))?)?;
+    t.set("order", array(lua, m.models.iter().map(|x| x.name.as_str()))?)?;
+    t.set("metric_names", array(lua, metrics::display_order(&m.metric_names()))?)?;
+    Ok(t)
+}
+
+fn load_metrics(lua: &Lua, v: LuaValue) -> LuaResult<LuaMultiValue> {
+    match metrics_arg(lua, &v, "report.load_metrics")? {
+        Ok(m) => ok(lua, metrics_to_lua(lua, &m)?),
+        Err((kind, msg)) => fail(lua, kind, msg),
+    }
+}
+
+/// The metric to use: the option, else the config's experiment.primary_metric, else the first
+/// metric present in display order.
+pub(crate) fn pick_metric(lua: &Lua, opt: Option<String>, m: &Metrics) -> Option<String> {
+    if let Some(x) = opt {
+        return Some(x);
+    }
+    if let Some(cfg) = HostCtx::get(lua).config.clone() {
+        return Some(cfg.experiment.primary_metric.clone());
+    }
+    metrics::display_order(&m.metric_names()).into_iter().next()
+}
+
+/// The direction: the option, else the config's experiment.direction when `metric` is the config's
+/// primary metric, else inferred from the name (None = infer).
+pub(crate) fn pick_direction(lua: &Lua, opt: Option<String>, metric: &str, func: &str) -> LuaResult<Option<Direction>> {
+    if let Some(d) = opt {
+        return Direction::parse(&d)
+            .map(Some)
+            .ok_or_else(|| util::misuse(lua, format!("{func}: direction must be \"lower\" or \"higher\", got '{d}'")));
+    }
+    if let Some(cfg) = HostCtx::get(lua).config.clone() {
+        if cfg.experiment.primary_metric.eq_ignore_ascii_case(metric) {
+            if let Some(d) = cfg.experiment.direction.as_deref().and_then(Direction::parse) {
+                return Ok(Some(d));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn opt_string(t: &Option<LuaTable>, key: &str) -> LuaResult<Option<String>> {
+    match t {
+        Some(t) => t.get::<Option<String>>(key),
+        None => Ok(None),
+    }
+}
+
+/// Put an f64 into a table only when it is finite (never a NaN in a script's hands by accident).
+fn set_num(t: &LuaTable, k: &str, v: Option<f64>) -> LuaResult<()> {
+    if let Some(x) = v.filter(|x| x.is_finite()) {
+        t.set(k, x)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn comparison_to_lua(lua: &Lua, c: &Comparison) -> LuaResult<LuaTable> {
+    let t = lua.create_table()?;
+    t.set("metric", c.metric.as_str())?;
+    t.set("direction", c.direction.as_str())?;
+    t.set("direction_source", c.direction_source)?;
+    t.set("baseline", c.baseline.as_str())?;
+    t.set("best", c.best.as_deref())?;
+    t.set("alpha", stats::ALPHA)?;
+    t.set("order", array(lua, c.entries.iter().map(|e| e.name.as_str()))?)?;
+    let models = lua.create_table()?;
+    for e in &c.entries {
+        let m = lua.create_table()?;
+        set_num(&m, "mean", e.summary.mean)?;
+        set_num(&m, "sd", e.summary.sd)?;
+        m.set("n", e.summary.n)?;
+        m.set("dropped", e.summary.dropped)?;
+        m.set("source", e.summary.source)?;
+        m.set("is_baseline", e.is_baseline)?;
+        set_num(&m, "delta_pct", e.delta_pct)?;
+        m.set("delta_reason", e.delta_reason.as_deref())?;
+        m.set("n_paired", e.n_paired)?;
+        if let Some(tt) = &e.ttest {
+            m.set("test", "paired t")?;
+            set_num(&m, "t", Some(tt.t))?;
+            m.set("df", tt.df)?;
+            set_num(&m, "p_value", Some(tt.p_value))?;
+            m.set("significant", tt.p_value < stats::ALPHA)?;
+            set_num(&m, "mean_diff", Some(tt.mean_diff))?;
+            set_num(&m, "sd_diff", Some(tt.sd_diff))?;
+            set_num(&m, "cohens_dz", Some(tt.cohens_dz))?;
+            let ci = lua.create_table()?;
+            ci.set("lo", tt.ci95.0)?;
+            ci.set("hi", tt.ci95.1)?;
+            m.set("ci95", ci)?;
+        }
+        set_num(&m, "holm_p", e.holm_p)?;
+        if let Some(h) = e.holm_p {
+            m.set("holm_significant", h < stats::ALPHA)?;
+        }
+        set_num(&m, "wilcoxon_p", e.wilcoxon_p)?;
+        m.set("wilcoxon_method", e.wilcoxon_method.map(|w| w.as_str()))?;
+        m.set("wilcoxon_reason", e.wilcoxon_reason.as_deref())?;
+        m.set("no_test_reason", e.no_test_reason.as_deref())?;
+        m.set("notes", array(lua, e.notes.iter().map(|s| s.as_str()))?)?;
+        models.set(e.name.as_str(), m)?;
+    }
+    t.set("models", models)?;
+    Ok(t)
+}
+
+/// Metrics, metric and direction for a function taking `(metrics, {metric=, baseline=, direction=})`.
+pub(crate) fn comparison_for(
+    lua: &Lua,
+    m: &Metrics,
+    opts: &Option<LuaTable>,
+    func: &str,
+) -> LuaResult<Result<Comparison, Failure>> {
+    let Some(metric) = pick_metric(lua, opt_string(opts, "metric")?, m) else {
+        return Ok(Err(("no_metric", "no model reports any metric".into())));
+    };
+    let direction = pick_direction(lua, opt_string(opts, "direction")?, &metric, func)?;
+    let baseline = opt_string(opts, "baseline")?;
+    Ok(stats::compare(m, &metric, baseline.as_deref(), direction).map_err(|e| {
+        let kind = if baseline.is_some() && e.starts_with("the baseline") { "bad_baseline" } else { "no_metric" };
+        (kind, e)
+    }))
+}
+
+fn compare(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
+    if let Some(o) = &opts {
+        util::check_opts(lua, o, "report.compare", &["metric", "baseline", "direction"])?;
+    }
+    let m = match metrics_arg(lua, &v, "report.compare")? {
+        Ok(m) => m,
+        Err((kind, msg)) => return fail(lua, kind, msg),
+    };
+    match comparison_for(lua, &m, &opts, "report.compare")? {
+        Ok(c) => ok(lua, comparison_to_lua(lua, &c)?),
+        Err((kind, msg)) => fail(lua, kind, msg),
+    }
+}
+
+fn score(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
+    if let Some(o) = &opts {
+        util::check_opts(lua, o, "report.score", &["metric", "direction"])?;
+    }
+    let m = match metrics_arg(lua, &v, "report.score")? {
+        Ok(m) => m,
+        Err((kind, msg)) => return fail(lua, kind, msg),
+    };
+    let Some(metric) = pick_metric(lua, opt_string(&opts, "metric")?, &m) else {
+        return fail(lua, "no_metric", "no model reports any metric");
+    };
+    let direction = pick_direction(lua, opt_string(&opts, "direction")?, &metric, "report.score")?
+        .unwrap_or_else(|| Direction::infer(&metric));
+    match stats::score(&m, &metric) {
+        Ok((s, model, source)) => {
+            let t = lua.create_table()?;
+            t.set("score", s)?;
+            t.set("model", model)?;
+            t.set("source", source)?;
+            t.set("metric", m.resolve_metric(&metric).unwrap_or(metric))?;
+            t.set("direction", direction.as_str())?;
+            ok(lua, t)
+        }
+        Err(e) => fail_with(lua, "no_metric", e, &json!({ "metric": metric })),
+    }
+}
+
+/// Markdown options shared by `markdown`, `narrative_input` and `narrative_messages`.
+fn md_options(lua: &Lua, m: &Metrics, opts: &Option<LuaTable>, func: &str) -> LuaResult<markdown::Options> {
+    let metric = pick_metric(lua, opt_string(opts, "metric")?, m);
+    let direction = match &metric {
+        Some(x) => pick_direction(lua, opt_string(opts, "direction")?, x, func)?,
+        None => None,
+    };
+    let mut plots = Vec::new();
+    if let Some(LuaValue::Table(list)) = opts.as_ref().map(|o| o.get::<LuaValue>("plots")).transpose()? {
+        for v in list.sequence_values::<LuaValue>() {
+            match v? {
+                LuaValue::String(s) => {
+                    let p = s.to_string_lossy();
+                    let title = std::path::Path::new(&p)
+                        .file_stem()
+                        .map(|x| x.to_string_lossy().replace(['_', '-'], " "))
+                        .unwrap_or_else(|| p.clone());
+                    plots.push((p, title));
+                }
+                LuaValue::Table(t) => {
+                    let Some(p) = t.get::<Option<String>>("path")? else {
+                        return Err(util::misuse(lua, format!("{func}: each plot needs a path")));
+                    };
+                    let title = t.get::<Option<String>>("title")?.unwrap_or_else(|| p.clone());
+                    plots.push((p, title));
+                }
+                other => {
+                    return Err(util::misuse(
+                        lua,
+                        format!("{func}: plots are paths or {{path=, title=}} tables, got {}", other.type_name()),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(markdown::Options {
+        metric,
+        direction,
+        baseline: opt_string(opts, "baseline")?,
+        narrative: opt_string(opts, "narrative")?,
+        narrative_error: match opts.as_ref().map(|o| o.get::<LuaValue>("narrative_error")).transpose()? {
+            None | Some(LuaValue::Nil) => None,
+            Some(LuaValue::String(s)) => Some(s.to_string_lossy()),
+            // an err table from llm.chat: use its message
+            Some(LuaValue::Table(t)) => {
+                Some(t.get::<Option<String>>("message")?.unwrap_or_else(|| "the LLM call failed".into()))
+            }
+            Some(other) => Some(other.to_string()?),
+        },
+        plots,
+        title: opt_string(opts, "title")?,
+    })
+}
+
+/// Write a file atomically (a temporary file in the same folder, then rename), creating folders.
+pub(crate) fn write_atomic(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(data)?;
+    // NamedTempFile is created 0600; a report is for everyone who can read the folder
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o644);
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn markdown(lua: &Lua, opts: LuaTable) -> LuaResult<LuaMultiValue> {
+    const KEYS: &[&str] =
+        &["metrics", "metric", "direction", "baseline", "narrative", "narrative_error", "plots", "title", "path"];
+    util::check_opts(lua, &opts, "report.markdown", KEYS)?;
+    let mv: LuaValue = opts.get("metrics")?;
+    if mv.is_nil() {
+        return Err(util::misuse(lua, "report.markdown: 'metrics' (a path or a metrics table) is required"));
+    }
+    let o = Some(opts.clone());
+    let text = match metrics_arg(lua, &mv, "report.markdown")? {
+        Ok(m) => {
+            let mo = md_options(lua, &m, &o, "report.markdown")?;
+            markdown::render(&m, &mo)
+        }
+        Err((_, why)) => {
+            let mo = md_options(lua, &Metrics::default(), &o, "report.markdown")?;
+            markdown::render_unavailable(mo.title.as_deref(), &why, &mo)
+        }
+    };
+    if let Some(path) = opt_string(&o, "path")? {
+        if let Err(e) = write_atomic(std::path::Path::new(&path), text.as_bytes()) {
+            return fail(lua, "io", format!("cannot write {path}: {e}"));
+        }
+    }
+    ok(lua, text)
+}
+
+fn narrative_input(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
+    if let Some(o) = &opts {
+        util::check_opts(lua, o, "report.narrative_input", &["metric", "baseline", "direction"])?;
+    }
+    let m = match metrics_arg(lua, &v, "report.narrative_input")? {
+        Ok(m) => m,
+        Err((kind, msg)) => return fail(lua, kind, msg),
+    };
+    let mo = md_options(lua, &m, &opts, "report.narrative_input")?;
+    let text = crate::jsonx::to_string(&markdown::narrative_input(&m, &mo), true);
+    ok(lua, text)
+}
+
+/// The chat messages for the narrative: the report prompt (a table with `system` and `user_template`,
+/// or the path of its YAML file) with `${primary_metric}` and `${metrics_json}` filled in.
+fn narrative_messages(
+    lua: &Lua,
+    (prompt, v, opts): (LuaValue, LuaValue, Option<LuaTable>),
+) -> LuaResult<LuaMultiValue> {
+    if let Some(o) = &opts {
+        util::check_opts(lua, o, "report.narrative_messages", &["metric", "baseline", "direction"])?;
+    }
+    let (system, user) = match &prompt {
+        LuaValue::Table(t) => (t.get::<Option<String>>("system")?, t.get::<Option<String>>("user_template")?),
+        LuaValue::String(p) => {
+            let p = p.to_string_lossy();
+            let text = match std::fs::read_to_string(&p) {
+                Ok(t) => t,
+                Err(e) => return fail(lua, "io", format!("cannot read report prompt {p}: {e}")),
+            };
+            let y: serde_yaml_ng::Value = match serde_yaml_ng::from_str(&text) {
+                Ok(y) => y,
+                Err(e) => return fail(lua, "parse", format!("report prompt {p} is not valid YAML: {e}")),
+            };
+            let get = |k: &str| y.get(k).and_then(|v| v.as_str()).map(String::from);
+            (get("system"), get("user_template"))
+        }
+        other => {
+            return Err(util::misuse(
+                lua,
+                format!("report.narrative_messages: the prompt is a table or a YAML path, got {}", other.type_name()),
+            ))
+        }
+    };
+    let m = match metrics_arg(lua, &v, "report.narrative_messages")? {
+        Ok(m) => m,
+        Err((kind, msg)) => return fail(lua, kind, msg),
+    };
+    let mo = md_options(lua, &m, &opts, "report.narrative_messages")?;
+    let json_text = crate::jsonx::to_string(&markdown::narrative_input(&m, &mo), true);
+    let metric = markdown::comparison(&m, &mo).map(|c| c.metric).ok().or(mo.metric.clone()).unwrap_or_default();
+    let vars = [("primary_metric", metric.as_str()), ("metrics_json", json_text.as_str())];
+    let system = markdown::fill_template(system.as_deref().unwrap_or(DEFAULT_SYSTEM), &vars);
+    let user = markdown::fill_template(user.as_deref().unwrap_or(DEFAULT_USER), &vars);
+    let msgs = array(
+        lua,
+        [("system", system), ("user", user)].into_iter().map(|(role, content)| {
+            let t = lua.create_table().expect("table");
+            t.set("role", role).expect("set");
+            t.set("content", content).expect("set");
+            t
+        }),
+    )?;
+    ok(lua, msgs)
+}
+
+const DEFAULT_SYSTEM: &str = "You are a computational biologist. The results table of this experiment is already \
+written from the computed numbers below; write only the discussion: which model wins on ${primary_metric} and by \
+how much, whether the differences against the baseline are statistically significant, and what the other metrics \
+add. Quote numbers only from the JSON. Markdown, no tables, at most 300 words.";
+const DEFAULT_USER: &str = "```json\n${metrics_json}\n```";
+
+/// Write `svg` to `path` when one is given and return the path, else return the SVG text.
+fn svg_result(lua: &Lua, svg: String, path: Option<String>) -> LuaResult<LuaMultiValue> {
+    match path {
+        Some(p) => match write_atomic(std::path::Path::new(&p), svg.as_bytes()) {
+            Ok(()) => ok(lua, p),
+            Err(e) => fail(lua, "io", format!("cannot write {p}: {e}")),
+        },
+        None => ok(lua, svg),
+    }
+}
+
+fn plot_folds(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
+    if let Some(o) = &opts {
+        util::check_opts(lua, o, "report.plot_folds", &["metric", "path", "direction", "title"])?;
+    }
+    let m = match metrics_arg(lua, &v, "report.plot_folds")? {
+        Ok(m) => m,
+        Err((kind, msg)) => return fail(lua, kind, msg),
+    };
+    let Some(metric) = pick_metric(lua, opt_string(&opts, "metric")?, &m) else {
+        return fail(lua, "no_metric", "no model reports any metric");
+    };
+    let direction = pick_direction(lua, opt_string(&opts, "direction")?, &metric, "report.plot_folds")?
+        .unwrap_or_else(|| Direction::infer(&metric));
+    let title = opt_string(&opts, "title")?;
+    match crate::report::plot::folds_svg(&m, &metric, direction, title.as_deref()) {
+        Ok(svg) => svg_result(lua, svg, opt_string(&opts, "path")?),
+        Err(e) => fail(lua, if e.starts_with("no ") { "no_metric" } else { "plot" }, e),
+    }
+}
+
+fn plot_iterations(lua: &Lua, (v, opts): (LuaTable, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
+    use crate::report::plot::Iteration;
+    const F: &str = "report.plot_iterations";
+    if let Some(o) = &opts {
+        util::check_opts(lua, o, F, &["threshold", "metric", "path", "direction", "title"])?;
+    }
+    let mut its = Vec::new();
+    for (i, item) in v.sequence_values::<LuaValue>().enumerate() {
+        let pos = i as i64 + 1;
+        let it = match item? {
+            LuaValue::Integer(x) => Iteration { number: pos, score: Some(x as f64), status: None },
+            LuaValue::Number(x) => Iteration { number: pos, score: Some(x), status: None },
+            LuaValue::Table(t) => {
+                let number = ["iteration", "number", "index"]
+                    .iter()
+                    .find_map(|k| t.get::<Option<i64>>(*k).ok().flatten())
+                    .unwrap_or(pos);
+                let score = match t.get::<LuaValue>("score")? {
+                    LuaValue::Integer(x) => Some(x as f64),
+                    LuaValue::Number(x) => Some(x),
+                    _ => None,
+                };
+                Iteration { number, score, status: t.get::<Option<String>>("status")? }
+            }
+            other => {
+                return Err(util::misuse(
+                    lua,
+                    format!(
+                        "{F}: iterations are numbers or {{iteration=, score=, status=}} tables, got {}",
+                        other.type_name()
+                    ),
+                ))
+            }
+        };
+        its.push(it);
+    }
+    let metric = match opt_string(&opts, "metric")? {
+        Some(m) => m,
+        None => {
+            HostCtx::get(lua).config.as_ref().map(|c| c.experiment.primary_metric.clone()).unwrap_or("score".into())
+        }
+    };
+    let direction =
+        pick_direction(lua, opt_string(&opts, "direction")?, &metric, F)?.unwrap_or_else(|| Direction::infer(&metric));
+    let threshold = match &opts {
+        Some(o) => o.get::<Option<f64>>("threshold")?,
+        None => None,
+    };
+    let title = opt_string(&opts, "title")?;
+    match crate::report::plot::iterations_svg(&its, threshold, &metric, direction, title.as_deref()) {
+        Ok(svg) => svg_result(lua, svg, opt_string(&opts, "path")?),
+        Err(e) => fail(lua, "plot", e),
+    }
+}
+
+/// A notebook argument: a notebook handle (its `to_table()`), an nbformat table, or an .ipynb path.
+fn notebook_arg(
+    lua: &Lua,
+    v: &LuaValue,
+    func: &str,
+) -> LuaResult<Result<crate::report::hypergraph::Hypergraph, Failure>> {
+    let doc = match v {
+        LuaValue::UserData(ud) => {
+            let t: LuaValue = ud
+                .call_method("to_table", ())
+                .map_err(|e| util::misuse(lua, format!("{func}: the notebook handle has no usable to_table(): {e}")))?;
+            util::from_lua_checked(lua, &t, func)?
+        }
+        LuaValue::Table(_) => util::from_lua_checked(lua, v, func)?,
+        LuaValue::String(s) => {
+            let p = s.to_string_lossy();
+            let text = match std::fs::read_to_string(&p) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(Err(("not_found", format!("no notebook at {p}"))))
+                }
+                Err(e) => return Ok(Err(("io", format!("cannot read notebook {p}: {e}")))),
+            };
+            match crate::jsonx::parse(&text) {
+                Ok(d) => d,
+                Err(e) => {
+                    return Ok(Err((
+                        "parse",
+                        format!("notebook {p} is not valid JSON (line {} column {}): {e}", e.line(), e.column()),
+                    )))
+                }
+            }
+        }
+        other => {
+            return Err(util::misuse(
+                lua,
+                format!("{func}: expected a notebook, an nbformat table or an .ipynb path, got {}", other.type_name()),
+            ))
+        }
+    };
+    Ok(crate::report::hypergraph::from_notebook(&doc).map_err(|e| ("notebook", e)))
+}
+
+fn hypergraph(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
+    if let Some(o) = &opts {
+        util::check_opts(lua, o, "report.hypergraph", &["path"])?;
+    }
+    let h = match notebook_arg(lua, &v, "report.hypergraph")? {
+        Ok(h) => h,
+        Err((kind, msg)) => return fail(lua, kind, msg),
+    };
+    let doc = h.to_json();
+    if let Some(p) = opt_string(&opts, "path")? {
+        let text = crate::jsonx::to_string(&doc, true) + "\n";
+        if let Err(e) = write_atomic(std::path::Path::new(&p), text.as_bytes()) {
+            return fail(lua, "io", format!("cannot write {p}: {e}"));
+        }
+    }
+    ok(lua, util::to_lua(lua, &doc)?)
+}
+
+fn mermaid(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
+    if let Some(o) = &opts {
+        util::check_opts(lua, o, "report.mermaid", &["path"])?;
+    }
+    let h = match notebook_arg(lua, &v, "report.mermaid")? {
+        Ok(h) => h,
+        Err((kind, msg)) => return fail(lua, kind, msg),
+    };
+    let text = h.mermaid();
+    if let Some(p) = opt_string(&opts, "path")? {
+        if let Err(e) = write_atomic(std::path::Path::new(&p), text.as_bytes()) {
+            return fail(lua, "io", format!("cannot write {p}: {e}"));
+        }
+    }
+    ok(lua, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stands in for the notebook module's handle: all `report` needs is `nb:to_table()`.
+    struct FakeNotebook(serde_json::Value);
+
+    impl LuaUserData for FakeNotebook {
+        fn add_methods<M: LuaUserDataMethods<Self>>(m: &mut M) {
+            m.add_method("to_table", |lua, this, ()| util::to_lua(lua, &this.0));
+        }
+    }
+
+    #[test]
+    fn a_notebook_handle_is_read_through_its_to_table() {
+        let lua = Lua::new();
+        util::remember_array_metatable(&lua);
+        let report = register(&lua).unwrap();
+        let nb = FakeNotebook(serde_json::json!({
+            "cells": [{"cell_type": "code", "source": "", "metadata": {"subtask": {"id": "a", "name": "A", "purpose": "p"}}},
+                      {"cell_type": "code", "source": "", "metadata": {"subtask": {"id": "b", "name": "B", "purpose": ""}}}],
+            "metadata": {"execution": {"hypergraph": {"hyperedges": [{"tail": "a", "head": "b"}]}}}
+        }));
+        let (text, h): (String, LuaTable) =
+            lua.load("local r, nb = ...; return r.mermaid(nb), r.hypergraph(nb)").call((report, nb)).unwrap();
+        assert!(text.contains("c0[\"a: A<br/>p\"]") && text.contains("c0 --> c1"), "{text}");
+        assert_eq!(h.get::<LuaTable>("cells").unwrap().raw_len(), 2);
+    }
 }

@@ -1,1 +1,739 @@
-//! Tests for the llm area.
+//! Tests for the llm area: the real binary (`cellsci script`) against the loopback fake server, over
+//! real HTTP. After each, the key must appear in no file cellsci wrote and nothing it printed.
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::util::fake_llm::{FakeLlm, Reply};
+use crate::util::{self, tempdir};
+
+const KEY: &str = "sk-test-SECRET123456789";
+
+/// Write `cfg.json` with an llm section pointing at `url` (plus `extra` keys in the llm section).
+fn config(dir: &Path, url: &str, extra: Value) {
+    let mut llm = json!({"model": "fake-model", "base_url": url, "api_key": KEY, "timeout": 10});
+    if let (Some(o), Value::Object(e)) = (llm.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    util::write(dir, "cfg.json", &serde_json::to_string_pretty(&json!({"dataset_name": "t", "llm": llm})).unwrap());
+}
+
+/// Run `lua` as a script with the config in `dir`; extra global flags go before `script`.
+fn run(dir: &Path, lua: &str, flags: &[&str]) -> Output {
+    util::write(dir, "t.lua", lua);
+    let out = util::cellsci(dir).args(["--config", "cfg.json"]).args(flags).args(["script", "t.lua"]).output().unwrap();
+    assert_no_key(dir, &out);
+    out
+}
+
+fn ok(out: &Output) -> String {
+    let t = util::text(out);
+    assert_eq!(out.status.code(), Some(0), "script failed:\n{t}");
+    println!("{t}");
+    t
+}
+
+/// The key is in no file under `dir` other than the config the test wrote, and in no output.
+fn assert_no_key(dir: &Path, out: &Output) {
+    let printed = util::text(out);
+    assert!(!printed.contains("SECRET123456789"), "the key was printed:\n{printed}");
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n != "cfg.json") {
+                let bytes = std::fs::read(&p).unwrap_or_default();
+                assert!(
+                    !String::from_utf8_lossy(&bytes).contains("SECRET123456789"),
+                    "the key was written to {}",
+                    p.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn chat_sends_an_openai_request_and_returns_the_reply() {
+    let srv = FakeLlm::start();
+    srv.push_reply("hello there");
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local r, err = llm.chat{prompt = "hi", system = "be brief", temperature = 0.1, max_tokens = 50,
+                                extra = {seed = 7}}
+        assert(r, tostring(err))
+        assert(r.text == "hello there", r.text)
+        assert(r.finish_reason == "stop", r.finish_reason)
+        assert(r.usage.total_tokens > 0)
+        assert(r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens)
+        assert(r.attempts == 1 and r.model == "fake-model" and r.latency >= 0 and r.streamed == false)
+        local u = llm.usage()
+        assert(u.calls == 1 and u.requests == 1 and u.total_tokens == r.usage.total_tokens, u.calls)
+        assert(u.models["fake-model"].calls == 1)
+        local s = llm.settings()
+        assert(s.api_key == "***6789", s.api_key)
+        local ok, e = pcall(llm.chat, {promt = "typo"})
+        assert(not ok and tostring(e):find("unknown option 'promt'") and tostring(e):find("t.lua:"), tostring(e))
+        print("OK")
+        "#,
+        &[],
+    );
+    assert!(ok(&out).contains("OK"));
+    let rx = srv.received();
+    assert_eq!(rx.len(), 1);
+    assert_eq!(rx[0].method, "POST");
+    assert_eq!(rx[0].path, "/v1/chat/completions");
+    assert_eq!(rx[0].header("authorization"), Some(format!("Bearer {KEY}").as_str()));
+    let b = &rx[0].body;
+    assert_eq!(b["model"], "fake-model");
+    assert_eq!(b["messages"], json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]));
+    assert_eq!(b["temperature"], json!(0.1));
+    assert_eq!(b["max_tokens"], json!(50));
+    assert_eq!(b["seed"], json!(7));
+    assert!(b.get("stream").is_none(), "not a terminal: no streaming by default");
+}
+
+#[test]
+fn rate_limited_429_waits_as_retry_after_says() {
+    let srv = FakeLlm::start();
+    srv.push(429, &[("Retry-After", "1")], r#"{"error": {"message": "Rate limit reached"}}"#);
+    srv.push_reply("after the wait");
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x"}
+        assert(r, tostring(err))
+        assert(r.text == "after the wait" and r.attempts == 2, r.attempts)
+        local u = require("llm").usage()
+        assert(u.requests == 2 and u.retries == 1 and u.failures.rate_limited == 1)
+        "#,
+        &[],
+    );
+    ok(&out);
+    let rx = srv.received();
+    assert_eq!(rx.len(), 2);
+    let gap = rx[1].at.duration_since(rx[0].at);
+    assert!(gap >= Duration::from_millis(950), "Retry-After: 1 was not honoured (retried after {gap:?})");
+}
+
+#[test]
+fn server_500_is_retried_until_the_deadline_then_named() {
+    let srv = FakeLlm::start();
+    srv.set_default(Reply::Http { status: 500, headers: vec![], body: b"upstream exploded".to_vec() });
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local policy = require("retry").new{base = 0.05, max_wait = 0.2, deadline = 1, max_attempts = 100,
+                                            per_kind = {server = 100}}
+        local r, err = require("llm").chat{prompt = "x", retry = policy}
+        assert(not r)
+        print(tostring(err))
+        assert(err.kind == "server" and err.status == 500, err.kind)
+        assert(err.attempts >= 2, err.attempts)
+        -- waits are at most 0.25 s, so it cannot have stopped before 0.75 s of the 1 s deadline
+        assert(err.elapsed > 0.7, err.elapsed)
+        local m = err.message
+        assert(m:find("HTTP 500") and m:find("upstream exploded") and m:find("attempts") and m:find("deadline"), m)
+        assert(not m:find("None"))
+        "#,
+        &[],
+    );
+    let t = ok(&out);
+    assert!(t.contains("server: HTTP 500"), "{t}");
+    assert!(srv.requests().len() >= 3);
+}
+
+#[test]
+fn a_server_that_stalls_past_the_timeout_is_a_timeout() {
+    let srv = FakeLlm::start();
+    srv.push_stall(20.0);
+    srv.push_reply("fine now");
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local r, err = llm.chat{prompt = "x", timeout = 0.5, retry = false}
+        assert(not r and err.kind == "timeout", tostring(err))
+        assert(err.message:find("within 0.5s") and err.attempts == 1, err.message)
+        local r2, err2 = llm.chat{prompt = "y", timeout = 5}
+        assert(r2 and r2.text == "fine now", tostring(err2))
+        "#,
+        &[],
+    );
+    ok(&out);
+}
+
+#[test]
+fn a_dropped_connection_is_a_reset_and_is_retried() {
+    let srv = FakeLlm::start();
+    srv.push_drop();
+    srv.push_reply("after the drop");
+    srv.push_drop();
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local r, err = llm.chat{prompt = "x", retry = require("retry").new{base = 0.01}}
+        assert(r, tostring(err))
+        assert(r.text == "after the drop" and r.attempts == 2, r.attempts)
+        local r2, err2 = llm.chat{prompt = "y", retry = false}
+        assert(not r2 and err2.kind == "reset", tostring(err2))
+        print(tostring(err2))
+        "#,
+        &[],
+    );
+    ok(&out);
+}
+
+#[test]
+fn an_html_error_page_is_summarised_not_dumped() {
+    let srv = FakeLlm::start();
+    let html = "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway\
+                </h1></center><hr><center>nginx</center></body></html>";
+    srv.push(502, &[("content-type", "text/html")], html);
+    srv.push(200, &[("content-type", "text/html")], html);
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local r, err = llm.chat{prompt = "x", retry = false}
+        assert(not r and err.kind == "server" and err.status == 502, tostring(err))
+        assert(err.message:find("502 Bad Gateway") and not err.message:find("<html"), err.message)
+        local r2, err2 = llm.chat{prompt = "x", retry = false}
+        assert(not r2 and err2.kind == "bad_body", tostring(err2))
+        assert(err2.message:find("not a JSON completion") and err2.message:find("HTML page"), err2.message)
+        "#,
+        &[],
+    );
+    ok(&out);
+}
+
+#[test]
+fn empty_content_is_empty() {
+    let srv = FakeLlm::start();
+    srv.push_reply("");
+    srv.push_reply("  \n");
+    srv.push_reply("finally");
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local r, err = llm.chat{prompt = "x", retry = false}
+        assert(not r and err.kind == "empty", tostring(err))
+        -- the default policy retries an empty reply
+        local r2, err2 = llm.chat{prompt = "x", retry = require("retry").new{base = 0.01}}
+        assert(r2 and r2.text == "finally" and r2.attempts == 2, tostring(err2))
+        "#,
+        &[],
+    );
+    ok(&out);
+}
+
+#[test]
+fn a_truncated_reply_is_not_retried_and_keeps_the_partial_text() {
+    let srv = FakeLlm::start();
+    srv.push_truncated("{\"cells\": [{\"id\": \"c1\", \"code\": \"import num");
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"max_tokens": 16}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local r, err = llm.chat{prompt = "x"}
+        assert(not r and err.kind == "truncated", tostring(err))
+        assert(err.attempts == 1, "truncated is not retried by default")
+        assert(err.text:find("import num", 1, true) and err.finish_reason == "length")
+        assert(err.message:find("max_tokens = 16"), err.message)
+        local v, e = llm.extract_json(err.text)
+        assert(v == nil and e.kind == "truncated", tostring(e))
+        "#,
+        &[],
+    );
+    ok(&out);
+    assert_eq!(srv.requests()[0]["max_tokens"], json!(16));
+}
+
+#[test]
+fn streaming_assembles_the_text_and_counts_usage() {
+    let srv = FakeLlm::start();
+    srv.push_stream(&["Hel", "lo ", "wor", "ld"], Duration::from_millis(20));
+    srv.push_reply("a plain reply, streamed by the server in pieces");
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local r, err = llm.chat{prompt = "x", stream = true}
+        assert(r, tostring(err))
+        assert(r.text == "Hello world" and r.streamed and r.usage.total_tokens > 0, r.text)
+        local r2 = assert(llm.chat{prompt = "y", stream = true})
+        assert(r2.text == "a plain reply, streamed by the server in pieces", r2.text)
+        "#,
+        &[],
+    );
+    ok(&out);
+    let b = &srv.requests()[0];
+    assert_eq!(b["stream"], json!(true));
+    assert_eq!(b["stream_options"]["include_usage"], json!(true));
+}
+
+#[test]
+fn a_server_that_refuses_streaming_gets_a_plain_request() {
+    let srv = FakeLlm::start();
+    srv.push(400, &[("content-type", "application/json")], r#"{"error": {"message": "streaming is not supported"}}"#);
+    srv.push_reply("plain one");
+    srv.push_reply("plain two");
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"stream": true}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local r = assert(llm.chat{prompt = "x"})
+        assert(r.text == "plain one" and not r.streamed and r.attempts == 1, r.text)
+        local r2 = assert(llm.chat{prompt = "y"})
+        assert(r2.text == "plain two")
+        "#,
+        &[],
+    );
+    ok(&out);
+    let rq = srv.requests();
+    assert_eq!(rq.len(), 3);
+    assert_eq!(rq[0]["stream"], json!(true));
+    assert!(rq[1].get("stream").is_none() && rq[2].get("stream").is_none(), "{rq:?}");
+}
+
+#[test]
+fn budgets_stop_the_run_with_a_clear_message() {
+    let srv = FakeLlm::start();
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"max_calls": 2}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        assert(llm.chat{prompt = "1"})
+        assert(llm.chat{prompt = "2"})
+        local r, err = llm.chat{prompt = "3"}
+        assert(not r and err.kind == "budget", tostring(err))
+        assert(err.message:find("llm.max_calls = 2"), err.message)
+        "#,
+        &[],
+    );
+    ok(&out);
+    assert_eq!(srv.requests().len(), 2);
+
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"max_total_tokens": 3}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        assert(llm.chat{prompt = "a prompt long enough to cost several tokens"})
+        local r, err = llm.chat{prompt = "again"}
+        assert(not r and err.kind == "budget" and err.message:find("max_total_tokens = 3"), tostring(err))
+        "#,
+        &[],
+    );
+    ok(&out);
+}
+
+#[test]
+fn record_then_replay_with_the_server_stopped() {
+    let srv = FakeLlm::start();
+    srv.push_reply("first answer");
+    srv.push_reply("second answer");
+    srv.push_reply("first again, differently");
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let script = r#"
+        local llm = require("llm")
+        local a = assert(llm.chat{prompt = "question one"})
+        local b = assert(llm.chat{prompt = "question two", temperature = 0.5})
+        local c = assert(llm.chat{prompt = "question one"})
+        print(a.text .. "|" .. b.text .. "|" .. c.text .. "|" .. tostring(a.replayed))
+    "#;
+    let out = run(dir.path(), script, &["--record", "cassette.jsonl"]);
+    assert!(ok(&out).contains("first answer|second answer|first again, differently|false"));
+    let cassette = std::fs::read_to_string(dir.path().join("cassette.jsonl")).unwrap();
+    assert_eq!(cassette.lines().count(), 3);
+    srv.stop();
+
+    let out = run(dir.path(), script, &["--replay", "cassette.jsonl"]);
+    assert!(ok(&out).contains("first answer|second answer|first again, differently|true"), "{}", util::text(&out));
+
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local r, err = llm.chat{prompt = "question three"}
+        assert(not r and err.kind == "replay_miss", tostring(err))
+        print(err.message)
+        assert(err.message:find("messages[1].content at char 10", 1, true), err.message)
+        assert(err.message:find("'question one'", 1, true) and err.message:find("'question three'", 1, true))
+        "#,
+        &["--replay", "cassette.jsonl"],
+    );
+    ok(&out);
+}
+
+#[test]
+fn a_missing_key_is_a_config_error_before_any_request() {
+    let dir = tempdir();
+    util::write(
+        dir.path(),
+        "cfg.json",
+        r#"{"llm": {"model": "m", "base_url": "[api](https://api.invalid.example/v1)"}}"#,
+    );
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x"}
+        assert(not r and err.kind == "config", tostring(err))
+        assert(err.message:find("OPENAI_API_KEY") and err.message:find("llm.api_key"), err.message)
+        assert(err.attempts == 1)
+        "#,
+        &[],
+    );
+    ok(&out);
+}
+
+#[test]
+fn a_local_endpoint_needs_no_key_and_the_env_key_is_used() {
+    let srv = FakeLlm::start();
+    let dir = tempdir();
+    // a pasted markdown link with a trailing slash and no /v1
+    let link = format!("[local](http://{}/)", srv.addr());
+    util::write(dir.path(), "cfg.json", &json!({"llm": {"model": "m", "base_url": link}}).to_string());
+    let out = run(dir.path(), r#"assert(require("llm").chat{prompt = "x"})"#, &[]);
+    ok(&out);
+    let out = util::cellsci(dir.path())
+        .env("OPENAI_API_KEY", KEY)
+        .args(["--config", "cfg.json", "script", "t.lua"])
+        .output()
+        .unwrap();
+    assert_no_key(dir.path(), &out);
+    ok(&out);
+    let rx = srv.received();
+    assert_eq!(rx[0].path, "/v1/chat/completions");
+    assert_eq!(rx[0].header("authorization"), None);
+    assert_eq!(rx[1].header("authorization"), Some(format!("Bearer {KEY}").as_str()));
+}
+
+#[test]
+fn a_client_error_is_not_retried_and_an_echoed_key_is_masked() {
+    let srv = FakeLlm::start();
+    let body = format!(r#"{{"error": {{"message": "Incorrect API key provided: {KEY}. Check it."}}}}"#);
+    srv.push(401, &[("content-type", "application/json")], &body);
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x"}
+        assert(not r and err.kind == "client" and err.status == 401 and err.attempts == 1, tostring(err))
+        print(tostring(err))
+        error(err.message)  -- what a script that gives up prints
+        "#,
+        &[],
+    );
+    let t = util::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("Incorrect API key provided: ***"), "{t}");
+    assert_eq!(srv.requests().len(), 1);
+}
+
+#[test]
+fn usage_snapshot_accounts_per_iteration() {
+    let srv = FakeLlm::start();
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        assert(llm.chat{prompt = "1"}); assert(llm.chat{prompt = "2", model = "other-model"})
+        local s1 = llm.usage_snapshot{reset = true}
+        assert(s1.calls == 2 and s1.models["other-model"].calls == 1, s1.calls)
+        assert(llm.chat{prompt = "3"})
+        local s2 = llm.usage_snapshot()
+        assert(s2.calls == 1 and s2.models["other-model"] == nil)
+        local u = llm.usage()
+        assert(u.calls == 3 and u.ok == 3 and u.models["fake-model"].calls == 2)
+        assert(u.total_tokens == s1.total_tokens + s2.total_tokens)
+        "#,
+        &[],
+    );
+    ok(&out);
+}
+
+#[test]
+fn concurrent_chats_respect_the_endpoint_limit() {
+    let srv = FakeLlm::start();
+    srv.set_default(Reply::Slow(Duration::from_millis(400), Box::new(Reply::text("slow"))));
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"max_concurrency": 2}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm, task = require("llm"), require("task")
+        local fs = {}
+        for i = 1, 6 do fs[i] = function() return assert(llm.chat{prompt = "p" .. i}).text end end
+        local rs = task.all(fs)
+        assert(#rs == 6 and rs[6] == "slow")
+        "#,
+        &[],
+    );
+    ok(&out);
+    assert_eq!(srv.requests().len(), 6);
+    assert_eq!(srv.max_in_flight(), 2, "at most max_concurrency requests at once, and they do overlap");
+}
+
+#[test]
+fn sixteen_coroutines_at_once() {
+    let srv = FakeLlm::start();
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"max_concurrency": 16}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm, task = require("llm"), require("task")
+        local fs = {}
+        for i = 1, 16 do
+          fs[i] = function()
+            for j = 1, 5 do assert(llm.chat{prompt = i .. "/" .. j}) end
+            return i
+          end
+        end
+        local rs = task.all(fs)
+        assert(#rs == 16 and llm.usage().ok == 80)
+        "#,
+        &[],
+    );
+    ok(&out);
+    assert_eq!(srv.requests().len(), 80);
+}
+
+#[test]
+fn a_retry_lua_next_to_the_script_replaces_the_policy() {
+    let srv = FakeLlm::start();
+    srv.set_default(Reply::Http { status: 503, headers: vec![], body: b"busy".to_vec() });
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    util::write(
+        dir.path(),
+        "retry.lua",
+        r#"
+        local M = {}
+        function M:decide(info)
+          DECISIONS = (DECISIONS or 0) + 1
+          assert(info.kind == "server" and info.status == 503 and info.counts.server == info.attempt)
+          if info.attempt < 3 then return true, 0.01 end
+          return false, 0, "my policy had enough"
+        end
+        return M
+        "#,
+    );
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local r, err = llm.chat{prompt = "x"}
+        assert(not r and err.attempts == 3 and DECISIONS == 3, tostring(err))
+        assert(err.message:find("my policy had enough"), err.message)
+        -- a function works as a policy too, and may answer with a table
+        local r2, err2 = llm.chat{prompt = "x", retry = function(info) return {retry = info.attempt < 2, wait = 0} end}
+        assert(not r2 and err2.attempts == 2, tostring(err2))
+        "#,
+        &[],
+    );
+    ok(&out);
+}
+
+#[test]
+fn ctrl_c_ends_a_stalled_call_promptly() {
+    let srv = FakeLlm::start();
+    srv.push_stall(120.0);
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"timeout": 300}));
+    util::write(dir.path(), "t.lua", r#"local r, err = require("llm").chat{prompt = "x"}; print(tostring(err))"#);
+    let mut child = util::cellsci(dir.path())
+        .args(["--config", "cfg.json", "script", "t.lua"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while srv.requests().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the request never arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: a signal to the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let t1 = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        // generous: this guards against hanging until the 120 s stall ends, not a speed figure
+        assert!(t1.elapsed() < Duration::from_secs(60), "cellsci did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_no_key(dir.path(), &out);
+    let t = util::text(&out);
+    assert!(t.contains("interrupted: interrupted (Ctrl-C)"), "{t}");
+}
+
+#[test]
+fn events_of_each_exchange_are_logged_masked() {
+    use cellsci::host::HostCtx;
+    let srv = FakeLlm::start();
+    srv.push(500, &[], &format!("echoing your key {KEY}"));
+    srv.push_reply("the answer");
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let cfg = cellsci::config::load(&dir.path().join("cfg.json")).unwrap();
+    let ctx = HostCtx::new(Some(std::sync::Arc::new(cfg)));
+    let events = dir.path().join("events.jsonl");
+    ctx.events.set_path(Some(events.clone()));
+    let script = util::write(
+        dir.path(),
+        "t.lua",
+        r#"local r = assert(require("llm").chat{prompt = "please answer", retry = require("retry").new{base = 0.01}})
+           assert(r.attempts == 2)"#,
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let lua = cellsci::lua::Runtime::new(ctx).unwrap();
+        lua.run_file(&script, &[]).await.unwrap();
+    });
+    let text = std::fs::read_to_string(&events).unwrap();
+    assert!(!text.contains("SECRET123456789"), "{text}");
+    let evs: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(evs.len(), 2);
+    assert_eq!(evs[0]["kind"], "llm");
+    assert_eq!(evs[0]["outcome"], "error");
+    assert_eq!(evs[0]["error"]["kind"], "server");
+    assert_eq!(evs[1]["outcome"], "ok");
+    assert_eq!(evs[1]["attempt"], 2);
+    assert_eq!(evs[1]["request"]["last_user"], "please answer");
+    assert_eq!(evs[1]["response"]["text"], "the answer");
+}
+
+#[test]
+fn nothing_listening_is_a_connect_failure() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempdir();
+    config(dir.path(), &format!("http://127.0.0.1:{port}/v1"), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x", retry = false}
+        assert(not r and err.kind == "connect", tostring(err))
+        assert(err.message:find("cannot connect to http://127.0.0.1:"), err.message)
+        "#,
+        &[],
+    );
+    ok(&out);
+}
+
+#[test]
+fn a_stream_that_goes_silent_is_a_timeout() {
+    let srv = FakeLlm::start();
+    srv.push_stream(&["partial ", "answer"], Duration::from_secs(5));
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x", stream = true, timeout = 1.5, retry = false}
+        assert(not r and err.kind == "timeout" and err.message:find("stream stalled"), tostring(err))
+        "#,
+        &[],
+    );
+    ok(&out);
+}
+
+#[test]
+fn an_exhausted_quota_is_not_waited_for() {
+    let srv = FakeLlm::start();
+    srv.push(
+        429,
+        &[("content-type", "application/json")],
+        r#"{"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}"#,
+    );
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x"}
+        assert(not r and err.kind == "client" and err.status == 429 and err.attempts == 1, tostring(err))
+        assert(err.message:find("exceeded your current quota"), err.message)
+        "#,
+        &[],
+    );
+    ok(&out);
+}
+
+#[test]
+fn the_configs_retry_options_shape_the_default_policy() {
+    let srv = FakeLlm::start();
+    srv.set_default(Reply::Http { status: 502, headers: vec![], body: b"bad gateway".to_vec() });
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"retry": {"base": 0.01, "per_kind": {"server": 2}}}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x"}
+        assert(not r and err.kind == "server" and err.attempts == 3, tostring(err))
+        assert(err.message:find("2 retries"), err.message)
+        local ok, e = pcall(require("retry").new, {dedline = 1})
+        assert(not ok and tostring(e):find("unknown option 'dedline'"), tostring(e))
+        "#,
+        &[],
+    );
+    ok(&out);
+    assert_eq!(srv.requests().len(), 3);
+}
+
+#[test]
+fn a_stream_that_trickles_forever_is_cut_at_six_timeouts() {
+    let srv = FakeLlm::start();
+    let pieces: Vec<&str> = vec!["tick "; 100];
+    srv.push_stream(&pieces, Duration::from_millis(100));
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x", stream = true, timeout = 1, retry = false}
+        assert(not r and err.kind == "timeout" and err.message:find("went on for more than 6s"), tostring(err))
+        "#,
+        &[],
+    );
+    ok(&out);
+}

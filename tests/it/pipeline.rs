@@ -1,1 +1,746 @@
-//! Tests for the pipeline area.
+//! End-to-end tests of the default pipeline (scripts/pipeline.lua): the real binary, a real ipykernel from
+//! the test venv, and the loopback fake LLM server answering by the kind of request (generation, strategy,
+//! fix, report narrative), routed on the system prompt of the bundled prompt files.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::util::fake_llm::{FakeLlm, Reply};
+use crate::util::{self, cellsci};
+
+const KEY: &str = "sk-test-SECRET123456789";
+
+/// What kind of request the pipeline sent, read from its system prompt (the bundled prompts).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Generation,
+    Strategy,
+    Fix,
+    Report,
+}
+
+fn kind_of(req: &Value) -> Kind {
+    let system = req["messages"][0]["content"].as_str().unwrap_or("");
+    if system.contains("repair failing cells") {
+        Kind::Fix
+    } else if system.contains("plan computational experiments") {
+        Kind::Strategy
+    } else if system.contains("discussion section") {
+        Kind::Report
+    } else {
+        Kind::Generation
+    }
+}
+
+/// Python code for a cell that writes metrics.json with a baseline and a model scoring `score` (PCC).
+fn metrics_cell(score: f64) -> String {
+    format!(
+        r#"import json, os
+folds = {{"0": {s0}, "1": {s1}, "2": {s2}}}
+models = {{
+    "ridge_baseline": {{"per_fold": {{f: {{"PCC": 0.1 + 0.01 * i, "MSE": 1.0}} for i, f in enumerate(folds)}}}},
+    "better": {{"per_fold": {{f: {{"PCC": v, "MSE": 0.5}} for f, v in folds.items()}}, "aggregate": {{"PCC": {score}, "MSE": 0.5}}}},
+}}
+with open(os.path.join(os.environ["OUTPUT_DIR"], "metrics.json"), "w") as fh:
+    json.dump({{"models": models, "winner": "better"}}, fh)
+print("metrics written")"#,
+        s0 = score - 0.01,
+        s1 = score,
+        s2 = score + 0.01,
+    )
+}
+
+/// A generation reply holding these (id, code) cells, in a fence with prose around it as models write.
+fn generation_reply(cells: &[(&str, &str)]) -> String {
+    let cells: Vec<Value> = cells
+        .iter()
+        .map(|(id, code)| json!({"id": id, "name": format!("step {id}"), "purpose": "test", "code": code}))
+        .collect();
+    let heads: Vec<Value> = cells.windows(2).map(|w| json!({"tail": [w[0]["id"]], "head": w[1]["id"]})).collect();
+    let doc = json!({"cells": cells, "hypergraph": {"hyperedges": heads}});
+    format!("Here is the notebook.\n```json\n{}\n```\n", serde_json::to_string_pretty(&doc).unwrap())
+}
+
+fn fix_reply(cell_index: i64, source: &str) -> String {
+    json!({"edits": [{"cell_index": cell_index, "source": source}]}).to_string()
+}
+
+type Handler = Box<dyn Fn(Kind, &Value, usize) -> Reply + Send + Sync>;
+
+/// A temporary phase-2 project: config, stage-1 folder, the fake LLM server.
+struct Project {
+    dir: tempfile::TempDir,
+    /// Kept alive for the project's lifetime (the server stops when dropped).
+    _srv: FakeLlm,
+    seen: Arc<Mutex<Vec<(Kind, Value)>>>,
+}
+
+impl Project {
+    /// `handler(kind, request, n)` answers the n-th request of that kind (0-based).
+    fn new(config: Value, handler: Handler) -> Project {
+        let dir = util::tempdir();
+        let srv = FakeLlm::start();
+        let seen: Arc<Mutex<Vec<(Kind, Value)>>> = Arc::default();
+        let counts: Arc<Mutex<std::collections::HashMap<String, usize>>> = Arc::default();
+        let seen2 = seen.clone();
+        srv.set_responder(move |req| {
+            let kind = kind_of(req);
+            seen2.lock().unwrap().push((kind, req.clone()));
+            let n = {
+                let mut c = counts.lock().unwrap();
+                let e = c.entry(format!("{kind:?}")).or_insert(0);
+                *e += 1;
+                *e - 1
+            };
+            handler(kind, req, n)
+        });
+        util::write(dir.path(), "stage1/20260101_000000/REFERENCE_DATA.h5", "not really hdf5");
+        util::write(
+            dir.path(),
+            "stage1/20260101_000000/idea.json",
+            r#"{"ideas": [{"title": "Dose matters", "description": "Model the dose response."}]}"#,
+        );
+        let python = util::test_venv().join("bin/python");
+        let mut cfg = json!({
+            "dataset_name": "TESTSET",
+            "paths": {"stage1_analysis_dir": "stage1", "design_execution_root": "out/${dataset_name}"},
+            "llm": {"model": "fake-model", "base_url": srv.url(), "api_key": KEY, "timeout": 30,
+                     "retry": {"deadline": 1.0, "base": 0.05, "max_wait": 0.2}},
+            "experiment": {"primary_metric": "PCC", "max_iterations": 2, "success_threshold": 0.5},
+            "prompt_branch": {"json_retries": 1},
+            "exec": {"timeout_seconds": 30, "max_fix_rounds": 2, "enable_llm_autofix": true,
+                      "python": python.display().to_string()},
+            "literature": {"enabled": false}
+        });
+        merge(&mut cfg, config);
+        util::write(dir.path(), "generate_execution_config.json", &serde_json::to_string_pretty(&cfg).unwrap());
+        Project { dir, _srv: srv, seen }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        cellsci(self.path()).arg("--config").arg("generate_execution_config.json").args(args).output().unwrap()
+    }
+
+    fn save_root(&self) -> PathBuf {
+        self.path().join("out/TESTSET")
+    }
+
+    fn trials(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.save_root().join("prompt"))
+            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn archived(&self) -> Vec<PathBuf> {
+        self.trials()
+            .into_iter()
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("prompt_run_"))
+            .collect()
+    }
+
+    fn summary(&self) -> Value {
+        let files: Vec<PathBuf> = std::fs::read_dir(self.save_root())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("phase2_loop_summary_"))
+            .collect();
+        assert_eq!(files.len(), 1, "one loop summary: {files:?}");
+        serde_json::from_str(&std::fs::read_to_string(&files[0]).unwrap()).unwrap()
+    }
+
+    fn requests(&self, kind: Kind) -> Vec<Value> {
+        self.seen.lock().unwrap().iter().filter(|(k, _)| *k == kind).map(|(_, r)| r.clone()).collect()
+    }
+
+    /// The key must appear in no file of the project (but the config) and in no output.
+    fn assert_key_hidden(&self, out: &Output) {
+        assert!(!util::text(out).contains(KEY), "key printed");
+        for f in walk(self.path()) {
+            if f.ends_with("generate_execution_config.json") {
+                continue;
+            }
+            let bytes = std::fs::read(&f).unwrap();
+            assert!(!String::from_utf8_lossy(&bytes).contains(KEY), "key written to {}", f.display());
+        }
+    }
+
+    /// No process (a kernel) still runs with its working directory inside the project.
+    fn assert_no_kernel_left(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = processes_under(self.path());
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "processes still running under the project: {left:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn processes_under(dir: &Path) -> Vec<u32> {
+    let dir = dir.canonicalize().unwrap_or(dir.to_path_buf());
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) {
+            if cwd.starts_with(&dir) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+/// Every loop-summary field the design names, with the iteration records.
+fn assert_summary_shape(s: &Value) {
+    for key in [
+        "dataset",
+        "started_at",
+        "finished_at",
+        "primary_metric",
+        "success_threshold",
+        "max_iterations",
+        "iterations_executed",
+        "valid_iterations",
+        "criteria_met_iterations",
+        "success_rate",
+        "validity_rate",
+        "best_score",
+        "best_trial_dir",
+        "archived_dir",
+        "total_tokens",
+        "llm_latency_sec",
+        "iterations",
+    ] {
+        assert!(s.get(key).is_some(), "summary has no {key}: {s:#}");
+    }
+    for it in s["iterations"].as_array().unwrap() {
+        for key in ["iter", "status", "score", "trial_dir", "duration_sec", "criteria_met", "tokens"] {
+            assert!(it.get(key).is_some(), "iteration has no {key}: {it:#}");
+        }
+    }
+}
+
+fn simple_handler(gen: Vec<String>) -> Handler {
+    Box::new(move |kind, _req, n| match kind {
+        Kind::Generation => Reply::text(&gen[n.min(gen.len() - 1)]),
+        Kind::Strategy => Reply::text("Test the dose response with a baseline and one better model."),
+        Kind::Report => Reply::text("The better model wins on every fold."),
+        Kind::Fix => Reply::text("{}"),
+    })
+}
+
+#[test]
+fn run_succeeds_on_first_iteration_with_the_full_output_tree() {
+    let p = Project::new(
+        json!({}),
+        simple_handler(vec![generation_reply(&[("T1", "x = 1\nprint('hello')"), ("T2", &metrics_cell(0.8))])]),
+    );
+    let out = p.run(&["run", "--use-idea"]);
+    let so = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    assert!(so.contains("ITERATION 1/2\n"), "{so}");
+    assert!(so.contains("[CHECK] better | PCC: 0.8000"), "{so}");
+    assert!(so.contains("[EXEC] Saved final state: "), "{so}");
+    assert!(!so.contains("ITERATION 2/2"), "stops at the first success: {so}");
+    let archived = p.archived();
+    assert_eq!(archived.len(), 1, "{:?}", p.trials());
+    let name = archived[0].file_name().unwrap().to_string_lossy().to_string();
+    assert!(so.contains(&format!("[ARCHIVE] Saved run to: {name}")), "{so}");
+    let t = &archived[0];
+    for f in [
+        "notebook_prompt.ipynb",
+        "notebook_prompt_exec.ipynb",
+        "research_strategy.md",
+        "metrics.json",
+        "experiment_report.md",
+        "hypergraph.json",
+        "hypergraph.md",
+        "events.jsonl",
+    ] {
+        assert!(t.join(f).is_file(), "{f} missing in {}", t.display());
+    }
+    assert!(t.join("intermediate").is_dir());
+
+    // The generated notebook: strategy markdown first, one code cell per generated cell with its subtask,
+    // the hypergraph in the metadata.
+    let nb = read_json(&t.join("notebook_prompt.ipynb"));
+    assert_eq!(nb["nbformat"], 4);
+    let cells = nb["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 3);
+    assert_eq!(cells[0]["cell_type"], "markdown");
+    assert_eq!(cells[1]["metadata"]["subtask"]["id"], "T1");
+    assert_eq!(cells[2]["metadata"]["subtask"]["name"], "step T2");
+    assert_eq!(nb["metadata"]["execution"]["hypergraph"]["hyperedges"][0]["head"], "T2");
+
+    // The executed notebook: outputs kept, the set-up (OUTPUT_DIR, the sys.exit guard) not visible.
+    let ex = read_json(&t.join("notebook_prompt_exec.ipynb"));
+    let text = serde_json::to_string(&ex).unwrap();
+    assert!(text.contains("hello"), "cell output kept");
+    assert!(!text.contains("_cellsci_blocked_exit"), "set-up code leaked into the notebook");
+    assert_eq!(ex["cells"][1]["execution_count"], 1, "set-up must not use up execution counts");
+    assert!(std::fs::read_to_string(t.join("hypergraph.md")).unwrap().contains("flowchart TD"));
+    let report = std::fs::read_to_string(t.join("experiment_report.md")).unwrap();
+    assert!(report.contains("| Model |") && report.contains("better"), "{report}");
+    assert!(report.contains("The better model wins on every fold."), "{report}");
+
+    let s = p.summary();
+    assert_summary_shape(&s);
+    assert_eq!(s["dataset"], "TESTSET");
+    assert_eq!(s["iterations_executed"], 1);
+    assert_eq!(s["valid_iterations"], 1);
+    assert_eq!(s["criteria_met_iterations"], 1);
+    assert_eq!(s["success_rate"], 1.0);
+    assert_eq!(s["best_score"], 0.8);
+    assert_eq!(s["archived_dir"].as_str().unwrap(), t.display().to_string());
+    assert!(s["finished_at"].is_string());
+    assert!(s["total_tokens"].as_u64().unwrap() > 0);
+    let it = &s["iterations"][0];
+    assert_eq!(it["status"], "VALID");
+    assert_eq!(it["criteria_met"], true);
+    assert_eq!(it["score"], 0.8);
+    assert_eq!(it["llm_calls"], 3, "strategy, generation, narrative");
+    // The generation request: the bundled spec with the device filled in, and the strategy.
+    let gen = &p.requests(Kind::Generation)[0];
+    let user = gen["messages"][1]["content"].as_str().unwrap();
+    assert!(user.contains("cuda:0") && !user.contains("${cuda_device_str}"), "{user}");
+    assert!(user.contains("Test the dose response"), "strategy sent with the generation request");
+    p.assert_key_hidden(&out);
+    p.assert_no_kernel_left();
+}
+
+#[test]
+fn run_fails_the_threshold_then_succeeds_on_the_second_iteration() {
+    let p = Project::new(
+        json!({}),
+        simple_handler(vec![
+            generation_reply(&[("T1", &metrics_cell(0.3))]),
+            generation_reply(&[("T1", &metrics_cell(0.9))]),
+        ]),
+    );
+    let out = p.run(&["run"]);
+    let so = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    assert!(so.contains("ITERATION 1/2") && so.contains("ITERATION 2/2"), "{so}");
+    assert!(so.contains("[CHECK] better | PCC: 0.3000") && so.contains("[CHECK] better | PCC: 0.9000"), "{so}");
+    let s = p.summary();
+    assert_summary_shape(&s);
+    assert_eq!(s["iterations_executed"], 2);
+    assert_eq!(s["valid_iterations"], 2);
+    assert_eq!(s["criteria_met_iterations"], 1);
+    assert_eq!(s["iterations"][0]["criteria_met"], false);
+    assert_eq!(s["iterations"][1]["criteria_met"], true);
+    assert_eq!(s["best_score"], 0.9);
+    // Each iteration has its own folder; the successful one is archived, the other kept as it was.
+    let trials = p.trials();
+    assert_eq!(trials.len(), 2, "{trials:?}");
+    assert_eq!(p.archived().len(), 1);
+    assert!(trials.iter().any(|t| t.file_name().unwrap().to_string_lossy().ends_with("_iter001")));
+    assert!(!Path::new(s["iterations"][0]["trial_dir"].as_str().unwrap()).join("research_strategy.md").exists());
+    p.assert_key_hidden(&out);
+}
+
+#[test]
+fn llm_fixes_a_failing_cell_with_the_notebook_cell_index() {
+    let bad = "y = undefined_name + 1";
+    let good = "y = 2\nprint('fixed', y)";
+    let handler: Handler = Box::new(move |kind, req, _n| match kind {
+        Kind::Generation => Reply::text(&generation_reply(&[("T1", "x = 1"), ("T2", bad), ("T3", &metrics_cell(0.7))])),
+        Kind::Strategy => Reply::text("A strategy."),
+        Kind::Report => Reply::text("Narrative."),
+        Kind::Fix => {
+            let doc: Value = serde_json::from_str(req["messages"][1]["content"].as_str().unwrap()).unwrap();
+            let idx = doc["errors"][0]["cell_index"].as_i64().unwrap();
+            Reply::text(&format!("Fixed:\n```json\n{}\n```", fix_reply(idx, good)))
+        }
+    });
+    let p = Project::new(json!({}), handler);
+    let out = p.run(&["run", "--use-idea"]);
+    let so = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    assert!(so.contains("Error in Node T2"), "{so}");
+    assert!(so.contains("[FIX] T2 | Round 1/2"), "{so}");
+    // The fix request (DESIGN §1): the index is the cell's index in the notebook file (the strategy
+    // markdown is cell 0, so T2 is cell 2), with the error, traceback and failing source.
+    let fixes = p.requests(Kind::Fix);
+    assert_eq!(fixes.len(), 1);
+    let doc: Value = serde_json::from_str(fixes[0]["messages"][1]["content"].as_str().unwrap()).unwrap();
+    assert!(doc["task"].is_string() && doc["instruction"].is_string());
+    assert_eq!(doc["errors"][0]["cell_index"], 2);
+    assert!(doc["errors"][0]["error"].as_str().unwrap().contains("NameError"));
+    assert!(doc["errors"][0]["traceback"].as_str().unwrap().contains("undefined_name"));
+    assert_eq!(doc["failing_code"][0]["cell_index"], 2);
+    assert_eq!(doc["failing_code"][0]["source"], bad);
+    let t = &p.archived()[0];
+    let ex = read_json(&t.join("notebook_prompt_exec.ipynb"));
+    assert_eq!(
+        ex["cells"][2]["source"].as_array().map(|a| a.iter().map(|l| l.as_str().unwrap()).collect::<String>()),
+        Some(good.to_string())
+    );
+    let text = serde_json::to_string(&ex["cells"][2]["outputs"]).unwrap();
+    assert!(text.contains("fixed 2") && !text.contains("NameError"), "{text}");
+    let events = std::fs::read_to_string(t.join("events.jsonl")).unwrap();
+    assert!(events.contains("\"kind\":\"fix\""), "fix rounds are in the event log");
+}
+
+#[test]
+fn hung_cell_is_interrupted_and_fixed() {
+    let handler: Handler = Box::new(|kind, req, _n| match kind {
+        Kind::Generation => Reply::text(&generation_reply(&[
+            ("T1", "x = 5"),
+            ("T2", "import time\ntime.sleep(120)"),
+            ("T3", &metrics_cell(0.75)),
+        ])),
+        Kind::Fix => {
+            let doc: Value = serde_json::from_str(req["messages"][1]["content"].as_str().unwrap()).unwrap();
+            assert!(doc["errors"][0]["error"].as_str().unwrap().contains("Timeout"), "{doc}");
+            Reply::text(&fix_reply(doc["errors"][0]["cell_index"].as_i64().unwrap(), "print('fast now', x)"))
+        }
+        _ => Reply::text("ok"),
+    });
+    let p = Project::new(json!({"exec": {"timeout_seconds": 2}, "experiment": {"max_iterations": 1}}), handler);
+    let out = p.run(&["run"]);
+    let so = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    assert!(so.contains("Error in Node T2") && so.contains("timed out"), "{so}");
+    let ex = read_json(&p.archived()[0].join("notebook_prompt_exec.ipynb"));
+    assert!(
+        serde_json::to_string(&ex["cells"][1]["outputs"]).unwrap().contains("fast now 5"),
+        "state kept or replayed"
+    );
+    p.assert_no_kernel_left();
+}
+
+#[test]
+fn kernel_death_is_restarted_replayed_and_fixed() {
+    let handler: Handler = Box::new(|kind, req, _n| match kind {
+        Kind::Generation => Reply::text(&generation_reply(&[
+            ("T1", "x = 41"),
+            ("T2", "import os\nos._exit(3)"),
+            ("T3", &format!("assert x + 1 == 42\n{}", metrics_cell(0.66))),
+        ])),
+        Kind::Fix => {
+            let doc: Value = serde_json::from_str(req["messages"][1]["content"].as_str().unwrap()).unwrap();
+            assert!(doc["errors"][0]["error"].as_str().unwrap().contains("KernelDied"), "{doc}");
+            Reply::text(&fix_reply(doc["errors"][0]["cell_index"].as_i64().unwrap(), "print('alive', x)"))
+        }
+        _ => Reply::text("ok"),
+    });
+    let p = Project::new(json!({"experiment": {"max_iterations": 1}}), handler);
+    let out = p.run(&["run"]);
+    let so = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    assert!(so.contains("Error in Node T2") && so.contains("kernel died"), "{so}");
+    assert!(so.contains("[CHECK] better | PCC: 0.6600"), "{so}");
+    p.assert_no_kernel_left();
+}
+
+#[test]
+fn unfixable_cell_is_recorded_as_a_failure_with_exit_code_1() {
+    let bad = "raise RuntimeError('this cannot work')";
+    let handler: Handler = Box::new(move |kind, req, _n| match kind {
+        Kind::Generation => Reply::text(&generation_reply(&[("T1", &metrics_cell(0.9)), ("T2", bad)])),
+        // The model keeps sending the same code: not applied, so the cell is given up.
+        Kind::Fix => {
+            let doc: Value = serde_json::from_str(req["messages"][1]["content"].as_str().unwrap()).unwrap();
+            Reply::text(&fix_reply(doc["errors"][0]["cell_index"].as_i64().unwrap(), bad))
+        }
+        _ => Reply::text("ok"),
+    });
+    let p = Project::new(json!({"experiment": {"max_iterations": 1}}), handler);
+    let out = p.run(&["run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", util::text(&out));
+    let s = p.summary();
+    assert_summary_shape(&s);
+    let it = &s["iterations"][0];
+    assert_eq!(it["status"], "CRASH", "{it:#}");
+    assert_eq!(it["criteria_met"], false, "metrics written before the failing cell never count as success");
+    assert!(it["error"].as_str().unwrap().contains("cell 1 (T2)"), "{it:#}");
+    assert_eq!(s["criteria_met_iterations"], 0);
+    assert!(p.archived().is_empty(), "a failed notebook is not archived as the run");
+    // The failure is in the executed notebook too.
+    let t = &p.trials()[0];
+    let ex = read_json(&t.join("notebook_prompt_exec.ipynb"));
+    assert_eq!(ex["metadata"]["execution"]["cellsci"]["failed_cell"], 1);
+    p.assert_no_kernel_left();
+}
+
+#[test]
+fn llm_outage_during_the_report_still_gives_the_computed_report() {
+    let handler: Handler = Box::new(|kind, _req, _n| match kind {
+        Kind::Generation => Reply::text(&generation_reply(&[("T1", &metrics_cell(0.8))])),
+        Kind::Report => Reply::Http {
+            status: 503,
+            headers: vec![],
+            body: b"<html><body>upstream unavailable</body></html>".to_vec(),
+        },
+        _ => Reply::text("ok"),
+    });
+    let p = Project::new(json!({"experiment": {"max_iterations": 1}}), handler);
+    let out = p.run(&["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    let report = std::fs::read_to_string(p.archived()[0].join("experiment_report.md")).unwrap();
+    assert!(report.contains("| **better** (winner)") || report.contains("better"), "{report}");
+    assert!(report.contains("0.8"), "computed numbers present: {report}");
+    assert!(report.contains("503"), "the report says why the narrative is missing: {report}");
+    assert!(p.requests(Kind::Report).len() > 1, "the report request was retried");
+    p.assert_key_hidden(&out);
+}
+
+#[test]
+fn ctrl_c_mid_cell_records_interrupted_and_leaves_no_kernel() {
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 3}}),
+        simple_handler(vec![generation_reply(&[("T1", "import time\nprint('sleeping', flush=True)\ntime.sleep(60)")])]),
+    );
+    let child = cellsci(p.path())
+        .args(["--config", "generate_execution_config.json", "run"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the cell is running (its output is saved as it comes), then Ctrl-C.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = p
+            .trials()
+            .first()
+            .map(|t| t.join("notebook_prompt_exec.ipynb"))
+            .is_some_and(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains("sleeping")))
+            || p.trials().first().is_some_and(|t| {
+                std::fs::read_to_string(t.join("events.jsonl")).is_ok_and(|e| e.contains("generated"))
+            });
+        if running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cell never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let t0 = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(30), "cellsci did not stop after Ctrl-C");
+    assert_eq!(out.status.code(), Some(130), "{}", util::text(&out));
+    let s = p.summary();
+    assert_summary_shape(&s);
+    assert_eq!(s["iterations_executed"], 1);
+    assert_eq!(s["iterations"][0]["status"], "INTERRUPTED");
+    assert!(s["finished_at"].is_string());
+    p.assert_no_kernel_left();
+}
+
+#[test]
+fn a_prompt_file_in_the_seeds_shape_works() {
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 1}}),
+        simple_handler(vec![generation_reply(&[("T1", &metrics_cell(0.8))])]),
+    );
+    // The seed's pipeline_prompt.yaml shape: no `system` key, dataset/split/metrics sections, ${dataset_name}.
+    util::write(
+        p.path(),
+        "prompts/pipeline_prompt.yaml",
+        "dataset:\n  name: \"${dataset_name}\"\n  columns:\n    smiles: \"SMILES\"\nsplit:\n  method: \"leave-smiles-out\"\n  n_folds: 5\nmetrics:\n  primary: \"PCC\"\nruntime:\n  device: \"${cuda_device_str}\"\n",
+    );
+    let out = p.run(&["run", "--prompt-file", "prompts/pipeline_prompt.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    let gen = &p.requests(Kind::Generation)[0];
+    let user = gen["messages"][1]["content"].as_str().unwrap();
+    assert!(user.contains("leave-smiles-out") && user.contains("TESTSET") && user.contains("cuda:0"), "{user}");
+}
+
+#[test]
+fn a_users_success_lua_shadows_the_bundled_one() {
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 1}}),
+        simple_handler(vec![generation_reply(&[("T1", &metrics_cell(0.3))])]),
+    );
+    // A criterion of the user's own: any score counts.
+    util::write(
+        p.path(),
+        "policies/success.lua",
+        "local M = {}\nfunction M.direction() return 'higher' end\nfunction M.better(a, b) return b == nil or a > b end\nfunction M.judge(t) return true, 'the user says so' end\nreturn M\n",
+    );
+    let out = p.run(&["--scripts", "policies", "run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    let s = p.summary();
+    assert_eq!(s["iterations"][0]["criteria_met"], true);
+    assert_eq!(s["iterations"][0]["judgement"], "the user says so");
+}
+
+#[test]
+fn editing_success_lua_during_a_run_takes_effect_on_the_next_iteration() {
+    let dir_holder: Arc<Mutex<Option<PathBuf>>> = Arc::default();
+    let gens = Arc::new(AtomicUsize::new(0));
+    let (dh, g) = (dir_holder.clone(), gens.clone());
+    let handler: Handler = Box::new(move |kind, _req, n| match kind {
+        Kind::Generation => {
+            g.fetch_add(1, Ordering::SeqCst);
+            if n == 1 {
+                // The user edits the criterion while iteration 2 is generating.
+                let d = dh.lock().unwrap().clone().unwrap();
+                std::fs::write(
+                    d.join("policies/success.lua"),
+                    "local M = {}\nfunction M.direction() return 'higher' end\nfunction M.better(a, b) return b == nil or a > b end\nfunction M.judge(t) return true, 'edited: now met' end\nreturn M\n",
+                )
+                .unwrap();
+            }
+            Reply::text(&generation_reply(&[("T1", &metrics_cell(0.3))]))
+        }
+        _ => Reply::text("ok"),
+    });
+    let p = Project::new(json!({"experiment": {"max_iterations": 3}}), handler);
+    *dir_holder.lock().unwrap() = Some(p.path().to_path_buf());
+    util::write(
+        p.path(),
+        "policies/success.lua",
+        "local M = {}\nfunction M.direction() return 'higher' end\nfunction M.better(a, b) return b == nil or a > b end\nfunction M.judge(t) return false, 'never' end\nreturn M\n",
+    );
+    let out = p.run(&["--scripts", "policies", "run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    let s = p.summary();
+    assert_eq!(s["iterations_executed"], 2, "{s:#}");
+    assert_eq!(s["iterations"][0]["judgement"], "never");
+    assert_eq!(s["iterations"][1]["judgement"], "edited: now met");
+    assert_eq!(gens.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn generate_execute_analyze_work_step_by_step_on_the_newest_trial() {
+    let p = Project::new(json!({}), simple_handler(vec![generation_reply(&[("T1", &metrics_cell(0.8))])]));
+    let out = p.run(&["generate", "--use-idea"]);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    let trials = p.trials();
+    assert_eq!(trials.len(), 1);
+    assert!(trials[0].join("notebook_prompt.ipynb").is_file() && trials[0].join("research_strategy.md").is_file());
+    assert!(!trials[0].join("notebook_prompt_exec.ipynb").exists());
+    let out = p.run(&["execute"]);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    assert!(trials[0].join("notebook_prompt_exec.ipynb").is_file() && trials[0].join("metrics.json").is_file());
+    let out = p.run(&["analyze", "--trial", trials[0].to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    assert!(stdout(&out).contains("[CHECK] better | PCC: 0.8000"));
+    assert!(trials[0].join("experiment_report.md").is_file());
+}
+
+#[test]
+fn unusable_generation_replies_are_saved_and_reported() {
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 1}, "prompt_branch": {"json_retries": 1}}),
+        simple_handler(vec!["I would rather not write JSON today.".into()]),
+    );
+    let out = p.run(&["generate"]);
+    assert_eq!(out.status.code(), Some(2), "{}", util::text(&out));
+    assert!(util::text(&out).contains("generation failed"), "{}", util::text(&out));
+    let fail = p.trials()[0].join("generation_failure.json");
+    let doc = read_json(&fail);
+    assert_eq!(doc["attempts"].as_array().unwrap().len(), 2, "the reply and one reformat request");
+    assert_eq!(doc["attempts"][0]["raw"], "I would rather not write JSON today.");
+    assert_eq!(p.requests(Kind::Generation).len(), 2);
+}
+
+#[test]
+fn the_custom_strategy_example_generates_in_parallel_and_keeps_the_best() {
+    let gen = Arc::new(AtomicUsize::new(0));
+    let g = gen.clone();
+    let handler: Handler = Box::new(move |kind, _req, _n| match kind {
+        Kind::Generation => {
+            // Three candidates scoring 0.4, 0.9 and 0.6, whatever order the branches ask in.
+            let i = g.fetch_add(1, Ordering::SeqCst);
+            let score = [0.4, 0.9, 0.6][i % 3];
+            Reply::Slow(
+                Duration::from_millis(300),
+                Box::new(Reply::text(&generation_reply(&[("T1", &metrics_cell(score))]))),
+            )
+        }
+        _ => Reply::text("ok"),
+    });
+    let p = Project::new(json!({}), handler);
+    let script = util::repo().join("examples/strategies/best_of_n.lua");
+    let out = p.run(&["script", script.to_str().unwrap(), "3"]);
+    let so = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    assert_eq!(so.matches("[CANDIDATE]").count(), 3, "{so}");
+    assert!(p._srv.max_in_flight() >= 2, "the generation requests were not concurrent");
+    assert!(so.contains("[BEST] PCC 0.9000"), "{so}");
+    assert_eq!(p.archived().len(), 1);
+    assert_eq!(read_json(&p.archived()[0].join("metrics.json"))["models"]["better"]["aggregate"]["PCC"], 0.9);
+}
+
+/// The README's demo: the recorded cassette must still match every request the pipeline sends (a prompt
+/// or pipeline change that alters a request breaks the offline demo; re-record with examples/demo/record.sh).
+#[test]
+fn the_demo_replays_offline_and_ends_with_a_report() {
+    let dir = util::tempdir();
+    let demo = util::repo().join("examples/demo");
+    for rel in [
+        "stage1/reference/20261101_120000/REFERENCE_DATA.h5",
+        "stage1/reference/20261101_120000/idea.json",
+        "cassette.jsonl",
+    ] {
+        let dest = dir.path().join(rel);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(demo.join(rel), &dest).unwrap();
+    }
+    let mut cfg = read_json(&demo.join("generate_execution_config.json"));
+    // The test venv instead of a provisioned one (tests never install from the network).
+    cfg["exec"].as_object_mut().unwrap().remove("kernel_packages");
+    cfg["exec"]["python"] = json!(util::test_venv().join("bin/python").display().to_string());
+    util::write(dir.path(), "generate_execution_config.json", &serde_json::to_string_pretty(&cfg).unwrap());
+    let out = cellsci(dir.path()).args(["-c", "generate_execution_config.json", "run", "--use-idea"]).output().unwrap();
+    let so = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    assert!(so.contains("Error in Node T4") && so.contains("[FIX] T4 | Round 1/2"), "the recorded fix ran: {so}");
+    assert!(so.contains("[CHECK] composition_ridge | PCC: 0.7586"), "{so}");
+    let root = dir.path().join("results/DEMO/generate_execution/prompt");
+    let archived: Vec<PathBuf> = std::fs::read_dir(&root).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(archived.len(), 1);
+    let report = std::fs::read_to_string(archived[0].join("experiment_report.md")).unwrap();
+    assert!(report.contains("composition-aware model"), "the recorded narrative was replayed: {report}");
+    assert!(!util::text(&out).contains("replay_miss"), "{}", util::text(&out));
+}

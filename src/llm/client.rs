@@ -1,0 +1,544 @@
+//! One HTTP exchange with an OpenAI-compatible endpoint (`POST {base_url}/chat/completions`), streaming
+//! or not, and the classification of its outcome into a [`Kind`]. It never retries (that is the Lua
+//! policy's job), never waits without a timeout, and ends promptly on Ctrl-C. The key goes into the
+//! Authorization header and nowhere else.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use super::{CallOpts, Failure, Kind, Reply, Request, Usage};
+
+/// A base URL with its HTTP client (connection pool), its concurrency limit, and what was learnt about
+/// it (it refuses streaming).
+pub struct Endpoint {
+    pub base_url: String,
+    client: reqwest::Client,
+    limit: Arc<Semaphore>,
+    refuses_stream: AtomicBool,
+}
+
+impl Endpoint {
+    pub fn new(base_url: &str, connect_timeout: Duration, max_concurrency: usize) -> Result<Endpoint, String> {
+        static TLS: std::sync::Once = std::sync::Once::new();
+        TLS.call_once(|| {
+            // reqwest is built without a default crypto provider; another part may have installed one
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        });
+        // Proxies: reqwest honours HTTP_PROXY / HTTPS_PROXY / ALL_PROXY / NO_PROXY by default. A local
+        // endpoint is reached directly: a proxy cannot reach this machine's loopback.
+        let mut builder = reqwest::Client::builder();
+        if super::is_loopback(base_url) {
+            builder = builder.no_proxy();
+        }
+        let client = builder
+            .connect_timeout(connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(50))
+            .tcp_nodelay(true)
+            .user_agent(concat!("cellsci/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {}", chain(&e)))?;
+        Ok(Endpoint {
+            base_url: base_url.to_string(),
+            client,
+            limit: Arc::new(Semaphore::new(max_concurrency.max(1))),
+            refuses_stream: AtomicBool::new(false),
+        })
+    }
+}
+
+fn interrupted() -> Failure {
+    Failure::new(Kind::Interrupted, "interrupted (Ctrl-C) while waiting for the LLM")
+}
+
+/// One request, waiting for a free slot of the endpoint first. A server that refuses streaming is
+/// asked again without it (and not asked to stream again).
+pub async fn chat(ep: &Endpoint, key: Option<&str>, req: &Request, opts: &CallOpts) -> Result<Reply, Failure> {
+    let token = crate::signals::token();
+    let _permit = tokio::select! {
+        _ = token.cancelled() => return Err(interrupted()),
+        p = ep.limit.acquire() => p.map_err(|_| Failure::new(Kind::Config, "the endpoint is closed"))?,
+    };
+    let spinner = crate::ui::spinner(format!("{}: waiting for the reply", req.model));
+    let stream = opts.stream && !ep.refuses_stream.load(Ordering::Relaxed);
+    let mut r = tokio::select! {
+        _ = token.cancelled() => Err(interrupted()),
+        r = exchange(ep, key, req, opts, stream, &spinner) => r,
+    };
+    if stream && matches!(&r, Err(f) if f.refused_stream) {
+        ep.refuses_stream.store(true, Ordering::Relaxed);
+        tracing::info!("{} refuses streaming; asking again without it", ep.base_url);
+        r = tokio::select! {
+            _ = token.cancelled() => Err(interrupted()),
+            r = exchange(ep, key, req, opts, false, &spinner) => r,
+        };
+    }
+    spinner.finish_and_clear();
+    r
+}
+
+fn secs(x: f64) -> String {
+    if x >= 10.0 {
+        format!("{x:.0}s")
+    } else {
+        format!("{x:.3}").trim_end_matches('0').trim_end_matches('.').to_string() + "s"
+    }
+}
+
+async fn exchange(
+    ep: &Endpoint,
+    key: Option<&str>,
+    req: &Request,
+    opts: &CallOpts,
+    stream: bool,
+    spinner: &indicatif::ProgressBar,
+) -> Result<Reply, Failure> {
+    let url = format!("{}/chat/completions", ep.base_url);
+    let t = Duration::from_secs_f64(opts.timeout.max(0.001));
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + t;
+    let mut rb = ep.client.post(&url).json(&req.body(stream));
+    if let Some(k) = key {
+        rb = rb.bearer_auth(k);
+    }
+    if stream {
+        rb = rb.header(reqwest::header::ACCEPT, "text/event-stream");
+    }
+    let resp = match tokio::time::timeout_at(deadline, rb.send()).await {
+        Err(_) => {
+            return Err(Failure::new(Kind::Timeout, format!("no response from {url} within {}", secs(opts.timeout))))
+        }
+        Ok(Err(e)) => return Err(from_reqwest(&e, &url)),
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status();
+    let retry_after = retry_after(resp.headers());
+    let ctype = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if !status.is_success() {
+        let body = match tokio::time::timeout_at(deadline, resp.bytes()).await {
+            Ok(Ok(b)) => b.to_vec(),
+            _ => Vec::new(),
+        };
+        let mut f = from_status(status, &body);
+        f.retry_after = retry_after;
+        f.refused_stream = stream
+            && matches!(status.as_u16(), 400 | 404 | 405 | 406 | 415 | 422 | 501)
+            && String::from_utf8_lossy(&body).to_ascii_lowercase().contains("stream");
+        return Err(f);
+    }
+    if stream && ctype.contains("text/event-stream") {
+        return read_stream(resp, req, t, started, spinner).await;
+    }
+    let body = match tokio::time::timeout_at(deadline, resp.bytes()).await {
+        Err(_) => {
+            return Err(Failure::new(
+                Kind::Timeout,
+                format!("the reply from {url} did not arrive in full within {}", secs(opts.timeout)),
+            ))
+        }
+        Ok(Err(e)) => return Err(from_reqwest(&e, &url)),
+        Ok(Ok(b)) => b,
+    };
+    if stream && body.trim_ascii_start().starts_with(b"data:") {
+        // an event stream sent with another content type
+        let mut st = StreamState::default();
+        for line in body.split(|&b| b == b'\n') {
+            st.feed_line(line)?;
+        }
+        return st.finish(req, started);
+    }
+    parse_completion(&body, req, started.elapsed().as_secs_f64(), status.as_u16())
+}
+
+/// The whole error chain of an error, `a: b: c`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = c.source();
+    }
+    parts.join(": ")
+}
+
+fn from_reqwest(e: &reqwest::Error, url: &str) -> Failure {
+    // reqwest's own top line ("error sending request for url (…)") only repeats the URL: keep the causes
+    let msg = match std::error::Error::source(e) {
+        Some(src) => chain(src),
+        None => e.to_string(),
+    };
+    let low = msg.to_ascii_lowercase();
+    if e.is_timeout() {
+        return Failure::new(Kind::Timeout, format!("{url} timed out: {msg}"));
+    }
+    if e.is_connect() {
+        return Failure::new(Kind::Connect, format!("cannot connect to {url}: {msg}"));
+    }
+    if e.is_builder() {
+        return Failure::new(Kind::Config, format!("cannot build the request: {msg}"));
+    }
+    if ["reset", "broken pipe", "closed", "incomplete", "eof", "aborted"].iter().any(|w| low.contains(w)) {
+        return Failure::new(
+            Kind::Reset,
+            format!("the connection to {url} was closed before the reply was complete: {msg}"),
+        );
+    }
+    Failure::new(Kind::Reset, format!("the exchange with {url} failed: {msg}"))
+}
+
+/// Seconds from `Retry-After` (seconds or an HTTP date) or `retry-after-ms`.
+fn retry_after(h: &reqwest::header::HeaderMap) -> Option<f64> {
+    let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(ms) = get("retry-after-ms").and_then(|s| s.parse::<f64>().ok()) {
+        return Some((ms / 1000.0).clamp(0.0, 86_400.0));
+    }
+    let v = get("retry-after")?;
+    if let Ok(s) = v.parse::<f64>() {
+        return s.is_finite().then_some(s.clamp(0.0, 86_400.0));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let secs = (when.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds() as f64 / 1000.0;
+    Some(secs.clamp(0.0, 86_400.0))
+}
+
+/// What a body says, in one short line: an API error message, an HTML page's title, or its start.
+pub fn body_summary(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let t = text.trim();
+    if t.is_empty() {
+        return "(empty body)".into();
+    }
+    if let Ok(v) = serde_json::from_str::<Value>(t) {
+        let m = v
+            .pointer("/error/message")
+            .or_else(|| v.get("error"))
+            .or_else(|| v.get("message"))
+            .or_else(|| v.get("detail"));
+        if let Some(m) = m {
+            return super::head(&one_line(&m.as_str().map_or_else(|| m.to_string(), str::to_string)), 300);
+        }
+        return super::head(&one_line(t), 200);
+    }
+    let low = t.to_ascii_lowercase();
+    if low.contains("<html") || low.contains("<!doctype") || low.contains("<title") || low.contains("<body") {
+        let title = low.find("<title").and_then(|s| {
+            let open = s + low[s..].find('>')? + 1;
+            let close = open + low[open..].find("</title")?;
+            Some(t[open..close].trim().to_string())
+        });
+        let stripped = strip_tags(t);
+        return match title.filter(|x| !x.is_empty()) {
+            Some(title) => format!("an HTML page titled '{}'", super::head(&one_line(&title), 120)),
+            None => format!("an HTML page: {}", super::head(&one_line(&stripped), 160)),
+        };
+    }
+    super::head(&one_line(t), 200)
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn strip_tags(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut in_tag = false;
+    for c in s.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                out.push(' ');
+            }
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn from_status(status: reqwest::StatusCode, body: &[u8]) -> Failure {
+    let code = status.as_u16();
+    let low = String::from_utf8_lossy(body).to_ascii_lowercase();
+    let kind = match code {
+        // OpenAI sends an exhausted quota as 429 too, but waiting does not refill it
+        429 if low.contains("insufficient_quota") => Kind::Client,
+        429 => Kind::RateLimited,
+        408 => Kind::Timeout,
+        500..=599 => Kind::Server,
+        _ => Kind::Client,
+    };
+    let reason = status.canonical_reason().unwrap_or("");
+    Failure::new(kind, format!("HTTP {code} {reason}: {}", body_summary(body))).with_status(code)
+}
+
+fn content_text(c: Option<&Value>) -> String {
+    match c {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str).or_else(|| p.as_str()))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+/// Parse a non-streamed completion body.
+pub fn parse_completion(body: &[u8], req: &Request, latency: f64, status: u16) -> Result<Reply, Failure> {
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(_) => {
+            return Err(Failure::new(
+                Kind::BadBody,
+                format!("HTTP {status}, but the body is not a JSON completion: {}", body_summary(body)),
+            )
+            .with_status(status))
+        }
+    };
+    if v.get("choices").is_none() {
+        if v.get("error").is_some() {
+            return Err(Failure::new(Kind::Server, format!("HTTP {status} with an error: {}", body_summary(body)))
+                .with_status(status));
+        }
+        return Err(Failure::new(
+            Kind::BadBody,
+            format!("HTTP {status}, but the reply has no choices: {}", body_summary(body)),
+        )
+        .with_status(status));
+    }
+    let Some(choice) = v.pointer("/choices/0") else {
+        return Err(Failure::new(Kind::BadBody, format!("HTTP {status}, but the reply's choices are empty"))
+            .with_status(status));
+    };
+    let text = content_text(choice.pointer("/message/content").or_else(|| choice.get("text")));
+    let reply = Reply {
+        text,
+        finish_reason: choice.get("finish_reason").and_then(Value::as_str).unwrap_or("").to_string(),
+        usage: v.get("usage").and_then(Usage::from_json).unwrap_or_default(),
+        model: v.get("model").and_then(Value::as_str).unwrap_or(&req.model).to_string(),
+        latency,
+        streamed: false,
+        replayed: false,
+    };
+    check_reply(reply, req).map_err(|f| f.with_status(status))
+}
+
+/// A completion that arrived but cannot be used: cut off, or no content.
+pub fn check_reply(reply: Reply, req: &Request) -> Result<Reply, Failure> {
+    if reply.finish_reason == "length" {
+        let limit = req.max_tokens.map_or_else(|| "the server's limit".to_string(), |m| format!("max_tokens = {m}"));
+        let mut f = Failure::new(
+            Kind::Truncated,
+            format!(
+                "the reply was cut off at {limit} after {} completion tokens ({} chars; finish_reason length)",
+                reply.usage.completion_tokens,
+                reply.text.chars().count()
+            ),
+        );
+        f.reply = Some(Box::new(reply));
+        return Err(f);
+    }
+    if reply.text.trim().is_empty() {
+        let why = if reply.finish_reason.is_empty() { "none".to_string() } else { reply.finish_reason.clone() };
+        let mut f = Failure::new(Kind::Empty, format!("the reply has no content (finish_reason {why})"));
+        f.reply = Some(Box::new(reply));
+        return Err(f);
+    }
+    Ok(reply)
+}
+
+/// Accumulates a server-sent-events completion.
+#[derive(Default)]
+struct StreamState {
+    text: String,
+    finish: Option<String>,
+    usage: Option<Usage>,
+    model: Option<String>,
+    chunks: u64,
+    done: bool,
+}
+
+impl StreamState {
+    fn feed_line(&mut self, line: &[u8]) -> Result<(), Failure> {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim();
+        let Some(payload) = line.strip_prefix("data:") else { return Ok(()) };
+        let payload = payload.trim();
+        if payload == "[DONE]" {
+            self.done = true;
+            return Ok(());
+        }
+        if payload.is_empty() {
+            return Ok(());
+        }
+        let v: Value = serde_json::from_str(payload).map_err(|_| {
+            Failure::new(Kind::BadBody, format!("a streamed chunk is not JSON: {}", super::head(payload, 160)))
+        })?;
+        if v.get("error").is_some() && v.get("choices").is_none() {
+            return Err(Failure::new(
+                Kind::Server,
+                format!("the stream ended with an error: {}", body_summary(payload.as_bytes())),
+            ));
+        }
+        if let Some(m) = v.get("model").and_then(Value::as_str) {
+            self.model = Some(m.to_string());
+        }
+        if let Some(u) = v.get("usage").filter(|u| !u.is_null()).and_then(Usage::from_json) {
+            self.usage = Some(u);
+        }
+        if let Some(c) = v.pointer("/choices/0") {
+            if let Some(d) = c.pointer("/delta/content").and_then(Value::as_str) {
+                if !d.is_empty() {
+                    self.text.push_str(d);
+                    self.chunks += 1;
+                }
+            }
+            if let Some(f) = c.get("finish_reason").and_then(Value::as_str) {
+                self.finish = Some(f.to_string());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How many timeouts a whole streamed reply may last.
+const STREAM_CAP: u32 = 6;
+
+async fn read_stream(
+    resp: reqwest::Response,
+    req: &Request,
+    idle: Duration,
+    started: Instant,
+    spinner: &indicatif::ProgressBar,
+) -> Result<Reply, Failure> {
+    let mut body = resp.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut st = StreamState::default();
+    let partial = |st: &StreamState, mut f: Failure| {
+        if !st.text.is_empty() {
+            f.message =
+                format!("{} (after {} streamed chunks, {} chars)", f.message, st.chunks, st.text.chars().count());
+        }
+        f
+    };
+    // a server that trickles keep-alive bytes forever must not hold the run: the whole stream may
+    // last at most STREAM_CAP times the timeout
+    let cap = idle * STREAM_CAP;
+    while !st.done {
+        if started.elapsed() > cap {
+            let f = Failure::new(
+                Kind::Timeout,
+                format!("the stream went on for more than {} ({STREAM_CAP} x timeout)", secs(cap.as_secs_f64())),
+            );
+            return Err(partial(&st, f));
+        }
+        let next = match tokio::time::timeout(idle, body.next()).await {
+            Err(_) => {
+                let f = Failure::new(
+                    Kind::Timeout,
+                    format!("the stream stalled: no data for {}", secs(idle.as_secs_f64())),
+                );
+                return Err(partial(&st, f));
+            }
+            Ok(n) => n,
+        };
+        match next {
+            None => break,
+            Some(Err(e)) => {
+                let mut f = from_reqwest(&e, "the stream");
+                if f.kind == Kind::Timeout {
+                    f.kind = Kind::Reset;
+                }
+                return Err(partial(&st, f));
+            }
+            Some(Ok(bytes)) => {
+                buf.extend_from_slice(&bytes);
+                let mut start = 0;
+                while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
+                    st.feed_line(&buf[start..start + pos])?;
+                    start += pos + 1;
+                    if st.done {
+                        break;
+                    }
+                }
+                buf.drain(..start);
+                spinner.set_message(format!("{}: {} tokens so far", req.model, st.chunks));
+            }
+        }
+    }
+    if !buf.is_empty() && !st.done {
+        let rest = std::mem::take(&mut buf);
+        st.feed_line(&rest)?;
+    }
+    if !st.done && st.finish.is_none() {
+        let f =
+            Failure::new(Kind::Reset, "the stream ended before the reply was complete (no [DONE], no finish_reason)");
+        return Err(partial(&st, f));
+    }
+    st.finish(req, started)
+}
+
+impl StreamState {
+    fn finish(self, req: &Request, started: Instant) -> Result<Reply, Failure> {
+        let usage = self.usage.unwrap_or(Usage {
+            // the server sent no usage: estimate (a chunk is about a token; 4 chars per prompt token)
+            prompt_tokens: (req.chars() / 4) as u64,
+            completion_tokens: self.chunks,
+            total_tokens: (req.chars() / 4) as u64 + self.chunks,
+        });
+        let reply = Reply {
+            text: self.text,
+            finish_reason: self.finish.unwrap_or_else(|| "stop".into()),
+            usage,
+            model: self.model.unwrap_or_else(|| req.model.clone()),
+            latency: started.elapsed().as_secs_f64(),
+            streamed: true,
+            replayed: false,
+        };
+        check_reply(reply, req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_https_client_builds_with_the_ring_provider() {
+        Endpoint::new("https://api.openai.com/v1", Duration::from_secs(5), 4).expect("client builds");
+    }
+
+    #[test]
+    fn summaries() {
+        assert_eq!(body_summary(br#"{"error": {"message": "bad model"}}"#), "bad model");
+        assert_eq!(
+            body_summary(b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>x</body></html>"),
+            "an HTML page titled '502 Bad Gateway'"
+        );
+        assert_eq!(body_summary(b""), "(empty body)");
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "3".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(3.0));
+        h.insert("retry-after-ms", "1500".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(1.5));
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(0.0));
+    }
+}
