@@ -596,6 +596,8 @@ impl LocalKernel {
         if let Some(e) = dead {
             p.disconnect();
             *self.shared.control.lock().await = None;
+            // The pid may be reused by another process: never signal it again.
+            *self.shared.pid.lock().unwrap_or_else(|e| e.into_inner()) = None;
             r.status = ExecStatus::Dead;
             let tail = p.log_tail(5);
             let mut msg = format!("the kernel died: it {}", e.describe());
