@@ -103,7 +103,8 @@ def main():
     ap.add_argument("--cellsci", default=os.path.join(REPO, "target", "release", "cellsci"))
     ap.add_argument("--venv", default="/tmp/cellsci-bench-venv")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--only", default="")
+    ap.add_argument("--only", default="", help="comma-separated case names")
+    ap.add_argument("--tools", default="cellsci,nbclient,papermill", help="comma-separated tools")
     args = ap.parse_args()
     py = ensure_venv(args.venv)
     env = dict(os.environ)
@@ -126,7 +127,10 @@ def main():
             "papermill": lambda o: [py, "-m", "papermill", "-k", "python3", "--no-progress-bar", src, o],
         }
         res = {}
+        wanted = args.tools.split(",")
         for tool, cmd in tools.items():
+            if tool not in wanted:
+                continue
             times, mems = [], []
             for r in range(args.repeat):
                 out = os.path.join(work, f"{name}.{tool}.{r}.ipynb")
@@ -140,14 +144,15 @@ def main():
     print()
     print("| case | cellsci s | nbclient s | papermill s | cellsci/nbclient | cellsci/papermill | host MiB cellsci / nbclient / papermill |")
     print("|---|---|---|---|---|---|---|")
+    nan = (float("nan"), float("nan"))
     for name, r in rows:
-        c, n, p = r["cellsci"][0], r["nbclient"][0], r["papermill"][0]
+        c, n, p = (r.get(t, nan) for t in ("cellsci", "nbclient", "papermill"))
         print(
-            f"| {name} | {c:.3f} | {n:.3f} | {p:.3f} | {c / n:.2f} | {c / p:.2f} | "
-            f"{r['cellsci'][1]:.0f} / {r['nbclient'][1]:.0f} / {r['papermill'][1]:.0f} |"
+            f"| {name} | {c[0]:.3f} | {n[0]:.3f} | {p[0]:.3f} | {c[0] / n[0]:.2f} | {c[0] / p[0]:.2f} | "
+            f"{c[1]:.0f} / {n[1]:.0f} / {p[1]:.0f} |"
         )
     by = dict(rows)
-    if "empty" in by and "trivial_1000" in by:
+    if "empty" in by and "trivial_1000" in by and all(t in by["empty"] for t in ("cellsci", "nbclient", "papermill")):
         print()
         for tool in ("cellsci", "nbclient", "papermill"):
             fixed = by["empty"][tool][0]

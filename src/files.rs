@@ -1,4 +1,5 @@
-//! Atomic file writes, the one implementation every writer uses (`fs.write`, reports, plots, notebooks):
+//! Atomic file writes, the one implementation every writer uses (`fs.write`, reports, plots, notebooks,
+//! which stream into `temp_beside` and `persist` themselves):
 //! the data goes to a temporary file in the destination's folder and is renamed over the destination,
 //! so a reader or a crash never sees half a file. Missing folders are created; an existing file keeps its
 //! permissions and a new one gets what a plain create would give (0666 & ~umask).
@@ -8,32 +9,25 @@ use std::path::{Path, PathBuf};
 
 /// Write `bytes` to `path` atomically, synced to disk before the rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_atomic_with(path, true, |w| w.write_all(bytes))
+    let mut tmp = temp_beside(path)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_data()?;
+    persist(tmp, path)
 }
 
-/// Write to `path` atomically through `fill`, which streams into a buffered writer. `sync` flushes the
-/// data to disk before the rename (protection against power loss, at the cost of an fsync); without it
-/// the rename still protects against a crash of the process.
-pub fn write_atomic_with(
-    path: &Path,
-    sync: bool,
-    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-) -> std::io::Result<()> {
+/// A temporary file in `path`'s folder (created with its parents), to be `persist`ed over `path`.
+pub fn temp_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir)?;
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "file".into());
-    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(&dir)?;
-    {
-        let mut w = std::io::BufWriter::with_capacity(256 * 1024, tmp.as_file());
-        fill(&mut w)?;
-        w.flush()?;
-    }
-    if sync {
-        tmp.as_file().sync_data()?;
-    }
+    tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(&dir)
+}
+
+/// Rename a finished temporary file over `path`, with `path`'s permissions (or a plain create's).
+pub fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> std::io::Result<()> {
     let perms = match std::fs::metadata(path) {
         Ok(m) => m.permissions(),
         Err(_) => {
@@ -68,7 +62,7 @@ mod tests {
         let p = d.path().join("sub/a.txt");
         write_atomic(&p, b"one").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
-        write_atomic_with(&p, false, |w| w.write_all(b"two")).unwrap();
+        write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o640);
         let left: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().flatten().collect();

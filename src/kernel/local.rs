@@ -262,12 +262,20 @@ impl LocalKernel {
         std::fs::write(&cf, serde_json::to_vec(&info)?).context("cannot write the connection file")?;
         let log = dir.path().join("kernel.log");
         let logf = std::fs::File::create(&log)?;
-        let argv: Vec<String> = self
+        let mut argv: Vec<String> = self
             .spec
             .argv
             .iter()
             .map(|a| if a == "{connection_file}" { cf.display().to_string() } else { a.clone() })
             .collect();
+        // As nbclient and papermill do: an IPython kernel keeps its input history in memory. The default
+        // SQLite file on disk costs a synced write per cell (half of a trivial cell's time) and locks
+        // up when several kernels run at once.
+        if argv.iter().any(|a| a.starts_with("ipykernel"))
+            && !argv.iter().any(|a| a.contains("HistoryManager.hist_file"))
+        {
+            argv.push("--HistoryManager.hist_file=:memory:".into());
+        }
         let mut cmd = tokio::process::Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .stdin(std::process::Stdio::null())
@@ -588,6 +596,8 @@ impl LocalKernel {
         if let Some(e) = dead {
             p.disconnect();
             *self.shared.control.lock().await = None;
+            // The pid may be reused by another process: never signal it again.
+            *self.shared.pid.lock().unwrap_or_else(|e| e.into_inner()) = None;
             r.status = ExecStatus::Dead;
             let tail = p.log_tail(5);
             let mut msg = format!("the kernel died: it {}", e.describe());

@@ -163,11 +163,12 @@ impl ExecResult {
         }
     }
 
-    /// The result as the table scripts get (`traceback` one ANSI-free string).
-    pub fn to_json(&self) -> Value {
+    /// The result as the table scripts get (`traceback` one ANSI-free string). Consumes the result so
+    /// large outputs are moved, not copied.
+    pub fn into_json(self) -> Value {
         let mut m = Map::new();
         m.insert("status".into(), json!(self.status.as_str()));
-        m.insert("outputs".into(), Value::Array(self.outputs.clone()));
+        m.insert("outputs".into(), Value::Array(self.outputs));
         m.insert("execution_count".into(), json!(self.execution_count));
         m.insert("ename".into(), json!(self.ename));
         m.insert("evalue".into(), json!(self.evalue));
@@ -180,7 +181,7 @@ impl ExecResult {
             },
         );
         m.insert("duration".into(), json!(self.duration));
-        m.insert("timing".into(), Value::Object(self.timing.clone()));
+        m.insert("timing".into(), Value::Object(self.timing));
         m.insert("message".into(), json!(self.message));
         m.insert("restarted".into(), json!(self.restarted));
         if let Some(e) = &self.exit {

@@ -17,6 +17,11 @@ pub struct OutputBuilder {
     dirty_streams: Vec<usize>,
 }
 
+/// An object from owned members. (`json!` would serialize each member again: a copy of a 20 MB image.)
+fn obj(members: Vec<(&str, Value)>) -> Value {
+    Value::Object(members.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
 fn take_obj(content: &mut Value, key: &str) -> Value {
     match content.get_mut(key) {
         Some(v @ Value::Object(_)) => v.take(),
@@ -51,7 +56,11 @@ impl OutputBuilder {
                     }
                 }
                 let dirty = text.contains(['\r', '\u{8}']);
-                self.outputs.push(json!({"name": name, "output_type": "stream", "text": text}));
+                self.outputs.push(obj(vec![
+                    ("name", Value::String(name)),
+                    ("output_type", json!("stream")),
+                    ("text", Value::String(text)),
+                ]));
                 let i = self.outputs.len() - 1;
                 if dirty {
                     self.dirty_streams.push(i);
@@ -62,7 +71,11 @@ impl OutputBuilder {
                 let display_id = content.pointer("/transient/display_id").and_then(Value::as_str).map(String::from);
                 let data = take_obj(&mut content, "data");
                 let metadata = take_obj(&mut content, "metadata");
-                self.outputs.push(json!({"data": data, "metadata": metadata, "output_type": "display_data"}));
+                self.outputs.push(obj(vec![
+                    ("data", data),
+                    ("metadata", metadata),
+                    ("output_type", json!("display_data")),
+                ]));
                 let i = self.outputs.len() - 1;
                 if let Some(id) = display_id {
                     self.display.entry(id).or_default().push(i);
@@ -87,7 +100,12 @@ impl OutputBuilder {
                 let count = content.get("execution_count").cloned().unwrap_or(Value::Null);
                 let data = take_obj(&mut content, "data");
                 let metadata = take_obj(&mut content, "metadata");
-                self.outputs.push(json!({"data": data, "execution_count": count, "metadata": metadata, "output_type": "execute_result"}));
+                self.outputs.push(obj(vec![
+                    ("data", data),
+                    ("execution_count", count),
+                    ("metadata", metadata),
+                    ("output_type", json!("execute_result")),
+                ]));
                 let i = self.outputs.len() - 1;
                 if let Some(id) = display_id {
                     self.display.entry(id).or_default().push(i);
@@ -98,7 +116,12 @@ impl OutputBuilder {
                 let ename = content.get("ename").cloned().unwrap_or(json!(""));
                 let evalue = content.get("evalue").cloned().unwrap_or(json!(""));
                 let tb = content.get_mut("traceback").map(Value::take).unwrap_or(json!([]));
-                self.outputs.push(json!({"ename": ename, "evalue": evalue, "output_type": "error", "traceback": tb}));
+                self.outputs.push(obj(vec![
+                    ("ename", ename),
+                    ("evalue", evalue),
+                    ("output_type", json!("error")),
+                    ("traceback", tb),
+                ]));
                 Some(self.outputs.len() - 1)
             }
             "clear_output" => {

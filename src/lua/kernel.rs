@@ -171,7 +171,7 @@ impl LuaUserData for LuaKernel {
                 return Err(e);
             }
             match res {
-                Ok(r) => Ok((to_lua(&lua, &r.to_json())?, LuaValue::Nil)),
+                Ok(r) => Ok((to_lua(&lua, &r.into_json())?, LuaValue::Nil)),
                 Err(e) => match interrupted_err(&lua, &e) {
                     Some(r) => r,
                     None => fail(&lua, "kernel", format!("{e:#}")),

@@ -9,11 +9,15 @@
 //! one-space indent, a final newline).
 //!
 //! Saving after every cell must stay cheap on long notebooks, so each cell's serialized text is cached
-//! and only cells that changed are serialized again; a save concatenates the cached pieces.
+//! and only cells that changed are serialized again; a save concatenates the cached pieces. The text of
+//! a very large cell (a 20 MB image) is not kept in memory: it is written straight to the file, and
+//! later saves copy it from the previous file (whose inode stays readable after the rename).
 //! This module must never lose a member of a user's notebook.
 
+use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
@@ -21,17 +25,68 @@ use serde_json::{json, Map, Value};
 /// Newest minor version of nbformat 4 we write for new notebooks.
 pub const NBFORMAT_MINOR: i64 = 5;
 
-/// One cell: its JSON object and the cached serialized text (indented for its place in the file).
+/// Cells whose text is larger than this are cached in the written file instead of in memory.
+const BIG_CELL: usize = 4 << 20;
+
+/// The serialized text of a cell, indented for its place in the file.
+#[derive(Debug, Clone)]
+enum Cache {
+    None,
+    Mem(String),
+    /// Bytes `off..off + len` of a file this notebook wrote.
+    Disk {
+        file: Arc<File>,
+        off: u64,
+        len: u64,
+    },
+}
+
+/// One cell: its JSON object and its cached text.
 #[derive(Debug, Clone)]
 struct Cell {
     value: Value,
-    cache: Option<String>,
+    cache: Cache,
 }
 
 impl Cell {
     fn new(value: Value) -> Self {
-        Cell { value, cache: None }
+        Cell { value, cache: Cache::None }
     }
+}
+
+/// A writer that counts what passes through it (to know where a cell lands in the file).
+struct Counting<'a> {
+    inner: &'a mut dyn Write,
+    pos: u64,
+}
+
+impl Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Copy `len` bytes at `off` of `file` into `w`.
+fn copy_range(file: &File, off: u64, len: u64, w: &mut dyn Write) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut done = 0u64;
+    while done < len {
+        let want = ((len - done) as usize).min(buf.len());
+        let n = file.read_at(&mut buf[..want], off + done)?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "cached notebook text is gone"));
+        }
+        w.write_all(&buf[..n])?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// A notebook document.
@@ -245,7 +300,7 @@ impl Notebook {
             let outputs = match get("outputs") {
                 None => Vec::new(),
                 Some(Value::Object(o)) if o.is_empty() => Vec::new(),
-                Some(Value::Array(a)) => a.iter().map(split_output).collect(),
+                Some(Value::Array(a)) => a.clone(),
                 Some(other) => bail!("cell outputs must be a list, not {}", type_name(other)),
             };
             m.insert("outputs".into(), Value::Array(outputs));
@@ -287,7 +342,7 @@ impl Notebook {
     fn cell_mut(&mut self, i: usize) -> Result<&mut Map<String, Value>> {
         self.check_index(i)?;
         let c = &mut self.cells[i];
-        c.cache = None;
+        c.cache = Cache::None;
         c.value.as_object_mut().context("cell is not an object")
     }
 
@@ -310,7 +365,7 @@ impl Notebook {
         if c.get("cell_type").and_then(Value::as_str) != Some("code") {
             bail!("cell {} is not a code cell", i + 1);
         }
-        insert_sorted(c, "outputs", Value::Array(outputs.iter().map(split_output).collect()));
+        insert_sorted(c, "outputs", Value::Array(outputs.to_vec()));
         insert_sorted(c, "execution_count", execution_count.map(Value::from).unwrap_or(Value::Null));
         if let Some(t) = timing {
             if !c.get("metadata").is_some_and(Value::is_object) {
@@ -334,7 +389,7 @@ impl Notebook {
         if c.get("cell_type").and_then(Value::as_str) != Some("code") {
             bail!("cell {} is not a code cell", i + 1);
         }
-        insert_sorted(c, "outputs", Value::Array(outputs.into_iter().map(split_output_owned).collect()));
+        insert_sorted(c, "outputs", Value::Array(outputs));
         insert_sorted(c, "execution_count", execution_count.map(Value::from).unwrap_or(Value::Null));
         if let Some(t) = timing {
             if !c.get("metadata").is_some_and(Value::is_object) {
@@ -390,39 +445,25 @@ impl Notebook {
         out
     }
 
-    fn refresh_cache(&mut self) {
-        for c in &mut self.cells {
-            if c.cache.is_none() {
-                c.cache = Some(pretty(&c.value, 2));
-            }
-        }
-    }
-
     /// Write the serialized notebook to `w`.
     pub fn write_to(&mut self, w: &mut dyn Write) -> std::io::Result<()> {
-        self.refresh_cache();
+        let mut c = Counting { inner: w, pos: 0 };
+        self.write_impl(&mut c, None).map(|_| ())
+    }
+
+    /// Write to `w`; with `target` (the file `w` writes into), very large cells are streamed and their
+    /// place in it returned, to become their cache once the file is safely written.
+    fn write_impl(&mut self, w: &mut Counting, target: Option<&Arc<File>>) -> std::io::Result<Vec<(usize, Cache)>> {
+        let mut moved = Vec::new();
         w.write_all(b"{\n")?;
         let n = self.top.len() + 1;
         let mut idx = 0;
-        let emit_cells = |w: &mut dyn Write, last: bool| -> std::io::Result<()> {
-            if self.cells.is_empty() {
-                w.write_all(b" \"cells\": []")?;
-            } else {
-                w.write_all(b" \"cells\": [\n")?;
-                for (j, c) in self.cells.iter().enumerate() {
-                    w.write_all(b"  ")?;
-                    w.write_all(c.cache.as_deref().expect("cache refreshed").as_bytes())?;
-                    w.write_all(if j + 1 < self.cells.len() { b",\n" } else { b"\n" })?;
-                }
-                w.write_all(b" ]")?;
-            }
-            w.write_all(if last { b"\n" } else { b",\n" })
-        };
         let mut cells_done = false;
-        for (i, (k, v)) in self.top.iter().enumerate() {
+        let top: Vec<(String, Value)> = self.top.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (i, (k, v)) in top.iter().enumerate() {
             if i == self.cells_pos {
                 idx += 1;
-                emit_cells(w, idx == n)?;
+                self.emit_cells(w, idx == n, target, &mut moved)?;
                 cells_done = true;
             }
             idx += 1;
@@ -433,16 +474,71 @@ impl Notebook {
             w.write_all(if idx == n { b"\n" } else { b",\n" })?;
         }
         if !cells_done {
-            emit_cells(w, true)?;
+            self.emit_cells(w, true, target, &mut moved)?;
         }
-        w.write_all(b"}\n")
+        w.write_all(b"}\n")?;
+        Ok(moved)
+    }
+
+    fn emit_cells(
+        &mut self,
+        w: &mut Counting,
+        last: bool,
+        target: Option<&Arc<File>>,
+        moved: &mut Vec<(usize, Cache)>,
+    ) -> std::io::Result<()> {
+        if self.cells.is_empty() {
+            w.write_all(b" \"cells\": []")?;
+        } else {
+            w.write_all(b" \"cells\": [\n")?;
+            let count = self.cells.len();
+            for (j, c) in self.cells.iter_mut().enumerate() {
+                w.write_all(b"  ")?;
+                if matches!(c.cache, Cache::None) {
+                    if let Some(t) = target.filter(|_| estimate(&c.value, 3) > BIG_CELL) {
+                        let start = w.pos;
+                        write_pretty(&CellSer(&c.value), 2, &mut *w)?;
+                        moved.push((j, Cache::Disk { file: t.clone(), off: start, len: w.pos - start }));
+                    } else {
+                        c.cache = Cache::Mem(pretty_with(&CellSer(&c.value), &c.value, 2));
+                    }
+                }
+                match &c.cache {
+                    Cache::None => {}
+                    Cache::Mem(s) => w.write_all(s.as_bytes())?,
+                    Cache::Disk { file, off, len } => {
+                        let start = w.pos;
+                        copy_range(file, *off, *len, &mut *w)?;
+                        if let Some(t) = target {
+                            moved.push((j, Cache::Disk { file: t.clone(), off: start, len: *len }));
+                        }
+                    }
+                }
+                w.write_all(if j + 1 < count { b",\n" } else { b"\n" })?;
+            }
+            w.write_all(b" ]")?;
+        }
+        w.write_all(if last { b"\n" } else { b",\n" })
     }
 
     /// Write the notebook to `path` atomically (a temporary file in the same folder, then a rename).
     pub fn write(&mut self, path: &Path) -> Result<()> {
         // No fsync: the notebook is saved after every cell, and the rename already protects it from a crash.
-        crate::files::write_atomic_with(path, false, |w| self.write_to(w))
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        let tmp = crate::files::temp_beside(path).with_context(|| format!("cannot write {}", path.display()))?;
+        let target = Arc::new(tmp.as_file().try_clone()?);
+        let moved = {
+            let mut bw = std::io::BufWriter::with_capacity(256 * 1024, tmp.as_file());
+            let mut w = Counting { inner: &mut bw, pos: 0 };
+            let moved =
+                self.write_impl(&mut w, Some(&target)).with_context(|| format!("cannot write {}", path.display()))?;
+            bw.flush().with_context(|| format!("cannot write {}", path.display()))?;
+            moved
+        };
+        crate::files::persist(tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+        // Only now that the file is complete may large cells be read back from it.
+        for (j, cache) in moved {
+            self.cells[j].cache = cache;
+        }
         Ok(())
     }
 }
@@ -564,46 +660,125 @@ pub fn join_output(o: &Value) -> Value {
     o
 }
 
-/// An output with its multi-line strings split into line lists (the shape Jupyter writes).
-pub fn split_output(o: &Value) -> Value {
-    split_output_owned(o.clone())
-}
-
-pub fn split_output_owned(mut o: Value) -> Value {
-    if let Some(m) = o.as_object_mut() {
-        if m.get("output_type").and_then(Value::as_str) == Some("stream") {
-            if let Some(Value::String(t)) = m.get("text") {
-                let v = split_lines(t);
-                m.insert("text".into(), v);
-            }
-        }
-        if let Some(Value::Object(d)) = m.get_mut("data") {
-            for (k, v) in d.iter_mut() {
-                if splits_mime(k) {
-                    if let Value::String(s) = v {
-                        *v = split_lines(s);
-                    }
-                }
-            }
-        }
-    }
-    o
-}
-
 /// JSON as Python's `json.dumps(indent=1, ensure_ascii=False)` writes it, with every line after the
 /// first indented by `level` more spaces (for its place inside the document).
 pub fn pretty(v: &Value, level: usize) -> String {
-    let pad = vec![b' '; level];
+    pretty_with(v, v, level)
+}
+
+fn pretty_with<T: serde::Serialize + ?Sized>(x: &T, v: &Value, level: usize) -> String {
     // Sized up front: growing a 20 MB buffer by doubling would hold ~1.5 copies of it at once.
     let mut buf = Vec::with_capacity(estimate(v, level + 1) + 64);
-    {
-        // Indent while serializing (no second copy: a cell may hold a 20 MB image).
-        let w = Indent { out: &mut buf, pad: &pad };
-        let fmt = PyFormatter(serde_json::ser::PrettyFormatter::with_indent(b" "));
-        let mut ser = serde_json::Serializer::with_formatter(w, fmt);
-        serde::Serialize::serialize(v, &mut ser).expect("JSON values serialize");
-    }
+    write_pretty(x, level, &mut buf).expect("writing to memory cannot fail");
     String::from_utf8(buf).expect("serde_json writes UTF-8")
+}
+
+/// Serialize `x` as `pretty` does, into `out`, indenting while serializing (no second copy).
+fn write_pretty<T: serde::Serialize + ?Sized>(x: &T, level: usize, out: &mut dyn Write) -> std::io::Result<()> {
+    let pad = vec![b' '; level];
+    let w = Indent { out, pad: &pad };
+    let fmt = PyFormatter(serde_json::ser::PrettyFormatter::with_indent(b" "));
+    let mut ser = serde_json::Serializer::with_formatter(w, fmt);
+    serde::Serialize::serialize(x, &mut ser).map_err(std::io::Error::other)
+}
+
+// Outputs are held with their text joined (one string, not one JSON value per line: 400k printed
+// lines would otherwise cost ~30 MB of small allocations) and split into line lists, as Jupyter
+// writes them, only while serializing. Values that are already lists are written as they are.
+
+/// A cell, serialized with its source and output text split into lines.
+struct CellSer<'a>(&'a Value);
+struct OutputsSer<'a>(&'a [Value]);
+struct OutputSer<'a>(&'a Value);
+struct DataSer<'a>(&'a Map<String, Value>);
+/// A string as a list of its lines (`str.splitlines(True)`), without copying it.
+struct Lines<'a>(&'a str);
+
+impl serde::Serialize for Lines<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(line_slices(self.0))
+    }
+}
+
+/// Python's `str.splitlines(True)` for \n, \r\n and \r, as slices.
+fn line_slices(s: &str) -> impl Iterator<Item = &str> {
+    let b = s.as_bytes();
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= b.len() {
+            return None;
+        }
+        let mut i = start;
+        while i < b.len() {
+            match b[i] {
+                b'\n' => break,
+                b'\r' => {
+                    if i + 1 < b.len() && b[i + 1] == b'\n' {
+                        i += 1;
+                    }
+                    break;
+                }
+                _ => i += 1,
+            }
+        }
+        let end = (i + 1).min(b.len());
+        let line = &s[start..end];
+        start = end;
+        Some(line)
+    })
+}
+
+impl serde::Serialize for CellSer<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(m) = self.0.as_object() else { return self.0.serialize(s) };
+        let mut map = s.serialize_map(Some(m.len()))?;
+        for (k, v) in m {
+            match (k.as_str(), v) {
+                ("source", Value::String(t)) => map.serialize_entry(k, &Lines(t))?,
+                ("outputs", Value::Array(a)) => map.serialize_entry(k, &OutputsSer(a))?,
+                _ => map.serialize_entry(k, v)?,
+            }
+        }
+        map.end()
+    }
+}
+
+impl serde::Serialize for OutputsSer<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(OutputSer))
+    }
+}
+
+impl serde::Serialize for OutputSer<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(m) = self.0.as_object() else { return self.0.serialize(s) };
+        let stream = m.get("output_type").and_then(Value::as_str) == Some("stream");
+        let mut map = s.serialize_map(Some(m.len()))?;
+        for (k, v) in m {
+            match (k.as_str(), v) {
+                ("text", Value::String(t)) if stream => map.serialize_entry(k, &Lines(t))?,
+                ("data", Value::Object(d)) => map.serialize_entry(k, &DataSer(d))?,
+                _ => map.serialize_entry(k, v)?,
+            }
+        }
+        map.end()
+    }
+}
+
+impl serde::Serialize for DataSer<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            match v {
+                Value::String(t) if splits_mime(k) => map.serialize_entry(k, &Lines(t))?,
+                _ => map.serialize_entry(k, v)?,
+            }
+        }
+        map.end()
+    }
 }
 
 /// A close upper estimate of the pretty-printed size of `v` at indent `depth`.
@@ -622,28 +797,28 @@ fn estimate(v: &Value, depth: usize) -> usize {
 /// A writer that adds `pad` after every newline. JSON strings never hold a raw newline (it is
 /// escaped), so every '\n' starts a new line of JSON.
 struct Indent<'a> {
-    out: &'a mut Vec<u8>,
+    out: &'a mut dyn Write,
     pad: &'a [u8],
 }
 
 impl Write for Indent<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.pad.is_empty() {
-            self.out.extend_from_slice(buf);
+            self.out.write_all(buf)?;
             return Ok(buf.len());
         }
         let mut rest = buf;
         while let Some(i) = rest.iter().position(|&b| b == b'\n') {
-            self.out.extend_from_slice(&rest[..=i]);
-            self.out.extend_from_slice(self.pad);
+            self.out.write_all(&rest[..=i])?;
+            self.out.write_all(self.pad)?;
             rest = &rest[i + 1..];
         }
-        self.out.extend_from_slice(rest);
+        self.out.write_all(rest)?;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        self.out.flush()
     }
 }
 
@@ -711,6 +886,14 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn line_slices_match_splitlines() {
+        for t in ["a\nb", "a\n", "", "a\r\nb\rc", "\n\n", "x\r"] {
+            let a: Vec<&str> = line_slices(t).collect();
+            assert_eq!(json!(a), split_lines(t), "{t:?}");
+        }
+    }
 
     #[test]
     fn splitlines_matches_python() {

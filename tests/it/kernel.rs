@@ -86,6 +86,15 @@ assert(o[8].execution_count == 1 and o[8].data["text/plain"] == "'日本語 ✓'
 assert(r.timing["shell.execute_reply"] and r.timing["iopub.status.idle"])
 assert(type(r.duration) == "number")
 
+local seen = {}
+local live = k:execute("print('p1', flush=True)\nprint('p2', flush=True)\n7", {on_output = function(o, kind)
+  seen[#seen + 1] = kind .. ":" .. (o.text or (o.data and o.data["text/plain"]) or "")
+end})
+assert(live.status == "ok")
+local joined = table.concat(seen, "|")
+assert(joined:find("stream:p1") and joined:find("execute_result:7"), joined)
+assert(live.outputs[1].text == "p1\np2\n", "pieces were merged in the result")
+
 local r2 = k:execute([[
 from IPython.display import clear_output
 print("gone")

@@ -217,3 +217,27 @@ fn notebook_run_saves_after_every_cell_so_a_crash_keeps_finished_cells() {
     let v = read_json(&out);
     assert_eq!(stdout_of(&v["cells"][0]), "finished\n");
 }
+
+#[test]
+fn notebook_run_keeps_a_20mb_output_intact_across_later_saves() {
+    let d = util::tempdir();
+    // Large cells are not kept in memory between saves: later saves copy them from the previous file.
+    write_nb(
+        d.path(),
+        "in.ipynb",
+        &[
+            "import base64, os\nfrom IPython.display import display\ndata = base64.b64encode(os.urandom(15_000_000)).decode()\ndisplay({'image/png': data}, raw=True)",
+            "print(len(data))",
+            "print(data[:12])",
+        ],
+    );
+    let o = util::cellsci(d.path()).args(["notebook", "run", "in.ipynb", "--python"]).arg(python()).output().unwrap();
+    ok(&o);
+    let out = d.path().join("in.out.ipynb");
+    validate(&out);
+    let v = read_json(&out);
+    let png = v["cells"][0]["outputs"][0]["data"]["image/png"].as_str().unwrap();
+    assert_eq!(png.len(), 20_000_000);
+    assert_eq!(stdout_of(&v["cells"][1]), "20000000\n");
+    assert_eq!(stdout_of(&v["cells"][2]), format!("{}\n", &png[..12]));
+}
