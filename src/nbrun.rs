@@ -72,7 +72,7 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
             anyhow::bail!("--timeout must be a positive number of seconds");
         }
     }
-    let timeout = args.timeout.map(Duration::from_secs_f64);
+    let timeout = args.timeout.map(crate::duration_secs);
 
     nb.clear_outputs();
     let code_cells: Vec<usize> = (0..nb.len())

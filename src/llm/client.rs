@@ -98,7 +98,7 @@ async fn exchange(
     spinner: &indicatif::ProgressBar,
 ) -> Result<Reply, Failure> {
     let url = format!("{}/chat/completions", ep.base_url);
-    let t = Duration::from_secs_f64(opts.timeout.max(0.001));
+    let t = crate::duration_secs(opts.timeout.max(0.001));
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + t;
     let mut rb = ep.client.post(&url).json(&req.body(stream));

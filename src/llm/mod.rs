@@ -17,7 +17,7 @@ pub mod telemetry;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -591,11 +591,8 @@ impl Engine {
         if let Some(ep) = map.get(&s.base_url) {
             return Ok(ep.clone());
         }
-        let ep = Arc::new(client::Endpoint::new(
-            &s.base_url,
-            Duration::from_secs_f64(s.connect_timeout),
-            s.max_concurrency,
-        )?);
+        let ep =
+            Arc::new(client::Endpoint::new(&s.base_url, crate::duration_secs(s.connect_timeout), s.max_concurrency)?);
         map.insert(s.base_url.clone(), ep.clone());
         Ok(ep)
     }

@@ -36,7 +36,7 @@ fn spec_json(s: &KernelSpec) -> Value {
 fn secs(lua: &Lua, v: Option<f64>, what: &str) -> LuaResult<Option<Duration>> {
     match v {
         None => Ok(None),
-        Some(x) if x.is_finite() && x > 0.0 => Ok(Some(Duration::from_secs_f64(x))),
+        Some(x) if x.is_finite() && x > 0.0 => Ok(Some(crate::duration_secs(x))),
         Some(x) => Err(misuse(lua, format!("{what} must be a positive number of seconds, got {x}"))),
     }
 }
@@ -131,7 +131,7 @@ impl LuaUserData for LuaKernel {
             let mut silent = false;
             if let Some(cfg) = &HostCtx::get(&lua).config {
                 if cfg.exec.timeout_seconds > 0.0 && cfg.exec.timeout_seconds.is_finite() {
-                    timeout = Some(Duration::from_secs_f64(cfg.exec.timeout_seconds));
+                    timeout = Some(crate::duration_secs(cfg.exec.timeout_seconds));
                 }
             }
             if let Some(t) = &opts {

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mlua::prelude::*;
 use serde_json::{json, Value};
@@ -246,7 +246,7 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
                                 f = Failure::new(Kind::Interrupted, format!(
                                     "interrupted (Ctrl-C) while waiting to retry after: {}", f.message));
                             }
-                            _ = tokio::time::sleep(Duration::from_secs_f64(wait)) => continue,
+                            _ = tokio::time::sleep(crate::duration_secs(wait)) => continue,
                         }
                     } else {
                         continue;

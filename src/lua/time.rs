@@ -1,7 +1,7 @@
 //! `time`: wall clock (`now`, `stamp`, `iso`, `format`), a monotonic clock for durations, and `sleep`,
 //! which ends early on Ctrl-C so a waiting script stops promptly.
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mlua::prelude::*;
 
@@ -79,7 +79,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
                 return util::fail(&lua, "interrupted", "interrupted (Ctrl-C)");
             }
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs_f64(secs)) => Ok((LuaValue::Boolean(true), LuaValue::Nil)),
+                _ = tokio::time::sleep(crate::duration_secs(secs)) => Ok((LuaValue::Boolean(true), LuaValue::Nil)),
                 _ = token.cancelled() => util::fail(&lua, "interrupted", "interrupted (Ctrl-C)"),
             }
         })?,

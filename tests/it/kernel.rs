@@ -377,3 +377,20 @@ assert(err.message:find("Python is not installed"), err.message)
         .unwrap();
     ok(&o);
 }
+
+/// Regression: `k:execute(code, {timeout = 1e20})` panicked converting the seconds to a Duration (the
+/// process aborted with exit 101, no error table, no file:line).
+#[test]
+fn huge_timeout_values_do_not_panic() {
+    let d = crate::util::tempdir();
+    let out = lua(
+        d.path(),
+        r#"local k = assert(kernel.start{python = PY, startup_timeout = 1e20})
+local r = k:execute("x = 1 + 1", {timeout = 1e20})
+assert(r.status == "ok", r.status)
+k:shutdown()
+print("huge ok")"#,
+    );
+    let t = crate::util::text(&out);
+    assert!(out.status.success() && t.contains("huge ok"), "{t}");
+}

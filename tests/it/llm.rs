@@ -737,3 +737,25 @@ fn a_stream_that_trickles_forever_is_cut_at_six_timeouts() {
     );
     ok(&out);
 }
+
+/// Regression: a huge but finite timeout (`timeout = 1e20`, or `Infinity` in the config) panicked in
+/// `Duration::from_secs_f64` instead of meaning "no practical limit".
+#[test]
+fn huge_timeouts_do_not_panic() {
+    let d = tempdir();
+    let srv = FakeLlm::start();
+    srv.push_reply("one");
+    srv.push_reply("two");
+    config(d.path(), &srv.url(), json!({"connect_timeout": 1e300}));
+    let out = run(
+        d.path(),
+        r#"local llm = require("llm")
+local r = assert(llm.chat{prompt = "hi", timeout = 1e20, stream = false})
+assert(r.text == "one", r.text)
+r = assert(llm.chat{prompt = "hi", timeout = 1e300, stream = true})
+assert(r.text == "two", r.text)
+print("huge ok")"#,
+        &[],
+    );
+    assert!(ok(&out).contains("huge ok"));
+}
