@@ -655,7 +655,7 @@ impl Engine {
                 "temperature": req.temperature,
                 "max_tokens": req.max_tokens,
                 "json": req.json,
-                "last_user": self.settings.mask(&head(&last_user, 300)),
+                "last_user": head(&self.settings.mask(&last_user), 300),
             },
         });
         match r {
@@ -665,7 +665,7 @@ impl Engine {
                 ev["response"] = json!({
                     "chars": rep.text.chars().count(), "finish_reason": rep.finish_reason,
                     "usage": rep.usage.to_json(), "model": rep.model,
-                    "text": self.settings.mask(&head(&rep.text, 300)),
+                    "text": head(&self.settings.mask(&rep.text), 300),
                 });
             }
             Err(f) => {
