@@ -760,25 +760,31 @@ print("huge ok")"#,
     assert!(ok(&out).contains("huge ok"));
 }
 
-/// Regression: the event log cut a prompt at 300 characters and then masked it, so a key straddling
-/// the cut was no longer found whole and its first characters were written to events.jsonl.
+/// Regression: the event log cut a prompt at 300 characters (and an error message cut an HTTP body)
+/// before masking, so a key straddling the cut was not found whole and its first characters leaked.
 #[test]
 fn key_cut_at_the_event_log_limit_is_still_masked() {
     let d = tempdir();
     let srv = FakeLlm::start();
-    srv.push_reply("fine");
     let key = "plainKEYabcdefghSECRETPART42";
+    // an error body that echoes the key across the 300-character cut of its summary
+    srv.push(401, &[], &format!("{{\"error\": {{\"message\": \"{}{key}\"}}}}", "y".repeat(285)));
+    srv.push_reply("fine");
     config(d.path(), &srv.url(), json!({"api_key": key}));
     let out = run(
         d.path(),
         &format!(
             r#"require("log").set_event_file("events.jsonl")
-local r = assert(require("llm").chat{{prompt = string.rep("x", 290) .. "{key}", stream = false}})
+local llm = require("llm")
+local r, err = llm.chat{{prompt = "hi", stream = false}}
+assert(not r and err.kind == "client", tostring(err))
+print(err.message)
+r = assert(llm.chat{{prompt = string.rep("x", 290) .. "{key}", stream = false}})
 print("sent")"#
         ),
         &[],
     );
-    ok(&out);
+    assert!(!ok(&out).contains("plainKEYab"), "a piece of the key was printed");
     let text = std::fs::read_to_string(d.path().join("events.jsonl")).unwrap();
     assert!(!text.contains("plainKEYab"), "a piece of the key was logged: {text}");
     assert!(text.contains("***"), "{text}");
