@@ -294,4 +294,10 @@ impl Interrupter {
     pub async fn interrupt(&self) -> Result<()> {
         self.0.interrupt().await
     }
+
+    /// The kernel's process id, readable while an execution holds the kernel; None once it has died or
+    /// been shut down (its pid may be reused by then).
+    pub fn pid(&self) -> Option<u32> {
+        *self.0.pid.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }

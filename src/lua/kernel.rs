@@ -210,7 +210,8 @@ impl LuaUserData for LuaKernel {
                 Err(_) => true, // busy executing
             })
         });
-        methods.add_method("pid", |_, this, ()| Ok(this.kernel.try_lock().ok().and_then(|k| k.pid())));
+        // from the shared state, not the kernel: the kernel is locked while a cell runs
+        methods.add_method("pid", |_, this, ()| Ok(this.interrupter.pid()));
         methods.add_meta_method(LuaMetaMethod::ToString, |_, this, ()| Ok(format!("kernel ({})", this.name)));
     }
 }

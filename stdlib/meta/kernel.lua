@@ -27,7 +27,7 @@ function kernel.specs() end
 ---Options of `kernel.start`. Any other key raises.
 ---@class cellsci.kernel.StartOpts
 ---@field name? string The kernelspec. Default: the config's `exec.kernel_name`, else `"python3"`. Giving it drops the config's `exec.python`.
----@field python? string Run this interpreter's ipykernel instead of a kernelspec. Default: the config's `exec.python` (none).
+---@field python? string Run this interpreter's ipykernel instead of a kernelspec; wins over `name` when both are given. Default: the config's `exec.python` (none).
 ---@field packages? string[]|string Provision (once, cached) a venv with ipykernel and these pip requirements, and run it. Default: the config's `exec.kernel_packages` (`{}`).
 ---@field cwd? string The kernel's working directory. Default: cellsci's current folder.
 ---@field env? table<string, string|number|boolean> Added to the inherited environment and the spec's env (`true`/`false` become `"1"`/`"0"`). Default: none.
@@ -111,8 +111,8 @@ function Kernel:shutdown() end
 ---@return boolean
 function Kernel:alive() end
 
----The kernel process id; nil after `k:shutdown()`, and also while a cell is executing (the handle
----is busy then).
+---The kernel process id (also while a cell is executing); nil once the kernel has died or been shut
+---down, until `k:restart()`.
 ---@return integer|nil pid
 function Kernel:pid() end
 

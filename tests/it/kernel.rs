@@ -394,3 +394,29 @@ print("huge ok")"#,
     let t = crate::util::text(&out);
     assert!(out.status.success() && t.contains("huge ok"), "{t}");
 }
+
+/// Regression: `k:pid()` was nil while a cell ran (it read the kernel, which the running cell holds),
+/// and still named the dead process after the kernel died.
+#[test]
+fn pid_is_known_while_a_cell_runs_and_nil_once_dead() {
+    let d = crate::util::tempdir();
+    let out = lua(
+        d.path(),
+        r#"local k = assert(kernel.start{python = PY})
+local before = k:pid()
+assert(math.type(before) == "integer", tostring(before))
+local during
+local r = k:execute("print('x')", {on_output = function() during = k:pid() end})
+assert(r.status == "ok", r.status)
+assert(during == before, "pid while running: " .. tostring(during))
+r = k:execute("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+assert(r.status == "dead", r.status)
+assert(k:pid() == nil, "pid after death: " .. tostring(k:pid()))
+assert(k:restart())
+assert(math.type(k:pid()) == "integer" and k:pid() ~= before)
+k:shutdown()
+assert(k:pid() == nil)
+print("pid ok")"#,
+    );
+    assert!(ok(&out).contains("pid ok"));
+}
