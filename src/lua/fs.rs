@@ -322,7 +322,9 @@ fn walk_glob(base: &Path, parts: &[&str], res: &[Option<regex::Regex>], out: &mu
     if *first == "**" {
         walk_glob(base, rest, &res[1..], out); // zero folders
         let Ok(rd) = std::fs::read_dir(here) else { return };
-        let mut dirs: Vec<_> = rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name()).collect();
+        // real folders only: following a symlinked folder can loop (`venv/lib64 -> .`) or walk the disk
+        let mut dirs: Vec<_> =
+            rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.file_name()).collect();
         dirs.sort();
         for d in dirs {
             if d.to_string_lossy().starts_with('.') {

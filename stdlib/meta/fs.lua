@@ -101,7 +101,8 @@ function fs.stat(path) end
 
 ---Existing paths that match a glob pattern, sorted, written the way the pattern is (relative stays
 ---relative). `*`, `?` and `[abc]`/`[!abc]` match within one name; `**` matches any number of folders.
----Hidden names match only when the pattern part starts with `.`; `**` does not enter hidden folders.
+---Hidden names match only when the pattern part starts with `.`; `**` does not enter hidden
+---or symlinked folders.
 ---No match gives an empty list. Raises on a bad pattern or a non-string.
 ---@param pattern string
 ---@return string[] paths

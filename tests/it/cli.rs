@@ -465,3 +465,22 @@ assert(lines[1].kind == "step" and lines[1].n == 1 and lines[2].kind == "log" an
     let mode = std::fs::metadata(d.path().join("out/a/f.txt")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode & 0o044, 0o044, "mode {mode:o}");
 }
+
+/// Regression: `**` in fs.glob followed symlinked folders, so a link back to a parent made it recurse
+/// until the path was too long (thousands of duplicate matches, or a stack overflow).
+#[test]
+fn glob_double_star_does_not_follow_symlink_loops() {
+    let d = util::tempdir();
+    write(d.path(), "g/a/x.txt", "1");
+    std::os::unix::fs::symlink("..", d.path().join("g/a/up")).unwrap();
+    write(
+        d.path(),
+        "t.lua",
+        r#"local fs = require("fs")
+local got = table.concat(fs.glob("g/**/*.txt"), ",")
+assert(got == "g/a/x.txt", got)
+print("glob ok")"#,
+    );
+    let o = cellsci(d.path()).args(["script", "t.lua"]).output().unwrap();
+    assert!(o.status.success() && text(&o).contains("glob ok"), "{}", text(&o));
+}
