@@ -23,19 +23,23 @@ fn index(lua: &Lua, nb: &Notebook, i: i64, allow_end: bool) -> LuaResult<usize> 
 /// Outputs, execution count and timing of an execution result.
 type ResultParts = (Vec<Value>, Option<i64>, Option<Map<String, Value>>);
 
-/// Outputs, count and timing from a `k:execute` result table (or a table with just `outputs`).
-pub fn result_parts(lua: &Lua, v: &Value) -> LuaResult<ResultParts> {
-    let Some(m) = v.as_object() else {
+/// Outputs, count and timing from a `k:execute` result table (or a table with just `outputs`), moved
+/// out of it (outputs can be megabytes).
+pub fn result_parts(lua: &Lua, v: Value) -> LuaResult<ResultParts> {
+    let Value::Object(mut m) = v else {
         return Err(misuse(lua, "nb:set_outputs expects the table k:execute returned (or {outputs = {...}})"));
     };
-    let outputs = match m.get("outputs") {
-        Some(Value::Array(a)) => a.clone(),
+    let outputs = match m.remove("outputs") {
+        Some(Value::Array(a)) => a,
         Some(Value::Object(o)) if o.is_empty() => Vec::new(),
         None | Some(Value::Null) => Vec::new(),
         Some(_) => return Err(misuse(lua, "nb:set_outputs: 'outputs' must be a list")),
     };
     let count = m.get("execution_count").and_then(Value::as_i64);
-    let timing = m.get("timing").and_then(Value::as_object).filter(|t| !t.is_empty()).cloned();
+    let timing = match m.remove("timing") {
+        Some(Value::Object(t)) if !t.is_empty() => Some(t),
+        _ => None,
+    };
     Ok((outputs, count, timing))
 }
 
@@ -80,10 +84,8 @@ impl LuaUserData for LuaNotebook {
         methods.add_method_mut("set_outputs", |lua, this, (i, result): (i64, LuaValue)| {
             let i = index(lua, &this.0, i, false)?;
             let v = from_lua_checked(lua, &result, "nb:set_outputs")?;
-            let (outputs, count, timing) = result_parts(lua, &v)?;
-            this.0
-                .set_outputs(i, &outputs, count, timing.as_ref())
-                .map_err(|e| misuse(lua, format!("nb:set_outputs: {e}")))
+            let (outputs, count, timing) = result_parts(lua, v)?;
+            this.0.set_outputs_owned(i, outputs, count, timing).map_err(|e| misuse(lua, format!("nb:set_outputs: {e}")))
         });
         methods.add_method_mut("clear_outputs", |_, this, ()| {
             this.0.clear_outputs();

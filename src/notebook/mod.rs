@@ -353,31 +353,8 @@ impl Notebook {
         Ok(())
     }
 
-    /// Set the outputs, execution count and timing of code cell `i` from an execution result.
-    pub fn set_outputs(
-        &mut self,
-        i: usize,
-        outputs: &[Value],
-        execution_count: Option<i64>,
-        timing: Option<&Map<String, Value>>,
-    ) -> Result<()> {
-        let c = self.cell_mut(i)?;
-        if c.get("cell_type").and_then(Value::as_str) != Some("code") {
-            bail!("cell {} is not a code cell", i + 1);
-        }
-        insert_sorted(c, "outputs", Value::Array(outputs.to_vec()));
-        insert_sorted(c, "execution_count", execution_count.map(Value::from).unwrap_or(Value::Null));
-        if let Some(t) = timing {
-            if !c.get("metadata").is_some_and(Value::is_object) {
-                insert_sorted(c, "metadata", json!({}));
-            }
-            let meta = c.get_mut("metadata").and_then(Value::as_object_mut).expect("metadata object");
-            insert_sorted(meta, "execution", Value::Object(t.clone()));
-        }
-        Ok(())
-    }
-
-    /// Set the outputs of cell `i` taking ownership of them (no copy; for large outputs).
+    /// Set the outputs, execution count and timing of code cell `i` (0-based) from an execution result,
+    /// taking ownership of them: outputs can be large (images), so they are moved, never copied.
     pub fn set_outputs_owned(
         &mut self,
         i: usize,
