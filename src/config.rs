@@ -379,6 +379,12 @@ fn top_level_vars(top: &serde_json::Map<String, Value>) -> Vec<(String, String)>
 /// Expand `${name}` (name = letters, digits, `_`) from `vars`, then the environment. Unknown names are
 /// left exactly as written.
 pub fn expand(s: &str, vars: &[(String, String)]) -> String {
+    expand_with(s, |n| vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()).or_else(|| std::env::var(n).ok()))
+}
+
+/// Replace each `${name}` (name = letters, digits, `_`) by `lookup(name)`; names it does not know are left
+/// exactly as written. The one `${...}` expander: config values and prompt templates both use it.
+pub fn expand_with(s: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
     if !s.contains("${") {
         return s.to_string();
     }
@@ -391,8 +397,7 @@ pub fn expand(s: &str, vars: &[(String, String)]) -> String {
         let name = end.map(|e| &after[..e]);
         match name.filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
             Some(n) => {
-                let val = vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()).or_else(|| std::env::var(n).ok());
-                match val {
+                match lookup(n) {
                     Some(v) => out.push_str(&v),
                     None => {
                         out.push_str("${");

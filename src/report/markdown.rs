@@ -463,25 +463,7 @@ pub fn narrative_input(metrics: &Metrics, opts: &Options) -> Value {
 
 /// Replace `${name}` in a prompt template; unknown names are left as they are.
 pub fn fill_template(template: &str, vars: &[(&str, &str)]) -> String {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(i) = rest.find("${") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        match after.find('}') {
-            Some(j) if vars.iter().any(|(k, _)| *k == &after[..j]) => {
-                let v = vars.iter().find(|(k, _)| *k == &after[..j]).expect("checked").1;
-                out.push_str(v);
-                rest = &after[j + 1..];
-            }
-            _ => {
-                out.push_str("${");
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
+    crate::config::expand_with(template, |n| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()))
 }
 
 #[cfg(test)]
