@@ -199,7 +199,7 @@ pub fn describe_error(e: &anyhow::Error, verbose: bool) -> String {
     let mut parts = Vec::new();
     for cause in e.chain() {
         let s = cause.to_string();
-        let s = if verbose { s } else { s.split("\nstack traceback:").next().unwrap_or(&s).to_string() };
+        let s = if verbose { s } else { without_traceback(&s) };
         // mlua's "runtime error: " prefix says nothing to a user; the file:line after it does.
         let s = s.strip_prefix("runtime error: ").map(str::to_string).unwrap_or(s);
         if !parts.iter().any(|p: &String| p.contains(s.trim())) {
@@ -207,4 +207,22 @@ pub fn describe_error(e: &anyhow::Error, verbose: bool) -> String {
         }
     }
     parts.join("\n  caused by: ")
+}
+
+/// The message without its traceback. mlua's own argument errors ("bad argument #1: error converting Lua
+/// nil to String") name neither the function nor the script line: both are taken from the traceback.
+fn without_traceback(s: &str) -> String {
+    let Some((msg, tb)) = s.split_once("\nstack traceback:") else { return s.to_string() };
+    let rest = msg.strip_prefix("runtime error: ").unwrap_or(msg);
+    if !rest.starts_with("bad argument") {
+        return msg.to_string();
+    }
+    let lines = || tb.lines().map(str::trim).filter(|l| !l.is_empty());
+    let func = lines().find_map(|l| l.strip_prefix("[C]: in function '")?.strip_suffix('\''));
+    let at = lines().find(|l| !l.starts_with("[C]")).and_then(|l| l.split_once(": in ")).map(|(loc, _)| loc);
+    match (at, func) {
+        (Some(at), Some(f)) => format!("{at}: {f}: {rest}"),
+        (Some(at), None) => format!("{at}: {rest}"),
+        _ => msg.to_string(),
+    }
 }

@@ -484,3 +484,16 @@ print("glob ok")"#,
     let o = cellsci(d.path()).args(["script", "t.lua"]).output().unwrap();
     assert!(o.status.success() && text(&o).contains("glob ok"), "{}", text(&o));
 }
+
+/// Regression: a wrong argument type caught by mlua itself (`notebook.read(nil)`, `time.stamp("x")`)
+/// was reported as a bare "bad argument #1: error converting Lua nil to String", naming neither the
+/// function nor the script line.
+#[test]
+fn bad_argument_errors_name_the_function_and_line() {
+    let d = util::tempdir();
+    write(d.path(), "b.lua", "local nb = require('notebook')\n\nnb.read(nil)\n");
+    let o = cellsci(d.path()).args(["script", "b.lua"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.starts_with("error: b.lua:3: notebook.read: bad argument #1"), "{err}");
+}
