@@ -5,16 +5,11 @@ use mlua::prelude::*;
 use super::util;
 
 fn name_arg(lua: &Lua, func: &str, v: &LuaValue) -> LuaResult<String> {
-    match v {
-        LuaValue::String(s) => {
-            let n = s.to_str()?.to_string();
-            if n.is_empty() || n.contains(['=', '\0']) {
-                return Err(util::misuse(lua, format!("{func}: '{n}' is not a valid variable name")));
-            }
-            Ok(n)
-        }
-        other => Err(util::misuse(lua, format!("{func}: expected a variable name, got {}", other.type_name()))),
+    let n = util::string_arg(lua, v, func, "a variable name")?.to_str()?.to_string();
+    if n.is_empty() || n.contains(['=', '\0']) {
+        return Err(util::misuse(lua, format!("{func}: '{n}' is not a valid variable name")));
     }
+    Ok(n)
 }
 
 pub fn register(lua: &Lua) -> LuaResult<LuaTable> {

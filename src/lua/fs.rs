@@ -13,17 +13,11 @@ use super::util;
 type Ret = (LuaValue, LuaValue);
 
 fn path_arg(lua: &Lua, func: &str, v: &LuaValue) -> LuaResult<PathBuf> {
-    match v {
-        LuaValue::String(s) if !s.as_bytes().is_empty() => Ok(PathBuf::from(s.to_str()?.to_string())),
-        other => Err(util::misuse(lua, format!("{func}: expected a path string, got {}", describe(other)))),
+    let s = util::string_arg(lua, v, func, "a path string")?;
+    if s.as_bytes().is_empty() {
+        return Err(util::misuse(lua, format!("{func}: expected a path string, got an empty string")));
     }
-}
-
-fn describe(v: &LuaValue) -> String {
-    match v {
-        LuaValue::String(s) if s.as_bytes().is_empty() => "an empty string".into(),
-        other => other.type_name().to_string(),
-    }
+    Ok(PathBuf::from(s.to_str()?.to_string()))
 }
 
 /// `nil, err` for an I/O error, with a kind a script can branch on.
@@ -236,10 +230,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set(
         "glob",
         lua.create_function(|lua, pat: LuaValue| {
-            let LuaValue::String(pat) = pat else {
-                return Err(util::misuse(lua, format!("fs.glob: expected a pattern string, got {}", pat.type_name())));
-            };
-            let pat = pat.to_str()?.to_string();
+            let pat = util::string_arg(lua, &pat, "fs.glob", "a pattern string")?.to_str()?.to_string();
             let mut out = glob(&pat).map_err(|e| util::misuse(lua, format!("fs.glob: {e}")))?;
             out.sort();
             let t = lua.create_sequence_from(out)?;

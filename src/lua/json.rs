@@ -11,9 +11,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set(
         "decode",
         lua.create_function(|lua, text: LuaValue| {
-            let LuaValue::String(text) = text else {
-                return Err(util::misuse(lua, format!("json.decode: expected a string, got {}", text.type_name())));
-            };
+            let text = util::string_arg(lua, &text, "json.decode", "a string")?;
             let text = text.to_str()?;
             let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
             match crate::jsonx::parse(text) {

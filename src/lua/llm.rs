@@ -48,15 +48,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set(
         "extract_json",
         lua.create_function(|lua, text: LuaValue| {
-            let text = match &text {
-                LuaValue::String(s) => s.to_string_lossy(),
-                other => {
-                    return Err(util::misuse(
-                        lua,
-                        format!("llm.extract_json: expected the reply text (a string), got {}", other.type_name()),
-                    ))
-                }
-            };
+            let text = util::string_arg(lua, &text, "llm.extract_json", "the reply text (a string)")?.to_string_lossy();
             match crate::llm::extract::extract_json(&text) {
                 Ok(v) => Ok((util::to_lua(lua, &v)?, LuaValue::Nil)),
                 Err(e) => util::fail(lua, e.kind.as_str(), &e.message),

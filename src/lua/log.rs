@@ -56,9 +56,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set(
         "event",
         lua.create_function(|lua, (kind, fields): (LuaValue, Option<LuaValue>)| {
-            let LuaValue::String(kind) = kind else {
-                return Err(util::misuse(lua, format!("log.event: expected a kind string, got {}", kind.type_name())));
-            };
+            let kind = util::string_arg(lua, &kind, "log.event", "a kind string")?;
             let fields = match fields {
                 None | Some(LuaValue::Nil) => serde_json::json!({}),
                 Some(v @ LuaValue::Table(_)) => util::from_lua_checked(lua, &v, "log.event")?,

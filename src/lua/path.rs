@@ -6,10 +6,7 @@ use mlua::prelude::*;
 use super::util;
 
 fn str_arg(lua: &Lua, func: &str, v: &LuaValue) -> LuaResult<String> {
-    match v {
-        LuaValue::String(s) => Ok(s.to_str()?.to_string()),
-        other => Err(util::misuse(lua, format!("{func}: expected a path string, got {}", other.type_name()))),
-    }
+    Ok(util::string_arg(lua, v, func, "a path string")?.to_str()?.to_string())
 }
 
 fn s(p: &Path) -> String {

@@ -75,6 +75,15 @@ pub fn fail_with(lua: &Lua, kind: &str, message: impl AsRef<str>, extra: &Value)
     Ok((LuaValue::Nil, LuaValue::Table(err_table(lua, kind, message.as_ref(), Some(extra))?)))
 }
 
+/// A string argument, else raise `{func}: expected {what}, got <type>` with the script's file:line.
+/// (`what` says what the string stands for: "a path string", "the reply text (a string)"...)
+pub fn string_arg(lua: &Lua, v: &LuaValue, func: &str, what: &str) -> LuaResult<LuaString> {
+    match v {
+        LuaValue::String(s) => Ok(s.clone()),
+        other => Err(misuse(lua, format!("{func}: expected {what}, got {}", other.type_name()))),
+    }
+}
+
 /// Check an options table: every key must be one of `allowed`, else raise naming the key and the
 /// script's file:line.
 pub fn check_opts(lua: &Lua, opts: &LuaTable, func: &str, allowed: &[&str]) -> LuaResult<()> {

@@ -18,9 +18,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set(
         "decode",
         lua.create_function(|lua, text: LuaValue| {
-            let LuaValue::String(text) = text else {
-                return Err(util::misuse(lua, format!("yaml.decode: expected a string, got {}", text.type_name())));
-            };
+            let text = util::string_arg(lua, &text, "yaml.decode", "a string")?;
             match decode_yaml(&text.to_str()?) {
                 Ok(v) => Ok((to_lua_ordered(lua, &v)?, LuaValue::Nil)),
                 Err(e) => {
