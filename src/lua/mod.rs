@@ -209,12 +209,13 @@ pub fn describe_error(e: &anyhow::Error, verbose: bool) -> String {
     parts.join("\n  caused by: ")
 }
 
-/// The message without its traceback. mlua's own argument errors ("bad argument #1: error converting Lua
-/// nil to String") name neither the function nor the script line: both are taken from the traceback.
+/// The message without its traceback. mlua's own argument and option conversion errors ("bad argument #1:
+/// error converting Lua nil to String") name neither the function nor the script line: both are taken
+/// from the traceback.
 fn without_traceback(s: &str) -> String {
     let Some((msg, tb)) = s.split_once("\nstack traceback:") else { return s.to_string() };
     let rest = msg.strip_prefix("runtime error: ").unwrap_or(msg);
-    if !rest.starts_with("bad argument") {
+    if !rest.starts_with("bad argument") && !rest.starts_with("error converting Lua") {
         return msg.to_string();
     }
     let lines = || tb.lines().map(str::trim).filter(|l| !l.is_empty());

@@ -496,4 +496,13 @@ fn bad_argument_errors_name_the_function_and_line() {
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.starts_with("error: b.lua:3: notebook.read: bad argument #1"), "{err}");
+    // an option of the wrong type, converted by mlua
+    write(
+        d.path(),
+        "o.lua",
+        "local r = require('report')\n\nr.score({models = {a = {aggregate = {x = 1}}}}, {metric = {}})\n",
+    );
+    let o = cellsci(d.path()).args(["script", "o.lua"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.starts_with("error: o.lua:3: report.score: error converting Lua table to String"), "{err}");
 }
