@@ -550,6 +550,16 @@ fn notebook_arg(
     func: &str,
 ) -> LuaResult<Result<crate::report::hypergraph::Hypergraph, Failure>> {
     let doc = match v {
+        // A notebook handle: only what the hypergraph reads (cell types and metadata, the notebook
+        // metadata), not a round trip of every output through a Lua table.
+        LuaValue::UserData(ud) if ud.is::<crate::lua::notebook::LuaNotebook>() => {
+            let nb = &ud.borrow::<crate::lua::notebook::LuaNotebook>()?.0;
+            let cells: Vec<serde_json::Value> = (0..nb.len())
+                .filter_map(|i| nb.cell_value(i))
+                .map(|c| json!({"cell_type": c.get("cell_type"), "metadata": c.get("metadata")}))
+                .collect();
+            json!({"cells": cells, "metadata": nb.metadata()})
+        }
         LuaValue::UserData(ud) => {
             let t: LuaValue = ud
                 .call_method("to_table", ())

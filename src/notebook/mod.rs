@@ -399,17 +399,18 @@ impl Notebook {
     /// The whole notebook as its JSON document.
     pub fn to_value(&self) -> Value {
         let mut m = Map::new();
-        let cells = Value::Array(self.cells.iter().map(|c| c.value.clone()).collect());
-        let mut placed = false;
+        // one copy of the cells (outputs can be megabytes), placed where they stood
+        let mut cells = Some(Value::Array(self.cells.iter().map(|c| c.value.clone()).collect()));
         for (i, (k, v)) in self.top.iter().enumerate() {
             if i == self.cells_pos {
-                m.insert("cells".into(), cells.clone());
-                placed = true;
+                if let Some(c) = cells.take() {
+                    m.insert("cells".into(), c);
+                }
             }
             m.insert(k.clone(), v.clone());
         }
-        if !placed {
-            m.insert("cells".into(), cells);
+        if let Some(c) = cells {
+            m.insert("cells".into(), c);
         }
         Value::Object(m)
     }
