@@ -501,8 +501,12 @@ impl LocalKernel {
         let mut grace_at: Option<Instant> = None;
         let far = started + Duration::from_secs(86400 * 365);
         let mut dead: Option<ExitInfo> = None;
+        // When the execute_reply came but the iopub `idle` never does (a dropped iopub message), the cell
+        // is still done: wait IOPUB_GRACE for it, as nbclient's iopub_timeout does, never forever.
+        let mut reply_at: Option<Instant> = None;
         while !(reply.is_some() && idle) {
             let wake = grace_at.or(timeout_at).unwrap_or(far);
+            let idle_by = reply_at.map_or(far, |t| t + IOPUB_GRACE);
             tokio::select! {
                 biased;
                 m = p.iopub_rx.recv() => {
@@ -546,7 +550,12 @@ impl LocalKernel {
                         if let Some(d) = m.date { timing.insert("shell.execute_reply", d); }
                         count = m.content.get("execution_count").and_then(Value::as_i64).or(count);
                         reply = Some(m.content);
+                        reply_at = Some(Instant::now());
                     }
+                }
+                _ = tokio::time::sleep_until(idle_by.into()), if reply_at.is_some() => {
+                    tracing::warn!("the kernel replied but sent no idle status within {IOPUB_GRACE:?}; taking the cell as done");
+                    break;
                 }
                 _ = p.exit_rx.changed() => {
                     // Outputs already sent may still be in flight: collect them briefly.
@@ -642,6 +651,9 @@ impl LocalKernel {
         Ok(r)
     }
 }
+
+/// How long to wait for a cell's iopub `idle` once its execute_reply has arrived.
+const IOPUB_GRACE: Duration = Duration::from_secs(4);
 
 async fn wait_exit(p: &mut Proc) -> ExitInfo {
     let _ = tokio::time::timeout(Duration::from_millis(500), p.exit_rx.wait_for(|e| e.is_some())).await;

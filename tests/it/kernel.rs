@@ -420,3 +420,30 @@ print("pid ok")"#,
     );
     assert!(ok(&out).contains("pid ok"));
 }
+
+/// Regression: a cell whose execute_reply arrived but whose iopub `idle` status never did (a dropped
+/// iopub message) was waited for until the cell timeout, or forever without one.
+#[test]
+fn a_lost_idle_status_does_not_hang_the_cell() {
+    let d = crate::util::tempdir();
+    let out = lua(
+        d.path(),
+        r#"local k = assert(kernel.start{python = PY})
+-- from now on the kernel never says "idle" (this cell included)
+local r = k:execute([[
+k = get_ipython().kernel
+_orig = k._publish_status
+def _no_idle(status, channel, parent=None):
+    if status != "idle":
+        _orig(status, channel, parent)
+k._publish_status = _no_idle
+print("patched")]], {timeout = false})
+assert(r.status == "ok", r.status .. " " .. tostring(r.message))
+assert(r.outputs[1].text == "patched\n", r.outputs[1].text)
+r = k:execute("1 + 1", {timeout = false})
+assert(r.status == "ok" and r.outputs[1].data["text/plain"] == "2", r.status)
+k:shutdown()
+print("no hang")"#,
+    );
+    assert!(ok(&out).contains("no hang"));
+}
