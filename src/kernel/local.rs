@@ -140,7 +140,10 @@ impl Shared {
             InterruptMode::Message => {
                 let mut c = self.control.lock().await;
                 let c = c.as_mut().ok_or_else(|| anyhow!("the kernel is not running"))?;
-                c.send(JupyterMessage::new(InterruptRequest {}, None)).await?;
+                // bounded: a kernel that stopped reading its control socket must not hang the caller
+                tokio::time::timeout(CONTROL_SEND, c.send(JupyterMessage::new(InterruptRequest {}, None)))
+                    .await
+                    .map_err(|_| anyhow!("the kernel did not take the interrupt request within {CONTROL_SEND:?}"))??;
                 Ok(())
             }
         }
@@ -435,7 +438,8 @@ impl LocalKernel {
             if polite && p.exited().is_none() {
                 let mut c = self.shared.control.lock().await;
                 if let Some(c) = c.as_mut() {
-                    let _ = c.send(JupyterMessage::new(ShutdownRequest { restart: false }, None)).await;
+                    let shutdown = c.send(JupyterMessage::new(ShutdownRequest { restart: false }, None));
+                    let _ = tokio::time::timeout(CONTROL_SEND, shutdown).await;
                 }
                 drop(c);
                 let _ = tokio::time::timeout(Duration::from_secs(3), p.exit_rx.wait_for(|e| e.is_some())).await;
@@ -651,6 +655,9 @@ impl LocalKernel {
         Ok(r)
     }
 }
+
+/// How long sending on the control channel (interrupt, shutdown) may take.
+const CONTROL_SEND: Duration = Duration::from_secs(2);
 
 /// How long to wait for a cell's iopub `idle` once its execute_reply has arrived.
 const IOPUB_GRACE: Duration = Duration::from_secs(4);
