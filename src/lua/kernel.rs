@@ -41,6 +41,13 @@ fn secs(lua: &Lua, v: Option<f64>, what: &str) -> LuaResult<Option<Duration>> {
     }
 }
 
+/// The config's `exec.python`, a relative path with a folder in it resolved against the config's folder.
+fn config_python(cfg: &crate::config::Config) -> Option<PathBuf> {
+    let py = cfg.exec.extra.get("python").and_then(Value::as_str).filter(|s| !s.is_empty())?;
+    let p = PathBuf::from(py);
+    Some(if p.is_relative() && py.contains('/') { cfg.dir.join(p) } else { p })
+}
+
 /// Start options from the config (`exec.kernel_name`, `exec.python`, `exec.kernel_packages`) and the
 /// script's option table, which wins.
 fn start_options(lua: &Lua, opts: Option<LuaTable>) -> LuaResult<StartOptions> {
@@ -48,10 +55,7 @@ fn start_options(lua: &Lua, opts: Option<LuaTable>) -> LuaResult<StartOptions> {
     let ctx = HostCtx::get(lua);
     if let Some(cfg) = &ctx.config {
         so.name = Some(cfg.exec.kernel_name.clone()).filter(|s| !s.is_empty());
-        if let Some(py) = cfg.exec.extra.get("python").and_then(Value::as_str).filter(|s| !s.is_empty()) {
-            let p = PathBuf::from(py);
-            so.python = Some(if p.is_relative() && py.contains('/') { cfg.dir.join(p) } else { p });
-        }
+        so.python = config_python(cfg);
         so.packages = cfg.exec.kernel_packages.clone();
     }
     let Some(t) = opts else { return Ok(so) };
@@ -221,10 +225,8 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set(
         "specs",
         lua.create_function(|lua, ()| {
-            let python = HostCtx::get(lua)
-                .config
-                .as_ref()
-                .and_then(|c| c.exec.extra.get("python").and_then(Value::as_str).map(PathBuf::from));
+            // the same interpreter kernel.start{} would use (relative paths resolved the same way)
+            let python = HostCtx::get(lua).config.as_deref().and_then(config_python);
             let specs: Vec<Value> = crate::kernel::spec::list(python.as_deref()).iter().map(spec_json).collect();
             to_lua(lua, &Value::Array(specs))
         })?,
