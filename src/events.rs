@@ -11,12 +11,19 @@ use serde_json::{json, Value};
 #[derive(Default)]
 pub struct EventLog {
     path: Mutex<Option<PathBuf>>,
+    /// The API key, masked out of every line as a last line of defence (a script may log anything).
+    secret: Mutex<Option<String>>,
 }
 
 impl EventLog {
     /// Direct events to `path` (None stops logging).
     pub fn set_path(&self, path: Option<PathBuf>) {
         *self.path.lock().unwrap_or_else(|e| e.into_inner()) = path;
+    }
+
+    /// The key to mask out of every event (set by the LLM engine).
+    pub fn set_secret(&self, key: Option<String>) {
+        *self.secret.lock().unwrap_or_else(|e| e.into_inner()) = key;
     }
 
     pub fn path(&self) -> Option<PathBuf> {
@@ -31,7 +38,7 @@ impl EventLog {
             o.extend(f);
         }
         let line = match serde_json::to_string(&obj) {
-            Ok(l) => l,
+            Ok(l) => crate::llm::mask(&l, self.secret.lock().unwrap_or_else(|e| e.into_inner()).as_deref()),
             Err(e) => return tracing::warn!("event log: {e}"),
         };
         let res =

@@ -479,6 +479,9 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(settings: Settings, ctx: Option<Arc<HostCtx>>) -> Engine {
+        if let Some(c) = &ctx {
+            c.events.set_secret(settings.api_key.clone());
+        }
         Engine {
             settings,
             settings_error: None,

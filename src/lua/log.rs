@@ -28,7 +28,8 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
             level,
             lua.create_function(move |lua, args: LuaMultiValue| {
                 let ctx = HostCtx::get(lua);
-                let msg = message(lua, &args)?;
+                // the key never reaches stderr or the event log, whatever a script passes
+                let msg = super::llm::engine(lua).settings.mask(&message(lua, &args)?);
                 if ctx.verbosity >= min {
                     let loc = if level == "debug" {
                         util::caller_location(lua).map(|l| format!("{l}: ")).unwrap_or_default()
@@ -48,7 +49,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set(
         "line",
         lua.create_function(|lua, args: LuaMultiValue| {
-            crate::ui::line(&message(lua, &args)?);
+            crate::ui::line(&super::llm::engine(lua).settings.mask(&message(lua, &args)?));
             Ok(())
         })?,
     )?;
@@ -65,6 +66,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
                 }
             };
             let fields = if fields.is_object() { fields } else { serde_json::json!({ "data": fields }) };
+            super::llm::engine(lua); // made once: it gives the event log the key to mask
             HostCtx::get(lua).events.emit(&kind.to_str()?, fields);
             Ok(())
         })?,

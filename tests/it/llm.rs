@@ -789,3 +789,30 @@ print("sent")"#
     assert!(!text.contains("plainKEYab"), "a piece of the key was logged: {text}");
     assert!(text.contains("***"), "{text}");
 }
+
+/// Regression: log.info / log.line / log.event wrote whatever a script passed, so a script that logged
+/// the key (from env.get or a dumped table) put it on stderr and in events.jsonl.
+#[test]
+fn the_key_is_masked_in_script_logs_and_events() {
+    let d = tempdir();
+    let key = "plainKEYabcdefghSECRETPART42";
+    config(d.path(), "http://127.0.0.1:9/v1", json!({"api_key": key}));
+    let out = run(
+        d.path(),
+        &format!(
+            r#"local log = require("log")
+log.set_event_file("events.jsonl")
+log.info("the key is {key}")
+log.warn("again", "{key}")
+log.line("line {key}")
+log.event("mine", {{nested = {{k = "{key}"}}}})
+print("logged")"#
+        ),
+        &[],
+    );
+    let printed = ok(&out);
+    assert!(!printed.contains("SECRETPART"), "{printed}");
+    let text = std::fs::read_to_string(d.path().join("events.jsonl")).unwrap();
+    assert!(!text.contains("SECRETPART"), "{text}");
+    assert_eq!(text.lines().count(), 3, "{text}");
+}
