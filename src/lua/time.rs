@@ -12,6 +12,7 @@ static START: OnceLock<Instant> = OnceLock::new();
 fn local_time(lua: &Lua, t: Option<f64>) -> LuaResult<chrono::DateTime<chrono::Local>> {
     match t {
         None => Ok(chrono::Local::now()),
+        Some(x) if !x.is_finite() => Err(util::misuse(lua, format!("time: {x} is not a valid time"))),
         Some(x) => {
             let secs = x.floor();
             let nanos = ((x - secs) * 1e9) as u32;

@@ -506,3 +506,13 @@ fn bad_argument_errors_name_the_function_and_line() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.starts_with("error: o.lua:3: report.score: error converting Lua table to String"), "{err}");
 }
+
+/// Regression: `time.stamp(0/0)` (a NaN from a failed computation) gave 19700101_000000 instead of an error.
+#[test]
+fn time_of_nan_is_an_error_not_1970() {
+    let d = util::tempdir();
+    write(d.path(), "t.lua", "local time = require('time')\nlocal s = time.stamp(0/0)\nprint(s)\n");
+    let o = cellsci(d.path()).args(["script", "t.lua"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("t.lua:2: time: NaN is not a valid time"), "{}", text(&o));
+}
