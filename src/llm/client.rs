@@ -45,7 +45,8 @@ impl Endpoint {
         Ok(Endpoint {
             base_url: base_url.to_string(),
             client,
-            limit: Arc::new(Semaphore::new(max_concurrency.max(1))),
+            // tokio panics above MAX_PERMITS (a config may say 1e30 for "no limit")
+            limit: Arc::new(Semaphore::new(max_concurrency.clamp(1, Semaphore::MAX_PERMITS))),
             refuses_stream: AtomicBool::new(false),
         })
     }

@@ -739,14 +739,15 @@ fn a_stream_that_trickles_forever_is_cut_at_six_timeouts() {
 }
 
 /// Regression: a huge but finite timeout (`timeout = 1e20`, or `Infinity` in the config) panicked in
-/// `Duration::from_secs_f64` instead of meaning "no practical limit".
+/// `Duration::from_secs_f64` instead of meaning "no practical limit"; so did `max_concurrency = 1e30`
+/// (tokio's semaphore limit).
 #[test]
 fn huge_timeouts_do_not_panic() {
     let d = tempdir();
     let srv = FakeLlm::start();
     srv.push_reply("one");
     srv.push_reply("two");
-    config(d.path(), &srv.url(), json!({"connect_timeout": 1e300}));
+    config(d.path(), &srv.url(), json!({"connect_timeout": 1e300, "max_concurrency": 1e30}));
     let out = run(
         d.path(),
         r#"local llm = require("llm")
