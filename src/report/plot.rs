@@ -178,6 +178,11 @@ pub fn iterations_svg(
     if its.is_empty() {
         return Err("no iterations to plot".into());
     }
+    // the x axis is i32 with a margin of one on each side; numbers past this are no iteration count
+    const MAX_ITERATION: i64 = 1_000_000;
+    if let Some(it) = its.iter().find(|i| i.number.abs() > MAX_ITERATION) {
+        return Err(format!("iteration number {} is out of range (at most {MAX_ITERATION} either way)", it.number));
+    }
     let scores = its.iter().filter_map(|i| i.score).chain(threshold);
     let (ylo, yhi) = room_for_legend(y_range(scores)?.unwrap_or((0.0, 1.0)), 4);
     let xmin = its.iter().map(|i| i.number).min().unwrap_or(1) as i32;

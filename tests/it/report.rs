@@ -572,3 +572,16 @@ local h = assert(report.hypergraph(nb))
 assert(#h.cells == 5 and #h.hyperedges == 6 and h.cells[5].id == "graph")
 "#);
 }
+
+/// Regression: an iteration number near i32's limits (`iteration = -2147483648`, or 2^40 from a script's
+/// arithmetic) overflowed the plot's x range: a panic in debug builds, a garbled axis in release.
+#[test]
+fn plot_iterations_with_absurd_numbers_is_an_error_not_a_panic() {
+    let (_d, out) = lua(r#"local _, err = report.plot_iterations({{iteration = -2147483648, score = 1}})
+assert(err and err.kind == "plot" and err.message:find("out of range"), tostring(err))
+_, err = report.plot_iterations({{iteration = 1, score = 1}, {iteration = 2^40, score = 2}})
+assert(err and err.kind == "plot", tostring(err))
+assert(report.plot_iterations({{iteration = 1000000, score = 1}, {iteration = -1000000, score = 2}}))
+print("ok")"#);
+    assert!(out.contains("ok"), "{out}");
+}
