@@ -667,11 +667,11 @@ fn fold_key(name: &str) -> (String, Option<u64>, String) {
 }
 
 pub fn sort_folds(folds: &mut [String]) {
-    folds.sort_by_key(|a| fold_key(a));
+    folds.sort_by_cached_key(|a| fold_key(a));
 }
 
 fn sort_fold_entries(folds: &mut [(String, Vec<(String, f64)>)]) {
-    folds.sort_by_key(|a| fold_key(&a.0));
+    folds.sort_by_cached_key(|a| fold_key(&a.0));
 }
 
 #[cfg(test)]
