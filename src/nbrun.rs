@@ -121,6 +121,11 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
         let res = match kernel.execute(&src, eo).await {
             Ok(r) => r,
             Err(e) => {
+                // Ctrl-C: save what the cell printed before it was stopped
+                if let Some(crate::kernel::KernelError::InterruptedCell(r)) = e.downcast_ref() {
+                    let r = r.as_ref().clone();
+                    nb.set_outputs_owned(i, r.outputs, r.execution_count, Some(r.timing))?;
+                }
                 nb.write(&out)?;
                 kernel.shutdown().await;
                 bar.abandon();

@@ -597,7 +597,14 @@ impl LocalKernel {
                 }
                 _ = crate::signals::token().cancelled() => {
                     let _ = self.shared.interrupt().await;
-                    bail!(KernelError::Interrupted);
+                    // keep what the cell printed so far: the caller may still save it
+                    let mut r = ExecResult::failed(ExecStatus::Error, "interrupted (Ctrl-C)", started);
+                    r.outputs = ob.finish();
+                    r.execution_count = count;
+                    r.timing = timing_map(&timing);
+                    r.ename = Some("KeyboardInterrupt".into());
+                    r.evalue = Some("interrupted (Ctrl-C)".into());
+                    bail!(KernelError::InterruptedCell(Box::new(r)));
                 }
             }
         }

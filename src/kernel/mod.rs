@@ -23,6 +23,10 @@ pub use spec::{InterruptMode, KernelSpec};
 pub enum KernelError {
     #[error("interrupted (Ctrl-C)")]
     Interrupted,
+    /// Ctrl-C while a cell ran: what it had produced so far (status "error", ename "KeyboardInterrupt"), so
+    /// the outputs are not lost.
+    #[error("interrupted (Ctrl-C)")]
+    InterruptedCell(Box<ExecResult>),
 }
 
 /// How to start a kernel.

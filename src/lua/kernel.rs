@@ -11,7 +11,7 @@ use std::time::Duration;
 use mlua::prelude::*;
 use serde_json::{json, Value};
 
-use super::util::{check_opts, fail, from_lua_checked, misuse, to_lua};
+use super::util::{self, check_opts, fail, from_lua_checked, misuse, to_lua};
 use crate::host::HostCtx;
 use crate::kernel::{ExecOptions, Interrupter, Kernel, KernelError, KernelSpec, StartOptions};
 
@@ -120,7 +120,16 @@ fn start_options(lua: &Lua, opts: Option<LuaTable>) -> LuaResult<StartOptions> {
 }
 
 fn interrupted_err(lua: &Lua, e: &anyhow::Error) -> Option<LuaResult<(LuaValue, LuaValue)>> {
-    e.downcast_ref::<KernelError>().map(|_| fail(lua, "interrupted", "interrupted (Ctrl-C)"))
+    e.downcast_ref::<KernelError>().map(|k| match k {
+        // err.result: the interrupted cell's result so far (outputs, execution_count...), to be saved
+        KernelError::InterruptedCell(r) => util::fail_with(
+            lua,
+            "interrupted",
+            "interrupted (Ctrl-C)",
+            &json!({"result": r.as_ref().clone().into_json()}),
+        ),
+        KernelError::Interrupted => fail(lua, "interrupted", "interrupted (Ctrl-C)"),
+    })
 }
 
 impl LuaUserData for LuaKernel {

@@ -42,6 +42,7 @@ function kernel.specs() end
 ---The error of a kernel call.
 ---@class cellsci.kernel.Error: cellsci.Error
 ---@field kind cellsci.kernel.ErrorKind
+---@field result? cellsci.kernel.Result After Ctrl-C in `k:execute`: the cell's result so far (its outputs, `ename = "KeyboardInterrupt"`), so they can still be saved.
 
 ---Start a kernel. Raises on an unknown option or a non-positive timeout.
 ---@param opts? cellsci.kernel.StartOpts

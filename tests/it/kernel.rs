@@ -447,3 +447,38 @@ print("no hang")"#,
     );
     assert!(ok(&out).contains("no hang"));
 }
+
+/// Regression: Ctrl-C during a cell discarded everything the cell had printed (k:execute gave only
+/// `nil, err`), so the saved notebook lost the output of the cell that was running.
+#[test]
+fn ctrl_c_during_a_cell_keeps_its_outputs_in_err_result() {
+    let d = util::tempdir();
+    let script = format!(
+        r#"local kernel = require('kernel')
+local k = assert(kernel.start{{python = {:?}}})
+local r, err = k:execute("import time\nprint('before', flush=True)\ntime.sleep(60)", {{on_output = function(o)
+  print("GOT " .. o.text:gsub("\n", ""))
+  io.stdout:flush()
+end}})
+print("RESULT", r, err and err.kind, err and err.result and err.result.outputs[1].text)
+"#,
+        python().display().to_string()
+    );
+    let f = util::write(d.path(), "c.lua", &script);
+    let mut child = util::cellsci(d.path())
+        .arg("script")
+        .arg(f)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "GOT before");
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    child.wait().unwrap();
+    assert!(rest.contains("RESULT\tnil\tinterrupted\tbefore\n"), "{rest}");
+}
