@@ -76,6 +76,25 @@ local function write_text(p, text)
 end
 
 -- Chat options shared by every request of the pipeline (model etc. come from the config's llm section).
+-- Call a policy module's function (autofix.fix, success.judge, ...). A user's edit that raises at run time
+-- must not end the run: the error is reported with its file:line and the caller gets nil, "<why>".
+function M.policy(module, fn, ...)
+  local ok, mod = pcall(require, module)
+  if not ok then
+    log.error(string.format("[POLICY] cannot load %s: %s", module, tostring(mod)))
+    return nil, module .. ".lua failed to load: " .. tostring(mod)
+  end
+  if type(mod) ~= "table" or type(mod[fn]) ~= "function" then
+    return nil, module .. ".lua has no function " .. fn
+  end
+  local res = table.pack(pcall(mod[fn], ...))
+  if not res[1] then
+    log.error(string.format("[POLICY] %s.%s failed: %s", module, fn, tostring(res[2])))
+    return nil, module .. "." .. fn .. " failed: " .. tostring(res[2])
+  end
+  return table.unpack(res, 2, res.n)
+end
+
 local function chat_opts(extra)
   local o = {}
   for k, v in pairs(extra or {}) do o[k] = v end
@@ -191,7 +210,10 @@ function M.generate_into(trial, opts, s1)
     local sprompt = M.load_prompt(section("prompt_branch").strategy_prompt_file, "strategy.yaml")
     local ideas = read_ideas(s1.idea)
     local info
-    strategy_md, info = require("strategy").synthesize({ ideas = ideas, system = M.fill(sprompt.system or "", vars) })
+    strategy_md, info = M.policy("strategy", "synthesize", { ideas = ideas, system = M.fill(sprompt.system or "", vars) })
+    if not strategy_md then
+      strategy_md, info = "# Research strategy\n\n(No strategy: " .. tostring(info) .. ")\n", { source = "none" }
+    end
     write_text(path.join(trial, "research_strategy.md"), strategy_md)
     log.info("[STRATEGY] research_strategy.md written (" .. info.source .. ")")
   end
@@ -318,7 +340,7 @@ function M.execute_trial(trial, s1)
             end
           end
           local src = nb:cell(i).source
-          local new, how = require("autofix").fix({
+          local new, how = M.policy("autofix", "fix", {
             cell_index = i - 1, source = src, result = r, round = round, max_rounds = max_rounds,
             timeout = timeout, use_llm = ex.enable_llm_autofix ~= false,
             system_prompt = fix_prompt.system_prompt or fix_prompt.system or "",
@@ -389,7 +411,9 @@ end
 ---------------------------------------------------------------------------------------------------
 
 local function direction(metric)
-  return require("success").direction(metric, section("experiment").direction)
+  local d = M.policy("success", "direction", metric, section("experiment").direction)
+  if d == "lower" or d == "higher" then return d end
+  return report.direction(metric or "")
 end
 
 -- Write experiment_report.md for `trial`. Returns {score=, winner=, metrics=} (score nil without metrics).
@@ -551,10 +575,15 @@ function M.run(opts)
       rec.status, rec.score, rec.winner = "VALID", res.score, res.winner
       log.line(string.format("[CHECK] %s | %s: %.4f", tostring(res.winner), pm, res.score))
       host.reload()
-      local success = require("success")
-      local met, why = success.judge({ score = res.score, threshold = threshold, metric = pm, direction = exp.direction })
+      local met, why = M.policy("success", "judge", { score = res.score, threshold = threshold, metric = pm,
+        direction = exp.direction })
       rec.criteria_met, rec.judgement = met and true or false, why
-      if success.better(res.score, best_score, pm, exp.direction) then
+      local better, berr = M.policy("success", "better", res.score, best_score, pm, exp.direction)
+      if berr then -- the policy failed: compare by the metric's direction
+        better = best_score == nil or (direction(pm) == "lower" and res.score < best_score)
+          or (direction(pm) == "higher" and res.score > best_score)
+      end
+      if better then
         best_score, best_trial = res.score, trial
       end
     end)
