@@ -307,6 +307,9 @@ function M.execute_trial(trial, s1)
   fs.mkdir(path.join(trial, "intermediate"))
 
   local k = start_kernel(trial, s1)
+  local code_cells = 0
+  for i = 1, nb:len() do if nb:cell(i).cell_type == "code" then code_cells = code_cells + 1 end end
+  local bar = log.progress({ total = code_cells, label = "cell" })
   local done, outcome = {}, { ok = true, exec_path = exec_path }
   local ok_run, run_err = pcall(function()
     for i = 1, nb:len() do
@@ -315,6 +318,7 @@ function M.execute_trial(trial, s1)
         local sub = (cell.metadata or {}).subtask or {}
         local id = tostring(sub.id or ("Cell_" .. (i - 1)))
         log.info(string.format("[GRAPH] running node %s: %s (cell %d)", id, sub.name or "", i - 1))
+        bar:message(string.format("%s %s | %d tokens so far", id, sub.name or "", (llm.usage() or {}).total_tokens or 0))
         local r = run_cell(k, cell.source, { timeout = timeout })
         nb:set_outputs(i, r)
         nb:write(exec_path)
@@ -361,9 +365,11 @@ function M.execute_trial(trial, s1)
         end
         if not outcome.ok then break end
         table.insert(done, i)
+        bar:inc()
       end
     end
   end)
+  bar:finish()
   k:shutdown()
   local md = nb.metadata
   md.execution = md.execution or {}
