@@ -641,6 +641,8 @@ function M.run(opts)
     end
   end
   summary(true)
+  if archived then log.info("[LOOP] report: " .. path.join(archived, "experiment_report.md")) end
+  log.info("[LOOP] loop summary: " .. summary_path)
   return met_any and 0 or 1
 end
 
