@@ -611,6 +611,14 @@ function M.run(opts)
     end
     table.insert(iters, rec)
     summary(false)
+    -- Failures that every further iteration would meet too: stop instead of burning the iterations.
+    local e = rec.error or ""
+    if rec.status == "CRASH" and (e:find("budget: ", 1, true) or e:find("config: ", 1, true)
+        or e:find("replay_miss: ", 1, true) or e:find("client: ", 1, true)) then
+      log.error("[LOOP] stopping: this failure would repeat in every iteration")
+      summary(true)
+      return 2
+    end
     if rec.criteria_met then
       met_any = true
       log.line("[SUCCESS] criterion met; archiving and stopping")
