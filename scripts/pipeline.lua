@@ -75,7 +75,6 @@ local function write_text(p, text)
   if not ok then error("cannot write " .. p .. ": " .. tostring(err), 0) end
 end
 
--- Chat options shared by every request of the pipeline (model etc. come from the config's llm section).
 -- Call a policy module's function (autofix.fix, success.judge, ...). A user's edit that raises at run time
 -- must not end the run: the error is reported with its file:line and the caller gets nil, "<why>".
 function M.policy(module, fn, ...)
@@ -93,12 +92,6 @@ function M.policy(module, fn, ...)
     return nil, module .. "." .. fn .. " failed: " .. tostring(res[2])
   end
   return table.unpack(res, 2, res.n)
-end
-
-local function chat_opts(extra)
-  local o = {}
-  for k, v in pairs(extra or {}) do o[k] = v end
-  return o
 end
 
 -- The newest trial folder under <save_root>/prompt (by modification time), or the one named.
@@ -158,7 +151,7 @@ local function request_notebook(system, user)
   local retries = tonumber(pb.json_retries) or 2
   for attempt = 0, retries do
     host.reload()
-    local resp, err = llm.chat(chat_opts({ messages = messages, temperature = pb.temperature, max_tokens = pb.max_tokens }))
+    local resp, err = llm.chat({ messages = messages, temperature = pb.temperature, max_tokens = pb.max_tokens })
     if not resp then
       table.insert(attempts, { attempt = attempt + 1, error = tostring(err) })
       return nil, nil, attempts, "the generation request failed: " .. tostring(err)
@@ -445,7 +438,7 @@ function M.analyze_trial(trial)
   if ok then
     host.reload()
     local messages = report.narrative_messages(rp, m, { metric = pm, direction = dir })
-    local resp, cerr = llm.chat(chat_opts({ messages = messages }))
+    local resp, cerr = llm.chat({ messages = messages })
     if resp then narrative = resp.text else narrative_error = cerr end
   else
     narrative_error = tostring(rp)
