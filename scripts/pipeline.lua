@@ -75,11 +75,23 @@ local function write_text(p, text)
   if not ok then error("cannot write " .. p .. ": " .. tostring(err), 0) end
 end
 
--- Chat options shared by every request of the pipeline (model etc. come from the config's llm section).
-local function chat_opts(extra)
-  local o = {}
-  for k, v in pairs(extra or {}) do o[k] = v end
-  return o
+-- Call a policy module's function (autofix.fix, success.judge, ...). A user's edit that raises at run time
+-- must not end the run: the error is reported with its file:line and the caller gets nil, "<why>".
+function M.policy(module, fn, ...)
+  local ok, mod = pcall(require, module)
+  if not ok then
+    log.error(string.format("[POLICY] cannot load %s: %s", module, tostring(mod)))
+    return nil, module .. ".lua failed to load: " .. tostring(mod)
+  end
+  if type(mod) ~= "table" or type(mod[fn]) ~= "function" then
+    return nil, module .. ".lua has no function " .. fn
+  end
+  local res = table.pack(pcall(mod[fn], ...))
+  if not res[1] then
+    log.error(string.format("[POLICY] %s.%s failed: %s", module, fn, tostring(res[2])))
+    return nil, module .. "." .. fn .. " failed: " .. tostring(res[2])
+  end
+  return table.unpack(res, 2, res.n)
 end
 
 -- The newest trial folder under <save_root>/prompt (by modification time), or the one named.
@@ -139,7 +151,7 @@ local function request_notebook(system, user)
   local retries = tonumber(pb.json_retries) or 2
   for attempt = 0, retries do
     host.reload()
-    local resp, err = llm.chat(chat_opts({ messages = messages, temperature = pb.temperature, max_tokens = pb.max_tokens }))
+    local resp, err = llm.chat({ messages = messages, temperature = pb.temperature, max_tokens = pb.max_tokens })
     if not resp then
       table.insert(attempts, { attempt = attempt + 1, error = tostring(err) })
       return nil, nil, attempts, "the generation request failed: " .. tostring(err)
@@ -191,7 +203,10 @@ function M.generate_into(trial, opts, s1)
     local sprompt = M.load_prompt(section("prompt_branch").strategy_prompt_file, "strategy.yaml")
     local ideas = read_ideas(s1.idea)
     local info
-    strategy_md, info = require("strategy").synthesize({ ideas = ideas, system = M.fill(sprompt.system or "", vars) })
+    strategy_md, info = M.policy("strategy", "synthesize", { ideas = ideas, system = M.fill(sprompt.system or "", vars) })
+    if not strategy_md then
+      strategy_md, info = "# Research strategy\n\n(No strategy: " .. tostring(info) .. ")\n", { source = "none" }
+    end
     write_text(path.join(trial, "research_strategy.md"), strategy_md)
     log.info("[STRATEGY] research_strategy.md written (" .. info.source .. ")")
   end
@@ -285,6 +300,9 @@ function M.execute_trial(trial, s1)
   fs.mkdir(path.join(trial, "intermediate"))
 
   local k = start_kernel(trial, s1)
+  local code_cells = 0
+  for i = 1, nb:len() do if nb:cell(i).cell_type == "code" then code_cells = code_cells + 1 end end
+  local bar = log.progress({ total = code_cells, label = "cell" })
   local done, outcome = {}, { ok = true, exec_path = exec_path }
   local ok_run, run_err = pcall(function()
     for i = 1, nb:len() do
@@ -293,6 +311,7 @@ function M.execute_trial(trial, s1)
         local sub = (cell.metadata or {}).subtask or {}
         local id = tostring(sub.id or ("Cell_" .. (i - 1)))
         log.info(string.format("[GRAPH] running node %s: %s (cell %d)", id, sub.name or "", i - 1))
+        bar:message(string.format("%s %s | %d tokens so far", id, sub.name or "", (llm.usage() or {}).total_tokens or 0))
         local r = run_cell(k, cell.source, { timeout = timeout })
         nb:set_outputs(i, r)
         nb:write(exec_path)
@@ -318,7 +337,7 @@ function M.execute_trial(trial, s1)
             end
           end
           local src = nb:cell(i).source
-          local new, how = require("autofix").fix({
+          local new, how = M.policy("autofix", "fix", {
             cell_index = i - 1, source = src, result = r, round = round, max_rounds = max_rounds,
             timeout = timeout, use_llm = ex.enable_llm_autofix ~= false,
             system_prompt = fix_prompt.system_prompt or fix_prompt.system or "",
@@ -339,9 +358,11 @@ function M.execute_trial(trial, s1)
         end
         if not outcome.ok then break end
         table.insert(done, i)
+        bar:inc()
       end
     end
   end)
+  bar:finish()
   k:shutdown()
   local md = nb.metadata
   md.execution = md.execution or {}
@@ -389,7 +410,9 @@ end
 ---------------------------------------------------------------------------------------------------
 
 local function direction(metric)
-  return require("success").direction(metric, section("experiment").direction)
+  local d = M.policy("success", "direction", metric, section("experiment").direction)
+  if d == "lower" or d == "higher" then return d end
+  return report.direction(metric or "")
 end
 
 -- Write experiment_report.md for `trial`. Returns {score=, winner=, metrics=} (score nil without metrics).
@@ -415,7 +438,7 @@ function M.analyze_trial(trial)
   if ok then
     host.reload()
     local messages = report.narrative_messages(rp, m, { metric = pm, direction = dir })
-    local resp, cerr = llm.chat(chat_opts({ messages = messages }))
+    local resp, cerr = llm.chat({ messages = messages })
     if resp then narrative = resp.text else narrative_error = cerr end
   else
     narrative_error = tostring(rp)
@@ -551,10 +574,15 @@ function M.run(opts)
       rec.status, rec.score, rec.winner = "VALID", res.score, res.winner
       log.line(string.format("[CHECK] %s | %s: %.4f", tostring(res.winner), pm, res.score))
       host.reload()
-      local success = require("success")
-      local met, why = success.judge({ score = res.score, threshold = threshold, metric = pm, direction = exp.direction })
+      local met, why = M.policy("success", "judge", { score = res.score, threshold = threshold, metric = pm,
+        direction = exp.direction })
       rec.criteria_met, rec.judgement = met and true or false, why
-      if success.better(res.score, best_score, pm, exp.direction) then
+      local better, berr = M.policy("success", "better", res.score, best_score, pm, exp.direction)
+      if berr then -- the policy failed: compare by the metric's direction
+        better = best_score == nil or (direction(pm) == "lower" and res.score < best_score)
+          or (direction(pm) == "higher" and res.score > best_score)
+      end
+      if better then
         best_score, best_trial = res.score, trial
       end
     end)
@@ -576,6 +604,14 @@ function M.run(opts)
     end
     table.insert(iters, rec)
     summary(false)
+    -- Failures that every further iteration would meet too: stop instead of burning the iterations.
+    local e = rec.error or ""
+    if rec.status == "CRASH" and (e:find("budget: ", 1, true) or e:find("config: ", 1, true)
+        or e:find("replay_miss: ", 1, true) or e:find("client: ", 1, true)) then
+      log.error("[LOOP] stopping: this failure would repeat in every iteration")
+      summary(true)
+      return 2
+    end
     if rec.criteria_met then
       met_any = true
       log.line("[SUCCESS] criterion met; archiving and stopping")
@@ -606,6 +642,8 @@ function M.run(opts)
     end
   end
   summary(true)
+  if archived then log.info("[LOOP] report: " .. path.join(archived, "experiment_report.md")) end
+  log.info("[LOOP] loop summary: " .. summary_path)
   return met_any and 0 or 1
 end
 

@@ -109,6 +109,7 @@ pub enum NotebookCommand {
 /// Run the parsed command line; returns the process exit code.
 pub fn main(cli: Cli) -> u8 {
     init_logging(&cli);
+    crate::ui::set_quiet(cli.quiet);
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

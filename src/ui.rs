@@ -8,11 +8,24 @@ use std::sync::OnceLock;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+static QUIET: AtomicBool = AtomicBool::new(false);
 static MULTI: OnceLock<MultiProgress> = OnceLock::new();
 
 /// Turn progress bars on (called once at start-up when stderr is a terminal and not quiet).
 pub fn enable_progress(on: bool) {
     ENABLED.store(on, Ordering::SeqCst);
+}
+
+/// `-q`: informational stderr lines (`info`) are dropped; errors and stdout event lines are not.
+pub fn set_quiet(on: bool) {
+    QUIET.store(on, Ordering::SeqCst);
+}
+
+/// Print an informational message to stderr (like `eline`), unless the user asked for quiet.
+pub fn info(text: &str) {
+    if !QUIET.load(Ordering::SeqCst) {
+        eline(text);
+    }
 }
 
 pub fn progress_enabled() -> bool {

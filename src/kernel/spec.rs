@@ -296,7 +296,7 @@ pub async fn provision(base: Option<&Path>, packages: &[String]) -> Result<PathB
         return Ok(py);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    crate::ui::eline(&format!("cellsci: creating a Python kernel environment in {} (once)", dir.display()));
+    crate::ui::info(&format!("cellsci: creating a Python kernel environment in {} (once)", dir.display()));
     let out = run_step(tokio::process::Command::new(&base).arg("-m").arg("venv").arg(&dir), "python3 -m venv").await;
     if let Err(e) = out {
         let _ = std::fs::remove_dir_all(&dir);
@@ -304,7 +304,7 @@ pub async fn provision(base: Option<&Path>, packages: &[String]) -> Result<PathB
     }
     let mut all = vec!["ipykernel".to_string()];
     all.extend(pkgs.iter().cloned());
-    crate::ui::eline(&format!("cellsci: installing {} (pip)", all.join(" ")));
+    crate::ui::info(&format!("cellsci: installing {} (pip)", all.join(" ")));
     let mut cmd = tokio::process::Command::new(&py);
     cmd.args(["-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]).args(&all);
     if let Err(e) = run_step(&mut cmd, "pip install").await {
@@ -312,7 +312,7 @@ pub async fn provision(base: Option<&Path>, packages: &[String]) -> Result<PathB
         return Err(e);
     }
     std::fs::write(&ready, all.join("\n")).ok();
-    crate::ui::eline("cellsci: kernel environment ready");
+    crate::ui::info("cellsci: kernel environment ready");
     drop(lock);
     Ok(py)
 }
@@ -347,7 +347,7 @@ async fn run_step(cmd: &mut tokio::process::Command, what: &str) -> Result<()> {
             _ = crate::signals::token().cancelled() => bail!("interrupted while running {what}"),
         };
         let Some(l) = line else { break };
-        crate::ui::eline(&format!("  {l}"));
+        crate::ui::info(&format!("  {l}"));
         tail.push_back(l);
         if tail.len() > 15 {
             tail.pop_front();

@@ -22,6 +22,7 @@ const LEVELS: &[(&str, i8, &str)] =
 
 pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
+    t.set("progress", super::progress::create(lua)?)?;
     for &(level, min, prefix) in LEVELS {
         // log.debug(...), log.info(...), log.warn(...), log.error(...): values joined by spaces, like print
         t.set(

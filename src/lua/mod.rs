@@ -22,6 +22,7 @@ pub mod llm;
 pub mod log;
 pub mod notebook;
 pub mod path;
+pub mod progress;
 pub mod report;
 pub mod task;
 pub mod time;

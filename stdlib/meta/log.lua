@@ -49,4 +49,25 @@ function log.set_event_file(path) end
 ---@return string|nil path
 function log.event_file() end
 
+---@class cellsci.log.ProgressOpts
+---@field total? integer Steps in all. Default: `0`.
+---@field label? string Shown before `pos/total`. Default: `""`.
+
+---A progress bar on stderr (hidden when stderr is not a terminal, or with `-q`).
+---@class cellsci.log.Progress
+local Progress = {}
+---@param pos integer
+---@param msg? string
+function Progress:set(pos, msg) end
+---@param n? integer Default: `1`.
+function Progress:inc(n) end
+---@param msg string
+function Progress:message(msg) end
+function Progress:finish() end
+
+---A progress bar for long work: `label pos/total [elapsed] bar message`.
+---@param opts cellsci.log.ProgressOpts
+---@return cellsci.log.Progress
+function log.progress(opts) end
+
 return log

@@ -762,3 +762,45 @@ fn an_error_metric_as_primary_succeeds_when_it_is_below_the_threshold() {
     let report = std::fs::read_to_string(p.archived()[0].join("experiment_report.md")).unwrap();
     assert!(report.contains("lower is better"), "{report}");
 }
+
+#[test]
+fn a_success_policy_that_raises_is_reported_and_the_run_goes_on() {
+    let p = Project::new(json!({}), simple_handler(vec![generation_reply(&[("T1", &metrics_cell(0.9))])]));
+    util::write(
+        p.path(),
+        "policies/success.lua",
+        "local M = {}\nfunction M.judge(t)\n  error('threshold table is missing')\nend\nreturn M\n",
+    );
+    let out = p.run(&["--scripts", "policies", "run"]);
+    assert_eq!(out.status.code(), Some(1), "never met, never crashed: {}", util::text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("success.lua:3: threshold table is missing"), "{err}");
+    let s = p.summary();
+    assert_eq!(s["iterations_executed"], 2);
+    for it in s["iterations"].as_array().unwrap() {
+        assert_eq!(it["status"], "VALID", "{it:#}");
+        assert_eq!(it["criteria_met"], false);
+        assert!(it["judgement"].as_str().unwrap().contains("success.judge failed"), "{it:#}");
+    }
+    assert_eq!(s["best_score"], 0.9, "the best is still chosen by the metric's direction");
+    assert_eq!(p.archived().len(), 1, "the best trial is archived");
+}
+
+#[test]
+fn a_failure_that_would_repeat_stops_the_loop_with_the_summary_written() {
+    // HTTP 401 (a bad key) is a `client` failure: no retry, and no point in starting iteration 2.
+    let handler: Handler = Box::new(|_kind, _req, _n| Reply::Http {
+        status: 401,
+        headers: vec![],
+        body: br#"{"error": {"message": "Incorrect API key provided"}}"#.to_vec(),
+    });
+    let p = Project::new(json!({"experiment": {"max_iterations": 3}}), handler);
+    let out = p.run(&["run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", util::text(&out));
+    let s = p.summary();
+    assert_eq!(s["iterations_executed"], 1);
+    assert_eq!(s["iterations"][0]["status"], "CRASH");
+    assert!(s["iterations"][0]["error"].as_str().unwrap().contains("401"), "{s:#}");
+    assert!(s["finished_at"].is_string());
+    p.assert_key_hidden(&out);
+}
