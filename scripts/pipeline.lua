@@ -37,14 +37,7 @@ end
 local function prompt_root() return path.join(M.save_root(), "prompt") end
 
 -- ${name} in prompt text: the given vars, then the config's top-level strings; unknown names stay.
-function M.fill(text, vars)
-  return (text:gsub("%${([%w_]+)}", function(name)
-    local v = vars[name]
-    if v == nil then v = cfg()[name] end
-    if type(v) == "string" or type(v) == "number" then return tostring(v) end
-    return nil
-  end))
-end
+function M.fill(text, vars) return host.expand(text, vars) end
 
 -- A prompt file: an explicit path (config or command line), else prompts/<name> in the current folder,
 -- else the bundled copy.
@@ -246,11 +239,26 @@ del _cellsci_sys, _cellsci_builtins
 
 -- k:execute, with a failure of the kernel link (not of the cell) turned into a "dead" result and Ctrl-C
 -- into an error that unwinds the run.
+-- On Ctrl-C the partial result (what the cell printed so far) comes back marked `interrupted`, so the
+-- caller can save it before unwinding.
 local function run_cell(k, code, opts)
   local r, err = k:execute(code, opts)
   if r then return r end
-  if host.interrupted() or (type(err) == "table" and err.kind == "interrupted") then error("interrupted", 0) end
+  if host.interrupted() or (type(err) == "table" and err.kind == "interrupted") then
+    if type(err) == "table" and type(err.result) == "table" then
+      err.result.interrupted = true
+      return err.result
+    end
+    error("interrupted", 0)
+  end
   return { status = "dead", message = tostring(err), evalue = tostring(err), outputs = {} }
+end
+
+-- Save a cell's result into the executed notebook (after every cell), then unwind if it was Ctrl-C.
+local function record(nb, i, r, exec_path)
+  nb:set_outputs(i, r)
+  nb:write(exec_path)
+  if r.interrupted then error("interrupted", 0) end
 end
 
 local function start_kernel(trial, s1)
@@ -263,6 +271,7 @@ local function start_kernel(trial, s1)
     cwd = trial, env = env })
   if not k then error("cannot start the kernel: " .. tostring(err), 0) end
   local r = run_cell(k, M.GUARD, { silent = true })
+  if r.interrupted then error("interrupted", 0) end
   if r.status ~= "ok" then error("kernel set-up failed: " .. tostring(r.evalue), 0) end
   return k
 end
@@ -277,9 +286,11 @@ end
 -- Bring a restarted kernel back to where it was: set-up, then every cell that had succeeded.
 local function replay(k, nb, done)
   local r = run_cell(k, M.GUARD, { silent = true })
+  if r.interrupted then error("interrupted", 0) end
   if r.status ~= "ok" then return false, "set-up failed after restart" end
   for _, j in ipairs(done) do
     local rr = run_cell(k, nb:cell(j).source, { timeout = tonumber(section("exec").timeout_seconds) })
+    if rr.interrupted then error("interrupted", 0) end
     if rr.status ~= "ok" then return false, "replaying cell " .. (j - 1) .. " failed: " .. short(rr) end
   end
   return true
@@ -313,8 +324,7 @@ function M.execute_trial(trial, s1)
         log.info(string.format("[GRAPH] running node %s: %s (cell %d)", id, sub.name or "", i - 1))
         bar:message(string.format("%s %s | %d tokens so far", id, sub.name or "", (llm.usage() or {}).total_tokens or 0))
         local r = run_cell(k, cell.source, { timeout = timeout })
-        nb:set_outputs(i, r)
-        nb:write(exec_path)
+        record(nb, i, r, exec_path)
         log.event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, ename = r.ename })
         local round = 0
         while r.status ~= "ok" do
@@ -352,8 +362,7 @@ function M.execute_trial(trial, s1)
           log.line(string.format("[FIX] %s | applied fix (%s); re-running", id, how))
           nb:set_source(i, new)
           r = run_cell(k, new, { timeout = timeout })
-          nb:set_outputs(i, r)
-          nb:write(exec_path)
+          record(nb, i, r, exec_path)
           log.event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, round = round })
         end
         if not outcome.ok then break end

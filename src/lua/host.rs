@@ -22,6 +22,31 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set("version", env!("CARGO_PKG_VERSION"))?;
     // host.pid() -> this process's id
     t.set("pid", lua.create_function(|_, ()| Ok(std::process::id()))?)?;
+    // host.expand(text, vars?) -> text: `${name}` from `vars`, else the config's top-level strings and
+    // numbers; unknown names stay as written (the same expander the config file uses).
+    t.set(
+        "expand",
+        lua.create_function(|lua, (text, vars): (LuaString, Option<LuaTable>)| {
+            let text = text.to_str()?.to_string();
+            let ctx = HostCtx::get(lua);
+            let lookup = |name: &str| -> Option<String> {
+                if let Some(v) = vars.as_ref().and_then(|t| t.get::<LuaValue>(name).ok()) {
+                    match v {
+                        LuaValue::String(s) => return Some(s.to_string_lossy()),
+                        LuaValue::Integer(i) => return Some(i.to_string()),
+                        LuaValue::Number(n) => return Some(n.to_string()),
+                        _ => {}
+                    }
+                }
+                match ctx.config.as_ref()?.value.get(name)? {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                }
+            };
+            Ok(crate::config::expand_with(&text, lookup))
+        })?,
+    )?;
     // host.interrupted() -> true once Ctrl-C / SIGTERM was received
     t.set("interrupted", lua.create_function(|_, ()| Ok(crate::signals::interrupted()))?)?;
     // host.verbosity: -1 quiet, 0 normal, 1+ verbose

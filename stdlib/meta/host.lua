@@ -105,6 +105,13 @@ function host.reload() end
 ---@return integer pid
 function host.pid() end
 
+---`${name}` in `text` replaced from `vars`, else the config's top-level strings and numbers; unknown
+---names stay as written.
+---@param text string
+---@param vars? table<string, string|number>
+---@return string
+function host.expand(text, vars) end
+
 ---Whether Ctrl-C / SIGTERM was received (long loops should check it and stop).
 ---@return boolean
 function host.interrupted() end

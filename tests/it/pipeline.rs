@@ -572,6 +572,9 @@ fn ctrl_c_mid_cell_records_interrupted_and_leaves_no_kernel() {
     assert_eq!(s["iterations_executed"], 1);
     assert_eq!(s["iterations"][0]["status"], "INTERRUPTED");
     assert!(s["finished_at"].is_string());
+    // What the interrupted cell printed is saved in the executed notebook.
+    let ex = std::fs::read_to_string(p.trials()[0].join("notebook_prompt_exec.ipynb")).unwrap();
+    assert!(ex.contains("sleeping"), "{ex}");
     p.assert_no_kernel_left();
 }
 
