@@ -298,7 +298,9 @@ fn from_text(path: &Path, shown: &str, text: &str, mut value: Value) -> anyhow::
             }
             Ok(None) => {}
             Err(expected) => {
-                anyhow::bail!("{}: {section}.{key}: expected {expected}, got {}", where_(&[section, key]), describe(v))
+                // Never echo a secret, even a mistyped one.
+                let got = if *key == "api_key" { "a value of another type".to_string() } else { describe(v) };
+                anyhow::bail!("{}: {section}.{key}: expected {expected}, got {got}", where_(&[section, key]))
             }
         }
     }

@@ -41,6 +41,23 @@ pub fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> std::io::Result<()>
     Ok(())
 }
 
+/// `p` made absolute with `.` and `..` removed lexically (no file system access, so it works for paths
+/// that do not exist yet).
+pub fn absolute_clean(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// The process umask, read without changing it (setting it to read it would race with other threads).
 fn umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")

@@ -290,8 +290,22 @@ pub async fn provision(base: Option<&Path>, packages: &[String]) -> Result<PathB
         .open(&lock_path)
         .with_context(|| format!("cannot create {}", lock_path.display()))?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
-    // SAFETY: flock on a descriptor we own; blocking, so off the async threads.
-    tokio::task::spawn_blocking(move || unsafe { libc::flock(fd, libc::LOCK_EX) }).await?;
+    // Another cellsci may be building the same venv: wait for its lock, but end on Ctrl-C.
+    let mut told = false;
+    loop {
+        // SAFETY: a non-blocking flock on a descriptor we own.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            break;
+        }
+        if !told {
+            crate::ui::info(&format!("cellsci: waiting for another cellsci to finish {}", dir.display()));
+            told = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            _ = crate::signals::token().cancelled() => bail!("interrupted while waiting for {}", lock_path.display()),
+        }
+    }
     if ready.is_file() && is_executable(&py) {
         return Ok(py);
     }

@@ -174,6 +174,15 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
         lua.create_function(|lua, (s, d): (LuaValue, LuaValue)| {
             let s = path_arg(lua, "fs.copy", &s)?;
             let d = path_arg(lua, "fs.copy", &d)?;
+            // A folder copied into itself would recurse until the path is too long.
+            if s.is_dir() && crate::files::absolute_clean(&d).starts_with(crate::files::absolute_clean(&s)) {
+                return util::fail_with(
+                    lua,
+                    "invalid",
+                    format!("cannot copy {} into itself ({})", s.display(), d.display()),
+                    &serde_json::json!({"path": d.display().to_string()}),
+                );
+            }
             match copy_tree(&s, &d) {
                 Ok(()) => ok(true, lua),
                 Err(e) => io_fail(lua, &format!("cannot copy to {}:", d.display()), &s, &e),

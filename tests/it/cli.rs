@@ -516,3 +516,31 @@ fn time_of_nan_is_an_error_not_1970() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("t.lua:2: time: NaN is not a valid time"), "{}", text(&o));
 }
+
+/// A mistyped API key (a number) is an error that names the key path but never prints the value.
+#[test]
+fn config_type_error_on_the_api_key_does_not_print_it() {
+    let d = util::tempdir();
+    util::write(d.path(), "c.json", r#"{"llm": {"api_key": 123456789987654321}}"#);
+    util::write(d.path(), "s.lua", "return 0\n");
+    let out = util::cellsci(d.path()).args(["-c", "c.json", "script", "s.lua"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = util::text(&out);
+    assert!(text.contains("llm.api_key: expected"), "{text}");
+    assert!(!text.contains("123456789987654321"), "{text}");
+}
+
+/// fs.copy of a folder into its own subfolder used to recurse until the path was too long.
+#[test]
+fn fs_copy_of_a_folder_into_itself_is_refused() {
+    let d = util::tempdir();
+    util::write(d.path(), "a/b/x.txt", "x");
+    util::write(
+        d.path(),
+        "s.lua",
+        "local fs = require('fs')\nlocal ok, err = fs.copy('a', 'a/b/c')\nassert(ok == nil and err.kind == 'invalid', tostring(err))\nassert(fs.copy('a', 'z'))\nassert(fs.read('z/b/x.txt') == 'x')\n",
+    );
+    let out = util::cellsci(d.path()).args(["script", "s.lua"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    assert!(!d.path().join("a/b/c").exists());
+}
