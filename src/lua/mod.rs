@@ -136,6 +136,15 @@ impl Runtime {
             }
         })?;
         package.set("searchers", lua.create_sequence_from([preload_searcher, searcher])?)?;
+        // print: tab-separated like Lua's, through ui::line (no torn progress bars), and with the API key
+        // masked like every other output.
+        let print = lua.create_function(|lua, args: LuaMultiValue| {
+            let tostring: LuaFunction = lua.globals().get("tostring")?;
+            let parts = args.iter().map(|v| tostring.call::<String>(v.clone())).collect::<LuaResult<Vec<_>>>()?;
+            crate::ui::line(&llm::engine(lua).settings.mask(&parts.join("\t")));
+            Ok(())
+        })?;
+        lua.globals().set("print", print)?;
         // A CPU-bound script never reaches an await point, so Ctrl-C is delivered by the hook.
         // set_global_hook (not set_hook) so the coroutines of async calls are covered too.
         let delivered = std::sync::atomic::AtomicBool::new(false);

@@ -544,3 +544,19 @@ fn fs_copy_of_a_folder_into_itself_is_refused() {
     assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
     assert!(!d.path().join("a/b/c").exists());
 }
+
+/// print() masks the API key like log.* does (a script printing its environment must not leak it).
+#[test]
+fn print_masks_the_api_key() {
+    let d = util::tempdir();
+    util::write(d.path(), "s.lua", "print('key:', require('env').get('OPENAI_API_KEY'), 42)\n");
+    let out = util::cellsci(d.path())
+        .env("OPENAI_API_KEY", "sk-test-SECRET123456789")
+        .args(["script", "s.lua"])
+        .output()
+        .unwrap();
+    let text = util::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("key:\t") && text.contains("\t42"), "{text}");
+    assert!(!text.contains("SECRET123456789"), "{text}");
+}
