@@ -642,7 +642,8 @@ function M.run(opts)
   -- The score of every iteration against the threshold, beside the archived report.
   if archived then
     local pts = {}
-    for _, r in ipairs(iters) do table.insert(pts, { iteration = r.iter, score = type(r.score) == "number" and r.score or nil, status = r.status }) end
+    for _, r in ipairs(iters) do table.insert(pts, { iteration = r.iter, score = type(r.score) == "number" and r.score or nil, status = r.status,
+      met = r.criteria_met }) end
     local svg = path.join(archived, "iterations.svg")
     if report.plot_iterations(pts, { threshold = threshold, metric = pm, path = svg, direction = direction(pm) }) then
       local rp = path.join(archived, "experiment_report.md")

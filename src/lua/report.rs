@@ -498,8 +498,8 @@ fn plot_iterations(lua: &Lua, (v, opts): (LuaTable, Option<LuaTable>)) -> LuaRes
     for (i, item) in v.sequence_values::<LuaValue>().enumerate() {
         let pos = i as i64 + 1;
         let it = match item? {
-            LuaValue::Integer(x) => Iteration { number: pos, score: Some(x as f64), status: None },
-            LuaValue::Number(x) => Iteration { number: pos, score: Some(x), status: None },
+            LuaValue::Integer(x) => Iteration { number: pos, score: Some(x as f64), status: None, met: None },
+            LuaValue::Number(x) => Iteration { number: pos, score: Some(x), status: None, met: None },
             LuaValue::Table(t) => {
                 let number = ["iteration", "number", "index"]
                     .iter()
@@ -510,13 +510,18 @@ fn plot_iterations(lua: &Lua, (v, opts): (LuaTable, Option<LuaTable>)) -> LuaRes
                     LuaValue::Number(x) => Some(x),
                     _ => None,
                 };
-                Iteration { number, score, status: t.get::<Option<String>>("status")? }
+                Iteration {
+                    number,
+                    score,
+                    status: t.get::<Option<String>>("status")?,
+                    met: t.get::<Option<bool>>("met")?,
+                }
             }
             other => {
                 return Err(util::misuse(
                     lua,
                     format!(
-                        "{F}: iterations are numbers or {{iteration=, score=, status=}} tables, got {}",
+                        "{F}: iterations are numbers or {{iteration=, score=, status=, met=}} tables, got {}",
                         other.type_name()
                     ),
                 ))

@@ -164,6 +164,8 @@ pub struct Iteration {
     pub number: i64,
     pub score: Option<f64>,
     pub status: Option<String>,
+    /// Whether the success policy said the criterion was met; None = judge by the threshold here.
+    pub met: Option<bool>,
 }
 
 /// The score of each iteration against the threshold; iterations without a score are marked at the
@@ -231,6 +233,12 @@ pub fn iterations_svg(
         }
         let pts: Vec<(i32, f64)> =
             its.iter().filter_map(|i| i.score.filter(|s| s.is_finite()).map(|s| (i.number as i32, s))).collect();
+        // The success policy's verdict where the caller gives it (the policy may not be a plain threshold).
+        let met: Vec<bool> = its
+            .iter()
+            .filter(|i| i.score.is_some_and(f64::is_finite))
+            .map(|i| i.met.unwrap_or_else(|| i.score.is_some_and(meets)))
+            .collect();
         let blue = RGBColor(31, 119, 180);
         let green = RGBColor(44, 160, 44);
         if !pts.is_empty() {
@@ -241,11 +249,13 @@ pub fn iterations_svg(
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], blue.stroke_width(2)));
             chart
                 .draw_series(
-                    pts.iter().map(|p| Circle::new(*p, 6, if meets(p.1) { green.filled() } else { blue.filled() })),
+                    pts.iter()
+                        .zip(&met)
+                        .map(|(p, m)| Circle::new(*p, 6, if *m { green.filled() } else { blue.filled() })),
                 )
                 .map_err(err)?;
         }
-        if threshold.is_some() && pts.iter().any(|p| meets(p.1)) {
+        if met.iter().any(|m| *m) {
             // a legend entry for the green points
             chart
                 .draw_series(std::iter::empty::<Circle<(i32, f64), i32>>())

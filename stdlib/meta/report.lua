@@ -200,6 +200,7 @@ function report.plot_folds(metrics, opts) end
 ---@field iteration? integer Its number (also read from `number` or `index`). Default: its position.
 ---@field score? number Default: none (drawn as a grey cross labelled with `status`).
 ---@field status? string
+---@field met? boolean The success policy's verdict (green point); default: judged by the threshold.
 
 ---Options of `report.plot_iterations`. Any other key raises.
 ---@class cellsci.report.PlotIterationsOpts
