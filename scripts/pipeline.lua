@@ -534,6 +534,34 @@ function M.run(opts)
   local started, started_iso = time.now(), time.iso()
   local iters = {}
   local best_score, best_trial, archived
+  -- What earlier sessions of this loop spent (with --resume), added to this session's figures.
+  local prior = { time = 0, prompt = 0, completion = 0, total = 0, calls = 0, latency = 0 }
+  local first = 1
+  if opts.resume then
+    local text, rerr = fs.read(opts.resume)
+    if not text then error("cannot read the summary to resume: " .. tostring(rerr), 0) end
+    local old = json.decode(text)
+    if type(old) ~= "table" or type(old.iterations) ~= "table" then
+      error(opts.resume .. ": not a phase-2 loop summary", 0)
+    end
+    summary_path, started_iso = opts.resume, old.started_at or started_iso
+    prior = { time = tonumber(old.total_time_sec) or 0, prompt = tonumber(old.prompt_tokens) or 0,
+      completion = tonumber(old.completion_tokens) or 0, total = tonumber(old.total_tokens) or 0,
+      calls = tonumber(old.llm_calls) or 0, latency = tonumber(old.llm_latency_sec) or 0 }
+    for _, r in ipairs(old.iterations) do
+      -- An interrupted iteration is done again; finished ones are kept as they were.
+      if r.status ~= "INTERRUPTED" then table.insert(iters, r) end
+      if r.criteria_met then
+        log.line("[RESUME] iteration " .. tostring(r.iter) .. " already met the criterion; nothing to do")
+        return 0
+      end
+    end
+    if type(old.best_score) == "number" and type(old.best_trial_dir) == "string" and fs.exists(old.best_trial_dir) then
+      best_score, best_trial = old.best_score, old.best_trial_dir
+    end
+    first = #iters + 1
+    log.line(string.format("[RESUME] %s: %d iterations done, going on from %d", path.basename(opts.resume), #iters, first))
+  end
   log.info(string.format("[LOOP] %d iterations at most; success when %s meets %s (%s is better); summary: %s",
     max_iters, pm, tostring(threshold), direction(pm), summary_path))
 
@@ -551,14 +579,15 @@ function M.run(opts)
       success_rate = #iters > 0 and met / #iters or 0, validity_rate = #iters > 0 and valid / #iters or 0,
       best_score = best_score or json.null, best_at_budget = best_score or json.null,
       best_trial_dir = best_trial or json.null, archived_dir = archived or json.null,
-      total_tokens = u.total, prompt_tokens = u.prompt, completion_tokens = u.completion,
-      llm_calls = u.calls, llm_latency_sec = u.latency, total_time_sec = time.now() - started,
+      total_tokens = prior.total + u.total, prompt_tokens = prior.prompt + u.prompt,
+      completion_tokens = prior.completion + u.completion, llm_calls = prior.calls + u.calls,
+      llm_latency_sec = prior.latency + u.latency, total_time_sec = prior.time + time.now() - started,
       iterations = iters,
     })
   end
 
   local met_any = false
-  for i = 1, max_iters do
+  for i = first, max_iters do
     host.reload()
     local run_name = string.format("workspace_%s_%d_iter%03d", stamp, pid, i)
     local trial = path.join(prompt_root(), run_name)

@@ -55,6 +55,16 @@ pub struct GenerateArgs {
 }
 
 #[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub generate: GenerateArgs,
+    /// Continue the loop recorded in this phase2_loop_summary_*.json (after a crash, kill or Ctrl-C):
+    /// finished iterations are kept and the next ones are appended to the same summary.
+    #[arg(long = "resume", value_name = "SUMMARY")]
+    pub resume: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
 pub struct TrialArgs {
     /// The trial folder to work on (default: the newest).
     #[arg(long = "trial", value_name = "DIR")]
@@ -64,7 +74,7 @@ pub struct TrialArgs {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Loop generate → execute → analyze until the success criterion holds or iterations run out.
-    Run(GenerateArgs),
+    Run(RunArgs),
     /// Generate a notebook (notebook_prompt.ipynb) in a new trial folder.
     Generate(GenerateArgs),
     /// Execute a trial's notebook, repairing failing cells.
@@ -185,13 +195,20 @@ fn host_ctx(cli: &Cli, config: Option<Arc<crate::config::Config>>, script_dir: O
 
 async fn dispatch(cli: Cli) -> Result<u8> {
     match &cli.command {
-        Command::Run(g) | Command::Generate(g) => {
-            let name = if matches!(cli.command, Command::Run(_)) { "run" } else { "generate" };
+        Command::Run(r) => {
+            let opts = json!({
+                "use_idea": r.generate.use_idea,
+                "prompt_file": r.generate.prompt_file.as_ref().map(|p| abs(p)),
+                "resume": r.resume.as_ref().map(|p| abs(p)),
+            });
+            pipeline(&cli, "run", opts).await
+        }
+        Command::Generate(g) => {
             let opts = json!({
                 "use_idea": g.use_idea,
                 "prompt_file": g.prompt_file.as_ref().map(|p| abs(p)),
             });
-            pipeline(&cli, name, opts).await
+            pipeline(&cli, "generate", opts).await
         }
         Command::Execute(t) | Command::Analyze(t) => {
             let name = if matches!(cli.command, Command::Execute(_)) { "execute" } else { "analyze" };

@@ -807,3 +807,56 @@ fn a_failure_that_would_repeat_stops_the_loop_with_the_summary_written() {
     assert!(s["finished_at"].is_string());
     p.assert_key_hidden(&out);
 }
+
+#[test]
+fn an_interrupted_run_is_resumed_from_its_summary() {
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 3}}),
+        simple_handler(vec![
+            generation_reply(&[("T1", "import time\nprint('sleeping', flush=True)\ntime.sleep(60)")]),
+            generation_reply(&[("T1", &metrics_cell(0.3))]),
+            generation_reply(&[("T1", &metrics_cell(0.9))]),
+        ]),
+    );
+    let child = cellsci(p.path())
+        .args(["--config", "generate_execution_config.json", "run"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !p.trials().first().is_some_and(|t| {
+        std::fs::read_to_string(t.join("events.jsonl"))
+            .is_ok_and(|e| e.contains("\"kind\":\"cell\"") || e.contains("generated"))
+    }) {
+        assert!(Instant::now() < deadline, "the cell never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", util::text(&out));
+    let first = p.summary();
+    assert_eq!(first["iterations"][0]["status"], "INTERRUPTED");
+
+    // Resume: the interrupted iteration is done again, then the loop goes on in the same summary.
+    let summary_file: PathBuf = std::fs::read_dir(p.save_root())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|f| f.file_name().unwrap().to_string_lossy().starts_with("phase2_loop_summary_"))
+        .unwrap();
+    let out = p.run(&["run", "--resume", summary_file.to_str().unwrap()]);
+    let so = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    assert!(so.contains("[RESUME]") && so.contains("ITERATION 1/3") && so.contains("ITERATION 2/3"), "{so}");
+    let s = p.summary();
+    assert_summary_shape(&s);
+    assert_eq!(s["started_at"], first["started_at"], "the same loop, continued");
+    assert_eq!(s["iterations_executed"], 2);
+    assert_eq!(s["iterations"][0]["status"], "VALID");
+    assert_eq!(s["iterations"][1]["criteria_met"], true);
+    assert_eq!(s["best_score"], 0.9);
+    assert_eq!(p.archived().len(), 1);
+    p.assert_no_kernel_left();
+}
