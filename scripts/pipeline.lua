@@ -267,8 +267,14 @@ local function start_kernel(trial, s1)
   if s1.h5 then env.STAGE1_H5_PATH = s1.h5 end
   if s1.idea then env.STAGE1_IDEA_PATH = s1.idea end
   if ex.cuda_device_id ~= nil then env.CUDA_VISIBLE_DEVICES = tostring(ex.cuda_device_id) end
-  local k, err = kernel.start({ name = ex.kernel_name, python = ex.python, packages = ex.kernel_packages,
-    cwd = trial, env = env })
+  local spec = { name = ex.kernel_name, python = ex.python, packages = ex.kernel_packages, cwd = trial, env = env }
+  local k, err = kernel.start(spec)
+  if not k and not host.interrupted() then
+    -- A start can fail for passing reasons (a port taken between its choice and the kernel's bind).
+    log.warn("[EXEC] the kernel did not start (" .. tostring(err) .. "); trying once more")
+    log.event("kernel_start_failed", { error = tostring(err) })
+    k, err = kernel.start(spec)
+  end
   if not k then error("cannot start the kernel: " .. tostring(err), 0) end
   local r = run_cell(k, M.GUARD, { silent = true })
   if r.interrupted then error("interrupted", 0) end

@@ -367,7 +367,11 @@ fn run_fails_the_threshold_then_succeeds_on_the_second_iteration() {
     let so = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
     assert!(so.contains("ITERATION 1/2") && so.contains("ITERATION 2/2"), "{so}");
-    assert!(so.contains("[CHECK] better | PCC: 0.3000") && so.contains("[CHECK] better | PCC: 0.9000"), "{so}");
+    assert!(
+        so.contains("[CHECK] better | PCC: 0.3000") && so.contains("[CHECK] better | PCC: 0.9000"),
+        "{}",
+        util::text(&out)
+    );
     let s = p.summary();
     assert_summary_shape(&s);
     assert_eq!(s["iterations_executed"], 2);
