@@ -398,8 +398,15 @@ impl LocalKernel {
             }
             let ours = |m: &Msg| m.parent_id.as_ref().is_some_and(|p| sent.contains(p));
             tokio::select! {
-                Some(m) = proc.shell_rx.recv() => if ours(&m) && m.msg_type == "kernel_info_reply" { got_reply = true },
-                Some(m) = proc.iopub_rx.recv() => if ours(&m) { got_iopub = true },
+                // A reader that ended lost its socket: fail now rather than at the deadline.
+                m = proc.shell_rx.recv() => match m {
+                    Some(m) => if ours(&m) && m.msg_type == "kernel_info_reply" { got_reply = true },
+                    None => return Err(fail(&proc, "lost its shell connection while starting")),
+                },
+                m = proc.iopub_rx.recv() => match m {
+                    Some(m) => if ours(&m) { got_iopub = true },
+                    None => return Err(fail(&proc, "lost its iopub connection while starting")),
+                },
                 _ = proc.exit_rx.changed() => return Err(fail(&proc, "exited while starting")),
                 _ = tokio::time::sleep_until(next_ask.into()) => {},
                 _ = tokio::time::sleep_until(deadline.into()) => {
