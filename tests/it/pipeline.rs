@@ -176,6 +176,28 @@ impl Project {
         }
     }
 
+    /// `run` in the background; once its kernel runs (a process working in the trial folder) and the
+    /// cell had time to print, Ctrl-C; what cellsci printed and its exit status.
+    fn run_and_interrupt(&self) -> Output {
+        let child = cellsci(self.path())
+            .args(["--config", "generate_execution_config.json", "run"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.trials().is_empty() || processes_under(&self.trials()[0]).is_empty() {
+            assert!(Instant::now() < deadline, "the kernel never started");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(2500));
+        let stopped = Instant::now();
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let out = child.wait_with_output().unwrap();
+        assert!(stopped.elapsed() < Duration::from_secs(30), "cellsci did not stop after Ctrl-C");
+        out
+    }
+
     /// No process (a kernel) still runs with its working directory inside the project.
     fn assert_no_kernel_left(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -264,6 +286,13 @@ fn assert_summary_shape(s: &Value) {
             assert!(it.get(key).is_some(), "iteration has no {key}: {it:#}");
         }
     }
+}
+
+/// A user's success.lua whose judge returns `met` with the explanation `why`.
+fn success_lua(met: bool, why: &str) -> String {
+    format!(
+        "local M = {{}}\nfunction M.direction() return 'higher' end\nfunction M.better(a, b) return b == nil or a > b end\nfunction M.judge(t) return {met}, '{why}' end\nreturn M\n"
+    )
 }
 
 fn simple_handler(gen: Vec<String>) -> Handler {
@@ -542,24 +571,7 @@ fn ctrl_c_mid_cell_records_interrupted_and_leaves_no_kernel() {
         json!({"experiment": {"max_iterations": 3}}),
         simple_handler(vec![generation_reply(&[("T1", "import time\nprint('sleeping', flush=True)\ntime.sleep(60)")])]),
     );
-    let child = cellsci(p.path())
-        .args(["--config", "generate_execution_config.json", "run"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until the kernel runs (a process working in the trial folder), give the cell time to print,
-    // then Ctrl-C.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while p.trials().is_empty() || processes_under(&p.trials()[0]).is_empty() {
-        assert!(Instant::now() < deadline, "the kernel never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(2500));
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let t0 = Instant::now();
-    let out = child.wait_with_output().unwrap();
-    assert!(t0.elapsed() < Duration::from_secs(30), "cellsci did not stop after Ctrl-C");
+    let out = p.run_and_interrupt();
     assert_eq!(out.status.code(), Some(130), "{}", util::text(&out));
     let s = p.summary();
     assert_summary_shape(&s);
@@ -598,11 +610,7 @@ fn a_users_success_lua_shadows_the_bundled_one() {
         simple_handler(vec![generation_reply(&[("T1", &metrics_cell(0.3))])]),
     );
     // A criterion of the user's own: any score counts.
-    util::write(
-        p.path(),
-        "policies/success.lua",
-        "local M = {}\nfunction M.direction() return 'higher' end\nfunction M.better(a, b) return b == nil or a > b end\nfunction M.judge(t) return true, 'the user says so' end\nreturn M\n",
-    );
+    util::write(p.path(), "policies/success.lua", &success_lua(true, "the user says so"));
     let out = p.run(&["--scripts", "policies", "run"]);
     assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
     let s = p.summary();
@@ -621,11 +629,7 @@ fn editing_success_lua_during_a_run_takes_effect_on_the_next_iteration() {
             if n == 1 {
                 // The user edits the criterion while iteration 2 is generating.
                 let d = dh.lock().unwrap().clone().unwrap();
-                std::fs::write(
-                    d.join("policies/success.lua"),
-                    "local M = {}\nfunction M.direction() return 'higher' end\nfunction M.better(a, b) return b == nil or a > b end\nfunction M.judge(t) return true, 'edited: now met' end\nreturn M\n",
-                )
-                .unwrap();
+                std::fs::write(d.join("policies/success.lua"), success_lua(true, "edited: now met")).unwrap();
             }
             Reply::text(&generation_reply(&[("T1", &metrics_cell(0.3))]))
         }
@@ -633,11 +637,7 @@ fn editing_success_lua_during_a_run_takes_effect_on_the_next_iteration() {
     });
     let p = Project::new(json!({"experiment": {"max_iterations": 3}}), handler);
     *dir_holder.lock().unwrap() = Some(p.path().to_path_buf());
-    util::write(
-        p.path(),
-        "policies/success.lua",
-        "local M = {}\nfunction M.direction() return 'higher' end\nfunction M.better(a, b) return b == nil or a > b end\nfunction M.judge(t) return false, 'never' end\nreturn M\n",
-    );
+    util::write(p.path(), "policies/success.lua", &success_lua(false, "never"));
     let out = p.run(&["--scripts", "policies", "run"]);
     assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
     let s = p.summary();
@@ -812,23 +812,7 @@ fn an_interrupted_run_is_resumed_from_its_summary() {
             generation_reply(&[("T1", &metrics_cell(0.9))]),
         ]),
     );
-    let child = cellsci(p.path())
-        .args(["--config", "generate_execution_config.json", "run"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !p.trials().first().is_some_and(|t| {
-        std::fs::read_to_string(t.join("events.jsonl"))
-            .is_ok_and(|e| e.contains("\"kind\":\"cell\"") || e.contains("generated"))
-    }) {
-        assert!(Instant::now() < deadline, "the cell never started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(1500));
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
+    let out = p.run_and_interrupt();
     assert_eq!(out.status.code(), Some(130), "{}", util::text(&out));
     let first = p.summary();
     assert_eq!(first["iterations"][0]["status"], "INTERRUPTED");
