@@ -198,7 +198,7 @@ function M.generate_into(trial, opts, s1)
     local info
     strategy_md, info = M.policy("strategy", "synthesize", { ideas = ideas, system = M.fill(sprompt.system or "", vars) })
     if not strategy_md then
-      strategy_md, info = "# Research strategy\n\n(No strategy: " .. tostring(info) .. ")\n", { source = "none" }
+      strategy_md, info = "# Research Strategy\n\n(No strategy: " .. tostring(info) .. ")\n", { source = "none" }
     end
     write_text(path.join(trial, "research_strategy.md"), strategy_md)
     log.info("[STRATEGY] research_strategy.md written (" .. info.source .. ")")
@@ -212,6 +212,8 @@ function M.generate_into(trial, opts, s1)
   if not cells then
     local fail_path = path.join(trial, "generation_failure.json")
     write_json(fail_path, { error = err, prompt_file = spec_path, attempts = attempts })
+    -- The runner counts an iteration with this line as buggy (DESIGN: "Lines other tools read").
+    log.line("[GENERATE] Notebook Generation Failed: " .. err)
     error("generation failed: " .. err .. " (every reply is saved in " .. fail_path .. ")", 0)
   end
   local nb = M.build_notebook(cells, hg, strategy_md)
@@ -266,7 +268,8 @@ local function start_kernel(trial, s1)
   local env = { OUTPUT_DIR = trial }
   if s1.h5 then env.STAGE1_H5_PATH = s1.h5 end
   if s1.idea then env.STAGE1_IDEA_PATH = s1.idea end
-  if ex.cuda_device_id ~= nil then env.CUDA_VISIBLE_DEVICES = tostring(ex.cuda_device_id) end
+  -- CUDA_VISIBLE_DEVICES is inherited, never set: the runner (or the user) chose the GPU, and
+  -- exec.cuda_device_id only names the device in the prompt (${cuda_device_str}).
   local spec = { name = ex.kernel_name, python = ex.python, packages = ex.kernel_packages, cwd = trial, env = env }
   local k, err = kernel.start(spec)
   if not k and not host.interrupted() then
@@ -479,10 +482,33 @@ local function new_trial_name()
   return string.format("prompt_run_%s_%d", time.stamp(), host.pid())
 end
 
+-- Failures that every further attempt would meet too (a rejected key, a bad config, a spent budget, a
+-- cassette without the request): the loop stops on them instead of burning iterations.
+-- (Matched on the error text for now; typed errors are the parallel-exploration issue's work.)
+local FATAL_KINDS = { "client", "config", "replay_miss" }
+
+local function fatal_kind(e)
+  e = tostring(e or "")
+  if e:find("budget: ", 1, true) then return "budget" end
+  for _, k in ipairs(FATAL_KINDS) do
+    if e:find(k .. ": ", 1, true) then return k end
+  end
+  return nil
+end
+M.fatal_kind = fatal_kind
+
+-- Exit codes of the four commands (README, "Exit codes"): 0 when the command did its work, whatever the
+-- result; 1 only where a command could not produce what it exists for (generate) or where asked
+-- (run --fail-if-unmet); errors raised here (bad config, missing files, a rejected key) exit 2.
 function M.generate(opts)
   local s1 = require("stage1").discover(cfg(), opts.use_idea)
   local trial = path.join(prompt_root(), new_trial_name())
-  local nb_path = M.generate_into(trial, opts, s1)
+  local ok, err = pcall(M.generate_into, trial, opts, s1)
+  if not ok then
+    if host.interrupted() or fatal_kind(err) then error(err, 0) end
+    log.error(tostring(err))
+    return 1
+  end
   log.line("[GENERATE] Trial: " .. trial)
   return 0
 end
@@ -491,7 +517,9 @@ function M.execute(opts)
   local trial = M.find_trial(opts.trial)
   local s1 = require("stage1").discover(cfg(), fs.exists(path.join(trial, "research_strategy.md")))
   local out = M.execute_trial(trial, s1)
-  return out.ok and 0 or 1
+  -- The executed notebook is saved either way; a cell that stayed broken is a result, not an error.
+  if not out.ok then log.line("[EXEC] finished with a failing cell: " .. tostring(out.error)) end
+  return 0
 end
 
 function M.analyze(opts)
@@ -503,7 +531,8 @@ function M.analyze(opts)
   return 0
 end
 
--- Rename a trial to prompt_run_<stamp> (what phase-3 tools look for); never overwrite.
+-- Rename a trial to prompt_run_<stamp> (what phase-3 tools look for); never overwrite. The event log
+-- follows the trial when it is the one being written.
 function M.archive(trial)
   local parent = path.dirname(trial)
   local name = "prompt_run_" .. time.stamp()
@@ -512,11 +541,14 @@ function M.archive(trial)
     n = n + 1
     dest = path.join(parent, name .. "_" .. n)
   end
+  local ef = log.event_file()
   local ok, err = fs.rename(trial, dest)
   if not ok then
     log.warn("[ARCHIVE] could not rename " .. trial .. ": " .. tostring(err))
     return nil
   end
+  if ef and path.dirname(ef) == trial then log.set_event_file(path.join(dest, path.basename(ef))) end
+  -- The runner takes the folder name from the rest of this line: nothing may follow it.
   log.line("[ARCHIVE] Saved run to: " .. path.basename(dest))
   return dest
 end
@@ -526,6 +558,11 @@ local function usage_totals()
   return { prompt = u.prompt_tokens or 0, completion = u.completion_tokens or 0, total = u.total_tokens or 0,
     calls = u.calls or 0, latency = u.latency or 0 }
 end
+
+-- What the original writes where an iteration (or the loop) has no score; the runner expects a number.
+M.NO_SCORE = -999.0
+
+local function scored(r) return type(r.score) == "number" and r.score ~= M.NO_SCORE end
 
 function M.run(opts)
   local c = cfg()
@@ -562,15 +599,17 @@ function M.run(opts)
         return 0
       end
     end
-    if type(old.best_score) == "number" and type(old.best_trial_dir) == "string" and fs.exists(old.best_trial_dir) then
+    if type(old.best_score) == "number" and old.best_score ~= M.NO_SCORE and type(old.best_trial_dir) == "string"
+        and fs.exists(old.best_trial_dir) then
       best_score, best_trial = old.best_score, old.best_trial_dir
     end
     first = #iters + 1
     log.line(string.format("[RESUME] %s: %d iterations done, going on from %d", path.basename(opts.resume), #iters, first))
   end
-  log.info(string.format("[LOOP] %d iterations at most; success when %s meets %s (%s is better); summary: %s",
-    max_iters, pm, tostring(threshold), direction(pm), summary_path))
+  log.info(string.format("[LOOP] %d iterations at most; the criterion: %s %s %s (%s is better); summary: %s",
+    max_iters, pm, direction(pm) == "lower" and "<" or ">", tostring(threshold), direction(pm), summary_path))
 
+  local met_any, stopped = false, nil
   local function summary(final)
     local valid, met = 0, 0
     for _, r in ipairs(iters) do
@@ -578,28 +617,33 @@ function M.run(opts)
       if r.criteria_met then met = met + 1 end
     end
     local u = usage_totals()
+    local tokens = prior.total + u.total
     write_json(summary_path, {
       dataset = c.dataset_name, started_at = started_iso, finished_at = final and time.iso() or json.null,
       primary_metric = pm, direction = direction(pm), success_threshold = threshold, max_iterations = max_iters,
       iterations_executed = #iters, valid_iterations = valid, criteria_met_iterations = met,
-      success_rate = #iters > 0 and met / #iters or 0, validity_rate = #iters > 0 and valid / #iters or 0,
-      best_score = best_score or json.null, best_at_budget = best_score or json.null,
+      success_rate = #iters > 0 and met / #iters or 0.0, validity_rate = #iters > 0 and valid / #iters or 0.0,
+      best_score = best_score or M.NO_SCORE, best_at_budget = best_score or M.NO_SCORE,
       best_trial_dir = best_trial or json.null, archived_dir = archived or json.null,
-      total_tokens = prior.total + u.total, prompt_tokens = prior.prompt + u.prompt,
+      total_cost_tokens = prior.prompt + u.prompt + prior.completion + u.completion,
+      total_cost_latency = prior.latency + u.latency,
+      criteria_met = met_any, stopped = stopped or json.null,
+      total_tokens = tokens, prompt_tokens = prior.prompt + u.prompt,
       completion_tokens = prior.completion + u.completion, llm_calls = prior.calls + u.calls,
       llm_latency_sec = prior.latency + u.latency, total_time_sec = prior.time + time.now() - started,
       iterations = iters,
     })
   end
+  -- A summary from the start: a loop killed during its first iteration can still be resumed.
+  summary(false)
 
-  local met_any = false
   for i = first, max_iters do
     host.reload()
     local run_name = string.format("workspace_%s_%d_iter%03d", stamp, pid, i)
     local trial = path.join(prompt_root(), run_name)
     log.line(string.format("ITERATION %d/%d", i, max_iters))
     local t0, u0 = time.now(), usage_totals()
-    local rec = { iter = i, run_name = run_name, status = "CRASH", score = json.null, trial_dir = trial,
+    local rec = { iter = i, run_name = run_name, status = "CRASH", score = M.NO_SCORE, trial_dir = trial,
       criteria_met = false }
     local ok, err = pcall(function()
       local s1 = require("stage1").discover(c, opts.use_idea)
@@ -632,6 +676,8 @@ function M.run(opts)
     end)
     local u1 = usage_totals()
     rec.duration_sec = time.now() - t0
+    rec.usage = { prompt_tokens = u1.prompt - u0.prompt, completion_tokens = u1.completion - u0.completion,
+      total_tokens = u1.total - u0.total, total_latency_sec = u1.latency - u0.latency, calls = u1.calls - u0.calls }
     rec.tokens = { prompt = u1.prompt - u0.prompt, completion = u1.completion - u0.completion, total = u1.total - u0.total }
     rec.llm_calls = u1.calls - u0.calls
     rec.llm_latency_sec = u1.latency - u0.latency
@@ -639,46 +685,56 @@ function M.run(opts)
       if host.interrupted() then
         rec.status, rec.error = "INTERRUPTED", "interrupted by the user"
         table.insert(iters, rec)
+        stopped = "interrupted"
         summary(true)
         log.line("[INTERRUPT] stopped; loop summary saved to " .. summary_path)
         return 130
       end
       rec.status, rec.error = "CRASH", tostring(err)
-      log.error(string.format("[LOOP] iteration %d crashed: %s", i, tostring(err)))
+      -- "Exception:" marks the iteration as buggy for the runner's log parser.
+      log.line(string.format("[LOOP] Exception: iteration %d crashed: %s", i, tostring(err)))
     end
     table.insert(iters, rec)
+    log.line(string.format("[COST] Iteration %d: %d tokens | %.2fs LLM time", i, rec.usage.total_tokens,
+      rec.usage.total_latency_sec))
     summary(false)
-    -- Failures that every further iteration would meet too: stop instead of burning the iterations.
-    local e = rec.error or ""
-    if rec.status == "CRASH" and (e:find("budget: ", 1, true) or e:find("config: ", 1, true)
-        or e:find("replay_miss: ", 1, true) or e:find("client: ", 1, true)) then
-      log.error("[LOOP] stopping: this failure would repeat in every iteration")
-      summary(true)
-      return 2
+    local fatal = rec.status == "CRASH" and fatal_kind(rec.error)
+    if fatal == "budget" then
+      -- A spent budget ends the loop the way its last iteration would: the best trial is archived.
+      stopped = "budget"
+      log.line("[LOOP] the LLM budget is spent; ending the loop here")
+      break
+    elseif fatal then
+      stopped = fatal
+      log.error("[LOOP] stopping: this failure (" .. fatal .. ") would repeat in every iteration")
+      break
     end
     if rec.criteria_met then
       met_any = true
-      log.line("[SUCCESS] criterion met; archiving and stopping")
+      -- "Success threshold met" is the runner's marker of a successful run: printed only here.
+      log.line("[SUCCESS] Success threshold met (" .. tostring(rec.judgement) .. "); archiving and stopping")
       archived = M.archive(trial)
       if best_trial == trial then best_trial = archived end
       break
     end
-    if rec.status == "VALID" then log.info("[CONTINUE] criterion not met: " .. tostring(rec.judgement)) end
+    if rec.status == "VALID" then log.line("[CONTINUE] Threshold not met: " .. tostring(rec.judgement)) end
   end
   if not met_any then
     if best_trial and fs.exists(best_trial) then
-      log.info(string.format("[LOOP] no iteration met the criterion; archiving the best (%s %.4f)", pm, best_score))
+      log.line(string.format("[LOOP] No iteration met the criterion; archiving the BEST run found (%s Score: %.4f)",
+        pm, best_score))
       archived = M.archive(best_trial)
-      best_trial = archived
+      best_trial = archived or best_trial
     else
-      log.info("[LOOP] no iteration produced a score; nothing archived")
+      log.line("[LOOP] No iteration produced a score; nothing archived")
     end
   end
   -- The score of every iteration against the threshold, beside the archived report.
   if archived then
     local pts = {}
-    for _, r in ipairs(iters) do table.insert(pts, { iteration = r.iter, score = type(r.score) == "number" and r.score or nil, status = r.status,
-      met = r.criteria_met }) end
+    for _, r in ipairs(iters) do
+      table.insert(pts, { iteration = r.iter, score = scored(r) and r.score or nil, status = r.status, met = r.criteria_met })
+    end
     local svg = path.join(archived, "iterations.svg")
     if report.plot_iterations(pts, { threshold = threshold, metric = pm, path = svg, direction = direction(pm) }) then
       local rp = path.join(archived, "experiment_report.md")
@@ -689,7 +745,13 @@ function M.run(opts)
   summary(true)
   if archived then log.info("[LOOP] report: " .. path.join(archived, "experiment_report.md")) end
   log.info("[LOOP] loop summary: " .. summary_path)
-  return met_any and 0 or 1
+  if stopped and stopped ~= "budget" then return 2 end
+  if met_any then
+    log.line(string.format("[LOOP] Finished: the criterion was met (%d of %d iterations run)", #iters, max_iters))
+    return 0
+  end
+  log.line(string.format("[LOOP] Finished: no iteration met the criterion (%d of %d iterations run)", #iters, max_iters))
+  return opts.fail_if_unmet and 1 or 0
 end
 
 return M

@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// finished iterations are kept and the next ones are appended to the same summary.
     #[arg(long = "resume", value_name = "SUMMARY")]
     pub resume: Option<PathBuf>,
+    /// Exit 1 when the loop ran to its end but no iteration met the success criterion (the default is 0,
+    /// which CellScientist's runner needs to go on to phase 3).
+    #[arg(long = "fail-if-unmet")]
+    pub fail_if_unmet: bool,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -156,8 +160,14 @@ fn init_logging(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CELLSCI_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("cellsci={level},warn")));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    // No colour codes when stderr is a pipe or file (a runner's phase2.log is read by people and parsers).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .try_init();
 }
 
 fn load_config(cli: &Cli, required: bool) -> Result<Option<Arc<crate::config::Config>>> {
@@ -200,6 +210,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 "use_idea": r.generate.use_idea,
                 "prompt_file": r.generate.prompt_file.as_ref().map(|p| abs(p)),
                 "resume": r.resume.as_ref().map(|p| abs(p)),
+                "fail_if_unmet": r.fail_if_unmet.then_some(true),
             });
             pipeline(&cli, "run", opts).await
         }

@@ -8,10 +8,15 @@
 //! config's own top-level scalars first, then the environment; unknown names stay as written, because
 //! prompt text like `${cuda_device_str}` is expanded later by the pipeline), check the types of the
 //! keys the host knows (errors name the key path and, when it can be found, the line), resolve relative
-//! paths against the config file's folder, and fill in defaults. The API key is kept only in the typed
+//! paths against the current folder (as the Python original did, and as CellScientist's runner relies on:
+//! its merged config lives in `_pipeline_cache/` and holds paths meant from the phase folder), and fill
+//! in defaults. `${config_dir}` is the config file's folder, for configs that want paths relative to
+//! themselves. The API key is kept only in the typed
 //! `LlmConfig`; it is removed from `value`, so a script can never print or log it by dumping the config.
 
 use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -21,8 +26,10 @@ use serde_json::Value;
 pub struct Config {
     /// The config file (absolute).
     pub path: PathBuf,
-    /// Its folder: relative paths in the file resolve against it.
+    /// Its folder (what `${config_dir}` expands to).
     pub dir: PathBuf,
+    /// The folder relative paths resolved against: the current folder when the config was loaded.
+    pub base: PathBuf,
     /// The whole document after expansion, path resolution and defaults; unknown sections kept.
     pub value: Value,
     pub dataset_name: String,
@@ -259,6 +266,7 @@ pub fn from_value(path: &Path, value: Value) -> anyhow::Result<Config> {
 fn from_text(path: &Path, shown: &str, text: &str, mut value: Value) -> anyhow::Result<Config> {
     let path = normalize(&std::path::absolute(path)?);
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = std::env::current_dir().context("cannot read the current folder")?;
     let where_ = |keys: &[&str]| match locate(text, keys) {
         Some(line) => format!("{shown}:{line}"),
         None => shown.to_string(),
@@ -266,7 +274,7 @@ fn from_text(path: &Path, shown: &str, text: &str, mut value: Value) -> anyhow::
     let Value::Object(top) = &value else {
         anyhow::bail!("{shown}: the config must be a JSON object, got {}", describe(&value));
     };
-    let vars = top_level_vars(top);
+    let vars = top_level_vars(top, &dir);
     expand_all(&mut value, &vars);
     // Types of the known keys.
     for section in SECTIONS {
@@ -304,7 +312,7 @@ fn from_text(path: &Path, shown: &str, text: &str, mut value: Value) -> anyhow::
             }
         }
     }
-    resolve_paths(&mut value, &dir);
+    resolve_paths(&mut value, &base);
     let section = |k: &str| value.get(k).cloned().unwrap_or(Value::Object(Default::default()));
     let typed = |k: &str, e: serde_json::Error| anyhow::anyhow!("{}: {k}: {e}", where_(&[k]));
     let mut llm: LlmConfig = serde_json::from_value(section("llm")).map_err(|e| typed("llm", e))?;
@@ -321,6 +329,7 @@ fn from_text(path: &Path, shown: &str, text: &str, mut value: Value) -> anyhow::
         exec: serde_json::from_value(section("exec")).map_err(|e| typed("exec", e))?,
         path,
         dir,
+        base,
         value: Value::Null,
     };
     // Defaults become visible to scripts; the key never does.
@@ -351,7 +360,7 @@ fn from_text(path: &Path, shown: &str, text: &str, mut value: Value) -> anyhow::
 
 /// The values `${name}` can refer to: top-level strings, numbers and booleans, themselves expanded
 /// (they may refer to each other and to the environment; a cycle stops after a few rounds).
-fn top_level_vars(top: &serde_json::Map<String, Value>) -> Vec<(String, String)> {
+fn top_level_vars(top: &serde_json::Map<String, Value>, dir: &Path) -> Vec<(String, String)> {
     let mut vars: Vec<(String, String)> = top
         .iter()
         .filter_map(|(k, v)| match v {
@@ -361,6 +370,9 @@ fn top_level_vars(top: &serde_json::Map<String, Value>) -> Vec<(String, String)>
             _ => None,
         })
         .collect();
+    // `${config_dir}` is the config's folder whatever a top-level key of that name says.
+    vars.retain(|(k, _)| k != "config_dir");
+    vars.push(("config_dir".to_string(), dir.display().to_string()));
     for _ in 0..8 {
         let snapshot = vars.clone();
         let mut changed = false;
@@ -478,7 +490,7 @@ fn describe(v: &Value) -> String {
     }
 }
 
-/// Resolve relative paths against the config's folder: every string in `paths`, and any string under a
+/// Resolve relative paths against `dir` (the current folder): every string in `paths`, and any string under a
 /// key ending in `_dir`, `_file`, `_root` or `_path` (or a `python` with a slash) in the other sections. `~/` means the home folder;
 /// URLs and empty strings are left alone.
 fn resolve_paths(value: &mut Value, dir: &Path) {

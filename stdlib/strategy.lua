@@ -20,7 +20,7 @@ end
 function M.synthesize(t)
   local ideas = t.ideas or {}
   if #ideas == 0 then
-    return "# Research strategy\n\nNo phase-1 ideas were available: the design is freestyle, guided only by the "
+    return "# Research Strategy\n\nNo phase-1 ideas were available: the design is freestyle, guided only by the "
       .. "technical specification.\n", { source = "freestyle" }
   end
   local listing = M.ideas_markdown(ideas)
@@ -32,10 +32,10 @@ function M.synthesize(t)
   local resp, err = llm.chat(opts)
   if resp and resp.text and resp.text:match("%S") then
     local body = resp.text:gsub("^%s*<think>.-</think>%s*", "")
-    return "# Research strategy\n\n" .. body .. "\n\n## Ideas\n\n" .. listing .. "\n", { source = "llm" }
+    return "# Research Strategy\n\n" .. body .. "\n\n## Ideas\n\n" .. listing .. "\n", { source = "llm" }
   end
   log.warn("[STRATEGY] synthesis failed (" .. tostring(err) .. "); using the ideas as the strategy")
-  return "# Research strategy\n\n(The strategy could not be synthesized: " .. tostring(err and err.kind or "no reply")
+  return "# Research Strategy\n\n(The strategy could not be synthesized: " .. tostring(err and err.kind or "no reply")
     .. ". The ideas are used as they are.)\n\n## Ideas\n\n" .. listing .. "\n", { source = "ideas", error = tostring(err) }
 end
 

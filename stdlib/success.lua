@@ -21,10 +21,14 @@ function M.judge(t)
   if type(score) ~= "number" or score ~= score or score == math.huge or score == -math.huge then
     return false, "no usable score"
   end
+  -- The explanation states the comparison as it came out ("PCC 0.7586 <= 0.9" when not met).
+  local name = t.metric or "score"
   if dir == "lower" then
-    return score < threshold, string.format("%s %.4f < %s (lower is better)", t.metric or "score", score, tostring(threshold))
+    local met = score < threshold
+    return met, string.format("%s %.4f %s %s (lower is better)", name, score, met and "<" or ">=", tostring(threshold))
   end
-  return score > threshold, string.format("%s %.4f > %s (higher is better)", t.metric or "score", score, tostring(threshold))
+  local met = score > threshold
+  return met, string.format("%s %.4f %s %s (higher is better)", name, score, met and ">" or "<=", tostring(threshold))
 end
 
 -- Is score a better than score b under the metric's direction? (Used to pick the best iteration.)

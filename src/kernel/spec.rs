@@ -310,8 +310,18 @@ pub async fn provision(base: Option<&Path>, packages: &[String]) -> Result<PathB
         return Ok(py);
     }
     let _ = std::fs::remove_dir_all(&dir);
+    // The steps' whole output goes to a log beside the venv (outside it: a failed venv is removed), so a
+    // run's log shows a few lines, not pip's hundreds, and a failure still shows its tail.
+    let log_path = root.join(format!("{:016x}.provision.log", fnv(&key)));
+    let mut log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
     crate::ui::info(&format!("cellsci: creating a Python kernel environment in {} (once)", dir.display()));
-    let out = run_step(tokio::process::Command::new(&base).arg("-m").arg("venv").arg(&dir), "python3 -m venv").await;
+    let out = run_step(
+        tokio::process::Command::new(&base).arg("-m").arg("venv").arg(&dir),
+        "python3 -m venv",
+        &mut log,
+        &log_path,
+    )
+    .await;
     if let Err(e) = out {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(e.context("cannot create a venv (on Debian/Ubuntu: apt-get install python3-venv)"));
@@ -321,18 +331,25 @@ pub async fn provision(base: Option<&Path>, packages: &[String]) -> Result<PathB
     crate::ui::info(&format!("cellsci: installing {} (pip)", all.join(" ")));
     let mut cmd = tokio::process::Command::new(&py);
     cmd.args(["-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]).args(&all);
-    if let Err(e) = run_step(&mut cmd, "pip install").await {
+    if let Err(e) = run_step(&mut cmd, "pip install", &mut log, &log_path).await {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(e);
     }
     std::fs::write(&ready, all.join("\n")).ok();
-    crate::ui::info("cellsci: kernel environment ready");
+    crate::ui::info(&format!("cellsci: kernel environment ready (installation log: {})", log_path.display()));
     drop(lock);
     Ok(py)
 }
 
-/// Run a provisioning step, echoing its output lines to stderr; fails with the last lines.
-async fn run_step(cmd: &mut tokio::process::Command, what: &str) -> Result<()> {
+/// Run a provisioning step, writing its output lines to `log` (a spinner shows the latest on a terminal);
+/// fails with the last lines and the log's path.
+async fn run_step(
+    cmd: &mut tokio::process::Command,
+    what: &str,
+    log: &mut std::fs::File,
+    log_path: &Path,
+) -> Result<()> {
+    use std::io::Write;
     use tokio::io::{AsyncBufReadExt, AsyncRead};
     let mut child = cmd
         .stdin(std::process::Stdio::null())
@@ -355,21 +372,29 @@ async fn run_step(cmd: &mut tokio::process::Command, what: &str) -> Result<()> {
     pump(child.stdout.take().expect("piped"), tx.clone());
     pump(child.stderr.take().expect("piped"), tx);
     let mut tail: std::collections::VecDeque<String> = Default::default();
+    let spinner = crate::ui::spinner(what.to_string());
+    let _ = writeln!(log, "$ {what}");
     loop {
         let line = tokio::select! {
             l = rx.recv() => l,
             _ = crate::signals::token().cancelled() => bail!("interrupted while running {what}"),
         };
         let Some(l) = line else { break };
-        crate::ui::info(&format!("  {l}"));
+        let _ = writeln!(log, "{l}");
+        spinner.set_message(format!("{what}: {}", l.chars().take(100).collect::<String>()));
         tail.push_back(l);
         if tail.len() > 15 {
             tail.pop_front();
         }
     }
+    spinner.finish_and_clear();
     let st = child.wait().await?;
     if !st.success() {
-        bail!("{what} failed ({st}):\n{}", tail.into_iter().collect::<Vec<_>>().join("\n"));
+        bail!(
+            "{what} failed ({st}); the last lines (the whole output is in {}):\n{}",
+            log_path.display(),
+            tail.into_iter().collect::<Vec<_>>().join("\n")
+        );
     }
     Ok(())
 }

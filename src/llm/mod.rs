@@ -321,7 +321,7 @@ impl Settings {
             }
             let p = PathBuf::from(s);
             Some(match cfg {
-                Some(c) if p.is_relative() => c.dir.join(p),
+                Some(c) if p.is_relative() => c.base.join(p),
                 _ => p,
             })
         };

@@ -41,11 +41,12 @@ fn secs(lua: &Lua, v: Option<f64>, what: &str) -> LuaResult<Option<Duration>> {
     }
 }
 
-/// The config's `exec.python`, a relative path with a folder in it resolved against the config's folder.
+/// The config's `exec.python`, a relative path with a folder in it resolved against the current folder
+/// at load time (as every relative path of the config is).
 fn config_python(cfg: &crate::config::Config) -> Option<PathBuf> {
     let py = cfg.exec.extra.get("python").and_then(Value::as_str).filter(|s| !s.is_empty())?;
     let p = PathBuf::from(py);
-    Some(if p.is_relative() && py.contains('/') { cfg.dir.join(p) } else { p })
+    Some(if p.is_relative() && py.contains('/') { cfg.base.join(p) } else { p })
 }
 
 /// Start options from the config (`exec.kernel_name`, `exec.python`, `exec.kernel_packages`) and the

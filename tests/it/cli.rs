@@ -40,6 +40,8 @@ fn phase2_commands_parse_with_the_original_flags() {
     let out =
         run_ok(dir, &["--config", "cfg.json", "--scripts", "user", "run", "--use-idea", "--prompt-file", "p.yaml"]);
     assert_eq!(out.trim(), format!(r#"run {{"prompt_file":"{p}","use_idea":true}}"#));
+    let out = run_ok(dir, &["--config", "cfg.json", "--scripts", "user", "run", "--use-idea", "--fail-if-unmet"]);
+    assert_eq!(out.trim(), r#"run {"fail_if_unmet":true,"use_idea":true}"#);
     let out = run_ok(dir, &["--config", "cfg.json", "--scripts", "user", "generate", "--prompt-file", "p.yaml"]);
     assert_eq!(out.trim(), format!(r#"generate {{"prompt_file":"{p}","use_idea":false}}"#));
     let out = run_ok(dir, &["--config", "cfg.json", "--scripts", "user", "execute"]);
@@ -165,7 +167,9 @@ print("ok")"#,
 }
 
 #[test]
-fn config_relative_paths_resolve_against_the_config_folder_not_the_cwd() {
+fn config_relative_paths_resolve_against_the_current_folder_like_the_original() {
+    // The unified runner keeps its merged config in _pipeline_cache/ with paths meant from the phase
+    // folder (its current folder): resolving against the config's folder sent every path astray.
     let d = util::tempdir();
     let root = d.path().canonicalize().unwrap();
     write(
@@ -173,33 +177,35 @@ fn config_relative_paths_resolve_against_the_config_folder_not_the_cwd() {
         "proj/conf/c.json",
         r#"{
   "paths": {"stage1_analysis_dir": "../stage1", "design_execution_root": "./out", "baseline_source_dir": "/abs/base",
-            "custom_thing": "data/x.h5"},
+            "custom_thing": "data/x.h5", "here": "${config_dir}/data"},
   "prompt_branch": {"prompt_file": "prompts/gen.yaml", "idea_file": "../ideas/idea.json", "save_root": "runs",
-                    "strategy_prompt_file": "prompts/strategy.yaml"},
+                    "strategy_prompt_file": "${config_dir}/prompts/strategy.yaml"},
   "literature": {"out_dir": "lit", "query": "relative/looking/text"},
   "exec": {"python": "venv/bin/python"},
   "llm": {"base_url": "http://127.0.0.1:9/v1"}
 }"#,
     );
     let conf = root.join("proj/conf").display().to_string();
-    let proj = root.join("proj").display().to_string();
+    let cwd = root.join("elsewhere").display().to_string();
+    let top = root.display().to_string();
     write(
         &root,
         "elsewhere/t.lua",
         &format!(
             r#"local c = require("host").config
 local function eq(a, b) assert(a == b, tostring(a) .. " ~= " .. tostring(b)) end
-eq(c.paths.stage1_analysis_dir, "{proj}/stage1")
-eq(c.paths.design_execution_root, "{conf}/out")
+eq(c.paths.stage1_analysis_dir, "{top}/stage1")
+eq(c.paths.design_execution_root, "{cwd}/out")
 eq(c.paths.baseline_source_dir, "/abs/base")
-eq(c.paths.custom_thing, "{conf}/data/x.h5")
-eq(c.prompt_branch.prompt_file, "{conf}/prompts/gen.yaml")
-eq(c.prompt_branch.idea_file, "{proj}/ideas/idea.json")
-eq(c.prompt_branch.save_root, "{conf}/runs")
+eq(c.paths.custom_thing, "{cwd}/data/x.h5")
+eq(c.paths.here, "{conf}/data")
+eq(c.prompt_branch.prompt_file, "{cwd}/prompts/gen.yaml")
+eq(c.prompt_branch.idea_file, "{top}/ideas/idea.json")
+eq(c.prompt_branch.save_root, "{cwd}/runs")
 eq(c.prompt_branch.strategy_prompt_file, "{conf}/prompts/strategy.yaml")
-eq(c.literature.out_dir, "{conf}/lit")
+eq(c.literature.out_dir, "{cwd}/lit")
 eq(c.literature.query, "relative/looking/text")
-eq(c.exec.python, "{conf}/venv/bin/python")
+eq(c.exec.python, "{cwd}/venv/bin/python")
 eq(c.llm.base_url, "http://127.0.0.1:9/v1")
 eq(require("host").config_file, "{conf}/c.json")
 print("ok")"#

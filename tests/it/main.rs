@@ -7,4 +7,5 @@ mod notebook;
 mod pipeline;
 mod reload;
 mod report;
+mod runner;
 mod util;

@@ -1,0 +1,362 @@
+//! cellsci under CellScientist's unified runner (DESIGN, "The unified runner"): started from the phase
+//! folder with the merged config in `_pipeline_cache/` (paths relative to the phase folder, nulls for the
+//! GPU id and the sampling settings), `CUDA_VISIBLE_DEVICES` chosen by the runner, stderr merged into
+//! stdout. Each test scores the captured output with the runner's own log rules (written out below), and
+//! checks the exit code, where the results land and what the kernel saw.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+
+use crate::util;
+use crate::util::fake_llm::{FakeLlm, Reply};
+
+const DATASET: &str = "RUNNERSET";
+
+/// The runner's reading of a phase-2 log (run_cellscientist's parser, as DESIGN states it).
+#[derive(Debug, Default)]
+struct Scored {
+    /// (iteration, buggy, score, explicit success) in the order the iterations appear.
+    iterations: Vec<(u32, bool, Option<f64>, bool)>,
+    /// A success marker anywhere in the log.
+    any_success: bool,
+    /// The output folder named by `[ARCHIVE] Saved run to:` (first match), else the last
+    /// `[EXEC] Saved final state:`'s folder.
+    output: Option<String>,
+    /// Lines the final report collects.
+    score_lines: Vec<String>,
+}
+
+const SUCCESS_MARKERS: &[&str] = &[
+    "Success threshold met",
+    "Target metric reached",
+    "Early stop triggered",
+    "Optimization converged",
+    "Stopping early",
+    "Success!",
+];
+const BUG_MARKERS: &[&str] = &[
+    "Notebook Generation Failed",
+    "LLM_GEN_FAILURE",
+    "CRITICAL PARSE FAILURE",
+    "[GRAPH] ❌",
+    "Error in Node",
+    "Initiating Adaptive Fix",
+    "[FIX]",
+    "Traceback",
+    "Exception:",
+];
+
+fn score_log(log: &str, metric: &str) -> Scored {
+    let iter_re = regex::Regex::new(r"ITERATION\s+(\d+)/(\d+)").unwrap();
+    let check_re =
+        regex::Regex::new(&format!(r"\[CHECK\].*?\b{}\s*:\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)", regex::escape(metric)))
+            .unwrap();
+    let mut s = Scored::default();
+    for line in log.lines() {
+        let success = SUCCESS_MARKERS.iter().any(|m| line.contains(m));
+        s.any_success |= success;
+        if line.contains("Score:") {
+            s.score_lines.push(line.to_string());
+        }
+        if let Some(c) = iter_re.captures(line) {
+            s.iterations.push((c[1].parse().unwrap(), false, None, false));
+            continue;
+        }
+        let Some(cur) = s.iterations.last_mut() else { continue };
+        cur.1 |= BUG_MARKERS.iter().any(|m| line.contains(m));
+        if let Some(c) = check_re.captures(line) {
+            cur.2 = c[1].parse().ok();
+        }
+        cur.3 |= success;
+    }
+    let archive_re = regex::Regex::new(r"\[ARCHIVE\] Saved run to:\s*(.+)").unwrap();
+    s.output = archive_re.captures(log).map(|c| c[1].trim().to_string());
+    if s.output.is_none() {
+        let exec_re = regex::Regex::new(r"\[EXEC\] Saved final state:\s*(.+)").unwrap();
+        s.output = exec_re
+            .captures_iter(log)
+            .last()
+            .and_then(|c| Path::new(c[1].trim()).parent().map(|p| p.display().to_string()));
+    }
+    s
+}
+
+/// A CellScientist checkout: the phase-2 folder with its prompt file and the merged config, the
+/// phase-1 output under ../results, and the fake LLM.
+struct Checkout {
+    root: tempfile::TempDir,
+    _srv: FakeLlm,
+    requests: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Checkout {
+    /// `generation(n)` is the n-th generation reply (0-based).
+    fn new(max_iterations: u32, generation: impl Fn(usize) -> String + Send + Sync + 'static) -> Checkout {
+        let root = util::tempdir();
+        let srv = FakeLlm::start();
+        let requests: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let seen = requests.clone();
+        let generations = Arc::new(Mutex::new(0usize));
+        srv.set_responder(move |req| {
+            seen.lock().unwrap().push(req.clone());
+            let system = req["messages"][0]["content"].as_str().unwrap_or("");
+            if system.contains("RUNNER-SPEC") {
+                let mut n = generations.lock().unwrap();
+                *n += 1;
+                Reply::text(&generation(*n - 1))
+            } else if system.contains("plan computational experiments") {
+                Reply::text("**Plan.** Fit the model the idea describes.")
+            } else {
+                Reply::text("The numbers speak for themselves.")
+            }
+        });
+        let r = root.path();
+        let stage1 = format!("results/{DATASET}/design_analysis/reference/20260101_000000");
+        util::write(r, &format!("{stage1}/REFERENCE_DATA.h5"), "not really hdf5");
+        util::write(
+            r,
+            &format!("{stage1}/idea.json"),
+            r#"{"ideas": [{"title": "Dose matters", "description": "Model the dose response."}]}"#,
+        );
+        // The user's own generation prompt, in the original's shape, in the phase folder.
+        util::write(
+            r,
+            "Generate_Execution/prompts/pipeline_prompt.yaml",
+            "system: |\n  RUNNER-SPEC. Write the notebook as JSON cells. Train on ${cuda_device_str}.\n\
+             task:\n  goal: predict the morphology shift\n",
+        );
+        let python = util::test_venv().join("bin/python");
+        // As the runner writes it: relative paths meant from the phase folder, nulls where it took over.
+        let cfg = json!({
+            "dataset_name": DATASET,
+            "paths": {
+                "stage1_analysis_dir": "../results/${dataset_name}/design_analysis/reference",
+                "design_execution_root": "../results/${dataset_name}/generate_execution"
+            },
+            "llm": {"model": "fake-model", "base_url": srv.url(), "api_key": "sk-runner-SECRET-0000000",
+                    "timeout": 30, "temperature": null, "max_tokens": null,
+                    "retry": {"deadline": 1.0, "base": 0.05, "max_wait": 0.2}},
+            "experiment": {"primary_metric": "PCC", "max_iterations": max_iterations, "success_threshold": 0.5},
+            "prompt_branch": {"prompt_file": "prompts/pipeline_prompt.yaml",
+                              "save_root": "../results/${dataset_name}/generate_execution", "json_retries": 0},
+            "exec": {"timeout_seconds": 30, "max_fix_rounds": 1, "cuda_device_id": null,
+                     "python": python.display().to_string()},
+            "literature": {"enabled": false}
+        });
+        util::write(
+            r,
+            &format!("Generate_Execution/_pipeline_cache/generate_execution_config.{DATASET}.merged.json"),
+            &serde_json::to_string_pretty(&cfg).unwrap(),
+        );
+        Checkout { root, _srv: srv, requests }
+    }
+
+    fn phase_dir(&self) -> PathBuf {
+        self.root.path().join("Generate_Execution")
+    }
+
+    fn save_root(&self) -> PathBuf {
+        self.root.path().join(format!("results/{DATASET}/generate_execution"))
+    }
+
+    /// Start cellsci as the runner does; returns (exit code, the merged output as phase2.log holds it).
+    fn run(&self, extra: &[&str]) -> (Option<i32>, String) {
+        let config = format!("_pipeline_cache/generate_execution_config.{DATASET}.merged.json");
+        // stderr into the same pipe as stdout, as subprocess.Popen(stderr=STDOUT) does.
+        let (reader, writer) = std::io::pipe().unwrap();
+        let mut child = Command::new(util::bin())
+            .current_dir(self.phase_dir())
+            .args(["--config", &config, "run", "--use-idea"])
+            .args(extra)
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("NO_COLOR")
+            .env("CUDA_VISIBLE_DEVICES", "5")
+            .stdin(Stdio::null())
+            .stdout(writer.try_clone().unwrap())
+            .stderr(writer)
+            .spawn()
+            .unwrap();
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut { reader }, &mut log).unwrap();
+        let status = child.wait().unwrap();
+        (status.code(), log)
+    }
+
+    fn archived(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.save_root().join("prompt"))
+            .map(|rd| rd.flatten().map(|e| e.path()))
+            .into_iter()
+            .flatten()
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("prompt_run_"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn summary(&self) -> Value {
+        let f = std::fs::read_dir(self.save_root())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("phase2_loop_summary_"))
+            .expect("a loop summary in the save root");
+        serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap()
+    }
+
+    fn generation_requests(&self) -> Vec<Value> {
+        let reqs = self.requests.lock().unwrap();
+        reqs.iter()
+            .filter(|r| r["messages"][0]["content"].as_str().unwrap_or("").contains("RUNNER-SPEC"))
+            .cloned()
+            .collect()
+    }
+}
+
+/// A generation reply: one cell that records the GPU it was given and writes metrics with `score`.
+fn notebook(score: f64) -> String {
+    let code = format!(
+        r#"import json, os
+seen = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+print("CUDA_VISIBLE_DEVICES=" + seen)
+open(os.path.join(os.environ["OUTPUT_DIR"], "gpu.txt"), "w").write(seen)
+folds = {{"0": {score}, "1": {score}}}
+models = {{"ridge_baseline": {{"per_fold": {{f: {{"PCC": 0.1}} for f in folds}}}},
+          "model": {{"per_fold": {{f: {{"PCC": v}} for f, v in folds.items()}}}}}}
+json.dump({{"models": models, "winner": "model"}}, open(os.path.join(os.environ["OUTPUT_DIR"], "metrics.json"), "w"))"#
+    );
+    json!({"cells": [{"id": "T1", "name": "all", "purpose": "everything", "code": code}]}).to_string()
+}
+
+/// What every run under the runner must satisfy, whatever its outcome.
+fn assert_common(c: &Checkout, log: &str) {
+    assert!(!log.contains('\u{1b}'), "no colour codes in phase2.log:\n{log}");
+    assert!(!log.contains("sk-runner-SECRET"), "the key never shows");
+    assert!(!c.phase_dir().join("_pipeline_cache/prompts").exists());
+    // Nothing landed beside the merged config or in the phase folder: results are under ../results.
+    let stray: Vec<_> = std::fs::read_dir(c.phase_dir().join("_pipeline_cache")).unwrap().flatten().collect();
+    assert_eq!(stray.len(), 1, "only the merged config in _pipeline_cache: {stray:?}");
+    // The GPU line of the prompt: cuda:0 for a null id; the sampling settings the runner nulled are not sent.
+    for req in c.generation_requests() {
+        assert!(req["messages"][0]["content"].as_str().unwrap().contains("Train on cuda:0."), "{req:#}");
+        assert!(req.get("temperature").is_none() && req.get("max_tokens").is_none(), "null means not sent: {req:#}");
+    }
+    // The summary the runner's tools read: every field of the original, with its types.
+    let s = c.summary();
+    for key in ["dataset", "started_at", "primary_metric", "archived_dir", "best_trial_dir"] {
+        assert!(s.get(key).is_some(), "summary has no {key}");
+    }
+    assert!(s["finished_at"].is_string(), "{s:#}");
+    for key in [
+        "success_threshold",
+        "success_rate",
+        "validity_rate",
+        "best_score",
+        "best_at_budget",
+        "total_cost_latency",
+        "total_time_sec",
+    ] {
+        assert!(s[key].is_f64() || s[key].is_i64(), "{key} must be a number: {s:#}");
+    }
+    for key in
+        ["max_iterations", "iterations_executed", "valid_iterations", "criteria_met_iterations", "total_cost_tokens"]
+    {
+        assert!(s[key].is_u64(), "{key} must be a whole number: {s:#}");
+    }
+    assert_eq!(s["total_cost_tokens"], s["prompt_tokens"].as_u64().unwrap() + s["completion_tokens"].as_u64().unwrap());
+    for it in s["iterations"].as_array().unwrap() {
+        assert!(it["score"].is_number(), "score is a number (-999.0 when none): {it:#}");
+        for key in ["prompt_tokens", "completion_tokens", "total_latency_sec"] {
+            assert!(it["usage"][key].is_number(), "usage.{key}: {it:#}");
+        }
+        for key in ["iter", "run_name", "status", "trial_dir", "duration_sec", "criteria_met"] {
+            assert!(it.get(key).is_some(), "iteration has no {key}: {it:#}");
+        }
+    }
+}
+
+/// The folder phase 3 takes: named by the archive line, under <save_root>/prompt, with what it reads.
+fn assert_phase3_input(c: &Checkout, scored: &Scored) -> PathBuf {
+    let name = scored.output.as_deref().expect("an [ARCHIVE] line");
+    let dir = c.save_root().join("prompt").join(name);
+    assert!(dir.join("notebook_prompt_exec.ipynb").is_file() && dir.join("metrics.json").is_file(), "{dir:?}");
+    let nb: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("notebook_prompt_exec.ipynb")).unwrap()).unwrap();
+    let strategy_cell = nb["cells"].as_array().unwrap().iter().find(|cell| cell["cell_type"] == "markdown").unwrap();
+    let text = match &strategy_cell["source"] {
+        Value::Array(parts) => parts.iter().filter_map(Value::as_str).collect::<String>(),
+        v => v.as_str().unwrap().to_string(),
+    };
+    assert!(text.contains("Research Strategy"), "phase 3 picks its cells by this heading: {text}");
+    // The kernel saw the GPU the runner chose, not one cellsci picked.
+    assert_eq!(std::fs::read_to_string(dir.join("gpu.txt")).unwrap(), "5");
+    dir
+}
+
+#[test]
+fn under_the_runner_a_met_criterion_exits_0_and_is_scored_a_clean_success() {
+    let c = Checkout::new(3, |_| notebook(0.9));
+    let (code, log) = c.run(&[]);
+    assert_eq!(code, Some(0), "{log}");
+    assert_common(&c, &log);
+    let s = score_log(&log, "PCC");
+    assert_eq!(s.iterations.len(), 1, "{log}");
+    let (n, buggy, score, success) = s.iterations[0];
+    assert_eq!((n, buggy, score, success), (1, false, Some(0.9), true), "{log}");
+    assert_phase3_input(&c, &s);
+    assert_eq!(c.archived().len(), 1);
+    assert_eq!(c.summary()["criteria_met_iterations"], 1);
+}
+
+#[test]
+fn under_the_runner_a_run_that_never_meets_the_target_exits_0_and_archives_its_best() {
+    // Exit 1 here made the runner report "Pipeline Failed at Phase 2" and skip phase 3.
+    let c = Checkout::new(2, |n| notebook(if n == 0 { 0.3 } else { 0.4 }));
+    let (code, log) = c.run(&[]);
+    assert_eq!(code, Some(0), "{log}");
+    assert_common(&c, &log);
+    let s = score_log(&log, "PCC");
+    assert!(!s.any_success, "no success marker in a run that did not succeed:\n{log}");
+    let got: Vec<_> = s.iterations.iter().map(|i| (i.0, i.1, i.2)).collect();
+    assert_eq!(got, vec![(1, false, Some(0.3)), (2, false, Some(0.4))], "{log}");
+    assert!(s.score_lines.iter().any(|l| l.contains("Score: 0.4000")), "the best run's score: {:?}", s.score_lines);
+    assert!(log.contains("PCC 0.3000 <= 0.5"), "the comparison as it came out:\n{log}");
+    let dir = assert_phase3_input(&c, &s);
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["models"]["model"]["per_fold"]["0"]["PCC"], 0.4, "the best iteration is the one archived");
+    // The event log followed the trial into its archived name: nothing was written after the rename to
+    // the old path, and the archive event is in the new one.
+    let events = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
+    assert!(events.lines().count() > 3, "{events}");
+    assert!(!log.contains("No such file or directory"), "{log}");
+    let sm = c.summary();
+    assert_eq!(sm["criteria_met_iterations"], 0);
+    assert_eq!(sm["best_score"], 0.4);
+    println!("--- phase2.log of a not-met run ---\n{log}");
+
+    // Scripts that want a failure for an unmet target ask for it.
+    let (code, log) = c.run(&["--fail-if-unmet"]);
+    assert_eq!(code, Some(1), "{log}");
+}
+
+#[test]
+fn under_the_runner_a_generation_that_always_fails_is_scored_buggy_and_exits_0() {
+    let c = Checkout::new(2, |_| "Sorry, I cannot produce a notebook today.".to_string());
+    let (code, log) = c.run(&[]);
+    assert_eq!(code, Some(0), "the loop ran to its end: {log}");
+    assert_common(&c, &log);
+    let s = score_log(&log, "PCC");
+    assert!(!s.any_success, "{log}");
+    assert_eq!(s.iterations.len(), 2, "{log}");
+    for (n, buggy, score, _) in &s.iterations {
+        assert!(*buggy && score.is_none(), "iteration {n} must count as buggy with no score:\n{log}");
+    }
+    assert!(log.contains("Notebook Generation Failed"), "{log}");
+    assert!(c.archived().is_empty(), "nothing to archive");
+    let sm = c.summary();
+    assert_eq!(sm["best_score"], -999.0);
+    assert_eq!(sm["iterations"][0]["status"], "CRASH");
+    assert_eq!(sm["iterations"][1]["score"], -999.0);
+}
