@@ -181,7 +181,8 @@ end
 
 -- Generate into `trial` (created). Returns the notebook path.
 function M.generate_into(trial, opts, s1)
-  fs.mkdir(trial)
+  local made, merr = fs.mkdir(trial)
+  if not made then error("cannot create the trial folder " .. trial .. ": " .. tostring(merr), 0) end
   log.set_event_file(path.join(trial, "events.jsonl"))
   local c = cfg()
   local spec, spec_path = M.load_prompt(opts.prompt_file or section("prompt_branch").prompt_file, "generation.yaml")
@@ -212,6 +213,7 @@ function M.generate_into(trial, opts, s1)
   if not cells then
     local fail_path = path.join(trial, "generation_failure.json")
     write_json(fail_path, { error = err, prompt_file = spec_path, attempts = attempts })
+    if host.interrupted() then error("interrupted", 0) end
     -- The runner counts an iteration with this line as buggy (DESIGN: "Lines other tools read").
     log.line("[GENERATE] Notebook Generation Failed: " .. err)
     error("generation failed: " .. err .. " (every reply is saved in " .. fail_path .. ")", 0)
@@ -257,11 +259,21 @@ local function run_cell(k, code, opts)
 end
 
 -- Save a cell's result into the executed notebook (after every cell), then unwind if it was Ctrl-C.
+-- A save that fails (a full disk) ends the trial: a notebook missing cells is never reported as saved.
 local function record(nb, i, r, exec_path)
   nb:set_outputs(i, r)
-  nb:write(exec_path)
+  local ok, err = nb:write(exec_path)
   if r.interrupted then error("interrupted", 0) end
+  if not ok then error("cannot save the executed notebook " .. exec_path .. ": " .. tostring(err), 0) end
 end
+
+-- Ctrl-C or SIGTERM makes the LLM calls and cells in flight return an `interrupted` failure, which a
+-- policy may well swallow (no fix, no narrative); every step boundary checks, so the iteration ends at
+-- once as INTERRUPTED instead of going on as a CRASH or a VALID without its report.
+local function check_interrupt()
+  if host.interrupted() then error("interrupted", 0) end
+end
+M.check_interrupt = check_interrupt
 
 local function start_kernel(trial, s1)
   local ex = section("exec")
@@ -317,7 +329,8 @@ function M.execute_trial(trial, s1)
   local timeout = tonumber(ex.timeout_seconds) or 3600
   local max_rounds = tonumber(ex.max_fix_rounds) or 3
   local fix_prompt = M.load_prompt(section("prompt_branch").fix_prompt_file or ex.fix_prompt_file, "fix.yaml")
-  fs.mkdir(path.join(trial, "intermediate"))
+  local made, merr = fs.mkdir(path.join(trial, "intermediate"))
+  if not made then error("cannot create " .. path.join(trial, "intermediate") .. ": " .. tostring(merr), 0) end
 
   local k = start_kernel(trial, s1)
   local code_cells = 0
@@ -361,6 +374,7 @@ function M.execute_trial(trial, s1)
             timeout = timeout, use_llm = ex.enable_llm_autofix ~= false,
             system_prompt = fix_prompt.system_prompt or fix_prompt.system or "",
           })
+          check_interrupt()
           log.event("fix", { cell_index = i - 1, id = id, round = round, applied = new ~= nil, how = how })
           if not new then
             log.line(string.format("[FIX] %s | no fix: %s", id, how))
@@ -386,9 +400,11 @@ function M.execute_trial(trial, s1)
   md.execution = md.execution or {}
   md.execution.cellsci = { ok = ok_run and outcome.ok, failed_cell = outcome.failed_cell, error = outcome.error }
   nb.metadata = md
-  nb:write(exec_path)
-  log.line("[EXEC] Saved final state: " .. exec_path)
+  local saved, serr = nb:write(exec_path)
+  if saved then log.line("[EXEC] Saved final state: " .. exec_path) end
   if not ok_run then error(run_err, 0) end
+  if not saved then error("cannot save the executed notebook " .. exec_path .. ": " .. tostring(serr), 0) end
+  check_interrupt()
 
   if ex.enable_hypergraph_viz ~= false then
     local _, herr = report.hypergraph(nb, { path = path.join(trial, "hypergraph.json") })
@@ -487,9 +503,15 @@ end
 -- (Matched on the error text for now; typed errors are the parallel-exploration issue's work.)
 local FATAL_KINDS = { "client", "config", "replay_miss" }
 
+-- A full or read-only disk fails every further write: the loop stops rather than lose more.
+local DISK_ERRORS = { "No space left on device", "Disk quota exceeded", "Read-only file system" }
+
 local function fatal_kind(e)
   e = tostring(e or "")
   if e:find("budget: ", 1, true) then return "budget" end
+  for _, d in ipairs(DISK_ERRORS) do
+    if e:find(d, 1, true) then return "disk" end
+  end
   for _, k in ipairs(FATAL_KINDS) do
     if e:find(k .. ": ", 1, true) then return k end
   end
@@ -531,9 +553,9 @@ function M.analyze(opts)
   return 0
 end
 
--- Rename a trial to prompt_run_<stamp> (what phase-3 tools look for); never overwrite. The event log
--- follows the trial when it is the one being written.
-function M.archive(trial)
+-- Where a trial is archived: prompt_run_<stamp> beside it (what phase-3 tools look for), never a
+-- folder that exists.
+function M.archive_dest(trial)
   local parent = path.dirname(trial)
   local name = "prompt_run_" .. time.stamp()
   local dest, n = path.join(parent, name), 1
@@ -541,6 +563,13 @@ function M.archive(trial)
     n = n + 1
     dest = path.join(parent, name .. "_" .. n)
   end
+  return dest
+end
+
+-- Rename a trial to `dest` (default: M.archive_dest). The event log follows the trial when it is the one
+-- being written. Returns the new path, or nil when the rename failed.
+function M.archive(trial, dest)
+  dest = dest or M.archive_dest(trial)
   local ef = log.event_file()
   local ok, err = fs.rename(trial, dest)
   if not ok then
@@ -564,6 +593,8 @@ M.NO_SCORE = -999.0
 
 local function scored(r) return type(r.score) == "number" and r.score ~= M.NO_SCORE end
 
+local function str(v) return type(v) == "string" and v or nil end
+
 function M.run(opts)
   local c = cfg()
   local exp = section("experiment")
@@ -572,14 +603,57 @@ function M.run(opts)
   local max_iters = math.max(1, math.floor(tonumber(exp.max_iterations) or 1))
   local stamp, pid = time.stamp(), host.pid()
   local root = M.save_root()
-  fs.mkdir(prompt_root())
+  local made, merr = fs.mkdir(prompt_root())
+  if not made then error("cannot create " .. prompt_root() .. ": " .. tostring(merr), 0) end
   local summary_path = path.join(root, string.format("phase2_loop_summary_%s_%d.json", stamp, pid))
   local started, started_iso = time.now(), time.iso()
   local iters = {}
-  local best_score, best_trial, archived
+  -- archive_source: the trial being renamed to archived_dir, recorded before the rename so that a kill
+  -- during it is finished by --resume.
+  local best_score, best_trial, archived, archive_source
+  local met_any, stopped = false, nil
   -- What earlier sessions of this loop spent (with --resume), added to this session's figures.
   local prior = { time = 0, prompt = 0, completion = 0, total = 0, calls = 0, latency = 0 }
   local first = 1
+
+  local function summary(final)
+    local valid, met = 0, 0
+    for _, r in ipairs(iters) do
+      if r.status == "VALID" then valid = valid + 1 end
+      if r.criteria_met then met = met + 1 end
+    end
+    local u = usage_totals()
+    write_json(summary_path, {
+      dataset = c.dataset_name, started_at = started_iso, finished_at = final and time.iso() or json.null,
+      primary_metric = pm, direction = direction(pm), success_threshold = threshold, max_iterations = max_iters,
+      iterations_executed = #iters, valid_iterations = valid, criteria_met_iterations = met,
+      success_rate = #iters > 0 and met / #iters or 0.0, validity_rate = #iters > 0 and valid / #iters or 0.0,
+      best_score = best_score or M.NO_SCORE, best_at_budget = best_score or M.NO_SCORE,
+      best_trial_dir = best_trial or json.null, archived_dir = archived or json.null,
+      archive_source = archive_source or json.null,
+      total_cost_tokens = prior.prompt + u.prompt + prior.completion + u.completion,
+      total_cost_latency = prior.latency + u.latency,
+      criteria_met = met_any, stopped = stopped or json.null,
+      total_tokens = prior.total + u.total, prompt_tokens = prior.prompt + u.prompt,
+      completion_tokens = prior.completion + u.completion, llm_calls = prior.calls + u.calls,
+      llm_latency_sec = prior.latency + u.latency, total_time_sec = prior.time + time.now() - started,
+      iterations = iters,
+    })
+  end
+
+  -- Archive a trial: the plan goes into the summary first, then the rename.
+  local function archive(trial)
+    archived, archive_source = M.archive_dest(trial), trial
+    summary(false)
+    local dest = M.archive(trial, archived)
+    if not dest then archived = nil end
+    archive_source = nil
+    if best_trial == trial then best_trial = dest or trial end
+    summary(false)
+    return dest
+  end
+
+  local nothing_left = false
   if opts.resume then
     local text, rerr = fs.read(opts.resume)
     if not text then error("cannot read the summary to resume: " .. tostring(rerr), 0) end
@@ -591,65 +665,63 @@ function M.run(opts)
     prior = { time = tonumber(old.total_time_sec) or 0, prompt = tonumber(old.prompt_tokens) or 0,
       completion = tonumber(old.completion_tokens) or 0, total = tonumber(old.total_tokens) or 0,
       calls = tonumber(old.llm_calls) or 0, latency = tonumber(old.llm_latency_sec) or 0 }
+    local met_rec, interrupted = nil, false
     for _, r in ipairs(old.iterations) do
       -- An interrupted iteration is done again; finished ones are kept as they were.
-      if r.status ~= "INTERRUPTED" then table.insert(iters, r) end
-      if r.criteria_met then
-        log.line("[RESUME] iteration " .. tostring(r.iter) .. " already met the criterion; nothing to do")
-        return 0
+      if r.status == "INTERRUPTED" then interrupted = true else table.insert(iters, r) end
+      if r.criteria_met then met_rec = r end
+    end
+    best_score, best_trial = tonumber(old.best_score), str(old.best_trial_dir)
+    if best_score == M.NO_SCORE then best_score = nil end
+    archived, archive_source = str(old.archived_dir), str(old.archive_source)
+    if archived and not fs.exists(archived) then
+      -- Killed during the rename: finish it, or forget the plan when its source is gone too.
+      if archive_source and fs.exists(archive_source) and M.archive(archive_source, archived) then
+        if best_trial == archive_source then best_trial = archived end
+      else
+        archived = nil
       end
     end
-    if type(old.best_score) == "number" and old.best_score ~= M.NO_SCORE and type(old.best_trial_dir) == "string"
-        and fs.exists(old.best_trial_dir) then
-      best_score, best_trial = old.best_score, old.best_trial_dir
+    archive_source = nil
+    if best_trial and not fs.exists(best_trial) then best_score, best_trial = nil, nil end
+    stopped = str(old.stopped)
+    if stopped == "interrupted" then stopped = nil end
+    if met_rec then
+      met_any = true
+      log.line("[RESUME] iteration " .. tostring(met_rec.iter) .. " already met the criterion; finishing the loop")
+      if not archived and str(met_rec.trial_dir) and fs.exists(met_rec.trial_dir) then archive(met_rec.trial_dir) end
+      nothing_left = true
+    elseif old.finished_at ~= nil and old.finished_at ~= json.null and not interrupted and not stopped then
+      log.line("[RESUME] " .. path.basename(opts.resume) .. ": the loop had finished; nothing left to do")
+      nothing_left = true
     end
+    stopped = nil
     first = #iters + 1
-    log.line(string.format("[RESUME] %s: %d iterations done, going on from %d", path.basename(opts.resume), #iters, first))
+    if not nothing_left then
+      log.line(string.format("[RESUME] %s: %d iterations done, going on from %d", path.basename(opts.resume), #iters, first))
+    end
   end
   log.info(string.format("[LOOP] %d iterations at most; the criterion: %s %s %s (%s is better); summary: %s",
     max_iters, pm, direction(pm) == "lower" and "<" or ">", tostring(threshold), direction(pm), summary_path))
-
-  local met_any, stopped = false, nil
-  local function summary(final)
-    local valid, met = 0, 0
-    for _, r in ipairs(iters) do
-      if r.status == "VALID" then valid = valid + 1 end
-      if r.criteria_met then met = met + 1 end
-    end
-    local u = usage_totals()
-    local tokens = prior.total + u.total
-    write_json(summary_path, {
-      dataset = c.dataset_name, started_at = started_iso, finished_at = final and time.iso() or json.null,
-      primary_metric = pm, direction = direction(pm), success_threshold = threshold, max_iterations = max_iters,
-      iterations_executed = #iters, valid_iterations = valid, criteria_met_iterations = met,
-      success_rate = #iters > 0 and met / #iters or 0.0, validity_rate = #iters > 0 and valid / #iters or 0.0,
-      best_score = best_score or M.NO_SCORE, best_at_budget = best_score or M.NO_SCORE,
-      best_trial_dir = best_trial or json.null, archived_dir = archived or json.null,
-      total_cost_tokens = prior.prompt + u.prompt + prior.completion + u.completion,
-      total_cost_latency = prior.latency + u.latency,
-      criteria_met = met_any, stopped = stopped or json.null,
-      total_tokens = tokens, prompt_tokens = prior.prompt + u.prompt,
-      completion_tokens = prior.completion + u.completion, llm_calls = prior.calls + u.calls,
-      llm_latency_sec = prior.latency + u.latency, total_time_sec = prior.time + time.now() - started,
-      iterations = iters,
-    })
-  end
   -- A summary from the start: a loop killed during its first iteration can still be resumed.
   summary(false)
 
-  for i = first, max_iters do
+  for i = first, nothing_left and 0 or max_iters do
     host.reload()
     local run_name = string.format("workspace_%s_%d_iter%03d", stamp, pid, i)
     local trial = path.join(prompt_root(), run_name)
     log.line(string.format("ITERATION %d/%d", i, max_iters))
     local t0, u0 = time.now(), usage_totals()
+    local prev_best_score, prev_best_trial = best_score, best_trial
     local rec = { iter = i, run_name = run_name, status = "CRASH", score = M.NO_SCORE, trial_dir = trial,
       criteria_met = false }
     local ok, err = pcall(function()
       local s1 = require("stage1").discover(c, opts.use_idea)
       M.generate_into(trial, opts, s1)
+      check_interrupt()
       local ex = M.execute_trial(trial, s1)
       local res = M.analyze_trial(trial)
+      check_interrupt()
       if not ex.ok then
         rec.status, rec.error = "CRASH", ex.error
         if res.score ~= nil then rec.score = res.score end
@@ -681,15 +753,18 @@ function M.run(opts)
     rec.tokens = { prompt = u1.prompt - u0.prompt, completion = u1.completion - u0.completion, total = u1.total - u0.total }
     rec.llm_calls = u1.calls - u0.calls
     rec.llm_latency_sec = u1.latency - u0.latency
+    if host.interrupted() then
+      -- Whatever the step made of it (a swallowed LLM failure, a fallback), an interrupt ends the loop now;
+      -- --resume does this iteration again.
+      rec.status, rec.error, rec.criteria_met = "INTERRUPTED", "interrupted by the user", false
+      best_score, best_trial = prev_best_score, prev_best_trial
+      table.insert(iters, rec)
+      stopped = "interrupted"
+      summary(true)
+      log.line("[INTERRUPT] stopped; loop summary saved to " .. summary_path)
+      return 130
+    end
     if not ok then
-      if host.interrupted() then
-        rec.status, rec.error = "INTERRUPTED", "interrupted by the user"
-        table.insert(iters, rec)
-        stopped = "interrupted"
-        summary(true)
-        log.line("[INTERRUPT] stopped; loop summary saved to " .. summary_path)
-        return 130
-      end
       rec.status, rec.error = "CRASH", tostring(err)
       -- "Exception:" marks the iteration as buggy for the runner's log parser.
       log.line(string.format("[LOOP] Exception: iteration %d crashed: %s", i, tostring(err)))
@@ -713,24 +788,23 @@ function M.run(opts)
       met_any = true
       -- "Success threshold met" is the runner's marker of a successful run: printed only here.
       log.line("[SUCCESS] Success threshold met (" .. tostring(rec.judgement) .. "); archiving and stopping")
-      archived = M.archive(trial)
-      if best_trial == trial then best_trial = archived end
+      archive(trial)
       break
     end
     if rec.status == "VALID" then log.line("[CONTINUE] Threshold not met: " .. tostring(rec.judgement)) end
   end
   if not met_any then
-    if best_trial and fs.exists(best_trial) then
+    if best_trial and best_trial ~= archived and fs.exists(best_trial) then
       log.line(string.format("[LOOP] No iteration met the criterion; archiving the BEST run found (%s Score: %.4f)",
         pm, best_score))
-      archived = M.archive(best_trial)
-      best_trial = archived or best_trial
-    else
+      archive(best_trial)
+    elseif not archived then
       log.line("[LOOP] No iteration produced a score; nothing archived")
     end
   end
-  -- The score of every iteration against the threshold, beside the archived report.
-  if archived then
+  -- The score of every iteration against the threshold, beside the archived report (once, also when a
+  -- finished loop is resumed).
+  if archived and fs.exists(archived) then
     local pts = {}
     for _, r in ipairs(iters) do
       table.insert(pts, { iteration = r.iter, score = scored(r) and r.score or nil, status = r.status, met = r.criteria_met })
@@ -739,7 +813,8 @@ function M.run(opts)
     if report.plot_iterations(pts, { threshold = threshold, metric = pm, path = svg, direction = direction(pm) }) then
       local rp = path.join(archived, "experiment_report.md")
       local text = fs.read(rp)
-      if text then write_text(rp, text .. "\n## Iterations\n\n![" .. pm .. " per iteration](iterations.svg)\n") end
+      local section_md = "\n## Iterations\n\n![" .. pm .. " per iteration](iterations.svg)\n"
+      if text and not text:find(section_md, 1, true) then write_text(rp, text .. section_md) end
     end
   end
   summary(true)

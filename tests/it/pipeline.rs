@@ -17,14 +17,14 @@ const KEY: &str = "sk-test-SECRET123456789";
 
 /// What kind of request the pipeline sent, read from its system prompt (the bundled prompts).
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
+pub(crate) enum Kind {
     Generation,
     Strategy,
     Fix,
     Report,
 }
 
-fn kind_of(req: &Value) -> Kind {
+pub(crate) fn kind_of(req: &Value) -> Kind {
     let system = req["messages"][0]["content"].as_str().unwrap_or("");
     if system.contains("repair failing cells") {
         Kind::Fix
@@ -38,7 +38,7 @@ fn kind_of(req: &Value) -> Kind {
 }
 
 /// Python code for a cell that writes metrics.json with a baseline and a model scoring `score` (PCC).
-fn metrics_cell(score: f64) -> String {
+pub(crate) fn metrics_cell(score: f64) -> String {
     format!(
         r#"import json, os
 folds = {{"0": {s0}, "1": {s1}, "2": {s2}}}
@@ -56,7 +56,7 @@ print("metrics written")"#,
 }
 
 /// A generation reply holding these (id, code) cells, in a fence with prose around it as models write.
-fn generation_reply(cells: &[(&str, &str)]) -> String {
+pub(crate) fn generation_reply(cells: &[(&str, &str)]) -> String {
     let cells: Vec<Value> = cells
         .iter()
         .map(|(id, code)| json!({"id": id, "name": format!("step {id}"), "purpose": "test", "code": code}))
@@ -66,23 +66,23 @@ fn generation_reply(cells: &[(&str, &str)]) -> String {
     format!("Here is the notebook.\n```json\n{}\n```\n", serde_json::to_string_pretty(&doc).unwrap())
 }
 
-fn fix_reply(cell_index: i64, source: &str) -> String {
+pub(crate) fn fix_reply(cell_index: i64, source: &str) -> String {
     json!({"edits": [{"cell_index": cell_index, "source": source}]}).to_string()
 }
 
-type Handler = Box<dyn Fn(Kind, &Value, usize) -> Reply + Send + Sync>;
+pub(crate) type Handler = Box<dyn Fn(Kind, &Value, usize) -> Reply + Send + Sync>;
 
 /// A temporary phase-2 project: config, stage-1 folder, the fake LLM server.
-struct Project {
-    dir: tempfile::TempDir,
+pub(crate) struct Project {
+    pub(crate) dir: tempfile::TempDir,
     /// Kept alive for the project's lifetime (the server stops when dropped).
-    _srv: FakeLlm,
-    seen: Arc<Mutex<Vec<(Kind, Value)>>>,
+    pub(crate) _srv: FakeLlm,
+    pub(crate) seen: Arc<Mutex<Vec<(Kind, Value)>>>,
 }
 
 impl Project {
     /// `handler(kind, request, n)` answers the n-th request of that kind (0-based).
-    fn new(config: Value, handler: Handler) -> Project {
+    pub(crate) fn new(config: Value, handler: Handler) -> Project {
         let dir = util::tempdir();
         let srv = FakeLlm::start();
         let seen: Arc<Mutex<Vec<(Kind, Value)>>> = Arc::default();
@@ -122,19 +122,19 @@ impl Project {
         Project { dir, _srv: srv, seen }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         cellsci(self.path()).arg("--config").arg("generate_execution_config.json").args(args).output().unwrap()
     }
 
-    fn save_root(&self) -> PathBuf {
+    pub(crate) fn save_root(&self) -> PathBuf {
         self.path().join("out/TESTSET")
     }
 
-    fn trials(&self) -> Vec<PathBuf> {
+    pub(crate) fn trials(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(self.save_root().join("prompt"))
             .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
             .unwrap_or_default();
@@ -142,14 +142,14 @@ impl Project {
         v
     }
 
-    fn archived(&self) -> Vec<PathBuf> {
+    pub(crate) fn archived(&self) -> Vec<PathBuf> {
         self.trials()
             .into_iter()
             .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("prompt_run_"))
             .collect()
     }
 
-    fn summary(&self) -> Value {
+    pub(crate) fn summary(&self) -> Value {
         let files: Vec<PathBuf> = std::fs::read_dir(self.save_root())
             .unwrap()
             .flatten()
@@ -160,12 +160,12 @@ impl Project {
         serde_json::from_str(&std::fs::read_to_string(&files[0]).unwrap()).unwrap()
     }
 
-    fn requests(&self, kind: Kind) -> Vec<Value> {
+    pub(crate) fn requests(&self, kind: Kind) -> Vec<Value> {
         self.seen.lock().unwrap().iter().filter(|(k, _)| *k == kind).map(|(_, r)| r.clone()).collect()
     }
 
     /// The key must appear in no file of the project (but the config) and in no output.
-    fn assert_key_hidden(&self, out: &Output) {
+    pub(crate) fn assert_key_hidden(&self, out: &Output) {
         assert!(!util::text(out).contains(KEY), "key printed");
         for f in walk(self.path()) {
             if f.ends_with("generate_execution_config.json") {
@@ -178,7 +178,7 @@ impl Project {
 
     /// `run` in the background; once its kernel runs (a process working in the trial folder) and the
     /// cell had time to print, Ctrl-C; what cellsci printed and its exit status.
-    fn run_and_interrupt(&self) -> Output {
+    pub(crate) fn run_and_interrupt(&self) -> Output {
         let child = cellsci(self.path())
             .args(["--config", "generate_execution_config.json", "run"])
             .stdout(std::process::Stdio::piped())
@@ -199,7 +199,7 @@ impl Project {
     }
 
     /// No process (a kernel) still runs with its working directory inside the project.
-    fn assert_no_kernel_left(&self) {
+    pub(crate) fn assert_no_kernel_left(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let left = processes_under(self.path());
@@ -212,7 +212,7 @@ impl Project {
     }
 }
 
-fn merge(base: &mut Value, over: Value) {
+pub(crate) fn merge(base: &mut Value, over: Value) {
     match (base, over) {
         (Value::Object(b), Value::Object(o)) => {
             for (k, v) in o {
@@ -223,7 +223,7 @@ fn merge(base: &mut Value, over: Value) {
     }
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let p = e.path();
@@ -236,7 +236,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn processes_under(dir: &Path) -> Vec<u32> {
+pub(crate) fn processes_under(dir: &Path) -> Vec<u32> {
     let dir = dir.canonicalize().unwrap_or(dir.to_path_buf());
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -250,16 +250,16 @@ fn processes_under(dir: &Path) -> Vec<u32> {
     pids
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
-fn read_json(p: &Path) -> Value {
+pub(crate) fn read_json(p: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
 
 /// Every loop-summary field the design names, with the iteration records.
-fn assert_summary_shape(s: &Value) {
+pub(crate) fn assert_summary_shape(s: &Value) {
     for key in [
         "dataset",
         "started_at",
@@ -293,13 +293,13 @@ fn assert_summary_shape(s: &Value) {
 }
 
 /// A user's success.lua whose judge returns `met` with the explanation `why`.
-fn success_lua(met: bool, why: &str) -> String {
+pub(crate) fn success_lua(met: bool, why: &str) -> String {
     format!(
         "local M = {{}}\nfunction M.direction() return 'higher' end\nfunction M.better(a, b) return b == nil or a > b end\nfunction M.judge(t) return {met}, '{why}' end\nreturn M\n"
     )
 }
 
-fn simple_handler(gen: Vec<String>) -> Handler {
+pub(crate) fn simple_handler(gen: Vec<String>) -> Handler {
     Box::new(move |kind, _req, n| match kind {
         Kind::Generation => Reply::text(&gen[n.min(gen.len() - 1)]),
         Kind::Strategy => Reply::text("Test the dose response with a baseline and one better model."),
