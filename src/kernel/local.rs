@@ -74,10 +74,69 @@ fn decode(zmsg: zeromq::ZmqMessage, mac: &Option<ring::hmac::Key>) -> Result<Msg
         #[serde(default)]
         msg_id: Option<String>,
     }
-    let h: H = serde_json::from_slice(&j[0])?;
-    let p: P = serde_json::from_slice(&j[1]).unwrap_or(P { msg_id: None });
-    let content: Value = serde_json::from_slice(&j[3])?;
+    let h: H = parse_lossy(&j[0])?;
+    let p: P = parse_lossy(&j[1]).unwrap_or(P { msg_id: None });
+    let content: Value = parse_lossy(&j[3])?;
     Ok(Msg { msg_type: h.msg_type, parent_id: p.msg_id, date: h.date, content })
+}
+
+/// Parse a message part; when it is not strict JSON because of unpaired surrogates, parse it again
+/// with those replaced by U+FFFD, as Jupyter's own clients do.
+///
+/// Python strings may hold lone surrogates (`'\udcfe'`, or bytes decoded with `surrogateescape`).
+/// jupyter_client encodes them as raw invalid UTF-8 bytes (its `surrogateescape` encoder), or, for
+/// surrogates it cannot encode that way, as `\udXXX` escapes; serde_json rejects both, and a rejected
+/// `execute_reply` left its cell waiting until the timeout. The strict parse runs first, so a
+/// well-formed (multi-megabyte) output is never copied.
+fn parse_lossy<T: serde::de::DeserializeOwned>(part: &[u8]) -> Result<T> {
+    match serde_json::from_slice(part) {
+        Ok(v) => Ok(v),
+        Err(strict) => serde_json::from_str(&replace_lone_surrogates(&String::from_utf8_lossy(part)))
+            .with_context(|| format!("kernel message part is not JSON ({strict})")),
+    }
+}
+
+/// JSON text with every `\uXXXX` escape of an unpaired surrogate replaced by `\ufffd`; a properly
+/// paired high+low escape and an escaped backslash followed by `u` are kept.
+fn replace_lone_surrogates(s: &str) -> String {
+    let b = s.as_bytes();
+    let hex4 = |i: usize| -> Option<u32> {
+        let h = b.get(i..i + 4)?;
+        u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok().filter(|_| h.iter().all(u8::is_ascii_hexdigit))
+    };
+    let mut out = String::with_capacity(s.len());
+    let mut last = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        if b.get(i + 1) != Some(&b'u') {
+            i += 2; // any other escape, `\\` included
+            continue;
+        }
+        let Some(v) = hex4(i + 2) else {
+            i += 2;
+            continue;
+        };
+        let paired = (0xD800..0xDC00).contains(&v)
+            && b.get(i + 6) == Some(&b'\\')
+            && b.get(i + 7) == Some(&b'u')
+            && hex4(i + 8).is_some_and(|w| (0xDC00..0xE000).contains(&w));
+        if paired {
+            i += 12;
+        } else if (0xD800..0xE000).contains(&v) {
+            out.push_str(&s[last..i]);
+            out.push_str("\\ufffd");
+            i += 6;
+            last = i;
+        } else {
+            i += 6;
+        }
+    }
+    out.push_str(&s[last..]);
+    out
 }
 
 fn unhex(s: &[u8]) -> Option<Vec<u8>> {
@@ -697,6 +756,19 @@ mod tests {
             v.push(p.into_bytes().into());
         }
         zeromq::ZmqMessage::try_from(v).unwrap()
+    }
+
+    #[test]
+    fn lone_surrogates_become_replacement_characters() {
+        let r = |s: &str| replace_lone_surrogates(s);
+        assert_eq!(r(r#""a\udcfe b""#), r#""a\ufffd b""#);
+        assert_eq!(r(r#""\ud83d\ude00""#), r#""\ud83d\ude00""#, "a valid pair is kept");
+        assert_eq!(r(r#""\ud83d\u0041""#), r#""\ufffd\u0041""#, "a high surrogate without its low half");
+        assert_eq!(r(r#""\\udcfe""#), r#""\\udcfe""#, "an escaped backslash, not an escape");
+        assert_eq!(r(r#""\\\udcfe""#), r#""\\\ufffd""#);
+        assert_eq!(r(r#""\ude00\ud83d""#), r#""\ufffd\ufffd""#, "reversed halves");
+        let v: Value = parse_lossy(b"{\"t\": \"x\xfe\\udcff\"}").unwrap();
+        assert_eq!(v["t"], "x\u{fffd}\u{fffd}");
     }
 
     #[test]

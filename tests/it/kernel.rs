@@ -482,3 +482,27 @@ print("RESULT", r, err and err.kind, err and err.result and err.result.outputs[1
     child.wait().unwrap();
     assert!(rest.contains("RESULT\tnil\tinterrupted\tbefore\n"), "{rest}");
 }
+
+/// Regression (issue 10): a message holding a lone surrogate did not decode and was dropped, so
+/// `raise ValueError('bad \udcfe')` never got its reply (the cell hung until the timeout and the kernel
+/// was restarted) and `print('\udcff')` output vanished.
+#[test]
+fn lone_surrogates_in_kernel_messages_do_not_hang_or_vanish() {
+    let d = util::tempdir();
+    let o = lua(
+        d.path(),
+        r#"local k = assert(kernel.start{python = PY})
+local e = k:execute([[raise ValueError('bad \udcfe')]], {timeout = 30})
+assert(e.status == "error", e.status .. " " .. tostring(e.message))
+assert(e.duration < 10, e.duration)
+assert(e.ename == "ValueError" and e.evalue == "bad \u{FFFD}", e.evalue)
+assert(e.traceback:find("bad \u{FFFD}", 1, true), e.traceback)
+local p = k:execute([[print('x\udcff y', flush=True)]], {timeout = 30})
+assert(p.status == "ok" and p.duration < 10, p.status)
+assert(p.outputs[1] and p.outputs[1].text == "x\u{FFFD} y\n", p.outputs[1] and p.outputs[1].text)
+assert(p.restarted == false and k:execute("1").status == "ok")
+k:shutdown()
+print("surrogates ok")"#,
+    );
+    assert!(ok(&o).contains("surrogates ok"));
+}
