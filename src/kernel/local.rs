@@ -177,6 +177,32 @@ fn reader<S: SocketRecv + Send + 'static>(
     })
 }
 
+/// Variables that hold the LLM's or a gateway's credentials; a kernel runs generated code that may
+/// print its environment into the archived notebook, so it never inherits them.
+const SECRET_VARS: &[&str] =
+    &["OPENAI_API_KEY", "JUPYTER_GATEWAY_TOKEN", "JUPYTER_GATEWAY_AUTH_TOKEN", "CELLSCI_GATEWAY_TOKEN"];
+
+/// The names of host environment variables a kernel must not inherit: the known secret variables, and
+/// any variable whose value is one of those secrets or one of `extra` (the configured API key), since
+/// a key copied into `MY_KEY` is just as secret.
+pub fn secret_env_names(extra: &[String]) -> Vec<std::ffi::OsString> {
+    let mut values: Vec<Vec<u8>> = extra.iter().map(|s| s.trim().as_bytes().to_vec()).collect();
+    for name in SECRET_VARS {
+        if let Some(v) = std::env::var_os(name) {
+            values.push(v.as_encoded_bytes().trim_ascii().to_vec());
+        }
+    }
+    // Short values ("1", "true") would match unrelated variables; no real key is that short.
+    values.retain(|v| v.len() >= 8);
+    std::env::vars_os()
+        .filter(|(k, v)| {
+            SECRET_VARS.iter().any(|s| k.as_encoded_bytes() == s.as_bytes())
+                || values.iter().any(|x| v.as_encoded_bytes().trim_ascii() == x.as_slice())
+        })
+        .map(|(k, _)| k)
+        .collect()
+}
+
 /// State a concurrent `interrupt()` needs while an execution holds the kernel.
 pub struct Shared {
     pub pid: Mutex<Option<u32>>,
@@ -347,6 +373,9 @@ impl LocalKernel {
             .kill_on_drop(true);
         // ipykernel exits on its own when this parent dies, even by SIGKILL (jupyter_client sets it too).
         cmd.env("JPY_PARENT_PID", std::process::id().to_string());
+        for name in secret_env_names(&self.opts.secrets) {
+            cmd.env_remove(name);
+        }
         for (k, v) in &self.spec.env {
             cmd.env(k, v);
         }

@@ -506,3 +506,48 @@ print("surrogates ok")"#,
     );
     assert!(ok(&o).contains("surrogates ok"));
 }
+
+/// Regression (issue 10): OPENAI_API_KEY (and the configured key under any name) reached the kernel,
+/// so a generated cell that printed the environment wrote the key into the archived notebook.
+#[test]
+fn llm_secrets_do_not_reach_the_kernel_environment() {
+    let d = util::tempdir();
+    util::write(d.path(), "cfg.json", r#"{"llm": {"api_key": "cfg-secret-key-5678"}}"#);
+    let script = format!(
+        r#"local kernel = require('kernel')
+local k = assert(kernel.start{{python = {:?}, env = {{FROM_SCRIPT = "kept"}}}})
+local r = k:execute([[
+import os
+for n in ["OPENAI_API_KEY", "COPY_OF_ENV_KEY", "COPY_OF_CFG_KEY", "CELLSCI_GATEWAY_TOKEN", "JUPYTER_GATEWAY_TOKEN", "HARMLESS", "FROM_SCRIPT"]:
+    print(n, os.environ.get(n))]])
+assert(r.status == "ok", r.status)
+io.write(r.outputs[1].text)
+k:shutdown()"#,
+        python().display().to_string()
+    );
+    let f = util::write(d.path(), "s.lua", &script);
+    let o = util::cellsci(d.path())
+        .args(["--config", "cfg.json", "script"])
+        .arg(f)
+        .env("OPENAI_API_KEY", "sk-env-secret-1234")
+        .env("COPY_OF_ENV_KEY", "sk-env-secret-1234")
+        .env("COPY_OF_CFG_KEY", "cfg-secret-key-5678")
+        .env("CELLSCI_GATEWAY_TOKEN", "gw-token-abcdefgh")
+        .env("JUPYTER_GATEWAY_TOKEN", "gw-token-2-abcdefgh")
+        .env("HARMLESS", "1")
+        .output()
+        .unwrap();
+    let t = ok(&o);
+    for line in [
+        "OPENAI_API_KEY None",
+        "COPY_OF_ENV_KEY None",
+        "COPY_OF_CFG_KEY None",
+        "CELLSCI_GATEWAY_TOKEN None",
+        "JUPYTER_GATEWAY_TOKEN None",
+        "HARMLESS 1",
+        "FROM_SCRIPT kept",
+    ] {
+        assert!(t.contains(line), "expected {line:?} in:\n{t}");
+    }
+    assert!(!t.contains("secret"), "{t}");
+}
