@@ -6,12 +6,15 @@
 //! have both arrived. iopub and shell are read by background tasks that decode messages into raw JSON
 //! (outputs stay exactly what the kernel sent) and forward them over channels; a third task waits on
 //! the process so a death is seen within milliseconds. A cell is done when both its `execute_reply`
-//! and its iopub `idle` have arrived. Dropping the kernel kills its whole process group: no kernel
-//! outlives cellsci.
+//! and its iopub `idle` have arrived. Stopping or dropping the kernel kills it and everything it
+//! started, and a kernel dies with cellsci even when cellsci is SIGKILLed (see [`super::reaper`]): no
+//! kernel outlives cellsci. The kernel folder (connection file with its HMAC key, log) is owner-only.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +29,7 @@ use tokio::sync::{mpsc, watch};
 use zeromq::SocketRecv;
 
 use super::outputs::{strip_ansi, timing_map, OutputBuilder};
+use super::reaper;
 use super::spec::{InterruptMode, KernelSpec};
 use super::{ExecOptions, ExecResult, ExecStatus, ExitInfo, KernelError, StartOptions};
 
@@ -177,6 +181,11 @@ fn reader<S: SocketRecv + Send + 'static>(
     })
 }
 
+/// Create a file only its owner can read, with that mode from the start (no moment where it is 0644).
+fn private_file(p: &Path) -> Result<std::fs::File> {
+    Ok(std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(p)?)
+}
+
 /// Variables that hold the LLM's or a gateway's credentials; a kernel runs generated code that may
 /// print its environment into the archived notebook, so it never inherits them.
 const SECRET_VARS: &[&str] =
@@ -237,6 +246,8 @@ impl Shared {
 
 struct Proc {
     pid: u32,
+    /// The kernel's `CELLSCI_KERNEL_TAG`, inherited by everything it starts.
+    tag: String,
     _dir: tempfile::TempDir,
     log: PathBuf,
     /// Bytes of the log written while starting (the banner); tails show only what came after.
@@ -253,7 +264,10 @@ impl Proc {
         self.exit_rx.borrow().clone()
     }
 
-    fn kill(&self) {
+    /// Kill the kernel and everything it started: its process group, the tree below it (children that
+    /// called `setsid` included) and every process carrying its tag (orphans included).
+    fn kill(&self, before: &[(i32, u64)]) {
+        reaper::kill_snapshot(before);
         let exited = self.exited().is_some();
         // SAFETY: plain syscalls on the process group we created; failure (already gone) is fine.
         unsafe {
@@ -262,6 +276,8 @@ impl Proc {
                 libc::kill(self.pid as i32, libc::SIGKILL);
             }
         }
+        // Once reaped, the kernel's pid may belong to someone else: then the tag alone decides.
+        reaper::kill_tagged(&self.tag, (!exited).then_some(self.pid as i32));
     }
 
     /// Close our sockets: a dead kernel's sockets would otherwise try to reconnect forever.
@@ -283,7 +299,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        self.kill();
+        self.kill(&[]);
         // Wait (briefly) until the process is reaped, so that when cellsci exits its kernels are gone.
         // The waiter task runs on the runtime's worker threads, not on this one.
         let until = Instant::now() + Duration::from_millis(500);
@@ -331,7 +347,18 @@ impl LocalKernel {
 
     async fn launch(&mut self) -> Result<()> {
         let started = Instant::now();
-        let dir = tempfile::Builder::new().prefix("cellsci-kernel-").tempdir().context("cannot create a temp dir")?;
+        // The folder holds the connection file, whose HMAC key lets anyone who reads it run code in
+        // the kernel: owner-only from the moment it exists, as Jupyter makes its runtime dir.
+        // Its name carries the owner's pid and start time, so a later run can tell a leftover of a
+        // killed run from the folder of a live one.
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(reaper::remove_stale_dirs);
+        reaper::ensure_watchdog();
+        let dir = tempfile::Builder::new()
+            .prefix(&reaper::kernel_dir_prefix())
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .context("cannot create the kernel's temp dir")?;
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let (ports, listeners) = jzc::peek_ports_with_listeners(ip, 5).await?;
         let info = ConnectionInfo {
@@ -347,9 +374,11 @@ impl LocalKernel {
             kernel_name: Some(self.spec.name.clone()),
         };
         let cf = dir.path().join("connection.json");
-        std::fs::write(&cf, serde_json::to_vec(&info)?).context("cannot write the connection file")?;
+        private_file(&cf)
+            .and_then(|mut f| f.write_all(&serde_json::to_vec(&info)?).map_err(Into::into))
+            .with_context(|| format!("cannot write the connection file {}", cf.display()))?;
         let log = dir.path().join("kernel.log");
-        let logf = std::fs::File::create(&log)?;
+        let logf = private_file(&log).with_context(|| format!("cannot create the kernel log {}", log.display()))?;
         let mut argv: Vec<String> = self
             .spec
             .argv
@@ -371,7 +400,8 @@ impl LocalKernel {
             .stderr(logf)
             .process_group(0)
             .kill_on_drop(true);
-        // ipykernel exits on its own when this parent dies, even by SIGKILL (jupyter_client sets it too).
+        // ipykernel exits on its own when this parent dies, even by SIGKILL (jupyter_client sets it too);
+        // but its poller needs the GIL, so a kernel inside a long C call lives on: see pre_exec below.
         cmd.env("JPY_PARENT_PID", std::process::id().to_string());
         for name in secret_env_names(&self.opts.secrets) {
             cmd.env_remove(name);
@@ -381,6 +411,26 @@ impl LocalKernel {
         }
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
+        }
+        let tag = reaper::kernel_tag();
+        cmd.env(reaper::TAG_VAR, &tag);
+        #[cfg(target_os = "linux")]
+        {
+            let parent = std::process::id() as libc::pid_t;
+            // SAFETY: only async-signal-safe calls (prctl, getppid, raise) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // SIGKILL when the thread that forked us ends. That is the thread driving the
+                    // kernel: the main thread for cellsci's LocalSet, or a runtime worker, both of
+                    // which live as long as the runtime (never a short-lived blocking-pool thread).
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                    // cellsci may have died before the prctl took effect.
+                    if libc::getppid() != parent {
+                        libc::raise(libc::SIGKILL);
+                    }
+                    Ok(())
+                });
+            }
         }
         if let Some(cwd) = &self.opts.cwd {
             if !cwd.is_dir() {
@@ -406,6 +456,7 @@ impl LocalKernel {
         });
         let mut proc = Proc {
             pid,
+            tag,
             _dir: dir,
             log,
             log_start: 0,
@@ -529,6 +580,7 @@ impl LocalKernel {
 
     async fn stop(&mut self, polite: bool) {
         if let Some(mut p) = self.proc.take() {
+            let tree = if p.exited().is_none() { reaper::tree_snapshot(p.pid as i32) } else { Vec::new() };
             p.disconnect();
             if polite && p.exited().is_none() {
                 let mut c = self.shared.control.lock().await;
@@ -540,7 +592,7 @@ impl LocalKernel {
                 let _ = tokio::time::timeout(Duration::from_secs(3), p.exit_rx.wait_for(|e| e.is_some())).await;
                 *self.shared.control.lock().await = None;
             }
-            p.kill();
+            p.kill(&tree);
             let _ = tokio::time::timeout(Duration::from_secs(2), p.exit_rx.wait_for(|e| e.is_some())).await;
         }
         *self.shared.control.lock().await = None;

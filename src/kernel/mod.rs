@@ -8,6 +8,7 @@
 
 pub mod local;
 pub mod outputs;
+pub mod reaper;
 pub mod spec;
 
 use std::path::PathBuf;
