@@ -99,6 +99,10 @@ pub enum Command {
     /// Notebook tools.
     #[command(subcommand)]
     Notebook(NotebookCommand),
+    /// Internal: the watchdog that kills what a killed cellsci's kernels left behind (see
+    /// `kernel::reaper`). Started by cellsci itself, never by a user.
+    #[command(name = "__kernel-reaper", hide = true)]
+    KernelReaper { host: String, dir_prefix: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -122,6 +126,11 @@ pub enum NotebookCommand {
 
 /// Run the parsed command line; returns the process exit code.
 pub fn main(cli: Cli) -> u8 {
+    if let Command::KernelReaper { host, dir_prefix } = &cli.command {
+        return crate::kernel::reaper::watchdog_main(host, dir_prefix);
+    }
+    // This executable can serve as the kernel watchdog.
+    crate::kernel::reaper::enable();
     init_logging(&cli);
     crate::ui::set_quiet(cli.quiet);
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -244,6 +253,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(EXIT_OK)
         }
         Command::Notebook(NotebookCommand::Run(args)) => crate::nbrun::run(args, cli.quiet).await,
+        Command::KernelReaper { .. } => unreachable!("handled before the runtime starts"),
     }
 }
 

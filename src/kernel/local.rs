@@ -6,12 +6,15 @@
 //! have both arrived. iopub and shell are read by background tasks that decode messages into raw JSON
 //! (outputs stay exactly what the kernel sent) and forward them over channels; a third task waits on
 //! the process so a death is seen within milliseconds. A cell is done when both its `execute_reply`
-//! and its iopub `idle` have arrived. Dropping the kernel kills its whole process group: no kernel
-//! outlives cellsci.
+//! and its iopub `idle` have arrived. Stopping or dropping the kernel kills it and everything it
+//! started, and a kernel dies with cellsci even when cellsci is SIGKILLed (see [`super::reaper`]): no
+//! kernel outlives cellsci. The kernel folder (connection file with its HMAC key, log) is owner-only.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +29,7 @@ use tokio::sync::{mpsc, watch};
 use zeromq::SocketRecv;
 
 use super::outputs::{strip_ansi, timing_map, OutputBuilder};
+use super::reaper;
 use super::spec::{InterruptMode, KernelSpec};
 use super::{ExecOptions, ExecResult, ExecStatus, ExitInfo, KernelError, StartOptions};
 
@@ -74,10 +78,69 @@ fn decode(zmsg: zeromq::ZmqMessage, mac: &Option<ring::hmac::Key>) -> Result<Msg
         #[serde(default)]
         msg_id: Option<String>,
     }
-    let h: H = serde_json::from_slice(&j[0])?;
-    let p: P = serde_json::from_slice(&j[1]).unwrap_or(P { msg_id: None });
-    let content: Value = serde_json::from_slice(&j[3])?;
+    let h: H = parse_lossy(&j[0])?;
+    let p: P = parse_lossy(&j[1]).unwrap_or(P { msg_id: None });
+    let content: Value = parse_lossy(&j[3])?;
     Ok(Msg { msg_type: h.msg_type, parent_id: p.msg_id, date: h.date, content })
+}
+
+/// Parse a message part; when it is not strict JSON because of unpaired surrogates, parse it again
+/// with those replaced by U+FFFD, as Jupyter's own clients do.
+///
+/// Python strings may hold lone surrogates (`'\udcfe'`, or bytes decoded with `surrogateescape`).
+/// jupyter_client encodes them as raw invalid UTF-8 bytes (its `surrogateescape` encoder), or, for
+/// surrogates it cannot encode that way, as `\udXXX` escapes; serde_json rejects both, and a rejected
+/// `execute_reply` left its cell waiting until the timeout. The strict parse runs first, so a
+/// well-formed (multi-megabyte) output is never copied.
+fn parse_lossy<T: serde::de::DeserializeOwned>(part: &[u8]) -> Result<T> {
+    match serde_json::from_slice(part) {
+        Ok(v) => Ok(v),
+        Err(strict) => serde_json::from_str(&replace_lone_surrogates(&String::from_utf8_lossy(part)))
+            .with_context(|| format!("kernel message part is not JSON ({strict})")),
+    }
+}
+
+/// JSON text with every `\uXXXX` escape of an unpaired surrogate replaced by `\ufffd`; a properly
+/// paired high+low escape and an escaped backslash followed by `u` are kept.
+fn replace_lone_surrogates(s: &str) -> String {
+    let b = s.as_bytes();
+    let hex4 = |i: usize| -> Option<u32> {
+        let h = b.get(i..i + 4)?;
+        u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok().filter(|_| h.iter().all(u8::is_ascii_hexdigit))
+    };
+    let mut out = String::with_capacity(s.len());
+    let mut last = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        if b.get(i + 1) != Some(&b'u') {
+            i += 2; // any other escape, `\\` included
+            continue;
+        }
+        let Some(v) = hex4(i + 2) else {
+            i += 2;
+            continue;
+        };
+        let paired = (0xD800..0xDC00).contains(&v)
+            && b.get(i + 6) == Some(&b'\\')
+            && b.get(i + 7) == Some(&b'u')
+            && hex4(i + 8).is_some_and(|w| (0xDC00..0xE000).contains(&w));
+        if paired {
+            i += 12;
+        } else if (0xD800..0xE000).contains(&v) {
+            out.push_str(&s[last..i]);
+            out.push_str("\\ufffd");
+            i += 6;
+            last = i;
+        } else {
+            i += 6;
+        }
+    }
+    out.push_str(&s[last..]);
+    out
 }
 
 fn unhex(s: &[u8]) -> Option<Vec<u8>> {
@@ -118,6 +181,37 @@ fn reader<S: SocketRecv + Send + 'static>(
     })
 }
 
+/// Create a file only its owner can read, with that mode from the start (no moment where it is 0644).
+fn private_file(p: &Path) -> Result<std::fs::File> {
+    Ok(std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(p)?)
+}
+
+/// Variables that hold the LLM's or a gateway's credentials; a kernel runs generated code that may
+/// print its environment into the archived notebook, so it never inherits them.
+const SECRET_VARS: &[&str] =
+    &["OPENAI_API_KEY", "JUPYTER_GATEWAY_TOKEN", "JUPYTER_GATEWAY_AUTH_TOKEN", "CELLSCI_GATEWAY_TOKEN"];
+
+/// The names of host environment variables a kernel must not inherit: the known secret variables, and
+/// any variable whose value is one of those secrets or one of `extra` (the configured API key), since
+/// a key copied into `MY_KEY` is just as secret.
+pub fn secret_env_names(extra: &[String]) -> Vec<std::ffi::OsString> {
+    let mut values: Vec<Vec<u8>> = extra.iter().map(|s| s.trim().as_bytes().to_vec()).collect();
+    for name in SECRET_VARS {
+        if let Some(v) = std::env::var_os(name) {
+            values.push(v.as_encoded_bytes().trim_ascii().to_vec());
+        }
+    }
+    // Short values ("1", "true") would match unrelated variables; no real key is that short.
+    values.retain(|v| v.len() >= 8);
+    std::env::vars_os()
+        .filter(|(k, v)| {
+            SECRET_VARS.iter().any(|s| k.as_encoded_bytes() == s.as_bytes())
+                || values.iter().any(|x| v.as_encoded_bytes().trim_ascii() == x.as_slice())
+        })
+        .map(|(k, _)| k)
+        .collect()
+}
+
 /// State a concurrent `interrupt()` needs while an execution holds the kernel.
 pub struct Shared {
     pub pid: Mutex<Option<u32>>,
@@ -152,6 +246,8 @@ impl Shared {
 
 struct Proc {
     pid: u32,
+    /// The kernel's `CELLSCI_KERNEL_TAG`, inherited by everything it starts.
+    tag: String,
     _dir: tempfile::TempDir,
     log: PathBuf,
     /// Bytes of the log written while starting (the banner); tails show only what came after.
@@ -168,7 +264,10 @@ impl Proc {
         self.exit_rx.borrow().clone()
     }
 
-    fn kill(&self) {
+    /// Kill the kernel and everything it started: its process group, the tree below it (children that
+    /// called `setsid` included) and every process carrying its tag (orphans included).
+    fn kill(&self, before: &[(i32, u64)]) {
+        reaper::kill_snapshot(before);
         let exited = self.exited().is_some();
         // SAFETY: plain syscalls on the process group we created; failure (already gone) is fine.
         unsafe {
@@ -177,6 +276,8 @@ impl Proc {
                 libc::kill(self.pid as i32, libc::SIGKILL);
             }
         }
+        // Once reaped, the kernel's pid may belong to someone else: then the tag alone decides.
+        reaper::kill_tagged(&self.tag, (!exited).then_some(self.pid as i32));
     }
 
     /// Close our sockets: a dead kernel's sockets would otherwise try to reconnect forever.
@@ -198,7 +299,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        self.kill();
+        self.kill(&[]);
         // Wait (briefly) until the process is reaped, so that when cellsci exits its kernels are gone.
         // The waiter task runs on the runtime's worker threads, not on this one.
         let until = Instant::now() + Duration::from_millis(500);
@@ -246,7 +347,18 @@ impl LocalKernel {
 
     async fn launch(&mut self) -> Result<()> {
         let started = Instant::now();
-        let dir = tempfile::Builder::new().prefix("cellsci-kernel-").tempdir().context("cannot create a temp dir")?;
+        // The folder holds the connection file, whose HMAC key lets anyone who reads it run code in
+        // the kernel: owner-only from the moment it exists, as Jupyter makes its runtime dir.
+        // Its name carries the owner's pid and start time, so a later run can tell a leftover of a
+        // killed run from the folder of a live one.
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(reaper::remove_stale_dirs);
+        reaper::ensure_watchdog();
+        let dir = tempfile::Builder::new()
+            .prefix(&reaper::kernel_dir_prefix())
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .context("cannot create the kernel's temp dir")?;
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let (ports, listeners) = jzc::peek_ports_with_listeners(ip, 5).await?;
         let info = ConnectionInfo {
@@ -262,9 +374,11 @@ impl LocalKernel {
             kernel_name: Some(self.spec.name.clone()),
         };
         let cf = dir.path().join("connection.json");
-        std::fs::write(&cf, serde_json::to_vec(&info)?).context("cannot write the connection file")?;
+        private_file(&cf)
+            .and_then(|mut f| f.write_all(&serde_json::to_vec(&info)?).map_err(Into::into))
+            .with_context(|| format!("cannot write the connection file {}", cf.display()))?;
         let log = dir.path().join("kernel.log");
-        let logf = std::fs::File::create(&log)?;
+        let logf = private_file(&log).with_context(|| format!("cannot create the kernel log {}", log.display()))?;
         let mut argv: Vec<String> = self
             .spec
             .argv
@@ -286,13 +400,37 @@ impl LocalKernel {
             .stderr(logf)
             .process_group(0)
             .kill_on_drop(true);
-        // ipykernel exits on its own when this parent dies, even by SIGKILL (jupyter_client sets it too).
+        // ipykernel exits on its own when this parent dies, even by SIGKILL (jupyter_client sets it too);
+        // but its poller needs the GIL, so a kernel inside a long C call lives on: see pre_exec below.
         cmd.env("JPY_PARENT_PID", std::process::id().to_string());
+        for name in secret_env_names(&self.opts.secrets) {
+            cmd.env_remove(name);
+        }
         for (k, v) in &self.spec.env {
             cmd.env(k, v);
         }
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
+        }
+        let tag = reaper::kernel_tag();
+        cmd.env(reaper::TAG_VAR, &tag);
+        #[cfg(target_os = "linux")]
+        {
+            let parent = std::process::id() as libc::pid_t;
+            // SAFETY: only async-signal-safe calls (prctl, getppid, raise) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // SIGKILL when the thread that forked us ends. That is the thread driving the
+                    // kernel: the main thread for cellsci's LocalSet, or a runtime worker, both of
+                    // which live as long as the runtime (never a short-lived blocking-pool thread).
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                    // cellsci may have died before the prctl took effect.
+                    if libc::getppid() != parent {
+                        libc::raise(libc::SIGKILL);
+                    }
+                    Ok(())
+                });
+            }
         }
         if let Some(cwd) = &self.opts.cwd {
             if !cwd.is_dir() {
@@ -318,6 +456,7 @@ impl LocalKernel {
         });
         let mut proc = Proc {
             pid,
+            tag,
             _dir: dir,
             log,
             log_start: 0,
@@ -441,6 +580,7 @@ impl LocalKernel {
 
     async fn stop(&mut self, polite: bool) {
         if let Some(mut p) = self.proc.take() {
+            let tree = if p.exited().is_none() { reaper::tree_snapshot(p.pid as i32) } else { Vec::new() };
             p.disconnect();
             if polite && p.exited().is_none() {
                 let mut c = self.shared.control.lock().await;
@@ -452,7 +592,7 @@ impl LocalKernel {
                 let _ = tokio::time::timeout(Duration::from_secs(3), p.exit_rx.wait_for(|e| e.is_some())).await;
                 *self.shared.control.lock().await = None;
             }
-            p.kill();
+            p.kill(&tree);
             let _ = tokio::time::timeout(Duration::from_secs(2), p.exit_rx.wait_for(|e| e.is_some())).await;
         }
         *self.shared.control.lock().await = None;
@@ -697,6 +837,19 @@ mod tests {
             v.push(p.into_bytes().into());
         }
         zeromq::ZmqMessage::try_from(v).unwrap()
+    }
+
+    #[test]
+    fn lone_surrogates_become_replacement_characters() {
+        let r = |s: &str| replace_lone_surrogates(s);
+        assert_eq!(r(r#""a\udcfe b""#), r#""a\ufffd b""#);
+        assert_eq!(r(r#""\ud83d\ude00""#), r#""\ud83d\ude00""#, "a valid pair is kept");
+        assert_eq!(r(r#""\ud83d\u0041""#), r#""\ufffd\u0041""#, "a high surrogate without its low half");
+        assert_eq!(r(r#""\\udcfe""#), r#""\\udcfe""#, "an escaped backslash, not an escape");
+        assert_eq!(r(r#""\\\udcfe""#), r#""\\\ufffd""#);
+        assert_eq!(r(r#""\ude00\ud83d""#), r#""\ufffd\ufffd""#, "reversed halves");
+        let v: Value = parse_lossy(b"{\"t\": \"x\xfe\\udcff\"}").unwrap();
+        assert_eq!(v["t"], "x\u{fffd}\u{fffd}");
     }
 
     #[test]

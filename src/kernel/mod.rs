@@ -8,6 +8,7 @@
 
 pub mod local;
 pub mod outputs;
+pub mod reaper;
 pub mod spec;
 
 use std::path::PathBuf;
@@ -43,6 +44,10 @@ pub struct StartOptions {
     pub startup_timeout: Duration,
     /// How long a timed-out cell gets to react to the interrupt before the kernel is killed.
     pub interrupt_grace: Duration,
+    /// Secret values (the configured LLM API key) no inherited environment variable may carry into
+    /// the kernel; `OPENAI_API_KEY` and gateway tokens are removed whatever this holds. Variables
+    /// given in `env` are passed as given.
+    pub secrets: Vec<String>,
 }
 
 impl Default for StartOptions {
@@ -55,6 +60,7 @@ impl Default for StartOptions {
             env: Vec::new(),
             startup_timeout: Duration::from_secs(60),
             interrupt_grace: Duration::from_secs(3),
+            secrets: Vec::new(),
         }
     }
 }

@@ -58,6 +58,7 @@ fn start_options(lua: &Lua, opts: Option<LuaTable>) -> LuaResult<StartOptions> {
         so.name = Some(cfg.exec.kernel_name.clone()).filter(|s| !s.is_empty());
         so.python = config_python(cfg);
         so.packages = cfg.exec.kernel_packages.clone();
+        so.secrets.extend(cfg.llm.api_key.clone());
     }
     let Some(t) = opts else { return Ok(so) };
     check_opts(

@@ -482,3 +482,232 @@ print("RESULT", r, err and err.kind, err and err.result and err.result.outputs[1
     child.wait().unwrap();
     assert!(rest.contains("RESULT\tnil\tinterrupted\tbefore\n"), "{rest}");
 }
+
+/// Wait up to `limit` until none of `pids` is running; returns how long that took, or None.
+fn wait_gone(pids: &[i32], limit: std::time::Duration) -> Option<std::time::Duration> {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < limit {
+        if pids.iter().all(|&p| !pid_alive(p)) {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    None
+}
+
+/// Wait for a file of whitespace-separated pids with `n` entries, written by a cell.
+fn read_pids(path: &Path, n: usize) -> Vec<i32> {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(90) {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            let v: Vec<i32> = s.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            if v.len() == n && s.ends_with('\n') {
+                return v;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("the cell did not write {} pids to {}", n, path.display());
+}
+
+fn start_time(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat.rsplit_once(") ").unwrap().1.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+/// Regression (issue 10): the kernel folder was 0755 and connection.json, which holds the HMAC key that
+/// lets its reader run code in the kernel, 0644; and every killed run left its folder behind for good.
+#[test]
+fn kernel_signing_key_is_private_and_dead_runs_folders_are_removed() {
+    let d = util::tempdir();
+    let tmp = std::env::temp_dir();
+    // a folder of a run that is gone (a pid that has exited), and one of a live run (this test)
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    let stale = tmp.join(format!("cellsci-kernel-{gone_pid}-12345-test{}", std::process::id()));
+    let me = std::process::id();
+    let live = tmp.join(format!("cellsci-kernel-{me}-{}-test", start_time(me)));
+    for f in [&stale, &live] {
+        std::fs::create_dir_all(f).unwrap();
+        std::fs::write(f.join("connection.json"), "{}").unwrap();
+    }
+    let o = lua(
+        d.path(),
+        r#"local k = assert(kernel.start{python = PY})
+local r = k:execute([[
+import os
+from ipykernel.kernelapp import IPKernelApp
+cf = IPKernelApp.instance().connection_file
+print(oct(os.stat(os.path.dirname(cf)).st_mode & 0o777), oct(os.stat(cf).st_mode & 0o777))]])
+assert(r.status == "ok", r.status)
+print("MODES " .. r.outputs[1].text)
+k:shutdown()"#,
+    );
+    let t = ok(&o);
+    let stale_left = stale.exists();
+    let live_left = live.exists();
+    let _ = std::fs::remove_dir_all(&stale);
+    let _ = std::fs::remove_dir_all(&live);
+    assert!(t.contains("MODES 0o700 0o600"), "{t}");
+    assert!(!stale_left, "the folder of a dead run was kept");
+    assert!(live_left, "the folder of a live run was removed");
+}
+
+/// Regression (issue 10): OPENAI_API_KEY (and the configured key under any name) reached the kernel,
+/// so a generated cell that printed the environment wrote the key into the archived notebook.
+#[test]
+fn llm_secrets_do_not_reach_the_kernel_environment() {
+    let d = util::tempdir();
+    util::write(d.path(), "cfg.json", r#"{"llm": {"api_key": "cfg-secret-key-5678"}}"#);
+    let script = format!(
+        r#"local kernel = require('kernel')
+local k = assert(kernel.start{{python = {:?}, env = {{FROM_SCRIPT = "kept"}}}})
+local r = k:execute([[
+import os
+for n in ["OPENAI_API_KEY", "COPY_OF_ENV_KEY", "COPY_OF_CFG_KEY", "CELLSCI_GATEWAY_TOKEN", "JUPYTER_GATEWAY_TOKEN", "HARMLESS", "FROM_SCRIPT"]:
+    print(n, os.environ.get(n))]])
+assert(r.status == "ok", r.status)
+io.write(r.outputs[1].text)
+k:shutdown()"#,
+        python().display().to_string()
+    );
+    let f = util::write(d.path(), "s.lua", &script);
+    let o = util::cellsci(d.path())
+        .args(["--config", "cfg.json", "script"])
+        .arg(f)
+        .env("OPENAI_API_KEY", "sk-env-secret-1234")
+        .env("COPY_OF_ENV_KEY", "sk-env-secret-1234")
+        .env("COPY_OF_CFG_KEY", "cfg-secret-key-5678")
+        .env("CELLSCI_GATEWAY_TOKEN", "gw-token-abcdefgh")
+        .env("JUPYTER_GATEWAY_TOKEN", "gw-token-2-abcdefgh")
+        .env("HARMLESS", "1")
+        .output()
+        .unwrap();
+    let t = ok(&o);
+    for line in [
+        "OPENAI_API_KEY None",
+        "COPY_OF_ENV_KEY None",
+        "COPY_OF_CFG_KEY None",
+        "CELLSCI_GATEWAY_TOKEN None",
+        "JUPYTER_GATEWAY_TOKEN None",
+        "HARMLESS 1",
+        "FROM_SCRIPT kept",
+    ] {
+        assert!(t.contains(line), "expected {line:?} in:\n{t}");
+    }
+    assert!(!t.contains("secret"), "{t}");
+}
+
+/// Regression (issue 10): a message holding a lone surrogate did not decode and was dropped, so
+/// `raise ValueError('bad \udcfe')` never got its reply (the cell hung until the timeout and the kernel
+/// was restarted) and `print('\udcff')` output vanished.
+#[test]
+fn lone_surrogates_in_kernel_messages_do_not_hang_or_vanish() {
+    let d = util::tempdir();
+    let o = lua(
+        d.path(),
+        r#"local k = assert(kernel.start{python = PY})
+local e = k:execute([[raise ValueError('bad \udcfe')]], {timeout = 30})
+assert(e.status == "error", e.status .. " " .. tostring(e.message))
+assert(e.duration < 10, e.duration)
+assert(e.ename == "ValueError" and e.evalue == "bad \u{FFFD}", e.evalue)
+assert(e.traceback:find("bad \u{FFFD}", 1, true), e.traceback)
+local p = k:execute([[print('x\udcff y', flush=True)]], {timeout = 30})
+assert(p.status == "ok" and p.duration < 10, p.status)
+assert(p.outputs[1] and p.outputs[1].text == "x\u{FFFD} y\n", p.outputs[1] and p.outputs[1].text)
+assert(p.restarted == false and k:execute("1").status == "ok")
+k:shutdown()
+print("surrogates ok")"#,
+    );
+    assert!(ok(&o).contains("surrogates ok"));
+}
+
+/// Regression (issue 10): a SIGKILLed cellsci left its kernel running (53 s in a long C call that keeps
+/// ipykernel's parent poller off the GIL), the kernel's children ran to their end, and a child that had
+/// called setsid escaped entirely; the kernel folder with its key stayed in /tmp.
+#[test]
+fn a_sigkilled_host_leaves_no_kernel_or_kernel_child_running() {
+    let d = util::tempdir();
+    let pids = d.path().join("pids");
+    let script = format!(
+        r#"local kernel = require('kernel')
+local k = assert(kernel.start{{python = {:?}}})
+k:execute([[
+import ctypes, os, subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+escaped = subprocess.Popen(["sleep", "60"], start_new_session=True)
+with open({:?}, "w") as f:
+    f.write(f"{{os.getpid()}} {{child.pid}} {{escaped.pid}}\n")
+ctypes.PyDLL(None).sleep(60)  # a C call that holds the GIL
+]])"#,
+        python().display().to_string(),
+        pids.display().to_string()
+    );
+    let f = util::write(d.path(), "k.lua", &script);
+    let mut host = util::cellsci(d.path())
+        .arg("script")
+        .arg(f)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let all = read_pids(&pids, 3);
+    std::thread::sleep(std::time::Duration::from_millis(200)); // into the C call
+    assert!(all.iter().all(|&p| pid_alive(p)), "all running before the kill");
+    let folder_prefix = format!("cellsci-kernel-{}-", host.id());
+    unsafe { libc::kill(host.id() as i32, libc::SIGKILL) };
+    host.wait().unwrap();
+    let took = wait_gone(&all, std::time::Duration::from_secs(2));
+    let left: Vec<i32> = all.iter().copied().filter(|&p| pid_alive(p)).collect();
+    for &p in &left {
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    assert!(took.is_some(), "still running 2 s after the host was killed: {left:?} of {all:?}");
+    eprintln!("kernel, child and setsid child gone {:?} after the host's SIGKILL", took.unwrap());
+    // the watchdog also removes the dead host's kernel folder (with its key)
+    let t0 = std::time::Instant::now();
+    let folder_left = || {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(&folder_prefix))
+    };
+    while folder_left() && t0.elapsed() < std::time::Duration::from_secs(2) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!folder_left(), "the killed host's kernel folder is still there");
+}
+
+/// Regression (issue 10): k:shutdown() stopped the kernel but left the processes it had started
+/// running, including one that had moved to its own session with a clean environment.
+#[test]
+fn kernel_shutdown_kills_the_kernels_children() {
+    let d = util::tempdir();
+    let pids = d.path().join("pids");
+    let o = lua(
+        d.path(),
+        &format!(
+            r#"local k = assert(kernel.start{{python = PY}})
+local r = k:execute([[
+import os, subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+escaped = subprocess.Popen(["/bin/sleep", "60"], start_new_session=True, env={{}})
+with open({:?}, "w") as f:
+    f.write(f"{{child.pid}} {{escaped.pid}}\n")
+]])
+assert(r.status == "ok", r.status)
+k:shutdown()
+print("shut down")"#,
+            pids.display().to_string()
+        ),
+    );
+    let all = read_pids(&pids, 2);
+    let took = wait_gone(&all, std::time::Duration::from_secs(1));
+    let left: Vec<i32> = all.iter().copied().filter(|&p| pid_alive(p)).collect();
+    for &p in &left {
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    assert!(ok(&o).contains("shut down"));
+    assert!(took.is_some(), "still running after k:shutdown(): {left:?} of {all:?}");
+}
