@@ -399,24 +399,32 @@ function M.execute_trial(trial, s1)
 end
 
 -- Say what the notebook wrote under intermediate/ (a missing folder is worth knowing about).
+-- fs.walk never follows a symlink the notebook made (one to /usr, two to `.`) and stops at a count and
+-- a depth; what is past the caps is one summary line.
+M.INTERMEDIATE_LIMITS = { max_files = 100, max_depth = 8 }
 function M.list_intermediate(trial)
-  local dir = path.join(trial, "intermediate")
+  local w, err = fs.walk(path.join(trial, "intermediate"), M.INTERMEDIATE_LIMITS)
+  if not w and err.kind ~= "not_found" then log.warn("[EXEC] cannot list intermediate/: " .. tostring(err)) end
+  w = w or { files = {}, truncated = 0, too_deep = 0, unreadable = 0 }
   local files = {}
-  local function walk(d, rel)
-    for _, n in ipairs(fs.list(d) or {}) do
-      local p = path.join(d, n)
-      local st = fs.stat(p)
-      if st and st.is_dir then walk(p, rel .. n .. "/")
-      elseif st then table.insert(files, { path = "intermediate/" .. rel .. n, size = st.size }) end
+  for _, f in ipairs(w.files) do
+    table.insert(files, { path = "intermediate/" .. f.path, size = f.size, kind = f.kind, target = f.target })
+  end
+  if #files == 0 and w.truncated == 0 then
+    log.info("[EXEC] the notebook wrote nothing under intermediate/")
+  end
+  for _, f in ipairs(files) do
+    if f.kind == "link" then
+      log.info(string.format("[EXEC]   %-48s -> %s (symlink, not followed)", f.path, tostring(f.target)))
+    else
+      log.info(string.format("[EXEC]   %-48s %10d bytes", f.path, f.size))
     end
   end
-  walk(dir, "")
-  if #files == 0 then
-    log.info("[EXEC] the notebook wrote nothing under intermediate/")
-  else
-    for _, f in ipairs(files) do log.info(string.format("[EXEC]   %-48s %10d bytes", f.path, f.size)) end
+  if w.truncated > 0 or w.too_deep > 0 then
+    log.info(string.format("[EXEC]   ... and %d more entries not listed, %d folders deeper than %d levels not entered",
+      w.truncated, w.too_deep, M.INTERMEDIATE_LIMITS.max_depth))
   end
-  log.event("intermediate", { files = files })
+  log.event("intermediate", { files = files, truncated = w.truncated, too_deep = w.too_deep })
   return files
 end
 

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, modules by area. Helpers live in `util`.
 mod cli;
 mod extract;
+mod files;
 mod kernel;
 mod llm;
 mod notebook;

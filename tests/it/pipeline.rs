@@ -838,3 +838,43 @@ fn an_interrupted_run_is_resumed_from_its_summary() {
     assert_eq!(p.archived().len(), 1);
     p.assert_no_kernel_left();
 }
+
+/// Regression: a notebook's `os.symlink('/usr', OUTPUT_DIR + '/intermediate/usr')` made the listing walk
+/// /usr (22 GB of memory, never finished), two links to `.` looped forever, 20,000 files printed 20,000
+/// lines, and a symlinked events.jsonl was appended through. Links are listed as links, the listing is
+/// capped with one summary line, and the link's target is left alone.
+#[test]
+fn symlinks_the_notebook_makes_are_listed_not_followed() {
+    let dir = util::tempdir();
+    let outside = util::write(dir.path(), "outside.txt", "precious\n");
+    let cell = format!(
+        r#"import os
+d = os.path.join(os.environ["OUTPUT_DIR"], "intermediate")
+os.makedirs(os.path.join(d, "many"), exist_ok=True)
+os.symlink("/usr", os.path.join(d, "usr"))
+os.symlink(".", os.path.join(d, "loop1"))
+os.symlink("..", os.path.join(d, "many", "loop2"))
+for i in range(2000):
+    open(os.path.join(d, "many", "f%05d.csv" % i), "w").close()
+ev = os.path.join(os.environ["OUTPUT_DIR"], "events.jsonl")
+os.remove(ev)
+os.symlink({outside:?}, ev)
+print("links made")"#,
+        outside = outside.to_str().unwrap()
+    );
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 1}}),
+        simple_handler(vec![generation_reply(&[("T1", &cell), ("T2", &metrics_cell(0.8))])]),
+    );
+    let started = Instant::now();
+    let out = p.run(&["run"]);
+    let text = util::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert!(text.contains("intermediate/usr") && text.contains("-> /usr (symlink, not followed)"), "{text}");
+    assert!(text.contains("more entries not listed"), "{text}");
+    let listed = text.lines().filter(|l| l.contains("[EXEC]   intermediate/")).count();
+    assert!(listed <= 100, "{listed} lines listed");
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "precious\n", "written through the events.jsonl link");
+    assert_eq!(text.matches("cannot append to the event log").count(), 1, "{text}");
+}
