@@ -614,7 +614,7 @@ impl Engine {
         let Some(path) = &self.settings.record else { return };
         let mut guard = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
-            match cassette::Recorder::create(path) {
+            match cassette::Recorder::open(path) {
                 Ok(rec) => *guard = Some(rec),
                 Err(e) => {
                     crate::ui::eline(&format!("warning: cannot record LLM exchanges: {e}"));
