@@ -112,6 +112,7 @@ function llm.chat(opts) end
 ---@alias cellsci.llm.ExtractErrorKind
 ---| "no_json"   # the text holds no JSON value
 ---| "truncated" # a value is cut off at the end (never repaired into a guess)
+---| "too_deep"  # the value is nested more than 127 levels deep
 
 ---The error of `llm.extract_json`.
 ---@class cellsci.llm.ExtractError: cellsci.Error
