@@ -136,8 +136,12 @@ function M.cells_of(reply)
 end
 
 -- Ask for the notebook; on an unreadable reply, ask the model to reformat it (prompt_branch.json_retries).
--- Returns cells, hypergraph, attempts (raw replies with errors).
-local function request_notebook(system, user)
+-- Each unusable reply is saved whole, once, as <trial>/generation_reply_<n>.txt; the reformat request
+-- echoes only its first and last M.ECHO_BYTES (and says so), so a runaway reply cannot make every later
+-- request (and generation_failure.json) as big as itself.
+-- Returns cells, hypergraph, attempts (errors, reply sizes and files).
+M.ECHO_BYTES = 8192
+local function request_notebook(system, user, trial)
   local pb = section("prompt_branch")
   local messages = { { role = "system", content = system }, { role = "user", content = user } }
   local attempts = {}
@@ -153,12 +157,19 @@ local function request_notebook(system, user)
     local cells, hg
     if parsed ~= nil then cells, hg = M.cells_of(parsed) end
     if cells then return cells, hg, attempts end
-    local why = parsed == nil and tostring(perr) or hg
-    table.insert(attempts, { attempt = attempt + 1, error = why, raw = resp.text, finish_reason = resp.finish_reason })
+    local why = (llm.clip(parsed == nil and tostring(perr) or hg, { head = 2000, tail = 0 }))
+    local reply_file = path.join(trial, string.format("generation_reply_%d.txt", attempt + 1))
+    local saved, serr = fs.write(reply_file, resp.text)
+    if not saved then log.warn("[GENERATE] cannot save the reply: " .. tostring(serr)) end
+    table.insert(attempts, { attempt = attempt + 1, error = why, finish_reason = resp.finish_reason,
+      raw = (llm.clip(resp.text, { head = 1000, tail = 1000 })), raw_bytes = #resp.text,
+      raw_file = saved and path.basename(reply_file) or nil })
     log.warn(string.format("[GENERATE] reply %d could not be used (%s)%s", attempt + 1, why,
       attempt < retries and "; asking the model to reformat it" or ""))
-    table.insert(messages, { role = "assistant", content = resp.text })
+    local echo, cut = llm.clip(resp.text, { head = M.ECHO_BYTES, tail = M.ECHO_BYTES })
+    table.insert(messages, { role = "assistant", content = echo })
     table.insert(messages, { role = "user", content = "Your reply could not be used: " .. why
+      .. (cut > 0 and string.format(" (it was %d bytes long; the %d bytes in its middle are left out above)", #resp.text, cut) or "")
       .. '. Reply again with only the JSON object {"cells": [...], "hypergraph": {...}} and no other text.' })
   end
   return nil, nil, attempts, "no usable notebook after " .. #attempts .. " replies"
@@ -208,7 +219,7 @@ function M.generate_into(trial, opts, s1)
     .. "\n\nResearch strategy:\n\n" .. (strategy_md or "No research strategy was given: the design is freestyle.")
     .. "\n\nReturn the notebook as the JSON object described in the system prompt."
     .. (section("prompt_branch").strict_json_only ~= false and " Reply with that JSON object only: no prose before or after it." or "")
-  local cells, hg, attempts, err = request_notebook(system, user)
+  local cells, hg, attempts, err = request_notebook(system, user, trial)
   if not cells then
     local fail_path = path.join(trial, "generation_failure.json")
     write_json(fail_path, { error = err, prompt_file = spec_path, attempts = attempts })
