@@ -110,7 +110,7 @@ pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
         let what = if t.is_dir() {
             "a folder"
         } else if t.is_fifo() {
-            "a FIFO (named pipe)"
+            "a FIFO, a named pipe"
         } else if t.is_socket() {
             "a socket"
         } else if t.is_char_device() || t.is_block_device() {
