@@ -1,5 +1,5 @@
-//! The `llm` module: `llm.chat`, `llm.extract_json`, `llm.clip`, `llm.usage`, `llm.usage_snapshot`, `llm.settings`,
-//! `llm.mask`.
+//! The `llm` module: `llm.chat`, `llm.extract_json`, `llm.clip`, `llm.usage`, `llm.usage_snapshot`,
+//! `llm.settings`, `llm.mask`.
 //!
 //! `llm.chat` runs the attempts (Rust: `crate::llm::Engine`) and asks a Lua retry policy after each
 //! failure that could pass on a retry (`stdlib/retry.lua` unless the call or config says otherwise);
