@@ -136,8 +136,12 @@ function M.cells_of(reply)
 end
 
 -- Ask for the notebook; on an unreadable reply, ask the model to reformat it (prompt_branch.json_retries).
--- Returns cells, hypergraph, attempts (raw replies with errors).
-local function request_notebook(system, user)
+-- Each unusable reply is saved whole, once, as <trial>/generation_reply_<n>.txt; the reformat request
+-- echoes only its first and last M.ECHO_BYTES (and says so), so a runaway reply cannot make every later
+-- request (and generation_failure.json) as big as itself.
+-- Returns cells, hypergraph, attempts (errors, reply sizes and files).
+M.ECHO_BYTES = 8192
+local function request_notebook(system, user, trial)
   local pb = section("prompt_branch")
   local messages = { { role = "system", content = system }, { role = "user", content = user } }
   local attempts = {}
@@ -153,12 +157,19 @@ local function request_notebook(system, user)
     local cells, hg
     if parsed ~= nil then cells, hg = M.cells_of(parsed) end
     if cells then return cells, hg, attempts end
-    local why = parsed == nil and tostring(perr) or hg
-    table.insert(attempts, { attempt = attempt + 1, error = why, raw = resp.text, finish_reason = resp.finish_reason })
+    local why = (llm.clip(parsed == nil and tostring(perr) or hg, { head = 2000, tail = 0 }))
+    local reply_file = path.join(trial, string.format("generation_reply_%d.txt", attempt + 1))
+    local saved, serr = fs.write(reply_file, resp.text)
+    if not saved then log.warn("[GENERATE] cannot save the reply: " .. tostring(serr)) end
+    table.insert(attempts, { attempt = attempt + 1, error = why, finish_reason = resp.finish_reason,
+      raw = (llm.clip(resp.text, { head = 1000, tail = 1000 })), raw_bytes = #resp.text,
+      raw_file = saved and path.basename(reply_file) or nil })
     log.warn(string.format("[GENERATE] reply %d could not be used (%s)%s", attempt + 1, why,
       attempt < retries and "; asking the model to reformat it" or ""))
-    table.insert(messages, { role = "assistant", content = resp.text })
+    local echo, cut = llm.clip(resp.text, { head = M.ECHO_BYTES, tail = M.ECHO_BYTES })
+    table.insert(messages, { role = "assistant", content = echo })
     table.insert(messages, { role = "user", content = "Your reply could not be used: " .. why
+      .. (cut > 0 and string.format(" (it was %d bytes long; the %d bytes in its middle are left out above)", #resp.text, cut) or "")
       .. '. Reply again with only the JSON object {"cells": [...], "hypergraph": {...}} and no other text.' })
   end
   return nil, nil, attempts, "no usable notebook after " .. #attempts .. " replies"
@@ -209,7 +220,7 @@ function M.generate_into(trial, opts, s1)
     .. "\n\nResearch strategy:\n\n" .. (strategy_md or "No research strategy was given: the design is freestyle.")
     .. "\n\nReturn the notebook as the JSON object described in the system prompt."
     .. (section("prompt_branch").strict_json_only ~= false and " Reply with that JSON object only: no prose before or after it." or "")
-  local cells, hg, attempts, err = request_notebook(system, user)
+  local cells, hg, attempts, err = request_notebook(system, user, trial)
   if not cells then
     local fail_path = path.join(trial, "generation_failure.json")
     write_json(fail_path, { error = err, prompt_file = spec_path, attempts = attempts })
@@ -418,24 +429,32 @@ function M.execute_trial(trial, s1)
 end
 
 -- Say what the notebook wrote under intermediate/ (a missing folder is worth knowing about).
+-- fs.walk never follows a symlink the notebook made (one to /usr, two to `.`) and stops at a count and
+-- a depth; what is past the caps is one summary line.
+M.INTERMEDIATE_LIMITS = { max_files = 100, max_depth = 8 }
 function M.list_intermediate(trial)
-  local dir = path.join(trial, "intermediate")
+  local w, err = fs.walk(path.join(trial, "intermediate"), M.INTERMEDIATE_LIMITS)
+  if not w and err.kind ~= "not_found" then log.warn("[EXEC] cannot list intermediate/: " .. tostring(err)) end
+  w = w or { files = {}, truncated = 0, too_deep = 0, unreadable = 0 }
   local files = {}
-  local function walk(d, rel)
-    for _, n in ipairs(fs.list(d) or {}) do
-      local p = path.join(d, n)
-      local st = fs.stat(p)
-      if st and st.is_dir then walk(p, rel .. n .. "/")
-      elseif st then table.insert(files, { path = "intermediate/" .. rel .. n, size = st.size }) end
+  for _, f in ipairs(w.files) do
+    table.insert(files, { path = "intermediate/" .. f.path, size = f.size, kind = f.kind, target = f.target })
+  end
+  if #files == 0 and w.truncated == 0 then
+    log.info("[EXEC] the notebook wrote nothing under intermediate/")
+  end
+  for _, f in ipairs(files) do
+    if f.kind == "link" then
+      log.info(string.format("[EXEC]   %-48s -> %s (symlink, not followed)", f.path, tostring(f.target)))
+    else
+      log.info(string.format("[EXEC]   %-48s %10d bytes", f.path, f.size))
     end
   end
-  walk(dir, "")
-  if #files == 0 then
-    log.info("[EXEC] the notebook wrote nothing under intermediate/")
-  else
-    for _, f in ipairs(files) do log.info(string.format("[EXEC]   %-48s %10d bytes", f.path, f.size)) end
+  if w.truncated > 0 or w.too_deep > 0 then
+    log.info(string.format("[EXEC]   ... and %d more entries not listed, %d folders deeper than %d levels not entered",
+      w.truncated, w.too_deep, M.INTERMEDIATE_LIMITS.max_depth))
   end
-  log.event("intermediate", { files = files })
+  log.event("intermediate", { files = files, truncated = w.truncated, too_deep = w.too_deep })
   return files
 end
 

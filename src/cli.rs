@@ -34,7 +34,8 @@ pub struct Cli {
     /// A folder searched first for Lua modules (your own pipeline.lua, success.lua, ...).
     #[arg(long = "scripts", global = true, value_name = "DIR")]
     pub scripts: Option<PathBuf>,
-    /// Record every LLM exchange to this cassette file (the API key is never written).
+    /// Record every LLM exchange to this cassette file, appended to when it exists (the API key is never
+    /// written).
     #[arg(long = "record", global = true, value_name = "FILE")]
     pub record: Option<PathBuf>,
     /// Replay LLM exchanges from this cassette instead of calling the API.

@@ -1,8 +1,11 @@
 //! The event log of a trial: one JSON object per line (`events.jsonl`), appended as things happen,
 //! so a run can be audited, replayed and compared. Every LLM exchange, cell run and fix round lands here.
 //! It must never hold the API key: callers pass already masked data.
+//!
+//! Each line is written whole or not at all (a full disk cuts the file back to the last whole line),
+//! never through a symlink the notebook put in its place, and a failure is reported once, not once
+//! per event: logging is never fatal and never floods the terminal.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -13,12 +16,16 @@ pub struct EventLog {
     path: Mutex<Option<PathBuf>>,
     /// The API key, masked out of every line as a last line of defence (a script may log anything).
     secret: Mutex<Option<String>>,
+    /// Serializes writers (coroutines of one run share the log) and remembers whether the current
+    /// failure was reported, so a full disk gives one warning until a line is written again.
+    failing: Mutex<bool>,
 }
 
 impl EventLog {
     /// Direct events to `path` (None stops logging).
     pub fn set_path(&self, path: Option<PathBuf>) {
         *self.path.lock().unwrap_or_else(|e| e.into_inner()) = path;
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = false;
     }
 
     /// The key to mask out of every event (set by the LLM engine).
@@ -37,14 +44,29 @@ impl EventLog {
         if let (Some(o), Value::Object(f)) = (obj.as_object_mut(), fields) {
             o.extend(f);
         }
-        let line = match serde_json::to_string(&obj) {
+        let mut line = match serde_json::to_string(&obj) {
             Ok(l) => crate::llm::mask(&l, self.secret.lock().unwrap_or_else(|e| e.into_inner()).as_deref()),
             Err(e) => return tracing::warn!("event log: {e}"),
         };
+        line.push('\n');
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
         let res =
-            std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| writeln!(f, "{line}"));
-        if let Err(e) = res {
-            tracing::warn!("event log {}: {e}", path.display());
+            crate::files::open_append_nofollow(&path).and_then(|f| crate::files::append_whole(&f, line.as_bytes()));
+        match res {
+            Ok(()) => *failing = false,
+            Err(e) if !*failing => {
+                *failing = true;
+                let why = if e.raw_os_error() == Some(libc::ELOOP) {
+                    "it is a symbolic link, which is never written through".to_string()
+                } else {
+                    e.to_string()
+                };
+                crate::ui::eline(&format!(
+                    "warning: cannot append to the event log {}: {why} (events are dropped until a write succeeds)",
+                    path.display()
+                ));
+            }
+            Err(_) => {}
         }
     }
 }

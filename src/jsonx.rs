@@ -3,12 +3,25 @@
 //! `serde_json::Value` cannot hold non-finite numbers, so they are carried as marker strings
 //! (`NAN`, `POS_INF`, `NEG_INF`) that no real document contains (they start with a NUL). `as_f64` and
 //! the Lua conversion turn them back into floats. The scan is linear and leaves strings untouched.
+//!
+//! Nesting is limited to `MAX_DEPTH` levels (serde_json's recursion limit, which keeps a hostile
+//! `[[[[…` from overflowing the stack); `is_too_deep` tells that failure apart from a syntax error, so
+//! callers can say "nested too deeply" instead of "not JSON".
 
 use serde_json::Value;
 
 pub const NAN: &str = "\u{0}NaN";
 pub const POS_INF: &str = "\u{0}Infinity";
 pub const NEG_INF: &str = "\u{0}-Infinity";
+
+/// The deepest nesting of arrays and objects that is read (serde_json's recursion limit).
+pub const MAX_DEPTH: usize = 127;
+
+/// Whether a parse failed only because the value is nested deeper than `MAX_DEPTH`.
+pub fn is_too_deep(e: &serde_json::Error) -> bool {
+    // serde_json has no public error code for this; its message has been the same since 1.0
+    e.is_syntax() && e.to_string().starts_with("recursion limit exceeded")
+}
 
 /// Parse JSON that may contain Python's non-finite tokens outside strings.
 pub fn parse(text: &str) -> Result<Value, serde_json::Error> {
@@ -119,6 +132,15 @@ mod tests {
         assert_eq!(as_f64(&v["b"][1]), Some(f64::NEG_INFINITY));
         assert_eq!(v["s"], "NaN Infinity");
         assert_eq!(to_string(&v, false), r#"{"a":NaN,"b":[Infinity,-Infinity,1.5],"s":"NaN Infinity"}"#);
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_told_apart_from_bad_syntax() {
+        let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        assert!(is_too_deep(&parse(&deep).unwrap_err()));
+        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(parse(&ok).is_ok());
+        assert!(!is_too_deep(&parse("[1,").unwrap_err()));
     }
 
     #[test]

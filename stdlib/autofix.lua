@@ -46,15 +46,22 @@ local function describe(r, timeout)
   return string.format("%s: %s", r.ename or "Error", r.evalue or "")
 end
 
+-- How much of the error text and traceback a fix request carries, in bytes. An exception can hold a whole
+-- array or a megabyte of log in its message; the model needs the start of the message (what went wrong)
+-- and the end of the traceback (where). llm.clip marks what it leaves out.
+M.limits = { error_head = 2000, error_tail = 500, traceback_head = 500, traceback_tail = 4000 }
+
 -- The fix request (DESIGN §1): cell_index is the cell's index in the user's notebook (0-based, as in the file).
 function M.request(ctx)
   local r = ctx.result or {}
   local tb = r.traceback or ""
   if type(tb) == "table" then tb = table.concat(tb, "\n") end
-  if #tb > 4000 then tb = tb:sub(-4000) end
+  local lim = M.limits
+  tb = llm.clip(tb, { head = lim.traceback_head, tail = lim.traceback_tail })
+  local err = llm.clip(describe(r, ctx.timeout), { head = lim.error_head, tail = lim.error_tail })
   return {
     task = "Fix the failing notebook cell so that it runs; keep its purpose.",
-    errors = { { cell_index = ctx.cell_index, error = describe(r, ctx.timeout), traceback = tb } },
+    errors = { { cell_index = ctx.cell_index, error = err, traceback = tb } },
     failing_code = { { cell_index = ctx.cell_index, source = ctx.source } },
     instruction = 'Return {"edits": [{"cell_index": <same cell_index>, "source": "<whole new cell source>"}]} and nothing else.',
   }

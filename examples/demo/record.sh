@@ -17,6 +17,7 @@ c["llm"].pop("replay", None)
 json.dump(c, open("record_config.json", "w"), indent=2)
 PY
 rm -rf results
+rm -f cassette.jsonl # --record appends to an existing cassette
 ${CELLSCI:-cargo run --quiet --release --} -c record_config.json --record cassette.jsonl run --use-idea
 rm -f record_config.json
 echo "recorded $(wc -l < cassette.jsonl) exchanges to examples/demo/cassette.jsonl"

@@ -8,8 +8,13 @@
 //! when they are used up the last one is served again. A request the cassette does not hold fails
 //! (`replay_miss`) with the closest recorded request and where it differs. Transport failures
 //! (timeouts, 5xx...) are not recorded: a replay gives what the run finally got.
+//!
+//! Recording appends and never truncates: an existing cassette keeps its exchanges (delete it to start
+//! afresh), and several runs may record into one cassette at once. Each exchange is one line written
+//! by one `write` on an `O_APPEND` descriptor under an exclusive `flock`, so lines of concurrent
+//! recorders never interleave or overwrite each other.
 
-use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -22,12 +27,17 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Start a new cassette (an existing file is replaced).
-    pub fn create(path: &Path) -> Result<Recorder, String> {
+    /// Record into `path`: appended to when it exists, created (with its folders) when not.
+    pub fn open(path: &Path) -> Result<Recorder, String> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let file = std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)
+            .map_err(|e| format!("cannot open cassette {} for appending: {e}", path.display()))?;
         Ok(Recorder { path: path.to_path_buf(), file })
     }
 
@@ -54,9 +64,45 @@ impl Recorder {
             }
             Err(_) => return Ok(()),
         };
-        let line = mask(&serde_json::to_string(&entry).unwrap_or_default());
-        writeln!(self.file, "{line}")?;
-        self.file.flush()
+        let mut line = mask(&serde_json::to_string(&entry).unwrap_or_default());
+        line.push('\n');
+        let _lock = Flock::exclusive(&self.file)?;
+        // A run killed mid-line (before this fix, or by a full disk) left a half line: start on a new
+        // one, so this exchange stays readable and only the broken line is lost.
+        let len = self.file.metadata()?.len();
+        if len > 0 {
+            let mut last = [0u8; 1];
+            std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut last, len - 1)?;
+            if last[0] != b'\n' {
+                line.insert(0, '\n');
+            }
+        }
+        crate::files::append_whole(&self.file, line.as_bytes())
+    }
+}
+
+/// An exclusive `flock` on a file, released when dropped (advisory: every recorder takes it).
+struct Flock<'a>(&'a std::fs::File);
+
+impl<'a> Flock<'a> {
+    fn exclusive(f: &'a std::fs::File) -> std::io::Result<Flock<'a>> {
+        loop {
+            // SAFETY: flock on a descriptor we own for the duration of the borrow.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(Flock(f));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+impl Drop for Flock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as above; unlocking cannot fail in a way we could act on.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
     }
 }
 

@@ -22,6 +22,8 @@ pub enum ExtractErrorKind {
     NoJson,
     /// A JSON value starts but is cut off (unbalanced brackets or an unterminated string).
     Truncated,
+    /// The value is complete but nested deeper than `jsonx::MAX_DEPTH` levels.
+    TooDeep,
 }
 
 impl ExtractErrorKind {
@@ -29,6 +31,7 @@ impl ExtractErrorKind {
         match self {
             ExtractErrorKind::NoJson => "no_json",
             ExtractErrorKind::Truncated => "truncated",
+            ExtractErrorKind::TooDeep => "too_deep",
         }
     }
 }
@@ -52,7 +55,21 @@ pub fn extract_json(text: &str) -> Result<Value, ExtractError> {
     let (stripped, cut_in_think) = strip_think(text);
     let text: &str = &stripped;
     let trimmed = text.trim();
-    if let Ok(v) = crate::jsonx::parse(trimmed) {
+    let too_deep_err = || ExtractError {
+        kind: ExtractErrorKind::TooDeep,
+        message: format!(
+            "the reply's JSON is nested too deeply: more than {} levels of arrays and objects inside each other \
+             ({} chars); no real answer needs that",
+            crate::jsonx::MAX_DEPTH,
+            text.len()
+        ),
+    };
+    let whole = crate::jsonx::parse(trimmed);
+    if matches!(&whole, Err(e) if crate::jsonx::is_too_deep(e)) {
+        // the whole reply is one JSON value: any part of it would be a guess
+        return Err(too_deep_err());
+    }
+    if let Ok(v) = whole {
         // a reply that is one JSON string holding the JSON (double-encoded) means the inner value
         if let Value::String(inner) = &v {
             let t = inner.trim();
@@ -72,8 +89,9 @@ pub fn extract_json(text: &str) -> Result<Value, ExtractError> {
     let mut best_bare: Option<(usize, Value)> = None;
     // the longest candidate that runs off the end of the text and looks like JSON
     let mut cut: Option<(usize, bool)> = None; // (start, fenced)
-                                               // brackets known to stay open to the end of the text (from an earlier unclosed scan): scanning
-                                               // from them again would only run to the end again, which made `{{{{…` quadratic
+    let mut deepest: Option<usize> = None; // span of the largest complete candidate nested too deeply
+                                           // brackets known to stay open to the end of the text (from an earlier unclosed scan): scanning
+                                           // from them again would only run to the end again, which made `{{{{…` quadratic
     let mut open_to_end = std::collections::BTreeSet::new();
     let mut i = 0;
     while i < b.len() {
@@ -87,7 +105,14 @@ pub fn extract_json(text: &str) -> Result<Value, ExtractError> {
             Scan::Closed(end) => {
                 let slice = &text[i..end];
                 budget = budget.saturating_sub(slice.len());
-                if let Some(v) = parse_lenient(slice) {
+                let parsed = parse_candidate(slice);
+                if let Err(true) = parsed {
+                    // skip it whole: a shallower value inside it is a piece, not the answer
+                    deepest = deepest.max(Some(end - i));
+                    i = end;
+                    continue;
+                }
+                if let Ok(v) = parsed {
                     let span = end - i;
                     let whole = slice.len() == trimmed.len();
                     if fenced || whole || acceptable_bare(&v) {
@@ -131,6 +156,11 @@ pub fn extract_json(text: &str) -> Result<Value, ExtractError> {
         // truncated, and a smaller complete value elsewhere would be a guess.
         if fenced || best_bare.as_ref().is_none_or(|(span, _)| b.len() - start > *span) {
             return Err(cut_err());
+        }
+    }
+    if let Some(span) = deepest {
+        if best_bare.as_ref().is_none_or(|(s, _)| span > *s) {
+            return Err(too_deep_err());
         }
     }
     if let Some((_, v)) = best_bare {
@@ -394,11 +424,18 @@ fn closes_string(b: &[u8], from: usize, q: u8) -> bool {
 
 /// Parse a candidate: strict JSON (with NaN/Infinity) first, else through the normalizer.
 pub fn parse_lenient(s: &str) -> Option<Value> {
-    if let Ok(v) = crate::jsonx::parse(s) {
-        return Some(v);
+    parse_candidate(s).ok()
+}
+
+/// `parse_lenient`, with why it failed: Err(true) when the value is nested too deeply.
+fn parse_candidate(s: &str) -> Result<Value, bool> {
+    match crate::jsonx::parse(s) {
+        Ok(v) => return Ok(v),
+        Err(e) if crate::jsonx::is_too_deep(&e) => return Err(true),
+        Err(_) => {}
     }
-    let norm = normalize(s)?;
-    crate::jsonx::parse(&norm).ok()
+    let norm = normalize(s).ok_or(false)?;
+    crate::jsonx::parse(&norm).map_err(|e| crate::jsonx::is_too_deep(&e))
 }
 
 /// Rewrite Python-literal / JS-ish / sloppy JSON into strict JSON. None when something cannot be
@@ -787,6 +824,18 @@ mod tests {
         // not a timing assertion: this guards against an accidental quadratic blow-up (minutes)
         assert!(start.elapsed().as_secs() < 30);
         assert_eq!(v.unwrap(), json!({"ok": 1}));
+    }
+
+    #[test]
+    fn a_reply_nested_200k_deep_is_called_too_deep_not_absent() {
+        let deep = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
+        let e = extract_json(&deep).unwrap_err();
+        assert_eq!(e.kind, ExtractErrorKind::TooDeep, "{e}");
+        assert!(e.message.contains("nested too deeply"), "{e}");
+        let e = extract_json(&format!("Here it is:\n```json\n{{\"a\": {deep}}}\n```\nDone.")).unwrap_err();
+        assert_eq!(e.kind, ExtractErrorKind::TooDeep, "{e}");
+        let e = extract_json(&format!("Sure: {{'a': {deep}}} and [1, 2]")).unwrap_err();
+        assert_eq!(e.kind, ExtractErrorKind::TooDeep, "a small value beside it is not the answer: {e}");
     }
 
     #[test]

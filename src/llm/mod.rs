@@ -614,7 +614,7 @@ impl Engine {
         let Some(path) = &self.settings.record else { return };
         let mut guard = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
-            match cassette::Recorder::create(path) {
+            match cassette::Recorder::open(path) {
                 Ok(rec) => *guard = Some(rec),
                 Err(e) => {
                     crate::ui::eline(&format!("warning: cannot record LLM exchanges: {e}"));
@@ -709,9 +709,39 @@ pub fn head(s: &str, n: usize) -> String {
     }
 }
 
+/// At most `head` bytes from the start and `tail` bytes from the end of `text` (cut at character
+/// boundaries), with a marker in between saying how many bytes were left out; and that number (0 when
+/// the text fits). Prompts echo model output and error text with this, so one runaway reply or
+/// traceback cannot make every later request megabytes long.
+pub fn clip(text: &str, head: usize, tail: usize) -> (String, usize) {
+    if text.len() <= head.saturating_add(tail) {
+        return (text.to_string(), 0);
+    }
+    let mut h = head;
+    while !text.is_char_boundary(h) {
+        h -= 1;
+    }
+    let mut t = text.len() - tail;
+    while !text.is_char_boundary(t) {
+        t += 1;
+    }
+    let cut = t - h;
+    (format!("{}\n[… {cut} bytes cut …]\n{}", &text[..h], &text[t..]), cut)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clip_keeps_both_ends_and_whole_characters() {
+        assert_eq!(clip("short", 10, 10), ("short".to_string(), 0));
+        let (c, cut) = clip("ééééé", 3, 3);
+        assert_eq!(cut, 6);
+        assert_eq!(c, "é\n[… 6 bytes cut …]\né");
+        let (c, cut) = clip(&"x".repeat(1000), 0, 10);
+        assert_eq!((c.as_str(), cut), ("\n[… 990 bytes cut …]\nxxxxxxxxxx", 990));
+    }
 
     #[test]
     fn base_url_forms() {

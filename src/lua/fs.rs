@@ -1,9 +1,14 @@
 //! `fs`: files for scripts. Writes are atomic (a temp file in the same folder, then rename), so a
 //! reader (a watcher, phase-3 tools, a crashed run) never sees half a file. Expected failures (a missing
 //! file, no permission) return `nil, err` with `err.kind` one of `not_found`, `permission`, `exists`,
-//! `not_a_dir`, `io`; a wrong argument raises. These calls are synchronous: they are fast, and a module
-//! may call them while it is being `require`d (where an async call could not yield).
-use std::io::Write;
+//! `not_a_dir`, `link`, `not_a_file`, `too_large`, `io`; a wrong argument raises. These calls are
+//! synchronous: they are fast, and a module may call them while it is being `require`d (where an async
+//! call could not yield).
+//!
+//! Scripts look into trial folders that a generated notebook wrote, so nothing here may be led astray
+//! by what it finds there: `fs.walk` never follows a symlink and stops at a count and a depth, `fs.stat`
+//! says whether a path is a link, `fs.append` never writes through one, `fs.copy` copies links as
+//! links, and `fs.read` reads regular files only (a FIFO would block it) up to a size cap.
 use std::path::{Path, PathBuf};
 
 use mlua::prelude::*;
@@ -23,7 +28,11 @@ fn path_arg(lua: &Lua, func: &str, v: &LuaValue) -> LuaResult<PathBuf> {
 /// `nil, err` for an I/O error, with a kind a script can branch on.
 pub fn io_fail(lua: &Lua, what: &str, p: &Path, e: &std::io::Error) -> LuaResult<Ret> {
     use std::io::ErrorKind as K;
+    let refused = crate::files::refused(e);
     let kind = match e.kind() {
+        _ if matches!(refused, Some(crate::files::Refused::NotRegular(_))) => "not_a_file",
+        _ if matches!(refused, Some(crate::files::Refused::TooLarge { .. })) => "too_large",
+        _ if e.raw_os_error() == Some(libc::ELOOP) => "link",
         K::NotFound => "not_found",
         K::PermissionDenied => "permission",
         K::AlreadyExists => "exists",
@@ -40,8 +49,18 @@ fn ok(v: impl IntoLua, lua: &Lua) -> LuaResult<Ret> {
 
 use crate::files::write_atomic;
 
+/// Copy a file or a folder with its contents. Symlinks are copied as links, never followed: a link to
+/// `/usr` or to `.` inside a trial folder would otherwise copy the disk or loop.
 fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
-    if std::fs::metadata(src)?.is_dir() {
+    let meta = std::fs::symlink_metadata(src)?;
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(src)?;
+        if std::fs::symlink_metadata(dst).is_ok() {
+            std::fs::remove_file(dst)?;
+        }
+        return std::os::unix::fs::symlink(target, dst);
+    }
+    if meta.is_dir() {
         std::fs::create_dir_all(dst)?;
         for e in std::fs::read_dir(src)? {
             let e = e?;
@@ -50,8 +69,7 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
         Ok(())
     } else {
         write_atomic(dst, &std::fs::read(src)?)?;
-        let perms = std::fs::metadata(src)?.permissions();
-        std::fs::set_permissions(dst, perms)
+        std::fs::set_permissions(dst, meta.permissions())
     }
 }
 
@@ -61,12 +79,22 @@ fn mtime_secs(m: &std::fs::Metadata) -> f64 {
 
 pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
-    // fs.read(path) -> string | nil, err
+    // fs.read(path, {max_bytes=READ_MAX}) -> string | nil, err  (regular files only)
     t.set(
         "read",
-        lua.create_function(|lua, p: LuaValue| {
+        lua.create_function(|lua, (p, opts): (LuaValue, Option<LuaTable>)| {
             let p = path_arg(lua, "fs.read", &p)?;
-            match std::fs::read(&p) {
+            let mut max = READ_MAX;
+            if let Some(o) = &opts {
+                util::check_opts(lua, o, "fs.read", &["max_bytes"])?;
+                if let Some(m) = o.get::<Option<f64>>("max_bytes")? {
+                    if m.is_nan() || m < 0.0 {
+                        return Err(util::misuse(lua, format!("fs.read: max_bytes must be a number >= 0, got {m}")));
+                    }
+                    max = m as u64;
+                }
+            }
+            match crate::files::read_regular(&p, max) {
                 Ok(b) => ok(lua.create_string(&b)?, lua),
                 Err(e) => io_fail(lua, "cannot read", &p, &e),
             }
@@ -94,7 +122,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
                 if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(d)?;
                 }
-                std::fs::OpenOptions::new().create(true).append(true).open(&p)?.write_all(&bytes)
+                crate::files::append_whole(&crate::files::open_append_nofollow(&p)?, &bytes)
             })();
             match res {
                 Ok(()) => ok(true, lua),
@@ -217,22 +245,80 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
             }
         })?,
     )?;
-    // fs.stat(path) -> {size, mtime, is_dir, is_file} | nil, err
+    // fs.stat(path, {follow=true}) -> {size, mtime, is_dir, is_file, is_link} | nil, err
+    // is_link says whether `path` itself is a symlink; follow=false describes the link, not its target.
     t.set(
         "stat",
-        lua.create_function(|lua, p: LuaValue| {
+        lua.create_function(|lua, (p, opts): (LuaValue, Option<LuaTable>)| {
             let p = path_arg(lua, "fs.stat", &p)?;
-            match std::fs::metadata(&p) {
-                Ok(m) => {
-                    let t = lua.create_table()?;
-                    t.set("size", m.len())?;
-                    t.set("mtime", mtime_secs(&m))?;
-                    t.set("is_dir", m.is_dir())?;
-                    t.set("is_file", m.is_file())?;
-                    ok(t, lua)
-                }
-                Err(e) => io_fail(lua, "cannot stat", &p, &e),
+            let mut follow = true;
+            if let Some(o) = &opts {
+                util::check_opts(lua, o, "fs.stat", &["follow"])?;
+                follow = o.get::<Option<bool>>("follow")?.unwrap_or(true);
             }
+            let own = match std::fs::symlink_metadata(&p) {
+                Ok(m) => m,
+                Err(e) => return io_fail(lua, "cannot stat", &p, &e),
+            };
+            let is_link = own.file_type().is_symlink();
+            let m = if follow && is_link {
+                match std::fs::metadata(&p) {
+                    Ok(m) => m,
+                    Err(e) => return io_fail(lua, "cannot stat", &p, &e),
+                }
+            } else {
+                own
+            };
+            let t = lua.create_table()?;
+            t.set("size", m.len())?;
+            t.set("mtime", mtime_secs(&m))?;
+            t.set("is_dir", m.is_dir())?;
+            t.set("is_file", m.is_file())?;
+            t.set("is_link", is_link)?;
+            ok(t, lua)
+        })?,
+    )?;
+    // fs.walk(dir, {max_files=1000, max_depth=16}) -> {files={...}, truncated=, too_deep=, unreadable=}
+    t.set(
+        "walk",
+        lua.create_function(|lua, (p, opts): (LuaValue, Option<LuaTable>)| {
+            let p = path_arg(lua, "fs.walk", &p)?;
+            let mut lim = WalkLimits::default();
+            if let Some(o) = &opts {
+                util::check_opts(lua, o, "fs.walk", &["max_files", "max_depth"])?;
+                let count = |k: &str| -> LuaResult<Option<usize>> {
+                    match o.get::<Option<f64>>(k)? {
+                        None => Ok(None),
+                        Some(x) if x >= 0.0 => Ok(Some(x as usize)),
+                        Some(x) => Err(util::misuse(lua, format!("fs.walk: {k} must be a number >= 0, got {x}"))),
+                    }
+                };
+                lim.max_files = count("max_files")?.unwrap_or(lim.max_files);
+                lim.max_depth = count("max_depth")?.unwrap_or(lim.max_depth);
+            }
+            let w = match walk(&p, &lim) {
+                Ok(w) => w,
+                Err(e) => return io_fail(lua, "cannot walk", &p, &e),
+            };
+            let files = lua.create_table()?;
+            files.set_metatable(Some(lua.array_metatable()))?;
+            for (i, e) in w.entries.iter().enumerate() {
+                let t = lua.create_table()?;
+                t.set("path", e.path.as_str())?;
+                t.set("size", e.size)?;
+                t.set("mtime", e.mtime)?;
+                t.set("kind", e.kind)?;
+                if let Some(target) = &e.target {
+                    t.set("target", target.as_str())?;
+                }
+                files.raw_set(i + 1, t)?;
+            }
+            let t = lua.create_table()?;
+            t.set("files", files)?;
+            t.set("truncated", w.truncated)?;
+            t.set("too_deep", w.too_deep)?;
+            t.set("unreadable", w.unreadable)?;
+            ok(t, lua)
         })?,
     )?;
     // fs.glob(pattern) -> {paths...} sorted  (`*`, `?`, `[abc]` within a name; `**` any folders)
@@ -248,6 +334,104 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
         })?,
     )?;
     Ok(t)
+}
+
+/// The default cap of `fs.read`: a script reads configs, prompts and small results, and a notebook may
+/// leave a multi-gigabyte (or sparse) file where one is expected. `{max_bytes=}` raises it.
+pub const READ_MAX: u64 = 256 << 20;
+
+pub struct WalkLimits {
+    /// Entries listed; the rest are only counted (`truncated`).
+    pub max_files: usize,
+    /// Folders deeper than this below the root are not entered (counted in `too_deep`).
+    pub max_depth: usize,
+}
+
+impl Default for WalkLimits {
+    fn default() -> Self {
+        WalkLimits { max_files: 1000, max_depth: 16 }
+    }
+}
+
+pub struct WalkEntry {
+    /// Relative to the root, `/`-separated.
+    pub path: String,
+    pub size: u64,
+    pub mtime: f64,
+    /// "file", "link" (not followed; `target` is what it points at) or "other" (FIFO, socket, device).
+    pub kind: &'static str,
+    pub target: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Walk {
+    pub entries: Vec<WalkEntry>,
+    /// Entries found past `max_files` (counted, not listed).
+    pub truncated: usize,
+    /// Folders not entered because they are deeper than `max_depth`.
+    pub too_deep: usize,
+    /// Folders that could not be read (permissions, removed meanwhile).
+    pub unreadable: usize,
+}
+
+/// Everything under `root` that is not a folder, depth first in name order, without following any
+/// symlink (the root included: a link there is an error of kind `link`). Counting past `max_files`
+/// reads folder entries only (no stat), so a tree of a million files costs a second, not its size.
+pub fn walk(root: &Path, lim: &WalkLimits) -> std::io::Result<Walk> {
+    let meta = std::fs::symlink_metadata(root)?;
+    if meta.file_type().is_symlink() {
+        return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    if !meta.is_dir() {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOTDIR));
+    }
+    let mut w = Walk::default();
+    // (folder, its path relative to the root, depth); popped from the end, so pushed in reverse order
+    let mut stack: Vec<(PathBuf, String, usize)> = vec![(root.to_path_buf(), String::new(), 0)];
+    while let Some((dir, rel, depth)) = stack.pop() {
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if depth == 0 => return Err(e),
+            Err(_) => {
+                w.unreadable += 1;
+                continue;
+            }
+        };
+        let mut items: Vec<(std::ffi::OsString, Option<std::fs::FileType>)> =
+            rd.flatten().map(|e| (e.file_name(), e.file_type().ok())).collect();
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut subdirs = Vec::new();
+        for (name, ft) in items {
+            let name_s = name.to_string_lossy();
+            let p = dir.join(&name);
+            let relp = format!("{rel}{name_s}");
+            // DirEntry::file_type is the link's own type (lstat), never the target's
+            if ft.is_some_and(|t| t.is_dir()) {
+                if depth + 1 > lim.max_depth {
+                    w.too_deep += 1;
+                } else {
+                    subdirs.push((p, format!("{relp}/"), depth + 1));
+                }
+                continue;
+            }
+            if w.entries.len() >= lim.max_files {
+                w.truncated += 1;
+                continue;
+            }
+            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+            let t = m.file_type();
+            let (kind, target) = if t.is_symlink() {
+                ("link", std::fs::read_link(&p).ok().map(|x| x.display().to_string()))
+            } else if t.is_file() {
+                ("file", None)
+            } else {
+                ("other", None)
+            };
+            w.entries.push(WalkEntry { path: relp, size: m.len(), mtime: mtime_secs(&m), kind, target });
+        }
+        stack.extend(subdirs.into_iter().rev());
+    }
+    Ok(w)
 }
 
 fn content_arg(lua: &Lua, func: &str, v: &LuaValue) -> LuaResult<Vec<u8>> {

@@ -17,8 +17,17 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
             match crate::jsonx::parse(text) {
                 Ok(v) => Ok((util::to_lua(lua, &v)?, LuaValue::Nil)),
                 Err(e) => {
-                    let msg = e.to_string();
-                    let msg = msg.strip_suffix(&format!(" at line {} column {}", e.line(), e.column())).unwrap_or(&msg);
+                    let msg = if crate::jsonx::is_too_deep(&e) {
+                        format!(
+                            "nested too deeply (more than {} levels of arrays and objects)",
+                            crate::jsonx::MAX_DEPTH
+                        )
+                    } else {
+                        let m = e.to_string();
+                        m.strip_suffix(&format!(" at line {} column {}", e.line(), e.column()))
+                            .unwrap_or(&m)
+                            .to_string()
+                    };
                     util::fail_with(
                         lua,
                         "parse",

@@ -1,5 +1,5 @@
-//! The `llm` module: `llm.chat`, `llm.extract_json`, `llm.usage`, `llm.usage_snapshot`, `llm.settings`,
-//! `llm.mask`.
+//! The `llm` module: `llm.chat`, `llm.extract_json`, `llm.clip`, `llm.usage`, `llm.usage_snapshot`,
+//! `llm.settings`, `llm.mask`.
 //!
 //! `llm.chat` runs the attempts (Rust: `crate::llm::Engine`) and asks a Lua retry policy after each
 //! failure that could pass on a retry (`stdlib/retry.lua` unless the call or config says otherwise);
@@ -53,6 +53,27 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
                 Ok(v) => Ok((util::to_lua(lua, &v)?, LuaValue::Nil)),
                 Err(e) => util::fail(lua, e.kind.as_str(), &e.message),
             }
+        })?,
+    )?;
+    // llm.clip(text, {head=4096, tail=4096}) -> text, bytes_cut : bound what a prompt echoes
+    t.set(
+        "clip",
+        lua.create_function(|lua, (text, opts): (LuaValue, Option<LuaTable>)| {
+            let text = util::string_arg(lua, &text, "llm.clip", "a string")?.to_string_lossy();
+            let (mut head, mut tail) = (4096usize, 4096usize);
+            if let Some(o) = &opts {
+                util::check_opts(lua, o, "llm.clip", &["head", "tail"])?;
+                for (k, slot) in [("head", &mut head), ("tail", &mut tail)] {
+                    if let Some(x) = o.get::<Option<f64>>(k)? {
+                        if x.is_nan() || x < 0.0 {
+                            return Err(util::misuse(lua, format!("llm.clip: {k} must be a number >= 0, got {x}")));
+                        }
+                        *slot = x as usize;
+                    }
+                }
+            }
+            let (out, cut) = crate::llm::clip(&text, head, tail);
+            Ok((out, cut))
         })?,
     )?;
     t.set("usage", lua.create_function(|lua, ()| util::to_lua(lua, &engine(lua).usage()))?)?;

@@ -86,12 +86,23 @@ fn load_path(path: &str) -> Result<Metrics, Failure> {
     if p.is_dir() {
         p = p.join("metrics.json");
     }
-    let text = match std::fs::read_to_string(&p) {
-        Ok(t) => t,
+    let bytes = match crate::files::read_regular(&p, metrics::MAX_FILE_BYTES) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(("not_found", format!("no metrics file at {}", p.display())))
         }
-        Err(e) => return Err(("io", format!("cannot read metrics file {}: {e}", p.display()))),
+        Err(e) => {
+            let kind = match crate::files::refused(&e) {
+                Some(crate::files::Refused::NotRegular(_)) => "not_a_file",
+                Some(crate::files::Refused::TooLarge { .. }) => "too_large",
+                None => "io",
+            };
+            return Err((kind, format!("cannot read metrics file {}: {e}", p.display())));
+        }
+    };
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(_) => return Err(("parse", format!("metrics file {} is not UTF-8 text", p.display()))),
     };
     if text.trim().is_empty() {
         return Err(("parse", format!("metrics file {} is empty", p.display())));

@@ -382,11 +382,53 @@ fn r6(x: f64) -> Value {
 }
 
 /// The computed numbers as a JSON document for the narrative prompt's `${metrics_json}`.
+/// The most models the narrative request describes: it is sent to a model with a context window, and a
+/// sweep of 10,000 models made it 6 MB. Past this the baseline, the winners and the best by the primary
+/// metric are kept and the rest counted in `models_omitted`.
+pub const NARRATIVE_MAX_MODELS: usize = 25;
+/// The most warnings it carries (the rest counted in `warnings_omitted`).
+pub const NARRATIVE_MAX_WARNINGS: usize = 20;
+
+/// Which models the narrative describes (names), at most NARRATIVE_MAX_MODELS: the baseline, the best,
+/// the notebook's declared winner, then the best by the primary metric (the first ones without one).
+fn narrative_models(metrics: &Metrics, cmp: &Result<Comparison, String>) -> std::collections::HashSet<String> {
+    let mut keep = std::collections::HashSet::new();
+    if metrics.models.len() <= NARRATIVE_MAX_MODELS {
+        keep.extend(metrics.models.iter().map(|m| m.name.clone()));
+        return keep;
+    }
+    let mut ranked: Vec<String> = Vec::new();
+    if let Ok(c) = cmp {
+        keep.insert(c.baseline.clone());
+        keep.extend(c.best.clone());
+        let mut scored: Vec<(&str, f64)> = c
+            .entries
+            .iter()
+            .filter_map(|e| e.summary.mean.filter(|x| x.is_finite()).map(|m| (e.name.as_str(), m)))
+            .collect();
+        scored.sort_by(|a, b| match c.direction {
+            Direction::Lower => a.1.total_cmp(&b.1),
+            Direction::Higher => b.1.total_cmp(&a.1),
+        });
+        ranked.extend(scored.into_iter().map(|(n, _)| n.to_string()));
+    }
+    keep.extend(metrics.winner.clone().filter(|w| metrics.models.iter().any(|m| &m.name == w)));
+    ranked.extend(metrics.models.iter().map(|m| m.name.clone()));
+    for n in ranked {
+        if keep.len() >= NARRATIVE_MAX_MODELS {
+            break;
+        }
+        keep.insert(n);
+    }
+    keep
+}
+
 pub fn narrative_input(metrics: &Metrics, opts: &Options) -> Value {
     let cmp = comparison(metrics, opts);
     let names = display_order(&metrics.metric_names());
+    let keep = narrative_models(metrics, &cmp);
     let mut models = Map::new();
-    for model in &metrics.models {
+    for model in metrics.models.iter().filter(|m| keep.contains(&m.name)) {
         let mut mm = Map::new();
         for n in &names {
             let s = summarize(model, n);
@@ -423,9 +465,22 @@ pub fn narrative_input(metrics: &Metrics, opts: &Options) -> Value {
     }
     out.insert("folds".into(), json!(metrics.folds.len()));
     out.insert("models".into(), Value::Object(models));
+    if keep.len() < metrics.models.len() {
+        out.insert("models_omitted".into(), json!(metrics.models.len() - keep.len()));
+        out.insert(
+            "models_note".into(),
+            json!(format!(
+                "{} models were evaluated; the {} shown are the baseline, the winner and the best by the primary \
+                 metric, the other {} are left out here (they are in the report's table)",
+                metrics.models.len(),
+                keep.len(),
+                metrics.models.len() - keep.len()
+            )),
+        );
+    }
     if let Ok(c) = &cmp {
         let mut tests = Map::new();
-        for e in c.entries.iter().filter(|e| !e.is_baseline) {
+        for e in c.entries.iter().filter(|e| !e.is_baseline && keep.contains(&e.name)) {
             let mut t = Map::new();
             if let Some(d) = e.delta_pct {
                 t.insert("delta_pct".into(), r6(d));
@@ -456,7 +511,11 @@ pub fn narrative_input(metrics: &Metrics, opts: &Options) -> Value {
         out.insert("tests_vs_baseline".into(), Value::Object(tests));
     }
     if !metrics.warnings.is_empty() {
-        out.insert("warnings".into(), json!(metrics.warnings));
+        let shown = &metrics.warnings[..metrics.warnings.len().min(NARRATIVE_MAX_WARNINGS)];
+        out.insert("warnings".into(), json!(shown));
+        if shown.len() < metrics.warnings.len() {
+            out.insert("warnings_omitted".into(), json!(metrics.warnings.len() - shown.len()));
+        }
     }
     Value::Object(out)
 }

@@ -17,6 +17,10 @@ use serde_json::{Map, Value};
 
 use crate::jsonx;
 
+/// The largest metrics.json read (64 MiB). Real ones are kilobytes; a notebook that writes gigabytes
+/// (or a sparse file) there would otherwise cost that much memory before the parse even fails.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
 /// One model's metric values, in the order they were first seen.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Model {

@@ -5,27 +5,35 @@
 
 ---Files for scripts. Writes are atomic (a temp file in the same folder, then rename), so a reader never
 ---sees half a file. Expected failures return `nil, err` (`cellsci.FsError`: `err.kind` one of
----`not_found`, `permission`, `exists`, `not_a_dir`, `not_empty`, `io`; `err.path`); a wrong argument
----(not a string, an empty path) raises. The calls are synchronous, so a module may use them while it
+---`not_found`, `permission`, `exists`, `not_a_dir`, `not_empty`, `link`, `not_a_file`, `too_large`, `io`;
+---`err.path`); a wrong argument (not a string, an empty path) raises. Nothing writes through a symlink
+---and `fs.walk` never follows one. The calls are synchronous, so a module may use them while it
 ---is being `require`d.
 ---@class cellsci.fs
 local fs = {}
 
----Read a whole file (bytes as they are).
+---Options of `fs.read`.
+---@class cellsci.fs.ReadOpts
+---@field max_bytes? integer Refuse a bigger file (`kind = "too_large"`) before reading it. Default: 268435456 (256 MiB).
+
+---Read a whole regular file (bytes as they are). A FIFO, socket, device or folder fails at once with
+---`kind = "not_a_file"` (it never blocks).
 ---@param path string
+---@param opts? cellsci.fs.ReadOpts
 ---@return string|nil contents
 ---@return cellsci.FsError|nil err
-function fs.read(path) end
+function fs.read(path, opts) end
 
 ---Write a file atomically, replacing it; missing parent folders are created and an existing file's
----permissions are kept. A number is written as its text; a table raises (use `json.encode`).
+---permissions are kept. A symlink at `path` is replaced by the file, never written through. A number is written as its text; a table raises (use `json.encode`).
 ---@param path string
 ---@param contents string|number
 ---@return true|nil ok
 ---@return cellsci.FsError|nil err
 function fs.write(path, contents) end
 
----Append to a file, creating it and its parent folders when missing (not atomic).
+---Append to a file, creating it and its parent folders when missing. The text is written whole or not
+---at all (a full disk leaves the file as it was); a symlink at `path` fails with `kind = "link"`.
 ---@param path string
 ---@param contents string|number
 ---@return true|nil ok
@@ -53,6 +61,35 @@ function fs.is_file(path) end
 ---@return cellsci.FsError|nil err
 function fs.list(dir) end
 
+---Options of `fs.walk`.
+---@class cellsci.fs.WalkOpts
+---@field max_files? integer Entries listed; the rest are only counted in `truncated`. Default: 1000.
+---@field max_depth? integer Folders deeper than this below `dir` are not entered (counted in `too_deep`). Default: 16.
+
+---One entry of `fs.walk`.
+---@class cellsci.fs.WalkEntry
+---@field path string Relative to the walked folder, `/`-separated.
+---@field size integer Bytes (of the link itself for a link).
+---@field mtime number
+---@field kind "file"|"link"|"other" `other`: a FIFO, socket or device.
+---@field target? string What a link points at (not followed).
+
+---What `fs.walk` returns.
+---@class cellsci.fs.Walk
+---@field files cellsci.fs.WalkEntry[]
+---@field truncated integer Entries past `max_files`, counted but not listed.
+---@field too_deep integer Folders not entered because of `max_depth`.
+---@field unreadable integer Folders that could not be read.
+
+---Everything under `dir` that is not a folder, depth first in name order, without following any symlink
+---(links are listed as `kind = "link"`), bounded by `max_files` and `max_depth`. A `dir` that is itself a
+---symlink fails with `kind = "link"`. Raises on an unknown option.
+---@param dir string
+---@param opts? cellsci.fs.WalkOpts
+---@return cellsci.fs.Walk|nil walk
+---@return cellsci.FsError|nil err
+function fs.walk(dir, opts) end
+
 ---Create a folder with its parents; fine when it already exists.
 ---@param path string
 ---@return true|nil ok
@@ -72,7 +109,7 @@ function fs.mkdir(path) end
 function fs.remove(path, opts) end
 
 ---Copy a file, or a folder with its contents, to `dst` (each file written atomically, permissions
----copied, parent folders created).
+---copied, parent folders created; symlinks copied as symlinks, not followed).
 ---@param src string
 ---@param dst string
 ---@return true|nil ok
@@ -92,12 +129,18 @@ function fs.rename(src, dst) end
 ---@field mtime number Last modification, seconds since 1970 (with a fraction).
 ---@field is_dir boolean
 ---@field is_file boolean
+---@field is_link boolean Whether `path` itself is a symlink (whatever `follow` says).
 
----Size, modification time and type of `path` (following symlinks).
+---Options of `fs.stat`.
+---@class cellsci.fs.StatOpts
+---@field follow? boolean Describe a symlink's target (true) or the link itself (false). Default: `true`.
+
+---Size, modification time and type of `path`.
 ---@param path string
+---@param opts? cellsci.fs.StatOpts
 ---@return cellsci.fs.Stat|nil stat
 ---@return cellsci.FsError|nil err
-function fs.stat(path) end
+function fs.stat(path, opts) end
 
 ---Existing paths that match a glob pattern, sorted, written the way the pattern is (relative stays
 ---relative). `*`, `?` and `[abc]`/`[!abc]` match within one name; `**` matches any number of folders.

@@ -112,6 +112,7 @@ function llm.chat(opts) end
 ---@alias cellsci.llm.ExtractErrorKind
 ---| "no_json"   # the text holds no JSON value
 ---| "truncated" # a value is cut off at the end (never repaired into a guess)
+---| "too_deep"  # the value is nested more than 127 levels deep
 
 ---The error of `llm.extract_json`.
 ---@class cellsci.llm.ExtractError: cellsci.Error
@@ -124,6 +125,20 @@ function llm.chat(opts) end
 ---@return cellsci.JsonValue|nil value
 ---@return cellsci.llm.ExtractError|nil err
 function llm.extract_json(text) end
+
+---Options of `llm.clip`.
+---@class cellsci.llm.ClipOpts
+---@field head? integer Bytes kept from the start. Default: 4096.
+---@field tail? integer Bytes kept from the end. Default: 4096.
+
+---At most `head` bytes from the start and `tail` from the end of `text` (whole UTF-8 characters), with
+---`[… N bytes cut …]` on a line of its own between them; and N (0 when the text fits). For echoing model
+---replies, error messages and tracebacks into a prompt without letting one make it megabytes long.
+---@param text string
+---@param opts? cellsci.llm.ClipOpts
+---@return string clipped
+---@return integer bytes_cut
+function llm.clip(text, opts) end
 
 ---LLM use counts (`llm.usage()`, `llm.usage_snapshot()`, and each entry of `models`).
 ---@class cellsci.llm.Counts

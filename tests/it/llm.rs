@@ -398,6 +398,85 @@ fn record_then_replay_with_the_server_stopped() {
     ok(&out);
 }
 
+/// Regression: `--record` truncated the cassette and wrote without append mode, so two runs recording at
+/// once left 9 of 60 exchanges readable; every exchange of both runs must be one whole line, replayable.
+#[test]
+fn two_runs_recording_into_one_cassette_at_once_keep_every_exchange() {
+    let srv = FakeLlm::start();
+    srv.set_responder(|req| {
+        let q = req["messages"][0]["content"].as_str().unwrap_or("");
+        Reply::text(&format!("answer to {}", &q[..q.find(' ').unwrap_or(q.len())]))
+    });
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let script = |run: &str| {
+        format!(
+            r#"
+            local llm = require("llm")
+            for i = 1, 30 do
+              local q = "{run}-" .. i .. " " .. string.rep("padding ", 4000)
+              local r = assert(llm.chat{{prompt = q}})
+              assert(r.text == "answer to {run}-" .. i, r.text)
+            end
+            print("done {run}")
+            "#
+        )
+    };
+    util::write(dir.path(), "a.lua", &script("A"));
+    util::write(dir.path(), "b.lua", &script("B"));
+    let spawn = |f: &str| {
+        util::cellsci(dir.path())
+            .args(["--config", "cfg.json", "--record", "cassette.jsonl", "script", f])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("a.lua"), spawn("b.lua"));
+    for out in [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()] {
+        ok(&out);
+        assert_no_key(dir.path(), &out);
+    }
+    let cassette = std::fs::read_to_string(dir.path().join("cassette.jsonl")).unwrap();
+    let mut seen = Vec::new();
+    for (i, line) in cassette.lines().enumerate() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("line {} is broken: {e}", i + 1));
+        seen.push(v["response"]["text"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 60, "{seen:?}");
+    srv.stop();
+    for f in ["a.lua", "b.lua"] {
+        let out = util::cellsci(dir.path())
+            .args(["--config", "cfg.json", "--replay", "cassette.jsonl", "script", f])
+            .output()
+            .unwrap();
+        ok(&out);
+    }
+}
+
+/// Regression: `--record` truncated an existing cassette; recording again appends to it, and a half line a
+/// killed run left at its end does not swallow the next exchange.
+#[test]
+fn recording_again_appends_to_the_cassette_instead_of_truncating_it() {
+    let srv = FakeLlm::start();
+    srv.push_reply("first answer");
+    srv.push_reply("second answer");
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(dir.path(), r#"assert(require("llm").chat{prompt = "one"})"#, &["--record", "cassette.jsonl"]);
+    ok(&out);
+    let path = dir.path().join("cassette.jsonl");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut f, b"{\"request\": {\"model\": \"half a li").unwrap();
+    let out = run(dir.path(), r#"assert(require("llm").chat{prompt = "two"})"#, &["--record", "cassette.jsonl"]);
+    ok(&out);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].contains("first answer") && lines[2].contains("second answer"), "{text}");
+    assert!(serde_json::from_str::<Value>(lines[2]).is_ok(), "the new exchange is a whole line: {text}");
+}
+
 #[test]
 fn a_missing_key_is_a_config_error_before_any_request() {
     let dir = tempdir();

@@ -2,6 +2,7 @@
 mod cli;
 mod extract;
 mod faults;
+mod files;
 mod kernel;
 mod llm;
 mod notebook;

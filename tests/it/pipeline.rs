@@ -684,6 +684,7 @@ fn unusable_generation_replies_are_saved_and_reported() {
     let doc = read_json(&fail);
     assert_eq!(doc["attempts"].as_array().unwrap().len(), 2, "the reply and one reformat request");
     assert_eq!(doc["attempts"][0]["raw"], "I would rather not write JSON today.");
+    assert_eq!(doc["attempts"][0]["raw_file"], "generation_reply_1.txt");
     assert_eq!(p.requests(Kind::Generation).len(), 2);
 }
 
@@ -843,4 +844,94 @@ fn an_interrupted_run_is_resumed_from_its_summary() {
     assert_eq!(s["best_score"], 0.9);
     assert_eq!(p.archived().len(), 1);
     p.assert_no_kernel_left();
+}
+
+/// Regression: a notebook's `os.symlink('/usr', OUTPUT_DIR + '/intermediate/usr')` made the listing walk
+/// /usr (22 GB of memory, never finished), two links to `.` looped forever, 20,000 files printed 20,000
+/// lines, and a symlinked events.jsonl was appended through. Links are listed as links, the listing is
+/// capped with one summary line, and the link's target is left alone.
+#[test]
+fn symlinks_the_notebook_makes_are_listed_not_followed() {
+    let dir = util::tempdir();
+    let outside = util::write(dir.path(), "outside.txt", "precious\n");
+    let cell = format!(
+        r#"import os
+d = os.path.join(os.environ["OUTPUT_DIR"], "intermediate")
+os.makedirs(os.path.join(d, "many"), exist_ok=True)
+os.symlink("/usr", os.path.join(d, "usr"))
+os.symlink(".", os.path.join(d, "loop1"))
+os.symlink("..", os.path.join(d, "many", "loop2"))
+for i in range(2000):
+    open(os.path.join(d, "many", "f%05d.csv" % i), "w").close()
+ev = os.path.join(os.environ["OUTPUT_DIR"], "events.jsonl")
+os.remove(ev)
+os.symlink({outside:?}, ev)
+print("links made")"#,
+        outside = outside.to_str().unwrap()
+    );
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 1}}),
+        simple_handler(vec![generation_reply(&[("T1", &cell), ("T2", &metrics_cell(0.8))])]),
+    );
+    let started = Instant::now();
+    let out = p.run(&["run"]);
+    let text = util::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert!(text.contains("intermediate/usr") && text.contains("-> /usr (symlink, not followed)"), "{text}");
+    assert!(text.contains("more entries not listed"), "{text}");
+    let listed = text.lines().filter(|l| l.contains("[EXEC]   intermediate/")).count();
+    assert!(listed <= 100, "{listed} lines listed");
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "precious\n", "written through the events.jsonl link");
+    assert_eq!(text.matches("cannot append to the event log").count(), 1, "{text}");
+}
+
+/// Regression: re-asking after an unusable generation reply sent the whole reply back (50 MB requests, a
+/// 157 MB generation_failure.json). The reformat request echoes its start and end and says what was cut;
+/// the reply is kept whole once, in generation_reply_1.txt.
+#[test]
+fn a_huge_unusable_generation_reply_is_echoed_clipped_and_saved_once() {
+    let huge = format!("I cannot write JSON, but here is my thinking: {}", "blah ".repeat(600_000));
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 1}, "prompt_branch": {"json_retries": 1}}),
+        simple_handler(vec![huge.clone(), generation_reply(&[("T1", "x = 1")])]),
+    );
+    let out = p.run(&["generate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    let reqs = p.requests(Kind::Generation);
+    assert_eq!(reqs.len(), 2);
+    let second = serde_json::to_string(&reqs[1]).unwrap();
+    assert!(second.len() < 64 * 1024, "the re-ask is {} bytes", second.len());
+    let ask = reqs[1]["messages"][3]["content"].as_str().unwrap();
+    assert!(ask.contains(&format!("it was {} bytes long", huge.len())) && ask.contains("left out above"), "{ask}");
+    let trial = &p.trials()[0];
+    assert_eq!(std::fs::read_to_string(trial.join("generation_reply_1.txt")).unwrap(), huge);
+}
+
+/// Regression: the fix request carried the exception message whole (a cell raising with a 2 MB message
+/// sent 2 MB to the LLM on every round); it keeps the message's start and the traceback's end, marked.
+#[test]
+fn a_megabyte_exception_message_is_clipped_in_the_fix_request() {
+    let bad = "raise ValueError('start of the message ' + 'x' * 2_000_000 + ' end of the message')";
+    let handler: Handler = Box::new(move |kind, req, _n| match kind {
+        Kind::Generation => Reply::text(&generation_reply(&[("T1", bad), ("T2", &metrics_cell(0.7))])),
+        Kind::Strategy => Reply::text("A strategy."),
+        Kind::Report => Reply::text("Narrative."),
+        Kind::Fix => {
+            let doc: Value = serde_json::from_str(req["messages"][1]["content"].as_str().unwrap()).unwrap();
+            let idx = doc["errors"][0]["cell_index"].as_i64().unwrap();
+            Reply::text(&fix_reply(idx, "print('fixed')"))
+        }
+    });
+    let p = Project::new(json!({"experiment": {"max_iterations": 1}}), handler);
+    let out = p.run(&["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    let fixes = p.requests(Kind::Fix);
+    assert_eq!(fixes.len(), 1);
+    let body = serde_json::to_string(&fixes[0]).unwrap();
+    assert!(body.len() < 32 * 1024, "the fix request is {} bytes", body.len());
+    let doc: Value = serde_json::from_str(fixes[0]["messages"][1]["content"].as_str().unwrap()).unwrap();
+    let error = doc["errors"][0]["error"].as_str().unwrap();
+    assert!(error.starts_with("ValueError: start of the message") && error.contains("bytes cut"), "{error}");
+    assert!(error.ends_with("end of the message"), "{error}");
 }

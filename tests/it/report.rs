@@ -419,6 +419,29 @@ print(report.narrative_input(D .. "/layouts/nan.json", {metric = "MSE"}))
     assert!(!out.replace("NaN or infinite", "").contains("NaN"), "non-finite numbers reach the LLM: {out}");
 }
 
+/// Regression: the narrative request carried every model (6 MB for a sweep of 10,000); it keeps the
+/// baseline, the winner and the best by the primary metric, and says how many it left out.
+#[test]
+fn the_narrative_request_of_a_10k_model_sweep_stays_small() {
+    let (_, out) = lua(r#"
+local models = { ridge_baseline = { per_fold = { ["0"] = { PCC = 0.1 }, ["1"] = { PCC = 0.12 } } } }
+for i = 1, 10000 do
+  models["m" .. i] = { per_fold = { ["0"] = { PCC = i / 20000, MSE = 1 }, ["1"] = { PCC = i / 20000 + 0.01, MSE = 1 } } }
+end
+local m = assert(report.load_metrics({ models = models, winner = "m17" }))
+local msgs = assert(report.narrative_messages({ system = "s", user_template = "${metrics_json}" }, m, { metric = "PCC" }))
+local text = msgs[2].content
+assert(#text < 64 * 1024, "the narrative request is " .. #text .. " bytes")
+local doc = require("json").decode(text)
+assert(doc.models_omitted == 10001 - 25, tostring(doc.models_omitted))
+assert(doc.models.ridge_baseline and doc.models.m10000 and doc.models.m9990, "baseline and the best are kept")
+assert(doc.models.m17, "the notebook's declared winner is kept")
+assert(doc.winner == "m10000" and doc.models_note:find("10001 models"), doc.models_note)
+print(#text)
+"#);
+    println!("{out}");
+}
+
 // ---------------------------------------------------------------- plots
 
 /// A written SVG: an svg document with balanced text elements, holding `must` strings.
