@@ -76,7 +76,8 @@ fn bench_rps(stream: bool) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let local = tokio::task::LocalSet::new();
     let elapsed = local.block_on(&rt, async {
-        let lua = cellsci::lua::Runtime::new(cellsci::host::HostCtx::new(Some(std::sync::Arc::new(config)))).unwrap();
+        let lua =
+            cellsci::lua::Runtime::new(cellsci::lua::ctx::HostCtx::new(Some(std::sync::Arc::new(config)))).unwrap();
         let t = Instant::now();
         lua.run_file(&script, &[]).await.unwrap();
         t.elapsed()

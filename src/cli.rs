@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use crate::error::{EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK};
-use crate::host::HostCtx;
+use crate::exit::{EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK};
+use crate::lua::ctx::HostCtx;
 use crate::lua::{self, Runtime};
 
 /// The config file a phase-2 user keeps next to their run.
@@ -248,7 +248,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(EXIT_OK)
         }
         Command::Scripts(ScriptsCommand::List) => {
-            for (p, _) in crate::embedded::files() {
+            for (p, _) in crate::lua::embedded::files() {
                 println!("{p}");
             }
             Ok(EXIT_OK)
@@ -273,8 +273,8 @@ async fn pipeline(cli: &Cli, command: &str, opts: serde_json::Value) -> Result<u
 pub fn export_scripts(dir: &Path, force: bool) -> Result<()> {
     let mut written = 0;
     let mut kept = Vec::new();
-    for (rel, _) in crate::embedded::files() {
-        let text = crate::embedded::get(rel).unwrap_or_default();
+    for (rel, _) in crate::lua::embedded::files() {
+        let text = crate::lua::embedded::get(rel).unwrap_or_default();
         let dest = dir.join(rel);
         if dest.exists() && !force {
             kept.push(rel.to_string());

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use crate::template::expand;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -54,7 +56,7 @@ pub struct PathsConfig {
 pub struct LlmConfig {
     pub model: String,
     pub base_url: String,
-    /// Never printed: use `crate::llm::mask` for anything that may show it.
+    /// Never printed: the host wraps it in a `crate::secret::Secret`, which masks it.
     #[serde(skip_serializing)]
     pub api_key: Option<String>,
     pub max_tokens: Option<u64>,
@@ -238,14 +240,14 @@ impl Config {
 
 /// Load a config file. Errors name the file and, where it applies, line:column or the key path.
 pub fn load(path: &Path) -> anyhow::Result<Config> {
-    let shown = crate::lua::display_path(&std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+    let shown = crate::files::display_path(&std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!("config file not found: {shown}"),
         Err(e) => anyhow::bail!("cannot read config file {shown}: {e}"),
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let value = crate::jsonx::parse(text).map_err(|e| anyhow::anyhow!("{shown}:{}", syntax_error(&e)))?;
+    let value = crate::pyjson::parse(text).map_err(|e| anyhow::anyhow!("{shown}:{}", syntax_error(&e)))?;
     from_text(path, &shown, text, value)
 }
 
@@ -264,7 +266,7 @@ pub fn from_value(path: &Path, value: Value) -> anyhow::Result<Config> {
 }
 
 fn from_text(path: &Path, shown: &str, text: &str, mut value: Value) -> anyhow::Result<Config> {
-    let path = normalize(&std::path::absolute(path)?);
+    let path = crate::files::normalize(&std::path::absolute(path)?);
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let base = std::env::current_dir().context("cannot read the current folder")?;
     let where_ = |keys: &[&str]| match locate(text, keys) {
@@ -390,47 +392,6 @@ fn top_level_vars(top: &serde_json::Map<String, Value>, dir: &Path) -> Vec<(Stri
     vars
 }
 
-/// Expand `${name}` (name = letters, digits, `_`) from `vars`, then the environment. Unknown names are
-/// left exactly as written.
-pub fn expand(s: &str, vars: &[(String, String)]) -> String {
-    expand_with(s, |n| vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()).or_else(|| std::env::var(n).ok()))
-}
-
-/// Replace each `${name}` (name = letters, digits, `_`) by `lookup(name)`; names it does not know are left
-/// exactly as written. The one `${...}` expander: config values and prompt templates both use it.
-pub fn expand_with(s: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
-    if !s.contains("${") {
-        return s.to_string();
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find("${") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        let end = after.find('}');
-        let name = end.map(|e| &after[..e]);
-        match name.filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
-            Some(n) => {
-                match lookup(n) {
-                    Some(v) => out.push_str(&v),
-                    None => {
-                        out.push_str("${");
-                        out.push_str(n);
-                        out.push('}');
-                    }
-                }
-                rest = &after[n.len() + 1..];
-            }
-            None => {
-                out.push_str("${");
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 fn expand_all(v: &mut Value, vars: &[(String, String)]) {
     match v {
         Value::String(s) if s.contains("${") => *s = expand(s, vars),
@@ -537,25 +498,7 @@ fn resolve_one(v: &mut Value, dir: &Path) {
         None => PathBuf::from(&*s),
     };
     let p = if p.is_absolute() { p } else { dir.join(p) };
-    *s = normalize(&p).display().to_string();
-}
-
-/// Remove `.` and `..` components without touching the file system (the path may not exist yet).
-pub fn normalize(p: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push("..");
-                }
-            }
-            other => out.push(other),
-        }
-    }
-    out
+    *s = crate::files::normalize(&p).display().to_string();
 }
 
 /// The line of `"a": { ... "b": ...` in the source text, best effort (None when not found, so a

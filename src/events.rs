@@ -11,11 +11,13 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
+use crate::secret::Secret;
+
 #[derive(Default)]
 pub struct EventLog {
     path: Mutex<Option<PathBuf>>,
     /// The API key, masked out of every line as a last line of defence (a script may log anything).
-    secret: Mutex<Option<String>>,
+    secret: Secret,
     /// Serializes writers (coroutines of one run share the log) and remembers whether the current
     /// failure was reported, so a full disk gives one warning until a line is written again.
     failing: Mutex<bool>,
@@ -41,9 +43,9 @@ impl EventLog {
         }
     }
 
-    /// The key to mask out of every event (set by the LLM engine).
-    pub fn set_secret(&self, key: Option<String>) {
-        *self.secret.lock().unwrap_or_else(|e| e.into_inner()) = key;
+    /// A log that masks `secret` out of every line.
+    pub fn new(secret: Secret) -> EventLog {
+        EventLog { secret, ..Default::default() }
     }
 
     pub fn path(&self) -> Option<PathBuf> {
@@ -58,7 +60,7 @@ impl EventLog {
             o.extend(f);
         }
         let mut line = match serde_json::to_string(&obj) {
-            Ok(l) => crate::llm::mask(&l, self.secret.lock().unwrap_or_else(|e| e.into_inner()).as_deref()),
+            Ok(l) => self.secret.mask(&l),
             Err(e) => return tracing::warn!("event log: {e}"),
         };
         line.push('\n');

@@ -8,6 +8,9 @@
 //! been replaced by a symlink (to `/usr`, to `~/.bashrc`) or a FIFO. So nothing here writes through a
 //! link (the rename replaces the link itself; appends open with `O_NOFOLLOW`), and reads take regular
 //! files only, opened without blocking and read up to a size cap (`read_regular`).
+//!
+//! The path helpers (`normalize`, `display_path`) live here too: the config, the Lua layer and the
+//! report all name files the same way.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -156,6 +159,33 @@ fn umask() -> u32 {
             s.lines().find_map(|l| l.strip_prefix("Umask:").and_then(|v| u32::from_str_radix(v.trim(), 8).ok()))
         })
         .unwrap_or(0o022)
+}
+
+/// Remove `.` and `..` components without touching the file system (the path may not exist yet).
+pub fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A display name for a file: relative to the current directory when it is inside it.
+pub fn display_path(p: &Path) -> String {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    match p.strip_prefix(&cwd) {
+        Ok(rel) if !rel.as_os_str().is_empty() => rel.display().to_string(),
+        _ => p.display().to_string(),
+    }
 }
 
 #[cfg(test)]

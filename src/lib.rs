@@ -4,20 +4,19 @@
 
 pub mod cli;
 pub mod config;
-pub mod embedded;
-pub mod error;
 pub mod events;
+pub mod exit;
 pub mod files;
-pub mod host;
-pub mod jsonx;
 pub mod kernel;
 pub mod llm;
 pub mod lua;
 pub mod nbrun;
 pub mod notebook;
-pub mod reload;
+pub mod pyjson;
 pub mod report;
+pub mod secret;
 pub mod signals;
+pub mod template;
 pub mod ui;
 
 /// Seconds as a `Duration` that never panics: negative or NaN is zero, and anything longer than about a

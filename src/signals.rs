@@ -87,7 +87,7 @@ pub fn install() {
             } else {
                 eprintln!("\ncellsci: interrupted again; killing kernels and exiting");
                 kill_children();
-                std::process::exit(crate::error::EXIT_INTERRUPTED as i32);
+                std::process::exit(crate::exit::EXIT_INTERRUPTED as i32);
             }
         }
     });

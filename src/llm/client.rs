@@ -127,7 +127,7 @@ async fn exchange(
     if !status.is_success() {
         let body = match tokio::time::timeout_at(deadline, resp.bytes()).await {
             // masked before it is summarized (cut short): a key echoed across the cut would not be found whole
-            Ok(Ok(b)) => super::mask(&String::from_utf8_lossy(&b), key).into_bytes(),
+            Ok(Ok(b)) => crate::secret::mask(&String::from_utf8_lossy(&b), key).into_bytes(),
             _ => Vec::new(),
         };
         let mut f = from_status(status, &body);

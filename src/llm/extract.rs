@@ -22,7 +22,7 @@ pub enum ExtractErrorKind {
     NoJson,
     /// A JSON value starts but is cut off (unbalanced brackets or an unterminated string).
     Truncated,
-    /// The value is complete but nested deeper than `jsonx::MAX_DEPTH` levels.
+    /// The value is complete but nested deeper than `pyjson::MAX_DEPTH` levels.
     TooDeep,
 }
 
@@ -50,7 +50,7 @@ impl std::fmt::Display for ExtractError {
 
 impl std::error::Error for ExtractError {}
 
-/// Extract the JSON value an LLM reply holds. Python's NaN/Infinity come back as `jsonx` markers.
+/// Extract the JSON value an LLM reply holds. Python's NaN/Infinity come back as `pyjson` markers.
 pub fn extract_json(text: &str) -> Result<Value, ExtractError> {
     let (stripped, cut_in_think) = strip_think(text);
     let text: &str = &stripped;
@@ -60,12 +60,12 @@ pub fn extract_json(text: &str) -> Result<Value, ExtractError> {
         message: format!(
             "the reply's JSON is nested too deeply: more than {} levels of arrays and objects inside each other \
              ({} chars); no real answer needs that",
-            crate::jsonx::MAX_DEPTH,
+            crate::pyjson::MAX_DEPTH,
             text.len()
         ),
     };
-    let whole = crate::jsonx::parse(trimmed);
-    if matches!(&whole, Err(e) if crate::jsonx::is_too_deep(e)) {
+    let whole = crate::pyjson::parse(trimmed);
+    if matches!(&whole, Err(e) if crate::pyjson::is_too_deep(e)) {
         // the whole reply is one JSON value: any part of it would be a guess
         return Err(too_deep_err());
     }
@@ -429,13 +429,13 @@ pub fn parse_lenient(s: &str) -> Option<Value> {
 
 /// `parse_lenient`, with why it failed: Err(true) when the value is nested too deeply.
 fn parse_candidate(s: &str) -> Result<Value, bool> {
-    match crate::jsonx::parse(s) {
+    match crate::pyjson::parse(s) {
         Ok(v) => return Ok(v),
-        Err(e) if crate::jsonx::is_too_deep(&e) => return Err(true),
+        Err(e) if crate::pyjson::is_too_deep(&e) => return Err(true),
         Err(_) => {}
     }
     let norm = normalize(s).ok_or(false)?;
-    crate::jsonx::parse(&norm).map_err(|e| crate::jsonx::is_too_deep(&e))
+    crate::pyjson::parse(&norm).map_err(|e| crate::pyjson::is_too_deep(&e))
 }
 
 /// Rewrite Python-literal / JS-ish / sloppy JSON into strict JSON. None when something cannot be
@@ -739,8 +739,8 @@ mod tests {
     #[test]
     fn numbers_python_writes() {
         let v = ok("{'a': NaN, 'b': -Infinity, 'c': .5, 'd': 1_000, 'e': +2, 'f': 3.}");
-        assert!(crate::jsonx::as_f64(&v["a"]).unwrap().is_nan());
-        assert_eq!(crate::jsonx::as_f64(&v["b"]), Some(f64::NEG_INFINITY));
+        assert!(crate::pyjson::as_f64(&v["a"]).unwrap().is_nan());
+        assert_eq!(crate::pyjson::as_f64(&v["b"]), Some(f64::NEG_INFINITY));
         assert_eq!(v["c"], json!(0.5));
         assert_eq!(v["d"], json!(1000));
         assert_eq!(v["e"], json!(2));

@@ -15,15 +15,16 @@ pub mod client;
 pub mod extract;
 pub mod telemetry;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::config::Config;
-use crate::host::HostCtx;
+use crate::config::LlmConfig;
+use crate::events::EventLog;
+use crate::secret::Secret;
 
 /// Why an attempt failed. Scripts branch on `err.kind` (these names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -263,7 +264,7 @@ pub struct Settings {
     pub model: String,
     /// Normalized: scheme://host[:port]/path without a trailing slash, `/v1` added when no path.
     pub base_url: String,
-    api_key: Option<String>,
+    secret: Secret,
     pub max_tokens: Option<u64>,
     pub temperature: Option<f64>,
     pub timeout: f64,
@@ -284,31 +285,34 @@ impl std::fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("model", &self.model)
             .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_deref().map(mask_key))
+            .field("api_key", &self.secret)
             .finish_non_exhaustive()
     }
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings::from_config(None, None, None).expect("defaults are valid")
+        Settings::from_llm_config(&LlmConfig::default(), None, Secret::default(), None, None)
+            .expect("defaults are valid")
     }
 }
 
 impl Settings {
-    /// Settings from the config's `llm` section (defaults without one), `OPENAI_API_KEY`, and the
-    /// CLI's `--record` / `--replay` (which win over the config's `record` / `replay`).
-    pub fn from_config(
-        cfg: Option<&Config>,
+    /// Settings from the config's `llm` section, the key the host resolved, and the CLI's `--record` /
+    /// `--replay` (which win over the config's `record` / `replay`). Relative cassette paths resolve
+    /// against `base` (the folder the config's paths resolve against).
+    pub fn from_llm_config(
+        llm: &LlmConfig,
+        base: Option<&Path>,
+        secret: Secret,
         record: Option<PathBuf>,
         replay: Option<PathBuf>,
     ) -> Result<Settings, String> {
-        let llm = cfg.map(|c| c.llm.clone()).unwrap_or_default();
         let extra = &llm.extra;
         let num = |k: &str| -> Result<Option<f64>, String> {
             match extra.get(k) {
                 None | Some(Value::Null) => Ok(None),
-                Some(v) => crate::jsonx::as_f64(v)
+                Some(v) => crate::pyjson::as_f64(v)
                     .filter(|x| x.is_finite() && *x >= 0.0)
                     .map(Some)
                     .ok_or_else(|| format!("llm.{k} must be a non-negative number, got {v}")),
@@ -320,17 +324,12 @@ impl Settings {
                 return None;
             }
             let p = PathBuf::from(s);
-            Some(match cfg {
-                Some(c) if p.is_relative() => c.base.join(p),
+            Some(match base {
+                Some(b) if p.is_relative() => b.join(p),
                 _ => p,
             })
         };
         let base_url = normalize_base_url(&llm.base_url)?;
-        let key = llm
-            .api_key
-            .filter(|k| !k.trim().is_empty() && !k.contains("${"))
-            .map(|k| k.trim().to_string())
-            .or_else(|| std::env::var("OPENAI_API_KEY").ok().filter(|k| !k.trim().is_empty()));
         let stream = match extra.get("stream") {
             None | Some(Value::Null) => None,
             Some(Value::Bool(b)) => Some(*b),
@@ -347,7 +346,7 @@ impl Settings {
         Ok(Settings {
             model: llm.model.clone(),
             base_url,
-            api_key: key,
+            secret,
             max_tokens: llm.max_tokens,
             temperature: llm.temperature,
             timeout: llm.timeout,
@@ -364,24 +363,30 @@ impl Settings {
 
     /// Use this key (e.g. from a test or a library caller).
     pub fn with_api_key(mut self, key: Option<String>) -> Settings {
-        self.api_key = key;
+        self.secret = Secret::new(key);
+        self
+    }
+
+    /// Use this secret (the host's).
+    pub fn with_secret(mut self, secret: Secret) -> Settings {
+        self.secret = secret;
         self
     }
 
     pub fn has_api_key(&self) -> bool {
-        self.api_key.is_some()
+        self.secret.is_set()
     }
 
     /// Replace the key (and anything key-like) in a text that may be shown or written.
     pub fn mask(&self, s: &str) -> String {
-        mask(s, self.api_key.as_deref())
+        self.secret.mask(s)
     }
 
     /// The settings as a script may see them (the key only as "set" / masked).
     pub fn to_json(&self) -> Value {
         json!({
             "model": self.model, "base_url": self.base_url,
-            "api_key": self.api_key.as_deref().map(mask_key),
+            "api_key": self.secret.masked(),
             "max_tokens": self.max_tokens, "temperature": self.temperature, "timeout": self.timeout,
             "connect_timeout": self.connect_timeout, "max_total_tokens": self.max_total_tokens,
             "max_calls": self.max_calls, "max_concurrency": self.max_concurrency, "stream": self.stream,
@@ -389,37 +394,6 @@ impl Settings {
             "replay": self.replay.as_ref().map(|p| p.display().to_string()),
         })
     }
-}
-
-/// `sk-…6789`-style: enough to tell keys apart, never enough to use one.
-pub fn mask_key(k: &str) -> String {
-    let tail: String = k.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
-    if k.chars().count() < 12 {
-        "***".into()
-    } else {
-        format!("***{tail}")
-    }
-}
-
-/// Remove the key, bearer tokens and `sk-…` look-alikes from a text that may be shown or written.
-pub fn mask(s: &str, key: Option<&str>) -> String {
-    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    let mut out = match key {
-        Some(k) if k.len() >= 4 => s.replace(k, "***"),
-        _ => s.to_string(),
-    };
-    let re = RE.get_or_init(|| {
-        regex::Regex::new(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}|\bsk-[A-Za-z0-9_-]{8,}").expect("valid regex")
-    });
-    if re.is_match(&out) {
-        out = re
-            .replace_all(&out, |c: &regex::Captures| match c.get(1) {
-                Some(b) => format!("{}***", b.as_str()),
-                None => "sk-***".to_string(),
-            })
-            .into_owned();
-    }
-    out
 }
 
 /// Accept what users paste as base_url: with or without `/v1`, a trailing slash, the full
@@ -474,14 +448,14 @@ pub struct Engine {
     recorder: Mutex<Option<cassette::Recorder>>,
     player: Mutex<Option<Result<cassette::Player, String>>>,
     endpoints: Mutex<std::collections::HashMap<String, Arc<client::Endpoint>>>,
-    ctx: Option<Arc<HostCtx>>,
+    /// Where each exchange is logged (the current trial's event log), when there is one.
+    events: Option<Arc<EventLog>>,
+    /// Progress is shown (a terminal): the default is then to stream.
+    progress: bool,
 }
 
 impl Engine {
-    pub fn new(settings: Settings, ctx: Option<Arc<HostCtx>>) -> Engine {
-        if let Some(c) = &ctx {
-            c.events.set_secret(settings.api_key.clone());
-        }
+    pub fn new(settings: Settings, events: Option<Arc<EventLog>>, progress: bool) -> Engine {
         Engine {
             settings,
             settings_error: None,
@@ -489,20 +463,8 @@ impl Engine {
             recorder: Mutex::new(None),
             player: Mutex::new(None),
             endpoints: Mutex::new(Default::default()),
-            ctx,
-        }
-    }
-
-    /// The engine for a host context: settings from its config and CLI flags.
-    pub fn for_host(ctx: Arc<HostCtx>) -> Engine {
-        let cfg = ctx.config.clone();
-        match Settings::from_config(cfg.as_deref(), ctx.record.clone(), ctx.replay.clone()) {
-            Ok(s) => Engine::new(s, Some(ctx)),
-            Err(e) => {
-                let mut en = Engine::new(Settings::default(), Some(ctx));
-                en.settings_error = Some(e);
-                en
-            }
+            events,
+            progress,
         }
     }
 
@@ -512,7 +474,7 @@ impl Engine {
 
     /// Whether the default is to stream (progress on a terminal), unless the config says.
     pub fn default_stream(&self) -> bool {
-        self.settings.stream.unwrap_or_else(|| self.ctx.as_ref().is_some_and(|c| c.progress))
+        self.settings.stream.unwrap_or(self.progress)
     }
 
     /// Check the budgets before sending a request.
@@ -570,7 +532,7 @@ impl Engine {
 
     async fn http(&self, req: &Request, opts: &CallOpts) -> Result<Reply, Failure> {
         let s = &self.settings;
-        if s.api_key.is_none() && !is_loopback(&s.base_url) {
+        if !s.secret.is_set() && !is_loopback(&s.base_url) {
             return Err(Failure::new(
                 Kind::Config,
                 format!(
@@ -581,7 +543,7 @@ impl Engine {
             ));
         }
         let ep = self.endpoint().map_err(|e| Failure::new(Kind::Config, self.settings.mask(&e)))?;
-        client::chat(&ep, s.api_key.as_deref(), req, opts).await.map_err(|mut f| {
+        client::chat(&ep, s.secret.expose(), req, opts).await.map_err(|mut f| {
             f.message = s.mask(&f.message);
             f
         })
@@ -624,7 +586,7 @@ impl Engine {
         }
         if let Some(rec) = guard.as_mut() {
             // only the key itself: the look-alike patterns of `mask` could alter a prompt and break replay
-            let key = self.settings.api_key.clone();
+            let key = self.settings.secret.expose().map(str::to_string);
             let exact = move |s: &str| match key.as_deref() {
                 Some(k) if k.len() >= 4 => s.replace(k, "***"),
                 _ => s.to_string(),
@@ -636,7 +598,7 @@ impl Engine {
     }
 
     fn emit(&self, req: &Request, r: &Result<Reply, Failure>, attempt: u32, latency: f64) {
-        let Some(ctx) = &self.ctx else { return };
+        let Some(events) = &self.events else { return };
         let last_user = req
             .messages
             .iter()
@@ -681,7 +643,7 @@ impl Engine {
                 }
             }
         }
-        ctx.events.emit("llm", ev);
+        events.emit("llm", ev);
     }
 
     /// Account for one `llm.chat` call as a whole (after its retries).
@@ -765,17 +727,6 @@ mod tests {
         assert!(is_loopback("http://[::1]:8000/v1"));
         assert!(!is_loopback("https://api.openai.com/v1"));
         assert!(!is_loopback("http://10.0.0.2/v1"));
-    }
-
-    #[test]
-    fn masking() {
-        let key = "sk-test-SECRET123456789";
-        let s = format!("auth failed for {key}; header Authorization: Bearer abcdefghijkl; other sk-proj-ABCDEFGHIJ");
-        let m = mask(&s, Some(key));
-        assert!(!m.contains("SECRET"), "{m}");
-        assert!(!m.contains("abcdefghijkl"), "{m}");
-        assert!(!m.contains("ABCDEFGHIJ"), "{m}");
-        assert_eq!(mask_key(key), "***6789");
     }
 
     #[test]

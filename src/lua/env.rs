@@ -2,12 +2,12 @@
 //! started afterwards (kernels, tools) inherits.
 use mlua::prelude::*;
 
-use super::util;
+use super::boundary;
 
 fn name_arg(lua: &Lua, func: &str, v: &LuaValue) -> LuaResult<String> {
-    let n = util::string_arg(lua, v, func, "a variable name")?.to_str()?.to_string();
+    let n = boundary::string_arg(lua, v, func, "a variable name")?.to_str()?.to_string();
     if n.is_empty() || n.contains(['=', '\0']) {
-        return Err(util::misuse(lua, format!("{func}: '{n}' is not a valid variable name")));
+        return Err(boundary::misuse(lua, format!("{func}: '{n}' is not a valid variable name")));
     }
     Ok(n)
 }
@@ -38,13 +38,13 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
                 LuaValue::String(s) => {
                     let v = s.to_str()?.to_string();
                     if v.contains('\0') {
-                        return Err(util::misuse(lua, "env.set: the value contains a NUL byte"));
+                        return Err(boundary::misuse(lua, "env.set: the value contains a NUL byte"));
                     }
                     std::env::set_var(&name, v)
                 }
                 v @ (LuaValue::Integer(_) | LuaValue::Number(_)) => std::env::set_var(&name, v.to_string()?),
                 other => {
-                    return Err(util::misuse(
+                    return Err(boundary::misuse(
                         lua,
                         format!("env.set: expected a string, number or nil, got {}", other.type_name()),
                     ))

@@ -13,14 +13,14 @@ use std::path::{Path, PathBuf};
 
 use mlua::prelude::*;
 
-use super::util;
+use super::boundary;
 
 type Ret = (LuaValue, LuaValue);
 
 fn path_arg(lua: &Lua, func: &str, v: &LuaValue) -> LuaResult<PathBuf> {
-    let s = util::string_arg(lua, v, func, "a path string")?;
+    let s = boundary::string_arg(lua, v, func, "a path string")?;
     if s.as_bytes().is_empty() {
-        return Err(util::misuse(lua, format!("{func}: expected a path string, got an empty string")));
+        return Err(boundary::misuse(lua, format!("{func}: expected a path string, got an empty string")));
     }
     Ok(PathBuf::from(s.to_str()?.to_string()))
 }
@@ -40,7 +40,7 @@ pub fn io_fail(lua: &Lua, what: &str, p: &Path, e: &std::io::Error) -> LuaResult
         _ => "io",
     };
     let msg = format!("{what} {}: {e}", p.display());
-    util::fail_with(lua, kind, msg, &serde_json::json!({"path": p.display().to_string()}))
+    boundary::fail_with(lua, kind, msg, &serde_json::json!({"path": p.display().to_string()}))
 }
 
 fn ok(v: impl IntoLua, lua: &Lua) -> LuaResult<Ret> {
@@ -86,10 +86,13 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
             let p = path_arg(lua, "fs.read", &p)?;
             let mut max = READ_MAX;
             if let Some(o) = &opts {
-                util::check_opts(lua, o, "fs.read", &["max_bytes"])?;
+                boundary::check_opts(lua, o, "fs.read", &["max_bytes"])?;
                 if let Some(m) = o.get::<Option<f64>>("max_bytes")? {
                     if m.is_nan() || m < 0.0 {
-                        return Err(util::misuse(lua, format!("fs.read: max_bytes must be a number >= 0, got {m}")));
+                        return Err(boundary::misuse(
+                            lua,
+                            format!("fs.read: max_bytes must be a number >= 0, got {m}"),
+                        ));
                     }
                     max = m as u64;
                 }
@@ -169,7 +172,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
             let p = path_arg(lua, "fs.remove", &p)?;
             let mut recursive = false;
             if let Some(o) = &opts {
-                util::check_opts(lua, o, "fs.remove", &["recursive"])?;
+                boundary::check_opts(lua, o, "fs.remove", &["recursive"])?;
                 recursive = o.get::<Option<bool>>("recursive")?.unwrap_or(false);
             }
             let meta = match std::fs::symlink_metadata(&p) {
@@ -186,7 +189,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
             };
             match res {
                 Ok(()) => ok(true, lua),
-                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => util::fail_with(
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => boundary::fail_with(
                     lua,
                     "not_empty",
                     format!("cannot remove {}: the folder is not empty (pass {{recursive=true}})", p.display()),
@@ -204,7 +207,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
             let d = path_arg(lua, "fs.copy", &d)?;
             // A folder copied into itself would recurse until the path is too long.
             if s.is_dir() && crate::files::absolute_clean(&d).starts_with(crate::files::absolute_clean(&s)) {
-                return util::fail_with(
+                return boundary::fail_with(
                     lua,
                     "invalid",
                     format!("cannot copy {} into itself ({})", s.display(), d.display()),
@@ -253,7 +256,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
             let p = path_arg(lua, "fs.stat", &p)?;
             let mut follow = true;
             if let Some(o) = &opts {
-                util::check_opts(lua, o, "fs.stat", &["follow"])?;
+                boundary::check_opts(lua, o, "fs.stat", &["follow"])?;
                 follow = o.get::<Option<bool>>("follow")?.unwrap_or(true);
             }
             let own = match std::fs::symlink_metadata(&p) {
@@ -285,12 +288,12 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
             let p = path_arg(lua, "fs.walk", &p)?;
             let mut lim = WalkLimits::default();
             if let Some(o) = &opts {
-                util::check_opts(lua, o, "fs.walk", &["max_files", "max_depth"])?;
+                boundary::check_opts(lua, o, "fs.walk", &["max_files", "max_depth"])?;
                 let count = |k: &str| -> LuaResult<Option<usize>> {
                     match o.get::<Option<f64>>(k)? {
                         None => Ok(None),
                         Some(x) if x >= 0.0 => Ok(Some(x as usize)),
-                        Some(x) => Err(util::misuse(lua, format!("fs.walk: {k} must be a number >= 0, got {x}"))),
+                        Some(x) => Err(boundary::misuse(lua, format!("fs.walk: {k} must be a number >= 0, got {x}"))),
                     }
                 };
                 lim.max_files = count("max_files")?.unwrap_or(lim.max_files);
@@ -325,8 +328,8 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set(
         "glob",
         lua.create_function(|lua, pat: LuaValue| {
-            let pat = util::string_arg(lua, &pat, "fs.glob", "a pattern string")?.to_str()?.to_string();
-            let mut out = glob(&pat).map_err(|e| util::misuse(lua, format!("fs.glob: {e}")))?;
+            let pat = boundary::string_arg(lua, &pat, "fs.glob", "a pattern string")?.to_str()?.to_string();
+            let mut out = glob(&pat).map_err(|e| boundary::misuse(lua, format!("fs.glob: {e}")))?;
             out.sort();
             let t = lua.create_sequence_from(out)?;
             t.set_metatable(Some(lua.array_metatable()))?;
@@ -438,7 +441,7 @@ fn content_arg(lua: &Lua, func: &str, v: &LuaValue) -> LuaResult<Vec<u8>> {
     match v {
         LuaValue::String(s) => Ok(s.as_bytes().to_vec()),
         LuaValue::Integer(_) | LuaValue::Number(_) => Ok(v.to_string()?.into_bytes()),
-        other => Err(util::misuse(
+        other => Err(boundary::misuse(
             lua,
             format!(
                 "{func}: expected the contents as a string, got {} (use json.encode for tables)",

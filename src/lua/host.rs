@@ -2,23 +2,23 @@
 //! facts about the running cellsci (version, pid, Ctrl-C, the bundled files).
 use mlua::prelude::*;
 
-use super::util;
-use crate::host::HostCtx;
+use super::boundary;
+use crate::lua::ctx::HostCtx;
 
 pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
     let ctx = HostCtx::get(lua);
     // host.config: the loaded config (expanded, paths absolute, defaults filled; no API key). {} without one.
     match &ctx.config {
-        Some(c) => t.set("config", util::to_lua(lua, &c.value)?)?,
+        Some(c) => t.set("config", boundary::to_lua(lua, &c.value)?)?,
         None => t.set("config", lua.create_table()?)?,
     }
     // host.config_file: the config's absolute path, or nil
     if let Some(c) = &ctx.config {
         t.set("config_file", c.path.display().to_string())?;
     }
-    // host.reload() -> names, errors (see crate::reload)
-    t.set("reload", lua.create_function(|lua, ()| crate::reload::reload_lua(lua))?)?;
+    // host.reload() -> names, errors (see crate::lua::reload)
+    t.set("reload", lua.create_function(|lua, ()| crate::lua::reload::reload_lua(lua))?)?;
     t.set("version", env!("CARGO_PKG_VERSION"))?;
     // host.pid() -> this process's id
     t.set("pid", lua.create_function(|_, ()| Ok(std::process::id()))?)?;
@@ -44,7 +44,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
                     _ => None,
                 }
             };
-            Ok(crate::config::expand_with(&text, lookup))
+            Ok(crate::template::expand_with(&text, lookup))
         })?,
     )?;
     // host.interrupted() -> true once Ctrl-C / SIGTERM was received
@@ -59,7 +59,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
             let ctx = HostCtx::get(lua);
             let rel_path = std::path::Path::new(&rel);
             if rel_path.is_absolute() || rel_path.components().any(|c| c == std::path::Component::ParentDir) {
-                return Err(util::misuse(
+                return Err(boundary::misuse(
                     lua,
                     format!("host.bundled: '{rel}' must be a relative path like prompts/x.yaml"),
                 ));
@@ -74,9 +74,9 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
                     };
                 }
             }
-            match crate::embedded::get(&rel) {
+            match crate::lua::embedded::get(&rel) {
                 Some(text) => Ok((text.into_owned().into_lua(lua)?, format!("<bundled>/{rel}").into_lua(lua)?)),
-                None => util::fail(lua, "not_found", format!("no bundled file {rel}")),
+                None => boundary::fail(lua, "not_found", format!("no bundled file {rel}")),
             }
         })?,
     )?;
@@ -84,7 +84,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set(
         "bundled_files",
         lua.create_function(|lua, ()| {
-            let t = lua.create_sequence_from(crate::embedded::files().iter().map(|(p, _)| *p))?;
+            let t = lua.create_sequence_from(crate::lua::embedded::files().iter().map(|(p, _)| *p))?;
             t.set_metatable(Some(lua.array_metatable()))?;
             Ok(t)
         })?,

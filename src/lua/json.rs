@@ -3,7 +3,7 @@
 //! array so an empty one encodes as `[]` rather than `{}`.
 use mlua::prelude::*;
 
-use super::util;
+use super::boundary;
 
 pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
@@ -11,16 +11,16 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set(
         "decode",
         lua.create_function(|lua, text: LuaValue| {
-            let text = util::string_arg(lua, &text, "json.decode", "a string")?;
+            let text = boundary::string_arg(lua, &text, "json.decode", "a string")?;
             let text = text.to_str()?;
             let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-            match crate::jsonx::parse(text) {
-                Ok(v) => Ok((util::to_lua(lua, &v)?, LuaValue::Nil)),
+            match crate::pyjson::parse(text) {
+                Ok(v) => Ok((boundary::to_lua(lua, &v)?, LuaValue::Nil)),
                 Err(e) => {
-                    let msg = if crate::jsonx::is_too_deep(&e) {
+                    let msg = if crate::pyjson::is_too_deep(&e) {
                         format!(
                             "nested too deeply (more than {} levels of arrays and objects)",
-                            crate::jsonx::MAX_DEPTH
+                            crate::pyjson::MAX_DEPTH
                         )
                     } else {
                         let m = e.to_string();
@@ -28,7 +28,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
                             .unwrap_or(&m)
                             .to_string()
                     };
-                    util::fail_with(
+                    boundary::fail_with(
                         lua,
                         "parse",
                         format!("invalid JSON at line {} column {}: {msg}", e.line(), e.column()),
@@ -44,11 +44,11 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
         lua.create_function(|lua, (v, opts): (LuaValue, Option<LuaTable>)| {
             let mut pretty = false;
             if let Some(o) = &opts {
-                util::check_opts(lua, o, "json.encode", &["pretty"])?;
+                boundary::check_opts(lua, o, "json.encode", &["pretty"])?;
                 pretty = o.get::<Option<bool>>("pretty")?.unwrap_or(false);
             }
-            let v = util::from_lua_checked(lua, &v, "json.encode")?;
-            Ok(crate::jsonx::to_string(&sort_keys(v), pretty))
+            let v = boundary::from_lua_checked(lua, &v, "json.encode")?;
+            Ok(crate::pyjson::to_string(&sort_keys(v), pretty))
         })?,
     )?;
     // json.array(t?) -> t, marked as an array (a new empty one when no table is given).

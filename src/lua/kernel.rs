@@ -11,9 +11,9 @@ use std::time::Duration;
 use mlua::prelude::*;
 use serde_json::{json, Value};
 
-use super::util::{self, check_opts, fail, from_lua_checked, misuse, to_lua};
-use crate::host::HostCtx;
+use super::boundary::{self, check_opts, fail, from_lua_checked, misuse, to_lua};
 use crate::kernel::{ExecOptions, Interrupter, Kernel, KernelError, KernelSpec, StartOptions};
+use crate::lua::ctx::HostCtx;
 
 pub struct LuaKernel {
     kernel: Rc<tokio::sync::Mutex<Kernel>>,
@@ -58,8 +58,8 @@ fn start_options(lua: &Lua, opts: Option<LuaTable>) -> LuaResult<StartOptions> {
         so.name = Some(cfg.exec.kernel_name.clone()).filter(|s| !s.is_empty());
         so.python = config_python(cfg);
         so.packages = cfg.exec.kernel_packages.clone();
-        so.secrets.extend(cfg.llm.api_key.clone());
     }
+    so.secrets.extend(ctx.secret.expose().map(str::to_string));
     let Some(t) = opts else { return Ok(so) };
     check_opts(
         lua,
@@ -124,7 +124,7 @@ fn start_options(lua: &Lua, opts: Option<LuaTable>) -> LuaResult<StartOptions> {
 fn interrupted_err(lua: &Lua, e: &anyhow::Error) -> Option<LuaResult<(LuaValue, LuaValue)>> {
     e.downcast_ref::<KernelError>().map(|k| match k {
         // err.result: the interrupted cell's result so far (outputs, execution_count...), to be saved
-        KernelError::InterruptedCell(r) => util::fail_with(
+        KernelError::InterruptedCell(r) => boundary::fail_with(
             lua,
             "interrupted",
             "interrupted (Ctrl-C)",

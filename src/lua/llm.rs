@@ -3,7 +3,7 @@
 //!
 //! `llm.chat` runs the attempts (Rust: `crate::llm::Engine`) and asks a Lua retry policy after each
 //! failure that could pass on a retry (`stdlib/retry.lua` unless the call or config says otherwise);
-//! edited scripts are swapped in (`crate::reload::reload`) just before each decision. It never raises
+//! edited scripts are swapped in (`crate::lua::reload::reload`) just before each decision. It never raises
 //! for an expected failure: it returns `nil, err` with `err.kind`, and the message names the last
 //! cause, the status, the attempts and the time spent. It never shows the key.
 
@@ -14,9 +14,9 @@ use std::time::Instant;
 use mlua::prelude::*;
 use serde_json::{json, Value};
 
-use super::util;
-use crate::host::HostCtx;
-use crate::llm::{CallOpts, Engine, Failure, Kind, Reply, Request};
+use super::boundary;
+use crate::llm::{CallOpts, Engine, Failure, Kind, Reply, Request, Settings};
+use crate::lua::ctx::HostCtx;
 
 const CHAT_OPTS: &[&str] = &[
     "messages",
@@ -32,12 +32,28 @@ const CHAT_OPTS: &[&str] = &[
     "extra",
 ];
 
+/// The engine for a host context: settings from its config's `llm` section, its secret and CLI flags;
+/// settings that cannot be built are reported at the first call (kind "config").
+fn engine_for(ctx: &HostCtx) -> Engine {
+    let llm = ctx.config.as_ref().map(|c| c.llm.clone()).unwrap_or_default();
+    let base = ctx.config.as_ref().map(|c| c.base.clone());
+    let events = Some(ctx.events.clone());
+    match Settings::from_llm_config(&llm, base.as_deref(), ctx.secret.clone(), ctx.record.clone(), ctx.replay.clone()) {
+        Ok(s) => Engine::new(s, events, ctx.progress),
+        Err(e) => {
+            let mut en = Engine::new(Settings::default().with_secret(ctx.secret.clone()), events, ctx.progress);
+            en.settings_error = Some(e);
+            en
+        }
+    }
+}
+
 /// The run's engine (one per VM, made on first use from the host's config and CLI flags).
 pub fn engine(lua: &Lua) -> Arc<Engine> {
     if let Some(e) = lua.app_data_ref::<Arc<Engine>>() {
         return e.clone();
     }
-    let e = Arc::new(Engine::for_host(HostCtx::get(lua)));
+    let e = Arc::new(engine_for(&HostCtx::get(lua)));
     lua.set_app_data(e.clone());
     e
 }
@@ -48,10 +64,11 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set(
         "extract_json",
         lua.create_function(|lua, text: LuaValue| {
-            let text = util::string_arg(lua, &text, "llm.extract_json", "the reply text (a string)")?.to_string_lossy();
+            let text =
+                boundary::string_arg(lua, &text, "llm.extract_json", "the reply text (a string)")?.to_string_lossy();
             match crate::llm::extract::extract_json(&text) {
-                Ok(v) => Ok((util::to_lua(lua, &v)?, LuaValue::Nil)),
-                Err(e) => util::fail(lua, e.kind.as_str(), &e.message),
+                Ok(v) => Ok((boundary::to_lua(lua, &v)?, LuaValue::Nil)),
+                Err(e) => boundary::fail(lua, e.kind.as_str(), &e.message),
             }
         })?,
     )?;
@@ -59,14 +76,14 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set(
         "clip",
         lua.create_function(|lua, (text, opts): (LuaValue, Option<LuaTable>)| {
-            let text = util::string_arg(lua, &text, "llm.clip", "a string")?.to_string_lossy();
+            let text = boundary::string_arg(lua, &text, "llm.clip", "a string")?.to_string_lossy();
             let (mut head, mut tail) = (4096usize, 4096usize);
             if let Some(o) = &opts {
-                util::check_opts(lua, o, "llm.clip", &["head", "tail"])?;
+                boundary::check_opts(lua, o, "llm.clip", &["head", "tail"])?;
                 for (k, slot) in [("head", &mut head), ("tail", &mut tail)] {
                     if let Some(x) = o.get::<Option<f64>>(k)? {
                         if x.is_nan() || x < 0.0 {
-                            return Err(util::misuse(lua, format!("llm.clip: {k} must be a number >= 0, got {x}")));
+                            return Err(boundary::misuse(lua, format!("llm.clip: {k} must be a number >= 0, got {x}")));
                         }
                         *slot = x as usize;
                     }
@@ -76,16 +93,16 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
             Ok((out, cut))
         })?,
     )?;
-    t.set("usage", lua.create_function(|lua, ()| util::to_lua(lua, &engine(lua).usage()))?)?;
+    t.set("usage", lua.create_function(|lua, ()| boundary::to_lua(lua, &engine(lua).usage()))?)?;
     t.set(
         "usage_snapshot",
         lua.create_function(|lua, opts: Option<LuaTable>| {
             let mut reset = false;
             if let Some(o) = &opts {
-                util::check_opts(lua, o, "llm.usage_snapshot", &["reset"])?;
+                boundary::check_opts(lua, o, "llm.usage_snapshot", &["reset"])?;
                 reset = o.get::<Option<bool>>("reset")?.unwrap_or(false);
             }
-            util::to_lua(lua, &engine(lua).usage_snapshot(reset))
+            boundary::to_lua(lua, &engine(lua).usage_snapshot(reset))
         })?,
     )?;
     t.set(
@@ -96,10 +113,10 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
             if let Some(e) = &en.settings_error {
                 v["error"] = json!(e);
             }
-            util::to_lua(lua, &v)
+            boundary::to_lua(lua, &v)
         })?,
     )?;
-    t.set("mask", lua.create_function(|lua, s: String| Ok(engine(lua).settings.mask(&s)))?)?;
+    t.set("mask", lua.create_function(|lua, s: String| Ok(HostCtx::get(lua).secret.mask(&s)))?)?;
     Ok(t)
 }
 
@@ -108,7 +125,7 @@ fn opt_f64(lua: &Lua, opts: &LuaTable, key: &str) -> LuaResult<Option<f64>> {
         LuaValue::Nil => Ok(None),
         LuaValue::Integer(i) => Ok(Some(i as f64)),
         LuaValue::Number(x) if x.is_finite() => Ok(Some(x)),
-        other => Err(util::misuse(lua, format!("llm.chat: '{key}' must be a number, got {}", other.type_name()))),
+        other => Err(boundary::misuse(lua, format!("llm.chat: '{key}' must be a number, got {}", other.type_name()))),
     }
 }
 
@@ -116,7 +133,9 @@ fn opt_bool(lua: &Lua, opts: &LuaTable, key: &str) -> LuaResult<Option<bool>> {
     match opts.get::<LuaValue>(key)? {
         LuaValue::Nil => Ok(None),
         LuaValue::Boolean(b) => Ok(Some(b)),
-        other => Err(util::misuse(lua, format!("llm.chat: '{key}' must be true or false, got {}", other.type_name()))),
+        other => {
+            Err(boundary::misuse(lua, format!("llm.chat: '{key}' must be true or false, got {}", other.type_name())))
+        }
     }
 }
 
@@ -124,7 +143,7 @@ fn opt_str(lua: &Lua, opts: &LuaTable, key: &str) -> LuaResult<Option<String>> {
     match opts.get::<LuaValue>(key)? {
         LuaValue::Nil => Ok(None),
         LuaValue::String(s) => Ok(Some(s.to_string_lossy())),
-        other => Err(util::misuse(lua, format!("llm.chat: '{key}' must be a string, got {}", other.type_name()))),
+        other => Err(boundary::misuse(lua, format!("llm.chat: '{key}' must be a string, got {}", other.type_name()))),
     }
 }
 
@@ -137,14 +156,14 @@ fn build_request(lua: &Lua, opts: &LuaTable, en: &Engine) -> LuaResult<Request> 
     match &given {
         LuaValue::Nil => {}
         LuaValue::Table(_) => {
-            let v = util::from_lua_checked(lua, &given, "llm.chat: messages")?;
+            let v = boundary::from_lua_checked(lua, &given, "llm.chat: messages")?;
             let Value::Array(items) = v else {
-                return Err(util::misuse(lua, "llm.chat: 'messages' must be a list of {role=, content=} tables"));
+                return Err(boundary::misuse(lua, "llm.chat: 'messages' must be a list of {role=, content=} tables"));
             };
             for (i, m) in items.into_iter().enumerate() {
                 let ok = m.get("role").is_some_and(Value::is_string) && m.get("content").is_some();
                 if !ok {
-                    return Err(util::misuse(
+                    return Err(boundary::misuse(
                         lua,
                         format!("llm.chat: messages[{}] must be a table with 'role' (a string) and 'content'", i + 1),
                     ));
@@ -153,7 +172,7 @@ fn build_request(lua: &Lua, opts: &LuaTable, en: &Engine) -> LuaResult<Request> 
             }
         }
         other => {
-            return Err(util::misuse(
+            return Err(boundary::misuse(
                 lua,
                 format!("llm.chat: 'messages' must be a list of {{role=, content=}} tables, got {}", other.type_name()),
             ))
@@ -161,7 +180,7 @@ fn build_request(lua: &Lua, opts: &LuaTable, en: &Engine) -> LuaResult<Request> 
     }
     if let Some(sys) = system {
         if messages.first().and_then(|m| m.get("role")).and_then(Value::as_str) == Some("system") {
-            return Err(util::misuse(
+            return Err(boundary::misuse(
                 lua,
                 "llm.chat: 'system' given, but messages already start with a system message",
             ));
@@ -172,29 +191,32 @@ fn build_request(lua: &Lua, opts: &LuaTable, en: &Engine) -> LuaResult<Request> 
         messages.push(json!({"role": "user", "content": p}));
     }
     if !messages.iter().any(|m| m.get("role").and_then(Value::as_str) != Some("system")) {
-        return Err(util::misuse(lua, "llm.chat: give 'messages' (a list of {role=, content=}) or 'prompt'"));
+        return Err(boundary::misuse(lua, "llm.chat: give 'messages' (a list of {role=, content=}) or 'prompt'"));
     }
     let model = opt_str(lua, opts, "model")?.unwrap_or_else(|| s.model.clone());
     if model.trim().is_empty() {
-        return Err(util::misuse(lua, "llm.chat: 'model' is empty (set llm.model in the config or pass model=)"));
+        return Err(boundary::misuse(lua, "llm.chat: 'model' is empty (set llm.model in the config or pass model=)"));
     }
     let max_tokens = match opt_f64(lua, opts, "max_tokens")? {
         None => s.max_tokens,
         Some(x) if x >= 1.0 && x.fract() == 0.0 => Some(x as u64),
         Some(x) => {
-            return Err(util::misuse(lua, format!("llm.chat: 'max_tokens' must be a positive integer, got {x}")))
+            return Err(boundary::misuse(lua, format!("llm.chat: 'max_tokens' must be a positive integer, got {x}")))
         }
     };
     let extra = match opts.get::<LuaValue>("extra")? {
         LuaValue::Nil => serde_json::Map::new(),
-        v @ LuaValue::Table(_) => match util::from_lua_checked(lua, &v, "llm.chat: extra")? {
+        v @ LuaValue::Table(_) => match boundary::from_lua_checked(lua, &v, "llm.chat: extra")? {
             Value::Object(m) => m,
             _ => {
-                return Err(util::misuse(lua, "llm.chat: 'extra' must be a table of request fields (top_p=, seed=...)"))
+                return Err(boundary::misuse(
+                    lua,
+                    "llm.chat: 'extra' must be a table of request fields (top_p=, seed=...)",
+                ))
             }
         },
         other => {
-            return Err(util::misuse(lua, format!("llm.chat: 'extra' must be a table, got {}", other.type_name())))
+            return Err(boundary::misuse(lua, format!("llm.chat: 'extra' must be a table, got {}", other.type_name())))
         }
     };
     Ok(Request {
@@ -209,22 +231,24 @@ fn build_request(lua: &Lua, opts: &LuaTable, en: &Engine) -> LuaResult<Request> 
 
 async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
     let LuaValue::Table(opts) = opts else {
-        return Err(util::misuse(&lua, "llm.chat: expected a table of options, e.g. llm.chat{prompt = \"hi\"}"));
+        return Err(boundary::misuse(&lua, "llm.chat: expected a table of options, e.g. llm.chat{prompt = \"hi\"}"));
     };
-    util::check_opts(&lua, &opts, "llm.chat", CHAT_OPTS)?;
+    boundary::check_opts(&lua, &opts, "llm.chat", CHAT_OPTS)?;
     let en = engine(&lua);
     let req = build_request(&lua, &opts, &en)?;
     let timeout = match opt_f64(&lua, &opts, "timeout")? {
         None => en.settings.timeout,
         Some(t) if t > 0.0 => t,
-        Some(t) => return Err(util::misuse(&lua, format!("llm.chat: 'timeout' must be positive seconds, got {t}"))),
+        Some(t) => {
+            return Err(boundary::misuse(&lua, format!("llm.chat: 'timeout' must be positive seconds, got {t}")))
+        }
     };
     let call = CallOpts { timeout, stream: opt_bool(&lua, &opts, "stream")?.unwrap_or_else(|| en.default_stream()) };
     let retry: LuaValue = opts.get("retry")?;
     match &retry {
         LuaValue::Nil | LuaValue::Boolean(_) | LuaValue::Function(_) | LuaValue::Table(_) => {}
         other => {
-            return Err(util::misuse(
+            return Err(boundary::misuse(
                 &lua,
                 format!(
                     "llm.chat: 'retry' must be a policy (a table with decide, or a function), true or false, got {}",
@@ -248,7 +272,7 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
         *counts.entry(f.kind.as_str()).or_default() += 1;
         let mut reason = None;
         if f.kind.may_retry() {
-            if let Err(e) = crate::reload::reload(&lua) {
+            if let Err(e) = crate::lua::reload::reload(&lua) {
                 tracing::warn!("reload before the retry decision failed: {e}");
             }
             match decide(&lua, &retry, &f, attempt, &counts, started, &req.model, &en).await? {
@@ -277,7 +301,7 @@ fn reply_table(lua: &Lua, rep: &Reply, attempts: u32, started: Instant) -> LuaRe
     let t = lua.create_table()?;
     t.set("text", rep.text.as_str())?;
     t.set("finish_reason", rep.finish_reason.as_str())?;
-    t.set("usage", util::to_lua(lua, &rep.usage.to_json())?)?;
+    t.set("usage", boundary::to_lua(lua, &rep.usage.to_json())?)?;
     t.set("latency", rep.latency)?;
     t.set("model", rep.model.as_str())?;
     t.set("attempts", attempts)?;
@@ -318,7 +342,7 @@ fn give_up(
         extra["finish_reason"] = json!(rep.finish_reason);
         extra["usage"] = rep.usage.to_json();
     }
-    util::fail_with(lua, f.kind.as_str(), en.settings.mask(&msg), &extra)
+    boundary::fail_with(lua, f.kind.as_str(), en.settings.mask(&msg), &extra)
 }
 
 /// Ask the retry policy: Ok(wait seconds) to retry, Err(reason) to stop.
@@ -351,7 +375,7 @@ async fn decide(
         LuaValue::Function(func) => (func.clone(), None),
         LuaValue::Table(t) => match t.get::<LuaValue>("decide")? {
             LuaValue::Function(func) => (func, Some(t.clone())),
-            _ => return Err(util::misuse(lua, "llm.chat: the 'retry' table has no decide function")),
+            _ => return Err(boundary::misuse(lua, "llm.chat: the 'retry' table has no decide function")),
         },
         _ => {
             let require: LuaFunction = lua.globals().get("require")?;
@@ -359,7 +383,7 @@ async fn decide(
             let policy = match &en.settings.retry {
                 Some(cfg) => {
                     let new: LuaFunction = module.get("new")?;
-                    new.call::<LuaTable>(util::to_lua(lua, cfg)?)?
+                    new.call::<LuaTable>(boundary::to_lua(lua, cfg)?)?
                 }
                 None => module,
             };

@@ -4,8 +4,8 @@
 //! events.jsonl tells the whole story. Never pass the API key to any of these.
 use mlua::prelude::*;
 
-use super::util;
-use crate::host::HostCtx;
+use super::boundary;
+use crate::lua::ctx::HostCtx;
 
 fn message(lua: &Lua, args: &LuaMultiValue) -> LuaResult<String> {
     let tostring: LuaFunction = lua.globals().get("tostring")?;
@@ -30,10 +30,10 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
             lua.create_function(move |lua, args: LuaMultiValue| {
                 let ctx = HostCtx::get(lua);
                 // the key never reaches stderr or the event log, whatever a script passes
-                let msg = super::llm::engine(lua).settings.mask(&message(lua, &args)?);
+                let msg = ctx.secret.mask(&message(lua, &args)?);
                 if ctx.verbosity >= min {
                     let loc = if level == "debug" {
-                        util::caller_location(lua).map(|l| format!("{l}: ")).unwrap_or_default()
+                        boundary::caller_location(lua).map(|l| format!("{l}: ")).unwrap_or_default()
                     } else {
                         String::new()
                     };
@@ -50,7 +50,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set(
         "line",
         lua.create_function(|lua, args: LuaMultiValue| {
-            crate::ui::line(&super::llm::engine(lua).settings.mask(&message(lua, &args)?));
+            crate::ui::line(&HostCtx::get(lua).secret.mask(&message(lua, &args)?));
             Ok(())
         })?,
     )?;
@@ -58,16 +58,18 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set(
         "event",
         lua.create_function(|lua, (kind, fields): (LuaValue, Option<LuaValue>)| {
-            let kind = util::string_arg(lua, &kind, "log.event", "a kind string")?;
+            let kind = boundary::string_arg(lua, &kind, "log.event", "a kind string")?;
             let fields = match fields {
                 None | Some(LuaValue::Nil) => serde_json::json!({}),
-                Some(v @ LuaValue::Table(_)) => util::from_lua_checked(lua, &v, "log.event")?,
+                Some(v @ LuaValue::Table(_)) => boundary::from_lua_checked(lua, &v, "log.event")?,
                 Some(v) => {
-                    return Err(util::misuse(lua, format!("log.event: fields must be a table, got {}", v.type_name())))
+                    return Err(boundary::misuse(
+                        lua,
+                        format!("log.event: fields must be a table, got {}", v.type_name()),
+                    ))
                 }
             };
             let fields = if fields.is_object() { fields } else { serde_json::json!({ "data": fields }) };
-            super::llm::engine(lua); // made once: it gives the event log the key to mask
             HostCtx::get(lua).events.emit(&kind.to_str()?, fields);
             Ok(())
         })?,
@@ -79,7 +81,10 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
             let p = p.filter(|s| !s.is_empty()).map(|s| super::path::abs(std::path::Path::new(&s)));
             if let Some(dir) = p.as_ref().and_then(|p| p.parent()) {
                 if let Err(e) = std::fs::create_dir_all(dir) {
-                    return Err(util::misuse(lua, format!("log.set_event_file: cannot create {}: {e}", dir.display())));
+                    return Err(boundary::misuse(
+                        lua,
+                        format!("log.set_event_file: cannot create {}: {e}", dir.display()),
+                    ));
                 }
             }
             HostCtx::get(lua).events.set_path(p);

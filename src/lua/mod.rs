@@ -11,8 +11,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use mlua::prelude::*;
 
-use crate::host::HostCtx;
+use crate::lua::ctx::HostCtx;
 
+pub mod boundary;
+pub mod ctx;
+pub mod embedded;
 pub mod env;
 pub mod fs;
 pub mod host;
@@ -23,10 +26,10 @@ pub mod log;
 pub mod notebook;
 pub mod path;
 pub mod progress;
+pub mod reload;
 pub mod report;
 pub mod task;
 pub mod time;
-pub mod util;
 pub mod yaml;
 
 /// Builds a module's table; `require(name)` returns it.
@@ -67,14 +70,7 @@ pub struct Runtime {
     pub lua: Lua,
 }
 
-/// A display name for a file: relative to the current directory when it is inside it.
-pub fn display_path(p: &Path) -> String {
-    let cwd = std::env::current_dir().unwrap_or_default();
-    match p.strip_prefix(&cwd) {
-        Ok(rel) if !rel.as_os_str().is_empty() => rel.display().to_string(),
-        _ => p.display().to_string(),
-    }
-}
+pub use crate::files::display_path;
 
 /// Find the source of module `name`: (source text, chunk name, file if real).
 pub fn find_module(ctx: &HostCtx, name: &str) -> Option<(String, ModuleSource)> {
@@ -90,7 +86,7 @@ pub fn find_module(ctx: &HostCtx, name: &str) -> Option<(String, ModuleSource)> 
     }
     for top in ["scripts", "stdlib"] {
         for cand in [format!("{top}/{rel}.lua"), format!("{top}/{rel}/init.lua")] {
-            if let Some(text) = crate::embedded::get(&cand) {
+            if let Some(text) = crate::lua::embedded::get(&cand) {
                 return Some((text.into_owned(), ModuleSource { file: None, chunk: cand }));
             }
         }
@@ -109,7 +105,7 @@ impl Runtime {
         let lua = Lua::new();
         lua.set_app_data(Arc::new(ctx));
         lua.set_app_data(LoadedModules::default());
-        util::remember_array_metatable(&lua);
+        boundary::remember_array_metatable(&lua);
         let package: LuaTable = lua.globals().get("package")?;
         let preload: LuaTable = package.get("preload")?;
         for (name, register) in MODULES {
@@ -122,7 +118,7 @@ impl Runtime {
                 Some((text, src)) => {
                     let f = compile(lua, &text, &src.chunk)?;
                     let chunk = src.chunk.clone();
-                    crate::reload::on_require(lua, &name, &src);
+                    crate::lua::reload::on_require(lua, &name, &src);
                     if let Some(loaded) = lua.app_data_ref::<LoadedModules>() {
                         loaded.0.borrow_mut().insert(name, src);
                     }
@@ -141,7 +137,7 @@ impl Runtime {
         let print = lua.create_function(|lua, args: LuaMultiValue| {
             let tostring: LuaFunction = lua.globals().get("tostring")?;
             let parts = args.iter().map(|v| tostring.call::<String>(v.clone())).collect::<LuaResult<Vec<_>>>()?;
-            crate::ui::line(&llm::engine(lua).settings.mask(&parts.join("\t")));
+            crate::ui::line(&HostCtx::get(lua).secret.mask(&parts.join("\t")));
             Ok(())
         })?;
         lua.globals().set("print", print)?;
@@ -187,7 +183,7 @@ impl Runtime {
         let f: LuaFunction = pipeline
             .get::<Option<LuaFunction>>(command)?
             .with_context(|| format!("scripts/pipeline.lua has no function '{command}'"))?;
-        let opts = util::to_lua(&self.lua, &opts)?;
+        let opts = boundary::to_lua(&self.lua, &opts)?;
         Ok(f.call_async::<LuaMultiValue>(opts).await?)
     }
 }
@@ -198,8 +194,8 @@ pub fn exit_code_of(ret: &LuaMultiValue) -> u8 {
     match ret.iter().next() {
         Some(LuaValue::Integer(n)) => (*n).clamp(0, 255) as u8,
         Some(LuaValue::Number(n)) => n.clamp(0.0, 255.0) as u8,
-        Some(LuaValue::Boolean(false)) => crate::error::EXIT_NOT_MET,
-        _ => crate::error::EXIT_OK,
+        Some(LuaValue::Boolean(false)) => crate::exit::EXIT_NOT_MET,
+        _ => crate::exit::EXIT_OK,
     }
 }
 

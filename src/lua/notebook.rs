@@ -7,7 +7,7 @@
 use mlua::prelude::*;
 use serde_json::{Map, Value};
 
-use super::util::{fail, from_lua_checked, misuse, to_lua};
+use super::boundary::{fail, from_lua_checked, misuse, to_lua};
 use crate::notebook::Notebook;
 
 pub struct LuaNotebook(pub Notebook);

@@ -3,10 +3,10 @@ use std::path::{Component, Path, PathBuf};
 
 use mlua::prelude::*;
 
-use super::util;
+use super::boundary;
 
 fn str_arg(lua: &Lua, func: &str, v: &LuaValue) -> LuaResult<String> {
-    Ok(util::string_arg(lua, v, func, "a path string")?.to_str()?.to_string())
+    Ok(boundary::string_arg(lua, v, func, "a path string")?.to_str()?.to_string())
 }
 
 fn s(p: &Path) -> String {
@@ -16,7 +16,7 @@ fn s(p: &Path) -> String {
 /// An absolute, lexically normalized path (relative paths are taken from the current folder).
 pub fn abs(p: &Path) -> PathBuf {
     let p = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
-    crate::config::normalize(&p)
+    crate::files::normalize(&p)
 }
 
 /// `p` relative to `base` (both made absolute first).
@@ -92,7 +92,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set(
         "normalize",
         lua.create_function(|lua, v: LuaValue| {
-            Ok(s(&crate::config::normalize(Path::new(&str_arg(lua, "path.normalize", &v)?))))
+            Ok(s(&crate::files::normalize(Path::new(&str_arg(lua, "path.normalize", &v)?))))
         })?,
     )?;
     // path.relative(p, base?) -> p relative to base (default: the current folder)

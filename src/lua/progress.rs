@@ -2,7 +2,7 @@
 //! hidden when stderr is not a terminal or with -q, so scripts can always call it.
 use mlua::prelude::*;
 
-use super::util;
+use super::boundary;
 
 /// A progress bar handle: `bar:set(pos, msg?)`, `bar:inc(n?)`, `bar:message(msg)`, `bar:finish()`.
 struct Progress(indicatif::ProgressBar);
@@ -40,7 +40,7 @@ impl Drop for Progress {
 /// `log.progress{total = n, label = "cells"}` → a bar showing `label pos/total [elapsed] bar message`.
 pub fn create(lua: &Lua) -> LuaResult<LuaFunction> {
     lua.create_function(|lua, opts: LuaTable| {
-        util::check_opts(lua, &opts, "log.progress", &["total", "label"])?;
+        boundary::check_opts(lua, &opts, "log.progress", &["total", "label"])?;
         let total: u64 = opts.get::<Option<u64>>("total")?.unwrap_or(0);
         let label: String = opts.get::<Option<String>>("label")?.unwrap_or_default();
         let label = label.replace(['{', '}'], "");

@@ -6,8 +6,8 @@
 use mlua::prelude::*;
 use serde_json::json;
 
-use super::util;
-use crate::host::HostCtx;
+use super::boundary;
+use crate::lua::ctx::HostCtx;
 use crate::report::markdown;
 use crate::report::metrics::{self, Metrics};
 use crate::report::stats::{self, Comparison, Direction};
@@ -35,11 +35,11 @@ fn ok(lua: &Lua, v: impl IntoLua) -> LuaResult<LuaMultiValue> {
 
 /// An expected failure: `nil, err`.
 fn fail(lua: &Lua, kind: &str, msg: impl AsRef<str>) -> LuaResult<LuaMultiValue> {
-    util::fail(lua, kind, msg)?.into_lua_multi(lua)
+    boundary::fail(lua, kind, msg)?.into_lua_multi(lua)
 }
 
 fn fail_with(lua: &Lua, kind: &str, msg: impl AsRef<str>, extra: &serde_json::Value) -> LuaResult<LuaMultiValue> {
-    util::fail_with(lua, kind, msg, extra)?.into_lua_multi(lua)
+    boundary::fail_with(lua, kind, msg, extra)?.into_lua_multi(lua)
 }
 
 /// Why metrics could not be had: (err.kind, message).
@@ -51,7 +51,7 @@ pub(crate) fn metrics_arg(lua: &Lua, v: &LuaValue, func: &str) -> LuaResult<Resu
     match v {
         LuaValue::String(s) => Ok(load_path(&s.to_string_lossy())),
         LuaValue::Table(t) => {
-            let doc = util::from_lua_checked(lua, v, func)?;
+            let doc = boundary::from_lua_checked(lua, v, func)?;
             let mut m = match metrics::normalize(&doc) {
                 Ok(m) => m,
                 Err(e) => return Ok(Err(("no_models", format!("the metrics table: {e}")))),
@@ -74,7 +74,7 @@ pub(crate) fn metrics_arg(lua: &Lua, v: &LuaValue, func: &str) -> LuaResult<Resu
             }
             Ok(Ok(m))
         }
-        other => Err(util::misuse(
+        other => Err(boundary::misuse(
             lua,
             format!("{func}: expected a metrics.json path or a metrics table, got {}", other.type_name()),
         )),
@@ -107,7 +107,7 @@ fn load_path(path: &str) -> Result<Metrics, Failure> {
     if text.trim().is_empty() {
         return Err(("parse", format!("metrics file {} is empty", p.display())));
     }
-    let doc = crate::jsonx::parse(&text).map_err(|e| {
+    let doc = crate::pyjson::parse(&text).map_err(|e| {
         (
             "parse",
             format!("metrics file {} is not valid JSON (line {} column {}): {e}", p.display(), e.line(), e.column()),
@@ -175,9 +175,9 @@ pub(crate) fn pick_metric(lua: &Lua, opt: Option<String>, m: &Metrics) -> Option
 /// primary metric, else inferred from the name (None = infer).
 pub(crate) fn pick_direction(lua: &Lua, opt: Option<String>, metric: &str, func: &str) -> LuaResult<Option<Direction>> {
     if let Some(d) = opt {
-        return Direction::parse(&d)
-            .map(Some)
-            .ok_or_else(|| util::misuse(lua, format!("{func}: direction must be \"lower\" or \"higher\", got '{d}'")));
+        return Direction::parse(&d).map(Some).ok_or_else(|| {
+            boundary::misuse(lua, format!("{func}: direction must be \"lower\" or \"higher\", got '{d}'"))
+        });
     }
     if let Some(cfg) = HostCtx::get(lua).config.clone() {
         if cfg.experiment.primary_metric.eq_ignore_ascii_case(metric) {
@@ -274,7 +274,7 @@ pub(crate) fn comparison_for(
 
 fn compare(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
     if let Some(o) = &opts {
-        util::check_opts(lua, o, "report.compare", &["metric", "baseline", "direction"])?;
+        boundary::check_opts(lua, o, "report.compare", &["metric", "baseline", "direction"])?;
     }
     let m = match metrics_arg(lua, &v, "report.compare")? {
         Ok(m) => m,
@@ -288,7 +288,7 @@ fn compare(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaM
 
 fn score(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
     if let Some(o) = &opts {
-        util::check_opts(lua, o, "report.score", &["metric", "direction"])?;
+        boundary::check_opts(lua, o, "report.score", &["metric", "direction"])?;
     }
     let m = match metrics_arg(lua, &v, "report.score")? {
         Ok(m) => m,
@@ -334,13 +334,13 @@ fn md_options(lua: &Lua, m: &Metrics, opts: &Option<LuaTable>, func: &str) -> Lu
                 }
                 LuaValue::Table(t) => {
                     let Some(p) = t.get::<Option<String>>("path")? else {
-                        return Err(util::misuse(lua, format!("{func}: each plot needs a path")));
+                        return Err(boundary::misuse(lua, format!("{func}: each plot needs a path")));
                     };
                     let title = t.get::<Option<String>>("title")?.unwrap_or_else(|| p.clone());
                     plots.push((p, title));
                 }
                 other => {
-                    return Err(util::misuse(
+                    return Err(boundary::misuse(
                         lua,
                         format!("{func}: plots are paths or {{path=, title=}} tables, got {}", other.type_name()),
                     ))
@@ -372,10 +372,10 @@ use crate::files::write_atomic;
 fn markdown(lua: &Lua, opts: LuaTable) -> LuaResult<LuaMultiValue> {
     const KEYS: &[&str] =
         &["metrics", "metric", "direction", "baseline", "narrative", "narrative_error", "plots", "title", "path"];
-    util::check_opts(lua, &opts, "report.markdown", KEYS)?;
+    boundary::check_opts(lua, &opts, "report.markdown", KEYS)?;
     let mv: LuaValue = opts.get("metrics")?;
     if mv.is_nil() {
-        return Err(util::misuse(lua, "report.markdown: 'metrics' (a path or a metrics table) is required"));
+        return Err(boundary::misuse(lua, "report.markdown: 'metrics' (a path or a metrics table) is required"));
     }
     let o = Some(opts.clone());
     let text = match metrics_arg(lua, &mv, "report.markdown")? {
@@ -398,14 +398,14 @@ fn markdown(lua: &Lua, opts: LuaTable) -> LuaResult<LuaMultiValue> {
 
 fn narrative_input(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
     if let Some(o) = &opts {
-        util::check_opts(lua, o, "report.narrative_input", &["metric", "baseline", "direction"])?;
+        boundary::check_opts(lua, o, "report.narrative_input", &["metric", "baseline", "direction"])?;
     }
     let m = match metrics_arg(lua, &v, "report.narrative_input")? {
         Ok(m) => m,
         Err((kind, msg)) => return fail(lua, kind, msg),
     };
     let mo = md_options(lua, &m, &opts, "report.narrative_input")?;
-    let text = crate::jsonx::to_string(&markdown::narrative_input(&m, &mo), true);
+    let text = crate::pyjson::to_string(&markdown::narrative_input(&m, &mo), true);
     ok(lua, text)
 }
 
@@ -416,7 +416,7 @@ fn narrative_messages(
     (prompt, v, opts): (LuaValue, LuaValue, Option<LuaTable>),
 ) -> LuaResult<LuaMultiValue> {
     if let Some(o) = &opts {
-        util::check_opts(lua, o, "report.narrative_messages", &["metric", "baseline", "direction"])?;
+        boundary::check_opts(lua, o, "report.narrative_messages", &["metric", "baseline", "direction"])?;
     }
     let (system, user) = match &prompt {
         LuaValue::Table(t) => (t.get::<Option<String>>("system")?, t.get::<Option<String>>("user_template")?),
@@ -434,7 +434,7 @@ fn narrative_messages(
             (get("system"), get("user_template"))
         }
         other => {
-            return Err(util::misuse(
+            return Err(boundary::misuse(
                 lua,
                 format!("report.narrative_messages: the prompt is a table or a YAML path, got {}", other.type_name()),
             ))
@@ -445,7 +445,7 @@ fn narrative_messages(
         Err((kind, msg)) => return fail(lua, kind, msg),
     };
     let mo = md_options(lua, &m, &opts, "report.narrative_messages")?;
-    let json_text = crate::jsonx::to_string(&markdown::narrative_input(&m, &mo), true);
+    let json_text = crate::pyjson::to_string(&markdown::narrative_input(&m, &mo), true);
     let metric = markdown::comparison(&m, &mo).map(|c| c.metric).ok().or(mo.metric.clone()).unwrap_or_default();
     let vars = [("primary_metric", metric.as_str()), ("metrics_json", json_text.as_str())];
     let system = markdown::fill_template(system.as_deref().unwrap_or(DEFAULT_SYSTEM), &vars);
@@ -481,7 +481,7 @@ fn svg_result(lua: &Lua, svg: String, path: Option<String>) -> LuaResult<LuaMult
 
 fn plot_folds(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
     if let Some(o) = &opts {
-        util::check_opts(lua, o, "report.plot_folds", &["metric", "path", "direction", "title"])?;
+        boundary::check_opts(lua, o, "report.plot_folds", &["metric", "path", "direction", "title"])?;
     }
     let m = match metrics_arg(lua, &v, "report.plot_folds")? {
         Ok(m) => m,
@@ -503,7 +503,7 @@ fn plot_iterations(lua: &Lua, (v, opts): (LuaTable, Option<LuaTable>)) -> LuaRes
     use crate::report::plot::Iteration;
     const F: &str = "report.plot_iterations";
     if let Some(o) = &opts {
-        util::check_opts(lua, o, F, &["threshold", "metric", "path", "direction", "title"])?;
+        boundary::check_opts(lua, o, F, &["threshold", "metric", "path", "direction", "title"])?;
     }
     let mut its = Vec::new();
     for (i, item) in v.sequence_values::<LuaValue>().enumerate() {
@@ -529,7 +529,7 @@ fn plot_iterations(lua: &Lua, (v, opts): (LuaTable, Option<LuaTable>)) -> LuaRes
                 }
             }
             other => {
-                return Err(util::misuse(
+                return Err(boundary::misuse(
                     lua,
                     format!(
                         "{F}: iterations are numbers or {{iteration=, score=, status=, met=}} tables, got {}",
@@ -577,12 +577,12 @@ fn notebook_arg(
             json!({"cells": cells, "metadata": nb.metadata()})
         }
         LuaValue::UserData(ud) => {
-            let t: LuaValue = ud
-                .call_method("to_table", ())
-                .map_err(|e| util::misuse(lua, format!("{func}: the notebook handle has no usable to_table(): {e}")))?;
-            util::from_lua_checked(lua, &t, func)?
+            let t: LuaValue = ud.call_method("to_table", ()).map_err(|e| {
+                boundary::misuse(lua, format!("{func}: the notebook handle has no usable to_table(): {e}"))
+            })?;
+            boundary::from_lua_checked(lua, &t, func)?
         }
-        LuaValue::Table(_) => util::from_lua_checked(lua, v, func)?,
+        LuaValue::Table(_) => boundary::from_lua_checked(lua, v, func)?,
         LuaValue::String(s) => {
             let p = s.to_string_lossy();
             let text = match std::fs::read_to_string(&p) {
@@ -592,7 +592,7 @@ fn notebook_arg(
                 }
                 Err(e) => return Ok(Err(("io", format!("cannot read notebook {p}: {e}")))),
             };
-            match crate::jsonx::parse(&text) {
+            match crate::pyjson::parse(&text) {
                 Ok(d) => d,
                 Err(e) => {
                     return Ok(Err((
@@ -603,7 +603,7 @@ fn notebook_arg(
             }
         }
         other => {
-            return Err(util::misuse(
+            return Err(boundary::misuse(
                 lua,
                 format!("{func}: expected a notebook, an nbformat table or an .ipynb path, got {}", other.type_name()),
             ))
@@ -614,7 +614,7 @@ fn notebook_arg(
 
 fn hypergraph(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
     if let Some(o) = &opts {
-        util::check_opts(lua, o, "report.hypergraph", &["path"])?;
+        boundary::check_opts(lua, o, "report.hypergraph", &["path"])?;
     }
     let h = match notebook_arg(lua, &v, "report.hypergraph")? {
         Ok(h) => h,
@@ -622,17 +622,17 @@ fn hypergraph(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<L
     };
     let doc = h.to_json();
     if let Some(p) = opt_string(&opts, "path")? {
-        let text = crate::jsonx::to_string(&doc, true) + "\n";
+        let text = crate::pyjson::to_string(&doc, true) + "\n";
         if let Err(e) = write_atomic(std::path::Path::new(&p), text.as_bytes()) {
             return fail(lua, "io", format!("cannot write {p}: {e}"));
         }
     }
-    ok(lua, util::to_lua(lua, &doc)?)
+    ok(lua, boundary::to_lua(lua, &doc)?)
 }
 
 fn mermaid(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
     if let Some(o) = &opts {
-        util::check_opts(lua, o, "report.mermaid", &["path"])?;
+        boundary::check_opts(lua, o, "report.mermaid", &["path"])?;
     }
     let h = match notebook_arg(lua, &v, "report.mermaid")? {
         Ok(h) => h,
@@ -656,14 +656,14 @@ mod tests {
 
     impl LuaUserData for FakeNotebook {
         fn add_methods<M: LuaUserDataMethods<Self>>(m: &mut M) {
-            m.add_method("to_table", |lua, this, ()| util::to_lua(lua, &this.0));
+            m.add_method("to_table", |lua, this, ()| boundary::to_lua(lua, &this.0));
         }
     }
 
     #[test]
     fn a_notebook_handle_is_read_through_its_to_table() {
         let lua = Lua::new();
-        util::remember_array_metatable(&lua);
+        boundary::remember_array_metatable(&lua);
         let report = register(&lua).unwrap();
         let nb = FakeNotebook(serde_json::json!({
             "cells": [{"cell_type": "code", "source": "", "metadata": {"subtask": {"id": "a", "name": "A", "purpose": "p"}}},

@@ -5,20 +5,20 @@ use std::time::Instant;
 
 use mlua::prelude::*;
 
-use super::util;
+use super::boundary;
 
 static START: OnceLock<Instant> = OnceLock::new();
 
 fn local_time(lua: &Lua, t: Option<f64>) -> LuaResult<chrono::DateTime<chrono::Local>> {
     match t {
         None => Ok(chrono::Local::now()),
-        Some(x) if !x.is_finite() => Err(util::misuse(lua, format!("time: {x} is not a valid time"))),
+        Some(x) if !x.is_finite() => Err(boundary::misuse(lua, format!("time: {x} is not a valid time"))),
         Some(x) => {
             let secs = x.floor();
             let nanos = ((x - secs) * 1e9) as u32;
             chrono::DateTime::from_timestamp(secs as i64, nanos)
                 .map(|d| d.with_timezone(&chrono::Local))
-                .ok_or_else(|| util::misuse(lua, format!("time: {x} is not a valid time")))
+                .ok_or_else(|| boundary::misuse(lua, format!("time: {x} is not a valid time")))
         }
     }
 }
@@ -56,7 +56,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
         lua.create_function(|lua, (fmt, t): (String, Option<f64>)| {
             let items: Vec<_> = chrono::format::StrftimeItems::new(&fmt).collect();
             if items.iter().any(|i| matches!(i, chrono::format::Item::Error)) {
-                return Err(util::misuse(lua, format!("time.format: bad format '{fmt}'")));
+                return Err(boundary::misuse(lua, format!("time.format: bad format '{fmt}'")));
             }
             Ok(local_time(lua, t)?.format_with_items(items.into_iter()).to_string())
         })?,
@@ -69,19 +69,22 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
                 LuaValue::Integer(i) => i as f64,
                 LuaValue::Number(x) => x,
                 other => {
-                    return Err(util::misuse(&lua, format!("time.sleep: expected seconds, got {}", other.type_name())))
+                    return Err(boundary::misuse(
+                        &lua,
+                        format!("time.sleep: expected seconds, got {}", other.type_name()),
+                    ))
                 }
             };
             if !(secs >= 0.0 && secs.is_finite()) {
-                return Err(util::misuse(&lua, format!("time.sleep: expected seconds >= 0, got {secs}")));
+                return Err(boundary::misuse(&lua, format!("time.sleep: expected seconds >= 0, got {secs}")));
             }
             let token = crate::signals::token();
             if token.is_cancelled() {
-                return util::fail(&lua, "interrupted", "interrupted (Ctrl-C)");
+                return boundary::fail(&lua, "interrupted", "interrupted (Ctrl-C)");
             }
             tokio::select! {
                 _ = tokio::time::sleep(crate::duration_secs(secs)) => Ok((LuaValue::Boolean(true), LuaValue::Nil)),
-                _ = token.cancelled() => util::fail(&lua, "interrupted", "interrupted (Ctrl-C)"),
+                _ = token.cancelled() => boundary::fail(&lua, "interrupted", "interrupted (Ctrl-C)"),
             }
         })?,
     )?;

@@ -10,7 +10,7 @@ use mlua::prelude::*;
 use serde_json::Value as J;
 use serde_yaml_ng::Value as Y;
 
-use super::util;
+use super::boundary;
 
 pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
@@ -18,14 +18,14 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set(
         "decode",
         lua.create_function(|lua, text: LuaValue| {
-            let text = util::string_arg(lua, &text, "yaml.decode", "a string")?;
+            let text = boundary::string_arg(lua, &text, "yaml.decode", "a string")?;
             match decode_yaml(&text.to_str()?) {
                 Ok(v) => Ok((to_lua_ordered(lua, &v)?, LuaValue::Nil)),
                 Err(e) => {
                     let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
                     let msg = strip_position(&e.to_string());
                     let msg = if line > 0 { format!("invalid YAML at line {line} column {col}: {msg}") } else { msg };
-                    util::fail_with(lua, "parse", msg, &serde_json::json!({"line": line, "column": col}))
+                    boundary::fail_with(lua, "parse", msg, &serde_json::json!({"line": line, "column": col}))
                 }
             }
         })?,
@@ -34,8 +34,8 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set(
         "encode",
         lua.create_function(|lua, v: LuaValue| {
-            let j = util::from_lua_checked(lua, &v, "yaml.encode")?;
-            encode(&reorder(j, &v)).map_err(|e| util::misuse(lua, format!("yaml.encode: {e}")))
+            let j = boundary::from_lua_checked(lua, &v, "yaml.encode")?;
+            encode(&reorder(j, &v)).map_err(|e| boundary::misuse(lua, format!("yaml.encode: {e}")))
         })?,
     )?;
     Ok(t)
@@ -68,7 +68,7 @@ fn key_string(k: Y) -> String {
     }
 }
 
-/// YAML → Lua like `util::to_lua` (null members left out, arrays marked), with each mapping's key order
+/// YAML → Lua like `boundary::to_lua` (null members left out, arrays marked), with each mapping's key order
 /// kept in its metatable.
 fn to_lua_ordered(lua: &Lua, y: &Y) -> LuaResult<LuaValue> {
     match y {
@@ -96,7 +96,7 @@ fn to_lua_ordered(lua: &Lua, y: &Y) -> LuaResult<LuaValue> {
             Ok(LuaValue::Table(t))
         }
         Y::Tagged(t) => to_lua_ordered(lua, &t.value),
-        other => util::to_lua(lua, &to_json(other.clone())),
+        other => boundary::to_lua(lua, &to_json(other.clone())),
     }
 }
 
@@ -162,7 +162,7 @@ fn to_json(y: Y) -> J {
             } else if let Some(u) = n.as_u64() {
                 J::from(u)
             } else {
-                crate::jsonx::from_f64(n.as_f64().unwrap_or(f64::NAN))
+                crate::pyjson::from_f64(n.as_f64().unwrap_or(f64::NAN))
             }
         }
         Y::String(s) => J::String(s),
@@ -181,7 +181,7 @@ fn to_yaml(v: &J) -> Y {
             (_, Some(u)) => Y::Number(u.into()),
             _ => Y::Number(n.as_f64().unwrap_or(f64::NAN).into()),
         },
-        J::String(s) => match crate::jsonx::non_finite(s) {
+        J::String(s) => match crate::pyjson::non_finite(s) {
             Some(x) => Y::Number(x.into()),
             None => Y::String(s.clone()),
         },

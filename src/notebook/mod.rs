@@ -804,7 +804,7 @@ impl Write for Indent<'_> {
 /// numbers), otherwise `1e-05` / `1.5e+16`; the digits are the shortest that round-trip in both.
 pub fn py_float(x: f64) -> String {
     if !x.is_finite() {
-        return crate::jsonx::from_f64(x).to_string();
+        return crate::pyjson::from_f64(x).to_string();
     }
     let sci = format!("{x:e}");
     let (mant, exp) = sci.split_once('e').unwrap_or((&sci, "0"));

@@ -4,6 +4,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::format::{mean_sd, num, pval, DASH};
 use super::metrics::{display_order, Metrics};
 use super::stats::{self, summarize, Comparison, Direction, ALPHA};
 
@@ -20,61 +21,6 @@ pub struct Options {
     /// (path as linked from the report, title)
     pub plots: Vec<(String, String)>,
     pub title: Option<String>,
-}
-
-pub const DASH: &str = "—";
-
-/// A number with about 4 significant digits; scientific for very large or small magnitudes.
-pub fn num(x: f64) -> String {
-    if !x.is_finite() {
-        return DASH.into();
-    }
-    if x == 0.0 {
-        return "0".into();
-    }
-    let a = x.abs();
-    if !(1e-4..1e5).contains(&a) {
-        return format!("{x:.3e}");
-    }
-    format!("{x:.*}", decimals(x))
-}
-
-/// Decimals that show 4 significant digits of `x` (at most 8).
-fn decimals(x: f64) -> usize {
-    let mag = x.abs().log10().floor() as i32;
-    (3 - mag).clamp(0, 8) as usize
-}
-
-/// "mean ± sd" with the SD at the mean's precision (2 significant digits when that would hide it).
-pub fn mean_sd(mean: f64, sd: Option<f64>) -> String {
-    let m = num(mean);
-    let Some(sd) = sd.filter(|s| s.is_finite()) else { return m };
-    let a = mean.abs();
-    if mean == 0.0 || !(1e-4..1e5).contains(&a) {
-        return format!("{m} ± {}", num(sd));
-    }
-    let d = decimals(mean);
-    let s = format!("{sd:.d$}");
-    if sd > 0.0 && s.trim_start_matches(['0', '.']).is_empty() {
-        let d2 = ((1 - sd.log10().floor() as i32).max(0) as usize).min(12);
-        return format!("{m} ± {sd:.d2$}");
-    }
-    format!("{m} ± {s}")
-}
-
-pub fn pval(p: f64) -> String {
-    if !p.is_finite() {
-        return DASH.into();
-    }
-    if p < 1e-3 {
-        format!("{p:.1e}")
-    } else if p >= 0.9995 {
-        "1".into()
-    } else {
-        // 3 significant digits: 0.0625, 0.0136, 0.799
-        let d = (2 - p.log10().floor() as i32).clamp(3, 5) as usize;
-        format!("{p:.d$}")
-    }
 }
 
 fn pval_marked(p: Option<f64>) -> String {
@@ -522,7 +468,7 @@ pub fn narrative_input(metrics: &Metrics, opts: &Options) -> Value {
 
 /// Replace `${name}` in a prompt template; unknown names are left as they are.
 pub fn fill_template(template: &str, vars: &[(&str, &str)]) -> String {
-    crate::config::expand_with(template, |n| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()))
+    crate::template::expand_with(template, |n| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()))
 }
 
 #[cfg(test)]
@@ -585,13 +531,13 @@ mod odd_inputs {
             r#"{"0": {"A": {"MSE": 1}}, "1": {"A": {"MSE": 2}, "B": {"MSE": 3}}}"#,
         ];
         for d in docs {
-            let v = crate::jsonx::parse(d).unwrap();
+            let v = crate::pyjson::parse(d).unwrap();
             let Ok(m) = normalize(&v) else { continue };
             for metric in ["MSE", "PCC"] {
                 let opts = Options { metric: Some(metric.into()), ..Default::default() };
                 let text = render(&m, &opts).replace("NaN or infinite", "");
                 assert!(!text.contains("NaN") && !text.contains("inf"), "{d}:\n{text}");
-                let j = crate::jsonx::to_string(&narrative_input(&m, &opts), false).replace("NaN or infinite", "");
+                let j = crate::pyjson::to_string(&narrative_input(&m, &opts), false).replace("NaN or infinite", "");
                 assert!(!j.contains("NaN"), "{d}: {j}");
                 let _ = crate::report::stats::score(&m, metric);
                 let _ = crate::report::plot::folds_svg(&m, metric, Direction::Lower, None);

@@ -15,7 +15,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::jsonx;
+use crate::pyjson;
 
 /// The largest metrics.json read (64 MiB). Real ones are kilobytes; a notebook that writes gigabytes
 /// (or a sparse file) there would otherwise cost that much memory before the parse even fails.
@@ -391,8 +391,8 @@ fn read_container(c: &Value, key: &str, models: &mut Vec<Model>, w: &mut Vec<Str
 /// A number as a metric value: finite or not. Null, booleans and other strings are not numbers.
 fn number(v: &Value) -> Option<f64> {
     match v {
-        Value::Number(_) => jsonx::as_f64(v),
-        Value::String(s) => jsonx::non_finite(s).or_else(|| {
+        Value::Number(_) => pyjson::as_f64(v),
+        Value::String(s) => pyjson::non_finite(s).or_else(|| {
             let t = s.trim().to_ascii_lowercase();
             match t.as_str() {
                 "nan" => Some(f64::NAN),
@@ -704,7 +704,7 @@ mod tests {
 
     #[test]
     fn canonical_layout() {
-        let v = jsonx::parse(
+        let v = pyjson::parse(
             r#"{"models": {"Ridge": {"per_fold": {"fold_1": {"MSE": 1.0}, "fold_0": {"MSE": 2.0}}, "aggregate": {"MSE": 1.5}}}, "winner": "Ridge"}"#,
         )
         .unwrap();

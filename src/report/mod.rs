@@ -3,6 +3,7 @@
 //! Everything here is pure computation on values plus plain file writes; the Lua binding is
 //! `src/lua/report.rs`.
 
+pub mod format;
 pub mod hypergraph;
 pub mod markdown;
 pub mod metrics;

@@ -228,7 +228,7 @@ pub fn iterations_svg(
             chart
                 .draw_series(DashedLineSeries::new(vec![(xmin - 1, t), (xmax + 1, t)], 10, 6, RED.stroke_width(2)))
                 .map_err(err)?
-                .label(format!("threshold {} ({better} is better)", super::markdown::num(t)))
+                .label(format!("threshold {} ({better} is better)", super::format::num(t)))
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED.stroke_width(2)));
         }
         let pts: Vec<(i32, f64)> =

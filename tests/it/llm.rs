@@ -687,7 +687,7 @@ fn ctrl_c_ends_a_stalled_call_promptly() {
 
 #[test]
 fn events_of_each_exchange_are_logged_masked() {
-    use cellsci::host::HostCtx;
+    use cellsci::lua::ctx::HostCtx;
     let srv = FakeLlm::start();
     srv.push(500, &[], &format!("echoing your key {KEY}"));
     srv.push_reply("the answer");

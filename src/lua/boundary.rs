@@ -113,7 +113,7 @@ pub fn to_lua(lua: &Lua, v: &Value) -> LuaResult<LuaValue> {
             Some(i) => LuaValue::Integer(i),
             None => LuaValue::Number(n.as_f64().unwrap_or(f64::NAN)),
         },
-        Value::String(s) => match crate::jsonx::non_finite(s) {
+        Value::String(s) => match crate::pyjson::non_finite(s) {
             Some(x) => LuaValue::Number(x),
             None => LuaValue::String(lua.create_string(s)?),
         },
@@ -159,7 +159,7 @@ fn from_lua_at(v: &LuaValue, path: &str, depth: usize) -> Result<Value, String> 
                 // keep 3.0 a float in JSON: Lua makes 3.0 from 6/2 and the writer meant a number
                 serde_json::Number::from_f64(*x).map(Value::Number).unwrap_or(Value::Null)
             } else {
-                crate::jsonx::from_f64(*x)
+                crate::pyjson::from_f64(*x)
             }
         }
         LuaValue::String(s) => Value::String(s.to_string_lossy()),

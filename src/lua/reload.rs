@@ -27,7 +27,7 @@ use mlua::prelude::*;
 use notify::{EventKind, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{new_debouncer_opt, DebounceEventResult, Debouncer, NoCache};
 
-use crate::host::HostCtx;
+use crate::lua::ctx::HostCtx;
 use crate::lua::{LoadedModules, ModuleSource};
 
 /// What identifies a version of a file on disk: (mtime, length, inode); None when it is missing.

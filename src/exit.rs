@@ -1,4 +1,4 @@
-//! Exit codes and the error type for bad input (exit code 2).
+//! The process's exit codes, in one place (README, "Exit codes").
 
 /// Exit code for success (and, for `run`, "the success criterion was met").
 pub const EXIT_OK: u8 = 0;

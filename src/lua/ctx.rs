@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::events::EventLog;
+use crate::secret::Secret;
 
 pub struct HostCtx {
     /// The loaded config, when there is one (`cellsci script` may run without).
@@ -23,12 +24,15 @@ pub struct HostCtx {
     pub record: Option<PathBuf>,
     /// Replay LLM exchanges from this cassette instead of the network.
     pub replay: Option<PathBuf>,
-    /// The current trial's event log.
-    pub events: EventLog,
+    /// The LLM's key (config or `OPENAI_API_KEY`), masked out of everything shown or written.
+    pub secret: Secret,
+    /// The current trial's event log (shared with the LLM engine).
+    pub events: Arc<EventLog>,
 }
 
 impl HostCtx {
     pub fn new(config: Option<Arc<Config>>) -> Self {
+        let secret = Secret::resolve(config.as_ref().and_then(|c| c.llm.api_key.as_deref()));
         HostCtx {
             config,
             user_dirs: Vec::new(),
@@ -37,7 +41,8 @@ impl HostCtx {
             progress: false,
             record: None,
             replay: None,
-            events: EventLog::default(),
+            events: Arc::new(EventLog::new(secret.clone())),
+            secret,
         }
     }
 
