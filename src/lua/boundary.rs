@@ -84,6 +84,142 @@ pub fn string_arg(lua: &Lua, v: &LuaValue, func: &str, what: &str) -> LuaResult<
     }
 }
 
+/// An options table, read one way in every module: unknown keys are refused when it is opened, and each
+/// getter raises `{func}: option '{key}': expected {what}, got {type}` with the script's file:line.
+/// A missing table reads as empty; `nil` (or JSON null) for a key is "not given".
+pub struct Opts<'a> {
+    lua: &'a Lua,
+    func: &'a str,
+    table: Option<LuaTable>,
+}
+
+impl<'a> Opts<'a> {
+    /// Open `table` (a Lua table or nil) for `func`, refusing keys not in `allowed`.
+    pub fn new(lua: &'a Lua, func: &'a str, table: Option<LuaTable>, allowed: &[&str]) -> LuaResult<Opts<'a>> {
+        if let Some(t) = &table {
+            check_opts(lua, t, func, allowed)?;
+        }
+        Ok(Opts { lua, func, table })
+    }
+
+    /// Open a value that must be an options table (or nil).
+    pub fn from_value(lua: &'a Lua, func: &'a str, v: LuaValue, allowed: &[&str]) -> LuaResult<Opts<'a>> {
+        match v {
+            LuaValue::Nil => Opts::new(lua, func, None, allowed),
+            LuaValue::Table(t) => Opts::new(lua, func, Some(t), allowed),
+            other => Err(misuse(lua, format!("{func}: expected a table of options, got {}", other.type_name()))),
+        }
+    }
+
+    fn wrong(&self, key: &str, what: &str, got: &LuaValue) -> LuaError {
+        misuse(self.lua, format!("{}: option '{key}': expected {what}, got {}", self.func, got.type_name()))
+    }
+
+    /// The raw value (nil when not given).
+    pub fn value(&self, key: &str) -> LuaResult<LuaValue> {
+        match &self.table {
+            Some(t) => match t.get::<LuaValue>(key)? {
+                LuaValue::LightUserData(u) if u.0.is_null() => Ok(LuaValue::Nil),
+                v => Ok(v),
+            },
+            None => Ok(LuaValue::Nil),
+        }
+    }
+
+    pub fn str(&self, key: &str) -> LuaResult<Option<String>> {
+        match self.value(key)? {
+            LuaValue::Nil => Ok(None),
+            LuaValue::String(s) => Ok(Some(s.to_string_lossy())),
+            other => Err(self.wrong(key, "a string", &other)),
+        }
+    }
+
+    /// A finite number.
+    pub fn f64(&self, key: &str) -> LuaResult<Option<f64>> {
+        match self.value(key)? {
+            LuaValue::Nil => Ok(None),
+            LuaValue::Integer(i) => Ok(Some(i as f64)),
+            LuaValue::Number(x) if x.is_finite() => Ok(Some(x)),
+            other => Err(self.wrong(key, "a finite number", &other)),
+        }
+    }
+
+    /// A whole number >= 0.
+    pub fn u64(&self, key: &str) -> LuaResult<Option<u64>> {
+        match self.value(key)? {
+            LuaValue::Nil => Ok(None),
+            LuaValue::Integer(i) if i >= 0 => Ok(Some(i as u64)),
+            LuaValue::Number(x) if x >= 0.0 && x.fract() == 0.0 && x < 9.0e15 => Ok(Some(x as u64)),
+            other => Err(self.wrong(key, "a whole number >= 0", &other)),
+        }
+    }
+
+    pub fn bool(&self, key: &str) -> LuaResult<Option<bool>> {
+        match self.value(key)? {
+            LuaValue::Nil => Ok(None),
+            LuaValue::Boolean(b) => Ok(Some(b)),
+            other => Err(self.wrong(key, "true or false", &other)),
+        }
+    }
+
+    pub fn table(&self, key: &str) -> LuaResult<Option<LuaTable>> {
+        match self.value(key)? {
+            LuaValue::Nil => Ok(None),
+            LuaValue::Table(t) => Ok(Some(t)),
+            other => Err(self.wrong(key, "a table", &other)),
+        }
+    }
+
+    pub fn function(&self, key: &str) -> LuaResult<Option<LuaFunction>> {
+        match self.value(key)? {
+            LuaValue::Nil => Ok(None),
+            LuaValue::Function(f) => Ok(Some(f)),
+            other => Err(self.wrong(key, "a function", &other)),
+        }
+    }
+
+    /// A list of strings (a single string counts as a list of one).
+    pub fn strings(&self, key: &str) -> LuaResult<Option<Vec<String>>> {
+        match self.value(key)? {
+            LuaValue::Nil => Ok(None),
+            LuaValue::String(s) => Ok(Some(vec![s.to_string_lossy()])),
+            LuaValue::Table(t) => {
+                let mut out = Vec::new();
+                for v in t.sequence_values::<LuaValue>() {
+                    match v? {
+                        LuaValue::String(s) => out.push(s.to_string_lossy()),
+                        other => return Err(self.wrong(key, "a list of strings", &other)),
+                    }
+                }
+                Ok(Some(out))
+            }
+            other => Err(self.wrong(key, "a list of strings", &other)),
+        }
+    }
+
+    /// A table of string keys to string values (an environment).
+    pub fn string_map(&self, key: &str) -> LuaResult<Option<Vec<(String, String)>>> {
+        let Some(t) = self.table(key)? else { return Ok(None) };
+        let mut out = Vec::new();
+        for pair in t.pairs::<LuaValue, LuaValue>() {
+            let (k, v) = pair?;
+            let k = match k {
+                LuaValue::String(s) => s.to_string_lossy(),
+                other => return Err(self.wrong(key, "a table of string keys", &other)),
+            };
+            let v = match v {
+                LuaValue::String(s) => s.to_string_lossy(),
+                LuaValue::Integer(i) => i.to_string(),
+                LuaValue::Number(x) => x.to_string(),
+                LuaValue::Boolean(b) => b.to_string(),
+                other => return Err(self.wrong(&format!("{key}.{k}"), "a string", &other)),
+            };
+            out.push((k, v));
+        }
+        Ok(Some(out))
+    }
+}
+
 /// Check an options table: every key must be one of `allowed`, else raise naming the key and the
 /// script's file:line.
 pub fn check_opts(lua: &Lua, opts: &LuaTable, func: &str, allowed: &[&str]) -> LuaResult<()> {

@@ -85,16 +85,10 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
         lua.create_function(|lua, (p, opts): (LuaValue, Option<LuaTable>)| {
             let p = path_arg(lua, "fs.read", &p)?;
             let mut max = READ_MAX;
-            if let Some(o) = &opts {
-                boundary::check_opts(lua, o, "fs.read", &["max_bytes"])?;
-                if let Some(m) = o.get::<Option<f64>>("max_bytes")? {
-                    if m.is_nan() || m < 0.0 {
-                        return Err(boundary::misuse(
-                            lua,
-                            format!("fs.read: max_bytes must be a number >= 0, got {m}"),
-                        ));
-                    }
-                    max = m as u64;
+            {
+                let o = boundary::Opts::new(lua, "fs.read", opts, &["max_bytes"])?;
+                if let Some(m) = o.u64("max_bytes")? {
+                    max = m;
                 }
             }
             match crate::files::read_regular(&p, max) {
@@ -170,11 +164,8 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
         "remove",
         lua.create_function(|lua, (p, opts): (LuaValue, Option<LuaTable>)| {
             let p = path_arg(lua, "fs.remove", &p)?;
-            let mut recursive = false;
-            if let Some(o) = &opts {
-                boundary::check_opts(lua, o, "fs.remove", &["recursive"])?;
-                recursive = o.get::<Option<bool>>("recursive")?.unwrap_or(false);
-            }
+            let recursive =
+                boundary::Opts::new(lua, "fs.remove", opts, &["recursive"])?.bool("recursive")?.unwrap_or(false);
             let meta = match std::fs::symlink_metadata(&p) {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return ok(true, lua),
@@ -254,11 +245,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
         "stat",
         lua.create_function(|lua, (p, opts): (LuaValue, Option<LuaTable>)| {
             let p = path_arg(lua, "fs.stat", &p)?;
-            let mut follow = true;
-            if let Some(o) = &opts {
-                boundary::check_opts(lua, o, "fs.stat", &["follow"])?;
-                follow = o.get::<Option<bool>>("follow")?.unwrap_or(true);
-            }
+            let follow = boundary::Opts::new(lua, "fs.stat", opts, &["follow"])?.bool("follow")?.unwrap_or(true);
             let own = match std::fs::symlink_metadata(&p) {
                 Ok(m) => m,
                 Err(e) => return io_fail(lua, "cannot stat", &p, &e),
@@ -287,15 +274,9 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
         lua.create_function(|lua, (p, opts): (LuaValue, Option<LuaTable>)| {
             let p = path_arg(lua, "fs.walk", &p)?;
             let mut lim = WalkLimits::default();
-            if let Some(o) = &opts {
-                boundary::check_opts(lua, o, "fs.walk", &["max_files", "max_depth"])?;
-                let count = |k: &str| -> LuaResult<Option<usize>> {
-                    match o.get::<Option<f64>>(k)? {
-                        None => Ok(None),
-                        Some(x) if x >= 0.0 => Ok(Some(x as usize)),
-                        Some(x) => Err(boundary::misuse(lua, format!("fs.walk: {k} must be a number >= 0, got {x}"))),
-                    }
-                };
+            {
+                let o = boundary::Opts::new(lua, "fs.walk", opts, &["max_files", "max_depth"])?;
+                let count = |k: &str| -> LuaResult<Option<usize>> { Ok(o.u64(k)?.map(|x| x as usize)) };
                 lim.max_files = count("max_files")?.unwrap_or(lim.max_files);
                 lim.max_depth = count("max_depth")?.unwrap_or(lim.max_depth);
             }

@@ -42,11 +42,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set(
         "encode",
         lua.create_function(|lua, (v, opts): (LuaValue, Option<LuaTable>)| {
-            let mut pretty = false;
-            if let Some(o) = &opts {
-                boundary::check_opts(lua, o, "json.encode", &["pretty"])?;
-                pretty = o.get::<Option<bool>>("pretty")?.unwrap_or(false);
-            }
+            let pretty = boundary::Opts::new(lua, "json.encode", opts, &["pretty"])?.bool("pretty")?.unwrap_or(false);
             let v = boundary::from_lua_checked(lua, &v, "json.encode")?;
             Ok(crate::pyjson::to_string(&sort_keys(v), pretty))
         })?,

@@ -78,13 +78,10 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
         lua.create_function(|lua, (text, opts): (LuaValue, Option<LuaTable>)| {
             let text = boundary::string_arg(lua, &text, "llm.clip", "a string")?.to_string_lossy();
             let (mut head, mut tail) = (4096usize, 4096usize);
-            if let Some(o) = &opts {
-                boundary::check_opts(lua, o, "llm.clip", &["head", "tail"])?;
+            {
+                let o = boundary::Opts::new(lua, "llm.clip", opts, &["head", "tail"])?;
                 for (k, slot) in [("head", &mut head), ("tail", &mut tail)] {
-                    if let Some(x) = o.get::<Option<f64>>(k)? {
-                        if x.is_nan() || x < 0.0 {
-                            return Err(boundary::misuse(lua, format!("llm.clip: {k} must be a number >= 0, got {x}")));
-                        }
+                    if let Some(x) = o.u64(k)? {
                         *slot = x as usize;
                     }
                 }
@@ -97,11 +94,8 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set(
         "usage_snapshot",
         lua.create_function(|lua, opts: Option<LuaTable>| {
-            let mut reset = false;
-            if let Some(o) = &opts {
-                boundary::check_opts(lua, o, "llm.usage_snapshot", &["reset"])?;
-                reset = o.get::<Option<bool>>("reset")?.unwrap_or(false);
-            }
+            let reset =
+                boundary::Opts::new(lua, "llm.usage_snapshot", opts, &["reset"])?.bool("reset")?.unwrap_or(false);
             boundary::to_lua(lua, &engine(lua).usage_snapshot(reset))
         })?,
     )?;
@@ -120,39 +114,12 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     Ok(t)
 }
 
-fn opt_f64(lua: &Lua, opts: &LuaTable, key: &str) -> LuaResult<Option<f64>> {
-    match opts.get::<LuaValue>(key)? {
-        LuaValue::Nil => Ok(None),
-        LuaValue::Integer(i) => Ok(Some(i as f64)),
-        LuaValue::Number(x) if x.is_finite() => Ok(Some(x)),
-        other => Err(boundary::misuse(lua, format!("llm.chat: '{key}' must be a number, got {}", other.type_name()))),
-    }
-}
-
-fn opt_bool(lua: &Lua, opts: &LuaTable, key: &str) -> LuaResult<Option<bool>> {
-    match opts.get::<LuaValue>(key)? {
-        LuaValue::Nil => Ok(None),
-        LuaValue::Boolean(b) => Ok(Some(b)),
-        other => {
-            Err(boundary::misuse(lua, format!("llm.chat: '{key}' must be true or false, got {}", other.type_name())))
-        }
-    }
-}
-
-fn opt_str(lua: &Lua, opts: &LuaTable, key: &str) -> LuaResult<Option<String>> {
-    match opts.get::<LuaValue>(key)? {
-        LuaValue::Nil => Ok(None),
-        LuaValue::String(s) => Ok(Some(s.to_string_lossy())),
-        other => Err(boundary::misuse(lua, format!("llm.chat: '{key}' must be a string, got {}", other.type_name()))),
-    }
-}
-
-fn build_request(lua: &Lua, opts: &LuaTable, en: &Engine) -> LuaResult<Request> {
+fn build_request(lua: &Lua, o: &boundary::Opts, en: &Engine) -> LuaResult<Request> {
     let s = &en.settings;
     let mut messages: Vec<Value> = Vec::new();
-    let given: LuaValue = opts.get("messages")?;
-    let prompt = opt_str(lua, opts, "prompt")?;
-    let system = opt_str(lua, opts, "system")?;
+    let given = o.value("messages")?;
+    let prompt = o.str("prompt")?;
+    let system = o.str("system")?;
     match &given {
         LuaValue::Nil => {}
         LuaValue::Table(_) => {
@@ -193,18 +160,18 @@ fn build_request(lua: &Lua, opts: &LuaTable, en: &Engine) -> LuaResult<Request> 
     if !messages.iter().any(|m| m.get("role").and_then(Value::as_str) != Some("system")) {
         return Err(boundary::misuse(lua, "llm.chat: give 'messages' (a list of {role=, content=}) or 'prompt'"));
     }
-    let model = opt_str(lua, opts, "model")?.unwrap_or_else(|| s.model.clone());
+    let model = o.str("model")?.unwrap_or_else(|| s.model.clone());
     if model.trim().is_empty() {
         return Err(boundary::misuse(lua, "llm.chat: 'model' is empty (set llm.model in the config or pass model=)"));
     }
-    let max_tokens = match opt_f64(lua, opts, "max_tokens")? {
+    let max_tokens = match o.f64("max_tokens")? {
         None => s.max_tokens,
         Some(x) if x >= 1.0 && x.fract() == 0.0 => Some(x as u64),
         Some(x) => {
             return Err(boundary::misuse(lua, format!("llm.chat: 'max_tokens' must be a positive integer, got {x}")))
         }
     };
-    let extra = match opts.get::<LuaValue>("extra")? {
+    let extra = match o.value("extra")? {
         LuaValue::Nil => serde_json::Map::new(),
         v @ LuaValue::Table(_) => match boundary::from_lua_checked(lua, &v, "llm.chat: extra")? {
             Value::Object(m) => m,
@@ -222,9 +189,9 @@ fn build_request(lua: &Lua, opts: &LuaTable, en: &Engine) -> LuaResult<Request> 
     Ok(Request {
         model,
         messages,
-        temperature: opt_f64(lua, opts, "temperature")?.or(s.temperature),
+        temperature: o.f64("temperature")?.or(s.temperature),
         max_tokens,
-        json: opt_bool(lua, opts, "json")?.unwrap_or(false),
+        json: o.bool("json")?.unwrap_or(false),
         extra,
     })
 }
@@ -233,18 +200,18 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
     let LuaValue::Table(opts) = opts else {
         return Err(boundary::misuse(&lua, "llm.chat: expected a table of options, e.g. llm.chat{prompt = \"hi\"}"));
     };
-    boundary::check_opts(&lua, &opts, "llm.chat", CHAT_OPTS)?;
+    let o = boundary::Opts::new(&lua, "llm.chat", Some(opts), CHAT_OPTS)?;
     let en = engine(&lua);
-    let req = build_request(&lua, &opts, &en)?;
-    let timeout = match opt_f64(&lua, &opts, "timeout")? {
+    let req = build_request(&lua, &o, &en)?;
+    let timeout = match o.f64("timeout")? {
         None => en.settings.timeout,
         Some(t) if t > 0.0 => t,
         Some(t) => {
             return Err(boundary::misuse(&lua, format!("llm.chat: 'timeout' must be positive seconds, got {t}")))
         }
     };
-    let call = CallOpts { timeout, stream: opt_bool(&lua, &opts, "stream")?.unwrap_or_else(|| en.default_stream()) };
-    let retry: LuaValue = opts.get("retry")?;
+    let call = CallOpts { timeout, stream: o.bool("stream")?.unwrap_or_else(|| en.default_stream()) };
+    let retry = o.value("retry")?;
     match &retry {
         LuaValue::Nil | LuaValue::Boolean(_) | LuaValue::Function(_) | LuaValue::Table(_) => {}
         other => {

@@ -39,10 +39,10 @@ impl Drop for Progress {
 
 /// `log.progress{total = n, label = "cells"}` → a bar showing `label pos/total [elapsed] bar message`.
 pub fn create(lua: &Lua) -> LuaResult<LuaFunction> {
-    lua.create_function(|lua, opts: LuaTable| {
-        boundary::check_opts(lua, &opts, "log.progress", &["total", "label"])?;
-        let total: u64 = opts.get::<Option<u64>>("total")?.unwrap_or(0);
-        let label: String = opts.get::<Option<String>>("label")?.unwrap_or_default();
+    lua.create_function(|lua, opts: Option<LuaTable>| {
+        let o = boundary::Opts::new(lua, "log.progress", opts, &["total", "label"])?;
+        let total = o.u64("total")?.unwrap_or(0);
+        let label = o.str("label")?.unwrap_or_default();
         let label = label.replace(['{', '}'], "");
         let bar =
             crate::ui::bar(total, &format!("{{spinner}} {label} {{pos}}/{{len}} [{{elapsed}}] {{wide_bar}} {{msg}}"));
