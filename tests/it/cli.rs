@@ -1,10 +1,7 @@
 //! The command line as phase-2 users type it, config loading and its errors, `cellsci script`, module
 //! shadowing, `scripts export`, and Ctrl-C.
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-use std::time::Duration;
 
-use crate::util::{self, cellsci, text, write};
+use crate::util::{self, cellsci, text, write, Running};
 
 /// A user pipeline that prints which command ran and its options, so parsing can be checked end to end.
 const ECHO_PIPELINE: &str = r#"
@@ -338,32 +335,15 @@ print(where)"#,
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "scripts/pipeline.lua");
 }
 
-/// Run `script` until it prints `ready`, send SIGINT, and return (exit code, stderr).
+/// Run `script` until it prints `ready`, send SIGINT, and return (exit code, what it printed).
 fn interrupt(script: &str) -> (Option<i32>, String) {
     let d = util::tempdir();
     write(d.path(), "s.lua", script);
-    let mut child =
-        cellsci(d.path()).args(["script", "s.lua"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
-    // SAFETY: plain kill(2) on the child we just started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let (tx, rx) = std::sync::mpsc::channel();
-    let pid = child.id();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    // Failsafe only (not a timing assertion): a hung child fails the test instead of hanging it.
-    let o = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(o) => o.unwrap(),
-        Err(_) => {
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("cellsci did not stop after SIGINT");
-        }
-    };
-    (o.status.code(), String::from_utf8_lossy(&o.stderr).to_string())
+    let mut run = Running::start(cellsci(d.path()).args(["script", "s.lua"]));
+    assert_eq!(run.next_line().trim(), "ready");
+    run.signal(libc::SIGINT);
+    let (status, out) = run.finish();
+    (status.code(), out)
 }
 
 #[test]

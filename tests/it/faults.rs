@@ -1,9 +1,8 @@
 //! The loop under attack (issue "Reliability"): a full disk, Ctrl-C during an LLM call, SIGKILL at many
 //! points followed by `run --resume`. Real binary, real kernel, loopback LLM, real signals.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -13,57 +12,11 @@ use crate::pipeline::{
     Project,
 };
 use crate::util::fake_llm::Reply;
-use crate::util::{self, cellsci};
+use crate::util::{self, cellsci, Running};
 
-/// Start `cellsci` with stdout and stderr merged; calls `on_line` for each line until it returns true,
-/// then returns the child (still running) and everything it prints (what was read so far, and the rest
-/// as it comes).
-fn spawn_until(
-    p: &Project,
-    args: &[&str],
-    mut on_line: impl FnMut(&str) -> bool,
-) -> (std::process::Child, std::sync::Arc<std::sync::Mutex<String>>) {
-    let (reader, writer) = std::io::pipe().unwrap();
-    let child = cellsci(p.path())
-        .args(["--config", "generate_execution_config.json"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(writer.try_clone().unwrap())
-        .stderr(writer)
-        .spawn()
-        .unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let mut lines = BufReader::new(reader);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if lines.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        seen.lock().unwrap().push_str(&line);
-        if on_line(&line) {
-            break;
-        }
-    }
-    // Keep reading in the background so the child never blocks on a full pipe.
-    let rest = seen.clone();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        while lines.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-            rest.lock().unwrap().push_str(&line);
-            line.clear();
-        }
-    });
-    (child, seen)
-}
-
-/// Wait until `cond` holds (polling), failing after `secs`.
-fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// `cellsci --config ... <args>` in the project, running.
+fn start(p: &Project, args: &[&str]) -> Running {
+    Running::start(cellsci(p.path()).args(["--config", "generate_execution_config.json"]).args(args))
 }
 
 fn summary_file(p: &Project) -> PathBuf {
@@ -93,15 +46,12 @@ fn interrupt_during(kind: Kind) {
         }
     });
     let p = Project::new(json!({"experiment": {"max_iterations": 3}}), stall);
-    let (mut child, out) = spawn_until(&p, &["run"], |_| true);
-    wait_for("the stalled request", 60, || !p.requests(kind).is_empty());
-    std::thread::sleep(Duration::from_millis(200));
+    let run = start(&p, &["run"]);
+    util::wait_until("the stalled request", 60, || !p.requests(kind).is_empty());
     let t = Instant::now();
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    let out = out.lock().unwrap().clone();
-    assert!(t.elapsed() < Duration::from_secs(15), "cellsci did not stop promptly");
+    run.signal(libc::SIGINT);
+    let (status, out) = run.finish();
+    assert!(t.elapsed() < Duration::from_secs(15), "cellsci did not stop promptly: {out}");
     assert_eq!(status.code(), Some(130), "{out}");
     let s = read_json(&summary_file(&p));
     assert_eq!(s["iterations_executed"], 1, "no further iteration started: {s:#}");
@@ -273,15 +223,16 @@ fn sigkill_at_any_point_then_resume_finishes_the_loop_correctly_archived() {
 
 fn kill_at_and_resume(point: &str) {
     let p = two_iteration_project();
-    let (mut child, seen) = spawn_until(&p, &["run", "--use-idea"], |l| l.contains(point));
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    child.wait().unwrap();
-    let seen = seen.lock().unwrap().clone();
-    assert!(seen.contains(point), "the run never printed {point:?}:\n{seen}");
-    // No kernel (or anything it started) outlives the killed host.
-    std::thread::sleep(Duration::from_secs(1));
-    let left = processes_under(p.path());
-    assert!(left.is_empty(), "processes left 1 s after SIGKILL: {left:?}");
+    let mut run = start(&p, &["run", "--use-idea"]);
+    run.wait_for(point);
+    run.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    let (_, seen) = run.finish();
+    // No kernel (or anything it started) outlives the killed host by more than a second.
+    util::wait_until(&format!("no process left after SIGKILL at {point:?}"), 1, || {
+        processes_under(p.path()).is_empty()
+    });
+    assert!(killed.elapsed() < Duration::from_secs(2), "{seen}");
     assert_files_valid(&p);
 
     let summary = summary_file(&p);
@@ -341,10 +292,11 @@ fn the_loop_summary_exists_as_soon_as_the_loop_starts() {
         json!({"experiment": {"max_iterations": 2}}),
         simple_handler(vec![generation_reply(&[("T1", "import time\ntime.sleep(30)")])]),
     );
-    let (mut child, _) = spawn_until(&p, &["run"], |l| l.contains("ITERATION 1/2"));
+    let mut run = start(&p, &["run"]);
+    run.wait_for("ITERATION 1/2");
     let s = read_json(&summary_file(&p));
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    child.wait().unwrap();
+    run.signal(libc::SIGKILL);
+    run.finish();
     assert_eq!(s["iterations_executed"], 0);
     assert!(s["finished_at"].is_null());
     assert_eq!(s["best_score"], -999.0);

@@ -2,34 +2,19 @@
 //! to `.`, a FIFO or a sparse giant as metrics.json, a full disk) must not lead the host astray. Each runs
 //! the real binary on real files; the assertions are what a user sees.
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::util::{self, cellsci, tempdir};
 
 /// Run `lua` as `cellsci script t.lua` in `dir`, killed after `limit` (a hang is a failure, not a stuck
 /// test run); the output and how long it took.
-fn script_within(dir: &Path, lua: &str, limit: Duration) -> (Output, Duration) {
+fn script_within(dir: &Path, lua: &str, limit: Duration) -> (String, Duration) {
     util::write(dir, "t.lua", lua);
     let started = Instant::now();
-    let mut child =
-        cellsci(dir).args(["script", "t.lua"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > limit {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!("cellsci hung for {limit:?}:\n{}", util::text(&out));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
+    let (status, out) = util::Running::start(cellsci(dir).args(["script", "t.lua"])).finish_within(limit);
+    assert!(status.success(), "script failed:\n{out}");
     (out, started.elapsed())
-}
-
-fn ok(out: &Output) -> String {
-    let t = util::text(out);
-    assert_eq!(out.status.code(), Some(0), "script failed:\n{t}");
-    t
 }
 
 fn symlink(target: &str, link: &Path) {
@@ -70,7 +55,7 @@ fn fs_walk_lists_links_without_following_them_and_stops_at_its_caps() {
         "#,
         Duration::from_secs(60),
     );
-    assert!(ok(&out).contains("OK"));
+    assert!(out.contains("OK"));
     assert!(took < Duration::from_secs(10), "took {took:?}");
 }
 
@@ -100,7 +85,7 @@ fn fs_stat_reports_a_symlink_as_a_link() {
         "#,
         Duration::from_secs(30),
     );
-    assert!(ok(&out).contains("OK"));
+    assert!(out.contains("OK"));
 }
 
 /// Regression: a notebook that replaced events.jsonl by a symlink made the host append its event log
@@ -127,7 +112,7 @@ fn a_symlinked_event_log_is_never_written_through() {
         "##,
         Duration::from_secs(30),
     );
-    let text = ok(&out);
+    let text = out.clone();
     assert_eq!(std::fs::read_to_string(&outside).unwrap(), "precious\n", "the link's target was written");
     assert_eq!(std::fs::read_to_string(dir.path().join("trial/report.md")).unwrap(), "# report\n");
     assert_eq!(text.matches("cannot append to the event log").count(), 1, "one warning, not one per event:\n{text}");
@@ -157,7 +142,7 @@ fn a_fifo_as_metrics_json_is_refused_at_once() {
         "#,
         Duration::from_secs(30),
     );
-    assert!(ok(&out).contains("OK"));
+    assert!(out.contains("OK"));
     assert!(took < Duration::from_secs(10), "took {took:?}");
 }
 
@@ -181,7 +166,7 @@ fn an_oversized_metrics_json_is_refused_before_it_is_read() {
         "#,
         Duration::from_secs(30),
     );
-    assert!(ok(&out).contains("OK"));
+    assert!(out.contains("OK"));
     assert!(took < Duration::from_secs(5), "took {took:?}: was the file read?");
 }
 
@@ -228,7 +213,7 @@ fn the_event_log_on_a_full_disk_keeps_whole_lines_and_warns_once() {
         "#,
         Duration::from_secs(60),
     );
-    let text = ok(&out);
+    let text = out.clone();
     let log = std::fs::read_to_string(dir.path().join("full/events.jsonl")).unwrap();
     assert!(log.len() < 64 * 1024, "the disk filled up ({} bytes)", log.len());
     assert!(log.ends_with('\n'), "the log ends in a half line");

@@ -2,7 +2,7 @@
 //! real HTTP. After each, the key must appear in no file cellsci wrote and nothing it printed.
 use std::path::Path;
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -28,12 +28,7 @@ fn run(dir: &Path, lua: &str, flags: &[&str]) -> Output {
     out
 }
 
-fn ok(out: &Output) -> String {
-    let t = util::text(out);
-    assert_eq!(out.status.code(), Some(0), "script failed:\n{t}");
-    println!("{t}");
-    t
-}
+use util::ok;
 
 /// The key is in no file under `dir` other than the config the test wrote, and in no output.
 fn assert_no_key(dir: &Path, out: &Output) {
@@ -657,31 +652,11 @@ fn ctrl_c_ends_a_stalled_call_promptly() {
     let dir = tempdir();
     config(dir.path(), &srv.url(), json!({"timeout": 300}));
     util::write(dir.path(), "t.lua", r#"local r, err = require("llm").chat{prompt = "x"}; print(tostring(err))"#);
-    let mut child = util::cellsci(dir.path())
-        .args(["--config", "cfg.json", "script", "t.lua"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while srv.requests().is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(60), "the request never arrived");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // SAFETY: a signal to the child we started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let t1 = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        // generous: this guards against hanging until the 120 s stall ends, not a speed figure
-        assert!(t1.elapsed() < Duration::from_secs(60), "cellsci did not stop on Ctrl-C");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    assert_no_key(dir.path(), &out);
-    let t = util::text(&out);
+    let run = util::Running::start(util::cellsci(dir.path()).args(["--config", "cfg.json", "script", "t.lua"]));
+    util::wait_until("the request", 60, || !srv.requests().is_empty());
+    run.signal(libc::SIGINT);
+    let (_, t) = run.finish();
+    assert!(!t.contains("SECRET123456789"), "{t}");
     assert!(t.contains("interrupted: interrupted (Ctrl-C)"), "{t}");
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::util::fake_llm::{FakeLlm, Reply};
-use crate::util::{self, cellsci};
+use crate::util::{self, cellsci, Running};
 
 const KEY: &str = "sk-test-SECRET123456789";
 
@@ -176,26 +176,18 @@ impl Project {
         }
     }
 
-    /// `run` in the background; once its kernel runs (a process working in the trial folder) and the
-    /// cell had time to print, Ctrl-C; what cellsci printed and its exit status.
-    pub(crate) fn run_and_interrupt(&self) -> Output {
-        let child = cellsci(self.path())
-            .args(["--config", "generate_execution_config.json", "run"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.trials().is_empty() || processes_under(&self.trials()[0]).is_empty() {
-            assert!(Instant::now() < deadline, "the kernel never started");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(2500));
+    /// `run` in the background; once the cell (`SLEEPING_CELL`) has printed and said so in a file,
+    /// Ctrl-C; what cellsci printed and its exit status.
+    pub(crate) fn run_and_interrupt(&self) -> (Option<i32>, String) {
+        let run = Running::start(cellsci(self.path()).args(["--config", "generate_execution_config.json", "run"]));
+        util::wait_until("the cell to start", 60, || {
+            self.trials().first().is_some_and(|t| t.join("cell_started").exists())
+        });
         let stopped = Instant::now();
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let out = child.wait_with_output().unwrap();
+        run.signal(libc::SIGINT);
+        let (status, out) = run.finish();
         assert!(stopped.elapsed() < Duration::from_secs(30), "cellsci did not stop after Ctrl-C");
-        out
+        (status.code(), out)
     }
 
     /// No process (a kernel) still runs with its working directory inside the project.
@@ -211,6 +203,9 @@ impl Project {
         }
     }
 }
+
+/// A cell that prints, then tells the test it runs (a file), then sleeps: what Ctrl-C tests interrupt.
+pub(crate) const SLEEPING_CELL: &str = "import os, time\nprint('sleeping', flush=True)\nopen(os.path.join(os.environ['OUTPUT_DIR'], 'cell_started'), 'w').close()\ntime.sleep(60)";
 
 pub(crate) fn merge(base: &mut Value, over: Value) {
     match (base, over) {
@@ -574,10 +569,10 @@ fn llm_outage_during_the_report_still_gives_the_computed_report() {
 fn ctrl_c_mid_cell_records_interrupted_and_leaves_no_kernel() {
     let p = Project::new(
         json!({"experiment": {"max_iterations": 3}}),
-        simple_handler(vec![generation_reply(&[("T1", "import time\nprint('sleeping', flush=True)\ntime.sleep(60)")])]),
+        simple_handler(vec![generation_reply(&[("T1", SLEEPING_CELL)])]),
     );
-    let out = p.run_and_interrupt();
-    assert_eq!(out.status.code(), Some(130), "{}", util::text(&out));
+    let (code, out) = p.run_and_interrupt();
+    assert_eq!(code, Some(130), "{out}");
     let s = p.summary();
     assert_summary_shape(&s);
     assert_eq!(s["iterations_executed"], 1);
@@ -814,13 +809,13 @@ fn an_interrupted_run_is_resumed_from_its_summary() {
     let p = Project::new(
         json!({"experiment": {"max_iterations": 3}}),
         simple_handler(vec![
-            generation_reply(&[("T1", "import time\nprint('sleeping', flush=True)\ntime.sleep(60)")]),
+            generation_reply(&[("T1", SLEEPING_CELL)]),
             generation_reply(&[("T1", &metrics_cell(0.3))]),
             generation_reply(&[("T1", &metrics_cell(0.9))]),
         ]),
     );
-    let out = p.run_and_interrupt();
-    assert_eq!(out.status.code(), Some(130), "{}", util::text(&out));
+    let (code, out) = p.run_and_interrupt();
+    assert_eq!(code, Some(130), "{out}");
     let first = p.summary();
     assert_eq!(first["iterations"][0]["status"], "INTERRUPTED");
 

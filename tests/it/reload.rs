@@ -1,10 +1,6 @@
 //! Hot reload: a running script picks up edits of the modules it `require`d at `host.reload()`, keeps the
 //! previous version when an edit does not load, and never reloads because of its own reads.
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::mpsc::{channel, Receiver};
-use std::time::Duration;
 
 use crate::util::{self, cellsci, write};
 
@@ -28,50 +24,32 @@ fn module(v: &str) -> String {
     format!("local M = {{}}\n\nfunction M.v()\n  return {v:?}\nend\n\nreturn M\n")
 }
 
-struct Running {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
+/// The LOOP script, running; its value and error lines (other output, like the reload messages on
+/// stderr, is kept for `finish`).
+struct Running(util::Running);
 
 impl Running {
     fn start(dir: &Path, args: &[&str]) -> Running {
         write(dir, "loop.lua", LOOP);
-        let mut child = cellsci(dir).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for l in out.lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        Running { child, lines, seen: Vec::new() }
+        Running(util::Running::start(cellsci(dir).args(args)))
     }
 
-    /// Wait for the next stdout line. The timeout is a failsafe against a hung child, not a timing check.
+    /// The next `V ...` or `ERR ...` line.
     fn next(&mut self) -> String {
-        match self.lines.recv_timeout(Duration::from_secs(60)) {
-            Ok(l) => {
-                self.seen.push(l.clone());
-                l
-            }
-            Err(_) => {
-                let _ = self.child.kill();
-                panic!("no output from the script; so far: {:?}", self.seen);
+        loop {
+            let l = self.0.next_line();
+            if l.starts_with("V ") || l.starts_with("ERR ") {
+                return l;
             }
         }
     }
 
-    /// Stop the script and return its stderr.
+    /// Stop the script; everything it printed.
     fn finish(self, dir: &Path) -> String {
         write(dir, "stop", "");
-        while self.lines.recv_timeout(Duration::from_secs(60)).is_ok() {}
-        let o = self.child.wait_with_output().unwrap();
-        let err = String::from_utf8_lossy(&o.stderr).to_string();
-        assert!(o.status.success(), "script failed: {err}");
-        err
+        let (status, out) = self.0.finish();
+        assert!(status.success(), "script failed: {out}");
+        out
     }
 }
 
