@@ -1,6 +1,7 @@
 -- Stage-1 discovery: find the phase-1 reference data (REFERENCE_DATA.h5, else any .h5) and idea.json.
 --
--- If paths.stage1_analysis_dir holds no .h5 directly, its newest timestamp-named subfolder is used.
+-- If paths.stage1_analysis_dir holds no .h5 directly, its last subfolder in name order is used: phase 1
+-- names its runs by timestamp (YYYYMMDD_HHMMSS), so that is the newest run. Hidden folders are skipped.
 local fs = require("fs")
 local path = require("path")
 local log = require("log")
