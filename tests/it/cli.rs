@@ -546,3 +546,34 @@ fn print_masks_the_api_key() {
     assert!(text.contains("key:\t") && text.contains("\t42"), "{text}");
     assert!(!text.contains("SECRET123456789"), "{text}");
 }
+
+#[test]
+fn a_bad_option_names_the_function_the_option_what_was_expected_and_the_line() {
+    // Options were read three ways, with three error shapes (and mlua's own messages for wrong types).
+    let d = util::tempdir();
+    write(
+        d.path(),
+        "t.lua",
+        r#"local llm, fs, json, log = require("llm"), require("fs"), require("json"), require("log")
+local function expect(f, want)
+  local ok, e = pcall(f)
+  assert(not ok, "no error for " .. want)
+  local msg = tostring(e)
+  assert(msg:find(want, 1, true), "wanted " .. want .. " in: " .. msg)
+  assert(msg:find("t.lua:%d+:"), "no file:line in: " .. msg)
+end
+expect(function() return llm.chat{prompt = "x", temperature = "hot"} end, "llm.chat: option 'temperature': expected a finite number, got string")
+expect(function() return llm.chat{prompt = "x", json = 1} end, "llm.chat: option 'json': expected true or false, got integer")
+expect(function() return llm.chat{prompt = "x", promt = "y"} end, "llm.chat: unknown option 'promt'")
+expect(function() return llm.clip("abc", {head = -1}) end, "llm.clip: option 'head': expected a whole number >= 0, got integer")
+expect(function() return fs.read("x", {max_bytes = "many"}) end, "fs.read: option 'max_bytes': expected a whole number >= 0, got string")
+expect(function() return fs.stat("x", {follow = "yes"}) end, "fs.stat: option 'follow': expected true or false, got string")
+expect(function() return fs.walk(".", {max_depth = 1.5}) end, "fs.walk: option 'max_depth': expected a whole number >= 0, got number")
+expect(function() return json.encode({}, {pretty = 1}) end, "json.encode: option 'pretty': expected true or false, got integer")
+expect(function() return log.progress{total = "ten"} end, "log.progress: option 'total': expected a whole number >= 0, got string")
+print("ok")"#,
+    );
+    let o = cellsci(d.path()).args(["script", "t.lua"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "ok");
+}
