@@ -608,3 +608,32 @@ assert(report.plot_iterations({{iteration = 1000000, score = 1}, {iteration = -1
 print("ok")"#);
     assert!(out.contains("ok"), "{out}");
 }
+
+/// Regression: a top-level model named `baseline` (a common name) was skipped as metadata, so the
+/// report compared nothing.
+#[test]
+fn a_top_level_model_named_baseline_is_compared_not_lost() {
+    let (dir, _) = lua(r#"
+local json = require("json")
+local function fold(a, b, c) return {fold_0 = {PCC = a}, fold_1 = {PCC = b}, fold_2 = {PCC = c}} end
+require("fs").write("metrics.json", json.encode({
+  baseline = {per_fold = fold(0.30, 0.32, 0.31)},
+  mlp = {per_fold = fold(0.50, 0.55, 0.52)},
+  winner = "mlp",
+}))
+local m = assert(report.load_metrics("metrics.json"))
+assert(m.models.baseline and m.models.mlp, "both models are read: " .. json.encode(m.order))
+local c = assert(report.compare(m, {metric = "PCC"}))
+assert(c.baseline == "baseline", c.baseline)
+assert(c.models.mlp.p_value and c.models.mlp.delta_pct > 0, json.encode(c.models.mlp))
+report.markdown{metrics = "metrics.json", metric = "PCC", path = "experiment_report.md"}
+-- `baseline` naming another model is still metadata, not a model
+require("fs").write("named.json", json.encode({baseline = "ridge", ridge = {aggregate = {PCC = 0.3}},
+  mlp = {aggregate = {PCC = 0.5}}}))
+local n = assert(report.load_metrics("named.json"))
+assert(#n.order == 2 and n.models.baseline == nil, json.encode(n.order))
+"#);
+    let md = std::fs::read_to_string(dir.path().join("experiment_report.md")).unwrap();
+    assert!(md.contains("- **Baseline:** baseline"), "{md}");
+    assert!(md.contains("Tests against the baseline"), "{md}");
+}
