@@ -40,21 +40,26 @@ local function prompt_root() return path.join(M.save_root(), "prompt") end
 function M.fill(text, vars) return host.expand(text, vars) end
 
 -- A prompt file: an explicit path (config or command line), else prompts/<name> in the current folder,
--- else the bundled copy.
+-- else the bundled copy. A prompt that cannot be used is a config error (the text says "config: "), which
+-- ends a command or a `run` loop with exit 2 instead of sending a broken request.
 function M.load_prompt(explicit, name)
   local text, where
   if explicit and explicit ~= "" then
     local err
     text, err = fs.read(explicit)
-    if not text then error("cannot read prompt file " .. explicit .. ": " .. tostring(err), 0) end
+    if not text then error("config: cannot read prompt file " .. explicit .. ": " .. tostring(err), 0) end
     where = explicit
   else
     text, where = host.bundled("prompts/" .. name)
-    if not text then error("no bundled prompt prompts/" .. name, 0) end
+    if not text then error("config: no bundled prompt prompts/" .. name, 0) end
   end
   local doc, err = yaml.decode(text)
-  if doc == nil then error("prompt file " .. where .. ": " .. tostring(err), 0) end
-  if type(doc) ~= "table" then error("prompt file " .. where .. ": expected a mapping of keys", 0) end
+  if doc == nil then error("config: prompt file " .. where .. ": " .. tostring(err), 0) end
+  -- a YAML list decodes to a table too: only a mapping has the keys a prompt needs
+  if type(doc) ~= "table" or rawlen(doc) > 0 or getmetatable(doc) == getmetatable(json.array({})) then
+    error("config: prompt file " .. where .. ": expected a mapping of keys (system: ...), found a "
+      .. (type(doc) == "table" and "list" or type(doc)), 0)
+  end
   return doc, where
 end
 

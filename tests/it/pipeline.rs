@@ -935,3 +935,24 @@ fn a_megabyte_exception_message_is_clipped_in_the_fix_request() {
     assert!(error.starts_with("ValueError: start of the message") && error.contains("bytes cut"), "{error}");
     assert!(error.ends_with("end of the message"), "{error}");
 }
+
+/// Regression: a prompt file holding a YAML list was taken as a prompt and the run went on to the LLM.
+#[test]
+fn a_prompt_file_that_is_a_list_stops_run_with_exit_2_naming_the_file() {
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 3}}),
+        simple_handler(vec![generation_reply(&[("T1", &metrics_cell(0.8))])]),
+    );
+    util::write(p.path(), "prompts/list_prompt.yaml", "- system: You write notebooks.\n- task: predict\n");
+    let out = p.run(&["run", "--prompt-file", "prompts/list_prompt.yaml"]);
+    let text = util::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("prompts/list_prompt.yaml") && text.contains("expected a mapping"), "{text}");
+    assert!(p.requests(Kind::Generation).is_empty(), "the broken prompt went to the LLM");
+    let s = p.summary();
+    assert_eq!(s["iterations_executed"], 1, "the loop stops at once: {s:#}");
+    assert_eq!(s["stopped"], "config");
+    let out = p.run(&["generate", "--prompt-file", "prompts/list_prompt.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", util::text(&out));
+    assert!(util::text(&out).contains("prompts/list_prompt.yaml"), "{}", util::text(&out));
+}
