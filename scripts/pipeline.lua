@@ -3,7 +3,8 @@
 -- `cellsci run|generate|execute|analyze` call M.run / M.generate / M.execute / M.analyze with the
 -- command-line options. Policies live in stdlib modules that are required at each use, after
 -- host.reload(), so edits to them (or your own shadowing copies) take effect during a run:
---   retry.lua (LLM retries), autofix.lua (repairing cells), success.lua (when to stop), strategy.lua.
+--   retry.lua (LLM retries), autofix.lua (repairing cells), success.lua (when to stop), strategy.lua,
+--   report_policy.lua (metric direction, baseline, the score, the narrative's wording).
 -- The plain lines printed with log.line are read by other tools: keep their wording.
 local host = require("host")
 local fs = require("fs")
@@ -495,8 +496,10 @@ function M.analyze_trial(trial)
   local ok, rp = pcall(M.load_prompt, section("prompt_branch").report_prompt_file, "report.yaml")
   if ok then
     host.reload()
-    local messages = report.narrative_messages(rp, m, { metric = pm, direction = dir })
-    local resp, cerr = llm.chat({ messages = messages })
+    -- the wording is report_policy.lua's (a user's copy that fails costs the narrative, not the report)
+    local messages, merr = M.policy("report_policy", "narrative_messages", rp, m, { metric = pm, direction = dir })
+    local resp, cerr
+    if messages then resp, cerr = llm.chat({ messages = messages }) else cerr = merr end
     if resp then narrative = resp.text else narrative_error = cerr end
   else
     narrative_error = tostring(rp)

@@ -956,3 +956,36 @@ fn a_prompt_file_that_is_a_list_stops_run_with_exit_2_naming_the_file() {
     assert_eq!(out.status.code(), Some(2), "{}", util::text(&out));
     assert!(util::text(&out).contains("prompts/list_prompt.yaml"), "{}", util::text(&out));
 }
+
+/// A user's report_policy.lua decides the direction, the baseline and which number is the score of a
+/// real `cellsci run`: its report, [CHECK] line, criterion and summary all follow it.
+#[test]
+fn a_users_report_policy_changes_direction_baseline_and_score_of_cellsci_run() {
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 1, "success_threshold": 0.5}}),
+        simple_handler(vec![generation_reply(&[("T1", &metrics_cell(0.8))])]),
+    );
+    util::write(
+        p.path(),
+        "policies/report_policy.lua",
+        r#"local M = load(require("host").bundled("stdlib/report_policy.lua"), "@<bundled>/stdlib/report_policy.lua")()
+table.insert(M.lower_is_better, "pcc")
+M.baseline_words = { { "better" } }
+function M.score_rule(metrics) return { model = "ridge_baseline", from = { "folds" } } end
+return M
+"#,
+    );
+    let out = p.run(&["--scripts", "policies", "run"]);
+    let text = util::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    // the score: ridge_baseline's mean PCC over its folds (0.10, 0.11, 0.12), below 0.5 and lower is better
+    assert!(stdout(&out).contains("[CHECK] ridge_baseline | PCC: 0.1100"), "{text}");
+    let s = p.summary();
+    assert_eq!(s["direction"], "lower");
+    assert_eq!(s["iterations"][0]["criteria_met"], true, "{s:#}");
+    let report = std::fs::read_to_string(p.archived()[0].join("experiment_report.md")).unwrap();
+    assert!(report.contains("PCC (lower is better)"), "{report}");
+    assert!(report.contains("- **Baseline:** better"), "{report}");
+    let narrative = &p.requests(Kind::Report)[0]["messages"][1]["content"];
+    assert!(narrative.as_str().unwrap().contains("\"baseline\": \"better\""), "{narrative}");
+}
