@@ -3,7 +3,8 @@
 -- `cellsci run|generate|execute|analyze` call M.run / M.generate / M.execute / M.analyze with the
 -- command-line options. Policies live in stdlib modules that are required at each use, after
 -- host.reload(), so edits to them (or your own shadowing copies) take effect during a run:
---   retry.lua (LLM retries), autofix.lua (repairing cells), success.lua (when to stop), strategy.lua.
+--   retry.lua (LLM retries), autofix.lua (repairing cells), success.lua (when to stop), strategy.lua,
+--   report_policy.lua (metric direction, baseline, the score, the narrative's wording).
 -- The plain lines printed with log.line are read by other tools: keep their wording.
 local host = require("host")
 local fs = require("fs")
@@ -40,21 +41,26 @@ local function prompt_root() return path.join(M.save_root(), "prompt") end
 function M.fill(text, vars) return host.expand(text, vars) end
 
 -- A prompt file: an explicit path (config or command line), else prompts/<name> in the current folder,
--- else the bundled copy.
+-- else the bundled copy. A prompt that cannot be used is a config error (the text says "config: "), which
+-- ends a command or a `run` loop with exit 2 instead of sending a broken request.
 function M.load_prompt(explicit, name)
   local text, where
   if explicit and explicit ~= "" then
     local err
     text, err = fs.read(explicit)
-    if not text then error("cannot read prompt file " .. explicit .. ": " .. tostring(err), 0) end
+    if not text then error("config: cannot read prompt file " .. explicit .. ": " .. tostring(err), 0) end
     where = explicit
   else
     text, where = host.bundled("prompts/" .. name)
-    if not text then error("no bundled prompt prompts/" .. name, 0) end
+    if not text then error("config: no bundled prompt prompts/" .. name, 0) end
   end
   local doc, err = yaml.decode(text)
-  if doc == nil then error("prompt file " .. where .. ": " .. tostring(err), 0) end
-  if type(doc) ~= "table" then error("prompt file " .. where .. ": expected a mapping of keys", 0) end
+  if doc == nil then error("config: prompt file " .. where .. ": " .. tostring(err), 0) end
+  -- a YAML list decodes to a table too: only a mapping has the keys a prompt needs
+  if type(doc) ~= "table" or rawlen(doc) > 0 or getmetatable(doc) == getmetatable(json.array({})) then
+    error("config: prompt file " .. where .. ": expected a mapping of keys (system: ...), found a "
+      .. (type(doc) == "table" and "list" or type(doc)), 0)
+  end
   return doc, where
 end
 
@@ -490,8 +496,10 @@ function M.analyze_trial(trial)
   local ok, rp = pcall(M.load_prompt, section("prompt_branch").report_prompt_file, "report.yaml")
   if ok then
     host.reload()
-    local messages = report.narrative_messages(rp, m, { metric = pm, direction = dir })
-    local resp, cerr = llm.chat({ messages = messages })
+    -- the wording is report_policy.lua's (a user's copy that fails costs the narrative, not the report)
+    local messages, merr = M.policy("report_policy", "narrative_messages", rp, m, { metric = pm, direction = dir })
+    local resp, cerr
+    if messages then resp, cerr = llm.chat({ messages = messages }) else cerr = merr end
     if resp then narrative = resp.text else narrative_error = cerr end
   else
     narrative_error = tostring(rp)

@@ -1,9 +1,9 @@
 -- retry.lua: the default retry policy of llm.chat.
 --
--- llm.chat calls `policy:decide(info)` after each failed attempt that could pass on a retry
--- (rate_limited, server, timeout, connect, reset, bad_body, empty, truncated; never client, budget,
--- replay_miss, interrupted, config). info = {kind, status, attempt, elapsed, retry_after, message,
--- model, counts = {kind = failures so far}}. It returns `true, wait_seconds` to retry, or
+-- llm.chat calls `policy:decide(info)` after every failed attempt, whatever its kind (the kinds are
+-- in `per_kind` below; the ones that would fail the same way again are listed with 0 retries).
+-- Whatever a policy says, no attempt starts once the run is interrupted (Ctrl-C).
+-- info = {kind, status, attempt, elapsed, retry_after, message, model, counts = {kind = failures so far}}. It returns `true, wait_seconds` to retry, or
 -- `false, 0, reason` to give up (a table {retry=, wait=, reason=} works too).
 --
 -- This module is itself a policy with the defaults below; `retry.new{...}` makes one with other
@@ -22,7 +22,7 @@ M.defaults = {
   max_retry_after = 300, -- a Retry-After longer than this gives up instead of waiting
   deadline = 900,        -- never start an attempt later than this many seconds after the first
   max_attempts = 12,     -- attempts in all
-  per_kind = {           -- retries allowed per kind of failure (a kind not listed is not retried)
+  per_kind = {           -- retries allowed per kind of failure (a kind not listed is not retried either)
     rate_limited = 10,
     server = 6,
     timeout = 4,
@@ -31,6 +31,12 @@ M.defaults = {
     bad_body = 3,
     empty = 2,
     truncated = 0,       -- the same request would be cut off again: raise max_tokens instead
+    -- Never retried: trying again cannot pass.
+    client = 0,          -- another 4xx: a bad model name, a rejected key, an exhausted quota
+    budget = 0,          -- llm.max_total_tokens / llm.max_calls used up
+    replay_miss = 0,     -- replaying a cassette that has no such request
+    interrupted = 0,     -- Ctrl-C / SIGTERM
+    config = 0,          -- a missing key, an unusable base_url, an unreadable cassette
   },
 }
 

@@ -4,13 +4,14 @@
 -- edits take effect at the next iteration of a running `run`. Must not have side effects at load.
 local M = {}
 
--- "higher" or "lower" for a metric: the config's experiment.direction wins, else the name decides
--- (report.direction: lower is better for MSE, RMSE, MAE, MAPE, loss, error, NLL and names built on them).
+-- "higher" or "lower" for a metric: the config's experiment.direction wins, else report_policy.lua
+-- decides (by default from the name: lower is better for MSE, RMSE, MAE, MAPE, loss, error, NLL and
+-- names built on them), so the report and the criterion always agree.
 function M.direction(metric, configured)
   if configured == "higher" or configured == "lower" then
     return configured
   end
-  return require("report").direction(metric or "")
+  return (require("report_policy").direction(metric or ""))
 end
 
 -- judge{score=, threshold=, metric=, direction=} -> met (boolean), explanation (string)

@@ -94,11 +94,6 @@ impl Kind {
             _ => return None,
         })
     }
-
-    /// Whether a retry policy is consulted at all. The others can never pass by trying again.
-    pub fn may_retry(self) -> bool {
-        !matches!(self, Kind::Client | Kind::Budget | Kind::ReplayMiss | Kind::Interrupted | Kind::Config)
-    }
 }
 
 /// Token counts as the API reports them.

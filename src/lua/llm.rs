@@ -1,8 +1,8 @@
 //! The `llm` module: `llm.chat`, `llm.extract_json`, `llm.clip`, `llm.usage`, `llm.usage_snapshot`,
 //! `llm.settings`, `llm.mask`.
 //!
-//! `llm.chat` runs the attempts (Rust: `crate::llm::Engine`) and asks a Lua retry policy after each
-//! failure that could pass on a retry (`stdlib/retry.lua` unless the call or config says otherwise);
+//! `llm.chat` runs the attempts (Rust: `crate::llm::Engine`) and asks a Lua retry policy after every
+//! failed attempt, whatever its kind (`stdlib/retry.lua` unless the call or config says otherwise);
 //! edited scripts are swapped in (`crate::lua::reload::reload`) just before each decision. It never raises
 //! for an expected failure: it returns `nil, err` with `err.kind`, and the message names the last
 //! cause, the status, the attempts and the time spent. It never shows the key.
@@ -237,28 +237,28 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
             Err(f) => f,
         };
         *counts.entry(f.kind.as_str()).or_default() += 1;
-        let mut reason = None;
-        if f.kind.may_retry() {
-            if let Err(e) = crate::lua::reload::reload(&lua) {
-                tracing::warn!("reload before the retry decision failed: {e}");
-            }
-            match decide(&lua, &retry, &f, attempt, &counts, started, &req.model, &en).await? {
-                Ok(wait) => {
-                    if wait > 0.0 {
-                        tokio::select! {
-                            _ = crate::signals::token().cancelled() => {
-                                f = Failure::new(Kind::Interrupted, format!(
-                                    "interrupted (Ctrl-C) while waiting to retry after: {}", f.message));
-                            }
-                            _ = tokio::time::sleep(crate::duration_secs(wait)) => continue,
-                        }
-                    } else {
-                        continue;
-                    }
-                }
-                Err(why) => reason = Some(why),
-            }
+        // The policy decides every kind (its table says which are never retried); Ctrl-C is not a
+        // decision: once the run is interrupted no further attempt starts, whatever the policy says.
+        if let Err(e) = crate::lua::reload::reload(&lua) {
+            tracing::warn!("reload before the retry decision failed: {e}");
         }
+        let reason = match decide(&lua, &retry, &f, attempt, &counts, started, &req.model, &en).await? {
+            Ok(_) if crate::signals::token().is_cancelled() => Some("the run is interrupted (Ctrl-C)".into()),
+            Ok(wait) => {
+                if wait <= 0.0 {
+                    continue;
+                }
+                tokio::select! {
+                    _ = crate::signals::token().cancelled() => {
+                        f = Failure::new(Kind::Interrupted, format!(
+                            "interrupted (Ctrl-C) while waiting to retry after: {}", f.message));
+                    }
+                    _ = tokio::time::sleep(crate::duration_secs(wait)) => continue,
+                }
+                None
+            }
+            Err(why) => Some(why),
+        };
         en.record_call(&req.model, false, attempt);
         return give_up(&lua, &f, attempt, started, reason, &req.model, &en);
     }

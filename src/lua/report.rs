@@ -1,7 +1,11 @@
 //! The `report` module: metrics loading, statistics, experiment_report.md, SVG plots, the hypergraph.
 //! Every number a report shows is computed here, never by the LLM. Functions that read data return
 //! `nil, err` when the data is not usable (err.kind: "not_found", "io", "parse", "no_models",
-//! "no_metric", "bad_baseline", "plot", "notebook"); wrong arguments raise.
+//! "no_metric", "bad_baseline", "bad_model", "plot", "notebook"); wrong arguments raise.
+//!
+//! The decisions a number depends on (which way a metric is better, the baseline, which number is the
+//! score, the narrative's wording) are never made here: the caller's options give them, else the Lua
+//! policy `stdlib/report_policy.lua` (which a user can shadow) is asked.
 
 use mlua::prelude::*;
 use serde_json::json;
@@ -10,7 +14,7 @@ use super::boundary;
 use crate::lua::ctx::HostCtx;
 use crate::report::markdown;
 use crate::report::metrics::{self, Metrics};
-use crate::report::stats::{self, Comparison, Direction};
+use crate::report::stats::{self, Basis, Comparison, Direction, ScoreRule, ScoreSource};
 
 pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
@@ -24,7 +28,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set("plot_iterations", lua.create_function(plot_iterations)?)?;
     t.set("hypergraph", lua.create_function(hypergraph)?)?;
     t.set("mermaid", lua.create_function(mermaid)?)?;
-    t.set("direction", lua.create_function(|_, metric: String| Ok(Direction::infer(&metric).as_str()))?)?;
+    t.set("direction", lua.create_function(|lua, metric: String| Ok(policy_direction(lua, &metric)?.0.as_str()))?)?;
     Ok(t)
 }
 
@@ -171,22 +175,84 @@ pub(crate) fn pick_metric(lua: &Lua, opt: Option<String>, m: &Metrics) -> Option
     metrics::display_order(&m.metric_names()).into_iter().next()
 }
 
-/// The direction: the option, else the config's experiment.direction when `metric` is the config's
-/// primary metric, else inferred from the name (None = infer).
-pub(crate) fn pick_direction(lua: &Lua, opt: Option<String>, metric: &str, func: &str) -> LuaResult<Option<Direction>> {
+/// The policy module (`stdlib/report_policy.lua`, or a user's copy shadowing it) and its function `name`.
+fn policy_fn(lua: &Lua, name: &str) -> LuaResult<LuaFunction> {
+    let require: LuaFunction = lua.globals().get("require")?;
+    let module: LuaTable = require.call("report_policy")?;
+    match module.get::<LuaValue>(name)? {
+        LuaValue::Function(f) => Ok(f),
+        _ => {
+            Err(LuaError::runtime(format!("report_policy.lua has no function {name} (a shadowing copy must keep it)")))
+        }
+    }
+}
+
+/// The policy's direction for `metric` and what it says chose it.
+fn policy_direction(lua: &Lua, metric: &str) -> LuaResult<(Direction, String)> {
+    let (d, source): (LuaValue, LuaValue) = policy_fn(lua, "direction")?.call(metric)?;
+    let parsed = match &d {
+        LuaValue::String(s) => Direction::parse(&s.to_string_lossy()),
+        _ => None,
+    };
+    let Some(dir) = parsed else {
+        return Err(LuaError::runtime(format!(
+            "report_policy.direction('{metric}') must return \"lower\" or \"higher\", got {}",
+            d.to_string().unwrap_or_else(|_| d.type_name().to_string())
+        )));
+    };
+    let source = match source {
+        LuaValue::String(s) => s.to_string_lossy(),
+        _ => "report_policy".into(),
+    };
+    Ok((dir, source))
+}
+
+/// The direction and who chose it: the option, else the config's experiment.direction when `metric` is
+/// the config's primary metric (both "option"), else the policy (report_policy.direction).
+pub(crate) fn pick_direction(
+    lua: &Lua,
+    opt: Option<String>,
+    metric: &str,
+    func: &str,
+) -> LuaResult<(Direction, String)> {
     if let Some(d) = opt {
-        return Direction::parse(&d).map(Some).ok_or_else(|| {
+        return Direction::parse(&d).map(|d| (d, "option".to_string())).ok_or_else(|| {
             boundary::misuse(lua, format!("{func}: direction must be \"lower\" or \"higher\", got '{d}'"))
         });
     }
     if let Some(cfg) = HostCtx::get(lua).config.clone() {
         if cfg.experiment.primary_metric.eq_ignore_ascii_case(metric) {
             if let Some(d) = cfg.experiment.direction.as_deref().and_then(Direction::parse) {
-                return Ok(Some(d));
+                return Ok((d, "option".into()));
             }
         }
     }
-    Ok(None)
+    policy_direction(lua, metric)
+}
+
+/// The baseline: the option, else the policy's choice among the models (report_policy.baseline);
+/// None when there are no models. Whether it is a model is `stats::compare`'s check.
+fn pick_baseline(lua: &Lua, opt: Option<String>, m: &Metrics) -> LuaResult<Option<String>> {
+    if opt.is_some() || m.models.is_empty() {
+        return Ok(opt);
+    }
+    let names = array(lua, m.models.iter().map(|x| x.name.as_str()))?;
+    match policy_fn(lua, "baseline")?.call::<LuaValue>(names)? {
+        LuaValue::String(s) => Ok(Some(s.to_string_lossy())),
+        other => Err(LuaError::runtime(format!(
+            "report_policy.baseline must return one of the model names it is given, got {}",
+            other.type_name()
+        ))),
+    }
+}
+
+/// Direction and baseline of a comparison on `metric` (None without models).
+fn basis(lua: &Lua, m: &Metrics, metric: &str, opts: &Option<LuaTable>, func: &str) -> LuaResult<Option<Basis>> {
+    let Some(baseline) = pick_baseline(lua, opt_string(opts, "baseline")?, m)? else {
+        return Ok(None);
+    };
+    let (direction, direction_source) = pick_direction(lua, opt_string(opts, "direction")?, metric, func)?;
+    Ok(Some(Basis { direction, direction_source, baseline }))
 }
 
 fn opt_string(t: &Option<LuaTable>, key: &str) -> LuaResult<Option<String>> {
@@ -208,7 +274,7 @@ pub(crate) fn comparison_to_lua(lua: &Lua, c: &Comparison) -> LuaResult<LuaTable
     let t = lua.create_table()?;
     t.set("metric", c.metric.as_str())?;
     t.set("direction", c.direction.as_str())?;
-    t.set("direction_source", c.direction_source)?;
+    t.set("direction_source", c.direction_source.as_str())?;
     t.set("baseline", c.baseline.as_str())?;
     t.set("best", c.best.as_deref())?;
     t.set("alpha", stats::ALPHA)?;
@@ -264,10 +330,11 @@ pub(crate) fn comparison_for(
     let Some(metric) = pick_metric(lua, opt_string(opts, "metric")?, m) else {
         return Ok(Err(("no_metric", "no model reports any metric".into())));
     };
-    let direction = pick_direction(lua, opt_string(opts, "direction")?, &metric, func)?;
-    let baseline = opt_string(opts, "baseline")?;
-    Ok(stats::compare(m, &metric, baseline.as_deref(), direction).map_err(|e| {
-        let kind = if baseline.is_some() && e.starts_with("the baseline") { "bad_baseline" } else { "no_metric" };
+    let Some(basis) = basis(lua, m, &metric, opts, func)? else {
+        return Ok(Err(("no_models", "there are no models".into())));
+    };
+    Ok(stats::compare(m, &metric, &basis).map_err(|e| {
+        let kind = if e.starts_with("the baseline") { "bad_baseline" } else { "no_metric" };
         (kind, e)
     }))
 }
@@ -288,7 +355,7 @@ fn compare(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaM
 
 fn score(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
     if let Some(o) = &opts {
-        boundary::check_opts(lua, o, "report.score", &["metric", "direction"])?;
+        boundary::check_opts(lua, o, "report.score", &["metric", "direction", "model", "from"])?;
     }
     let m = match metrics_arg(lua, &v, "report.score")? {
         Ok(m) => m,
@@ -297,9 +364,14 @@ fn score(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMul
     let Some(metric) = pick_metric(lua, opt_string(&opts, "metric")?, &m) else {
         return fail(lua, "no_metric", "no model reports any metric");
     };
-    let direction = pick_direction(lua, opt_string(&opts, "direction")?, &metric, "report.score")?
-        .unwrap_or_else(|| Direction::infer(&metric));
-    match stats::score(&m, &metric) {
+    let (direction, _) = pick_direction(lua, opt_string(&opts, "direction")?, &metric, "report.score")?;
+    let rule = score_rule(lua, &m, &metric, &opts)?;
+    if m.model(&rule.model).is_none() {
+        let names: Vec<&str> = m.models.iter().map(|x| x.name.as_str()).collect();
+        let msg = format!("the score's model '{}' is not one of the models ({})", rule.model, names.join(", "));
+        return fail_with(lua, "bad_model", msg, &json!({ "metric": metric }));
+    }
+    match stats::score(&m, &metric, &rule) {
         Ok((s, model, source)) => {
             let t = lua.create_table()?;
             t.set("score", s)?;
@@ -313,11 +385,61 @@ fn score(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMul
     }
 }
 
+/// The score rule: the `model=` and `from=` options, else what report_policy.score_rule says for this
+/// metrics table.
+fn score_rule(lua: &Lua, m: &Metrics, metric: &str, opts: &Option<LuaTable>) -> LuaResult<ScoreRule> {
+    const F: &str = "report.score";
+    let mut model = opt_string(opts, "model")?;
+    let mut from = match opts.as_ref().map(|o| o.get::<LuaValue>("from")).transpose()? {
+        None | Some(LuaValue::Nil) => None,
+        Some(v) => Some(score_sources(lua, &v, &format!("{F}: 'from'"))?),
+    };
+    if model.is_none() || from.is_none() {
+        let rule: LuaValue = policy_fn(lua, "score_rule")?.call((metrics_to_lua(lua, m)?, metric))?;
+        let LuaValue::Table(rule) = rule else {
+            return Err(LuaError::runtime(format!(
+                "report_policy.score_rule must return {{model=, from=}}, got {}",
+                rule.type_name()
+            )));
+        };
+        if model.is_none() {
+            model = Some(rule.get::<Option<String>>("model")?.ok_or_else(|| {
+                LuaError::runtime("report_policy.score_rule returned no model (a model name is needed)")
+            })?);
+        }
+        if from.is_none() {
+            from = Some(score_sources(lua, &rule.get::<LuaValue>("from")?, "report_policy.score_rule: 'from'")?);
+        }
+    }
+    Ok(ScoreRule { model: model.unwrap_or_default(), from: from.unwrap_or_default() })
+}
+
+/// A list of score sources ("aggregate", "folds"); anything else raises, naming `what`.
+fn score_sources(lua: &Lua, v: &LuaValue, what: &str) -> LuaResult<Vec<ScoreSource>> {
+    let bad =
+        |got: String| boundary::misuse(lua, format!("{what} must be a list of \"aggregate\" and \"folds\", got {got}"));
+    let LuaValue::Table(t) = v else {
+        return Err(bad(v.type_name().to_string()));
+    };
+    let mut out = Vec::new();
+    for x in t.sequence_values::<LuaValue>() {
+        let x = x?;
+        match &x {
+            LuaValue::String(s) => match ScoreSource::parse(&s.to_string_lossy()) {
+                Some(src) => out.push(src),
+                None => return Err(bad(format!("'{}'", s.to_string_lossy()))),
+            },
+            other => return Err(bad(other.type_name().to_string())),
+        }
+    }
+    Ok(out)
+}
+
 /// Markdown options shared by `markdown`, `narrative_input` and `narrative_messages`.
 fn md_options(lua: &Lua, m: &Metrics, opts: &Option<LuaTable>, func: &str) -> LuaResult<markdown::Options> {
     let metric = pick_metric(lua, opt_string(opts, "metric")?, m);
-    let direction = match &metric {
-        Some(x) => pick_direction(lua, opt_string(opts, "direction")?, x, func)?,
+    let basis = match &metric {
+        Some(x) => basis(lua, m, x, opts, func)?,
         None => None,
     };
     let mut plots = Vec::new();
@@ -350,8 +472,7 @@ fn md_options(lua: &Lua, m: &Metrics, opts: &Option<LuaTable>, func: &str) -> Lu
     }
     Ok(markdown::Options {
         metric,
-        direction,
-        baseline: opt_string(opts, "baseline")?,
+        basis,
         narrative: opt_string(opts, "narrative")?,
         narrative_error: match opts.as_ref().map(|o| o.get::<LuaValue>("narrative_error")).transpose()? {
             None | Some(LuaValue::Nil) => None,
@@ -409,8 +530,8 @@ fn narrative_input(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaRes
     ok(lua, text)
 }
 
-/// The chat messages for the narrative: the report prompt (a table with `system` and `user_template`,
-/// or the path of its YAML file) with `${primary_metric}` and `${metrics_json}` filled in.
+/// The chat messages for the narrative: a thin call into report_policy.narrative_messages, where the
+/// wording and the prompt file's reading live (kept here so `report.narrative_messages` still works).
 fn narrative_messages(
     lua: &Lua,
     (prompt, v, opts): (LuaValue, LuaValue, Option<LuaTable>),
@@ -418,55 +539,14 @@ fn narrative_messages(
     if let Some(o) = &opts {
         boundary::check_opts(lua, o, "report.narrative_messages", &["metric", "baseline", "direction"])?;
     }
-    let (system, user) = match &prompt {
-        LuaValue::Table(t) => (t.get::<Option<String>>("system")?, t.get::<Option<String>>("user_template")?),
-        LuaValue::String(p) => {
-            let p = p.to_string_lossy();
-            let text = match std::fs::read_to_string(&p) {
-                Ok(t) => t,
-                Err(e) => return fail(lua, "io", format!("cannot read report prompt {p}: {e}")),
-            };
-            let y: serde_yaml_ng::Value = match serde_yaml_ng::from_str(&text) {
-                Ok(y) => y,
-                Err(e) => return fail(lua, "parse", format!("report prompt {p} is not valid YAML: {e}")),
-            };
-            let get = |k: &str| y.get(k).and_then(|v| v.as_str()).map(String::from);
-            (get("system"), get("user_template"))
-        }
-        other => {
-            return Err(boundary::misuse(
-                lua,
-                format!("report.narrative_messages: the prompt is a table or a YAML path, got {}", other.type_name()),
-            ))
-        }
-    };
-    let m = match metrics_arg(lua, &v, "report.narrative_messages")? {
-        Ok(m) => m,
-        Err((kind, msg)) => return fail(lua, kind, msg),
-    };
-    let mo = md_options(lua, &m, &opts, "report.narrative_messages")?;
-    let json_text = crate::pyjson::to_string(&markdown::narrative_input(&m, &mo), true);
-    let metric = markdown::comparison(&m, &mo).map(|c| c.metric).ok().or(mo.metric.clone()).unwrap_or_default();
-    let vars = [("primary_metric", metric.as_str()), ("metrics_json", json_text.as_str())];
-    let system = markdown::fill_template(system.as_deref().unwrap_or(DEFAULT_SYSTEM), &vars);
-    let user = markdown::fill_template(user.as_deref().unwrap_or(DEFAULT_USER), &vars);
-    let msgs = array(
-        lua,
-        [("system", system), ("user", user)].into_iter().map(|(role, content)| {
-            let t = lua.create_table().expect("table");
-            t.set("role", role).expect("set");
-            t.set("content", content).expect("set");
-            t
-        }),
-    )?;
-    ok(lua, msgs)
+    if !matches!(prompt, LuaValue::Table(_) | LuaValue::String(_)) {
+        return Err(boundary::misuse(
+            lua,
+            format!("report.narrative_messages: the prompt is a table or a YAML path, got {}", prompt.type_name()),
+        ));
+    }
+    policy_fn(lua, "narrative_messages")?.call((prompt, v, opts))
 }
-
-const DEFAULT_SYSTEM: &str = "You are a computational biologist. The results table of this experiment is already \
-written from the computed numbers below; write only the discussion: which model wins on ${primary_metric} and by \
-how much, whether the differences against the baseline are statistically significant, and what the other metrics \
-add. Quote numbers only from the JSON. Markdown, no tables, at most 300 words.";
-const DEFAULT_USER: &str = "```json\n${metrics_json}\n```";
 
 /// Write `svg` to `path` when one is given and return the path, else return the SVG text.
 fn svg_result(lua: &Lua, svg: String, path: Option<String>) -> LuaResult<LuaMultiValue> {
@@ -490,8 +570,7 @@ fn plot_folds(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<L
     let Some(metric) = pick_metric(lua, opt_string(&opts, "metric")?, &m) else {
         return fail(lua, "no_metric", "no model reports any metric");
     };
-    let direction = pick_direction(lua, opt_string(&opts, "direction")?, &metric, "report.plot_folds")?
-        .unwrap_or_else(|| Direction::infer(&metric));
+    let (direction, _) = pick_direction(lua, opt_string(&opts, "direction")?, &metric, "report.plot_folds")?;
     let title = opt_string(&opts, "title")?;
     match crate::report::plot::folds_svg(&m, &metric, direction, title.as_deref()) {
         Ok(svg) => svg_result(lua, svg, opt_string(&opts, "path")?),
@@ -546,8 +625,7 @@ fn plot_iterations(lua: &Lua, (v, opts): (LuaTable, Option<LuaTable>)) -> LuaRes
             HostCtx::get(lua).config.as_ref().map(|c| c.experiment.primary_metric.clone()).unwrap_or("score".into())
         }
     };
-    let direction =
-        pick_direction(lua, opt_string(&opts, "direction")?, &metric, F)?.unwrap_or_else(|| Direction::infer(&metric));
+    let (direction, _) = pick_direction(lua, opt_string(&opts, "direction")?, &metric, F)?;
     let threshold = match &opts {
         Some(o) => o.get::<Option<f64>>("threshold")?,
         None => None,

@@ -6,15 +6,15 @@ use serde_json::{json, Map, Value};
 
 use super::format::{mean_sd, num, pval, DASH};
 use super::metrics::{display_order, Metrics};
-use super::stats::{self, summarize, Comparison, Direction, ALPHA};
+use super::stats::{self, summarize, Basis, Comparison, Direction, ALPHA};
 
 /// What a report shows beyond the metrics.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// The primary metric (None: no Δ%, tests or winner).
     pub metric: Option<String>,
-    pub direction: Option<Direction>,
-    pub baseline: Option<String>,
+    /// Direction and baseline, as the caller decided them (None: no Δ%, tests or winner).
+    pub basis: Option<Basis>,
     pub narrative: Option<String>,
     /// Why there is no narrative (the LLM failed, ...).
     pub narrative_error: Option<String>,
@@ -83,7 +83,8 @@ pub fn strip_outer_fence(text: &str) -> String {
 /// The comparison a report is built on: Err says why there is none.
 pub fn comparison(metrics: &Metrics, opts: &Options) -> Result<Comparison, String> {
     let metric = opts.metric.as_deref().ok_or("no primary metric was given")?;
-    stats::compare(metrics, metric, opts.baseline.as_deref(), opts.direction)
+    let basis = opts.basis.as_ref().ok_or("there are no models")?;
+    stats::compare(metrics, metric, basis)
 }
 
 /// The full experiment_report.md text.
@@ -466,11 +467,6 @@ pub fn narrative_input(metrics: &Metrics, opts: &Options) -> Value {
     Value::Object(out)
 }
 
-/// Replace `${name}` in a prompt template; unknown names are left as they are.
-pub fn fill_template(template: &str, vars: &[(&str, &str)]) -> String {
-    crate::template::expand_with(template, |n| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,12 +485,6 @@ mod tests {
         assert_eq!(pval(0.79896), "0.799");
         assert_eq!(pval(0.0020834), "0.00208");
         assert_eq!(pval(0.00045), "4.5e-4");
-    }
-
-    #[test]
-    fn templates_fill_known_names_only() {
-        assert_eq!(fill_template("a ${x} b ${y} ${x}", &[("x", "1")]), "a 1 b ${y} 1");
-        assert_eq!(fill_template("${unclosed", &[("x", "1")]), "${unclosed");
     }
 
     #[test]
@@ -533,13 +523,16 @@ mod odd_inputs {
         for d in docs {
             let v = crate::pyjson::parse(d).unwrap();
             let Ok(m) = normalize(&v) else { continue };
-            for metric in ["MSE", "PCC"] {
-                let opts = Options { metric: Some(metric.into()), ..Default::default() };
+            for (metric, direction) in [("MSE", Direction::Lower), ("PCC", Direction::Higher)] {
+                let first = m.models[0].name.clone();
+                let basis = Basis { direction, direction_source: "test".into(), baseline: first.clone() };
+                let opts = Options { metric: Some(metric.into()), basis: Some(basis), ..Default::default() };
                 let text = render(&m, &opts).replace("NaN or infinite", "");
                 assert!(!text.contains("NaN") && !text.contains("inf"), "{d}:\n{text}");
                 let j = crate::pyjson::to_string(&narrative_input(&m, &opts), false).replace("NaN or infinite", "");
                 assert!(!j.contains("NaN"), "{d}: {j}");
-                let _ = crate::report::stats::score(&m, metric);
+                let from = vec![stats::ScoreSource::Aggregate, stats::ScoreSource::Folds];
+                let _ = stats::score(&m, metric, &stats::ScoreRule { model: first, from });
                 let _ = crate::report::plot::folds_svg(&m, metric, Direction::Lower, None);
             }
         }

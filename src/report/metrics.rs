@@ -168,6 +168,10 @@ const NOT_MODELS: &[&str] = &[
     "stats",
     "tests",
 ];
+/// Members of NOT_MODELS that are also common model names: at the top level, one holding metric values
+/// is a model (`{"baseline": {"per_fold": ...}, "mlp": {...}}`), anything else (a name, a note) is not.
+const MODEL_OR_META: &[&str] = &["baseline"];
+
 /// Numeric members of a fold object that describe the fold rather than measure it.
 const NOT_METRICS: &[&str] = &[
     "fold",
@@ -211,17 +215,29 @@ pub fn normalize(doc: &Value) -> Result<Metrics, String> {
                 models = fm;
             } else {
                 for (k, v) in top {
-                    if NOT_MODELS.iter().any(|n| n.eq_ignore_ascii_case(k)) || CONTAINER_KEYS.contains(&k.as_str()) {
+                    if CONTAINER_KEYS.contains(&k.as_str()) {
                         continue;
                     }
-                    match v {
-                        Value::Object(m) => models.push(read_model(k, m, &mut w)),
+                    let meta = NOT_MODELS.iter().any(|n| n.eq_ignore_ascii_case(k));
+                    let maybe_model = MODEL_OR_META.iter().any(|n| n.eq_ignore_ascii_case(k));
+                    if meta && !maybe_model {
+                        continue;
+                    }
+                    let mut mw = Vec::new();
+                    let model = match v {
+                        Value::Object(m) => read_model(k, m, &mut mw),
                         Value::Array(a) if a.iter().any(|x| x.is_object()) => {
                             let m = Map::from_iter([("per_fold".to_string(), v.clone())]);
-                            models.push(read_model(k, &m, &mut w));
+                            read_model(k, &m, &mut mw)
                         }
-                        _ => {}
+                        _ => continue,
+                    };
+                    // `baseline` naming another model, or a note about it, is no model of its own
+                    if meta && model.per_fold.is_empty() && model.aggregate.is_empty() {
+                        continue;
                     }
+                    w.append(&mut mw);
+                    models.push(model);
                 }
             }
         }

@@ -41,42 +41,6 @@ impl Direction {
         }
     }
 
-    /// Lower is better for error and loss metrics (MSE, RMSE, MAE, DEG_RMSE_*, *_loss, ...), higher
-    /// for everything else. A `neg_` prefix (scikit-learn's negated errors) means higher.
-    pub fn infer(metric: &str) -> Direction {
-        let lower = metric.to_ascii_lowercase();
-        let tokens: Vec<&str> = lower.split(|c: char| !c.is_ascii_alphanumeric()).filter(|t| !t.is_empty()).collect();
-        if tokens.first() == Some(&"neg") {
-            return Direction::Higher;
-        }
-        const ERRORS: &[&str] = &[
-            "mse",
-            "rmse",
-            "mae",
-            "mape",
-            "smape",
-            "msle",
-            "rmsle",
-            "medae",
-            "loss",
-            "error",
-            "err",
-            "nll",
-            "logloss",
-            "crossentropy",
-            "deviance",
-            "perplexity",
-            "brier",
-            "wer",
-            "cer",
-        ];
-        if tokens.iter().any(|t| ERRORS.contains(t)) || lower.contains("loss") || lower.ends_with("mse") {
-            Direction::Lower
-        } else {
-            Direction::Higher
-        }
-    }
-
     /// Is `a` better than `b`?
     pub fn better(self, a: f64, b: f64) -> bool {
         match self {
@@ -357,8 +321,8 @@ impl Entry {
 pub struct Comparison {
     pub metric: String,
     pub direction: Direction,
-    /// "option" when the caller said, else "inferred from the name".
-    pub direction_source: &'static str,
+    /// Who chose the direction, as the caller says ("option", "inferred from the name"...).
+    pub direction_source: String,
     pub baseline: String,
     /// The model with the best mean of the metric.
     pub best: Option<String>,
@@ -369,21 +333,6 @@ impl Comparison {
     pub fn entry(&self, name: &str) -> Option<&Entry> {
         self.entries.iter().find(|e| e.name == name)
     }
-}
-
-/// The baseline: the first model whose name says baseline / linear / ridge, then one that says base,
-/// else the first model.
-pub fn pick_baseline(names: &[String]) -> Option<String> {
-    let has = |n: &String, words: &[&str]| {
-        let l = n.to_ascii_lowercase();
-        words.iter().any(|w| l.contains(w))
-    };
-    names
-        .iter()
-        .find(|n| has(n, &["baseline", "linear", "ridge"]))
-        .or_else(|| names.iter().find(|n| has(n, &["base"])))
-        .or_else(|| names.first())
-        .cloned()
 }
 
 fn fold_list(v: &[(String, f64)]) -> String {
@@ -398,14 +347,19 @@ fn fold_list(v: &[(String, f64)]) -> String {
     }
 }
 
+/// Which way a metric is better and which model is the baseline: decided by the caller (the Lua
+/// policy, `stdlib/report_policy.lua`, or the script's options), never here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Basis {
+    pub direction: Direction,
+    /// Who chose the direction, shown as `direction_source`.
+    pub direction_source: String,
+    pub baseline: String,
+}
+
 /// Compare every model with the baseline on `metric`. Err when the metric is in no model or the
-/// baseline named is not a model.
-pub fn compare(
-    metrics: &Metrics,
-    metric: &str,
-    baseline: Option<&str>,
-    direction: Option<Direction>,
-) -> Result<Comparison, String> {
+/// baseline is not a model.
+pub fn compare(metrics: &Metrics, metric: &str, basis: &Basis) -> Result<Comparison, String> {
     let Some(metric) = metrics.resolve_metric(metric) else {
         let names = metrics.metric_names();
         return Err(format!(
@@ -414,15 +368,11 @@ pub fn compare(
         ));
     };
     let names: Vec<String> = metrics.models.iter().map(|m| m.name.clone()).collect();
-    let baseline = match baseline {
-        Some(b) if names.iter().any(|n| n == b) => b.to_string(),
-        Some(b) => return Err(format!("the baseline '{b}' is not one of the models ({})", names.join(", "))),
-        None => pick_baseline(&names).ok_or("there are no models")?,
-    };
-    let (direction, direction_source) = match direction {
-        Some(d) => (d, "option"),
-        None => (Direction::infer(&metric), "inferred from the name"),
-    };
+    let baseline = basis.baseline.clone();
+    if !names.contains(&baseline) {
+        return Err(format!("the baseline '{baseline}' is not one of the models ({})", names.join(", ")));
+    }
+    let (direction, direction_source) = (basis.direction, basis.direction_source.clone());
     let base_model = metrics.model(&baseline).expect("baseline is a model");
     let base_sum = summarize(base_model, &metric);
     let base_folds = base_model.fold_values(&metric);
@@ -570,23 +520,68 @@ pub fn compare(
     Ok(Comparison { metric, direction, direction_source, baseline, best, entries })
 }
 
-/// The success score (DESIGN §1): the declared winner's (else the first model's) aggregate `metric`,
-/// else the mean of its finite per-fold values. Ok((score, model, source)); Err says what is missing.
-pub fn score(metrics: &Metrics, metric: &str) -> Result<(f64, String, &'static str), String> {
-    let model = match &metrics.winner {
-        Some(w) => metrics.model(w),
-        None => metrics.models.first(),
+/// Where a score may come from, tried in the order the score rule lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoreSource {
+    /// The model's aggregate value of the metric.
+    Aggregate,
+    /// The mean of the model's finite per-fold values.
+    Folds,
+}
+
+impl ScoreSource {
+    /// "aggregate", "folds" (also "mean of folds", what `source` says of a score).
+    pub fn parse(s: &str) -> Option<ScoreSource> {
+        match s {
+            "aggregate" => Some(ScoreSource::Aggregate),
+            "folds" | "mean of folds" => Some(ScoreSource::Folds),
+            _ => None,
+        }
     }
-    .ok_or("there are no models")?;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScoreSource::Aggregate => "aggregate",
+            ScoreSource::Folds => "mean of folds",
+        }
+    }
+}
+
+/// Which number is "the score" of a metrics file: one model's value of the metric from the first
+/// source that has a finite one. Chosen by the caller (`stdlib/report_policy.lua`'s `score_rule`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreRule {
+    pub model: String,
+    pub from: Vec<ScoreSource>,
+}
+
+/// The score of `metrics` under `rule`. Ok((score, model, source)); Err says what is missing.
+pub fn score(metrics: &Metrics, metric: &str, rule: &ScoreRule) -> Result<(f64, String, &'static str), String> {
+    let model = metrics.model(&rule.model).ok_or_else(|| {
+        let names: Vec<&str> = metrics.models.iter().map(|m| m.name.as_str()).collect();
+        format!("the score's model '{}' is not one of the models ({})", rule.model, names.join(", "))
+    })?;
     let metric = metrics.resolve_metric(metric).unwrap_or_else(|| metric.to_string());
-    if let Some(v) = model.aggregate_value(&metric).filter(|v| v.is_finite()) {
-        return Ok((v, model.name.clone(), "aggregate"));
+    for source in &rule.from {
+        let v = match source {
+            ScoreSource::Aggregate => model.aggregate_value(&metric).filter(|v| v.is_finite()),
+            ScoreSource::Folds => {
+                let vals: Vec<f64> =
+                    model.fold_values(&metric).into_iter().map(|(_, v)| v).filter(|v| v.is_finite()).collect();
+                mean_sd(&vals).0
+            }
+        };
+        if let Some(v) = v {
+            return Ok((v, model.name.clone(), source.as_str()));
+        }
     }
-    let vals: Vec<f64> = model.fold_values(&metric).into_iter().map(|(_, v)| v).filter(|v| v.is_finite()).collect();
-    if let (Some(m), _) = mean_sd(&vals) {
-        return Ok((m, model.name.clone(), "mean of folds"));
-    }
-    let who = if metrics.winner.is_some() { "the winner" } else { "the first model" };
+    let who = if metrics.winner.as_deref() == Some(model.name.as_str()) {
+        "the winner"
+    } else if metrics.models.first().map(|m| &m.name) == Some(&model.name) {
+        "the first model"
+    } else {
+        "the model"
+    };
     let has = model.metric_names();
     Err(format!(
         "{who} '{}' has no finite {metric} (its metrics: {})",
@@ -598,16 +593,6 @@ pub fn score(metrics: &Metrics, metric: &str) -> Result<(f64, String, &'static s
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn direction_from_names() {
-        for m in ["MSE", "RMSE", "val_loss", "DEG_RMSE_20", "MSE_DM", "mae", "mean_squared_error", "Loss"] {
-            assert_eq!(Direction::infer(m), Direction::Lower, "{m}");
-        }
-        for m in ["PCC", "R2", "PCC_DM", "accuracy", "neg_mse", "DEG_PCC_50"] {
-            assert_eq!(Direction::infer(m), Direction::Higher, "{m}");
-        }
-    }
 
     #[test]
     fn holm_steps_down_and_stays_monotone() {

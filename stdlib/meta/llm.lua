@@ -56,11 +56,11 @@ local llm = {}
 ---| "bad_body"     # not a completion: not JSON, an HTML page, no choices; retried
 ---| "empty"        # a completion with no content; retried
 ---| "truncated"    # cut off by max_tokens (finish_reason "length"); `err.text` holds the partial text; not retried by default
----| "client"       # another 4xx (bad model, bad key, exhausted quota); never retried
----| "budget"       # llm.max_total_tokens / llm.max_calls used up; never retried
----| "replay_miss"  # replaying, and the cassette has no such request; never retried
----| "interrupted"  # Ctrl-C / SIGTERM; never retried
----| "config"       # missing key, unusable base_url, unreadable cassette; never retried
+---| "client"       # another 4xx (bad model, bad key, exhausted quota); never retried by default (`per_kind.client = 0`)
+---| "budget"       # llm.max_total_tokens / llm.max_calls used up; never retried by default
+---| "replay_miss"  # replaying, and the cassette has no such request; never retried by default
+---| "interrupted"  # Ctrl-C / SIGTERM; never retried (no attempt starts after Ctrl-C, whatever the policy says)
+---| "config"       # missing key, unusable base_url, unreadable cassette; never retried by default
 
 ---What a failed `llm.chat` returns as `err`. `message` names the last cause, the HTTP status, the
 ---attempts, the time spent and why the policy stopped.
@@ -75,7 +75,7 @@ local llm = {}
 ---@field finish_reason? string For `empty` / `truncated`.
 ---@field usage? cellsci.llm.TokenUsage For `empty` / `truncated`: the tokens paid for.
 
----What a retry policy is asked after each failure that could pass on a retry.
+---What a retry policy is asked after every failed attempt, whatever its kind.
 ---@class cellsci.llm.RetryInfo
 ---@field kind cellsci.llm.ErrorKind
 ---@field status? integer The HTTP status, when there was one.

@@ -12,10 +12,10 @@
 ---   else the first metric present in table order. Names match exactly, else case-insensitively when
 ---   unambiguous.
 --- - `direction`: the option (`"lower"`/`"higher"`, also `min`/`max`, `lower_is_better`...), else the
----   config's `experiment.direction` when `metric` is the primary metric, else inferred from the name
----   (`report.direction`).
---- - `baseline`: the option, else the first model whose name contains `baseline`, `linear` or `ridge`,
----   then one containing `base`, else the first model.
+---   config's `experiment.direction` when `metric` is the primary metric, else `report_policy.direction`
+---   (stdlib/report_policy.lua, which a user can shadow; by default from the name, `report.direction`).
+--- - `baseline`: the option, else `report_policy.baseline(names)`: by default the first model whose name
+---   contains `baseline`, `linear` or `ridge`, then one containing `base`, else the first model.
 ---@class cellsci.report
 local report = {}
 
@@ -25,7 +25,8 @@ local report = {}
 ---| "parse"        # not valid JSON / YAML, or an empty file
 ---| "no_models"    # the metrics hold no model (quoting the file's own `reason` when it has one)
 ---| "no_metric"    # no model reports the metric (or any metric)
----| "bad_baseline" # the `baseline` option is not one of the models
+---| "bad_baseline" # the baseline (the option, or the policy's choice) is not one of the models
+---| "bad_model"    # `report.score`: the score's model (`model=`, or the policy's) is not one of the models
 ---| "plot"         # the plot could not be drawn
 ---| "notebook"     # the notebook is not usable for the hypergraph
 
@@ -115,21 +116,24 @@ function report.compare(metrics, opts) end
 ---@class cellsci.report.ScoreOpts
 ---@field metric? string Default: see the module's defaults.
 ---@field direction? cellsci.report.Direction|string Default: config `experiment.direction` for the primary metric, else inferred from the name.
+---@field model? string The model whose number is the score. Default: `report_policy.score_rule`'s (the declared winner, else the first model).
+---@field from? ("aggregate"|"folds")[] Where the number comes from, first finite wins. Default: `report_policy.score_rule`'s (`{"aggregate", "folds"}`).
 
 ---What `report.score` returns.
 ---@class cellsci.report.Score
 ---@field score number
----@field model string The declared winner, else the first model.
+---@field model string The `model=` option, else the policy's (the declared winner, else the first model).
 ---@field source "aggregate"|"mean of folds"
 ---@field metric string As the file spells it.
 ---@field direction cellsci.report.Direction Which way is better (comparing with a threshold is the caller's job).
 
----The success score: the declared winner's (else the first model's) aggregate `metric`, else the mean
----of its finite per-fold values.
+---The success score under a score rule (`model=`, `from=`, else `report_policy.score_rule`; by default
+---the declared winner's, else the first model's, aggregate `metric`, else the mean of its finite
+---per-fold values).
 ---@param metrics string|table A path or a metrics table.
 ---@param opts? cellsci.report.ScoreOpts
 ---@return cellsci.report.Score|nil score
----@return cellsci.report.Error|nil err `no_metric` (with `err.metric`), or a loading kind.
+---@return cellsci.report.Error|nil err `no_metric` (with `err.metric`), `bad_model`, or a loading kind.
 function report.score(metrics, opts) end
 
 ---A plot linked from the report.
@@ -172,7 +176,8 @@ function report.narrative_input(metrics, opts) end
 
 ---The chat messages for the narrative: the prompt with `${primary_metric}` and `${metrics_json}` filled
 ---in (other `${...}` left alone), ready for `llm.chat{messages = ...}`. Raises when `prompt` is neither
----a table nor a string.
+---a table nor a string. A thin call into `report_policy.narrative_messages` (stdlib/report_policy.lua),
+---where the wording and the reading of the prompt file live; a prompt file that is not a mapping is `parse`.
 ---@param prompt cellsci.report.Prompt|string
 ---@param metrics string|table
 ---@param opts? cellsci.report.CompareOpts
@@ -255,9 +260,10 @@ function report.hypergraph(nb, opts) end
 ---@return cellsci.report.Error|nil err `not_found`, `io`, `parse` or `notebook`.
 function report.mermaid(nb, opts) end
 
----Which way is better for a metric, from its name: `"lower"` for MSE, RMSE, MAE, MAPE, loss, error,
----NLL and names built on them (`DEG_RMSE_20`, `val_loss`); `"higher"` otherwise (a `neg_` prefix
----means higher). Ignores the config.
+---Which way is better for a metric, as `report_policy.direction` says (stdlib/report_policy.lua, which
+---a user can shadow). By default from its name: `"lower"` for MSE, RMSE, MAE, MAPE, loss, error, NLL and
+---names built on them (`DEG_RMSE_20`, `val_loss`); `"higher"` otherwise (a `neg_` prefix means higher).
+---Ignores the config.
 ---@param metric string
 ---@return cellsci.report.Direction
 function report.direction(metric) end

@@ -871,3 +871,35 @@ print("logged")"#
     assert!(!text.contains("SECRETPART"), "{text}");
     assert_eq!(text.lines().count(), 3, "{text}");
 }
+
+/// The retry policy decides every kind: a `client` failure (HTTP 401) is asked about too; the bundled
+/// policy says no by its table, a policy of the user's may say yes.
+#[test]
+fn the_retry_policy_is_asked_about_every_kind_even_client_failures() {
+    let srv = FakeLlm::start();
+    let unauthorized = r#"{"error": {"message": "Incorrect API key provided"}}"#;
+    srv.push(401, &[], unauthorized);
+    srv.push(401, &[], unauthorized);
+    srv.push_reply("hello after a key rotation");
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local r, err = llm.chat{prompt = "x"}
+        assert(not r and err.kind == "client" and err.attempts == 1, tostring(err))
+        assert(err.message:find("client is not retried by this policy", 1, true), err.message)
+        local asked = {}
+        r, err = llm.chat{prompt = "x", retry = function(info)
+          table.insert(asked, info.kind)
+          return info.kind == "client", 0, "only client"
+        end}
+        assert(r and r.text == "hello after a key rotation" and r.attempts == 2, tostring(err))
+        assert(#asked == 1 and asked[1] == "client", table.concat(asked, ","))
+        "#,
+        &[],
+    );
+    ok(&out);
+    assert_eq!(srv.requests().len(), 3);
+}

@@ -930,3 +930,57 @@ fn a_megabyte_exception_message_is_clipped_in_the_fix_request() {
     assert!(error.starts_with("ValueError: start of the message") && error.contains("bytes cut"), "{error}");
     assert!(error.ends_with("end of the message"), "{error}");
 }
+
+/// Regression: a prompt file holding a YAML list was taken as a prompt and the run went on to the LLM.
+#[test]
+fn a_prompt_file_that_is_a_list_stops_run_with_exit_2_naming_the_file() {
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 3}}),
+        simple_handler(vec![generation_reply(&[("T1", &metrics_cell(0.8))])]),
+    );
+    util::write(p.path(), "prompts/list_prompt.yaml", "- system: You write notebooks.\n- task: predict\n");
+    let out = p.run(&["run", "--prompt-file", "prompts/list_prompt.yaml"]);
+    let text = util::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("prompts/list_prompt.yaml") && text.contains("expected a mapping"), "{text}");
+    assert!(p.requests(Kind::Generation).is_empty(), "the broken prompt went to the LLM");
+    let s = p.summary();
+    assert_eq!(s["iterations_executed"], 1, "the loop stops at once: {s:#}");
+    assert_eq!(s["stopped"], "config");
+    let out = p.run(&["generate", "--prompt-file", "prompts/list_prompt.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", util::text(&out));
+    assert!(util::text(&out).contains("prompts/list_prompt.yaml"), "{}", util::text(&out));
+}
+
+/// A user's report_policy.lua decides the direction, the baseline and which number is the score of a
+/// real `cellsci run`: its report, [CHECK] line, criterion and summary all follow it.
+#[test]
+fn a_users_report_policy_changes_direction_baseline_and_score_of_cellsci_run() {
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 1, "success_threshold": 0.5}}),
+        simple_handler(vec![generation_reply(&[("T1", &metrics_cell(0.8))])]),
+    );
+    util::write(
+        p.path(),
+        "policies/report_policy.lua",
+        r#"local M = load(require("host").bundled("stdlib/report_policy.lua"), "@<bundled>/stdlib/report_policy.lua")()
+table.insert(M.lower_is_better, "pcc")
+M.baseline_words = { { "better" } }
+function M.score_rule(metrics) return { model = "ridge_baseline", from = { "folds" } } end
+return M
+"#,
+    );
+    let out = p.run(&["--scripts", "policies", "run"]);
+    let text = util::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    // the score: ridge_baseline's mean PCC over its folds (0.10, 0.11, 0.12), below 0.5 and lower is better
+    assert!(stdout(&out).contains("[CHECK] ridge_baseline | PCC: 0.1100"), "{text}");
+    let s = p.summary();
+    assert_eq!(s["direction"], "lower");
+    assert_eq!(s["iterations"][0]["criteria_met"], true, "{s:#}");
+    let report = std::fs::read_to_string(p.archived()[0].join("experiment_report.md")).unwrap();
+    assert!(report.contains("PCC (lower is better)"), "{report}");
+    assert!(report.contains("- **Baseline:** better"), "{report}");
+    let narrative = &p.requests(Kind::Report)[0]["messages"][1]["content"];
+    assert!(narrative.as_str().unwrap().contains("\"baseline\": \"better\""), "{narrative}");
+}

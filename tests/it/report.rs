@@ -608,3 +608,90 @@ assert(report.plot_iterations({{iteration = 1000000, score = 1}, {iteration = -1
 print("ok")"#);
     assert!(out.contains("ok"), "{out}");
 }
+
+// ---------------------------------------------------------------- policy (stdlib/report_policy.lua)
+
+#[test]
+fn error_metrics_are_lower_is_better_by_the_bundled_report_policy() {
+    lua(r#"
+for _, m in ipairs({"MSE", "RMSE", "val_loss", "DEG_RMSE_20", "MSE_DM", "mae", "mean_squared_error", "Loss"}) do
+  assert(report.direction(m) == "lower", m)
+  assert(require("report_policy").direction(m) == "lower", m)
+end
+for _, m in ipairs({"PCC", "R2", "PCC_DM", "accuracy", "neg_mse", "DEG_PCC_50"}) do
+  assert(report.direction(m) == "higher", m)
+end
+local c = assert(report.compare(D .. "/demo/metrics.json", {metric = "MSE"}))
+assert(c.direction == "lower" and c.direction_source == "inferred from the name", c.direction_source)
+"#);
+}
+
+/// Regression: a top-level model named `baseline` (a common name) was skipped as metadata, so the
+/// report compared nothing.
+#[test]
+fn a_top_level_model_named_baseline_is_compared_not_lost() {
+    let (dir, _) = lua(r#"
+local json = require("json")
+local function fold(a, b, c) return {fold_0 = {PCC = a}, fold_1 = {PCC = b}, fold_2 = {PCC = c}} end
+require("fs").write("metrics.json", json.encode({
+  baseline = {per_fold = fold(0.30, 0.32, 0.31)},
+  mlp = {per_fold = fold(0.50, 0.55, 0.52)},
+  winner = "mlp",
+}))
+local m = assert(report.load_metrics("metrics.json"))
+assert(m.models.baseline and m.models.mlp, "both models are read: " .. json.encode(m.order))
+local c = assert(report.compare(m, {metric = "PCC"}))
+assert(c.baseline == "baseline", c.baseline)
+assert(c.models.mlp.p_value and c.models.mlp.delta_pct > 0, json.encode(c.models.mlp))
+report.markdown{metrics = "metrics.json", metric = "PCC", path = "experiment_report.md"}
+-- `baseline` naming another model is still metadata, not a model
+require("fs").write("named.json", json.encode({baseline = "ridge", ridge = {aggregate = {PCC = 0.3}},
+  mlp = {aggregate = {PCC = 0.5}}}))
+local n = assert(report.load_metrics("named.json"))
+assert(#n.order == 2 and n.models.baseline == nil, json.encode(n.order))
+"#);
+    let md = std::fs::read_to_string(dir.path().join("experiment_report.md")).unwrap();
+    assert!(md.contains("- **Baseline:** baseline"), "{md}");
+    assert!(md.contains("Tests against the baseline"), "{md}");
+}
+
+/// A user's report_policy.lua beside their script: the direction, baseline and score rule of every
+/// `report` function follow it.
+#[test]
+fn a_users_report_policy_changes_direction_baseline_and_score_of_cellsci_script() {
+    let dir = util::tempdir();
+    util::write(
+        dir.path(),
+        "policies/report_policy.lua",
+        r#"local host = require("host")
+local M = load(host.bundled("stdlib/report_policy.lua"), "@<bundled>/stdlib/report_policy.lua")()
+table.insert(M.lower_is_better, "pcc")              -- this lab minimises PCC (a distance, say)
+M.baseline_words = { { "mlp" } }                     -- and compares with its MLP
+function M.score_rule(metrics) return { model = "GNN", from = { "folds" } } end
+return M
+"#,
+    );
+    let script = util::write(
+        dir.path(),
+        "t.lua",
+        r#"local report = require("report")
+local m = {order = {"Ridge", "MLP", "GNN"},
+  models = {Ridge = {per_fold = {["0"] = {PCC = 0.2}, ["1"] = {PCC = 0.3}}, aggregate = {PCC = 0.25}},
+            MLP = {per_fold = {["0"] = {PCC = 0.4}, ["1"] = {PCC = 0.5}}, aggregate = {PCC = 0.45}},
+            GNN = {per_fold = {["0"] = {PCC = 0.6}, ["1"] = {PCC = 0.8}}, aggregate = {PCC = 0.65}}},
+  winner = "MLP"}
+local c = assert(report.compare(m, {metric = "PCC"}))
+print("direction", c.direction, "baseline", c.baseline, "best", c.best)
+local s = assert(report.score(m, {metric = "PCC"}))
+print("score", s.model, s.source, s.score, s.direction)
+local o = assert(report.score(m, {metric = "PCC", model = "Ridge", from = {"aggregate"}}))
+print("explicit", o.model, o.source, o.score)
+"#,
+    );
+    let out = util::cellsci(dir.path()).args(["--scripts", "policies", "script"]).arg(&script).output().unwrap();
+    let text = util::text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("direction\tlower\tbaseline\tMLP\tbest\tRidge"), "{text}");
+    assert!(text.contains("score\tGNN\tmean of folds\t0.7\tlower"), "{text}");
+    assert!(text.contains("explicit\tRidge\taggregate\t0.25"), "{text}");
+}
