@@ -102,6 +102,11 @@ impl<'a> Opts<'a> {
         Ok(Opts { lua, func, table })
     }
 
+    /// A table whose keys were checked already (by `new` at the function's entry), read by a helper.
+    pub fn checked(lua: &'a Lua, func: &'a str, table: Option<LuaTable>) -> Opts<'a> {
+        Opts { lua, func, table }
+    }
+
     /// Open a value that must be an options table (or nil).
     pub fn from_value(lua: &'a Lua, func: &'a str, v: LuaValue, allowed: &[&str]) -> LuaResult<Opts<'a>> {
         match v {

@@ -248,18 +248,16 @@ fn pick_baseline(lua: &Lua, opt: Option<String>, m: &Metrics) -> LuaResult<Optio
 
 /// Direction and baseline of a comparison on `metric` (None without models).
 fn basis(lua: &Lua, m: &Metrics, metric: &str, opts: &Option<LuaTable>, func: &str) -> LuaResult<Option<Basis>> {
-    let Some(baseline) = pick_baseline(lua, opt_string(opts, "baseline")?, m)? else {
+    let Some(baseline) = pick_baseline(lua, opt_string(lua, func, opts, "baseline")?, m)? else {
         return Ok(None);
     };
-    let (direction, direction_source) = pick_direction(lua, opt_string(opts, "direction")?, metric, func)?;
+    let (direction, direction_source) = pick_direction(lua, opt_string(lua, func, opts, "direction")?, metric, func)?;
     Ok(Some(Basis { direction, direction_source, baseline }))
 }
 
-fn opt_string(t: &Option<LuaTable>, key: &str) -> LuaResult<Option<String>> {
-    match t {
-        Some(t) => t.get::<Option<String>>(key),
-        None => Ok(None),
-    }
+/// A string option of `func` (its keys were checked at the function's entry).
+fn opt_string(lua: &Lua, func: &str, t: &Option<LuaTable>, key: &str) -> LuaResult<Option<String>> {
+    boundary::Opts::checked(lua, func, t.clone()).str(key)
 }
 
 /// Put an f64 into a table only when it is finite (never a NaN in a script's hands by accident).
@@ -327,7 +325,7 @@ pub(crate) fn comparison_for(
     opts: &Option<LuaTable>,
     func: &str,
 ) -> LuaResult<Result<Comparison, Failure>> {
-    let Some(metric) = pick_metric(lua, opt_string(opts, "metric")?, m) else {
+    let Some(metric) = pick_metric(lua, opt_string(lua, func, opts, "metric")?, m) else {
         return Ok(Err(("no_metric", "no model reports any metric".into())));
     };
     let Some(basis) = basis(lua, m, &metric, opts, func)? else {
@@ -361,10 +359,11 @@ fn score(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMul
         Ok(m) => m,
         Err((kind, msg)) => return fail(lua, kind, msg),
     };
-    let Some(metric) = pick_metric(lua, opt_string(&opts, "metric")?, &m) else {
+    let Some(metric) = pick_metric(lua, opt_string(lua, "report.score", &opts, "metric")?, &m) else {
         return fail(lua, "no_metric", "no model reports any metric");
     };
-    let (direction, _) = pick_direction(lua, opt_string(&opts, "direction")?, &metric, "report.score")?;
+    let (direction, _) =
+        pick_direction(lua, opt_string(lua, "report.score", &opts, "direction")?, &metric, "report.score")?;
     let rule = score_rule(lua, &m, &metric, &opts)?;
     if m.model(&rule.model).is_none() {
         let names: Vec<&str> = m.models.iter().map(|x| x.name.as_str()).collect();
@@ -389,7 +388,7 @@ fn score(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMul
 /// metrics table.
 fn score_rule(lua: &Lua, m: &Metrics, metric: &str, opts: &Option<LuaTable>) -> LuaResult<ScoreRule> {
     const F: &str = "report.score";
-    let mut model = opt_string(opts, "model")?;
+    let mut model = opt_string(lua, F, opts, "model")?;
     let mut from = match opts.as_ref().map(|o| o.get::<LuaValue>("from")).transpose()? {
         None | Some(LuaValue::Nil) => None,
         Some(v) => Some(score_sources(lua, &v, &format!("{F}: 'from'"))?),
@@ -437,7 +436,7 @@ fn score_sources(lua: &Lua, v: &LuaValue, what: &str) -> LuaResult<Vec<ScoreSour
 
 /// Markdown options shared by `markdown`, `narrative_input` and `narrative_messages`.
 fn md_options(lua: &Lua, m: &Metrics, opts: &Option<LuaTable>, func: &str) -> LuaResult<markdown::Options> {
-    let metric = pick_metric(lua, opt_string(opts, "metric")?, m);
+    let metric = pick_metric(lua, opt_string(lua, func, opts, "metric")?, m);
     let basis = match &metric {
         Some(x) => basis(lua, m, x, opts, func)?,
         None => None,
@@ -473,7 +472,7 @@ fn md_options(lua: &Lua, m: &Metrics, opts: &Option<LuaTable>, func: &str) -> Lu
     Ok(markdown::Options {
         metric,
         basis,
-        narrative: opt_string(opts, "narrative")?,
+        narrative: opt_string(lua, func, opts, "narrative")?,
         narrative_error: match opts.as_ref().map(|o| o.get::<LuaValue>("narrative_error")).transpose()? {
             None | Some(LuaValue::Nil) => None,
             Some(LuaValue::String(s)) => Some(s.to_string_lossy()),
@@ -484,7 +483,7 @@ fn md_options(lua: &Lua, m: &Metrics, opts: &Option<LuaTable>, func: &str) -> Lu
             Some(other) => Some(other.to_string()?),
         },
         plots,
-        title: opt_string(opts, "title")?,
+        title: opt_string(lua, func, opts, "title")?,
     })
 }
 
@@ -509,7 +508,7 @@ fn markdown(lua: &Lua, opts: LuaTable) -> LuaResult<LuaMultiValue> {
             markdown::render_unavailable(mo.title.as_deref(), &why, &mo)
         }
     };
-    if let Some(path) = opt_string(&o, "path")? {
+    if let Some(path) = opt_string(lua, "report.markdown", &o, "path")? {
         if let Err(e) = write_atomic(std::path::Path::new(&path), text.as_bytes()) {
             return fail(lua, "io", format!("cannot write {path}: {e}"));
         }
@@ -567,13 +566,14 @@ fn plot_folds(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<L
         Ok(m) => m,
         Err((kind, msg)) => return fail(lua, kind, msg),
     };
-    let Some(metric) = pick_metric(lua, opt_string(&opts, "metric")?, &m) else {
+    let Some(metric) = pick_metric(lua, opt_string(lua, "report.plot_folds", &opts, "metric")?, &m) else {
         return fail(lua, "no_metric", "no model reports any metric");
     };
-    let (direction, _) = pick_direction(lua, opt_string(&opts, "direction")?, &metric, "report.plot_folds")?;
-    let title = opt_string(&opts, "title")?;
+    let (direction, _) =
+        pick_direction(lua, opt_string(lua, "report.plot_folds", &opts, "direction")?, &metric, "report.plot_folds")?;
+    let title = opt_string(lua, "report.plot_folds", &opts, "title")?;
     match crate::report::plot::folds_svg(&m, &metric, direction, title.as_deref()) {
-        Ok(svg) => svg_result(lua, svg, opt_string(&opts, "path")?),
+        Ok(svg) => svg_result(lua, svg, opt_string(lua, "report.plot_folds", &opts, "path")?),
         Err(e) => fail(lua, if e.starts_with("no ") { "no_metric" } else { "plot" }, e),
     }
 }
@@ -619,20 +619,17 @@ fn plot_iterations(lua: &Lua, (v, opts): (LuaTable, Option<LuaTable>)) -> LuaRes
         };
         its.push(it);
     }
-    let metric = match opt_string(&opts, "metric")? {
+    let metric = match opt_string(lua, F, &opts, "metric")? {
         Some(m) => m,
         None => {
             HostCtx::get(lua).config.as_ref().map(|c| c.experiment.primary_metric.clone()).unwrap_or("score".into())
         }
     };
-    let (direction, _) = pick_direction(lua, opt_string(&opts, "direction")?, &metric, F)?;
-    let threshold = match &opts {
-        Some(o) => o.get::<Option<f64>>("threshold")?,
-        None => None,
-    };
-    let title = opt_string(&opts, "title")?;
+    let (direction, _) = pick_direction(lua, opt_string(lua, F, &opts, "direction")?, &metric, F)?;
+    let threshold = boundary::Opts::checked(lua, F, opts.clone()).f64("threshold")?;
+    let title = opt_string(lua, F, &opts, "title")?;
     match crate::report::plot::iterations_svg(&its, threshold, &metric, direction, title.as_deref()) {
-        Ok(svg) => svg_result(lua, svg, opt_string(&opts, "path")?),
+        Ok(svg) => svg_result(lua, svg, opt_string(lua, F, &opts, "path")?),
         Err(e) => fail(lua, "plot", e),
     }
 }
@@ -699,7 +696,7 @@ fn hypergraph(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<L
         Err((kind, msg)) => return fail(lua, kind, msg),
     };
     let doc = h.to_json();
-    if let Some(p) = opt_string(&opts, "path")? {
+    if let Some(p) = opt_string(lua, "report.hypergraph", &opts, "path")? {
         let text = crate::pyjson::to_string(&doc, true) + "\n";
         if let Err(e) = write_atomic(std::path::Path::new(&p), text.as_bytes()) {
             return fail(lua, "io", format!("cannot write {p}: {e}"));
@@ -717,7 +714,7 @@ fn mermaid(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaM
         Err((kind, msg)) => return fail(lua, kind, msg),
     };
     let text = h.mermaid();
-    if let Some(p) = opt_string(&opts, "path")? {
+    if let Some(p) = opt_string(lua, "report.mermaid", &opts, "path")? {
         if let Err(e) = write_atomic(std::path::Path::new(&p), text.as_bytes()) {
             return fail(lua, "io", format!("cannot write {p}: {e}"));
         }

@@ -571,6 +571,11 @@ expect(function() return fs.stat("x", {follow = "yes"}) end, "fs.stat: option 'f
 expect(function() return fs.walk(".", {max_depth = 1.5}) end, "fs.walk: option 'max_depth': expected a whole number >= 0, got number")
 expect(function() return json.encode({}, {pretty = 1}) end, "json.encode: option 'pretty': expected true or false, got integer")
 expect(function() return log.progress{total = "ten"} end, "log.progress: option 'total': expected a whole number >= 0, got string")
+local report = require("report")
+local m = {models = {a = {aggregate = {PCC = 0.5}}, b = {aggregate = {PCC = 0.6}}}}
+expect(function() return report.compare(m, {metric = 5}) end, "report.compare: option 'metric': expected a string, got integer")
+expect(function() return report.plot_iterations({}, {threshold = "high"}) end, "report.plot_iterations: option 'threshold': expected a finite number, got string")
+expect(function() return report.markdown{metrics = m, title = {}} end, "report.markdown: option 'title': expected a string, got table")
 print("ok")"#,
     );
     let o = cellsci(d.path()).args(["script", "t.lua"]).output().unwrap();
