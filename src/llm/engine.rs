@@ -1,0 +1,237 @@
+//! The engine: everything around one attempt (budgets, the concurrency limit, record/replay,
+//! telemetry, the event log), shared by every coroutine of a run.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use crate::events::EventLog;
+
+use super::message::*;
+use super::settings::*;
+use super::{cassette, client, telemetry};
+
+/// Everything around one attempt: budgets, concurrency, record/replay, telemetry, events.
+/// Shared by every coroutine of a run (and usable from Rust directly).
+pub struct Engine {
+    pub settings: Settings,
+    /// Why the settings could not be built, reported on the first call (kind "config").
+    pub settings_error: Option<String>,
+    pub telemetry: Mutex<telemetry::Telemetry>,
+    recorder: Mutex<Option<cassette::Recorder>>,
+    player: Mutex<Option<Result<cassette::Player, String>>>,
+    endpoints: Mutex<std::collections::HashMap<String, Arc<client::Endpoint>>>,
+    /// Where each exchange is logged (the current trial's event log), when there is one.
+    events: Option<Arc<EventLog>>,
+    /// Progress is shown (a terminal): the default is then to stream.
+    progress: bool,
+}
+
+impl Engine {
+    pub fn new(settings: Settings, events: Option<Arc<EventLog>>, progress: bool) -> Engine {
+        Engine {
+            settings,
+            settings_error: None,
+            telemetry: Mutex::new(Default::default()),
+            recorder: Mutex::new(None),
+            player: Mutex::new(None),
+            endpoints: Mutex::new(Default::default()),
+            events,
+            progress,
+        }
+    }
+
+    fn tel(&self) -> std::sync::MutexGuard<'_, telemetry::Telemetry> {
+        self.telemetry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the default is to stream (progress on a terminal), unless the config says.
+    pub fn default_stream(&self) -> bool {
+        self.settings.stream.unwrap_or(self.progress)
+    }
+
+    /// Check the budgets before sending a request.
+    fn check_budget(&self) -> Result<(), Failure> {
+        let t = self.tel();
+        let s = &self.settings;
+        if let Some(max) = s.max_total_tokens {
+            if t.total.total_tokens >= max {
+                return Err(Failure::new(
+                    Kind::Budget,
+                    format!(
+                        "LLM token budget used up: {} tokens used of llm.max_total_tokens = {max} (raise it or remove it \
+                         from the config to go on)",
+                        t.total.total_tokens
+                    ),
+                ));
+            }
+        }
+        if let Some(max) = s.max_calls {
+            if t.total.requests >= max {
+                return Err(Failure::new(
+                    Kind::Budget,
+                    format!(
+                        "LLM call budget used up: {} requests made of llm.max_calls = {max} (raise it or remove it from \
+                         the config to go on)",
+                        t.total.requests
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// One attempt: budget check, replay or HTTP (+ record), telemetry and an event.
+    pub async fn attempt(&self, req: &Request, opts: &CallOpts, attempt: u32) -> Result<Reply, Failure> {
+        if let Some(e) = &self.settings_error {
+            return Err(Failure::new(Kind::Config, e.clone()));
+        }
+        self.check_budget()?;
+        let started = Instant::now();
+        let result = if self.settings.replay.is_some() {
+            self.replay(req)
+        } else {
+            let r = self.http(req, opts).await;
+            self.record(req, &r);
+            r
+        };
+        let latency = started.elapsed().as_secs_f64();
+        if !matches!(&result, Err(f) if matches!(f.kind, Kind::Budget | Kind::Config | Kind::ReplayMiss)) {
+            self.tel().record_attempt(&req.model, &result, latency);
+        }
+        self.emit(req, &result, attempt, latency);
+        result
+    }
+
+    async fn http(&self, req: &Request, opts: &CallOpts) -> Result<Reply, Failure> {
+        let s = &self.settings;
+        if !s.secret.is_set() && !is_loopback(&s.base_url) {
+            return Err(Failure::new(
+                Kind::Config,
+                format!(
+                    "no API key: set llm.api_key in the config or the OPENAI_API_KEY environment variable \
+                     (base_url {} is not a local endpoint, so it needs one)",
+                    s.base_url
+                ),
+            ));
+        }
+        let ep = self.endpoint().map_err(|e| Failure::new(Kind::Config, self.settings.mask(&e)))?;
+        client::chat(&ep, s.secret.expose(), req, opts).await.map_err(|mut f| {
+            f.message = s.mask(&f.message);
+            f
+        })
+    }
+
+    /// The endpoint of the configured base_url (its client, pool and concurrency limit).
+    pub fn endpoint(&self) -> Result<Arc<client::Endpoint>, String> {
+        let s = &self.settings;
+        let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ep) = map.get(&s.base_url) {
+            return Ok(ep.clone());
+        }
+        let ep =
+            Arc::new(client::Endpoint::new(&s.base_url, crate::duration_secs(s.connect_timeout), s.max_concurrency)?);
+        map.insert(s.base_url.clone(), ep.clone());
+        Ok(ep)
+    }
+
+    fn replay(&self, req: &Request) -> Result<Reply, Failure> {
+        let path = self.settings.replay.clone().unwrap_or_default();
+        let mut guard = self.player.lock().unwrap_or_else(|e| e.into_inner());
+        let player = guard.get_or_insert_with(|| cassette::Player::load(&path));
+        match player {
+            Err(e) => Err(Failure::new(Kind::Config, e.clone())),
+            Ok(p) => p.lookup(&req.key()),
+        }
+    }
+
+    fn record(&self, req: &Request, r: &Result<Reply, Failure>) {
+        let Some(path) = &self.settings.record else { return };
+        let mut guard = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            match cassette::Recorder::open(path) {
+                Ok(rec) => *guard = Some(rec),
+                Err(e) => {
+                    crate::ui::eline(&format!("warning: cannot record LLM exchanges: {e}"));
+                    return;
+                }
+            }
+        }
+        if let Some(rec) = guard.as_mut() {
+            // only the key itself: the look-alike patterns of `mask` could alter a prompt and break replay
+            let key = self.settings.secret.expose().map(str::to_string);
+            let exact = move |s: &str| match key.as_deref() {
+                Some(k) if k.len() >= 4 => s.replace(k, "***"),
+                _ => s.to_string(),
+            };
+            if let Err(e) = rec.write(req, r, &exact) {
+                crate::ui::eline(&format!("warning: cannot record LLM exchange to {}: {e}", path.display()));
+            }
+        }
+    }
+
+    fn emit(&self, req: &Request, r: &Result<Reply, Failure>, attempt: u32, latency: f64) {
+        let Some(events) = &self.events else { return };
+        let last_user = req
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+            .and_then(|m| m.get("content"))
+            .map(|c| match c {
+                Value::String(s) => s.clone(),
+                o => o.to_string(),
+            })
+            .unwrap_or_default();
+        let mut ev = json!({
+            "model": req.model,
+            "attempt": attempt,
+            "latency": (latency * 1000.0).round() / 1000.0,
+            "request": {
+                "messages": req.messages.len(),
+                "chars": req.chars(),
+                "temperature": req.temperature,
+                "max_tokens": req.max_tokens,
+                "json": req.json,
+                "last_user": head(&self.settings.mask(&last_user), 300),
+            },
+        });
+        match r {
+            Ok(rep) => {
+                ev["outcome"] = json!("ok");
+                ev["replayed"] = json!(rep.replayed);
+                ev["response"] = json!({
+                    "chars": rep.text.chars().count(), "finish_reason": rep.finish_reason,
+                    "usage": rep.usage.to_json(), "model": rep.model,
+                    "text": head(&self.settings.mask(&rep.text), 300),
+                });
+            }
+            Err(f) => {
+                ev["outcome"] = json!("error");
+                ev["error"] =
+                    json!({"kind": f.kind.as_str(), "status": f.status, "message": self.settings.mask(&f.message)});
+                if let Some(rep) = &f.reply {
+                    ev["response"] = json!({"chars": rep.text.chars().count(), "finish_reason": rep.finish_reason,
+                        "usage": rep.usage.to_json()});
+                }
+            }
+        }
+        events.emit("llm", ev);
+    }
+
+    /// Account for one `llm.chat` call as a whole (after its retries).
+    pub fn record_call(&self, model: &str, ok: bool, attempts: u32) {
+        self.tel().record_call(model, ok, attempts);
+    }
+
+    /// `llm.usage()`.
+    pub fn usage(&self) -> Value {
+        self.tel().usage()
+    }
+
+    /// `llm.usage_snapshot{reset=}`: counts since the previous reset.
+    pub fn usage_snapshot(&self, reset: bool) -> Value {
+        self.tel().snapshot(reset)
+    }
+}

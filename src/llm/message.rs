@@ -1,0 +1,262 @@
+//! What goes into and comes out of one chat exchange: the request, the reply and its usage, the
+//! classified failure (`Kind`, which scripts branch on as `err.kind`), and the text helpers that keep
+//! what is echoed or shown short (`head`, `clip`).
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// Why an attempt failed. Scripts branch on `err.kind` (these names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// HTTP 429 (Retry-After, when sent, is in `Failure::retry_after`).
+    RateLimited,
+    /// HTTP 5xx, or an error object in place of a reply.
+    Server,
+    /// No response (or no streamed data) within the timeout.
+    Timeout,
+    /// The connection could not be made.
+    Connect,
+    /// The connection was closed or reset before the reply was complete.
+    Reset,
+    /// A reply that is not an OpenAI completion (not JSON, an HTML page, no choices).
+    BadBody,
+    /// A completion with no content.
+    Empty,
+    /// A completion cut off by max_tokens (finish_reason "length").
+    Truncated,
+    /// Another 4xx: the request itself is wrong (bad model name, bad key...). Never retried.
+    Client,
+    /// A configured budget (max_total_tokens, max_calls) is used up.
+    Budget,
+    /// Replaying a cassette that holds no exchange for this request.
+    ReplayMiss,
+    /// Ctrl-C / SIGTERM.
+    Interrupted,
+    /// Missing key, unusable base_url, unreadable cassette.
+    Config,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::RateLimited => "rate_limited",
+            Kind::Server => "server",
+            Kind::Timeout => "timeout",
+            Kind::Connect => "connect",
+            Kind::Reset => "reset",
+            Kind::BadBody => "bad_body",
+            Kind::Empty => "empty",
+            Kind::Truncated => "truncated",
+            Kind::Client => "client",
+            Kind::Budget => "budget",
+            Kind::ReplayMiss => "replay_miss",
+            Kind::Interrupted => "interrupted",
+            Kind::Config => "config",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "rate_limited" => Kind::RateLimited,
+            "server" => Kind::Server,
+            "timeout" => Kind::Timeout,
+            "connect" => Kind::Connect,
+            "reset" => Kind::Reset,
+            "bad_body" => Kind::BadBody,
+            "empty" => Kind::Empty,
+            "truncated" => Kind::Truncated,
+            "client" => Kind::Client,
+            "budget" => Kind::Budget,
+            "replay_miss" => Kind::ReplayMiss,
+            "interrupted" => Kind::Interrupted,
+            "config" => Kind::Config,
+            _ => return None,
+        })
+    }
+}
+
+/// Token counts as the API reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    pub fn from_json(v: &Value) -> Option<Usage> {
+        let o = v.as_object()?;
+        let g = |k: &str| o.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let (p, c) = (g("prompt_tokens"), g("completion_tokens"));
+        let t = o.get("total_tokens").and_then(Value::as_u64).unwrap_or(p + c);
+        Some(Usage { prompt_tokens: p, completion_tokens: c, total_tokens: t })
+    }
+
+    pub fn to_json(self) -> Value {
+        json!({"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+               "total_tokens": self.total_tokens})
+    }
+}
+
+/// A completed exchange.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub text: String,
+    pub finish_reason: String,
+    pub usage: Usage,
+    /// The model the server says answered (else the one asked for).
+    pub model: String,
+    /// Seconds from sending the request to the end of the reply.
+    pub latency: f64,
+    /// Whether the reply was streamed.
+    pub streamed: bool,
+    /// Whether it came from a cassette.
+    pub replayed: bool,
+}
+
+impl Reply {
+    pub fn to_json(&self) -> Value {
+        json!({"text": self.text, "finish_reason": self.finish_reason, "usage": self.usage.to_json(),
+               "model": self.model})
+    }
+
+    pub fn from_json(v: &Value) -> Option<Reply> {
+        Some(Reply {
+            text: v.get("text")?.as_str()?.to_string(),
+            finish_reason: v.get("finish_reason").and_then(Value::as_str).unwrap_or("stop").to_string(),
+            usage: v.get("usage").and_then(Usage::from_json).unwrap_or_default(),
+            model: v.get("model").and_then(Value::as_str).unwrap_or("").to_string(),
+            latency: 0.0,
+            streamed: false,
+            replayed: true,
+        })
+    }
+}
+
+/// A failed attempt. `message` is already masked.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub kind: Kind,
+    pub status: Option<u16>,
+    /// Seconds the server asked us to wait (Retry-After / retry-after-ms).
+    pub retry_after: Option<f64>,
+    pub message: String,
+    /// What did arrive, for `empty` and `truncated` (the partial text and the tokens paid for).
+    pub reply: Option<Box<Reply>>,
+    /// The server refused a streaming request (the client then asks again without streaming).
+    pub(crate) refused_stream: bool,
+}
+
+impl Failure {
+    pub fn new(kind: Kind, message: impl Into<String>) -> Failure {
+        Failure { kind, status: None, retry_after: None, message: message.into(), reply: None, refused_stream: false }
+    }
+
+    pub fn with_status(mut self, status: u16) -> Failure {
+        self.status = Some(status);
+        self
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+/// One chat request as sent (what a cassette matches on).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Request {
+    pub model: String,
+    pub messages: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// Ask for a JSON object (`response_format: json_object`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub json: bool,
+    /// Extra body fields (top_p, seed, stop...), sent as given.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+impl Request {
+    /// The wire body.
+    pub fn body(&self, stream: bool) -> Value {
+        let mut b = serde_json::Map::new();
+        b.insert("model".into(), json!(self.model));
+        b.insert("messages".into(), Value::Array(self.messages.clone()));
+        if let Some(t) = self.temperature {
+            b.insert("temperature".into(), json!(t));
+        }
+        if let Some(m) = self.max_tokens {
+            b.insert("max_tokens".into(), json!(m));
+        }
+        if self.json {
+            b.insert("response_format".into(), json!({"type": "json_object"}));
+        }
+        if stream {
+            b.insert("stream".into(), json!(true));
+            b.insert("stream_options".into(), json!({"include_usage": true}));
+        }
+        for (k, v) in &self.extra {
+            b.insert(k.clone(), v.clone());
+        }
+        Value::Object(b)
+    }
+
+    /// The request as a cassette stores and matches it.
+    pub fn key(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// Characters in all message contents (for summaries).
+    pub fn chars(&self) -> usize {
+        self.messages.iter().map(|m| m.get("content").map_or(0, content_chars)).sum()
+    }
+}
+
+fn content_chars(c: &Value) -> usize {
+    match c {
+        Value::String(s) => s.chars().count(),
+        other => other.to_string().len(),
+    }
+}
+
+/// Per-call options that are not part of the request itself.
+#[derive(Debug, Clone)]
+pub struct CallOpts {
+    /// Seconds without a response (or, streaming, without a chunk) before the attempt is a timeout.
+    pub timeout: f64,
+    pub stream: bool,
+}
+
+/// The first `n` characters of a text, marked when cut.
+pub fn head(s: &str, n: usize) -> String {
+    let mut it = s.char_indices();
+    match it.nth(n) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// At most `head` bytes from the start and `tail` bytes from the end of `text` (cut at character
+/// boundaries), with a marker in between saying how many bytes were left out; and that number (0 when
+/// the text fits). Prompts echo model output and error text with this, so one runaway reply or
+/// traceback cannot make every later request megabytes long.
+pub fn clip(text: &str, head: usize, tail: usize) -> (String, usize) {
+    if text.len() <= head.saturating_add(tail) {
+        return (text.to_string(), 0);
+    }
+    let mut h = head;
+    while !text.is_char_boundary(h) {
+        h -= 1;
+    }
+    let mut t = text.len() - tail;
+    while !text.is_char_boundary(t) {
+        t += 1;
+    }
+    let cut = t - h;
+    (format!("{}\n[… {cut} bytes cut …]\n{}", &text[..h], &text[t..]), cut)
+}

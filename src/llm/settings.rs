@@ -1,0 +1,189 @@
+//! The LLM settings of a run, built from the config's `llm` section, the host's secret and the CLI's
+//! cassette flags; and what is accepted as a `base_url`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::config::LlmConfig;
+use crate::secret::Secret;
+
+/// The resolved `llm` settings: config section, environment, CLI flags.
+#[derive(Clone)]
+pub struct Settings {
+    pub model: String,
+    /// Normalized: scheme://host[:port]/path without a trailing slash, `/v1` added when no path.
+    pub base_url: String,
+    pub(super) secret: Secret,
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub timeout: f64,
+    pub connect_timeout: f64,
+    pub max_total_tokens: Option<u64>,
+    pub max_calls: Option<u64>,
+    pub max_concurrency: usize,
+    /// None: stream when progress is shown (a terminal).
+    pub stream: Option<bool>,
+    pub record: Option<PathBuf>,
+    pub replay: Option<PathBuf>,
+    /// Options for `require("retry").new(...)` when a call gives no `retry`.
+    pub retry: Option<Value>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("model", &self.model)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.secret)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::from_llm_config(&LlmConfig::default(), None, Secret::default(), None, None)
+            .expect("defaults are valid")
+    }
+}
+
+impl Settings {
+    /// Settings from the config's `llm` section, the key the host resolved, and the CLI's `--record` /
+    /// `--replay` (which win over the config's `record` / `replay`). Relative cassette paths resolve
+    /// against `base` (the folder the config's paths resolve against).
+    pub fn from_llm_config(
+        llm: &LlmConfig,
+        base: Option<&Path>,
+        secret: Secret,
+        record: Option<PathBuf>,
+        replay: Option<PathBuf>,
+    ) -> Result<Settings, String> {
+        let extra = &llm.extra;
+        let num = |k: &str| -> Result<Option<f64>, String> {
+            match extra.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => crate::pyjson::as_f64(v)
+                    .filter(|x| x.is_finite() && *x >= 0.0)
+                    .map(Some)
+                    .ok_or_else(|| format!("llm.{k} must be a non-negative number, got {v}")),
+            }
+        };
+        let path = |k: &str| -> Option<PathBuf> {
+            let s = extra.get(k)?.as_str()?;
+            if s.is_empty() {
+                return None;
+            }
+            let p = PathBuf::from(s);
+            Some(match base {
+                Some(b) if p.is_relative() => b.join(p),
+                _ => p,
+            })
+        };
+        let base_url = normalize_base_url(&llm.base_url)?;
+        let stream = match extra.get("stream") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(v) => return Err(format!("llm.stream must be true or false, got {v}")),
+        };
+        let retry = match extra.get("retry") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_)) => Some(v.clone()),
+            Some(v) => return Err(format!("llm.retry must be an object of retry policy options, got {v}")),
+        };
+        if llm.timeout.is_nan() || llm.timeout <= 0.0 {
+            return Err(format!("llm.timeout must be a positive number of seconds, got {}", llm.timeout));
+        }
+        Ok(Settings {
+            model: llm.model.clone(),
+            base_url,
+            secret,
+            max_tokens: llm.max_tokens,
+            temperature: llm.temperature,
+            timeout: llm.timeout,
+            connect_timeout: num("connect_timeout")?.unwrap_or(10.0).max(0.001),
+            max_total_tokens: num("max_total_tokens")?.map(|x| x as u64),
+            max_calls: num("max_calls")?.map(|x| x as u64),
+            max_concurrency: num("max_concurrency")?.map_or(8, |x| (x as usize).max(1)),
+            stream,
+            record: record.or_else(|| path("record")),
+            replay: replay.or_else(|| path("replay")),
+            retry,
+        })
+    }
+
+    /// Use this key (e.g. from a test or a library caller).
+    pub fn with_api_key(mut self, key: Option<String>) -> Settings {
+        self.secret = Secret::new(key);
+        self
+    }
+
+    /// Use this secret (the host's).
+    pub fn with_secret(mut self, secret: Secret) -> Settings {
+        self.secret = secret;
+        self
+    }
+
+    pub fn has_api_key(&self) -> bool {
+        self.secret.is_set()
+    }
+
+    /// Replace the key (and anything key-like) in a text that may be shown or written.
+    pub fn mask(&self, s: &str) -> String {
+        self.secret.mask(s)
+    }
+
+    /// The settings as a script may see them (the key only as "set" / masked).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "model": self.model, "base_url": self.base_url,
+            "api_key": self.secret.masked(),
+            "max_tokens": self.max_tokens, "temperature": self.temperature, "timeout": self.timeout,
+            "connect_timeout": self.connect_timeout, "max_total_tokens": self.max_total_tokens,
+            "max_calls": self.max_calls, "max_concurrency": self.max_concurrency, "stream": self.stream,
+            "record": self.record.as_ref().map(|p| p.display().to_string()),
+            "replay": self.replay.as_ref().map(|p| p.display().to_string()),
+        })
+    }
+}
+
+/// Accept what users paste as base_url: with or without `/v1`, a trailing slash, the full
+/// `/chat/completions` URL, a markdown link `[text](url)` or `<url>`.
+pub fn normalize_base_url(raw: &str) -> Result<String, String> {
+    let mut s = raw.trim().to_string();
+    if let (Some(open), true) = (s.find("]("), s.ends_with(')')) {
+        s = s[open + 2..s.len() - 1].trim().to_string();
+    }
+    s = s.trim_matches(|c| c == '<' || c == '>' || c == '"' || c == '\'').trim().to_string();
+    if s.is_empty() {
+        return Err("llm.base_url is empty".into());
+    }
+    if !s.contains("://") {
+        return Err(format!("llm.base_url '{s}' is not a URL (expected http:// or https://)"));
+    }
+    let url = reqwest::Url::parse(&s).map_err(|e| format!("llm.base_url '{s}' is not a valid URL: {e}"))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(format!("llm.base_url '{s}' must use http or https"));
+    }
+    let mut out = s.trim_end_matches('/').to_string();
+    for suffix in ["/chat/completions", "/completions"] {
+        if let Some(stripped) = out.strip_suffix(suffix) {
+            out = stripped.to_string();
+        }
+    }
+    let path = url.path().trim_end_matches('/');
+    if path.is_empty() {
+        out.push_str("/v1");
+    }
+    Ok(out.trim_end_matches('/').to_string())
+}
+
+/// A local endpoint (Ollama, vLLM on this machine) that needs no key.
+pub fn is_loopback(base_url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(base_url) else { return false };
+    let Some(host) = u.host_str() else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback() || ip.is_unspecified(),
+        Err(_) => host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost"),
+    }
+}
