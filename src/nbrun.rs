@@ -39,6 +39,10 @@ pub struct NotebookRunArgs {
     /// An environment variable for the kernel (repeatable).
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
+    /// How cellsci talks to the kernel: `ipc` (Unix sockets in a private folder, the default) or `tcp`
+    /// (ports on 127.0.0.1, for kernels that cannot do IPC).
+    #[arg(long = "transport", value_name = "ipc|tcp", default_value = "ipc")]
+    pub transport: crate::kernel::Transport,
     /// Print each cell's output as it arrives.
     #[arg(long = "log-output")]
     pub log_output: bool,
@@ -66,7 +70,14 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
         .kernel
         .clone()
         .or_else(|| nb.metadata().pointer("/kernelspec/name").and_then(Value::as_str).map(String::from));
-    let opts = StartOptions { name, python: args.python.clone(), cwd: Some(cwd), env, ..Default::default() };
+    let opts = StartOptions {
+        name,
+        python: args.python.clone(),
+        cwd: Some(cwd),
+        env,
+        transport: args.transport,
+        ..Default::default()
+    };
     if let Some(t) = args.timeout {
         if !(t.is_finite() && t > 0.0) {
             anyhow::bail!("--timeout must be a positive number of seconds");

@@ -30,6 +30,28 @@ pub enum KernelError {
     InterruptedCell(Box<ExecResult>),
 }
 
+/// How cellsci talks to a local kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Unix sockets in the kernel's private (0700) folder: no other user can reach them.
+    #[default]
+    Ipc,
+    /// Ports on 127.0.0.1, reachable by every local user (messages are signed, not encrypted); for
+    /// kernels that cannot do IPC.
+    Tcp,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Transport> {
+        match s.to_ascii_lowercase().as_str() {
+            "ipc" => Ok(Transport::Ipc),
+            "tcp" => Ok(Transport::Tcp),
+            _ => anyhow::bail!("transport must be \"ipc\" or \"tcp\", not {s:?}"),
+        }
+    }
+}
+
 /// How to start a kernel.
 #[derive(Debug, Clone)]
 pub struct StartOptions {
@@ -48,6 +70,8 @@ pub struct StartOptions {
     /// the kernel; `OPENAI_API_KEY` and gateway tokens are removed whatever this holds. Variables
     /// given in `env` are passed as given.
     pub secrets: Vec<String>,
+    /// IPC (default) or TCP on loopback.
+    pub transport: Transport,
 }
 
 impl Default for StartOptions {
@@ -61,6 +85,7 @@ impl Default for StartOptions {
             startup_timeout: Duration::from_secs(60),
             interrupt_grace: Duration::from_secs(3),
             secrets: Vec::new(),
+            transport: Transport::Ipc,
         }
     }
 }

@@ -59,13 +59,16 @@ fn start_options(lua: &Lua, opts: Option<LuaTable>) -> LuaResult<StartOptions> {
         so.python = config_python(cfg);
         so.packages = cfg.exec.kernel_packages.clone();
         so.secrets.extend(cfg.llm.api_key.clone());
+        if let Some(t) = cfg.exec.extra.get("transport").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            so.transport = t.parse().map_err(|e| misuse(lua, format!("config exec.transport: {e}")))?;
+        }
     }
     let Some(t) = opts else { return Ok(so) };
     check_opts(
         lua,
         &t,
         "kernel.start",
-        &["name", "python", "packages", "cwd", "env", "startup_timeout", "interrupt_grace"],
+        &["name", "python", "packages", "cwd", "env", "startup_timeout", "interrupt_grace", "transport"],
     )?;
     if let Some(n) = t.get::<Option<String>>("name")? {
         so.name = Some(n);
@@ -111,6 +114,9 @@ fn start_options(lua: &Lua, opts: Option<LuaTable>) -> LuaResult<StartOptions> {
             so.env.push((k, v));
         }
         so.env.sort();
+    }
+    if let Some(tr) = t.get::<Option<String>>("transport")? {
+        so.transport = tr.parse().map_err(|e| misuse(lua, format!("kernel.start: {e}")))?;
     }
     if let Some(s) = secs(lua, t.get("startup_timeout")?, "startup_timeout")? {
         so.startup_timeout = s;

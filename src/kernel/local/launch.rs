@@ -53,7 +53,62 @@ pub fn secret_env_names(extra: &[String]) -> Vec<std::ffi::OsString> {
         .collect()
 }
 
+/// Unix socket paths longer than this do not fit in `sockaddr_un` (108 bytes with the final NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The connection of an IPC kernel: channels `<dir>/k-1` .. `<dir>/k-5`, in the kernel's own folder,
+/// so the folder's 0700 mode keeps every other user out and removing it removes the sockets.
+fn ipc_info(dir: &Path, key: String, name: &str) -> ConnectionInfo {
+    ConnectionInfo {
+        transport: Transport::IPC,
+        ip: dir.join("k").display().to_string(),
+        shell_port: 1,
+        iopub_port: 2,
+        stdin_port: 3,
+        control_port: 4,
+        hb_port: 5,
+        signature_scheme: "hmac-sha256".into(),
+        key,
+        kernel_name: Some(name.to_string()),
+    }
+}
+
+/// Whether the kernel accepts connections on its shell, iopub and control channels yet.
+async fn listening(info: &ConnectionInfo) -> bool {
+    match info.transport {
+        Transport::TCP => {
+            let Ok(ip) = info.ip.parse::<IpAddr>() else { return true };
+            tokio::net::TcpStream::connect((ip, info.shell_port)).await.is_ok()
+        }
+        Transport::IPC => {
+            // ipykernel binds shell, stdin, control, iopub, then hb; the sockets exist once bound
+            for port in [info.shell_port, info.control_port, info.iopub_port] {
+                if !Path::new(&format!("{}-{port}", info.ip)).exists() {
+                    return false;
+                }
+            }
+            true
+        }
+    }
+}
+
 impl LocalKernel {
+    /// The transport asked for, unless IPC socket paths in `dir` would be too long for the system
+    /// (a very long `$TMPDIR`): then TCP, with a warning that says why.
+    fn transport_for(&self, dir: &Path) -> crate::kernel::Transport {
+        let want = self.opts.transport;
+        let len = dir.join("k-5").as_os_str().len();
+        if want == crate::kernel::Transport::Ipc && len > MAX_SOCKET_PATH {
+            tracing::warn!(
+                "the kernel folder {} is too long for Unix sockets ({len} > {MAX_SOCKET_PATH} bytes); using TCP on \
+                 127.0.0.1 instead (set TMPDIR to a shorter folder to keep IPC)",
+                dir.display()
+            );
+            return crate::kernel::Transport::Tcp;
+        }
+        want
+    }
+
     pub(super) async fn launch(&mut self) -> Result<()> {
         let started = Instant::now();
         // The folder holds the connection file, whose HMAC key lets anyone who reads it run code in
@@ -68,19 +123,26 @@ impl LocalKernel {
             .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir()
             .context("cannot create the kernel's temp dir")?;
-        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        let (ports, listeners) = jzc::peek_ports_with_listeners(ip, 5).await?;
-        let info = ConnectionInfo {
-            transport: Transport::TCP,
-            ip: ip.to_string(),
-            shell_port: ports[0],
-            iopub_port: ports[1],
-            stdin_port: ports[2],
-            control_port: ports[3],
-            hb_port: ports[4],
-            signature_scheme: "hmac-sha256".into(),
-            key: uuid::Uuid::new_v4().to_string(),
-            kernel_name: Some(self.spec.name.clone()),
+        let key = uuid::Uuid::new_v4().to_string();
+        let (info, listeners) = match self.transport_for(dir.path()) {
+            crate::kernel::Transport::Ipc => (ipc_info(dir.path(), key, &self.spec.name), Vec::new()),
+            crate::kernel::Transport::Tcp => {
+                let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+                let (ports, listeners) = jzc::peek_ports_with_listeners(ip, 5).await?;
+                let info = ConnectionInfo {
+                    transport: Transport::TCP,
+                    ip: ip.to_string(),
+                    shell_port: ports[0],
+                    iopub_port: ports[1],
+                    stdin_port: ports[2],
+                    control_port: ports[3],
+                    hb_port: ports[4],
+                    signature_scheme: "hmac-sha256".into(),
+                    key,
+                    kernel_name: Some(self.spec.name.clone()),
+                };
+                (info, listeners)
+            }
         };
         let cf = dir.path().join("connection.json");
         private_file(&cf)
@@ -192,7 +254,6 @@ impl LocalKernel {
             anyhow!(msg)
         };
         // Wait until the kernel listens (10 ms polls) so zeromq's connect does not back off.
-        let shell_addr = std::net::SocketAddr::new(ip, ports[0]);
         loop {
             if proc.exited().is_some() {
                 return Err(fail(&proc, "exited while starting"));
@@ -203,7 +264,7 @@ impl LocalKernel {
             if crate::signals::interrupted() {
                 bail!(KernelError::Interrupted);
             }
-            if tokio::net::TcpStream::connect(shell_addr).await.is_ok() {
+            if listening(&info).await {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
