@@ -3,6 +3,7 @@
 //! cell. Saving stays cheap on long notebooks because unchanged cells keep their serialized text
 //! (see `notebook`), so a save is a concatenation and one write, never a re-serialization.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,11 @@ pub struct NotebookRunArgs {
     pub log_output: bool,
 }
 
+/// nbclient's `skip_cells_with_tag` default.
+const SKIP_TAG: &str = "skip-execution";
+/// A cell whose error is expected: execution goes on after it (nbclient, papermill).
+const RAISES_TAG: &str = "raises-exception";
+
 fn default_output(input: &std::path::Path) -> PathBuf {
     let stem = input.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "notebook".into());
     input.with_file_name(format!("{stem}.out.ipynb"))
@@ -91,6 +97,8 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
             let c = nb.cell_value(i).expect("in range");
             c.get("cell_type").and_then(Value::as_str) == Some("code")
                 && !join_text(c.get("source").unwrap_or(&Value::Null)).trim().is_empty()
+                // as nbclient and papermill: a cell tagged skip-execution is not run
+                && !nb.has_tag(i, SKIP_TAG)
         })
         .collect();
     nb.write(&out)?;
@@ -102,12 +110,15 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
     bar.enable_steady_tick(Duration::from_millis(200));
     let mut code = 0u8;
     let mut failures = 0usize;
+    // display id → (cell, output) of every output showing it so far, for updates from later cells
+    let mut displays: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
     for (k, &i) in code_cells.iter().enumerate() {
         bar.set_position(k as u64);
         let src = join_text(nb.cell_value(i).and_then(|c| c.get("source")).unwrap_or(&Value::Null));
         let log = args.log_output;
         let pending = std::cell::RefCell::new(String::new());
-        let mut eo = ExecOptions { timeout, silent: false, on_output: None };
+        let raises = nb.has_tag(i, RAISES_TAG);
+        let mut eo = ExecOptions { timeout, silent: false, allow_errors: raises || args.allow_errors, on_output: None };
         if log {
             crate::ui::line(&format!("--- cell {} ({}/{}) ---", i + 1, k + 1, code_cells.len()));
             let pending = &pending;
@@ -149,9 +160,19 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
         let status = res.status;
         let (ename, evalue, tb, message) =
             (res.ename.clone(), res.evalue.clone(), res.traceback.join("\n"), res.message.clone());
+        for u in res.display_updates {
+            for &(c, j) in displays.get(&u.display_id).into_iter().flatten() {
+                nb.set_output_data(c, j, u.data.clone(), u.metadata.clone())?;
+            }
+        }
+        for (j, id) in res.display_ids {
+            displays.entry(id).or_default().push((i, j));
+        }
         nb.set_outputs_owned(i, res.outputs, res.execution_count, Some(res.timing))?;
         nb.write(&out)?;
-        if status != ExecStatus::Ok {
+        if status == ExecStatus::Error && raises {
+            tracing::debug!("cell {} raised, as its raises-exception tag expects", i + 1);
+        } else if status != ExecStatus::Ok {
             failures += 1;
             let what = match status {
                 ExecStatus::Error => format!("{}: {}", ename.unwrap_or_default(), evalue.unwrap_or_default()),

@@ -96,6 +96,9 @@ pub struct ExecOptions<'a> {
     pub timeout: Option<Duration>,
     /// Jupyter's silent execution: no execution count, no history, no execute_result (set-up code).
     pub silent: bool,
+    /// The caller expects an error from this cell (`raises-exception`): the kernel is not asked to
+    /// abort requests queued behind it (Jupyter's `stop_on_error`).
+    pub allow_errors: bool,
     /// Called with each output as it is created or changed, and the message type that did it.
     #[allow(clippy::type_complexity)]
     pub on_output: Option<Box<dyn FnMut(&Value, &str) + 'a>>,
@@ -179,6 +182,11 @@ pub struct ExecResult {
     /// The kernel was restarted (timeout that ignored the interrupt): its state is gone.
     pub restarted: bool,
     pub exit: Option<ExitInfo>,
+    /// (output index, display id) of the outputs that have a display id.
+    pub display_ids: Vec<(usize, String)>,
+    /// Display updates (`update_display_data`, or a new display with an id already shown) that
+    /// outputs of earlier cells with the same id must receive too, in order.
+    pub display_updates: Vec<outputs::DisplayUpdate>,
 }
 
 impl ExecResult {
@@ -195,6 +203,8 @@ impl ExecResult {
             message: if message.is_empty() { None } else { Some(message.to_string()) },
             restarted: false,
             exit: None,
+            display_ids: Vec::new(),
+            display_updates: Vec::new(),
         }
     }
 

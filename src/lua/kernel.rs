@@ -172,7 +172,7 @@ impl LuaUserData for LuaKernel {
             drop(this);
             let mut k = kernel.lock().await;
             let cb_err: std::cell::RefCell<Option<LuaError>> = Default::default();
-            let mut eo = ExecOptions { timeout, silent, on_output: None };
+            let mut eo = ExecOptions { timeout, silent, allow_errors: false, on_output: None };
             if let Some(f) = on_output.clone() {
                 let lua2 = lua.clone();
                 let cb_err = &cb_err;

@@ -378,6 +378,30 @@ impl Notebook {
         Ok(())
     }
 
+    /// Replace the data and metadata of output `j` of cell `i` (0-based): a display update that reached an
+    /// output of an earlier cell by its display id.
+    pub fn set_output_data(&mut self, i: usize, j: usize, data: Value, metadata: Value) -> Result<()> {
+        let c = self.cell_mut(i)?;
+        let o = c
+            .get_mut("outputs")
+            .and_then(Value::as_array_mut)
+            .and_then(|a| a.get_mut(j))
+            .and_then(Value::as_object_mut)
+            .with_context(|| format!("cell {} has no output {}", i + 1, j + 1))?;
+        o.insert("data".into(), data);
+        o.insert("metadata".into(), metadata);
+        Ok(())
+    }
+
+    /// The cell's `metadata.tags` include `tag`.
+    pub fn has_tag(&self, i: usize, tag: &str) -> bool {
+        self.cells
+            .get(i)
+            .and_then(|c| c.value.pointer("/metadata/tags"))
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|t| t.as_str() == Some(tag)))
+    }
+
     /// Clear every code cell's outputs and execution count (and recorded timing).
     pub fn clear_outputs(&mut self) {
         for i in 0..self.cells.len() {

@@ -241,3 +241,117 @@ fn notebook_run_keeps_a_20mb_output_intact_across_later_saves() {
     assert_eq!(stdout_of(&v["cells"][1]), "20000000\n");
     assert_eq!(stdout_of(&v["cells"][2]), format!("{}\n", &png[..12]));
 }
+
+/// nbclient's test suite's `normalize_output`: output metadata dropped, memory addresses and IPython's
+/// input names (`Cell In[3]`, `/tmp/ipykernel_…/….py`) replaced, tracebacks without ANSI codes; text
+/// lists joined.
+fn normalize_output(o: &serde_json::Value) -> serde_json::Value {
+    let addr = regex::Regex::new(r"0x[0-9a-fA-F]+").unwrap();
+    let input = regex::Regex::new(r"Cell In\[\d+\]|/[^\s,]*ipykernel_\d+/\d+\.py|<ipython-input-[^>]*>").unwrap();
+    let ansi = regex::Regex::new(r"\x1b\[[0-9;]*[A-Za-z]").unwrap();
+    let join = |v: &serde_json::Value| match v {
+        serde_json::Value::Array(a) => serde_json::json!(a.iter().filter_map(|x| x.as_str()).collect::<String>()),
+        x => x.clone(),
+    };
+    let mut o = o.as_object().unwrap().clone();
+    o.remove("metadata");
+    if let Some(t) = o.get("text").map(join) {
+        o.insert("text".into(), serde_json::json!(addr.replace_all(t.as_str().unwrap(), "<HEXADDR>")));
+    }
+    if let Some(serde_json::Value::Object(d)) = o.get_mut("data") {
+        for (_, v) in d.iter_mut() {
+            if let serde_json::Value::String(s) = join(v) {
+                *v = serde_json::json!(addr.replace_all(&s, "<HEXADDR>"));
+            }
+        }
+    }
+    if let Some(serde_json::Value::Array(tb)) = o.get_mut("traceback") {
+        for l in tb.iter_mut() {
+            let s = ansi.replace_all(l.as_str().unwrap(), "").into_owned();
+            *l = serde_json::json!(input.replace_all(&s, "<IPY-INPUT>"));
+        }
+    }
+    serde_json::Value::Object(o)
+}
+
+/// Run one of the notebooks written in the shape of nbclient's test notebooks (see
+/// tests/data/notebooks/nbclient_style/make.py) and compare every cell's outputs and execution count
+/// with what nbclient produced, as nbclient's own `assert_notebooks_equal` does.
+#[track_caller]
+fn same_outputs_as_nbclient(name: &str, args: &[&str]) {
+    let d = util::tempdir();
+    let src = util::repo().join("tests/data/notebooks/nbclient_style").join(name);
+    let o = util::cellsci(d.path())
+        .args(["notebook", "run"])
+        .arg(&src)
+        .arg("out.ipynb")
+        .arg("--python")
+        .arg(python())
+        .args(args)
+        .env("COLUMNS", "80")
+        .env("LINES", "24")
+        .output()
+        .unwrap();
+    ok(&o);
+    let out = d.path().join("out.ipynb");
+    validate(&out);
+    let (want, got) = (read_json(&src), read_json(&out));
+    let (want, got) = (want["cells"].as_array().unwrap(), got["cells"].as_array().unwrap());
+    assert_eq!(want.len(), got.len());
+    for (i, (w, g)) in want.iter().zip(got).enumerate() {
+        let norm = |c: &serde_json::Value| -> Vec<serde_json::Value> {
+            c["outputs"].as_array().map(|a| a.iter().map(normalize_output).collect()).unwrap_or_default()
+        };
+        assert_eq!(
+            serde_json::json!(norm(g)),
+            serde_json::json!(norm(w)),
+            "{name}: outputs of cell {} (got, then nbclient's)",
+            i + 1
+        );
+        assert_eq!(g["execution_count"], w["execution_count"], "{name}: execution count of cell {}", i + 1);
+    }
+}
+
+/// Issue 13: `update_display_data` (and a new display with a used id) left earlier outputs with that
+/// display id unchanged when they were in an earlier cell.
+#[test]
+fn display_updates_reach_every_earlier_output_with_that_id_across_cells() {
+    same_outputs_as_nbclient("display_ids.ipynb", &[]);
+}
+
+/// Issue 13: `clear_output(wait=True)` clears at the next output (an update is none), and a cleared
+/// output no longer receives updates by its display id.
+#[test]
+fn clear_output_waits_for_the_next_output_and_forgets_cleared_display_ids() {
+    same_outputs_as_nbclient("clear_output.ipynb", &[]);
+}
+
+/// Issue 13: a cell tagged `raises-exception` stopped the run; its error is expected.
+#[test]
+fn a_cell_tagged_raises_exception_does_not_stop_the_run() {
+    same_outputs_as_nbclient("raises_exception_tag.ipynb", &[]);
+}
+
+/// Issue 13: a cell tagged `skip-execution` was run.
+#[test]
+fn a_cell_tagged_skip_execution_is_not_run() {
+    same_outputs_as_nbclient("skip_execution_tag.ipynb", &[]);
+}
+
+/// `--allow-errors` runs every cell and keeps each error, as nbclient's `allow_errors`.
+#[test]
+fn allow_errors_runs_every_cell_and_keeps_each_error() {
+    same_outputs_as_nbclient("allow_errors.ipynb", &["--allow-errors"]);
+}
+
+/// Comm messages (a comm with no handler on our side) make no output and no error.
+#[test]
+fn comm_messages_are_ignored_cleanly() {
+    same_outputs_as_nbclient("comms.ipynb", &[]);
+}
+
+/// Consecutive pieces of one stream are one output; stdout and stderr interleaving is kept.
+#[test]
+fn stream_pieces_merge_like_jupyter() {
+    same_outputs_as_nbclient("streams.ipynb", &[]);
+}

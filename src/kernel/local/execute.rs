@@ -39,7 +39,7 @@ impl LocalKernel {
                 store_history: !opts.silent,
                 user_expressions: None,
                 allow_stdin: false,
-                stop_on_error: true,
+                stop_on_error: !opts.allow_errors,
             },
             None,
         );
@@ -170,7 +170,10 @@ impl LocalKernel {
         r.message = None;
         r.execution_count = count;
         r.timing = timing_map(&timing);
-        let outputs = ob.finish();
+        let built = ob.finish_all();
+        let outputs = built.outputs;
+        r.display_ids = built.display_ids;
+        r.display_updates = built.display_updates;
         if let Some(e) = dead {
             p.disconnect();
             *self.shared.control.lock().await = None;
