@@ -126,6 +126,22 @@ impl Notebook {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read notebook {}", path.display()))?;
         let value: Value = serde_json::from_slice(&bytes)
             .with_context(|| format!("{} is not a notebook (invalid JSON)", path.display()))?;
+        // nbformat's schema requires these four; a JSON file without them is something else, and
+        // running it as a notebook of 0 cells would hide the mistake
+        // (an nbformat 3 file has other members; from_value says how to convert it)
+        let v3 = value.get("nbformat").and_then(Value::as_i64).is_some_and(|n| n != 4);
+        let missing: Vec<&str> = ["cells", "metadata", "nbformat", "nbformat_minor"]
+            .into_iter()
+            .filter(|k| !v3 && !value.as_object().is_some_and(|m| m.contains_key(*k)))
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "{} is not a Jupyter notebook: it has no {} (a notebook is a JSON object with cells, metadata, \
+                 nbformat and nbformat_minor)",
+                path.display(),
+                missing.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ")
+            );
+        }
         Notebook::from_value(value).with_context(|| format!("{} is not a valid notebook", path.display()))
     }
 
@@ -151,9 +167,16 @@ impl Notebook {
         match top.get("nbformat").and_then(Value::as_i64) {
             Some(4) => {}
             Some(n) => bail!("nbformat {n} is not supported (only 4.x); convert it with `jupyter nbconvert --to notebook --nbformat 4`"),
+            None if top.contains_key("nbformat") => bail!("'nbformat' must be a number (4)"),
             None => {
                 top.insert("nbformat".into(), json!(4));
             }
+        }
+        if cells_pos.is_none() {
+            bail!("a notebook needs 'cells' (a list)");
+        }
+        if top.get("nbformat_minor").is_some_and(|v| !v.is_i64()) {
+            bail!("'nbformat_minor' must be a number");
         }
         if !top.contains_key("nbformat_minor") {
             top.insert("nbformat_minor".into(), json!(NBFORMAT_MINOR));

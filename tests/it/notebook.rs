@@ -355,3 +355,70 @@ fn comm_messages_are_ignored_cleanly() {
 fn stream_pieces_merge_like_jupyter() {
     same_outputs_as_nbclient("streams.ipynb", &[]);
 }
+
+/// Issue 13: `{"not": "a notebook"}` ran as a notebook of 0 cells, exit 0, and wrote an output file
+/// holding the stray key.
+#[test]
+fn a_json_file_that_is_not_a_notebook_is_refused_naming_what_is_missing() {
+    let d = util::tempdir();
+    util::write(d.path(), "data.json", r#"{"not": "a notebook"}"#);
+    util::write(d.path(), "half.ipynb", r#"{"cells": [], "metadata": {}}"#);
+    for (f, missing) in [
+        ("data.json", "'cells', 'metadata', 'nbformat', 'nbformat_minor'"),
+        ("half.ipynb", "'nbformat', 'nbformat_minor'"),
+    ] {
+        let o = util::cellsci(d.path())
+            .args(["notebook", "run", f, "out.ipynb", "--python"])
+            .arg(python())
+            .output()
+            .unwrap();
+        let t = util::text(&o);
+        assert_eq!(o.status.code(), Some(2), "{t}");
+        assert!(t.contains(&format!("{f} is not a Jupyter notebook: it has no {missing}")), "{t}");
+        assert!(!d.path().join("out.ipynb").exists(), "nothing is written for a file that is not a notebook");
+    }
+}
+
+/// Notebooks of every nbformat 4 minor version (4.0–4.5) run, and what their schema allows beyond
+/// the known fields (notebook, cell and output metadata, attachments) is written back.
+#[test]
+fn notebooks_of_nbformat_4_0_to_4_5_run_and_keep_unknown_fields() {
+    let d = util::tempdir();
+    for minor in 0..=5 {
+        let mut code = serde_json::json!({"cell_type": "code", "execution_count": 3, "metadata": {"custom": {"k": [1, 2.5]}, "tags": ["t"]},
+            "outputs": [{"output_type": "stream", "name": "stdout", "text": ["old\n"]}], "source": ["print('new')"]});
+        let mut md = serde_json::json!({"cell_type": "markdown", "metadata": {"editable": false, "x-tool": "kept"}, "source": ["# t"]});
+        if minor >= 1 {
+            md["attachments"] = serde_json::json!({"a.png": {"image/png": "iVBORw0KGgo="}});
+        }
+        if minor >= 5 {
+            code["id"] = serde_json::json!("code-1");
+            md["id"] = serde_json::json!("md-1");
+        }
+        let nb = serde_json::json!({"cells": [md, code, {"cell_type": "code", "execution_count": null, "metadata": {},
+            "outputs": [], "source": "from IPython.display import display\ndisplay({'text/plain': 'x'}, raw=True, metadata={'mine': {'a': 1}})"}],
+            "metadata": {"kernelspec": {"name": "python3", "display_name": "P", "language": "python", "extra": 1},
+                         "authors": [{"name": "me"}], "my_tool": {"setting": true}},
+            "nbformat": 4, "nbformat_minor": minor});
+        let name = format!("v4{minor}.ipynb");
+        util::write(d.path(), &name, &serde_json::to_string_pretty(&nb).unwrap());
+        let out = format!("v4{minor}.out.ipynb");
+        let o =
+            util::cellsci(d.path()).args(["notebook", "run", &name, &out, "--python"]).arg(python()).output().unwrap();
+        ok(&o);
+        let p = d.path().join(&out);
+        validate(&p);
+        let v = read_json(&p);
+        assert_eq!(v["nbformat_minor"], minor, "the minor version is kept");
+        assert_eq!(v["metadata"]["my_tool"]["setting"], true);
+        assert_eq!(v["metadata"]["authors"][0]["name"], "me");
+        assert_eq!(v["metadata"]["kernelspec"]["extra"], 1);
+        let cells = v["cells"].as_array().unwrap();
+        assert_eq!(cells[0]["metadata"]["x-tool"], "kept");
+        assert_eq!(cells[0]["attachments"].is_object(), minor >= 1);
+        assert_eq!(cells[1]["metadata"]["custom"]["k"][1], 2.5);
+        assert_eq!(stdout_of(&cells[1]), "new\n");
+        assert_eq!(cells[2]["outputs"][0]["metadata"]["mine"]["a"], 1, "output metadata is kept");
+        assert_eq!(cells.iter().any(|c| c.get("id").is_some()), minor >= 5, "ids only where the schema has them");
+    }
+}

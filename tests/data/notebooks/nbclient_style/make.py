@@ -73,7 +73,8 @@ def display_with_id(obj, display_id, update=False, execute_result=False):
     ], {}),
     # Skip Exceptions with Cell Tags.ipynb
     "raises_exception_tag.ipynb": ([
-        code('import sys\nprint("hello")\nprint("errored", file=sys.stderr)\n# üñîçø∂é\nraise Exception("message")',
+        code('import sys\nprint("hello", flush=True)\nprint("errored", file=sys.stderr, flush=True)\n# üñîçø∂é\n'
+             'raise Exception("message")',
              tags=["raises-exception"]),
         code('print("ok")'),
     ], {}),
