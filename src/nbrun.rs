@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::kernel::outputs::summary;
 use crate::kernel::{ExecOptions, ExecStatus, Kernel, StartOptions};
+use crate::notebook::saver::{Change, Sink};
 use crate::notebook::{join_text, Notebook};
 
 #[derive(Args, Debug, Clone)]
@@ -101,7 +102,8 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
                 && !nb.has_tag(i, SKIP_TAG)
         })
         .collect();
-    nb.write(&out)?;
+    // Saved now (a bad path fails before the kernel starts), then after every cell by the saver.
+    let mut sink = Sink::start(&mut nb, &out)?;
 
     let spin = crate::ui::spinner("starting kernel");
     let mut kernel = Kernel::start(opts).await?;
@@ -146,9 +148,12 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
                 // Ctrl-C: save what the cell printed before it was stopped
                 if let Some(crate::kernel::KernelError::InterruptedCell(r)) = e.downcast_ref() {
                     let r = r.as_ref().clone();
-                    nb.set_outputs_owned(i, r.outputs, r.execution_count, Some(r.timing))?;
+                    let change =
+                        Change::Cell { i, outputs: r.outputs, count: r.execution_count, timing: Some(r.timing) };
+                    sink.send(&mut nb, change)?;
                 }
-                nb.write(&out)?;
+                sink.commit(&mut nb)?;
+                sink.finish()?;
                 kernel.shutdown().await;
                 bar.abandon();
                 return Err(e);
@@ -162,14 +167,15 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
             (res.ename.clone(), res.evalue.clone(), res.traceback.join("\n"), res.message.clone());
         for u in res.display_updates {
             for &(c, j) in displays.get(&u.display_id).into_iter().flatten() {
-                nb.set_output_data(c, j, u.data.clone(), u.metadata.clone())?;
+                sink.send(&mut nb, Change::Display { i: c, j, data: u.data.clone(), metadata: u.metadata.clone() })?;
             }
         }
         for (j, id) in res.display_ids {
             displays.entry(id).or_default().push((i, j));
         }
-        nb.set_outputs_owned(i, res.outputs, res.execution_count, Some(res.timing))?;
-        nb.write(&out)?;
+        let change = Change::Cell { i, outputs: res.outputs, count: res.execution_count, timing: Some(res.timing) };
+        sink.send(&mut nb, change)?;
+        sink.commit(&mut nb)?;
         if status == ExecStatus::Error && raises {
             tracing::debug!("cell {} raised, as its raises-exception tag expects", i + 1);
         } else if status != ExecStatus::Ok {
@@ -187,12 +193,16 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
                 break;
             }
             if status == ExecStatus::Dead {
-                kernel.restart().await?;
+                if let Err(e) = kernel.restart().await {
+                    sink.finish()?;
+                    return Err(e);
+                }
             }
         }
     }
     bar.finish_and_clear();
     kernel.shutdown().await;
+    sink.finish()?;
     if !quiet {
         crate::ui::eline(&format!(
             "executed {} code cells in {:.1} s{} -> {}",

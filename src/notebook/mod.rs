@@ -14,6 +14,8 @@
 //! later saves copy it from the previous file (whose inode stays readable after the rename).
 //! This module must never lose a member of a user's notebook.
 
+pub mod saver;
+
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;

@@ -422,3 +422,33 @@ fn notebooks_of_nbformat_4_0_to_4_5_run_and_keep_unknown_fields() {
         assert_eq!(cells.iter().any(|c| c.get("id").is_some()), minor >= 5, "ids only where the schema has them");
     }
 }
+
+/// Issue 13: saves after every cell are handed to a saver process so that they cost no time between
+/// cells; a SIGKILLed cellsci must still lose no finished cell, even when cells finish faster than the
+/// notebook can be written.
+#[test]
+fn a_sigkilled_run_keeps_every_finished_cell_of_a_fast_notebook() {
+    let d = util::tempdir();
+    let mut cells: Vec<String> = (0..300).map(|i| format!("print({i})")).collect();
+    cells.push("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)".into());
+    let refs: Vec<&str> = cells.iter().map(String::as_str).collect();
+    write_nb(d.path(), "in.ipynb", &refs);
+    let o = util::cellsci(d.path()).args(["notebook", "run", "in.ipynb", "--python"]).arg(python()).output().unwrap();
+    assert_eq!(o.status.code(), None, "cellsci was killed");
+    let out = d.path().join("in.out.ipynb");
+    // the saver finishes on its own once cellsci is gone
+    let t0 = std::time::Instant::now();
+    loop {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        if stdout_of(&v["cells"][299]) == "299\n" || t0.elapsed() > std::time::Duration::from_secs(10) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    validate(&out);
+    let v = read_json(&out);
+    for i in 0..300 {
+        assert_eq!(stdout_of(&v["cells"][i]), format!("{i}\n"), "finished cell {} was lost", i + 1);
+    }
+    assert!(v["cells"][300]["execution_count"].is_null());
+}
