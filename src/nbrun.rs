@@ -1,7 +1,8 @@
 //! `cellsci notebook run`: the papermill-style executor. Runs the code cells of a notebook in order in
-//! one kernel and saves the output notebook after every cell, so a crash loses at most the running
-//! cell. Saving stays cheap on long notebooks because unchanged cells keep their serialized text
-//! (see `notebook`), so a save is a concatenation and one write, never a re-serialization.
+//! one kernel, with nbclient's rules (display ids across cells, the `skip-execution` and
+//! `raises-exception` tags), and saves the output notebook after every cell, so a crash loses at most
+//! the running cell. Saving costs no time between cells: each finished cell goes to the saver process
+//! (see `notebook::saver`), which writes the file while the next cell runs.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -55,7 +55,7 @@ impl Sink {
     pub fn start(nb: &mut Notebook, out: &Path) -> Result<Sink> {
         nb.write(out)?;
         let out = out.to_path_buf();
-        if !HELPER_ENABLED.get().is_some() {
+        if HELPER_ENABLED.get().is_none() {
             return Ok(Sink::Direct { out });
         }
         let spawn = || -> std::io::Result<(Child, ChildStdin)> {
