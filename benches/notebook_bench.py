@@ -5,11 +5,13 @@ Usage:
     python3 benches/notebook_bench.py [--cellsci target/release/cellsci] [--venv /tmp/cellsci-bench-venv]
                                       [--repeat 3] [--only NAME,...]
 
-The venv (created once if missing, under /tmp, never by the tests) holds ipykernel, nbclient and
-papermill; all three tools run the same kernel from it. For every case the script prints the median
-wall time of each tool, cellsci's ratio to each, and the peak resident memory (VmHWM) of the host
-process (cellsci itself, or the Python process running nbclient/papermill; the kernel is not counted).
-Fixed cost is the "empty" case; per-cell cost is (t(1000) - t(empty)) / 1000.
+The venv (created once if missing, never by the tests) holds ipykernel, nbclient and papermill; all
+three tools run the same kernel from it. For every case (empty, 10/100/1000 trivial cells,
+stream-heavy, a 20 MB output, sleeps) the script prints the median wall time of each tool, cellsci's
+ratio to each, and peak resident memory (VmHWM): of the host process (the Python process running
+nbclient/papermill), and for cellsci of cellsci itself plus its notebook saver process (the kernel
+is counted for none of them). Fixed cost is the "empty" case; per-cell cost is
+(t(1000) - t(empty)) / 1000. Build cellsci with `cargo build --release` first.
 """
 import argparse
 import json
@@ -43,7 +45,9 @@ CASES = {
     "trivial_10": [f"x = {i}" for i in range(10)],
     "trivial_100": [f"x = {i}" for i in range(100)],
     "trivial_1000": [f"x = {i}" for i in range(1000)],
+    # stream-heavy: 400k printed lines in 20 cells
     "print_20x20000": ["for i in range(20000):\n    print(i)"] * 20,
+    # one 20 MB output (a base64 image)
     "image_20MB": [
         "import base64, os\nfrom IPython.display import display\n"
         "display({'image/png': base64.b64encode(os.urandom(15_000_000)).decode()}, raw=True)"
@@ -61,16 +65,46 @@ def ensure_venv(venv):
     return py
 
 
+def vm_hwm(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def savers(pid):
+    """cellsci's notebook saver children of `pid`."""
+    out = []
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                for c in f.read().split():
+                    try:
+                        with open(f"/proc/{c}/cmdline", "rb") as g:
+                            if b"__notebook-saver" in g.read():
+                                out.append(int(c))
+                    except OSError:
+                        pass
+    except OSError:
+        pass
+    return out
+
+
 def peak_rss_kib(pid, stop, out):
-    """Poll VmHWM of `pid` until `stop` is set; keep the last value seen."""
+    """Poll VmHWM of `pid` (and of its notebook saver) until `stop` is set; keep the largest sum seen."""
+    peaks = {}
     while not stop.is_set():
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        out[0] = max(out[0], int(line.split()[1]))
-        except OSError:
+        host = vm_hwm(pid)
+        if host == 0:
             break
+        peaks[pid] = max(peaks.get(pid, 0), host)
+        for s in savers(pid):
+            peaks[s] = max(peaks.get(s, 0), vm_hwm(s))
+        out[0] = sum(peaks.values())
         time.sleep(0.005)
 
 
@@ -101,7 +135,7 @@ nbformat.write(nb, sys.argv[2])
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cellsci", default=os.path.join(REPO, "target", "release", "cellsci"))
-    ap.add_argument("--venv", default="/tmp/cellsci-bench-venv")
+    ap.add_argument("--venv", default="/tmp/cellsci-bench-venv", help="venv with ipykernel, nbclient, papermill")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", default="", help="comma-separated case names")
     ap.add_argument("--tools", default="cellsci,nbclient,papermill", help="comma-separated tools")
@@ -142,7 +176,7 @@ def main():
         rows.append((name, res))
 
     print()
-    print("| case | cellsci s | nbclient s | papermill s | cellsci/nbclient | cellsci/papermill | host MiB cellsci / nbclient / papermill |")
+    print("| case | cellsci s | nbclient s | papermill s | cellsci/nbclient | cellsci/papermill | peak MiB cellsci / nbclient / papermill |")
     print("|---|---|---|---|---|---|---|")
     nan = (float("nan"), float("nan"))
     for name, r in rows:

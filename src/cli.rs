@@ -104,6 +104,10 @@ pub enum Command {
     /// `kernel::reaper`). Started by cellsci itself, never by a user.
     #[command(name = "__kernel-reaper", hide = true)]
     KernelReaper { host: String, dir_prefix: String },
+    /// Internal: saves the notebook `notebook run` executes, from changes sent over a pipe (see
+    /// `notebook::saver`). Started by cellsci itself, never by a user.
+    #[command(name = "__notebook-saver", hide = true)]
+    NotebookSaver { out: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,8 +134,12 @@ pub fn main(cli: Cli) -> u8 {
     if let Command::KernelReaper { host, dir_prefix } = &cli.command {
         return crate::kernel::reaper::watchdog_main(host, dir_prefix);
     }
-    // This executable can serve as the kernel watchdog.
+    if let Command::NotebookSaver { out } = &cli.command {
+        return crate::notebook::saver::saver_main(out);
+    }
+    // This executable can serve as the kernel watchdog and the notebook saver.
     crate::kernel::reaper::enable();
+    crate::notebook::saver::enable();
     init_logging(&cli);
     crate::ui::set_quiet(cli.quiet);
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -254,7 +262,9 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(EXIT_OK)
         }
         Command::Notebook(NotebookCommand::Run(args)) => crate::nbrun::run(args, cli.quiet).await,
-        Command::KernelReaper { .. } => unreachable!("handled before the runtime starts"),
+        Command::KernelReaper { .. } | Command::NotebookSaver { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 

@@ -211,6 +211,7 @@ const SCHEMA: &[(&str, &str, Kind)] = &[
     ("exec", "cuda_device_id", Kind::Int),
     ("exec", "kernel_name", Kind::Str),
     ("exec", "kernel_packages", Kind::StrList),
+    ("exec", "transport", Kind::Str),
 ];
 
 /// The sections the host reads; each must be an object when present.

@@ -1,8 +1,10 @@
 //! `cellsci notebook run`: the papermill-style executor. Runs the code cells of a notebook in order in
-//! one kernel and saves the output notebook after every cell, so a crash loses at most the running
-//! cell. Saving stays cheap on long notebooks because unchanged cells keep their serialized text
-//! (see `notebook`), so a save is a concatenation and one write, never a re-serialization.
+//! one kernel, with nbclient's rules (display ids across cells, the `skip-execution` and
+//! `raises-exception` tags), and saves the output notebook after every cell, so a crash loses at most
+//! the running cell. Saving costs no time between cells: each finished cell goes to the saver process
+//! (see `notebook::saver`), which writes the file while the next cell runs.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,7 @@ use serde_json::Value;
 
 use crate::kernel::outputs::summary;
 use crate::kernel::{ExecOptions, ExecStatus, Kernel, StartOptions};
+use crate::notebook::saver::{Change, Sink};
 use crate::notebook::{join_text, Notebook};
 
 #[derive(Args, Debug, Clone)]
@@ -39,10 +42,19 @@ pub struct NotebookRunArgs {
     /// An environment variable for the kernel (repeatable).
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
+    /// How cellsci talks to the kernel: `ipc` (Unix sockets in a private folder, the default) or `tcp`
+    /// (ports on 127.0.0.1, for kernels that cannot do IPC).
+    #[arg(long = "transport", value_name = "ipc|tcp", default_value = "ipc")]
+    pub transport: crate::kernel::Transport,
     /// Print each cell's output as it arrives.
     #[arg(long = "log-output")]
     pub log_output: bool,
 }
+
+/// nbclient's `skip_cells_with_tag` default.
+const SKIP_TAG: &str = "skip-execution";
+/// A cell whose error is expected: execution goes on after it (nbclient, papermill).
+const RAISES_TAG: &str = "raises-exception";
 
 fn default_output(input: &std::path::Path) -> PathBuf {
     let stem = input.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "notebook".into());
@@ -66,7 +78,14 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
         .kernel
         .clone()
         .or_else(|| nb.metadata().pointer("/kernelspec/name").and_then(Value::as_str).map(String::from));
-    let opts = StartOptions { name, python: args.python.clone(), cwd: Some(cwd), env, ..Default::default() };
+    let opts = StartOptions {
+        name,
+        python: args.python.clone(),
+        cwd: Some(cwd),
+        env,
+        transport: args.transport,
+        ..Default::default()
+    };
     if let Some(t) = args.timeout {
         if !(t.is_finite() && t > 0.0) {
             anyhow::bail!("--timeout must be a positive number of seconds");
@@ -80,9 +99,12 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
             let c = nb.cell_value(i).expect("in range");
             c.get("cell_type").and_then(Value::as_str) == Some("code")
                 && !join_text(c.get("source").unwrap_or(&Value::Null)).trim().is_empty()
+                // as nbclient and papermill: a cell tagged skip-execution is not run
+                && !nb.has_tag(i, SKIP_TAG)
         })
         .collect();
-    nb.write(&out)?;
+    // Saved now (a bad path fails before the kernel starts), then after every cell by the saver.
+    let mut sink = Sink::start(&mut nb, &out)?;
 
     let spin = crate::ui::spinner("starting kernel");
     let mut kernel = Kernel::start(opts).await?;
@@ -91,12 +113,15 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
     bar.enable_steady_tick(Duration::from_millis(200));
     let mut code = 0u8;
     let mut failures = 0usize;
+    // display id → (cell, output) of every output showing it so far, for updates from later cells
+    let mut displays: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
     for (k, &i) in code_cells.iter().enumerate() {
         bar.set_position(k as u64);
         let src = join_text(nb.cell_value(i).and_then(|c| c.get("source")).unwrap_or(&Value::Null));
         let log = args.log_output;
         let pending = std::cell::RefCell::new(String::new());
-        let mut eo = ExecOptions { timeout, silent: false, on_output: None };
+        let raises = nb.has_tag(i, RAISES_TAG);
+        let mut eo = ExecOptions { timeout, silent: false, allow_errors: raises || args.allow_errors, on_output: None };
         if log {
             crate::ui::line(&format!("--- cell {} ({}/{}) ---", i + 1, k + 1, code_cells.len()));
             let pending = &pending;
@@ -124,9 +149,12 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
                 // Ctrl-C: save what the cell printed before it was stopped
                 if let Some(crate::kernel::KernelError::InterruptedCell(r)) = e.downcast_ref() {
                     let r = r.as_ref().clone();
-                    nb.set_outputs_owned(i, r.outputs, r.execution_count, Some(r.timing))?;
+                    let change =
+                        Change::Cell { i, outputs: r.outputs, count: r.execution_count, timing: Some(r.timing) };
+                    sink.send(&mut nb, change)?;
                 }
-                nb.write(&out)?;
+                sink.commit(&mut nb)?;
+                sink.finish()?;
                 kernel.shutdown().await;
                 bar.abandon();
                 return Err(e);
@@ -138,9 +166,20 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
         let status = res.status;
         let (ename, evalue, tb, message) =
             (res.ename.clone(), res.evalue.clone(), res.traceback.join("\n"), res.message.clone());
-        nb.set_outputs_owned(i, res.outputs, res.execution_count, Some(res.timing))?;
-        nb.write(&out)?;
-        if status != ExecStatus::Ok {
+        for u in res.display_updates {
+            for &(c, j) in displays.get(&u.display_id).into_iter().flatten() {
+                sink.send(&mut nb, Change::Display { i: c, j, data: u.data.clone(), metadata: u.metadata.clone() })?;
+            }
+        }
+        for (j, id) in res.display_ids {
+            displays.entry(id).or_default().push((i, j));
+        }
+        let change = Change::Cell { i, outputs: res.outputs, count: res.execution_count, timing: Some(res.timing) };
+        sink.send(&mut nb, change)?;
+        sink.commit(&mut nb)?;
+        if status == ExecStatus::Error && raises {
+            tracing::debug!("cell {} raised, as its raises-exception tag expects", i + 1);
+        } else if status != ExecStatus::Ok {
             failures += 1;
             let what = match status {
                 ExecStatus::Error => format!("{}: {}", ename.unwrap_or_default(), evalue.unwrap_or_default()),
@@ -155,12 +194,16 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
                 break;
             }
             if status == ExecStatus::Dead {
-                kernel.restart().await?;
+                if let Err(e) = kernel.restart().await {
+                    sink.finish()?;
+                    return Err(e);
+                }
             }
         }
     }
     bar.finish_and_clear();
     kernel.shutdown().await;
+    sink.finish()?;
     if !quiet {
         crate::ui::eline(&format!(
             "executed {} code cells in {:.1} s{} -> {}",

@@ -30,6 +30,28 @@ pub enum KernelError {
     InterruptedCell(Box<ExecResult>),
 }
 
+/// How cellsci talks to a local kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Unix sockets in the kernel's private (0700) folder: no other user can reach them.
+    #[default]
+    Ipc,
+    /// Ports on 127.0.0.1, reachable by every local user (messages are signed, not encrypted); for
+    /// kernels that cannot do IPC.
+    Tcp,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Transport> {
+        match s.to_ascii_lowercase().as_str() {
+            "ipc" => Ok(Transport::Ipc),
+            "tcp" => Ok(Transport::Tcp),
+            _ => anyhow::bail!("transport must be \"ipc\" or \"tcp\", not {s:?}"),
+        }
+    }
+}
+
 /// How to start a kernel.
 #[derive(Debug, Clone)]
 pub struct StartOptions {
@@ -48,6 +70,8 @@ pub struct StartOptions {
     /// the kernel; `OPENAI_API_KEY` and gateway tokens are removed whatever this holds. Variables
     /// given in `env` are passed as given.
     pub secrets: Vec<String>,
+    /// IPC (default) or TCP on loopback.
+    pub transport: Transport,
 }
 
 impl Default for StartOptions {
@@ -61,6 +85,7 @@ impl Default for StartOptions {
             startup_timeout: Duration::from_secs(60),
             interrupt_grace: Duration::from_secs(3),
             secrets: Vec::new(),
+            transport: Transport::Ipc,
         }
     }
 }
@@ -71,6 +96,9 @@ pub struct ExecOptions<'a> {
     pub timeout: Option<Duration>,
     /// Jupyter's silent execution: no execution count, no history, no execute_result (set-up code).
     pub silent: bool,
+    /// The caller expects an error from this cell (`raises-exception`): the kernel is not asked to
+    /// abort requests queued behind it (Jupyter's `stop_on_error`).
+    pub allow_errors: bool,
     /// Called with each output as it is created or changed, and the message type that did it.
     #[allow(clippy::type_complexity)]
     pub on_output: Option<Box<dyn FnMut(&Value, &str) + 'a>>,
@@ -154,6 +182,11 @@ pub struct ExecResult {
     /// The kernel was restarted (timeout that ignored the interrupt): its state is gone.
     pub restarted: bool,
     pub exit: Option<ExitInfo>,
+    /// (output index, display id) of the outputs that have a display id.
+    pub display_ids: Vec<(usize, String)>,
+    /// Display updates (`update_display_data`, or a new display with an id already shown) that
+    /// outputs of earlier cells with the same id must receive too, in order.
+    pub display_updates: Vec<outputs::DisplayUpdate>,
 }
 
 impl ExecResult {
@@ -170,6 +203,8 @@ impl ExecResult {
             message: if message.is_empty() { None } else { Some(message.to_string()) },
             restarted: false,
             exit: None,
+            display_ids: Vec::new(),
+            display_updates: Vec::new(),
         }
     }
 

@@ -7,12 +7,33 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 
+/// New data for every output, in any cell, that shows `display_id` (Jupyter's display ids outlive the
+/// cell that made them: `handle.update()` in a later cell changes the earlier output).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DisplayUpdate {
+    pub display_id: String,
+    pub data: Value,
+    pub metadata: Value,
+}
+
+/// What a cell's messages built: its outputs, which of them carry a display id, and the display
+/// updates that earlier cells' outputs must also receive, in the order they came.
+#[derive(Debug, Clone, Default)]
+pub struct Built {
+    pub outputs: Vec<Value>,
+    /// (output index, display id) of this cell's outputs that have one.
+    pub display_ids: Vec<(usize, String)>,
+    pub display_updates: Vec<DisplayUpdate>,
+}
+
 #[derive(Default)]
 pub struct OutputBuilder {
     pub outputs: Vec<Value>,
     clear_pending: bool,
     /// display_id → indices of outputs showing it.
     display: HashMap<String, Vec<usize>>,
+    /// Every display-id message, for outputs of earlier cells.
+    updates: Vec<DisplayUpdate>,
     /// Index of an output whose stream text still needs carriage-return processing.
     dirty_streams: Vec<usize>,
 }
@@ -68,9 +89,12 @@ impl OutputBuilder {
                 Some(i)
             }
             "display_data" => {
-                let display_id = content.pointer("/transient/display_id").and_then(Value::as_str).map(String::from);
+                let display_id = display_id(&content);
                 let data = take_obj(&mut content, "data");
                 let metadata = take_obj(&mut content, "metadata");
+                if let Some(id) = &display_id {
+                    self.update_display(id, &data, &metadata);
+                }
                 self.outputs.push(obj(vec![
                     ("data", data),
                     ("metadata", metadata),
@@ -83,23 +107,20 @@ impl OutputBuilder {
                 Some(i)
             }
             "update_display_data" => {
-                let id = content.pointer("/transient/display_id").and_then(Value::as_str)?.to_string();
+                // not an output of its own: new data for the outputs (of any cell) with its id
+                let id = display_id(&content)?;
                 let data = take_obj(&mut content, "data");
                 let metadata = take_obj(&mut content, "metadata");
-                let idx = self.display.get(&id)?.clone();
-                for &i in &idx {
-                    if let Some(Value::Object(o)) = self.outputs.get_mut(i) {
-                        o.insert("data".into(), data.clone());
-                        o.insert("metadata".into(), metadata.clone());
-                    }
-                }
-                idx.last().copied()
+                self.update_display(&id, &data, &metadata)
             }
             "execute_result" => {
-                let display_id = content.pointer("/transient/display_id").and_then(Value::as_str).map(String::from);
+                let display_id = display_id(&content);
                 let count = content.get("execution_count").cloned().unwrap_or(Value::Null);
                 let data = take_obj(&mut content, "data");
                 let metadata = take_obj(&mut content, "metadata");
+                if let Some(id) = &display_id {
+                    self.update_display(id, &data, &metadata);
+                }
                 self.outputs.push(obj(vec![
                     ("data", data),
                     ("execution_count", count),
@@ -132,8 +153,23 @@ impl OutputBuilder {
                 }
                 None
             }
+            // comm_open / comm_msg / comm_close (widgets, custom comms) and anything else: not outputs
             _ => None,
         }
+    }
+
+    /// Give every output showing `id` new data and metadata (as nbclient's `_update_display_id`), and
+    /// record the update for earlier cells. Returns the last output of this cell it changed.
+    fn update_display(&mut self, id: &str, data: &Value, metadata: &Value) -> Option<usize> {
+        self.updates.push(DisplayUpdate { display_id: id.to_string(), data: data.clone(), metadata: metadata.clone() });
+        let idx = self.display.get(id)?;
+        for &i in idx {
+            if let Some(Value::Object(o)) = self.outputs.get_mut(i) {
+                o.insert("data".into(), data.clone());
+                o.insert("metadata".into(), metadata.clone());
+            }
+        }
+        idx.last().copied()
     }
 
     fn mark_dirty(&mut self, i: usize, text: &str) {
@@ -147,6 +183,17 @@ impl OutputBuilder {
         self.display.clear();
         self.dirty_streams.clear();
         self.clear_pending = false;
+    }
+
+    /// The finished outputs with their display ids and the display updates for earlier cells.
+    pub fn finish_all(mut self) -> Built {
+        let mut display_ids: Vec<(usize, String)> = std::mem::take(&mut self.display)
+            .into_iter()
+            .flat_map(|(id, v)| v.into_iter().map(move |i| (i, id.clone())))
+            .collect();
+        display_ids.sort();
+        let display_updates = std::mem::take(&mut self.updates);
+        Built { outputs: self.finish(), display_ids, display_updates }
     }
 
     /// The finished outputs (carriage returns and backspaces applied).
@@ -168,6 +215,12 @@ impl OutputBuilder {
         };
         b.finish()
     }
+}
+
+/// The display id of a display message: `transient.display_id` (transient data is never stored in
+/// the notebook). A `transient` that is null or not an object has none, as in nbclient.
+fn display_id(content: &Value) -> Option<String> {
+    content.get("transient")?.get("display_id")?.as_str().map(String::from)
 }
 
 /// nbclient's stream clean-up: `.*\r(?=[^\n])` removed on every line (text overwritten by a carriage

@@ -58,6 +58,9 @@ fn start_options(lua: &Lua, opts: Option<LuaTable>) -> LuaResult<StartOptions> {
         so.name = Some(cfg.exec.kernel_name.clone()).filter(|s| !s.is_empty());
         so.python = config_python(cfg);
         so.packages = cfg.exec.kernel_packages.clone();
+        if let Some(t) = cfg.exec.extra.get("transport").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            so.transport = t.parse().map_err(|e| misuse(lua, format!("config exec.transport: {e}")))?;
+        }
     }
     so.secrets.extend(ctx.secret.expose().map(str::to_string));
     let Some(t) = opts else { return Ok(so) };
@@ -65,7 +68,7 @@ fn start_options(lua: &Lua, opts: Option<LuaTable>) -> LuaResult<StartOptions> {
         lua,
         &t,
         "kernel.start",
-        &["name", "python", "packages", "cwd", "env", "startup_timeout", "interrupt_grace"],
+        &["name", "python", "packages", "cwd", "env", "startup_timeout", "interrupt_grace", "transport"],
     )?;
     if let Some(n) = t.get::<Option<String>>("name")? {
         so.name = Some(n);
@@ -111,6 +114,9 @@ fn start_options(lua: &Lua, opts: Option<LuaTable>) -> LuaResult<StartOptions> {
             so.env.push((k, v));
         }
         so.env.sort();
+    }
+    if let Some(tr) = t.get::<Option<String>>("transport")? {
+        so.transport = tr.parse().map_err(|e| misuse(lua, format!("kernel.start: {e}")))?;
     }
     if let Some(s) = secs(lua, t.get("startup_timeout")?, "startup_timeout")? {
         so.startup_timeout = s;
@@ -166,7 +172,7 @@ impl LuaUserData for LuaKernel {
             drop(this);
             let mut k = kernel.lock().await;
             let cb_err: std::cell::RefCell<Option<LuaError>> = Default::default();
-            let mut eo = ExecOptions { timeout, silent, on_output: None };
+            let mut eo = ExecOptions { timeout, silent, allow_errors: false, on_output: None };
             if let Some(f) = on_output.clone() {
                 let lua2 = lua.clone();
                 let cb_err = &cb_err;

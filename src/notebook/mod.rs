@@ -14,6 +14,8 @@
 //! later saves copy it from the previous file (whose inode stays readable after the rename).
 //! This module must never lose a member of a user's notebook.
 
+pub mod saver;
+
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -126,6 +128,22 @@ impl Notebook {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read notebook {}", path.display()))?;
         let value: Value = serde_json::from_slice(&bytes)
             .with_context(|| format!("{} is not a notebook (invalid JSON)", path.display()))?;
+        // nbformat's schema requires these four; a JSON file without them is something else, and
+        // running it as a notebook of 0 cells would hide the mistake
+        // (an nbformat 3 file has other members; from_value says how to convert it)
+        let v3 = value.get("nbformat").and_then(Value::as_i64).is_some_and(|n| n != 4);
+        let missing: Vec<&str> = ["cells", "metadata", "nbformat", "nbformat_minor"]
+            .into_iter()
+            .filter(|k| !v3 && !value.as_object().is_some_and(|m| m.contains_key(*k)))
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "{} is not a Jupyter notebook: it has no {} (a notebook is a JSON object with cells, metadata, \
+                 nbformat and nbformat_minor)",
+                path.display(),
+                missing.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ")
+            );
+        }
         Notebook::from_value(value).with_context(|| format!("{} is not a valid notebook", path.display()))
     }
 
@@ -151,9 +169,16 @@ impl Notebook {
         match top.get("nbformat").and_then(Value::as_i64) {
             Some(4) => {}
             Some(n) => bail!("nbformat {n} is not supported (only 4.x); convert it with `jupyter nbconvert --to notebook --nbformat 4`"),
+            None if top.contains_key("nbformat") => bail!("'nbformat' must be a number (4)"),
             None => {
                 top.insert("nbformat".into(), json!(4));
             }
+        }
+        if cells_pos.is_none() {
+            bail!("a notebook needs 'cells' (a list)");
+        }
+        if top.get("nbformat_minor").is_some_and(|v| !v.is_i64()) {
+            bail!("'nbformat_minor' must be a number");
         }
         if !top.contains_key("nbformat_minor") {
             top.insert("nbformat_minor".into(), json!(NBFORMAT_MINOR));
@@ -376,6 +401,30 @@ impl Notebook {
             insert_sorted(meta, "execution", Value::Object(t));
         }
         Ok(())
+    }
+
+    /// Replace the data and metadata of output `j` of cell `i` (0-based): a display update that reached an
+    /// output of an earlier cell by its display id.
+    pub fn set_output_data(&mut self, i: usize, j: usize, data: Value, metadata: Value) -> Result<()> {
+        let c = self.cell_mut(i)?;
+        let o = c
+            .get_mut("outputs")
+            .and_then(Value::as_array_mut)
+            .and_then(|a| a.get_mut(j))
+            .and_then(Value::as_object_mut)
+            .with_context(|| format!("cell {} has no output {}", i + 1, j + 1))?;
+        o.insert("data".into(), data);
+        o.insert("metadata".into(), metadata);
+        Ok(())
+    }
+
+    /// The cell's `metadata.tags` include `tag`.
+    pub fn has_tag(&self, i: usize, tag: &str) -> bool {
+        self.cells
+            .get(i)
+            .and_then(|c| c.value.pointer("/metadata/tags"))
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|t| t.as_str() == Some(tag)))
     }
 
     /// Clear every code cell's outputs and execution count (and recorded timing).

@@ -33,6 +33,7 @@ function kernel.specs() end
 ---@field env? table<string, string|number|boolean> Added to the inherited environment and the spec's env (`true`/`false` become `"1"`/`"0"`). Default: none.
 ---@field startup_timeout? number Seconds to wait for the kernel to be ready. Default: `60`.
 ---@field interrupt_grace? number Seconds a timed-out cell gets after the interrupt before the kernel is killed and restarted. Default: `3`.
+---@field transport? "ipc"|"tcp" How cellsci talks to the kernel: `"ipc"`, Unix sockets in the kernel's private (0700) folder, or `"tcp"`, ports on 127.0.0.1 that every local user can reach (for kernels that cannot do IPC). Default: the config's `exec.transport`, else `"ipc"`.
 
 ---@alias cellsci.kernel.ErrorKind
 ---| "start"       # the kernel could not start (the message includes the kernel's own output)
@@ -67,7 +68,7 @@ function kernel.start(opts) end
 ---What `k:execute` returns. Pass it to `nb:set_outputs(i, r)` to store it in a notebook.
 ---@class cellsci.kernel.Result
 ---@field status "ok"|"error"|"timeout"|"dead" `error`: the cell raised (also `sys.exit()`); `timeout`: interrupted after `timeout` (outputs so far kept); `dead`: the kernel process ended (call `k:restart()`).
----@field outputs table[] nbformat outputs (streams merged, `\r` applied, display updates applied; text as single strings).
+---@field outputs table[] nbformat outputs (streams merged, `\r` applied, display updates within the cell applied; text as single strings). Updates that reach outputs of earlier cells by display id are applied by `cellsci notebook run`, not here.
 ---@field execution_count? integer
 ---@field ename? string The exception's class, e.g. `"ValueError"`.
 ---@field evalue? string The exception's message.

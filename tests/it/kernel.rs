@@ -531,6 +531,8 @@ fn kernel_signing_key_is_private_and_dead_runs_folders_are_removed() {
     for f in [&stale, &live] {
         std::fs::create_dir_all(f).unwrap();
         std::fs::write(f.join("connection.json"), "{}").unwrap();
+        // the IPC channels a killed run's kernel left bound
+        drop(std::os::unix::net::UnixListener::bind(f.join("k-1")).unwrap());
     }
     let o = lua(
         d.path(),
@@ -710,4 +712,58 @@ print("shut down")"#,
     }
     assert!(ok(&o).contains("shut down"));
     assert!(took.is_some(), "still running after k:shutdown(): {left:?} of {all:?}");
+}
+
+/// Issue 13: the kernel's channels were TCP ports on 127.0.0.1, reachable by every user of a shared
+/// machine, and ipykernel warned "running over TCP without encryption" on every run.
+#[test]
+fn kernel_channels_are_private_unix_sockets_removed_with_the_kernel() {
+    let d = util::tempdir();
+    let o = lua(
+        d.path(),
+        r#"
+local function folder(k)
+  local f = assert(io.open("/proc/" .. k:pid() .. "/cmdline")); local cmd = f:read("a"); f:close()
+  local cf = assert(cmd:match("([^%z]*connection%.json)"), cmd)
+  return cf:match("(.*)/connection%.json$"), cf
+end
+local function exists(p) local f = io.open(p); if f then f:close() end return f ~= nil end
+local function sh(c) local p = io.popen(c); local t = p:read("a"); p:close(); return t end
+
+local k = assert(kernel.start{python = PY})
+local dir, cf = folder(k)
+local conn = assert(io.open(cf)):read("a")
+assert(conn:find('"transport":"ipc"', 1, true), conn)
+local modes = sh("stat -c '%a %F' " .. dir .. " " .. dir .. "/k-1 " .. dir .. "/k-2")
+assert(modes == "700 directory\n755 socket\n755 socket\n" or modes:match("^700 directory\n%d+ socket\n%d+ socket\n$"), modes)
+assert(k:execute("x = 41").status == "ok")
+assert(k:execute("x + 1").outputs[1].data["text/plain"] == "42")
+-- interrupt
+local t = k:execute("import time\ntime.sleep(30)", {timeout = 0.5})
+assert(t.status == "timeout" and not t.restarted, t.status)
+assert(k:execute("x").outputs[1].data["text/plain"] == "41", "the interrupted kernel kept its state")
+-- death is seen, and a restart gets a new private folder; the old one is gone
+local dead = k:execute("import os\nos._exit(3)")
+assert(dead.status == "dead" and dead.exit_code == 3, dead.status)
+assert(k:restart())
+local dir2 = folder(k)
+assert(dir2 ~= dir and not exists(dir), "the dead kernel's folder is removed at restart")
+assert(k:execute("1").status == "ok")
+local log = assert(io.open(dir2 .. "/kernel.log")):read("a")
+assert(not log:find("without encryption"), log)
+k:shutdown()
+assert(not exists(dir2 .. "/connection.json"), "the socket folder is removed at shutdown")
+
+-- TCP stays available
+local kt = assert(kernel.start{python = PY, transport = "tcp"})
+local _, cft = folder(kt)
+assert(assert(io.open(cft)):read("a"):find('"transport":"tcp"', 1, true))
+assert(kt:execute("2 * 21").outputs[1].data["text/plain"] == "42")
+kt:shutdown()
+local okb, e = pcall(kernel.start, {python = PY, transport = "udp"})
+assert(not okb and tostring(e):find('transport must be "ipc" or "tcp"'), tostring(e))
+print("IPC OK")
+"#,
+    );
+    assert!(ok(&o).contains("IPC OK"));
 }

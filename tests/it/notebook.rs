@@ -241,3 +241,214 @@ fn notebook_run_keeps_a_20mb_output_intact_across_later_saves() {
     assert_eq!(stdout_of(&v["cells"][1]), "20000000\n");
     assert_eq!(stdout_of(&v["cells"][2]), format!("{}\n", &png[..12]));
 }
+
+/// nbclient's test suite's `normalize_output`: output metadata dropped, memory addresses and IPython's
+/// input names (`Cell In[3]`, `/tmp/ipykernel_…/….py`) replaced, tracebacks without ANSI codes; text
+/// lists joined.
+fn normalize_output(o: &serde_json::Value) -> serde_json::Value {
+    let addr = regex::Regex::new(r"0x[0-9a-fA-F]+").unwrap();
+    let input = regex::Regex::new(r"Cell In\[\d+\]|/[^\s,]*ipykernel_\d+/\d+\.py|<ipython-input-[^>]*>").unwrap();
+    let ansi = regex::Regex::new(r"\x1b\[[0-9;]*[A-Za-z]").unwrap();
+    let join = |v: &serde_json::Value| match v {
+        serde_json::Value::Array(a) => serde_json::json!(a.iter().filter_map(|x| x.as_str()).collect::<String>()),
+        x => x.clone(),
+    };
+    let mut o = o.as_object().unwrap().clone();
+    o.remove("metadata");
+    if let Some(t) = o.get("text").map(join) {
+        o.insert("text".into(), serde_json::json!(addr.replace_all(t.as_str().unwrap(), "<HEXADDR>")));
+    }
+    if let Some(serde_json::Value::Object(d)) = o.get_mut("data") {
+        for (_, v) in d.iter_mut() {
+            if let serde_json::Value::String(s) = join(v) {
+                *v = serde_json::json!(addr.replace_all(&s, "<HEXADDR>"));
+            }
+        }
+    }
+    if let Some(serde_json::Value::Array(tb)) = o.get_mut("traceback") {
+        for l in tb.iter_mut() {
+            let s = ansi.replace_all(l.as_str().unwrap(), "").into_owned();
+            *l = serde_json::json!(input.replace_all(&s, "<IPY-INPUT>"));
+        }
+    }
+    serde_json::Value::Object(o)
+}
+
+/// Run one of the notebooks written in the shape of nbclient's test notebooks (see
+/// tests/data/notebooks/nbclient_style/make.py) and compare every cell's outputs and execution count
+/// with what nbclient produced, as nbclient's own `assert_notebooks_equal` does.
+#[track_caller]
+fn same_outputs_as_nbclient(name: &str, args: &[&str]) {
+    let d = util::tempdir();
+    let src = util::repo().join("tests/data/notebooks/nbclient_style").join(name);
+    let o = util::cellsci(d.path())
+        .args(["notebook", "run"])
+        .arg(&src)
+        .arg("out.ipynb")
+        .arg("--python")
+        .arg(python())
+        .args(args)
+        .env("COLUMNS", "80")
+        .env("LINES", "24")
+        .output()
+        .unwrap();
+    ok(&o);
+    let out = d.path().join("out.ipynb");
+    validate(&out);
+    let (want, got) = (read_json(&src), read_json(&out));
+    let (want, got) = (want["cells"].as_array().unwrap(), got["cells"].as_array().unwrap());
+    assert_eq!(want.len(), got.len());
+    for (i, (w, g)) in want.iter().zip(got).enumerate() {
+        let norm = |c: &serde_json::Value| -> Vec<serde_json::Value> {
+            c["outputs"].as_array().map(|a| a.iter().map(normalize_output).collect()).unwrap_or_default()
+        };
+        assert_eq!(
+            serde_json::json!(norm(g)),
+            serde_json::json!(norm(w)),
+            "{name}: outputs of cell {} (got, then nbclient's)",
+            i + 1
+        );
+        assert_eq!(g["execution_count"], w["execution_count"], "{name}: execution count of cell {}", i + 1);
+    }
+}
+
+/// Issue 13: `update_display_data` (and a new display with a used id) left earlier outputs with that
+/// display id unchanged when they were in an earlier cell.
+#[test]
+fn display_updates_reach_every_earlier_output_with_that_id_across_cells() {
+    same_outputs_as_nbclient("display_ids.ipynb", &[]);
+}
+
+/// Issue 13: `clear_output(wait=True)` clears at the next output (an update is none), and a cleared
+/// output no longer receives updates by its display id.
+#[test]
+fn clear_output_waits_for_the_next_output_and_forgets_cleared_display_ids() {
+    same_outputs_as_nbclient("clear_output.ipynb", &[]);
+}
+
+/// Issue 13: a cell tagged `raises-exception` stopped the run; its error is expected.
+#[test]
+fn a_cell_tagged_raises_exception_does_not_stop_the_run() {
+    same_outputs_as_nbclient("raises_exception_tag.ipynb", &[]);
+}
+
+/// Issue 13: a cell tagged `skip-execution` was run.
+#[test]
+fn a_cell_tagged_skip_execution_is_not_run() {
+    same_outputs_as_nbclient("skip_execution_tag.ipynb", &[]);
+}
+
+/// `--allow-errors` runs every cell and keeps each error, as nbclient's `allow_errors`.
+#[test]
+fn allow_errors_runs_every_cell_and_keeps_each_error() {
+    same_outputs_as_nbclient("allow_errors.ipynb", &["--allow-errors"]);
+}
+
+/// Comm messages (a comm with no handler on our side) make no output and no error.
+#[test]
+fn comm_messages_are_ignored_cleanly() {
+    same_outputs_as_nbclient("comms.ipynb", &[]);
+}
+
+/// Consecutive pieces of one stream are one output; stdout and stderr interleaving is kept.
+#[test]
+fn stream_pieces_merge_like_jupyter() {
+    same_outputs_as_nbclient("streams.ipynb", &[]);
+}
+
+/// Issue 13: `{"not": "a notebook"}` ran as a notebook of 0 cells, exit 0, and wrote an output file
+/// holding the stray key.
+#[test]
+fn a_json_file_that_is_not_a_notebook_is_refused_naming_what_is_missing() {
+    let d = util::tempdir();
+    util::write(d.path(), "data.json", r#"{"not": "a notebook"}"#);
+    util::write(d.path(), "half.ipynb", r#"{"cells": [], "metadata": {}}"#);
+    for (f, missing) in [
+        ("data.json", "'cells', 'metadata', 'nbformat', 'nbformat_minor'"),
+        ("half.ipynb", "'nbformat', 'nbformat_minor'"),
+    ] {
+        let o = util::cellsci(d.path())
+            .args(["notebook", "run", f, "out.ipynb", "--python"])
+            .arg(python())
+            .output()
+            .unwrap();
+        let t = util::text(&o);
+        assert_eq!(o.status.code(), Some(2), "{t}");
+        assert!(t.contains(&format!("{f} is not a Jupyter notebook: it has no {missing}")), "{t}");
+        assert!(!d.path().join("out.ipynb").exists(), "nothing is written for a file that is not a notebook");
+    }
+}
+
+/// Notebooks of every nbformat 4 minor version (4.0–4.5) run, and what their schema allows beyond
+/// the known fields (notebook, cell and output metadata, attachments) is written back.
+#[test]
+fn notebooks_of_nbformat_4_0_to_4_5_run_and_keep_unknown_fields() {
+    let d = util::tempdir();
+    for minor in 0..=5 {
+        let mut code = serde_json::json!({"cell_type": "code", "execution_count": 3, "metadata": {"custom": {"k": [1, 2.5]}, "tags": ["t"]},
+            "outputs": [{"output_type": "stream", "name": "stdout", "text": ["old\n"]}], "source": ["print('new')"]});
+        let mut md = serde_json::json!({"cell_type": "markdown", "metadata": {"editable": false, "x-tool": "kept"}, "source": ["# t"]});
+        if minor >= 1 {
+            md["attachments"] = serde_json::json!({"a.png": {"image/png": "iVBORw0KGgo="}});
+        }
+        if minor >= 5 {
+            code["id"] = serde_json::json!("code-1");
+            md["id"] = serde_json::json!("md-1");
+        }
+        let nb = serde_json::json!({"cells": [md, code, {"cell_type": "code", "execution_count": null, "metadata": {},
+            "outputs": [], "source": "from IPython.display import display\ndisplay({'text/plain': 'x'}, raw=True, metadata={'mine': {'a': 1}})"}],
+            "metadata": {"kernelspec": {"name": "python3", "display_name": "P", "language": "python", "extra": 1},
+                         "authors": [{"name": "me"}], "my_tool": {"setting": true}},
+            "nbformat": 4, "nbformat_minor": minor});
+        let name = format!("v4{minor}.ipynb");
+        util::write(d.path(), &name, &serde_json::to_string_pretty(&nb).unwrap());
+        let out = format!("v4{minor}.out.ipynb");
+        let o =
+            util::cellsci(d.path()).args(["notebook", "run", &name, &out, "--python"]).arg(python()).output().unwrap();
+        ok(&o);
+        let p = d.path().join(&out);
+        validate(&p);
+        let v = read_json(&p);
+        assert_eq!(v["nbformat_minor"], minor, "the minor version is kept");
+        assert_eq!(v["metadata"]["my_tool"]["setting"], true);
+        assert_eq!(v["metadata"]["authors"][0]["name"], "me");
+        assert_eq!(v["metadata"]["kernelspec"]["extra"], 1);
+        let cells = v["cells"].as_array().unwrap();
+        assert_eq!(cells[0]["metadata"]["x-tool"], "kept");
+        assert_eq!(cells[0]["attachments"].is_object(), minor >= 1);
+        assert_eq!(cells[1]["metadata"]["custom"]["k"][1], 2.5);
+        assert_eq!(stdout_of(&cells[1]), "new\n");
+        assert_eq!(cells[2]["outputs"][0]["metadata"]["mine"]["a"], 1, "output metadata is kept");
+        assert_eq!(cells.iter().any(|c| c.get("id").is_some()), minor >= 5, "ids only where the schema has them");
+    }
+}
+
+/// Issue 13: saves after every cell are handed to a saver process so that they cost no time between
+/// cells; a SIGKILLed cellsci must still lose no finished cell, even when cells finish faster than the
+/// notebook can be written.
+#[test]
+fn a_sigkilled_run_keeps_every_finished_cell_of_a_fast_notebook() {
+    let d = util::tempdir();
+    let mut cells: Vec<String> = (0..300).map(|i| format!("print({i})")).collect();
+    cells.push("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)".into());
+    let refs: Vec<&str> = cells.iter().map(String::as_str).collect();
+    write_nb(d.path(), "in.ipynb", &refs);
+    let o = util::cellsci(d.path()).args(["notebook", "run", "in.ipynb", "--python"]).arg(python()).output().unwrap();
+    assert_eq!(o.status.code(), None, "cellsci was killed");
+    let out = d.path().join("in.out.ipynb");
+    // the saver finishes on its own once cellsci is gone
+    let t0 = std::time::Instant::now();
+    loop {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        if stdout_of(&v["cells"][299]) == "299\n" || t0.elapsed() > std::time::Duration::from_secs(10) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    validate(&out);
+    let v = read_json(&out);
+    for i in 0..300 {
+        assert_eq!(stdout_of(&v["cells"][i]), format!("{i}\n"), "finished cell {} was lost", i + 1);
+    }
+    assert!(v["cells"][300]["execution_count"].is_null());
+}
