@@ -482,7 +482,7 @@ fn bad_argument_errors_name_the_function_and_line() {
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.starts_with("error: b.lua:3: notebook.read: bad argument #1"), "{err}");
-    // an option of the wrong type, converted by mlua
+    // an option of the wrong type
     write(
         d.path(),
         "o.lua",
@@ -490,7 +490,7 @@ fn bad_argument_errors_name_the_function_and_line() {
     );
     let o = cellsci(d.path()).args(["script", "o.lua"]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.starts_with("error: o.lua:3: report.score: error converting Lua table to String"), "{err}");
+    assert!(err.starts_with("error: o.lua:3: report.score: option 'metric': expected a string, got table"), "{err}");
 }
 
 /// Regression: `time.stamp(0/0)` (a NaN from a failed computation) gave 19700101_000000 instead of an error.
