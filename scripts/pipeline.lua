@@ -21,6 +21,49 @@ local report = require("report")
 local M = {}
 
 ---------------------------------------------------------------------------------------------------
+-- Typed errors: every step returns `result` or `nil, err` with `err.kind` (and `err.message`), so a
+-- loop or a strategy decides by kind (stdlib/loop.lua's stop table), never by searching the text.
+-- Kinds: config, generation_failed, kernel_start, cell_unfixable, no_metrics, budget, client,
+-- replay_miss, interrupted, disk, io, error (anything else).
+---------------------------------------------------------------------------------------------------
+
+local Err = {}
+Err.__index = Err
+Err.__tostring = function(e) return e.kind .. ": " .. tostring(e.message) end
+
+function M.err(kind, message) return setmetatable({ kind = kind, message = message }, Err) end
+
+local function raise(kind, message) error(M.err(kind, message), 0) end
+
+-- A full or read-only disk fails every further write.
+local DISK_ERRORS = { "No space left on device", "Disk quota exceeded", "Read-only file system" }
+
+-- Whatever a step raised, as a typed error.
+function M.as_error(e)
+  if getmetatable(e) == Err then return e end
+  if type(e) == "table" and type(e.kind) == "string" then return M.err(e.kind, e.message or tostring(e)) end
+  local s = tostring(e)
+  if host.interrupted() then return M.err("interrupted", s) end
+  for _, d in ipairs(DISK_ERRORS) do
+    if s:find(d, 1, true) then return M.err("disk", s) end
+  end
+  if s:find("^cannot write ") or s:find("^cannot save ") or s:find("^cannot create ") then return M.err("io", s) end
+  return M.err("error", s)
+end
+
+-- Run f(...) and give its results, or nil and the typed error it raised.
+local function guarded(f, ...)
+  local r = table.pack(pcall(f, ...))
+  if r[1] then return table.unpack(r, 2, r.n) end
+  return nil, M.as_error(r[2])
+end
+
+-- A trial context for steps called without one (the single commands, older strategies).
+local function context(trial, ctx)
+  return ctx or require("trial").new(trial)
+end
+
+---------------------------------------------------------------------------------------------------
 -- Config and files
 ---------------------------------------------------------------------------------------------------
 
@@ -48,18 +91,18 @@ function M.load_prompt(explicit, name)
   if explicit and explicit ~= "" then
     local err
     text, err = fs.read(explicit)
-    if not text then error("config: cannot read prompt file " .. explicit .. ": " .. tostring(err), 0) end
+    if not text then raise("config", "cannot read prompt file " .. explicit .. ": " .. tostring(err)) end
     where = explicit
   else
     text, where = host.bundled("prompts/" .. name)
-    if not text then error("config: no bundled prompt prompts/" .. name, 0) end
+    if not text then raise("config", "no bundled prompt prompts/" .. name) end
   end
   local doc, err = yaml.decode(text)
-  if doc == nil then error("config: prompt file " .. where .. ": " .. tostring(err), 0) end
+  if doc == nil then raise("config", "prompt file " .. where .. ": " .. tostring(err)) end
   -- a YAML list decodes to a table too: only a mapping has the keys a prompt needs
   if type(doc) ~= "table" or rawlen(doc) > 0 or getmetatable(doc) == getmetatable(json.array({})) then
-    error("config: prompt file " .. where .. ": expected a mapping of keys (system: ...), found a "
-      .. (type(doc) == "table" and "list" or type(doc)), 0)
+    raise("config", "prompt file " .. where .. ": expected a mapping of keys (system: ...), found a "
+      .. (type(doc) == "table" and "list" or type(doc)))
   end
   return doc, where
 end
@@ -147,17 +190,18 @@ end
 -- request (and generation_failure.json) as big as itself.
 -- Returns cells, hypergraph, attempts (errors, reply sizes and files).
 M.ECHO_BYTES = 8192
-local function request_notebook(system, user, trial)
+local function request_notebook(system, user, trial, ctx)
   local pb = section("prompt_branch")
   local messages = { { role = "system", content = system }, { role = "user", content = user } }
   local attempts = {}
   local retries = tonumber(pb.json_retries) or 2
   for attempt = 0, retries do
     host.reload()
-    local resp, err = llm.chat({ messages = messages, temperature = pb.temperature, max_tokens = pb.max_tokens })
+    local resp, err = llm.chat({ messages = messages, temperature = pb.temperature, max_tokens = pb.max_tokens,
+      events = ctx.events })
     if not resp then
       table.insert(attempts, { attempt = attempt + 1, error = tostring(err) })
-      return nil, nil, attempts, "the generation request failed: " .. tostring(err)
+      return nil, nil, attempts, "the generation request failed: " .. tostring(err), err
     end
     local parsed, perr = llm.extract_json(resp.text)
     local cells, hg
@@ -166,11 +210,11 @@ local function request_notebook(system, user, trial)
     local why = (llm.clip(parsed == nil and tostring(perr) or hg, { head = 2000, tail = 0 }))
     local reply_file = path.join(trial, string.format("generation_reply_%d.txt", attempt + 1))
     local saved, serr = fs.write(reply_file, resp.text)
-    if not saved then log.warn("[GENERATE] cannot save the reply: " .. tostring(serr)) end
+    if not saved then ctx:warn("[GENERATE] cannot save the reply: " .. tostring(serr)) end
     table.insert(attempts, { attempt = attempt + 1, error = why, finish_reason = resp.finish_reason,
       raw = (llm.clip(resp.text, { head = 1000, tail = 1000 })), raw_bytes = #resp.text,
       raw_file = saved and path.basename(reply_file) or nil })
-    log.warn(string.format("[GENERATE] reply %d could not be used (%s)%s", attempt + 1, why,
+    ctx:warn(string.format("[GENERATE] reply %d could not be used (%s)%s", attempt + 1, why,
       attempt < retries and "; asking the model to reformat it" or ""))
     local echo, cut = llm.clip(resp.text, { head = M.ECHO_BYTES, tail = M.ECHO_BYTES })
     table.insert(messages, { role = "assistant", content = echo })
@@ -196,11 +240,42 @@ function M.build_notebook(cells, hypergraph, strategy_md)
   return nb
 end
 
--- Generate into `trial` (created). Returns the notebook path.
-function M.generate_into(trial, opts, s1)
+-- What earlier attempts produced, for the generation request (ctx.feedback, ctx.parent): the model sees
+-- their scores, report tables and errors, and for an improvement or a repair the parent's code.
+local function feedback_text(ctx)
+  local parts = {}
+  if ctx.feedback and ctx.feedback ~= "" then
+    table.insert(parts, "Results of earlier attempts at this task:\n\n" .. ctx.feedback)
+  end
+  local p = ctx.parent
+  if p then
+    local code = {}
+    local nb = p.notebook and notebook.read(p.notebook)
+    if nb then
+      for i = 1, nb:len() do
+        local cell = nb:cell(i)
+        if cell.cell_type == "code" then table.insert(code, "# --- cell " .. (i - 1) .. "\n" .. cell.source) end
+      end
+    end
+    local what = p.error and ("It failed: " .. tostring(p.error) .. "\nRepair it: keep what works, fix what failed.")
+      or ("It scored " .. tostring(p.score) .. ". Improve it: change one thing that should raise the score, "
+        .. "and keep the metrics.json contract.")
+    table.insert(parts, "Start from this earlier notebook (attempt " .. tostring(p.iter) .. "). " .. what
+      .. (p.report_table and ("\n\nIts computed results:\n\n" .. p.report_table) or "")
+      .. "\n\nIts code:\n\n" .. (llm.clip(table.concat(code, "\n\n"), { head = 24000, tail = 8000 })))
+  end
+  if #parts == 0 then return "" end
+  return "\n\n" .. table.concat(parts, "\n\n")
+end
+
+-- Generate into `trial` (created). Returns the notebook path, or nil and a typed error.
+function M.generate_into(trial, opts, s1, ctx)
+  return guarded(M.generate_step, trial, opts, s1, context(trial, ctx))
+end
+
+function M.generate_step(trial, opts, s1, ctx)
   local made, merr = fs.mkdir(trial)
-  if not made then error("cannot create the trial folder " .. trial .. ": " .. tostring(merr), 0) end
-  log.set_event_file(path.join(trial, "events.jsonl"))
+  if not made then raise("io", "cannot create the trial folder " .. trial .. ": " .. tostring(merr)) end
   local c = cfg()
   local spec, spec_path = M.load_prompt(opts.prompt_file or section("prompt_branch").prompt_file, "generation.yaml")
   local vars = { cuda_device_str = "cuda:" .. tostring(section("exec").cuda_device_id or 0),
@@ -214,33 +289,41 @@ function M.generate_into(trial, opts, s1)
     local sprompt = M.load_prompt(section("prompt_branch").strategy_prompt_file, "strategy.yaml")
     local ideas = read_ideas(s1.idea)
     local info
-    strategy_md, info = M.policy("strategy", "synthesize", { ideas = ideas, system = M.fill(sprompt.system or "", vars) })
+    strategy_md, info = M.policy("strategy", "synthesize", { ideas = ideas, system = M.fill(sprompt.system or "", vars),
+      llm = { events = ctx.events } })
     if not strategy_md then
       strategy_md, info = "# Research Strategy\n\n(No strategy: " .. tostring(info) .. ")\n", { source = "none" }
     end
     write_text(path.join(trial, "research_strategy.md"), strategy_md)
-    log.info("[STRATEGY] research_strategy.md written (" .. info.source .. ")")
+    ctx:info("[STRATEGY] research_strategy.md written (" .. info.source .. ")")
   end
 
   local user = "Technical specification (YAML):\n\n" .. M.fill(yaml.encode(spec), vars)
     .. "\n\nResearch strategy:\n\n" .. (strategy_md or "No research strategy was given: the design is freestyle.")
+    .. feedback_text(ctx)
     .. "\n\nReturn the notebook as the JSON object described in the system prompt."
     .. (section("prompt_branch").strict_json_only ~= false and " Reply with that JSON object only: no prose before or after it." or "")
-  local cells, hg, attempts, err = request_notebook(system, user, trial)
+  local cells, hg, attempts, err, llm_err = request_notebook(system, user, trial, ctx)
   if not cells then
     local fail_path = path.join(trial, "generation_failure.json")
     write_json(fail_path, { error = err, prompt_file = spec_path, attempts = attempts })
-    if host.interrupted() then error("interrupted", 0) end
+    if host.interrupted() then raise("interrupted", "interrupted") end
     -- The runner counts an iteration with this line as buggy (DESIGN: "Lines other tools read").
-    log.line("[GENERATE] Notebook Generation Failed: " .. err)
-    error("generation failed: " .. err .. " (every reply is saved in " .. fail_path .. ")", 0)
+    ctx:line("[GENERATE] Notebook Generation Failed: " .. err)
+    -- An LLM failure keeps its kind (a rejected key is `client` whatever step met it).
+    local kind = type(llm_err) == "table" and llm_err.kind
+    if not (kind == "client" or kind == "budget" or kind == "config" or kind == "replay_miss" or kind == "interrupted") then
+      kind = "generation_failed"
+    end
+    raise(kind, "generation failed: " .. err .. " (every reply is saved in " .. fail_path .. ")")
   end
   local nb = M.build_notebook(cells, hg, strategy_md)
   local nb_path = path.join(trial, "notebook_prompt.ipynb")
   local ok, werr = nb:write(nb_path)
   if ok == nil then error("cannot write " .. nb_path .. ": " .. tostring(werr), 0) end
-  log.event("generated", { notebook = nb_path, cells = #cells, prompt_file = spec_path })
-  log.info(string.format("[GENERATE] %d cells -> %s", #cells, nb_path))
+  ctx:event("generated", { notebook = nb_path, cells = #cells, prompt_file = spec_path,
+    parent = ctx.parent and ctx.parent.trial or nil })
+  ctx:info(string.format("[GENERATE] %d cells -> %s", #cells, nb_path))
   return nb_path
 end
 
@@ -292,26 +375,55 @@ local function check_interrupt()
 end
 M.check_interrupt = check_interrupt
 
-local function start_kernel(trial, s1)
+-- Python that gives a kernel taken from a pool what a kernel started for the trial gets from its start:
+-- the trial folder as working directory and the environment variables (DESIGN: execution environment).
+local function pooled_setup(trial, env)
+  local lines = { "import os as _cellsci_os", "_cellsci_os.chdir(" .. json.encode(trial) .. ")" }
+  for k, v in pairs(env) do
+    table.insert(lines, "_cellsci_os.environ[" .. json.encode(k) .. "] = " .. json.encode(v))
+  end
+  table.insert(lines, "del _cellsci_os")
+  return table.concat(lines, "\n") .. "\n"
+end
+
+-- The trial's kernel: one from ctx.kernel_pool when the strategy has a pool, else one started for it.
+-- Returns the kernel and the function that gives it back (release to the pool, or shut down).
+local function start_kernel(trial, s1, ctx)
   local ex = section("exec")
   local env = { OUTPUT_DIR = trial }
   if s1.h5 then env.STAGE1_H5_PATH = s1.h5 end
   if s1.idea then env.STAGE1_IDEA_PATH = s1.idea end
   -- CUDA_VISIBLE_DEVICES is inherited, never set: the runner (or the user) chose the GPU, and
-  -- exec.cuda_device_id only names the device in the prompt (${cuda_device_str}).
-  local spec = { name = ex.kernel_name, python = ex.python, packages = ex.kernel_packages, cwd = trial, env = env }
-  local k, err = kernel.start(spec)
-  if not k and not host.interrupted() then
-    -- A start can fail for passing reasons (a port taken between its choice and the kernel's bind).
-    log.warn("[EXEC] the kernel did not start (" .. tostring(err) .. "); trying once more")
-    log.event("kernel_start_failed", { error = tostring(err) })
+  -- exec.cuda_device_id only names the device in the prompt (${cuda_device_str}). A pool with exec.gpus
+  -- pins each of its kernels to one GPU itself.
+  local k, err, give_back
+  if ctx.kernel_pool then
+    k, err = ctx.kernel_pool:acquire()
+    if k then
+      give_back = function() ctx.kernel_pool:release(k) end
+      local r = run_cell(k, pooled_setup(trial, env), { silent = true })
+      if r.interrupted then give_back(); raise("interrupted", "interrupted") end
+      if r.status ~= "ok" then give_back(); raise("kernel_start", "kernel set-up failed: " .. tostring(r.evalue)) end
+    end
+  else
+    local spec = { name = ex.kernel_name, python = ex.python, packages = ex.kernel_packages, cwd = trial, env = env }
     k, err = kernel.start(spec)
+    if not k and not host.interrupted() then
+      -- A start can fail for passing reasons (a port taken between its choice and the kernel's bind).
+      ctx:warn("[EXEC] the kernel did not start (" .. tostring(err) .. "); trying once more")
+      ctx:event("kernel_start_failed", { error = tostring(err) })
+      k, err = kernel.start(spec)
+    end
+    if k then give_back = function() k:shutdown() end end
   end
-  if not k then error("cannot start the kernel: " .. tostring(err), 0) end
+  if not k then
+    if host.interrupted() then raise("interrupted", "interrupted") end
+    raise("kernel_start", "cannot start the kernel: " .. tostring(err))
+  end
   local r = run_cell(k, M.GUARD, { silent = true })
-  if r.interrupted then error("interrupted", 0) end
-  if r.status ~= "ok" then error("kernel set-up failed: " .. tostring(r.evalue), 0) end
-  return k
+  if r.interrupted then give_back(); raise("interrupted", "interrupted") end
+  if r.status ~= "ok" then give_back(); raise("kernel_start", "kernel set-up failed: " .. tostring(r.evalue)) end
+  return k, give_back
 end
 
 local function short(r)
@@ -321,12 +433,59 @@ local function short(r)
   return r.status
 end
 
--- Bring a restarted kernel back to where it was: set-up, then every cell that had succeeded.
-local function replay(k, nb, done)
+-- The cells a failing cell needs after a restart: its ancestors in the notebook's hypergraph (tail ->
+-- head edges between cell ids), in notebook order, among those that had run; every earlier cell that had
+-- run when there is no hypergraph or it names ids the notebook does not have.
+function M.replay_set(nb, i, done)
+  local ids, index = {}, {}
+  for j = 1, nb:len() do
+    local sub = (nb:cell(j).metadata or {}).subtask
+    if sub and sub.id then ids[j] = tostring(sub.id); index[tostring(sub.id)] = j end
+  end
+  local hg = ((nb.metadata or {}).execution or {}).hypergraph
+  local edges = type(hg) == "table" and hg.hyperedges or nil
+  local me = ids[i]
+  if type(edges) ~= "table" or #edges == 0 or not me then return done, "all" end
+  local parents = {}
+  for _, e in ipairs(edges) do
+    local tails = type(e.tail) == "table" and e.tail or { e.tail }
+    local head = tostring(e.head)
+    if not index[head] then return done, "all" end
+    parents[head] = parents[head] or {}
+    for _, t in ipairs(tails) do
+      if not index[tostring(t)] then return done, "all" end
+      table.insert(parents[head], tostring(t))
+    end
+  end
+  local need, stack = {}, { me }
+  while #stack > 0 do
+    local id = table.remove(stack)
+    for _, p in ipairs(parents[id] or {}) do
+      if not need[p] then need[p] = true; table.insert(stack, p) end
+    end
+  end
+  local out = {}
+  for _, j in ipairs(done) do
+    if need[ids[j] or ""] then table.insert(out, j) end
+  end
+  return out, "ancestors"
+end
+
+-- Bring a restarted kernel back to what cell i needs: set-up, then its ancestors that had succeeded.
+local function replay(k, nb, done, i, ctx)
   local r = run_cell(k, M.GUARD, { silent = true })
   if r.interrupted then error("interrupted", 0) end
   if r.status ~= "ok" then return false, "set-up failed after restart" end
-  for _, j in ipairs(done) do
+  local set, how = M.replay_set(nb, i, done)
+  local names = {}
+  for _, j in ipairs(set) do
+    local sub = (nb:cell(j).metadata or {}).subtask or {}
+    table.insert(names, tostring(sub.id or ("cell " .. (j - 1))))
+  end
+  ctx:info(string.format("[EXEC] kernel restarted; replaying %s: %s", how == "all" and "every earlier cell"
+    or "the failing cell's ancestors", #names > 0 and table.concat(names, ", ") or "none"))
+  ctx:event("replay", { cell_index = i - 1, cells = names, rule = how })
+  for _, j in ipairs(set) do
     local rr = run_cell(k, nb:cell(j).source, { timeout = tonumber(section("exec").timeout_seconds) })
     if rr.interrupted then error("interrupted", 0) end
     if rr.status ~= "ok" then return false, "replaying cell " .. (j - 1) .. " failed: " .. short(rr) end
@@ -334,13 +493,18 @@ local function replay(k, nb, done)
   return true
 end
 
--- Execute a trial's notebook cell by cell with repairs. Returns {ok=, exec_path=, failed_cell=, error=}.
-function M.execute_trial(trial, s1)
-  log.set_event_file(path.join(trial, "events.jsonl"))
+-- Execute a trial's notebook cell by cell with repairs. Returns {ok=, exec_path=, failed_cell=, error=}
+-- (a cell that stayed broken is a result: ok=false), or nil and a typed error when the notebook could
+-- not be run or saved.
+function M.execute_trial(trial, s1, ctx)
+  return guarded(M.execute_step, trial, s1, context(trial, ctx))
+end
+
+function M.execute_step(trial, s1, ctx)
   local ex = section("exec")
   local nb_path = path.join(trial, "notebook_prompt.ipynb")
   local nb, err = notebook.read(nb_path)
-  if not nb then error("cannot read " .. nb_path .. ": " .. tostring(err), 0) end
+  if not nb then raise("io", "cannot read " .. nb_path .. ": " .. tostring(err)) end
   nb:clear_outputs()
   local exec_path = path.join(trial, "notebook_prompt_exec.ipynb")
   local timeout = tonumber(ex.timeout_seconds) or 3600
@@ -349,7 +513,7 @@ function M.execute_trial(trial, s1)
   local made, merr = fs.mkdir(path.join(trial, "intermediate"))
   if not made then error("cannot create " .. path.join(trial, "intermediate") .. ": " .. tostring(merr), 0) end
 
-  local k = start_kernel(trial, s1)
+  local k, give_back = start_kernel(trial, s1, ctx)
   local code_cells = 0
   for i = 1, nb:len() do if nb:cell(i).cell_type == "code" then code_cells = code_cells + 1 end end
   local bar = log.progress({ total = code_cells, label = "cell" })
@@ -360,14 +524,14 @@ function M.execute_trial(trial, s1)
       if cell.cell_type == "code" then
         local sub = (cell.metadata or {}).subtask or {}
         local id = tostring(sub.id or ("Cell_" .. (i - 1)))
-        log.info(string.format("[GRAPH] running node %s: %s (cell %d)", id, sub.name or "", i - 1))
+        ctx:info(string.format("[GRAPH] running node %s: %s (cell %d)", id, sub.name or "", i - 1))
         bar:message(string.format("%s %s | %d tokens so far", id, sub.name or "", (llm.usage() or {}).total_tokens or 0))
         local r = run_cell(k, cell.source, { timeout = timeout })
         record(nb, i, r, exec_path)
-        log.event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, ename = r.ename })
+        ctx:event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, ename = r.ename })
         local round = 0
         while r.status ~= "ok" do
-          log.line(string.format("[GRAPH] Error in Node %s (cell %d): %s", id, i - 1, short(r)))
+          ctx:line(string.format("[GRAPH] Error in Node %s (cell %d): %s", id, i - 1, short(r)))
           if host.interrupted() then error("interrupted", 0) end
           if round >= max_rounds then
             outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1,
@@ -376,10 +540,10 @@ function M.execute_trial(trial, s1)
           end
           round = round + 1
           host.reload()
-          log.line(string.format("[FIX] %s | Round %d/%d | %s", id, round, max_rounds, short(r)))
+          ctx:line(string.format("[FIX] %s | Round %d/%d | %s", id, round, max_rounds, short(r)))
           if r.status == "dead" or r.restarted or not k:alive() then
             if not k:alive() then k:restart() end
-            local rok, rerr = replay(k, nb, done)
+            local rok, rerr = replay(k, nb, done, i, ctx)
             if not rok then
               outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1, error = rerr }
               break
@@ -389,21 +553,21 @@ function M.execute_trial(trial, s1)
           local new, how = M.policy("autofix", "fix", {
             cell_index = i - 1, source = src, result = r, round = round, max_rounds = max_rounds,
             timeout = timeout, use_llm = ex.enable_llm_autofix ~= false,
-            system_prompt = fix_prompt.system_prompt or fix_prompt.system or "",
+            system_prompt = fix_prompt.system_prompt or fix_prompt.system or "", events = ctx.events,
           })
           check_interrupt()
-          log.event("fix", { cell_index = i - 1, id = id, round = round, applied = new ~= nil, how = how })
+          ctx:event("fix", { cell_index = i - 1, id = id, round = round, applied = new ~= nil, how = how })
           if not new then
-            log.line(string.format("[FIX] %s | no fix: %s", id, how))
+            ctx:line(string.format("[FIX] %s | no fix: %s", id, how))
             outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1,
               error = string.format("cell %d (%s) could not be fixed (%s): %s", i - 1, id, how, short(r)) }
             break
           end
-          log.line(string.format("[FIX] %s | applied fix (%s); re-running", id, how))
+          ctx:line(string.format("[FIX] %s | applied fix (%s); re-running", id, how))
           nb:set_source(i, new)
           r = run_cell(k, new, { timeout = timeout })
           record(nb, i, r, exec_path)
-          log.event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, round = round })
+          ctx:event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, round = round })
         end
         if not outcome.ok then break end
         table.insert(done, i)
@@ -412,25 +576,25 @@ function M.execute_trial(trial, s1)
     end
   end)
   bar:finish()
-  k:shutdown()
+  give_back()
   local md = nb.metadata
   md.execution = md.execution or {}
   md.execution.cellsci = { ok = ok_run and outcome.ok, failed_cell = outcome.failed_cell, error = outcome.error }
   nb.metadata = md
   local saved, serr = nb:write(exec_path)
-  if saved then log.line("[EXEC] Saved final state: " .. exec_path) end
+  if saved then ctx:line("[EXEC] Saved final state: " .. exec_path) end
   if not ok_run then error(run_err, 0) end
-  if not saved then error("cannot save the executed notebook " .. exec_path .. ": " .. tostring(serr), 0) end
+  if not saved then raise("io", "cannot save the executed notebook " .. exec_path .. ": " .. tostring(serr)) end
   check_interrupt()
 
   if ex.enable_hypergraph_viz ~= false then
     local _, herr = report.hypergraph(nb, { path = path.join(trial, "hypergraph.json") })
-    if herr then log.warn("[EXEC] hypergraph.json: " .. tostring(herr)) end
+    if herr then ctx:warn("[EXEC] hypergraph.json: " .. tostring(herr)) end
     local _, merr = report.mermaid(nb, { path = path.join(trial, "hypergraph.md") })
-    if merr then log.warn("[EXEC] hypergraph.md: " .. tostring(merr)) end
+    if merr then ctx:warn("[EXEC] hypergraph.md: " .. tostring(merr)) end
   end
-  M.list_intermediate(trial)
-  if not outcome.ok then log.warn("[EXEC] " .. outcome.error) end
+  M.list_intermediate(trial, ctx)
+  if not outcome.ok then ctx:warn("[EXEC] " .. outcome.error) end
   return outcome
 end
 
@@ -438,29 +602,30 @@ end
 -- fs.walk never follows a symlink the notebook made (one to /usr, two to `.`) and stops at a count and
 -- a depth; what is past the caps is one summary line.
 M.INTERMEDIATE_LIMITS = { max_files = 100, max_depth = 8 }
-function M.list_intermediate(trial)
+function M.list_intermediate(trial, ctx)
+  ctx = context(trial, ctx)
   local w, err = fs.walk(path.join(trial, "intermediate"), M.INTERMEDIATE_LIMITS)
-  if not w and err.kind ~= "not_found" then log.warn("[EXEC] cannot list intermediate/: " .. tostring(err)) end
+  if not w and err.kind ~= "not_found" then ctx:warn("[EXEC] cannot list intermediate/: " .. tostring(err)) end
   w = w or { files = {}, truncated = 0, too_deep = 0, unreadable = 0 }
   local files = {}
   for _, f in ipairs(w.files) do
     table.insert(files, { path = "intermediate/" .. f.path, size = f.size, kind = f.kind, target = f.target })
   end
   if #files == 0 and w.truncated == 0 then
-    log.info("[EXEC] the notebook wrote nothing under intermediate/")
+    ctx:info("[EXEC] the notebook wrote nothing under intermediate/")
   end
   for _, f in ipairs(files) do
     if f.kind == "link" then
-      log.info(string.format("[EXEC]   %-48s -> %s (symlink, not followed)", f.path, tostring(f.target)))
+      ctx:info(string.format("[EXEC]   %-48s -> %s (symlink, not followed)", f.path, tostring(f.target)))
     else
-      log.info(string.format("[EXEC]   %-48s %10d bytes", f.path, f.size))
+      ctx:info(string.format("[EXEC]   %-48s %10d bytes", f.path, f.size))
     end
   end
   if w.truncated > 0 or w.too_deep > 0 then
-    log.info(string.format("[EXEC]   ... and %d more entries not listed, %d folders deeper than %d levels not entered",
+    ctx:info(string.format("[EXEC]   ... and %d more entries not listed, %d folders deeper than %d levels not entered",
       w.truncated, w.too_deep, M.INTERMEDIATE_LIMITS.max_depth))
   end
-  log.event("intermediate", { files = files, truncated = w.truncated, too_deep = w.too_deep })
+  ctx:event("intermediate", { files = files, truncated = w.truncated, too_deep = w.too_deep })
   return files
 end
 
@@ -474,21 +639,44 @@ local function direction(metric)
   return report.direction(metric or "")
 end
 
--- Write experiment_report.md for `trial`. Returns {score=, winner=, metrics=} (score nil without metrics).
-function M.analyze_trial(trial)
+-- The primary metric of each model, one line each, for feedback to later generations.
+local function results_table(m, pm)
+  local rows = {}
+  for name, model in pairs(type(m) == "table" and m.models or {}) do
+    local v = (model.aggregate or {})[pm]
+    if type(v) ~= "number" then
+      local sum, n = 0, 0
+      for _, f in pairs(model.per_fold or {}) do
+        if type(f) == "table" and type(f[pm]) == "number" then sum, n = sum + f[pm], n + 1 end
+      end
+      if n > 0 then v = sum / n end
+    end
+    if type(v) == "number" then table.insert(rows, string.format("- %s: %s %.4f", name, pm, v)) end
+  end
+  table.sort(rows)
+  return table.concat(rows, "\n")
+end
+
+-- Write experiment_report.md for `trial`. Returns {score=, winner=, metrics=, table=} (score nil without
+-- metrics), or nil and a typed error when the report could not be written.
+function M.analyze_trial(trial, ctx)
+  return guarded(M.analyze_step, trial, context(trial, ctx))
+end
+
+function M.analyze_step(trial, ctx)
   local pm = section("experiment").primary_metric or "PCC"
   local dir = direction(pm)
   local report_path = path.join(trial, "experiment_report.md")
   local mpath = path.join(trial, "metrics.json")
   if not fs.exists(mpath) then
     write_text(report_path, "# Experiment report\n\nThe notebook wrote no metrics.json, so there is nothing to score.\n")
-    log.info("[ANALYZE] no metrics.json in " .. trial)
+    ctx:info("[ANALYZE] no metrics.json in " .. trial)
     return {}
   end
   local m, err = report.load_metrics(mpath)
   if not m then
     write_text(report_path, "# Experiment report\n\nmetrics.json could not be read: " .. tostring(err) .. "\n")
-    log.warn("[ANALYZE] metrics.json could not be read: " .. tostring(err))
+    ctx:warn("[ANALYZE] metrics.json could not be read: " .. tostring(err))
     return {}
   end
   -- The narrative: the model explains numbers it is given (report.narrative_input), never writes them.
@@ -499,7 +687,7 @@ function M.analyze_trial(trial)
     -- the wording is report_policy.lua's (a user's copy that fails costs the narrative, not the report)
     local messages, merr = M.policy("report_policy", "narrative_messages", rp, m, { metric = pm, direction = dir })
     local resp, cerr
-    if messages then resp, cerr = llm.chat({ messages = messages }) else cerr = merr end
+    if messages then resp, cerr = llm.chat({ messages = messages, events = ctx.events }) else cerr = merr end
     if resp then narrative = resp.text else narrative_error = cerr end
   else
     narrative_error = tostring(rp)
@@ -513,8 +701,8 @@ function M.analyze_trial(trial)
     narrative_error = narrative_error, plots = plots, title = "Experiment report: " .. (cfg().dataset_name or "") })
   write_text(report_path, md)
   local sc = report.score(m, { metric = pm, direction = dir }) or {}
-  log.info("[ANALYZE] report written: " .. report_path)
-  return { score = sc.score, winner = sc.model, metrics = m }
+  ctx:info("[ANALYZE] report written: " .. report_path)
+  return { score = sc.score, winner = sc.model, metrics = m, table = results_table(m, pm) }
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -525,38 +713,19 @@ local function new_trial_name()
   return string.format("prompt_run_%s_%d", time.stamp(), host.pid())
 end
 
--- Failures that every further attempt would meet too (a rejected key, a bad config, a spent budget, a
--- cassette without the request): the loop stops on them instead of burning iterations.
--- (Matched on the error text for now; typed errors are the parallel-exploration issue's work.)
-local FATAL_KINDS = { "client", "config", "replay_miss" }
-
--- A full or read-only disk fails every further write: the loop stops rather than lose more.
-local DISK_ERRORS = { "No space left on device", "Disk quota exceeded", "Read-only file system" }
-
-local function fatal_kind(e)
-  e = tostring(e or "")
-  if e:find("budget: ", 1, true) then return "budget" end
-  for _, d in ipairs(DISK_ERRORS) do
-    if e:find(d, 1, true) then return "disk" end
-  end
-  for _, k in ipairs(FATAL_KINDS) do
-    if e:find(k .. ": ", 1, true) then return k end
-  end
-  return nil
-end
-M.fatal_kind = fatal_kind
-
 -- Exit codes of the four commands (README, "Exit codes"): 0 when the command did its work, whatever the
 -- result; 1 only where a command could not produce what it exists for (generate) or where asked
 -- (run --fail-if-unmet); errors raised here (bad config, missing files, a rejected key) exit 2.
 function M.generate(opts)
   local s1 = require("stage1").discover(cfg(), opts.use_idea)
   local trial = path.join(prompt_root(), new_trial_name())
-  local ok, err = pcall(M.generate_into, trial, opts, s1)
-  if not ok then
-    if host.interrupted() or fatal_kind(err) then error(err, 0) end
-    log.error(tostring(err))
-    return 1
+  local nb, err = M.generate_into(trial, opts, s1)
+  if not nb then
+    if err.kind == "generation_failed" then
+      log.error(tostring(err.message))
+      return 1
+    end
+    error(tostring(err), 0)
   end
   log.line("[GENERATE] Trial: " .. trial)
   return 0
@@ -565,7 +734,8 @@ end
 function M.execute(opts)
   local trial = M.find_trial(opts.trial)
   local s1 = require("stage1").discover(cfg(), fs.exists(path.join(trial, "research_strategy.md")))
-  local out = M.execute_trial(trial, s1)
+  local out, err = M.execute_trial(trial, s1)
+  if not out then error(tostring(err), 0) end
   -- The executed notebook is saved either way; a cell that stayed broken is a result, not an error.
   if not out.ok then log.line("[EXEC] finished with a failing cell: " .. tostring(out.error)) end
   return 0
@@ -573,11 +743,28 @@ end
 
 function M.analyze(opts)
   local trial = M.find_trial(opts.trial)
-  local res = M.analyze_trial(trial)
+  local res, err = M.analyze_trial(trial)
+  if not res then error(tostring(err), 0) end
   if res.score ~= nil then
     log.line(string.format("[CHECK] %s | %s: %.4f", tostring(res.winner), section("experiment").primary_metric or "PCC", res.score))
   end
   return 0
+end
+
+-- One attempt in a trial context: generate, execute, analyze. Returns {score=, winner=, metrics=, table=,
+-- executed = {ok=, error=, failed_cell=}} or nil and a typed error. Strategies call this for every node.
+function M.attempt(ctx, opts)
+  local s1 = require("stage1").discover(cfg(), opts.use_idea)
+  local nb, err = M.generate_into(ctx.trial, opts, s1, ctx)
+  if not nb then return nil, err end
+  if host.interrupted() then return nil, M.err("interrupted", "interrupted") end
+  local ex, xerr = M.execute_trial(ctx.trial, s1, ctx)
+  if not ex then return nil, xerr end
+  local res, aerr = M.analyze_trial(ctx.trial, ctx)
+  if not res then return nil, aerr end
+  if host.interrupted() then return nil, M.err("interrupted", "interrupted") end
+  res.executed = ex
+  return res
 end
 
 -- Where a trial is archived: prompt_run_<stamp> beside it (what phase-3 tools look for), never a
@@ -593,8 +780,9 @@ function M.archive_dest(trial)
   return dest
 end
 
--- Rename a trial to `dest` (default: M.archive_dest). The event log follows the trial when it is the one
--- being written. Returns the new path, or nil when the rename failed.
+-- Rename a trial to `dest` (default: M.archive_dest). The run's current event log follows the trial when
+-- it is the one being written (a trial context's own log is moved by its owner). Returns the new path,
+-- or nil when the rename failed.
 function M.archive(trial, dest)
   dest = dest or M.archive_dest(trial)
   local ef = log.event_file()
@@ -609,251 +797,14 @@ function M.archive(trial, dest)
   return dest
 end
 
-local function usage_totals()
-  local u = llm.usage() or {}
-  return { prompt = u.prompt_tokens or 0, completion = u.completion_tokens or 0, total = u.total_tokens or 0,
-    calls = u.calls or 0, latency = u.latency or 0 }
-end
+M.prompt_root = prompt_root
+M.direction = direction
+M.new_trial_name = new_trial_name
 
--- What the original writes where an iteration (or the loop) has no score; the runner expects a number.
-M.NO_SCORE = -999.0
-
-local function scored(r) return type(r.score) == "number" and r.score ~= M.NO_SCORE end
-
-local function str(v) return type(v) == "string" and v or nil end
-
+-- `cellsci run [--strategy NAME|FILE.lua]`: the loop with its bookkeeping (stdlib/loop.lua) around a
+-- search strategy (stdlib/strategies/<name>.lua; serial by default).
 function M.run(opts)
-  local c = cfg()
-  local exp = section("experiment")
-  local pm = exp.primary_metric or "PCC"
-  local threshold = tonumber(exp.success_threshold) or 0
-  local max_iters = math.max(1, math.floor(tonumber(exp.max_iterations) or 1))
-  local stamp, pid = time.stamp(), host.pid()
-  local root = M.save_root()
-  local made, merr = fs.mkdir(prompt_root())
-  if not made then error("cannot create " .. prompt_root() .. ": " .. tostring(merr), 0) end
-  local summary_path = path.join(root, string.format("phase2_loop_summary_%s_%d.json", stamp, pid))
-  local started, started_iso = time.now(), time.iso()
-  local iters = {}
-  -- archive_source: the trial being renamed to archived_dir, recorded before the rename so that a kill
-  -- during it is finished by --resume.
-  local best_score, best_trial, archived, archive_source
-  local met_any, stopped = false, nil
-  -- What earlier sessions of this loop spent (with --resume), added to this session's figures.
-  local prior = { time = 0, prompt = 0, completion = 0, total = 0, calls = 0, latency = 0 }
-  local first = 1
-
-  local function summary(final)
-    local valid, met = 0, 0
-    for _, r in ipairs(iters) do
-      if r.status == "VALID" then valid = valid + 1 end
-      if r.criteria_met then met = met + 1 end
-    end
-    local u = usage_totals()
-    write_json(summary_path, {
-      dataset = c.dataset_name, started_at = started_iso, finished_at = final and time.iso() or json.null,
-      primary_metric = pm, direction = direction(pm), success_threshold = threshold, max_iterations = max_iters,
-      iterations_executed = #iters, valid_iterations = valid, criteria_met_iterations = met,
-      success_rate = #iters > 0 and met / #iters or 0.0, validity_rate = #iters > 0 and valid / #iters or 0.0,
-      best_score = best_score or M.NO_SCORE, best_at_budget = best_score or M.NO_SCORE,
-      best_trial_dir = best_trial or json.null, archived_dir = archived or json.null,
-      archive_source = archive_source or json.null,
-      total_cost_tokens = prior.prompt + u.prompt + prior.completion + u.completion,
-      total_cost_latency = prior.latency + u.latency,
-      criteria_met = met_any, stopped = stopped or json.null,
-      total_tokens = prior.total + u.total, prompt_tokens = prior.prompt + u.prompt,
-      completion_tokens = prior.completion + u.completion, llm_calls = prior.calls + u.calls,
-      llm_latency_sec = prior.latency + u.latency, total_time_sec = prior.time + time.now() - started,
-      iterations = iters,
-    })
-  end
-
-  -- Archive a trial: the plan goes into the summary first, then the rename.
-  local function archive(trial)
-    archived, archive_source = M.archive_dest(trial), trial
-    summary(false)
-    local dest = M.archive(trial, archived)
-    if not dest then archived = nil end
-    archive_source = nil
-    if best_trial == trial then best_trial = dest or trial end
-    summary(false)
-    return dest
-  end
-
-  local nothing_left = false
-  if opts.resume then
-    local text, rerr = fs.read(opts.resume)
-    if not text then error("cannot read the summary to resume: " .. tostring(rerr), 0) end
-    local old = json.decode(text)
-    if type(old) ~= "table" or type(old.iterations) ~= "table" then
-      error(opts.resume .. ": not a phase-2 loop summary", 0)
-    end
-    summary_path, started_iso = opts.resume, old.started_at or started_iso
-    prior = { time = tonumber(old.total_time_sec) or 0, prompt = tonumber(old.prompt_tokens) or 0,
-      completion = tonumber(old.completion_tokens) or 0, total = tonumber(old.total_tokens) or 0,
-      calls = tonumber(old.llm_calls) or 0, latency = tonumber(old.llm_latency_sec) or 0 }
-    local met_rec, interrupted = nil, false
-    for _, r in ipairs(old.iterations) do
-      -- An interrupted iteration is done again; finished ones are kept as they were.
-      if r.status == "INTERRUPTED" then interrupted = true else table.insert(iters, r) end
-      if r.criteria_met then met_rec = r end
-    end
-    best_score, best_trial = tonumber(old.best_score), str(old.best_trial_dir)
-    if best_score == M.NO_SCORE then best_score = nil end
-    archived, archive_source = str(old.archived_dir), str(old.archive_source)
-    if archived and not fs.exists(archived) then
-      -- Killed during the rename: finish it, or forget the plan when its source is gone too.
-      if archive_source and fs.exists(archive_source) and M.archive(archive_source, archived) then
-        if best_trial == archive_source then best_trial = archived end
-      else
-        archived = nil
-      end
-    end
-    archive_source = nil
-    if best_trial and not fs.exists(best_trial) then best_score, best_trial = nil, nil end
-    stopped = str(old.stopped)
-    if stopped == "interrupted" then stopped = nil end
-    if met_rec then
-      met_any = true
-      log.line("[RESUME] iteration " .. tostring(met_rec.iter) .. " already met the criterion; finishing the loop")
-      if not archived and str(met_rec.trial_dir) and fs.exists(met_rec.trial_dir) then archive(met_rec.trial_dir) end
-      nothing_left = true
-    elseif old.finished_at ~= nil and old.finished_at ~= json.null and not interrupted and not stopped then
-      log.line("[RESUME] " .. path.basename(opts.resume) .. ": the loop had finished; nothing left to do")
-      nothing_left = true
-    end
-    stopped = nil
-    first = #iters + 1
-    if not nothing_left then
-      log.line(string.format("[RESUME] %s: %d iterations done, going on from %d", path.basename(opts.resume), #iters, first))
-    end
-  end
-  log.info(string.format("[LOOP] %d iterations at most; the criterion: %s %s %s (%s is better); summary: %s",
-    max_iters, pm, direction(pm) == "lower" and "<" or ">", tostring(threshold), direction(pm), summary_path))
-  -- A summary from the start: a loop killed during its first iteration can still be resumed.
-  summary(false)
-
-  for i = first, nothing_left and 0 or max_iters do
-    host.reload()
-    local run_name = string.format("workspace_%s_%d_iter%03d", stamp, pid, i)
-    local trial = path.join(prompt_root(), run_name)
-    log.line(string.format("ITERATION %d/%d", i, max_iters))
-    local t0, u0 = time.now(), usage_totals()
-    local prev_best_score, prev_best_trial = best_score, best_trial
-    local rec = { iter = i, run_name = run_name, status = "CRASH", score = M.NO_SCORE, trial_dir = trial,
-      criteria_met = false }
-    local ok, err = pcall(function()
-      local s1 = require("stage1").discover(c, opts.use_idea)
-      M.generate_into(trial, opts, s1)
-      check_interrupt()
-      local ex = M.execute_trial(trial, s1)
-      local res = M.analyze_trial(trial)
-      check_interrupt()
-      if not ex.ok then
-        rec.status, rec.error = "CRASH", ex.error
-        if res.score ~= nil then rec.score = res.score end
-        return
-      end
-      if res.score == nil then
-        rec.status = "NO_METRIC"
-        return
-      end
-      rec.status, rec.score, rec.winner = "VALID", res.score, res.winner
-      log.line(string.format("[CHECK] %s | %s: %.4f", tostring(res.winner), pm, res.score))
-      host.reload()
-      local met, why = M.policy("success", "judge", { score = res.score, threshold = threshold, metric = pm,
-        direction = exp.direction })
-      rec.criteria_met, rec.judgement = met and true or false, why
-      local better, berr = M.policy("success", "better", res.score, best_score, pm, exp.direction)
-      if berr then -- the policy failed: compare by the metric's direction
-        better = best_score == nil or (direction(pm) == "lower" and res.score < best_score)
-          or (direction(pm) == "higher" and res.score > best_score)
-      end
-      if better then
-        best_score, best_trial = res.score, trial
-      end
-    end)
-    local u1 = usage_totals()
-    rec.duration_sec = time.now() - t0
-    rec.usage = { prompt_tokens = u1.prompt - u0.prompt, completion_tokens = u1.completion - u0.completion,
-      total_tokens = u1.total - u0.total, total_latency_sec = u1.latency - u0.latency, calls = u1.calls - u0.calls }
-    rec.tokens = { prompt = u1.prompt - u0.prompt, completion = u1.completion - u0.completion, total = u1.total - u0.total }
-    rec.llm_calls = u1.calls - u0.calls
-    rec.llm_latency_sec = u1.latency - u0.latency
-    if host.interrupted() then
-      -- Whatever the step made of it (a swallowed LLM failure, a fallback), an interrupt ends the loop now;
-      -- --resume does this iteration again.
-      rec.status, rec.error, rec.criteria_met = "INTERRUPTED", "interrupted by the user", false
-      best_score, best_trial = prev_best_score, prev_best_trial
-      table.insert(iters, rec)
-      stopped = "interrupted"
-      summary(true)
-      log.line("[INTERRUPT] stopped; loop summary saved to " .. summary_path)
-      return 130
-    end
-    if not ok then
-      rec.status, rec.error = "CRASH", tostring(err)
-      -- "Exception:" marks the iteration as buggy for the runner's log parser.
-      log.line(string.format("[LOOP] Exception: iteration %d crashed: %s", i, tostring(err)))
-    end
-    table.insert(iters, rec)
-    log.line(string.format("[COST] Iteration %d: %d tokens | %.2fs LLM time", i, rec.usage.total_tokens,
-      rec.usage.total_latency_sec))
-    summary(false)
-    local fatal = rec.status == "CRASH" and fatal_kind(rec.error)
-    if fatal == "budget" then
-      -- A spent budget ends the loop the way its last iteration would: the best trial is archived.
-      stopped = "budget"
-      log.line("[LOOP] the LLM budget is spent; ending the loop here")
-      break
-    elseif fatal then
-      stopped = fatal
-      log.error("[LOOP] stopping: this failure (" .. fatal .. ") would repeat in every iteration")
-      break
-    end
-    if rec.criteria_met then
-      met_any = true
-      -- "Success threshold met" is the runner's marker of a successful run: printed only here.
-      log.line("[SUCCESS] Success threshold met (" .. tostring(rec.judgement) .. "); archiving and stopping")
-      archive(trial)
-      break
-    end
-    if rec.status == "VALID" then log.line("[CONTINUE] Threshold not met: " .. tostring(rec.judgement)) end
-  end
-  if not met_any then
-    if best_trial and best_trial ~= archived and fs.exists(best_trial) then
-      log.line(string.format("[LOOP] No iteration met the criterion; archiving the BEST run found (%s Score: %.4f)",
-        pm, best_score))
-      archive(best_trial)
-    elseif not archived then
-      log.line("[LOOP] No iteration produced a score; nothing archived")
-    end
-  end
-  -- The score of every iteration against the threshold, beside the archived report (once, also when a
-  -- finished loop is resumed).
-  if archived and fs.exists(archived) then
-    local pts = {}
-    for _, r in ipairs(iters) do
-      table.insert(pts, { iteration = r.iter, score = scored(r) and r.score or nil, status = r.status, met = r.criteria_met })
-    end
-    local svg = path.join(archived, "iterations.svg")
-    if report.plot_iterations(pts, { threshold = threshold, metric = pm, path = svg, direction = direction(pm) }) then
-      local rp = path.join(archived, "experiment_report.md")
-      local text = fs.read(rp)
-      local section_md = "\n## Iterations\n\n![" .. pm .. " per iteration](iterations.svg)\n"
-      if text and not text:find(section_md, 1, true) then write_text(rp, text .. section_md) end
-    end
-  end
-  summary(true)
-  if archived then log.info("[LOOP] report: " .. path.join(archived, "experiment_report.md")) end
-  log.info("[LOOP] loop summary: " .. summary_path)
-  if stopped and stopped ~= "budget" then return 2 end
-  if met_any then
-    log.line(string.format("[LOOP] Finished: the criterion was met (%d of %d iterations run)", #iters, max_iters))
-    return 0
-  end
-  log.line(string.format("[LOOP] Finished: no iteration met the criterion (%d of %d iterations run)", #iters, max_iters))
-  return opts.fail_if_unmet and 1 or 0
+  return require("loop").run(opts)
 end
 
 return M

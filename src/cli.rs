@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// which CellScientist's runner needs to go on to phase 3).
     #[arg(long = "fail-if-unmet")]
     pub fail_if_unmet: bool,
+    /// The search strategy: serial (the default: one iteration at a time), best_of_n, tree, or a Lua file
+    /// of your own (FILE.lua returning {run = function(L, opts) ... end}).
+    #[arg(long = "strategy", value_name = "NAME|FILE.lua")]
+    pub strategy: Option<String>,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -229,6 +233,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 "prompt_file": r.generate.prompt_file.as_ref().map(|p| abs(p)),
                 "resume": r.resume.as_ref().map(|p| abs(p)),
                 "fail_if_unmet": r.fail_if_unmet.then_some(true),
+                "strategy": r.strategy.as_ref().map(|s| if s.ends_with(".lua") { abs(Path::new(s)) } else { s.clone() }),
             });
             pipeline(&cli, "run", opts).await
         }

@@ -21,6 +21,14 @@ pub struct EventLog {
     /// Serializes writers (coroutines of one run share the log) and remembers whether the current
     /// failure was reported, so a full disk gives one warning until a line is written again.
     failing: Mutex<bool>,
+    /// What the LLM calls logged here used: prompt and completion tokens, calls, seconds.
+    usage: Mutex<(u64, u64, u64, f64)>,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog").field("path", &self.path()).finish_non_exhaustive()
+    }
 }
 
 impl EventLog {
@@ -46,6 +54,20 @@ impl EventLog {
     /// A log that masks `secret` out of every line.
     pub fn new(secret: Secret) -> EventLog {
         EventLog { secret, ..Default::default() }
+    }
+
+    /// Count one LLM attempt that logged here.
+    pub fn add_usage(&self, prompt: u64, completion: u64, latency: f64) {
+        let mut u = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        u.0 += prompt;
+        u.1 += completion;
+        u.2 += 1;
+        u.3 += latency;
+    }
+
+    /// (prompt tokens, completion tokens, calls, seconds) of the LLM calls that logged here.
+    pub fn usage(&self) -> (u64, u64, u64, f64) {
+        *self.usage.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn path(&self) -> Option<PathBuf> {

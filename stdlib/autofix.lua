@@ -97,6 +97,8 @@ function M.fix(ctx)
     { role = "user", content = json.encode(req, { pretty = true }) },
   }, temperature = 0 }
   for k, v in pairs(ctx.llm or {}) do opts[k] = v end
+  -- the trial's own event log: this exchange belongs to the trial whose cell it repairs
+  if ctx.events ~= nil and opts.events == nil then opts.events = ctx.events end
   local resp, err = llm.chat(opts)
   if not resp then return nil, "LLM fix request failed: " .. tostring(err) end
   local parsed, perr = llm.extract_json(resp.text)

@@ -100,7 +100,7 @@ impl Engine {
         if !matches!(&result, Err(f) if matches!(f.kind, Kind::Budget | Kind::Config | Kind::ReplayMiss)) {
             self.tel().record_attempt(&req.model, &result, latency);
         }
-        self.emit(req, &result, attempt, latency);
+        self.emit(req, &result, attempt, latency, opts.events.as_ref());
         result
     }
 
@@ -171,8 +171,22 @@ impl Engine {
         }
     }
 
-    fn emit(&self, req: &Request, r: &Result<Reply, Failure>, attempt: u32, latency: f64) {
-        let Some(events) = &self.events else { return };
+    fn emit(
+        &self,
+        req: &Request,
+        r: &Result<Reply, Failure>,
+        attempt: u32,
+        latency: f64,
+        sink: Option<&Arc<EventLog>>,
+    ) {
+        let Some(events) = sink.or(self.events.as_ref()) else { return };
+        if let Some(s) = sink {
+            let u = match r {
+                Ok(rep) => Some(&rep.usage),
+                Err(f) => f.reply.as_ref().map(|rep| &rep.usage),
+            };
+            s.add_usage(u.map_or(0, |u| u.prompt_tokens), u.map_or(0, |u| u.completion_tokens), latency);
+        }
         let last_user = req
             .messages
             .iter()

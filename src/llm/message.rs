@@ -230,6 +230,9 @@ pub struct CallOpts {
     /// Seconds without a response (or, streaming, without a chunk) before the attempt is a timeout.
     pub timeout: f64,
     pub stream: bool,
+    /// The trial's event log this call belongs to (its exchanges and usage go there), instead of the
+    /// run's current one: concurrent branches each keep their own.
+    pub events: Option<std::sync::Arc<crate::events::EventLog>>,
 }
 
 /// The first `n` characters of a text, marked when cut.

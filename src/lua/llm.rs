@@ -19,6 +19,7 @@ use crate::llm::{CallOpts, Engine, Failure, Kind, Reply, Request, Settings};
 use crate::lua::ctx::HostCtx;
 
 const CHAT_OPTS: &[&str] = &[
+    "events",
     "messages",
     "prompt",
     "system",
@@ -210,7 +211,20 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
             return Err(boundary::misuse(&lua, format!("llm.chat: 'timeout' must be positive seconds, got {t}")))
         }
     };
-    let call = CallOpts { timeout, stream: o.bool("stream")?.unwrap_or_else(|| en.default_stream()) };
+    let events = match o.value("events")? {
+        LuaValue::Nil => None,
+        LuaValue::UserData(u) if u.is::<super::log::Sink>() => Some(u.borrow::<super::log::Sink>()?.0.clone()),
+        other => {
+            return Err(boundary::misuse(
+                &lua,
+                format!(
+                    "llm.chat: option 'events': expected an event sink (log.sink(path)), got {}",
+                    other.type_name()
+                ),
+            ))
+        }
+    };
+    let call = CallOpts { timeout, stream: o.bool("stream")?.unwrap_or_else(|| en.default_stream()), events };
     let retry = o.value("retry")?;
     match &retry {
         LuaValue::Nil | LuaValue::Boolean(_) | LuaValue::Function(_) | LuaValue::Table(_) => {}

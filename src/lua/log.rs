@@ -2,9 +2,12 @@
 //! stdout event lines other tools parse (`log.line`), and the trial's event log (`log.event`).
 //! Messages at info and above are also appended to the event log when one is set, so a trial's
 //! events.jsonl tells the whole story. Never pass the API key to any of these.
+use std::sync::Arc;
+
 use mlua::prelude::*;
 
 use super::boundary;
+use crate::events::EventLog;
 use crate::lua::ctx::HostCtx;
 
 fn message(lua: &Lua, args: &LuaMultiValue) -> LuaResult<String> {
@@ -20,8 +23,70 @@ fn message(lua: &Lua, args: &LuaMultiValue) -> LuaResult<String> {
 const LEVELS: &[(&str, i8, &str)] =
     &[("debug", 1, "debug: "), ("info", 0, ""), ("warn", 0, "warning: "), ("error", -1, "error: ")];
 
+/// A trial's own event log (`log.sink(path)`): what a branch hands to its steps, so that its LLM
+/// exchanges (`llm.chat{events = sink}`), cell runs and messages land in its trial whatever other
+/// branches do at the same time. It also counts the tokens and LLM time of the calls that logged to it.
+pub struct Sink(pub Arc<EventLog>);
+
+impl LuaUserData for Sink {
+    fn add_methods<M: LuaUserDataMethods<Self>>(m: &mut M) {
+        // sink:event(kind, fields?)
+        m.add_method("event", |lua, this, (kind, fields): (LuaValue, Option<LuaValue>)| {
+            let kind = boundary::string_arg(lua, &kind, "sink:event", "a kind string")?;
+            let fields = event_fields(lua, fields, "sink:event")?;
+            this.0.emit(&kind.to_str()?, fields);
+            Ok(())
+        });
+        // sink:path() -> the file, or nil
+        m.add_method("path", |_, this, ()| Ok(this.0.path().map(|p| p.display().to_string())));
+        // sink:move(path): the trial folder was renamed (archived); keep logging to the same log there
+        m.add_method("move", |lua, this, p: String| {
+            let p = super::path::abs(std::path::Path::new(&p));
+            if p.parent().is_some_and(|d| !d.is_dir()) {
+                return Err(boundary::misuse(lua, format!("sink:move: no folder {}", p.display())));
+            }
+            this.0.set_path(Some(p));
+            Ok(())
+        });
+        // sink:usage() -> {prompt_tokens, completion_tokens, total_tokens, calls, latency}
+        m.add_method("usage", |lua, this, ()| {
+            let (p, c, calls, lat) = this.0.usage();
+            boundary::to_lua(
+                lua,
+                &serde_json::json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+                    "calls": calls, "latency": lat}),
+            )
+        });
+    }
+}
+
+fn event_fields(lua: &Lua, fields: Option<LuaValue>, func: &str) -> LuaResult<serde_json::Value> {
+    let fields = match fields {
+        None | Some(LuaValue::Nil) => serde_json::json!({}),
+        Some(v @ LuaValue::Table(_)) => boundary::from_lua_checked(lua, &v, func)?,
+        Some(v) => return Err(boundary::misuse(lua, format!("{func}: fields must be a table, got {}", v.type_name()))),
+    };
+    Ok(if fields.is_object() { fields } else { serde_json::json!({ "data": fields }) })
+}
+
 pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
+    // log.sink(path) -> a trial's own event log (parent folders are created), masked like every log
+    t.set(
+        "sink",
+        lua.create_function(|lua, p: LuaValue| {
+            let p = boundary::string_arg(lua, &p, "log.sink", "a path string")?.to_string_lossy();
+            let p = super::path::abs(std::path::Path::new(&p));
+            if let Some(dir) = p.parent() {
+                if let Err(e) = std::fs::create_dir_all(dir) {
+                    return Err(boundary::misuse(lua, format!("log.sink: cannot create {}: {e}", dir.display())));
+                }
+            }
+            let log = EventLog::new(HostCtx::get(lua).secret.clone());
+            log.set_path(Some(p));
+            Ok(Sink(Arc::new(log)))
+        })?,
+    )?;
     t.set("progress", super::progress::create(lua)?)?;
     for &(level, min, prefix) in LEVELS {
         // log.debug(...), log.info(...), log.warn(...), log.error(...): values joined by spaces, like print

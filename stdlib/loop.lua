@@ -1,0 +1,393 @@
+-- The loop's bookkeeping, for the bundled loop and every strategy: the loop summary the runner reads
+-- (written from the start and after every node), the plain stdout lines (ITERATION i/n, [CHECK],
+-- [SUCCESS] ..., [ARCHIVE] ...), best tracking, archiving, resume, and when to stop. A strategy is only
+-- its search policy: which node to try next (see stdlib/strategies/*.lua and README, "A strategy of
+-- your own").
+--
+--   local L = loop.open(opts)        -- the summary (new, or the one --resume names)
+--   local node = L:node{kind=, parent=, buffer=}   -- the next trial (nil when the budget is spent)
+--   local res, err = L:attempt(node, opts)         -- generate, execute, analyze in its trial context
+--   L:record(node, res, err)         -- judge, print, track the best, write the summary, archive a success
+--   L:done()                         -- met, stopped, interrupted or out of nodes
+--   return L:close()                 -- archive the best, the final summary; the exit code
+--
+-- What ends a loop, by the kind of a node's error (a user can shadow this module or change the table):
+-- "stop" ends it with exit 2 (the failure would repeat in every node), "end" ends it like its last node.
+-- No side effects at load.
+local host = require("host")
+local fs = require("fs")
+local path = require("path")
+local json = require("json")
+local log = require("log")
+local time = require("time")
+local llm = require("llm")
+local report = require("report")
+
+local M = {}
+
+M.stop_on = { client = "stop", config = "stop", replay_miss = "stop", disk = "stop", io = "stop", budget = "end" }
+
+-- What the original writes where a node (or the loop) has no score; the runner expects a number.
+M.NO_SCORE = -999.0
+
+local function pipeline() return require("pipeline") end
+local function section(name) return host.config[name] or {} end
+local function str(v) return type(v) == "string" and v or nil end
+local function scored(r) return type(r.score) == "number" and r.score ~= M.NO_SCORE end
+
+local L = {}
+L.__index = L
+
+-- Open the loop: a new summary, or the one `opts.resume` names (finished nodes are kept).
+function M.open(opts)
+  local c = host.config
+  local exp = section("experiment")
+  local P = pipeline()
+  local self = setmetatable({
+    opts = opts, pm = exp.primary_metric or "PCC",
+    threshold = tonumber(exp.success_threshold) or 0,
+    max_iters = math.max(1, math.floor(tonumber(exp.max_iterations) or 1)),
+    stamp = time.stamp(), pid = host.pid(), started = time.now(), started_iso = time.iso(),
+    iters = {}, next_iter = 1, met_any = false, stopped = nil, nothing_left = false,
+    prior = { time = 0, prompt = 0, completion = 0, total = 0, calls = 0, latency = 0 },
+    base_usage = llm.usage() or {},
+  }, L)
+  self.direction = P.direction(self.pm)
+  local made, merr = fs.mkdir(P.prompt_root())
+  if not made then error("cannot create " .. P.prompt_root() .. ": " .. tostring(merr), 0) end
+  self.summary_path = path.join(P.save_root(), string.format("phase2_loop_summary_%s_%d.json", self.stamp, self.pid))
+  if opts.resume then self:resume(opts.resume) end
+  log.info(string.format("[LOOP] %d iterations at most; the criterion: %s %s %s (%s is better); summary: %s",
+    self.max_iters, self.pm, self.direction == "lower" and "<" or ">", tostring(self.threshold), self.direction,
+    self.summary_path))
+  -- A summary from the start: a loop killed during its first node can still be resumed.
+  self:summary(false)
+  return self
+end
+
+function L:resume(file)
+  local text, rerr = fs.read(file)
+  if not text then error("cannot read the summary to resume: " .. tostring(rerr), 0) end
+  local old = json.decode(text)
+  if type(old) ~= "table" or type(old.iterations) ~= "table" then error(file .. ": not a phase-2 loop summary", 0) end
+  self.summary_path, self.started_iso = file, old.started_at or self.started_iso
+  self.prior = { time = tonumber(old.total_time_sec) or 0, prompt = tonumber(old.prompt_tokens) or 0,
+    completion = tonumber(old.completion_tokens) or 0, total = tonumber(old.total_tokens) or 0,
+    calls = tonumber(old.llm_calls) or 0, latency = tonumber(old.llm_latency_sec) or 0 }
+  local met_rec, interrupted, last = nil, false, 0
+  for _, r in ipairs(old.iterations) do
+    -- An interrupted node is done again; finished ones are kept as they were.
+    if r.status == "INTERRUPTED" then interrupted = true else table.insert(self.iters, r) end
+    if r.criteria_met then met_rec = r end
+    if type(r.iter) == "number" and r.iter > last and r.status ~= "INTERRUPTED" then last = r.iter end
+  end
+  self.next_iter = last + 1
+  self.best_score, self.best_trial = tonumber(old.best_score), str(old.best_trial_dir)
+  if self.best_score == M.NO_SCORE then self.best_score = nil end
+  self.archived, self.archive_source = str(old.archived_dir), str(old.archive_source)
+  if self.archived and not fs.exists(self.archived) then
+    -- Killed during the rename: finish it, or forget the plan when its source is gone too.
+    local src = self.archive_source
+    if src and fs.exists(src) and pipeline().archive(src, self.archived) then
+      if self.best_trial == src then self.best_trial = self.archived end
+    else
+      self.archived = nil
+    end
+  end
+  self.archive_source = nil
+  if self.best_trial and not fs.exists(self.best_trial) then self.best_score, self.best_trial = nil, nil end
+  local stopped = str(old.stopped)
+  if met_rec then
+    self.met_any = true
+    log.line("[RESUME] iteration " .. tostring(met_rec.iter) .. " already met the criterion; finishing the loop")
+    if not self.archived and str(met_rec.trial_dir) and fs.exists(met_rec.trial_dir) then
+      self:archive(met_rec.trial_dir)
+    end
+    self.nothing_left = true
+  elseif old.finished_at ~= nil and old.finished_at ~= json.null and not interrupted
+      and (stopped == nil or stopped == "interrupted") then
+    log.line("[RESUME] " .. path.basename(file) .. ": the loop had finished; nothing left to do")
+    self.nothing_left = true
+  else
+    log.line(string.format("[RESUME] %s: %d iterations done, going on from %d", path.basename(file), #self.iters,
+      self.next_iter))
+  end
+end
+
+function L:usage()
+  local u, b = llm.usage() or {}, self.base_usage
+  local d = function(k) return (u[k] or 0) - (b[k] or 0) end
+  return { prompt = d("prompt_tokens"), completion = d("completion_tokens"), total = d("total_tokens"),
+    calls = d("calls"), latency = d("latency") }
+end
+
+function L:summary(final)
+  table.sort(self.iters, function(a, b) return (a.iter or 0) < (b.iter or 0) end)
+  local valid, met = 0, 0
+  for _, r in ipairs(self.iters) do
+    if r.status == "VALID" then valid = valid + 1 end
+    if r.criteria_met then met = met + 1 end
+  end
+  local u, p, n = self:usage(), self.prior, #self.iters
+  local ok, err = fs.write(self.summary_path, json.encode({
+    dataset = host.config.dataset_name, started_at = self.started_iso,
+    finished_at = final and time.iso() or json.null,
+    primary_metric = self.pm, direction = self.direction, success_threshold = self.threshold,
+    max_iterations = self.max_iters, iterations_executed = n, valid_iterations = valid,
+    criteria_met_iterations = met, success_rate = n > 0 and met / n or 0.0, validity_rate = n > 0 and valid / n or 0.0,
+    best_score = self.best_score or M.NO_SCORE, best_at_budget = self.best_score or M.NO_SCORE,
+    best_trial_dir = self.best_trial or json.null, archived_dir = self.archived or json.null,
+    archive_source = self.archive_source or json.null,
+    total_cost_tokens = p.prompt + u.prompt + p.completion + u.completion, total_cost_latency = p.latency + u.latency,
+    criteria_met = self.met_any, stopped = self.stopped or json.null, strategy = self.strategy_name,
+    total_tokens = p.total + u.total, prompt_tokens = p.prompt + u.prompt, completion_tokens = p.completion + u.completion,
+    llm_calls = p.calls + u.calls, llm_latency_sec = p.latency + u.latency,
+    total_time_sec = p.time + time.now() - self.started,
+    iterations = self.iters,
+  }, { pretty = true }) .. "\n")
+  if not ok then error("cannot write " .. self.summary_path .. ": " .. tostring(err), 0) end
+end
+
+-- Archive a trial: the plan goes into the summary first, then the rename (a kill in between is
+-- finished by --resume).
+function L:archive(trial, ctx)
+  self.archived, self.archive_source = pipeline().archive_dest(trial), trial
+  self:summary(false)
+  local dest = pipeline().archive(trial, self.archived)
+  if not dest then self.archived = nil end
+  self.archive_source = nil
+  if dest and ctx then ctx:moved(dest) end
+  if dest then
+    for _, r in ipairs(self.iters) do
+      if r.trial_dir == trial then r.archived_as = dest end
+    end
+  end
+  if self.best_trial == trial then self.best_trial = dest or trial end
+  self:summary(false)
+  return dest
+end
+
+function L:done()
+  return self.met_any or self.stopped ~= nil or self.nothing_left or host.interrupted() or self.next_iter > self.max_iters
+end
+
+-- A search setting: config `search.<key>`, else `default`.
+function L:setting(key, default)
+  local v = section("search")[key]
+  if v == nil then return default end
+  return v
+end
+
+-- The records so far (kept in iteration order), e.g. for a tree strategy choosing what to expand.
+function L:records()
+  return self.iters
+end
+
+-- Earlier nodes, as text for the next generation (search.feedback = true, or a strategy's choice).
+function L:feedback_text()
+  local lines = {}
+  for _, r in ipairs(self.iters) do
+    if r.status == "VALID" or r.status == "NO_METRIC" or r.status == "CRASH" then
+      local s = string.format("- attempt %s: %s", tostring(r.iter), r.status)
+      if scored(r) then s = s .. string.format(", %s %.4f", self.pm, r.score) end
+      if r.error then s = s .. ": " .. (llm.clip(tostring(r.error), { head = 400, tail = 0 })) end
+      if r.results_table and r.results_table ~= "" then s = s .. "\n" .. r.results_table:gsub("\n", "\n  ") end
+      table.insert(lines, s)
+    end
+  end
+  return table.concat(lines, "\n")
+end
+
+-- The next node: {iter=, trial=, ctx=, kind=, parent=}; nil when no node is left.
+--   kind    "draft" (default), "improve" or "debug"
+--   parent  a record (from L:records()) this node starts from
+--   buffer  keep the node's stdout lines until it is recorded (for nodes that run at the same time)
+--   pool    a kernel.pool to take the node's kernel from
+--   feedback  text about earlier nodes for the prompt (default: search.feedback = true gives L:feedback_text())
+function L:node(o)
+  o = o or {}
+  if self:done() then return nil end
+  local i = self.next_iter
+  self.next_iter = i + 1
+  local run_name = string.format("workspace_%s_%d_iter%03d", self.stamp, self.pid, i)
+  local trial = path.join(pipeline().prompt_root(), run_name)
+  local parent
+  if o.parent then
+    local p = o.parent
+    local dir = p.trial_dir
+    local nbp = dir and path.join(dir, "notebook_prompt_exec.ipynb")
+    if nbp and not fs.exists(nbp) then nbp = path.join(dir, "notebook_prompt.ipynb") end
+    parent = { iter = p.iter, trial = dir, notebook = nbp, score = scored(p) and p.score or nil,
+      error = p.status ~= "VALID" and (p.error or p.status) or nil, report_table = p.results_table }
+  end
+  local feedback = o.feedback
+  if feedback == nil and self:setting("feedback", false) == true then feedback = self:feedback_text() end
+  local ctx = require("trial").new(trial, { buffer = o.buffer, kernel_pool = o.pool, feedback = feedback,
+    parent = parent })
+  local node = { iter = i, run_name = run_name, trial = trial, ctx = ctx, kind = o.kind or "draft",
+    parent = o.parent and o.parent.iter or nil, t0 = time.now(), header = string.format("ITERATION %d/%d", i, self.max_iters) }
+  if not o.buffer then log.line(node.header) end
+  return node
+end
+
+-- Generate, execute and analyze the node's trial (pipeline.attempt), after a reload of edited scripts.
+function L:attempt(node, opts)
+  host.reload()
+  return pipeline().attempt(node.ctx, opts or self.opts)
+end
+
+-- Record a node's outcome: status, score, the criterion, the best so far, the summary; print its lines;
+-- archive it when it met the criterion. Returns the record.
+function L:record(node, res, err)
+  local ctx, pm = node.ctx, self.pm
+  local u = ctx.events:usage()
+  local rec = { iter = node.iter, run_name = node.run_name, status = "CRASH", score = M.NO_SCORE,
+    trial_dir = node.trial, criteria_met = false, kind = node.kind, parent = node.parent,
+    duration_sec = time.now() - node.t0,
+    usage = { prompt_tokens = u.prompt_tokens, completion_tokens = u.completion_tokens,
+      total_tokens = u.total_tokens, total_latency_sec = u.latency, calls = u.calls },
+    tokens = { prompt = u.prompt_tokens, completion = u.completion_tokens, total = u.total_tokens },
+    llm_calls = u.calls, llm_latency_sec = u.latency }
+  if host.interrupted() or (err and err.kind == "interrupted") then
+    rec.status, rec.error = "INTERRUPTED", "interrupted by the user"
+    self.stopped = "interrupted"
+    table.insert(self.iters, rec)
+    if ctx.buffered then ctx:flush(node.header) end
+    self:summary(false)
+    return rec
+  end
+  if err then
+    rec.status, rec.error, rec.error_kind = "CRASH", tostring(err.message or err), err.kind
+    -- "Exception:" marks the node as buggy for the runner's log parser.
+    ctx:line(string.format("[LOOP] Exception: iteration %d crashed: %s", node.iter, tostring(err)))
+  elseif not res.executed.ok then
+    rec.status, rec.error, rec.error_kind = "CRASH", res.executed.error, "cell_unfixable"
+    if res.score ~= nil then rec.score = res.score end
+  elseif res.score == nil then
+    rec.status, rec.error_kind = "NO_METRIC", "no_metrics"
+  else
+    rec.status, rec.score, rec.winner = "VALID", res.score, res.winner
+    ctx:line(string.format("[CHECK] %s | %s: %.4f", tostring(res.winner), pm, res.score))
+    host.reload()
+    local P = pipeline()
+    local exp = section("experiment")
+    local met, why = P.policy("success", "judge", { score = res.score, threshold = self.threshold, metric = pm,
+      direction = exp.direction })
+    rec.criteria_met, rec.judgement = met and true or false, why
+    local better, berr = P.policy("success", "better", res.score, self.best_score, pm, exp.direction)
+    if berr then -- the policy failed: compare by the metric's direction
+      better = self.best_score == nil or (self.direction == "lower" and res.score < self.best_score)
+        or (self.direction == "higher" and res.score > self.best_score)
+    end
+    if better then self.best_score, self.best_trial = res.score, node.trial end
+  end
+  if res and res.table then rec.results_table = res.table end
+  ctx:line(string.format("[COST] Iteration %d: %d tokens | %.2fs LLM time", node.iter, rec.usage.total_tokens,
+    rec.usage.total_latency_sec))
+  local rule = rec.error_kind and M.stop_on[rec.error_kind]
+  if rule == "end" then
+    -- A spent budget ends the loop the way its last node would: the best trial is archived.
+    self.stopped = self.stopped or rec.error_kind
+    ctx:line("[LOOP] the LLM budget is spent; ending the loop here")
+  elseif rule == "stop" then
+    self.stopped = rec.error_kind
+    ctx:error("[LOOP] stopping: this failure (" .. rec.error_kind .. ") would repeat in every iteration")
+  end
+  if rec.criteria_met and not self.met_any then
+    self.met_any = true
+    -- "Success threshold met" is the runner's marker of a successful run: printed only here.
+    ctx:line("[SUCCESS] Success threshold met (" .. tostring(rec.judgement) .. "); archiving and stopping")
+  elseif rec.status == "VALID" and not rec.criteria_met then
+    ctx:line("[CONTINUE] Threshold not met: " .. tostring(rec.judgement))
+  end
+  table.insert(self.iters, rec)
+  if ctx.buffered then ctx:flush(node.header) end
+  self:summary(false)
+  if rec.criteria_met and self.archived == nil then self:archive(node.trial, ctx) end
+  return rec
+end
+
+-- End the loop: archive the best when nothing met the criterion, plot the iterations into the archived
+-- report, write the final summary. Returns the exit code (README, "Exit codes").
+function L:close()
+  if self.stopped == "interrupted" or host.interrupted() then
+    self.stopped = "interrupted"
+    self:summary(true)
+    log.line("[INTERRUPT] stopped; loop summary saved to " .. self.summary_path)
+    return 130
+  end
+  if not self.met_any then
+    if self.best_trial and self.best_trial ~= self.archived and fs.exists(self.best_trial) then
+      log.line(string.format("[LOOP] No iteration met the criterion; archiving the BEST run found (%s Score: %.4f)",
+        self.pm, self.best_score))
+      self:archive(self.best_trial)
+    elseif not self.archived then
+      log.line("[LOOP] No iteration produced a score; nothing archived")
+    end
+  end
+  -- The score of every node against the threshold, beside the archived report (once, also when a
+  -- finished loop is resumed).
+  if self.archived and fs.exists(self.archived) then
+    local pts = {}
+    for _, r in ipairs(self.iters) do
+      table.insert(pts, { iteration = r.iter, score = scored(r) and r.score or nil, status = r.status, met = r.criteria_met })
+    end
+    local svg = path.join(self.archived, "iterations.svg")
+    if report.plot_iterations(pts, { threshold = self.threshold, metric = self.pm, path = svg, direction = self.direction }) then
+      local rp = path.join(self.archived, "experiment_report.md")
+      local text = fs.read(rp)
+      local section_md = "\n## Iterations\n\n![" .. self.pm .. " per iteration](iterations.svg)\n"
+      if text and not text:find(section_md, 1, true) then
+        local ok, err = fs.write(rp, text .. section_md)
+        if not ok then log.warn("[LOOP] cannot add the iterations plot to the report: " .. tostring(err)) end
+      end
+    end
+  end
+  self:summary(true)
+  if self.archived then log.info("[LOOP] report: " .. path.join(self.archived, "experiment_report.md")) end
+  log.info("[LOOP] loop summary: " .. self.summary_path)
+  if self.stopped and M.stop_on[self.stopped] == "stop" then return 2 end
+  if self.met_any then
+    log.line(string.format("[LOOP] Finished: the criterion was met (%d of %d iterations run)", #self.iters, self.max_iters))
+    return 0
+  end
+  log.line(string.format("[LOOP] Finished: no iteration met the criterion (%d of %d iterations run)", #self.iters,
+    self.max_iters))
+  return self.opts.fail_if_unmet and 1 or 0
+end
+
+-- The strategy module: a bundled name (stdlib/strategies/<name>.lua) or a Lua file returning {run = f}.
+function M.strategy(name)
+  if name:find("%.lua$") or name:find("/", 1, true) then
+    local chunk, err = loadfile(name)
+    if not chunk then error("config: cannot load the strategy " .. name .. ": " .. tostring(err), 0) end
+    local mod = chunk()
+    if type(mod) ~= "table" or type(mod.run) ~= "function" then
+      error("config: the strategy " .. name .. " must return a table with a run(L, opts) function", 0)
+    end
+    return mod
+  end
+  local ok, mod = pcall(require, "strategies." .. name)
+  if not ok then error("config: unknown strategy '" .. name .. "' (bundled: serial, best_of_n, tree): " .. tostring(mod), 0) end
+  return mod
+end
+
+-- `cellsci run`: open the loop, run the strategy (opts.strategy, else config search.strategy, else
+-- serial), close the loop.
+function M.run(opts)
+  local name = opts.strategy or section("search").strategy or "serial"
+  local strategy = M.strategy(name)
+  local L = M.open(opts)
+  L.strategy_name = name
+  if not L.nothing_left then
+    local ok, err = pcall(strategy.run, L, opts)
+    if not ok and not host.interrupted() then
+      log.error("[LOOP] the strategy " .. name .. " failed: " .. tostring(err))
+      L.stopped = "strategy"
+      M.stop_on.strategy = M.stop_on.strategy or "stop"
+    end
+  end
+  return L:close()
+end
+
+return M
