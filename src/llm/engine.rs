@@ -26,6 +26,9 @@ pub struct Engine {
     events: Option<Arc<EventLog>>,
     /// Progress is shown (a terminal): the default is then to stream.
     progress: bool,
+    /// The API said to wait (a 429 with Retry-After) until then: every branch's next attempt waits, so
+    /// a rate limit met by one branch slows all of them instead of each branch hitting it in turn.
+    hold_until: Mutex<Option<Instant>>,
 }
 
 impl Engine {
@@ -39,6 +42,22 @@ impl Engine {
             endpoints: Mutex::new(Default::default()),
             events,
             progress,
+            hold_until: Mutex::new(None),
+        }
+    }
+
+    /// Wait out a rate limit another attempt was told about (Ctrl-C ends the wait).
+    async fn honour_hold(&self) -> Result<(), Failure> {
+        let until = *self.hold_until.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(until) = until else { return Ok(()) };
+        let now = Instant::now();
+        if until <= now {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = crate::signals::token().cancelled() => Err(Failure::new(
+                Kind::Interrupted, "interrupted (Ctrl-C) while waiting out the API's rate limit")),
+            _ = tokio::time::sleep(until - now) => Ok(()),
         }
     }
 
@@ -88,6 +107,7 @@ impl Engine {
             return Err(Failure::new(Kind::Config, e.clone()));
         }
         self.check_budget()?;
+        self.honour_hold().await?;
         let started = Instant::now();
         let result = if self.settings.replay.is_some() {
             self.replay(req)
@@ -97,6 +117,15 @@ impl Engine {
             r
         };
         let latency = started.elapsed().as_secs_f64();
+        if let Err(f) = &result {
+            if let (Kind::RateLimited, Some(secs)) = (f.kind, f.retry_after) {
+                let until = Instant::now() + crate::duration_secs(secs.min(600.0));
+                let mut h = self.hold_until.lock().unwrap_or_else(|e| e.into_inner());
+                if h.is_none_or(|t| t < until) {
+                    *h = Some(until);
+                }
+            }
+        }
         if !matches!(&result, Err(f) if matches!(f.kind, Kind::Budget | Kind::Config | Kind::ReplayMiss)) {
             self.tel().record_attempt(&req.model, &result, latency);
         }

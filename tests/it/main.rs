@@ -1,4 +1,5 @@
 //! Integration tests: one binary, modules by area. Helpers live in `util`.
+mod branches;
 mod cli;
 mod extract;
 mod faults;

@@ -64,7 +64,7 @@ impl Received {
     }
 }
 
-type Responder = Box<dyn Fn(&Value) -> Reply + Send + Sync>;
+type Responder = std::sync::Arc<dyn Fn(&Value) -> Reply + Send + Sync>;
 
 #[derive(Default)]
 struct State {
@@ -168,7 +168,7 @@ impl FakeLlm {
 
     /// Answer requests the queue does not cover with this closure (given the request body).
     pub fn set_responder(&self, f: impl Fn(&Value) -> Reply + Send + Sync + 'static) {
-        self.state().responder = Some(Box::new(f));
+        self.state().responder = Some(std::sync::Arc::new(f));
     }
 
     /// Answer requests the queue does not cover with this reply (default: the text "fake reply").
@@ -270,13 +270,19 @@ fn serve(conn: TcpStream, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>) {
             st.in_flight += 1;
             st.max_in_flight = st.max_in_flight.max(st.in_flight);
             match st.queue.pop_front() {
-                Some(r) => r,
+                Some(r) => Ok(r),
                 None => match (&st.responder, &st.default) {
-                    (Some(f), _) => f(&body),
-                    (None, Some(d)) => d.clone(),
-                    (None, None) => Reply::text("fake reply"),
+                    (Some(f), _) => Err(f.clone()),
+                    (None, Some(d)) => Ok(d.clone()),
+                    (None, None) => Ok(Reply::text("fake reply")),
                 },
             }
+        };
+        // The responder runs outside the lock: requests answered by one (which may take its time, like
+        // a real model) are served concurrently.
+        let reply = match reply {
+            Ok(r) => r,
+            Err(f) => f(&body),
         };
         // "in flight" is the time before the answer starts: counting the writing too would let a
         // client that already has its answer (and sent the next request) look like one more at once
