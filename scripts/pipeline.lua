@@ -278,7 +278,10 @@ function M.generate_step(trial, opts, s1, ctx)
   if not made then raise("io", "cannot create the trial folder " .. trial .. ": " .. tostring(merr)) end
   local c = cfg()
   local spec, spec_path = M.load_prompt(opts.prompt_file or section("prompt_branch").prompt_file, "generation.yaml")
-  local vars = { cuda_device_str = "cuda:" .. tostring(section("exec").cuda_device_id or 0),
+  -- With exec.gpus a pool pins each kernel to one GPU, which the kernel then sees as cuda:0.
+  local gpus = section("exec").gpus
+  local device = (type(gpus) == "table" and #gpus > 0) and 0 or (section("exec").cuda_device_id or 0)
+  local vars = { cuda_device_str = "cuda:" .. tostring(device),
     primary_metric = section("experiment").primary_metric, dataset_name = c.dataset_name }
   local system = M.fill(spec.system or "", vars)
   spec.system = nil

@@ -27,6 +27,7 @@ local llm = {}
 ---@field timeout? number Seconds to wait for a reply (streaming: the longest silence between chunks). Default: the config's `llm.timeout` (`600`).
 ---@field stream? boolean Stream the reply (shows tokens so far). Default: the config's `llm.stream`, else on when progress is shown (stderr is a terminal, not `-q`).
 ---@field retry? cellsci.llm.RetryPolicy|cellsci.llm.RetryFunction|boolean A policy table with `decide`, a function, `false` (one attempt), or `nil`/`true`: `require("retry")` (`retry.new(<config llm.retry>)` when the config has one). Default: `nil`.
+---@field events? cellsci.log.Sink The trial event log this exchange (and its usage) belongs to: `log.sink(path)`, as a trial context's `ctx.events`. Default: the run's current event log (`log.set_event_file`).
 ---@field extra? table<string, any> More request fields sent as given, e.g. `{top_p = 0.9, seed = 1, stop = {"\n\n"}}`. Default: none.
 
 ---Token counts of one reply.

@@ -49,6 +49,27 @@ function log.set_event_file(path) end
 ---@return string|nil path
 function log.event_file() end
 
+---A trial's own event log: each parallel branch hands its sink to its steps (`llm.chat{events = sink}`,
+---`autofix.fix{events = sink}`), so their exchanges never land in another trial. Parent folders are created.
+---@param path string the events.jsonl file
+---@return cellsci.log.Sink
+function log.sink(path) end
+
+---@class cellsci.log.Sink
+local Sink = {}
+---Append `{"ts", "kind", ...fields}`.
+---@param kind string
+---@param fields? table
+function Sink:event(kind, fields) end
+---@return string|nil path
+function Sink:path() end
+---The trial folder was renamed (archived): log to the same file there.
+---@param path string
+function Sink:move(path) end
+---Tokens and LLM time of the calls that logged here.
+---@return {prompt_tokens: integer, completion_tokens: integer, total_tokens: integer, calls: integer, latency: number}
+function Sink:usage() end
+
 ---@class cellsci.log.ProgressOpts
 ---@field total? integer Steps in all. Default: `0`.
 ---@field label? string Shown before `pos/total`. Default: `""`.

@@ -687,11 +687,16 @@ fn unusable_generation_replies_are_saved_and_reported() {
 fn the_custom_strategy_example_generates_in_parallel_and_keeps_the_best() {
     let gen = Arc::new(AtomicUsize::new(0));
     let g = gen.clone();
-    let handler: Handler = Box::new(move |kind, _req, _n| match kind {
+    let handler: Handler = Box::new(move |kind, req, _n| match kind {
         Kind::Generation => {
-            // Three candidates scoring 0.4, 0.9 and 0.6, whatever order the branches ask in.
-            let i = g.fetch_add(1, Ordering::SeqCst);
-            let score = [0.4, 0.9, 0.6][i % 3];
+            let user = req["messages"][1]["content"].as_str().unwrap_or("").to_string();
+            // Three drafts scoring 0.4, 0.5 and 0.45, whatever order the branches ask in; an improvement
+            // of the best (told "It scored 0.5") scores 0.8.
+            let score = if user.contains("It scored 0.5") {
+                0.8
+            } else {
+                [0.4, 0.5, 0.45][g.fetch_add(1, Ordering::SeqCst) % 3]
+            };
             Reply::Slow(
                 Duration::from_millis(300),
                 Box::new(Reply::text(&generation_reply(&[("T1", &metrics_cell(score))]))),
@@ -699,16 +704,18 @@ fn the_custom_strategy_example_generates_in_parallel_and_keeps_the_best() {
         }
         _ => Reply::text("ok"),
     });
-    let p = Project::new(json!({}), handler);
+    let p = Project::new(json!({"experiment": {"max_iterations": 6, "success_threshold": 0.7}}), handler);
     let script = util::repo().join("examples/strategies/best_of_n.lua");
-    let out = p.run(&["script", script.to_str().unwrap(), "3"]);
+    let out = p.run(&["run", "--strategy", script.to_str().unwrap()]);
     let so = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
-    assert_eq!(so.matches("[CANDIDATE]").count(), 3, "{so}");
     assert!(p._srv.max_in_flight() >= 2, "the generation requests were not concurrent");
-    assert!(so.contains("[BEST] PCC 0.9000"), "{so}");
+    assert!(so.contains("[SUCCESS] Success threshold met"), "{so}");
     assert_eq!(p.archived().len(), 1);
-    assert_eq!(read_json(&p.archived()[0].join("metrics.json"))["models"]["better"]["aggregate"]["PCC"], 0.9);
+    assert_eq!(read_json(&p.archived()[0].join("metrics.json"))["models"]["better"]["aggregate"]["PCC"], 0.8);
+    let s = p.summary();
+    let improved = s["iterations"].as_array().unwrap().iter().find(|r| r["kind"] == "improve").unwrap().clone();
+    assert!(improved["parent"].is_number(), "{improved:#}");
 }
 
 /// The README's demo: the recorded cassette must still match every request the pipeline sends (a prompt
