@@ -761,9 +761,357 @@ assert(assert(io.open(cft)):read("a"):find('"transport":"tcp"', 1, true))
 assert(kt:execute("2 * 21").outputs[1].data["text/plain"] == "42")
 kt:shutdown()
 local okb, e = pcall(kernel.start, {python = PY, transport = "udp"})
-assert(not okb and tostring(e):find('transport must be "ipc" or "tcp"'), tostring(e))
+assert(not okb and tostring(e):find([[option 'transport': expected "ipc" or "tcp", got "udp"]], 1, true), tostring(e))
 print("IPC OK")
 "#,
     );
     assert!(ok(&o).contains("IPC OK"));
+}
+
+/// Lua helpers for the pool tests: `kernel_pids()` lists this cellsci's kernel processes, `wait_for(what,
+/// cond)` polls a condition without blocking other branches (a failsafe of 60 s, not a timing check).
+const POOL_HELPERS: &str = r#"
+local task, time = require('task'), require('time')
+local function kernel_pids()
+  local me = assert(io.open("/proc/self/stat")):read("a"):match("^(%d+)")
+  -- [i]: the pattern does not match the shell that runs pgrep
+  local p = io.popen("pgrep -P " .. me .. " -f '[i]pykernel_launcher'"); local t = p:read("a"); p:close()
+  local v = {}
+  for pid in t:gmatch("%d+") do v[#v + 1] = tonumber(pid) end
+  return v
+end
+local function wait_for(what, cond)
+  local t0 = time.monotonic()
+  while not cond() do
+    assert(time.monotonic() - t0 < 60, "timed out waiting for " .. what)
+    time.sleep(0.02)
+  end
+end
+"#;
+
+/// Run a Lua snippet with the pool helpers.
+fn pool_lua(dir: &Path, body: &str) -> Output {
+    lua(dir, &format!("{POOL_HELPERS}\n{body}"))
+}
+
+/// Issue 12: a pool hands out kernels started ahead (no start-up wait when a slot is free), and a kernel
+/// given back (release, or `with` however its function ends) comes back fresh, with no one's state.
+#[test]
+fn pool_hands_out_prestarted_kernels_and_fresh_ones_after_release() {
+    let d = util::tempdir();
+    let o = pool_lua(
+        d.path(),
+        r#"
+local t0 = time.monotonic()
+local solo = assert(kernel.start{python = PY})
+local start_s = time.monotonic() - t0
+solo:shutdown()
+
+local pool = assert(kernel.pool{python = PY, size = 2})
+assert(pool:size() == 2)
+wait_for("two ready kernels", function() return pool:ready() == 2 end)
+t0 = time.monotonic()
+local a = assert(pool:acquire())
+local acquire_s = time.monotonic() - t0
+print(("PRESTART kernel.start %.3f s, pool:acquire %.4f s"):format(start_s, acquire_s))
+assert(acquire_s < start_s / 4, "acquire waited on a start-up")
+assert(a:alive() and a:gpu() == nil and tostring(a) == "kernel (python3)", tostring(a))
+assert(a:execute("secret = 1").status == "ok")
+assert(pool:release(a))
+-- the handle is spent
+assert(not a:alive() and a:pid() == nil)
+local okx, e = pcall(a.execute, a, "1")
+assert(not okx and tostring(e):find("given back to its pool", 1, true), tostring(e))
+
+-- both kernels are clean, the released one included
+local k1, k2 = assert(pool:acquire()), assert(pool:acquire())
+for _, k in ipairs{k1, k2} do
+  local r = k:execute("'secret' in globals()")
+  assert(r.outputs[1].data["text/plain"] == "False", "a released kernel kept its state")
+end
+pool:release(k1); pool:release(k2)
+
+-- with: the function's results; the kernel goes back however the function ends
+local n, s = pool:with(function(k) k:execute("leak = 1"); return 42, "x" end)
+assert(n == 42 and s == "x")
+local okw, ew = pcall(pool.with, pool, function(k) error("boom") end)
+assert(not okw and tostring(ew):find("boom"), tostring(ew))
+local seen = task.all({
+  function() return pool:with(function(k) return k:execute("'leak' in globals()").outputs[1].data["text/plain"] end) end,
+  function() return pool:with(function(k) return k:execute("'leak' in globals()").outputs[1].data["text/plain"] end) end,
+})
+assert(seen[1] == "False" and seen[2] == "False", "both slots came back clean")
+pool:shutdown()
+local okc, ec = pcall(pool.acquire, pool)
+assert(not okc and tostring(ec):find("pool:acquire: the pool is shut down", 1, true), tostring(ec))
+print("POOL OK")
+"#,
+    );
+    let t = ok(&o);
+    assert!(t.contains("POOL OK"), "{t}");
+    eprintln!("{}", t.lines().find(|l| l.starts_with("PRESTART")).unwrap_or(""));
+}
+
+/// Issue 12: with every kernel handed out, `pool:acquire()` waits, without stopping the other branches,
+/// until one is given back.
+#[test]
+fn pool_acquire_waits_while_every_kernel_is_busy() {
+    let d = util::tempdir();
+    let o = pool_lua(
+        d.path(),
+        r#"
+local pool = assert(kernel.pool{python = PY, size = 1})
+wait_for("a ready kernel", function() return pool:ready() == 1 end)
+local log = {}
+task.all({
+  function()
+    local k = assert(pool:acquire()); log[#log + 1] = "A got"
+    wait_for("B to ask", function() return log[#log] == "B asks" end)
+    assert(k:execute("import time; time.sleep(0.3)").status == "ok")
+    log[#log + 1] = "A releases"; pool:release(k)
+  end,
+  function()
+    wait_for("A to hold the kernel", function() return log[1] == "A got" end)
+    log[#log + 1] = "B asks"
+    local k = assert(pool:acquire()); log[#log + 1] = "B got"
+    pool:release(k)
+  end,
+})
+local got = table.concat(log, ", ")
+assert(got == "A got, B asks, A releases, B got", got)
+print("WAIT OK")
+"#,
+    );
+    assert!(ok(&o).contains("WAIT OK"));
+}
+
+/// Issue 12: a pool kernel that died (in a branch's cell, or idle in the pool) is replaced: the next
+/// acquire gets a live kernel.
+#[test]
+fn pool_replaces_a_dead_kernel() {
+    let d = util::tempdir();
+    let o = pool_lua(
+        d.path(),
+        r#"
+local pool = assert(kernel.pool{python = PY, size = 1})
+local k = assert(pool:acquire())
+local r = k:execute("import os; os._exit(3)")
+assert(r.status == "dead", r.status)
+pool:release(k)
+k = assert(pool:acquire())
+assert(k:alive() and k:execute("1 + 1").outputs[1].data["text/plain"] == "2")
+pool:release(k)
+
+-- killed while idle in the pool
+wait_for("the idle kernel", function() return pool:ready() == 1 and #kernel_pids() == 1 end)
+local idle = kernel_pids()[1]
+os.execute("kill -9 " .. idle)
+wait_for("the pool to see the death", function() return pool:ready() == 0 end)
+k = assert(pool:acquire())
+assert(k:pid() ~= idle and k:alive(), "a dead kernel was handed out")
+assert(k:execute("2 + 2").outputs[1].data["text/plain"] == "4")
+print("REPLACED OK")
+"#,
+    );
+    assert!(ok(&o).contains("REPLACED OK"));
+}
+
+/// Issue 12: `exec.gpus` (or `gpus=`) pins slot i to GPU gpus[i]: the kernel sees only that GPU
+/// (`CUDA_VISIBLE_DEVICES`) and `k:gpu()` says which; without gpus a kernel inherits the variable.
+#[test]
+fn pool_pins_each_slot_to_its_gpu() {
+    let d = util::tempdir();
+    util::write(d.path(), "cfg.json", r#"{"exec": {"gpus": [0, 1]}}"#);
+    let script = format!(
+        r#"local kernel, task = require('kernel'), require('task')
+local PY = {:?}
+local function seen(k) return k:execute("import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'), end='')").outputs[1].text end
+local pool = assert(kernel.pool{{python = PY}})
+assert(pool:size() == 2, "size defaults to the number of GPUs")
+local a, b = assert(pool:acquire()), assert(pool:acquire())
+local got = {{[seen(a)] = a:gpu(), [seen(b)] = b:gpu()}}
+assert(got["0"] == 0 and got["1"] == 1, seen(a) .. " " .. seen(b))
+assert(tostring(a):find("gpu"), tostring(a))
+pool:shutdown()
+-- gpus= wins over the config; more slots than GPUs share them in turn
+local p3 = assert(kernel.pool{{python = PY, size = 3, gpus = {{5, 6}}}})
+local ks = {{assert(p3:acquire()), assert(p3:acquire()), assert(p3:acquire())}}
+local n = {{}}
+for _, k in ipairs(ks) do
+  assert(seen(k) == tostring(k:gpu()), seen(k))
+  n[k:gpu()] = (n[k:gpu()] or 0) + 1
+end
+assert(n[5] == 2 and n[6] == 1, "slots 1 and 3 on GPU 5, slot 2 on GPU 6")
+p3:shutdown()
+-- gpus = {{}}: no pinning, the kernel inherits the environment
+local p0 = assert(kernel.pool{{python = PY, size = 1, gpus = {{}}}})
+local k = assert(p0:acquire())
+assert(k:gpu() == nil and seen(k) == "7", seen(k))
+print("GPUS OK")"#,
+        python().display().to_string()
+    );
+    let f = util::write(d.path(), "g.lua", &script);
+    let o = util::cellsci(d.path())
+        .args(["--config", "cfg.json", "script"])
+        .arg(f)
+        .env("CUDA_VISIBLE_DEVICES", "7")
+        .output()
+        .unwrap();
+    assert!(ok(&o).contains("GPUS OK"));
+}
+
+/// Issue 12: branches run their cells at the same time: two (four) branches each running a 1 s cell on
+/// their own pool kernel take about as long as one, not two (four) times as long.
+#[test]
+fn pool_branches_run_cells_at_the_same_time() {
+    let d = util::tempdir();
+    let o = pool_lua(
+        d.path(),
+        r#"
+local pool = assert(kernel.pool{python = PY, size = 4})
+wait_for("four ready kernels", function() return pool:ready() == 4 end)
+local function branch()
+  return pool:with(function(k) assert(k:execute("import time; time.sleep(1)").status == "ok") end)
+end
+local function timed(n)
+  wait_for("four ready kernels", function() return pool:ready() == 4 end)
+  local fs = {}
+  for i = 1, n do fs[i] = branch end
+  local t0 = time.monotonic()
+  task.all(fs)
+  return time.monotonic() - t0
+end
+local one, two, four = timed(1), timed(2), timed(4)
+print(("OVERLAP one %.3f s, two %.3f s (%.2fx), four %.3f s (%.2fx)"):format(one, two, two / one, four, four / one))
+assert(two < 2 * one, "two branches' cells did not overlap")
+assert(four < 2 * one, "four branches' cells did not overlap")
+"#,
+    );
+    let t = ok(&o);
+    eprintln!("{}", t.lines().find(|l| l.starts_with("OVERLAP")).unwrap_or(&t));
+}
+
+/// Issue 12: Ctrl-C while four branches each run a cell on a pool kernel leaves no kernel running (nor
+/// starts new ones for the slots given back).
+#[test]
+fn ctrl_c_with_four_busy_pool_kernels_leaves_no_kernel_running() {
+    let d = util::tempdir();
+    let script = format!(
+        r#"{POOL_HELPERS}
+local kernel = require('kernel')
+local pool = assert(kernel.pool{{python = {:?}, size = 4}})
+local fs = {{}}
+for i = 1, 4 do
+  fs[i] = function()
+    return pool:with(function(k)
+      return assert(k:execute("import os, time\nopen(f'busy-{{os.getpid()}}', 'w').close()\ntime.sleep(60)"))
+    end)
+  end
+end
+task.all(fs)
+"#,
+        python().display().to_string()
+    );
+    let f = util::write(d.path(), "c.lua", &script);
+    let host = util::Running::start(util::cellsci(d.path()).arg("script").arg(f));
+    let busy = || -> Vec<i32> {
+        let names =
+            std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned());
+        names.filter_map(|n| n.strip_prefix("busy-").and_then(|p| p.parse().ok())).collect()
+    };
+    util::wait_until("four busy kernels", 90, || busy().len() == 4);
+    let kernels = busy();
+    let tag = format!("CELLSCI_KERNEL_TAG={}-", host.id());
+    host.signal(libc::SIGINT);
+    let (status, out) = host.finish();
+    assert_eq!(status.code(), Some(130), "{out}");
+    let left: Vec<i32> = kernels.iter().copied().filter(|&p| pid_alive(p)).collect();
+    let tagged = tagged_processes(&tag);
+    for &p in left.iter().chain(&tagged) {
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    assert!(left.is_empty(), "pool kernels still running after Ctrl-C: {left:?} of {kernels:?}\n{out}");
+    assert!(tagged.is_empty(), "processes of the run's kernels still running: {tagged:?}\n{out}");
+}
+
+/// Processes whose environment holds `needle` (e.g. a run's kernel tag), zombies excepted.
+fn tagged_processes(needle: &str) -> Vec<i32> {
+    let procs = std::fs::read_dir("/proc").unwrap().flatten();
+    let pids = procs.filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok());
+    pids.filter(|&p| {
+        let env = std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default();
+        pid_alive(p) && env.split(|&b| b == 0).any(|v| v.starts_with(needle.as_bytes()))
+    })
+    .collect()
+}
+
+/// Issue 12: a pool that is garbage-collected kills its kernels (a script that drops a pool does not
+/// leave kernels running until cellsci exits).
+#[test]
+fn a_collected_pool_kills_its_kernels() {
+    let d = util::tempdir();
+    let o = pool_lua(
+        d.path(),
+        r#"
+local pool = assert(kernel.pool{python = PY, size = 2})
+wait_for("two ready kernels", function() return pool:ready() == 2 and #kernel_pids() == 2 end)
+pool = nil
+collectgarbage(); collectgarbage()
+wait_for("the kernels to go", function() return #kernel_pids() == 0 end)
+print("COLLECTED OK")
+"#,
+    );
+    assert!(ok(&o).contains("COLLECTED OK"));
+}
+
+/// Issue 11: kernel options were read with raw table reads whose errors named neither the option nor
+/// the script line; every kernel and pool option error now has the common shape.
+#[test]
+fn kernel_and_pool_option_errors_name_the_option_and_line() {
+    let d = util::tempdir();
+    let o = pool_lua(
+        d.path(),
+        r#"
+local function err(f, ...)
+  local okf, e = pcall(f, ...)
+  assert(not okf, "no error")
+  return (tostring(e):gsub("^runtime error: ", ""):match("^[^\n]*"))
+end
+local cases = {
+  {err(kernel.start, {cwd = {}}), "kernel.start: option 'cwd': expected a string, got table"},
+  {err(kernel.start, {transport = "udp"}), [[kernel.start: option 'transport': expected "ipc" or "tcp", got "udp"]]},
+  {err(kernel.start, {startup_timeout = -1}), "kernel.start: option 'startup_timeout': expected a positive number, got -1"},
+  {err(kernel.start, {env = {A = {}}}), "kernel.start: option 'env.A': expected a string, got table"},
+  {err(kernel.start, {packages = {1}}), "kernel.start: option 'packages': expected a list of strings, got integer"},
+  {err(kernel.start, "python3"), "kernel.start: expected a table of options, got string"},
+  {err(kernel.pool, {python = PY, size = 0}), "kernel.pool: option 'size': expected a whole number >= 1, got 0"},
+  {err(kernel.pool, {python = PY, gpus = {"a"}}), "kernel.pool: option 'gpus': expected a list of GPU ids (whole numbers >= 0), got string"},
+  {err(kernel.pool, {python = PY, gpus = {-1}}), "kernel.pool: option 'gpus': expected a list of GPU ids (whole numbers >= 0), got -1"},
+  {err(kernel.pool, {python = PY, sise = 2}), "kernel.pool: unknown option 'sise'"},
+}
+local k = assert(kernel.start{python = PY})
+cases[#cases + 1] = {err(k.execute, k, 42), "k:execute: expected the code (a string), got integer"}
+cases[#cases + 1] = {err(k.execute, k, "1", {timeout = "x"}), "k:execute: option 'timeout': expected a positive number of seconds or false, got string"}
+cases[#cases + 1] = {err(k.execute, k, "1", {timeout = 0}), "k:execute: option 'timeout': expected a positive number, got 0"}
+local pool = assert(kernel.pool{python = PY, size = 1})
+cases[#cases + 1] = {err(pool.release, pool, k), "pool:release: this kernel is not from a pool (kernel.start)"}
+cases[#cases + 1] = {err(pool.release, pool, "k"), "pool:release: expected a kernel of this pool, got string"}
+cases[#cases + 1] = {err(pool.with, pool, 1), "pool:with: expected a function, got integer"}
+local pk = assert(pool:acquire())
+pool:release(pk)
+cases[#cases + 1] = {err(pool.release, pool, pk), "pool:release: this kernel was given back already"}
+for _, c in ipairs(cases) do
+  local got, want = c[1], c[2]
+  assert(got:match("^t%.lua:%d+: ") and got:find(want, 1, true), ("\n got: %s\nwant: %s"):format(got, want))
+end
+-- uncaught: the message a user sees
+kernel.start{cwd = {}}
+"#,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", util::text(&o));
+    let script = std::fs::read_to_string(d.path().join("t.lua")).unwrap();
+    let line = script.lines().position(|l| l == "kernel.start{cwd = {}}").unwrap() + 1;
+    let err = String::from_utf8_lossy(&o.stderr);
+    let want = format!("error: t.lua:{line}: kernel.start: option 'cwd': expected a string, got table\n");
+    assert!(err.starts_with(&want), "{err}");
 }
