@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use crate::util;
+use crate::util::{self, ok};
 
 pub fn python() -> PathBuf {
     util::test_venv().join("bin/python")
@@ -18,13 +18,6 @@ pub fn lua(dir: &Path, body: &str) -> Output {
     );
     let f = util::write(dir, "t.lua", &script);
     util::cellsci(dir).arg("script").arg(f).output().expect("run cellsci")
-}
-
-#[track_caller]
-pub fn ok(o: &Output) -> String {
-    let t = util::text(o);
-    assert!(o.status.success(), "cellsci failed ({:?}):\n{t}", o.status);
-    t
 }
 
 /// nbformat's own validator on a file (from the test venv).
@@ -266,36 +259,25 @@ k:shutdown()
 fn ctrl_c_of_cellsci_leaves_no_kernel_process() {
     let d = util::tempdir();
     let script = format!(
-        "local kernel = require('kernel')\nlocal k = assert(kernel.start{{python = {:?}}})\nprint('PID ' .. k:pid())\nio.stdout:flush()\nlocal r = assert(k:execute('import time\\ntime.sleep(120)'))\n",
+        r#"local kernel = require('kernel')
+local k = assert(kernel.start{{python = {:?}}})
+print('PID ' .. k:pid())
+local r = assert(k:execute('import time\nprint("running", flush=True)\ntime.sleep(120)', {{on_output = function(o)
+  print("CELL " .. o.text); io.stdout:flush()
+end}}))
+"#,
         python().display().to_string()
     );
     let f = util::write(d.path(), "c.lua", &script);
-    let mut child = util::cellsci(d.path())
-        .arg("script")
-        .arg(f)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let mut host = util::Running::start(util::cellsci(d.path()).arg("script").arg(f));
+    let line = host.wait_for("PID ");
     let pid: i32 = line.trim().strip_prefix("PID ").expect("kernel pid line").parse().unwrap();
-    assert!(pid_alive(pid));
-    std::thread::sleep(std::time::Duration::from_millis(300)); // let the cell start
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let st = child.wait().unwrap();
-    assert_eq!(st.code(), Some(130), "exit code after Ctrl-C");
-    // SIGKILL is asynchronous: give the kernel a moment to disappear from the process table.
-    let mut alive = pid_alive(pid);
-    for _ in 0..100 {
-        if !alive {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        alive = pid_alive(pid);
-    }
-    assert!(!alive, "kernel {pid} outlived cellsci");
+    host.wait_for("CELL running");
+    host.signal(libc::SIGINT);
+    let (st, out) = host.finish();
+    assert_eq!(st.code(), Some(130), "exit code after Ctrl-C:\n{out}");
+    // SIGKILL is asynchronous: the kernel leaves the process table a moment later.
+    util::wait_until(&format!("kernel {pid} to end with cellsci"), 2, || !pid_alive(pid));
 }
 
 #[test]
@@ -465,49 +447,42 @@ print("RESULT", r, err and err.kind, err and err.result and err.result.outputs[1
         python().display().to_string()
     );
     let f = util::write(d.path(), "c.lua", &script);
-    let mut child = util::cellsci(d.path())
-        .arg("script")
-        .arg(f)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "GOT before");
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
-    child.wait().unwrap();
-    assert!(rest.contains("RESULT\tnil\tinterrupted\tbefore\n"), "{rest}");
+    let mut host = util::Running::start(util::cellsci(d.path()).arg("script").arg(f));
+    host.wait_for("GOT before");
+    host.signal(libc::SIGINT);
+    let (_, out) = host.finish();
+    assert!(out.contains("RESULT\tnil\tinterrupted\tbefore\n"), "{out}");
 }
 
-/// Wait up to `limit` until none of `pids` is running; returns how long that took, or None.
-fn wait_gone(pids: &[i32], limit: std::time::Duration) -> Option<std::time::Duration> {
-    let t0 = std::time::Instant::now();
-    while t0.elapsed() < limit {
-        if pids.iter().all(|&p| !pid_alive(p)) {
-            return Some(t0.elapsed());
+/// Processes a test started through a kernel: killed when the test ends, passed or failed, so a
+/// failing test leaves nothing running.
+struct KillOnDrop(Vec<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for &p in self.0.iter().filter(|&&p| pid_alive(p)) {
+            // SAFETY: kill(2) of a process this test's kernel started.
+            unsafe { libc::kill(p, libc::SIGKILL) };
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    None
 }
 
-/// Wait for a file of whitespace-separated pids with `n` entries, written by a cell.
-fn read_pids(path: &Path, n: usize) -> Vec<i32> {
-    let t0 = std::time::Instant::now();
-    while t0.elapsed() < std::time::Duration::from_secs(90) {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            let v: Vec<i32> = s.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-            if v.len() == n && s.ends_with('\n') {
-                return v;
-            }
+/// The whitespace-separated pids a cell wrote to `path` (a line ending in a newline), once there are `n`.
+fn read_pids(path: &Path, n: usize) -> KillOnDrop {
+    let read = || -> Vec<i32> {
+        let s = std::fs::read_to_string(path).unwrap_or_default();
+        if !s.ends_with('\n') {
+            return Vec::new();
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    panic!("the cell did not write {} pids to {}", n, path.display());
+        s.split_whitespace().filter_map(|x| x.parse().ok()).collect()
+    };
+    util::wait_until(&format!("{n} pids in {}", path.display()), 90, || read().len() == n);
+    KillOnDrop(read())
+}
+
+/// Whether a process is inside `sleep(3)`-like C call (its main thread waits in nanosleep).
+fn in_nanosleep(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("nanosleep"))
 }
 
 fn start_time(pid: u32) -> u64 {
@@ -647,38 +622,26 @@ ctypes.PyDLL(None).sleep(60)  # a C call that holds the GIL
         pids.display().to_string()
     );
     let f = util::write(d.path(), "k.lua", &script);
-    let mut host = util::cellsci(d.path())
-        .arg("script")
-        .arg(f)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let host = util::Running::start(util::cellsci(d.path()).arg("script").arg(f));
     let all = read_pids(&pids, 3);
-    std::thread::sleep(std::time::Duration::from_millis(200)); // into the C call
-    assert!(all.iter().all(|&p| pid_alive(p)), "all running before the kill");
+    util::wait_until("the kernel to be in its C call", 30, || in_nanosleep(all.0[0]));
+    assert!(all.0.iter().all(|&p| pid_alive(p)), "all running before the kill");
     let folder_prefix = format!("cellsci-kernel-{}-", host.id());
-    unsafe { libc::kill(host.id() as i32, libc::SIGKILL) };
-    host.wait().unwrap();
-    let took = wait_gone(&all, std::time::Duration::from_secs(2));
-    let left: Vec<i32> = all.iter().copied().filter(|&p| pid_alive(p)).collect();
-    for &p in &left {
-        unsafe { libc::kill(p, libc::SIGKILL) };
-    }
-    assert!(took.is_some(), "still running 2 s after the host was killed: {left:?} of {all:?}");
-    eprintln!("kernel, child and setsid child gone {:?} after the host's SIGKILL", took.unwrap());
-    // the watchdog also removes the dead host's kernel folder (with its key)
+    host.signal(libc::SIGKILL);
+    host.finish();
     let t0 = std::time::Instant::now();
+    util::wait_until("the kernel, its child and its setsid child to end (2 s)", 2, || {
+        all.0.iter().all(|&p| !pid_alive(p))
+    });
+    eprintln!("kernel, child and setsid child gone {:?} after the host's SIGKILL", t0.elapsed());
+    // the watchdog also removes the dead host's kernel folder (with its key)
     let folder_left = || {
         std::fs::read_dir(std::env::temp_dir())
             .unwrap()
             .flatten()
             .any(|e| e.file_name().to_string_lossy().starts_with(&folder_prefix))
     };
-    while folder_left() && t0.elapsed() < std::time::Duration::from_secs(2) {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert!(!folder_left(), "the killed host's kernel folder is still there");
+    util::wait_until("the killed host's kernel folder to be removed (2 s)", 2, || !folder_left());
 }
 
 /// Regression (issue 10): k:shutdown() stopped the kernel but left the processes it had started
@@ -705,13 +668,10 @@ print("shut down")"#,
         ),
     );
     let all = read_pids(&pids, 2);
-    let took = wait_gone(&all, std::time::Duration::from_secs(1));
-    let left: Vec<i32> = all.iter().copied().filter(|&p| pid_alive(p)).collect();
-    for &p in &left {
-        unsafe { libc::kill(p, libc::SIGKILL) };
-    }
     assert!(ok(&o).contains("shut down"));
-    assert!(took.is_some(), "still running after k:shutdown(): {left:?} of {all:?}");
+    util::wait_until("the kernel's children to end after k:shutdown() (1 s)", 1, || {
+        all.0.iter().all(|&p| !pid_alive(p))
+    });
 }
 
 /// Issue 13: the kernel's channels were TCP ports on 127.0.0.1, reachable by every user of a shared
