@@ -801,7 +801,16 @@ local seen = task.all({
   function() return pool:with(function(k) return k:execute("'leak' in globals()").outputs[1].data["text/plain"] end) end,
 })
 assert(seen[1] == "False" and seen[2] == "False", "both slots came back clean")
+-- a handle collected without release goes back to the pool
+do local lost = assert(pool:acquire()) end
+collectgarbage(); collectgarbage()
+wait_for("the collected kernel back in the pool", function() return pool:ready() == 2 end)
 pool:shutdown()
+
+-- kernels that cannot start: acquire says why instead of waiting forever
+local bad = assert(kernel.pool{python = PY, size = 2, cwd = "no/such/dir"})
+local kb, eb = bad:acquire()
+assert(kb == nil and eb.kind == "start" and eb.message:find("does not exist"), tostring(eb))
 local okc, ec = pcall(pool.acquire, pool)
 assert(not okc and tostring(ec):find("pool:acquire: the pool is shut down", 1, true), tostring(ec))
 print("POOL OK")
