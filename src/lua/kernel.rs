@@ -341,7 +341,10 @@ impl LuaUserData for LuaPool {
             };
             drop(this);
             let r = f.call_async::<LuaMultiValue>(k.clone()).await;
-            release(&lua, &pool, &k, "pool:with").await?;
+            // fn may have given the kernel back itself
+            if !k.borrow::<LuaKernel>().is_ok_and(|h| h.held.released()) {
+                release(&lua, &pool, &k, "pool:with").await?;
+            }
             r
         });
         methods.add_method("size", |_, this, ()| Ok(this.pool.size()));

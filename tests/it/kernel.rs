@@ -796,6 +796,7 @@ local n, s = pool:with(function(k) k:execute("leak = 1"); return 42, "x" end)
 assert(n == 42 and s == "x")
 local okw, ew = pcall(pool.with, pool, function(k) error("boom") end)
 assert(not okw and tostring(ew):find("boom"), tostring(ew))
+assert(pool:with(function(k) pool:release(k); return true end), "a function may give its kernel back itself")
 local seen = task.all({
   function() return pool:with(function(k) return k:execute("'leak' in globals()").outputs[1].data["text/plain"] end) end,
   function() return pool:with(function(k) return k:execute("'leak' in globals()").outputs[1].data["text/plain"] end) end,
