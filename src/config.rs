@@ -178,6 +178,8 @@ enum Kind {
     Int,
     Bool,
     StrList,
+    /// A list of whole numbers >= 0 (GPU ids); a single number counts as a list of one.
+    UIntList,
 }
 
 /// The keys the host reads, with their types. Keys not listed are kept as written.
@@ -212,6 +214,7 @@ const SCHEMA: &[(&str, &str, Kind)] = &[
     ("exec", "kernel_name", Kind::Str),
     ("exec", "kernel_packages", Kind::StrList),
     ("exec", "transport", Kind::Str),
+    ("exec", "gpus", Kind::UIntList),
 ];
 
 /// The sections the host reads; each must be an object when present.
@@ -434,6 +437,17 @@ fn check(v: &Value, kind: Kind) -> Result<Option<Value>, &'static str> {
             Value::String(s) => Ok(Some(serde_json::json!([s]))),
             _ => Err("a list of strings"),
         },
+        Kind::UIntList => {
+            let one = |x: &Value| check(x, Kind::UInt).ok().map(|c| c.unwrap_or_else(|| x.clone()));
+            match v {
+                Value::Array(a) => {
+                    let v: Option<Vec<Value>> = a.iter().map(one).collect();
+                    let v = v.ok_or("a list of whole numbers >= 0")?;
+                    Ok((v != *a).then(|| Value::Array(v)))
+                }
+                x => one(x).map(|x| Some(Value::Array(vec![x]))).ok_or("a list of whole numbers >= 0"),
+            }
+        }
     }
 }
 

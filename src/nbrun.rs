@@ -13,7 +13,7 @@ use clap::Args;
 use serde_json::Value;
 
 use crate::kernel::outputs::summary;
-use crate::kernel::{ExecOptions, ExecStatus, Kernel, StartOptions};
+use crate::kernel::{ExecOptions, ExecStatus, StartOptions};
 use crate::notebook::saver::{Change, Sink};
 use crate::notebook::{join_text, Notebook};
 
@@ -107,7 +107,7 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
     let mut sink = Sink::start(&mut nb, &out)?;
 
     let spin = crate::ui::spinner("starting kernel");
-    let mut kernel = Kernel::start(opts).await?;
+    let mut kernel = crate::kernel::start(opts).await?;
     spin.finish_and_clear();
     let bar = crate::ui::bar(code_cells.len() as u64, "{spinner} cell {pos}/{len} [{elapsed}] {wide_bar} {msg}");
     bar.enable_steady_tick(Duration::from_millis(200));

@@ -1,13 +1,14 @@
 //! Jupyter kernels: finding them, starting them, running code in them cell by cell, and turning hangs
 //! and crashes into results a script can act on.
 //!
-//! Scripts and the notebook runner see one interface, [`Kernel`]; today its only backend is a local
-//! process ([`local::LocalKernel`]). A remote backend (Jupyter Server / Enterprise Gateway over REST and
-//! WebSocket) becomes another variant with the same methods, and no script changes.
-//! Nothing here may leave a kernel process running after cellsci ends.
+//! The only kernel today is a local process, [`LocalKernel`], used directly: no enum or trait stands
+//! between it and its callers while it has no sibling. A remote kernel (Jupyter Server / Enterprise
+//! Gateway, issue 14) brings the seam with it, as a trait both implement, shaped by what the two really
+//! share. Nothing here may leave a kernel process running after cellsci ends.
 
 pub mod local;
 pub mod outputs;
+pub mod pool;
 pub mod reaper;
 pub mod spec;
 
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
+pub use local::{Interrupter, LocalKernel};
 pub use spec::{InterruptMode, KernelSpec};
 
 /// Errors of the kernel layer a caller may branch on.
@@ -238,11 +240,6 @@ impl ExecResult {
     }
 }
 
-/// A running kernel, whatever backs it.
-pub enum Kernel {
-    Local(local::LocalKernel),
-}
-
 /// Pick the kernelspec for `opts`: an explicit Python, else the named spec, else a provisioned venv.
 pub async fn resolve_spec(opts: &StartOptions) -> Result<KernelSpec> {
     if !opts.packages.is_empty() {
@@ -276,73 +273,8 @@ pub async fn resolve_spec(opts: &StartOptions) -> Result<KernelSpec> {
     )
 }
 
-impl Kernel {
-    /// Start a kernel as `opts` says.
-    pub async fn start(opts: StartOptions) -> Result<Kernel> {
-        let spec = resolve_spec(&opts).await?;
-        Ok(Kernel::Local(local::LocalKernel::start(spec, opts).await.context("cannot start the kernel")?))
-    }
-
-    pub fn spec(&self) -> &KernelSpec {
-        match self {
-            Kernel::Local(k) => k.spec(),
-        }
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        match self {
-            Kernel::Local(k) => k.pid(),
-        }
-    }
-
-    /// Run `code`; expected failures (exceptions, timeouts, deaths) are results, not errors.
-    pub async fn execute(&mut self, code: &str, opts: ExecOptions<'_>) -> Result<ExecResult> {
-        match self {
-            Kernel::Local(k) => k.execute(code, opts).await,
-        }
-    }
-
-    /// A handle that can interrupt the kernel while an execution holds `&mut self`.
-    pub fn interrupter(&self) -> Interrupter {
-        match self {
-            Kernel::Local(k) => Interrupter(k.shared.clone()),
-        }
-    }
-
-    pub async fn interrupt(&self) -> Result<()> {
-        self.interrupter().interrupt().await
-    }
-
-    pub async fn restart(&mut self) -> Result<()> {
-        match self {
-            Kernel::Local(k) => k.restart().await,
-        }
-    }
-
-    pub async fn shutdown(&mut self) {
-        match self {
-            Kernel::Local(k) => k.shutdown().await,
-        }
-    }
-
-    pub fn alive(&self) -> bool {
-        match self {
-            Kernel::Local(k) => k.alive(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Interrupter(std::sync::Arc<local::Shared>);
-
-impl Interrupter {
-    pub async fn interrupt(&self) -> Result<()> {
-        self.0.interrupt().await
-    }
-
-    /// The kernel's process id, readable while an execution holds the kernel; None once it has died or
-    /// been shut down (its pid may be reused by then).
-    pub fn pid(&self) -> Option<u32> {
-        *self.0.pid.lock().unwrap_or_else(|e| e.into_inner())
-    }
+/// Start a local kernel as `opts` says: resolve its kernelspec, then launch it.
+pub async fn start(opts: StartOptions) -> Result<LocalKernel> {
+    let spec = resolve_spec(&opts).await?;
+    LocalKernel::start(spec, opts).await.context("cannot start the kernel")
 }

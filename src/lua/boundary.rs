@@ -9,10 +9,11 @@ pub fn caller_location(lua: &Lua) -> Option<String> {
     for level in 0..12 {
         let found = lua.inspect_stack(level, |d| {
             let src = d.source();
-            if src.what == "C" {
+            let name = src.short_src.map(|s| s.to_string()).unwrap_or_default();
+            // mlua's own chunk that polls an async function is not the script
+            if src.what == "C" || name.starts_with("__mlua") {
                 return None;
             }
-            let name = src.short_src.map(|s| s.to_string()).unwrap_or_default();
             let line = d.current_line().map(|l| l.to_string()).unwrap_or_else(|| "?".into());
             Some(format!("{name}:{line}"))
         });
@@ -117,7 +118,13 @@ impl<'a> Opts<'a> {
     }
 
     fn wrong(&self, key: &str, what: &str, got: &LuaValue) -> LuaError {
-        misuse(self.lua, format!("{}: option '{key}': expected {what}, got {}", self.func, got.type_name()))
+        self.invalid(key, what, got.type_name())
+    }
+
+    /// The error for a value of the right type that is still wrong: `{func}: option '{key}': expected
+    /// {what}, got {got}` with the script's file:line.
+    pub fn invalid(&self, key: &str, what: &str, got: impl std::fmt::Display) -> LuaError {
+        misuse(self.lua, format!("{}: option '{key}': expected {what}, got {got}", self.func))
     }
 
     /// The raw value (nil when not given).
@@ -146,6 +153,25 @@ impl<'a> Opts<'a> {
             LuaValue::Integer(i) => Ok(Some(i as f64)),
             LuaValue::Number(x) if x.is_finite() => Ok(Some(x)),
             other => Err(self.wrong(key, "a finite number", &other)),
+        }
+    }
+
+    /// A number > 0 (seconds, sizes).
+    pub fn positive(&self, key: &str) -> LuaResult<Option<f64>> {
+        match self.f64(key)? {
+            Some(x) if x <= 0.0 => Err(self.invalid(key, "a positive number", x)),
+            v => Ok(v),
+        }
+    }
+
+    /// One of the strings in `choices`.
+    pub fn choice(&self, key: &str, choices: &[&str]) -> LuaResult<Option<String>> {
+        match self.str(key)? {
+            Some(s) if !choices.contains(&s.as_str()) => {
+                let want: Vec<String> = choices.iter().map(|c| format!("{c:?}")).collect();
+                Err(self.invalid(key, &want.join(" or "), format!("{s:?}")))
+            }
+            v => Ok(v),
         }
     }
 
@@ -202,7 +228,8 @@ impl<'a> Opts<'a> {
         }
     }
 
-    /// A table of string keys to string values (an environment).
+    /// A table of string keys to string values (an environment): numbers are written out, `true` and
+    /// `false` become `"1"` and `"0"`.
     pub fn string_map(&self, key: &str) -> LuaResult<Option<Vec<(String, String)>>> {
         let Some(t) = self.table(key)? else { return Ok(None) };
         let mut out = Vec::new();
@@ -216,7 +243,7 @@ impl<'a> Opts<'a> {
                 LuaValue::String(s) => s.to_string_lossy(),
                 LuaValue::Integer(i) => i.to_string(),
                 LuaValue::Number(x) => x.to_string(),
-                LuaValue::Boolean(b) => b.to_string(),
+                LuaValue::Boolean(b) => if b { "1" } else { "0" }.to_string(),
                 other => return Err(self.wrong(&format!("{key}.{k}"), "a string", &other)),
             };
             out.push((k, v));

@@ -1,24 +1,72 @@
-//! The `kernel` module: Jupyter kernels as handles (`k`); execution results as plain tables.
+//! The `kernel` module: Jupyter kernels as handles (`k`), pools of them for concurrent branches
+//! (`kernel.pool`), execution results as plain tables.
 //!
 //! Expected failures return `nil, err`: a kernel that cannot start (`err.kind == "start"`), Ctrl-C
-//! during an execution (`"interrupted"`). An exception in a cell, a timeout or a dead kernel is not a
-//! failure of the call: `k:execute` returns a result whose `status` says what happened.
+//! during an execution or a wait for a pool's kernel (`"interrupted"`). An exception in a cell, a
+//! timeout or a dead kernel is not a failure of the call: `k:execute` returns a result whose `status`
+//! says what happened. Options are read with [`Opts`], so a wrong one raises in the one shape every
+//! module uses. A kernel handle never outlives its kernel's owner: a pool's kernel goes back to its
+//! pool when released or when the handle is collected.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::Duration;
 
 use mlua::prelude::*;
 use serde_json::{json, Value};
 
-use super::boundary::{self, check_opts, fail, from_lua_checked, misuse, to_lua};
-use crate::kernel::{ExecOptions, Interrupter, Kernel, KernelError, KernelSpec, StartOptions};
+use super::boundary::{self, fail, misuse, string_arg, to_lua, Opts};
+use crate::kernel::pool::{Pool, PoolError, Ticket};
+use crate::kernel::{ExecOptions, Interrupter, KernelError, KernelSpec, LocalKernel, StartOptions};
 use crate::lua::ctx::HostCtx;
 
+/// A kernel and who owns it: the handle itself (`kernel.start`), or a pool (`pool:acquire`), to which
+/// the kernel goes back when it is released or when the last reference to it goes.
+struct Held {
+    kernel: tokio::sync::Mutex<Option<LocalKernel>>,
+    /// Some while a pool's kernel is out of the pool.
+    ticket: RefCell<Option<Ticket>>,
+    pooled: bool,
+}
+
+impl Held {
+    /// Whether the kernel was given back to its pool (the handle is spent).
+    fn released(&self) -> bool {
+        self.pooled && self.ticket.borrow().is_none()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let (Some(t), Some(k)) = (self.ticket.get_mut().take(), self.kernel.get_mut().take()) {
+            t.give_back(k);
+        }
+    }
+}
+
 pub struct LuaKernel {
-    kernel: Rc<tokio::sync::Mutex<Kernel>>,
+    held: Rc<Held>,
     interrupter: Interrupter,
     name: String,
+    gpu: Option<u32>,
+}
+
+impl LuaKernel {
+    fn new(k: LocalKernel, ticket: Option<Ticket>) -> LuaKernel {
+        let (name, interrupter) = (k.spec().name.clone(), k.interrupter());
+        let gpu = ticket.as_ref().and_then(|t| t.gpu);
+        let pooled = ticket.is_some();
+        let held = Held { kernel: tokio::sync::Mutex::new(Some(k)), ticket: RefCell::new(ticket), pooled };
+        LuaKernel { held: Rc::new(held), interrupter, name, gpu }
+    }
+
+    /// The kernel, unless it was given back to its pool (then calling it is misuse).
+    fn usable(&self, lua: &Lua, func: &str) -> LuaResult<Rc<Held>> {
+        if self.held.released() {
+            return Err(misuse(lua, format!("{func}: this kernel was given back to its pool; acquire another")));
+        }
+        Ok(self.held.clone())
+    }
 }
 
 fn spec_json(s: &KernelSpec) -> Value {
@@ -33,14 +81,6 @@ fn spec_json(s: &KernelSpec) -> Value {
     })
 }
 
-fn secs(lua: &Lua, v: Option<f64>, what: &str) -> LuaResult<Option<Duration>> {
-    match v {
-        None => Ok(None),
-        Some(x) if x.is_finite() && x > 0.0 => Ok(Some(crate::duration_secs(x))),
-        Some(x) => Err(misuse(lua, format!("{what} must be a positive number of seconds, got {x}"))),
-    }
-}
-
 /// The config's `exec.python`, a relative path with a folder in it resolved against the current folder
 /// at load time (as every relative path of the config is).
 fn config_python(cfg: &crate::config::Config) -> Option<PathBuf> {
@@ -49,9 +89,13 @@ fn config_python(cfg: &crate::config::Config) -> Option<PathBuf> {
     Some(if p.is_relative() && py.contains('/') { cfg.base.join(p) } else { p })
 }
 
-/// Start options from the config (`exec.kernel_name`, `exec.python`, `exec.kernel_packages`) and the
-/// script's option table, which wins.
-fn start_options(lua: &Lua, opts: Option<LuaTable>) -> LuaResult<StartOptions> {
+/// The keys of `kernel.start`'s options (`kernel.pool` takes these too).
+const START_KEYS: &[&str] =
+    &["name", "python", "packages", "cwd", "env", "startup_timeout", "interrupt_grace", "transport"];
+
+/// Start options from the config (`exec.kernel_name`, `exec.python`, `exec.kernel_packages`,
+/// `exec.transport`) and the script's options (keys checked by the caller), which win.
+fn start_options(lua: &Lua, o: &Opts) -> LuaResult<StartOptions> {
     let mut so = StartOptions::default();
     let ctx = HostCtx::get(lua);
     if let Some(cfg) = &ctx.config {
@@ -63,66 +107,31 @@ fn start_options(lua: &Lua, opts: Option<LuaTable>) -> LuaResult<StartOptions> {
         }
     }
     so.secrets.extend(ctx.secret.expose().map(str::to_string));
-    let Some(t) = opts else { return Ok(so) };
-    check_opts(
-        lua,
-        &t,
-        "kernel.start",
-        &["name", "python", "packages", "cwd", "env", "startup_timeout", "interrupt_grace", "transport"],
-    )?;
-    if let Some(n) = t.get::<Option<String>>("name")? {
+    if let Some(n) = o.str("name")? {
         so.name = Some(n);
         so.python = None;
     }
-    if let Some(p) = t.get::<Option<String>>("python")? {
+    if let Some(p) = o.str("python")? {
         so.python = Some(PathBuf::from(p));
     }
-    if let Some(p) = t.get::<Option<LuaValue>>("packages")? {
-        so.packages = match from_lua_checked(lua, &p, "kernel.start packages")? {
-            Value::Array(a) => {
-                a.iter().map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).collect()
-            }
-            Value::Object(o) if o.is_empty() => Vec::new(),
-            Value::String(s) => vec![s],
-            _ => return Err(misuse(lua, "kernel.start: packages must be a list of pip requirement strings")),
-        };
+    if let Some(p) = o.strings("packages")? {
+        so.packages = p;
     }
-    if let Some(c) = t.get::<Option<String>>("cwd")? {
+    if let Some(c) = o.str("cwd")? {
         so.cwd = Some(std::path::absolute(&c).unwrap_or_else(|_| PathBuf::from(c)));
     }
-    if let Some(e) = t.get::<Option<LuaTable>>("env")? {
-        for pair in e.pairs::<String, LuaValue>() {
-            let (k, v) = pair?;
-            let v = match v {
-                LuaValue::String(s) => s.to_string_lossy(),
-                LuaValue::Integer(i) => i.to_string(),
-                LuaValue::Number(n) => n.to_string(),
-                LuaValue::Boolean(b) => {
-                    if b {
-                        "1".into()
-                    } else {
-                        "0".into()
-                    }
-                }
-                other => {
-                    return Err(misuse(
-                        lua,
-                        format!("kernel.start: env.{k} must be a string, not {}", other.type_name()),
-                    ))
-                }
-            };
-            so.env.push((k, v));
-        }
-        so.env.sort();
+    if let Some(mut e) = o.string_map("env")? {
+        e.sort();
+        so.env = e;
     }
-    if let Some(tr) = t.get::<Option<String>>("transport")? {
-        so.transport = tr.parse().map_err(|e| misuse(lua, format!("kernel.start: {e}")))?;
+    if let Some(t) = o.choice("transport", &["ipc", "tcp"])? {
+        so.transport = t.parse().map_err(|e| misuse(lua, format!("{e}")))?;
     }
-    if let Some(s) = secs(lua, t.get("startup_timeout")?, "startup_timeout")? {
-        so.startup_timeout = s;
+    if let Some(s) = o.positive("startup_timeout")? {
+        so.startup_timeout = crate::duration_secs(s);
     }
-    if let Some(s) = secs(lua, t.get("interrupt_grace")?, "interrupt_grace")? {
-        so.interrupt_grace = s;
+    if let Some(s) = o.positive("interrupt_grace")? {
+        so.interrupt_grace = crate::duration_secs(s);
     }
     Ok(so)
 }
@@ -140,40 +149,46 @@ fn interrupted_err(lua: &Lua, e: &anyhow::Error) -> Option<LuaResult<(LuaValue, 
     })
 }
 
+/// `nil, err` for a failed start (or restart): "interrupted" after Ctrl-C, else "start".
+fn start_failed(lua: &Lua, e: &anyhow::Error) -> LuaResult<(LuaValue, LuaValue)> {
+    interrupted_err(lua, e).unwrap_or_else(|| fail(lua, "start", format!("{e:#}")))
+}
+
+const NOT_RUNNING: &str = "the kernel is not running";
+
 impl LuaUserData for LuaKernel {
     fn add_fields<F: LuaUserDataFields<Self>>(fields: &mut F) {
         fields.add_field_method_get("name", |_, this| Ok(this.name.clone()));
     }
 
     fn add_methods<M: LuaUserDataMethods<Self>>(methods: &mut M) {
-        methods.add_async_method("execute", |lua, this, (code, opts): (String, Option<LuaTable>)| async move {
+        methods.add_async_method("execute", |lua, this, (code, opts): (LuaValue, LuaValue)| async move {
+            const F: &str = "k:execute";
+            let held = this.usable(&lua, F)?;
+            drop(this);
+            let code = string_arg(&lua, &code, F, "the code (a string)")?.to_string_lossy();
+            let o = Opts::from_value(&lua, F, opts, &["timeout", "on_output", "silent"])?;
             let mut timeout = None;
-            let mut on_output: Option<LuaFunction> = None;
-            let mut silent = false;
             if let Some(cfg) = &HostCtx::get(&lua).config {
                 if cfg.exec.timeout_seconds > 0.0 && cfg.exec.timeout_seconds.is_finite() {
                     timeout = Some(crate::duration_secs(cfg.exec.timeout_seconds));
                 }
             }
-            if let Some(t) = &opts {
-                check_opts(&lua, t, "k:execute", &["timeout", "on_output", "silent"])?;
-                silent = t.get::<Option<bool>>("silent")?.unwrap_or(false);
-                match t.get::<LuaValue>("timeout")? {
-                    LuaValue::Nil => {}
-                    LuaValue::Boolean(false) => timeout = None,
-                    v => {
-                        let x: f64 = f64::from_lua(v, &lua)?;
-                        timeout = secs(&lua, Some(x), "k:execute timeout")?;
-                    }
+            match o.value("timeout")? {
+                LuaValue::Nil => {}
+                LuaValue::Boolean(false) => timeout = None,
+                LuaValue::Integer(_) | LuaValue::Number(_) => {
+                    timeout = o.positive("timeout")?.map(crate::duration_secs);
                 }
-                on_output = t.get("on_output")?;
+                other => return Err(o.invalid("timeout", "a positive number of seconds or false", other.type_name())),
             }
-            let kernel = this.kernel.clone();
-            drop(this);
-            let mut k = kernel.lock().await;
+            let silent = o.bool("silent")?.unwrap_or(false);
+            let on_output = o.function("on_output")?;
+            let mut k = held.kernel.lock().await;
+            let Some(k) = k.as_mut() else { return fail(&lua, "kernel", NOT_RUNNING) };
             let cb_err: std::cell::RefCell<Option<LuaError>> = Default::default();
             let mut eo = ExecOptions { timeout, silent, allow_errors: false, on_output: None };
-            if let Some(f) = on_output.clone() {
+            if let Some(f) = on_output {
                 let lua2 = lua.clone();
                 let cb_err = &cb_err;
                 eo.on_output = Some(Box::new(move |o: &Value, kind: &str| {
@@ -187,19 +202,16 @@ impl LuaUserData for LuaKernel {
                 }));
             }
             let res = k.execute(&code, eo).await;
-            drop(k);
             if let Some(e) = cb_err.into_inner() {
                 return Err(e);
             }
             match res {
                 Ok(r) => Ok((to_lua(&lua, &r.into_json())?, LuaValue::Nil)),
-                Err(e) => match interrupted_err(&lua, &e) {
-                    Some(r) => r,
-                    None => fail(&lua, "kernel", format!("{e:#}")),
-                },
+                Err(e) => interrupted_err(&lua, &e).unwrap_or_else(|| fail(&lua, "kernel", format!("{e:#}"))),
             }
         });
         methods.add_async_method("interrupt", |lua, this, ()| async move {
+            this.usable(&lua, "k:interrupt")?;
             let i = this.interrupter.clone();
             drop(this);
             match i.interrupt().await {
@@ -208,33 +220,171 @@ impl LuaUserData for LuaKernel {
             }
         });
         methods.add_async_method("restart", |lua, this, ()| async move {
-            let kernel = this.kernel.clone();
+            let held = this.usable(&lua, "k:restart")?;
             drop(this);
-            let mut k = kernel.lock().await;
+            let mut k = held.kernel.lock().await;
+            let Some(k) = k.as_mut() else { return fail(&lua, "kernel", NOT_RUNNING) };
             match k.restart().await {
                 Ok(()) => Ok((LuaValue::Boolean(true), LuaValue::Nil)),
-                Err(e) => match interrupted_err(&lua, &e) {
-                    Some(r) => r,
-                    None => fail(&lua, "start", format!("{e:#}")),
-                },
+                Err(e) => start_failed(&lua, &e),
             }
         });
-        methods.add_async_method("shutdown", |_, this, ()| async move {
-            let kernel = this.kernel.clone();
+        methods.add_async_method("shutdown", |lua, this, ()| async move {
+            let held = this.usable(&lua, "k:shutdown")?;
             drop(this);
-            kernel.lock().await.shutdown().await;
+            if let Some(k) = held.kernel.lock().await.as_mut() {
+                k.shutdown().await;
+            }
             Ok(true)
         });
         methods.add_method("alive", |_, this, ()| {
-            Ok(match this.kernel.try_lock() {
-                Ok(k) => k.alive(),
+            if this.held.released() {
+                return Ok(false);
+            }
+            Ok(match this.held.kernel.try_lock() {
+                Ok(k) => k.as_ref().is_some_and(LocalKernel::alive),
                 Err(_) => true, // busy executing
             })
         });
         // from the shared state, not the kernel: the kernel is locked while a cell runs
-        methods.add_method("pid", |_, this, ()| Ok(this.interrupter.pid()));
-        methods.add_meta_method(LuaMetaMethod::ToString, |_, this, ()| Ok(format!("kernel ({})", this.name)));
+        methods.add_method("pid", |_, this, ()| Ok(if this.held.released() { None } else { this.interrupter.pid() }));
+        methods.add_method("gpu", |_, this, ()| Ok(this.gpu));
+        methods.add_meta_method(LuaMetaMethod::ToString, |_, this, ()| {
+            Ok(match this.gpu {
+                Some(g) => format!("kernel ({}, gpu {g})", this.name),
+                None => format!("kernel ({})", this.name),
+            })
+        });
     }
+}
+
+/// A pool of kernels (`kernel.pool{}`).
+pub struct LuaPool {
+    pool: Pool,
+}
+
+/// `nil, err` for a failed acquire; raises when the pool was shut down (using it is misuse).
+fn acquire_failed(lua: &Lua, func: &str, e: &anyhow::Error) -> LuaResult<(LuaValue, LuaValue)> {
+    match e.downcast_ref::<PoolError>() {
+        Some(PoolError::Closed) => Err(misuse(lua, format!("{func}: the pool is shut down"))),
+        Some(PoolError::Start(_)) => fail(lua, "start", format!("{e:#}")),
+        None => start_failed(lua, e),
+    }
+}
+
+impl LuaPool {
+    async fn acquire(&self, lua: &Lua) -> Result<LuaAnyUserData, anyhow::Error> {
+        let lease = self.pool.acquire().await?;
+        Ok(lua.create_userdata(LuaKernel::new(lease.kernel, Some(lease.ticket)))?)
+    }
+}
+
+/// Give a kernel handle back to `pool`: waits for a cell it is running, then the pool restarts it.
+async fn release(lua: &Lua, pool: &Pool, k: &LuaAnyUserData, func: &str) -> LuaResult<()> {
+    let held = match k.borrow::<LuaKernel>() {
+        Ok(k) => k.held.clone(),
+        Err(_) => {
+            return Err(misuse(
+                lua,
+                format!("{func}: expected a kernel of this pool, got a {}", k.type_name()?.to_string_lossy()),
+            ))
+        }
+    };
+    let ticket = held.ticket.borrow_mut().take();
+    let Some(ticket) = ticket else {
+        let why = if held.pooled { "was given back already" } else { "is not from a pool (kernel.start)" };
+        return Err(misuse(lua, format!("{func}: this kernel {why}")));
+    };
+    if !ticket.belongs_to(pool) {
+        *held.ticket.borrow_mut() = Some(ticket);
+        return Err(misuse(lua, format!("{func}: this kernel belongs to another pool")));
+    }
+    let kernel = held.kernel.lock().await.take();
+    match kernel {
+        Some(k) => pool.release(ticket, k),
+        None => tracing::warn!("a pool kernel was released without its process"),
+    }
+    Ok(())
+}
+
+impl LuaUserData for LuaPool {
+    fn add_methods<M: LuaUserDataMethods<Self>>(methods: &mut M) {
+        methods.add_async_method("acquire", |lua, this, ()| async move {
+            match this.acquire(&lua).await {
+                Ok(k) => Ok((LuaValue::UserData(k), LuaValue::Nil)),
+                Err(e) => acquire_failed(&lua, "pool:acquire", &e),
+            }
+        });
+        methods.add_async_method("release", |lua, this, k: LuaValue| async move {
+            let LuaValue::UserData(k) = k else {
+                return Err(misuse(
+                    &lua,
+                    format!("pool:release: expected a kernel of this pool, got {}", k.type_name()),
+                ));
+            };
+            let pool = this.pool.clone();
+            drop(this);
+            release(&lua, &pool, &k, "pool:release").await?;
+            Ok(true)
+        });
+        // pool:with(fn): fn(k) with a kernel of the pool, given back however fn ends; fn's results
+        methods.add_async_method("with", |lua, this, f: LuaValue| async move {
+            let LuaValue::Function(f) = f else {
+                return Err(misuse(&lua, format!("pool:with: expected a function, got {}", f.type_name())));
+            };
+            let pool = this.pool.clone();
+            let k = match this.acquire(&lua).await {
+                Ok(k) => k,
+                Err(e) => {
+                    return acquire_failed(&lua, "pool:with", &e).map(|(a, b)| LuaMultiValue::from_vec(vec![a, b]))
+                }
+            };
+            drop(this);
+            let r = f.call_async::<LuaMultiValue>(k.clone()).await;
+            // fn may have given the kernel back itself
+            if !k.borrow::<LuaKernel>().is_ok_and(|h| h.held.released()) {
+                release(&lua, &pool, &k, "pool:with").await?;
+            }
+            r
+        });
+        methods.add_method("size", |_, this, ()| Ok(this.pool.size()));
+        methods.add_method("ready", |_, this, ()| Ok(this.pool.ready()));
+        methods.add_async_method("shutdown", |_, this, ()| async move {
+            let pool = this.pool.clone();
+            drop(this);
+            pool.shutdown().await;
+            Ok(true)
+        });
+        methods.add_meta_method(LuaMetaMethod::ToString, |_, this, ()| {
+            Ok(format!("kernel pool ({} kernels, {} ready)", this.pool.size(), this.pool.ready()))
+        });
+    }
+}
+
+/// The GPUs of a pool: `gpus=` (a list of whole numbers, `{}` for none), else the config's `exec.gpus`.
+fn pool_gpus(lua: &Lua, o: &Opts) -> LuaResult<Vec<u32>> {
+    let from_config = || -> Vec<u32> {
+        let cfg = HostCtx::get(lua).config.clone();
+        let list = cfg.as_ref().and_then(|c| c.exec.extra.get("gpus").and_then(Value::as_array).cloned());
+        list.unwrap_or_default().iter().filter_map(Value::as_u64).filter_map(|g| u32::try_from(g).ok()).collect()
+    };
+    let Some(t) = o.table("gpus")? else { return Ok(from_config()) };
+    let mut out = Vec::new();
+    for v in t.sequence_values::<LuaValue>() {
+        match v? {
+            LuaValue::Integer(i) if (0..=i64::from(u32::MAX)).contains(&i) => out.push(i as u32),
+            LuaValue::Number(x) if x >= 0.0 && x.fract() == 0.0 && x <= f64::from(u32::MAX) => out.push(x as u32),
+            other => {
+                let got = match other {
+                    LuaValue::Integer(i) => i.to_string(),
+                    LuaValue::Number(x) => x.to_string(),
+                    o => o.type_name().to_string(),
+                };
+                return Err(o.invalid("gpus", "a list of GPU ids (whole numbers >= 0)", got));
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
@@ -250,20 +400,34 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     )?;
     t.set(
         "start",
-        lua.create_async_function(|lua, opts: Option<LuaTable>| async move {
-            let so = start_options(&lua, opts)?;
-            match Kernel::start(so).await {
-                Ok(k) => {
-                    let name = k.spec().name.clone();
-                    let interrupter = k.interrupter();
-                    let ud = LuaKernel { kernel: Rc::new(tokio::sync::Mutex::new(k)), interrupter, name };
-                    Ok((LuaValue::UserData(lua.create_userdata(ud)?), LuaValue::Nil))
-                }
-                Err(e) => match interrupted_err(&lua, &e) {
-                    Some(r) => r,
-                    None => fail(&lua, "start", format!("{e:#}")),
-                },
+        lua.create_async_function(|lua, opts: LuaValue| async move {
+            let o = Opts::from_value(&lua, "kernel.start", opts, START_KEYS)?;
+            let so = start_options(&lua, &o)?;
+            match crate::kernel::start(so).await {
+                Ok(k) => Ok((LuaValue::UserData(lua.create_userdata(LuaKernel::new(k, None))?), LuaValue::Nil)),
+                Err(e) => start_failed(&lua, &e),
             }
+        })?,
+    )?;
+    t.set(
+        "pool",
+        lua.create_async_function(|lua, opts: LuaValue| async move {
+            const F: &str = "kernel.pool";
+            let keys: Vec<&str> = START_KEYS.iter().copied().chain(["size", "gpus"]).collect();
+            let o = Opts::from_value(&lua, F, opts, &keys)?;
+            let so = start_options(&lua, &o)?;
+            let gpus = pool_gpus(&lua, &o)?;
+            let size = match o.u64("size")? {
+                Some(0) => return Err(o.invalid("size", "a whole number >= 1", 0)),
+                Some(n) => n as usize,
+                None => gpus.len().max(1),
+            };
+            let spec = match crate::kernel::resolve_spec(&so).await {
+                Ok(s) => s,
+                Err(e) => return start_failed(&lua, &e.context("cannot start the kernel")),
+            };
+            let pool = LuaPool { pool: Pool::new(spec, so, size, &gpus) };
+            Ok((LuaValue::UserData(lua.create_userdata(pool)?), LuaValue::Nil))
         })?,
     )?;
     Ok(t)

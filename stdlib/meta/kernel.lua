@@ -45,11 +45,63 @@ function kernel.specs() end
 ---@field kind cellsci.kernel.ErrorKind
 ---@field result? cellsci.kernel.Result After Ctrl-C in `k:execute`: the cell's result so far (its outputs, `ename = "KeyboardInterrupt"`), so they can still be saved.
 
----Start a kernel. Raises on an unknown option or a non-positive timeout.
+---Start a kernel. Raises on a wrong option: `kernel.start: option 'cwd': expected a string, got table`
+---with the script's file:line.
 ---@param opts? cellsci.kernel.StartOpts
 ---@return cellsci.kernel.Kernel|nil k
 ---@return cellsci.kernel.Error|nil err `kind = "start"` or `"interrupted"`.
 function kernel.start(opts) end
+
+---Options of `kernel.pool`: every option of `kernel.start` (for every kernel of the pool), and these.
+---@class cellsci.kernel.PoolOpts: cellsci.kernel.StartOpts
+---@field size? integer Number of kernels (slots). Default: the number of `gpus`, else `1`.
+---@field gpus? integer[] Slot i's kernel gets `CUDA_VISIBLE_DEVICES=<gpus[i]>` (inside it, that GPU is `cuda:0`); more slots than GPUs share them in turn. `{}` for none. Default: the config's `exec.gpus`, else none (kernels inherit the environment).
+
+---A pool of kernels started ahead, in the background and concurrently, so a branch with a free slot
+---never waits on a start-up. Raises on a wrong option. The kernels start after this returns.
+---@param opts? cellsci.kernel.PoolOpts
+---@return cellsci.kernel.Pool|nil pool
+---@return cellsci.kernel.Error|nil err `kind = "start"` (no kernelspec or interpreter to start).
+function kernel.pool(opts) end
+
+---A pool of kernels (`kernel.pool{}`); `tostring(pool)` says how many are ready.
+---@class cellsci.kernel.Pool
+local Pool = {}
+
+---A live kernel of the pool, waiting (while other branches run on) until one is free. A kernel found
+---dead is restarted and another is handed out. Raises after `pool:shutdown()`.
+---@return cellsci.kernel.Kernel|nil k
+---@return cellsci.kernel.Error|nil err `kind = "start"` (every kernel of the pool failed to start; they are tried again on the next call) or `"interrupted"` (Ctrl-C).
+function Pool:acquire() end
+
+---Give a kernel back. It is killed and started fresh in the background (a new process: no variables,
+---modules, threads or GPU memory of the previous user), so this returns at once. `k` can no longer be
+---used. A kernel handle collected without `release` goes back too. Raises for a kernel of another pool,
+---of `kernel.start`, or one given back already.
+---@param k cellsci.kernel.Kernel
+---@return true
+function Pool:release(k) end
+
+---Acquire a kernel, call `fn(k)`, and give the kernel back however `fn` ends (an error in `fn` is
+---raised again after the release). Returns `fn`'s results, or `nil, err` when no kernel could be had.
+---@generic R
+---@param fn fun(k: cellsci.kernel.Kernel): R
+---@return R|nil
+---@return cellsci.kernel.Error|nil err As for `pool:acquire()`.
+function Pool:with(fn) end
+
+---Number of slots.
+---@return integer
+function Pool:size() end
+
+---Slots whose idle kernel is live and ready to hand out now.
+---@return integer
+function Pool:ready() end
+
+---Shut down the pool's idle kernels and stop starting new ones; kernels handed out are shut down when
+---given back. Later `acquire` calls raise.
+---@return true
+function Pool:shutdown() end
 
 ---Options of `k:execute`. Any other key raises.
 ---@class cellsci.kernel.ExecOpts
@@ -117,5 +169,10 @@ function Kernel:alive() end
 ---down, until `k:restart()`.
 ---@return integer|nil pid
 function Kernel:pid() end
+
+---The GPU a pool kernel is pinned to (`CUDA_VISIBLE_DEVICES`; inside the kernel it is `cuda:0`); nil for
+---`kernel.start{}` and for pools without `gpus`.
+---@return integer|nil gpu
+function Kernel:gpu() end
 
 return kernel

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use crate::util;
+use crate::util::{self, ok};
 
 pub fn python() -> PathBuf {
     util::test_venv().join("bin/python")
@@ -18,13 +18,6 @@ pub fn lua(dir: &Path, body: &str) -> Output {
     );
     let f = util::write(dir, "t.lua", &script);
     util::cellsci(dir).arg("script").arg(f).output().expect("run cellsci")
-}
-
-#[track_caller]
-pub fn ok(o: &Output) -> String {
-    let t = util::text(o);
-    assert!(o.status.success(), "cellsci failed ({:?}):\n{t}", o.status);
-    t
 }
 
 /// nbformat's own validator on a file (from the test venv).
@@ -266,36 +259,25 @@ k:shutdown()
 fn ctrl_c_of_cellsci_leaves_no_kernel_process() {
     let d = util::tempdir();
     let script = format!(
-        "local kernel = require('kernel')\nlocal k = assert(kernel.start{{python = {:?}}})\nprint('PID ' .. k:pid())\nio.stdout:flush()\nlocal r = assert(k:execute('import time\\ntime.sleep(120)'))\n",
+        r#"local kernel = require('kernel')
+local k = assert(kernel.start{{python = {:?}}})
+print('PID ' .. k:pid())
+local r = assert(k:execute('import time\nprint("running", flush=True)\ntime.sleep(120)', {{on_output = function(o)
+  print("CELL " .. o.text); io.stdout:flush()
+end}}))
+"#,
         python().display().to_string()
     );
     let f = util::write(d.path(), "c.lua", &script);
-    let mut child = util::cellsci(d.path())
-        .arg("script")
-        .arg(f)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let mut host = util::Running::start(util::cellsci(d.path()).arg("script").arg(f));
+    let line = host.wait_for("PID ");
     let pid: i32 = line.trim().strip_prefix("PID ").expect("kernel pid line").parse().unwrap();
-    assert!(pid_alive(pid));
-    std::thread::sleep(std::time::Duration::from_millis(300)); // let the cell start
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let st = child.wait().unwrap();
-    assert_eq!(st.code(), Some(130), "exit code after Ctrl-C");
-    // SIGKILL is asynchronous: give the kernel a moment to disappear from the process table.
-    let mut alive = pid_alive(pid);
-    for _ in 0..100 {
-        if !alive {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        alive = pid_alive(pid);
-    }
-    assert!(!alive, "kernel {pid} outlived cellsci");
+    host.wait_for("CELL running");
+    host.signal(libc::SIGINT);
+    let (st, out) = host.finish();
+    assert_eq!(st.code(), Some(130), "exit code after Ctrl-C:\n{out}");
+    // SIGKILL is asynchronous: the kernel leaves the process table a moment later.
+    util::wait_until(&format!("kernel {pid} to end with cellsci"), 2, || !pid_alive(pid));
 }
 
 #[test]
@@ -465,49 +447,42 @@ print("RESULT", r, err and err.kind, err and err.result and err.result.outputs[1
         python().display().to_string()
     );
     let f = util::write(d.path(), "c.lua", &script);
-    let mut child = util::cellsci(d.path())
-        .arg("script")
-        .arg(f)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "GOT before");
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
-    child.wait().unwrap();
-    assert!(rest.contains("RESULT\tnil\tinterrupted\tbefore\n"), "{rest}");
+    let mut host = util::Running::start(util::cellsci(d.path()).arg("script").arg(f));
+    host.wait_for("GOT before");
+    host.signal(libc::SIGINT);
+    let (_, out) = host.finish();
+    assert!(out.contains("RESULT\tnil\tinterrupted\tbefore\n"), "{out}");
 }
 
-/// Wait up to `limit` until none of `pids` is running; returns how long that took, or None.
-fn wait_gone(pids: &[i32], limit: std::time::Duration) -> Option<std::time::Duration> {
-    let t0 = std::time::Instant::now();
-    while t0.elapsed() < limit {
-        if pids.iter().all(|&p| !pid_alive(p)) {
-            return Some(t0.elapsed());
+/// Processes a test started through a kernel: killed when the test ends, passed or failed, so a
+/// failing test leaves nothing running.
+struct KillOnDrop(Vec<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for &p in self.0.iter().filter(|&&p| pid_alive(p)) {
+            // SAFETY: kill(2) of a process this test's kernel started.
+            unsafe { libc::kill(p, libc::SIGKILL) };
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    None
 }
 
-/// Wait for a file of whitespace-separated pids with `n` entries, written by a cell.
-fn read_pids(path: &Path, n: usize) -> Vec<i32> {
-    let t0 = std::time::Instant::now();
-    while t0.elapsed() < std::time::Duration::from_secs(90) {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            let v: Vec<i32> = s.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-            if v.len() == n && s.ends_with('\n') {
-                return v;
-            }
+/// The whitespace-separated pids a cell wrote to `path` (a line ending in a newline), once there are `n`.
+fn read_pids(path: &Path, n: usize) -> KillOnDrop {
+    let read = || -> Vec<i32> {
+        let s = std::fs::read_to_string(path).unwrap_or_default();
+        if !s.ends_with('\n') {
+            return Vec::new();
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    panic!("the cell did not write {} pids to {}", n, path.display());
+        s.split_whitespace().filter_map(|x| x.parse().ok()).collect()
+    };
+    util::wait_until(&format!("{n} pids in {}", path.display()), 90, || read().len() == n);
+    KillOnDrop(read())
+}
+
+/// Whether a process is inside `sleep(3)`-like C call (its main thread waits in nanosleep).
+fn in_nanosleep(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("nanosleep"))
 }
 
 fn start_time(pid: u32) -> u64 {
@@ -647,38 +622,26 @@ ctypes.PyDLL(None).sleep(60)  # a C call that holds the GIL
         pids.display().to_string()
     );
     let f = util::write(d.path(), "k.lua", &script);
-    let mut host = util::cellsci(d.path())
-        .arg("script")
-        .arg(f)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let host = util::Running::start(util::cellsci(d.path()).arg("script").arg(f));
     let all = read_pids(&pids, 3);
-    std::thread::sleep(std::time::Duration::from_millis(200)); // into the C call
-    assert!(all.iter().all(|&p| pid_alive(p)), "all running before the kill");
+    util::wait_until("the kernel to be in its C call", 30, || in_nanosleep(all.0[0]));
+    assert!(all.0.iter().all(|&p| pid_alive(p)), "all running before the kill");
     let folder_prefix = format!("cellsci-kernel-{}-", host.id());
-    unsafe { libc::kill(host.id() as i32, libc::SIGKILL) };
-    host.wait().unwrap();
-    let took = wait_gone(&all, std::time::Duration::from_secs(2));
-    let left: Vec<i32> = all.iter().copied().filter(|&p| pid_alive(p)).collect();
-    for &p in &left {
-        unsafe { libc::kill(p, libc::SIGKILL) };
-    }
-    assert!(took.is_some(), "still running 2 s after the host was killed: {left:?} of {all:?}");
-    eprintln!("kernel, child and setsid child gone {:?} after the host's SIGKILL", took.unwrap());
-    // the watchdog also removes the dead host's kernel folder (with its key)
+    host.signal(libc::SIGKILL);
+    host.finish();
     let t0 = std::time::Instant::now();
+    util::wait_until("the kernel, its child and its setsid child to end (2 s)", 2, || {
+        all.0.iter().all(|&p| !pid_alive(p))
+    });
+    eprintln!("kernel, child and setsid child gone {:?} after the host's SIGKILL", t0.elapsed());
+    // the watchdog also removes the dead host's kernel folder (with its key)
     let folder_left = || {
         std::fs::read_dir(std::env::temp_dir())
             .unwrap()
             .flatten()
             .any(|e| e.file_name().to_string_lossy().starts_with(&folder_prefix))
     };
-    while folder_left() && t0.elapsed() < std::time::Duration::from_secs(2) {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert!(!folder_left(), "the killed host's kernel folder is still there");
+    util::wait_until("the killed host's kernel folder to be removed (2 s)", 2, || !folder_left());
 }
 
 /// Regression (issue 10): k:shutdown() stopped the kernel but left the processes it had started
@@ -705,13 +668,10 @@ print("shut down")"#,
         ),
     );
     let all = read_pids(&pids, 2);
-    let took = wait_gone(&all, std::time::Duration::from_secs(1));
-    let left: Vec<i32> = all.iter().copied().filter(|&p| pid_alive(p)).collect();
-    for &p in &left {
-        unsafe { libc::kill(p, libc::SIGKILL) };
-    }
     assert!(ok(&o).contains("shut down"));
-    assert!(took.is_some(), "still running after k:shutdown(): {left:?} of {all:?}");
+    util::wait_until("the kernel's children to end after k:shutdown() (1 s)", 1, || {
+        all.0.iter().all(|&p| !pid_alive(p))
+    });
 }
 
 /// Issue 13: the kernel's channels were TCP ports on 127.0.0.1, reachable by every user of a shared
@@ -761,9 +721,367 @@ assert(assert(io.open(cft)):read("a"):find('"transport":"tcp"', 1, true))
 assert(kt:execute("2 * 21").outputs[1].data["text/plain"] == "42")
 kt:shutdown()
 local okb, e = pcall(kernel.start, {python = PY, transport = "udp"})
-assert(not okb and tostring(e):find('transport must be "ipc" or "tcp"'), tostring(e))
+assert(not okb and tostring(e):find([[option 'transport': expected "ipc" or "tcp", got "udp"]], 1, true), tostring(e))
 print("IPC OK")
 "#,
     );
     assert!(ok(&o).contains("IPC OK"));
+}
+
+/// Lua helpers for the pool tests: `kernel_pids()` lists this cellsci's kernel processes, `wait_for(what,
+/// cond)` polls a condition without blocking other branches (a failsafe of 60 s, not a timing check).
+const POOL_HELPERS: &str = r#"
+local task, time = require('task'), require('time')
+local function kernel_pids()
+  local me = assert(io.open("/proc/self/stat")):read("a"):match("^(%d+)")
+  -- [i]: the pattern does not match the shell that runs pgrep
+  local p = io.popen("pgrep -P " .. me .. " -f '[i]pykernel_launcher'"); local t = p:read("a"); p:close()
+  local v = {}
+  for pid in t:gmatch("%d+") do v[#v + 1] = tonumber(pid) end
+  return v
+end
+local function wait_for(what, cond)
+  local t0 = time.monotonic()
+  while not cond() do
+    assert(time.monotonic() - t0 < 60, "timed out waiting for " .. what)
+    time.sleep(0.02)
+  end
+end
+"#;
+
+/// Run a Lua snippet with the pool helpers.
+fn pool_lua(dir: &Path, body: &str) -> Output {
+    lua(dir, &format!("{POOL_HELPERS}\n{body}"))
+}
+
+/// Issue 12: a pool hands out kernels started ahead (no start-up wait when a slot is free), and a kernel
+/// given back (release, or `with` however its function ends) comes back fresh, with no one's state.
+#[test]
+fn pool_hands_out_prestarted_kernels_and_fresh_ones_after_release() {
+    let d = util::tempdir();
+    let o = pool_lua(
+        d.path(),
+        r#"
+local t0 = time.monotonic()
+local solo = assert(kernel.start{python = PY})
+local start_s = time.monotonic() - t0
+solo:shutdown()
+
+local pool = assert(kernel.pool{python = PY, size = 2})
+assert(pool:size() == 2)
+wait_for("two ready kernels", function() return pool:ready() == 2 end)
+t0 = time.monotonic()
+local a = assert(pool:acquire())
+local acquire_s = time.monotonic() - t0
+print(("PRESTART kernel.start %.3f s, pool:acquire %.4f s"):format(start_s, acquire_s))
+assert(acquire_s < start_s / 4, "acquire waited on a start-up")
+assert(a:alive() and a:gpu() == nil and tostring(a) == "kernel (python3)", tostring(a))
+assert(a:execute("secret = 1").status == "ok")
+assert(pool:release(a))
+-- the handle is spent
+assert(not a:alive() and a:pid() == nil)
+local okx, e = pcall(a.execute, a, "1")
+assert(not okx and tostring(e):find("given back to its pool", 1, true), tostring(e))
+
+-- both kernels are clean, the released one included
+local k1, k2 = assert(pool:acquire()), assert(pool:acquire())
+for _, k in ipairs{k1, k2} do
+  local r = k:execute("'secret' in globals()")
+  assert(r.outputs[1].data["text/plain"] == "False", "a released kernel kept its state")
+end
+pool:release(k1); pool:release(k2)
+
+-- with: the function's results; the kernel goes back however the function ends
+local n, s = pool:with(function(k) k:execute("leak = 1"); return 42, "x" end)
+assert(n == 42 and s == "x")
+local okw, ew = pcall(pool.with, pool, function(k) error("boom") end)
+assert(not okw and tostring(ew):find("boom"), tostring(ew))
+assert(pool:with(function(k) pool:release(k); return true end), "a function may give its kernel back itself")
+local seen = task.all({
+  function() return pool:with(function(k) return k:execute("'leak' in globals()").outputs[1].data["text/plain"] end) end,
+  function() return pool:with(function(k) return k:execute("'leak' in globals()").outputs[1].data["text/plain"] end) end,
+})
+assert(seen[1] == "False" and seen[2] == "False", "both slots came back clean")
+-- a handle collected without release goes back to the pool
+do local lost = assert(pool:acquire()) end
+collectgarbage(); collectgarbage()
+wait_for("the collected kernel back in the pool", function() return pool:ready() == 2 end)
+pool:shutdown()
+
+-- kernels that cannot start: acquire says why instead of waiting forever
+local bad = assert(kernel.pool{python = PY, size = 2, cwd = "no/such/dir"})
+local kb, eb = bad:acquire()
+assert(kb == nil and eb.kind == "start" and eb.message:find("does not exist"), tostring(eb))
+local okc, ec = pcall(pool.acquire, pool)
+assert(not okc and tostring(ec):find("pool:acquire: the pool is shut down", 1, true), tostring(ec))
+print("POOL OK")
+"#,
+    );
+    let t = ok(&o);
+    assert!(t.contains("POOL OK"), "{t}");
+    eprintln!("{}", t.lines().find(|l| l.starts_with("PRESTART")).unwrap_or(""));
+}
+
+/// Issue 12: with every kernel handed out, `pool:acquire()` waits, without stopping the other branches,
+/// until one is given back.
+#[test]
+fn pool_acquire_waits_while_every_kernel_is_busy() {
+    let d = util::tempdir();
+    let o = pool_lua(
+        d.path(),
+        r#"
+local pool = assert(kernel.pool{python = PY, size = 1})
+wait_for("a ready kernel", function() return pool:ready() == 1 end)
+local log = {}
+task.all({
+  function()
+    local k = assert(pool:acquire()); log[#log + 1] = "A got"
+    wait_for("B to ask", function() return log[#log] == "B asks" end)
+    assert(k:execute("import time; time.sleep(0.3)").status == "ok")
+    log[#log + 1] = "A releases"; pool:release(k)
+  end,
+  function()
+    wait_for("A to hold the kernel", function() return log[1] == "A got" end)
+    log[#log + 1] = "B asks"
+    local k = assert(pool:acquire()); log[#log + 1] = "B got"
+    pool:release(k)
+  end,
+})
+local got = table.concat(log, ", ")
+assert(got == "A got, B asks, A releases, B got", got)
+print("WAIT OK")
+"#,
+    );
+    assert!(ok(&o).contains("WAIT OK"));
+}
+
+/// Issue 12: a pool kernel that died (in a branch's cell, or idle in the pool) is replaced: the next
+/// acquire gets a live kernel.
+#[test]
+fn pool_replaces_a_dead_kernel() {
+    let d = util::tempdir();
+    let o = pool_lua(
+        d.path(),
+        r#"
+local pool = assert(kernel.pool{python = PY, size = 1})
+local k = assert(pool:acquire())
+local r = k:execute("import os; os._exit(3)")
+assert(r.status == "dead", r.status)
+pool:release(k)
+k = assert(pool:acquire())
+assert(k:alive() and k:execute("1 + 1").outputs[1].data["text/plain"] == "2")
+pool:release(k)
+
+-- killed while idle in the pool
+wait_for("the idle kernel", function() return pool:ready() == 1 and #kernel_pids() == 1 end)
+local idle = kernel_pids()[1]
+os.execute("kill -9 " .. idle)
+wait_for("the pool to see the death", function() return pool:ready() == 0 end)
+k = assert(pool:acquire())
+assert(k:pid() ~= idle and k:alive(), "a dead kernel was handed out")
+assert(k:execute("2 + 2").outputs[1].data["text/plain"] == "4")
+print("REPLACED OK")
+"#,
+    );
+    assert!(ok(&o).contains("REPLACED OK"));
+}
+
+/// Issue 12: `exec.gpus` (or `gpus=`) pins slot i to GPU gpus[i]: the kernel sees only that GPU
+/// (`CUDA_VISIBLE_DEVICES`) and `k:gpu()` says which; without gpus a kernel inherits the variable.
+#[test]
+fn pool_pins_each_slot_to_its_gpu() {
+    let d = util::tempdir();
+    util::write(d.path(), "cfg.json", r#"{"exec": {"gpus": [0, 1]}}"#);
+    let script = format!(
+        r#"local kernel, task = require('kernel'), require('task')
+local PY = {:?}
+local function seen(k) return k:execute("import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'), end='')").outputs[1].text end
+local pool = assert(kernel.pool{{python = PY}})
+assert(pool:size() == 2, "size defaults to the number of GPUs")
+local a, b = assert(pool:acquire()), assert(pool:acquire())
+local got = {{[seen(a)] = a:gpu(), [seen(b)] = b:gpu()}}
+assert(got["0"] == 0 and got["1"] == 1, seen(a) .. " " .. seen(b))
+assert(tostring(a):find("gpu"), tostring(a))
+pool:shutdown()
+-- gpus= wins over the config; more slots than GPUs share them in turn
+local p3 = assert(kernel.pool{{python = PY, size = 3, gpus = {{5, 6}}}})
+local ks = {{assert(p3:acquire()), assert(p3:acquire()), assert(p3:acquire())}}
+local n = {{}}
+for _, k in ipairs(ks) do
+  assert(seen(k) == tostring(k:gpu()), seen(k))
+  n[k:gpu()] = (n[k:gpu()] or 0) + 1
+end
+assert(n[5] == 2 and n[6] == 1, "slots 1 and 3 on GPU 5, slot 2 on GPU 6")
+p3:shutdown()
+-- gpus = {{}}: no pinning, the kernel inherits the environment
+local p0 = assert(kernel.pool{{python = PY, size = 1, gpus = {{}}}})
+local k = assert(p0:acquire())
+assert(k:gpu() == nil and seen(k) == "7", seen(k))
+print("GPUS OK")"#,
+        python().display().to_string()
+    );
+    let f = util::write(d.path(), "g.lua", &script);
+    let o = util::cellsci(d.path())
+        .args(["--config", "cfg.json", "script"])
+        .arg(f)
+        .env("CUDA_VISIBLE_DEVICES", "7")
+        .output()
+        .unwrap();
+    assert!(ok(&o).contains("GPUS OK"));
+}
+
+/// Issue 12: branches run their cells at the same time: two (four) branches each running a 1 s cell on
+/// their own pool kernel take about as long as one, not two (four) times as long.
+#[test]
+fn pool_branches_run_cells_at_the_same_time() {
+    let d = util::tempdir();
+    let o = pool_lua(
+        d.path(),
+        r#"
+local pool = assert(kernel.pool{python = PY, size = 4})
+wait_for("four ready kernels", function() return pool:ready() == 4 end)
+local function branch()
+  return pool:with(function(k) assert(k:execute("import time; time.sleep(1)").status == "ok") end)
+end
+local function timed(n)
+  wait_for("four ready kernels", function() return pool:ready() == 4 end)
+  local fs = {}
+  for i = 1, n do fs[i] = branch end
+  local t0 = time.monotonic()
+  task.all(fs)
+  return time.monotonic() - t0
+end
+local one, two, four = timed(1), timed(2), timed(4)
+print(("OVERLAP one %.3f s, two %.3f s (%.2fx), four %.3f s (%.2fx)"):format(one, two, two / one, four, four / one))
+assert(two < 2 * one, "two branches' cells did not overlap")
+assert(four < 2 * one, "four branches' cells did not overlap")
+"#,
+    );
+    let t = ok(&o);
+    eprintln!("{}", t.lines().find(|l| l.starts_with("OVERLAP")).unwrap_or(&t));
+}
+
+/// Issue 12: Ctrl-C while four branches each run a cell on a pool kernel leaves no kernel running (nor
+/// starts new ones for the slots given back).
+#[test]
+fn ctrl_c_with_four_busy_pool_kernels_leaves_no_kernel_running() {
+    let d = util::tempdir();
+    let script = format!(
+        r#"{POOL_HELPERS}
+local kernel = require('kernel')
+local pool = assert(kernel.pool{{python = {:?}, size = 4}})
+local fs = {{}}
+for i = 1, 4 do
+  fs[i] = function()
+    return pool:with(function(k)
+      return assert(k:execute("import os, time\nopen(f'busy-{{os.getpid()}}', 'w').close()\ntime.sleep(60)"))
+    end)
+  end
+end
+task.all(fs)
+"#,
+        python().display().to_string()
+    );
+    let f = util::write(d.path(), "c.lua", &script);
+    let host = util::Running::start(util::cellsci(d.path()).arg("script").arg(f));
+    let busy = || -> Vec<i32> {
+        let names =
+            std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned());
+        names.filter_map(|n| n.strip_prefix("busy-").and_then(|p| p.parse().ok())).collect()
+    };
+    util::wait_until("four busy kernels", 90, || busy().len() == 4);
+    let kernels = busy();
+    let tag = format!("CELLSCI_KERNEL_TAG={}-", host.id());
+    host.signal(libc::SIGINT);
+    let (status, out) = host.finish();
+    assert_eq!(status.code(), Some(130), "{out}");
+    let left: Vec<i32> = kernels.iter().copied().filter(|&p| pid_alive(p)).collect();
+    let tagged = tagged_processes(&tag);
+    for &p in left.iter().chain(&tagged) {
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    assert!(left.is_empty(), "pool kernels still running after Ctrl-C: {left:?} of {kernels:?}\n{out}");
+    assert!(tagged.is_empty(), "processes of the run's kernels still running: {tagged:?}\n{out}");
+}
+
+/// Processes whose environment holds `needle` (e.g. a run's kernel tag), zombies excepted.
+fn tagged_processes(needle: &str) -> Vec<i32> {
+    let procs = std::fs::read_dir("/proc").unwrap().flatten();
+    let pids = procs.filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok());
+    pids.filter(|&p| {
+        let env = std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default();
+        pid_alive(p) && env.split(|&b| b == 0).any(|v| v.starts_with(needle.as_bytes()))
+    })
+    .collect()
+}
+
+/// Issue 12: a pool that is garbage-collected kills its kernels (a script that drops a pool does not
+/// leave kernels running until cellsci exits).
+#[test]
+fn a_collected_pool_kills_its_kernels() {
+    let d = util::tempdir();
+    let o = pool_lua(
+        d.path(),
+        r#"
+local pool = assert(kernel.pool{python = PY, size = 2})
+wait_for("two ready kernels", function() return pool:ready() == 2 and #kernel_pids() == 2 end)
+pool = nil
+collectgarbage(); collectgarbage()
+wait_for("the kernels to go", function() return #kernel_pids() == 0 end)
+print("COLLECTED OK")
+"#,
+    );
+    assert!(ok(&o).contains("COLLECTED OK"));
+}
+
+/// Issue 11: kernel options were read with raw table reads whose errors named neither the option nor
+/// the script line; every kernel and pool option error now has the common shape.
+#[test]
+fn kernel_and_pool_option_errors_name_the_option_and_line() {
+    let d = util::tempdir();
+    let o = pool_lua(
+        d.path(),
+        r#"
+local function err(f, ...)
+  local okf, e = pcall(f, ...)
+  assert(not okf, "no error")
+  return (tostring(e):gsub("^runtime error: ", ""):match("^[^\n]*"))
+end
+local cases = {
+  {err(kernel.start, {cwd = {}}), "kernel.start: option 'cwd': expected a string, got table"},
+  {err(kernel.start, {transport = "udp"}), [[kernel.start: option 'transport': expected "ipc" or "tcp", got "udp"]]},
+  {err(kernel.start, {startup_timeout = -1}), "kernel.start: option 'startup_timeout': expected a positive number, got -1"},
+  {err(kernel.start, {env = {A = {}}}), "kernel.start: option 'env.A': expected a string, got table"},
+  {err(kernel.start, {packages = {1}}), "kernel.start: option 'packages': expected a list of strings, got integer"},
+  {err(kernel.start, "python3"), "kernel.start: expected a table of options, got string"},
+  {err(kernel.pool, {python = PY, size = 0}), "kernel.pool: option 'size': expected a whole number >= 1, got 0"},
+  {err(kernel.pool, {python = PY, gpus = {"a"}}), "kernel.pool: option 'gpus': expected a list of GPU ids (whole numbers >= 0), got string"},
+  {err(kernel.pool, {python = PY, gpus = {-1}}), "kernel.pool: option 'gpus': expected a list of GPU ids (whole numbers >= 0), got -1"},
+  {err(kernel.pool, {python = PY, sise = 2}), "kernel.pool: unknown option 'sise'"},
+}
+local k = assert(kernel.start{python = PY})
+cases[#cases + 1] = {err(k.execute, k, 42), "k:execute: expected the code (a string), got integer"}
+cases[#cases + 1] = {err(k.execute, k, "1", {timeout = "x"}), "k:execute: option 'timeout': expected a positive number of seconds or false, got string"}
+cases[#cases + 1] = {err(k.execute, k, "1", {timeout = 0}), "k:execute: option 'timeout': expected a positive number, got 0"}
+local pool = assert(kernel.pool{python = PY, size = 1})
+cases[#cases + 1] = {err(pool.release, pool, k), "pool:release: this kernel is not from a pool (kernel.start)"}
+cases[#cases + 1] = {err(pool.release, pool, "k"), "pool:release: expected a kernel of this pool, got string"}
+cases[#cases + 1] = {err(pool.with, pool, 1), "pool:with: expected a function, got integer"}
+local pk = assert(pool:acquire())
+pool:release(pk)
+cases[#cases + 1] = {err(pool.release, pool, pk), "pool:release: this kernel was given back already"}
+for _, c in ipairs(cases) do
+  local got, want = c[1], c[2]
+  assert(got:match("^t%.lua:%d+: ") and got:find(want, 1, true), ("\n got: %s\nwant: %s"):format(got, want))
+end
+-- uncaught: the message a user sees
+kernel.start{cwd = {}}
+"#,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", util::text(&o));
+    let script = std::fs::read_to_string(d.path().join("t.lua")).unwrap();
+    let line = script.lines().position(|l| l == "kernel.start{cwd = {}}").unwrap() + 1;
+    let err = String::from_utf8_lossy(&o.stderr);
+    let want = format!("error: t.lua:{line}: kernel.start: option 'cwd': expected a string, got table\n");
+    assert!(err.starts_with(&want), "{err}");
 }

@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
-use crate::kernel::{lua, ok, python, validate};
+use crate::kernel::{lua, python, validate};
 use crate::util;
+use crate::util::ok;
 
 fn data(name: &str) -> std::path::PathBuf {
     util::repo().join("tests/data/notebooks").join(name)

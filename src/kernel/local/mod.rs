@@ -30,14 +30,14 @@ use wire::Msg;
 pub use launch::secret_env_names;
 
 /// State a concurrent `interrupt()` needs while an execution holds the kernel.
-pub struct Shared {
-    pub pid: Mutex<Option<u32>>,
-    pub mode: InterruptMode,
-    pub control: tokio::sync::Mutex<Option<jzc::ClientControlConnection>>,
+struct Shared {
+    pid: Mutex<Option<u32>>,
+    mode: InterruptMode,
+    control: tokio::sync::Mutex<Option<jzc::ClientControlConnection>>,
 }
 
 impl Shared {
-    pub async fn interrupt(&self) -> Result<()> {
+    async fn interrupt(&self) -> Result<()> {
         match self.mode {
             InterruptMode::Signal => {
                 let pid = *self.pid.lock().unwrap_or_else(|e| e.into_inner());
@@ -134,7 +134,22 @@ pub struct LocalKernel {
     spec: KernelSpec,
     opts: StartOptions,
     proc: Option<Proc>,
-    pub shared: Arc<Shared>,
+    shared: Arc<Shared>,
+}
+
+/// Interrupts a kernel, and tells its pid, while an execution holds the kernel itself.
+#[derive(Clone)]
+pub struct Interrupter(Arc<Shared>);
+
+impl Interrupter {
+    pub async fn interrupt(&self) -> Result<()> {
+        self.0.interrupt().await
+    }
+
+    /// The kernel's process id; None once it has died or been shut down (its pid may be reused by then).
+    pub fn pid(&self) -> Option<u32> {
+        *self.0.pid.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 fn exit_info(st: &std::process::ExitStatus) -> ExitInfo {
@@ -161,6 +176,12 @@ impl LocalKernel {
     pub fn pid(&self) -> Option<u32> {
         self.proc.as_ref().map(|p| p.pid)
     }
+
+    /// A handle that can interrupt the kernel while an execution holds `&mut self`.
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter(self.shared.clone())
+    }
+
     pub fn alive(&self) -> bool {
         self.proc.as_ref().is_some_and(|p| p.exited().is_none())
     }

@@ -1,0 +1,263 @@
+//! A pool of kernels for branches that run at the same time: every slot's kernel is started ahead, in
+//! the background and concurrently, so a branch that finds a free slot never waits on a start-up.
+//!
+//! A returned kernel is restarted (killed, then started fresh, again in the background) before anyone
+//! gets it again: a branch expects a kernel with no one else's variables, imports, threads or GPU
+//! memory, and only a new process guarantees that (`%reset` frees none of the last three). A kernel
+//! found dead when it is handed out is restarted the same way and another one is handed out.
+//!
+//! Slot i may be pinned to one GPU: its kernel gets `CUDA_VISIBLE_DEVICES=<gpu>`, so inside it that GPU
+//! is `cuda:0`. The pool and its background starts live on the thread of the Lua VM (a `LocalSet`);
+//! dropping the pool kills its idle and starting kernels at once, and a kernel handed out dies with its
+//! [`Lease`] if the pool is gone by then. Nothing here may leave a kernel running after the pool and
+//! its leases are gone.
+
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
+
+use anyhow::{bail, Result};
+use tokio::sync::Notify;
+
+use super::{KernelError, KernelSpec, LocalKernel, StartOptions};
+
+/// Errors of the pool a caller may branch on (besides [`KernelError::Interrupted`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No slot has a kernel or can get one: every start failed. The failed slots are started again.
+    #[error("no kernel of the pool could start: {0}")]
+    Start(String),
+    #[error("the pool is shut down")]
+    Closed,
+}
+
+enum Slot {
+    /// Starting or restarting in the background.
+    Starting(tokio::task::JoinHandle<()>),
+    Ready(Box<LocalKernel>),
+    Leased,
+    Failed(String),
+    Closed,
+}
+
+struct Inner {
+    spec: KernelSpec,
+    opts: StartOptions,
+    /// The GPU of each slot.
+    gpus: Vec<Option<u32>>,
+    slots: RefCell<Vec<Slot>>,
+    changed: Notify,
+    closed: Cell<bool>,
+}
+
+/// A handle to a pool; clones share it.
+#[derive(Clone)]
+pub struct Pool(Rc<Inner>);
+
+/// A kernel handed out by [`Pool::acquire`]; its ticket gives it back ([`Pool::release`]).
+pub struct Lease {
+    pub kernel: LocalKernel,
+    pub ticket: Ticket,
+}
+
+/// Which slot of which pool a handed-out kernel belongs to.
+pub struct Ticket {
+    pub slot: usize,
+    pub gpu: Option<u32>,
+    pool: Weak<Inner>,
+}
+
+impl Ticket {
+    /// Whether this ticket is of `pool`.
+    pub fn belongs_to(&self, pool: &Pool) -> bool {
+        self.pool.ptr_eq(&Rc::downgrade(&pool.0))
+    }
+
+    /// Give `kernel` back to its pool, if the pool still exists; otherwise the kernel is dropped (killed).
+    pub fn give_back(self, kernel: LocalKernel) {
+        if let Some(inner) = self.pool.upgrade() {
+            Pool(inner).release(self, kernel);
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for s in self.slots.get_mut().drain(..) {
+            if let Slot::Starting(h) = s {
+                // the start future, and the kernel process it may hold, is dropped (killed)
+                h.abort();
+            }
+        }
+    }
+}
+
+impl Pool {
+    /// A pool of `size` kernels started from `spec` and `opts`; slot i runs on `gpus[i % gpus.len()]`
+    /// when `gpus` is not empty. Returns at once: the kernels start in the background. Must be called
+    /// on a `LocalSet`.
+    pub fn new(spec: KernelSpec, opts: StartOptions, size: usize, gpus: &[u32]) -> Pool {
+        let gpus = (0..size).map(|i| (!gpus.is_empty()).then(|| gpus[i % gpus.len()])).collect();
+        let inner = Rc::new(Inner {
+            spec,
+            opts,
+            gpus,
+            slots: RefCell::new((0..size).map(|_| Slot::Failed(String::new())).collect()),
+            changed: Notify::new(),
+            closed: Cell::new(false),
+        });
+        let pool = Pool(inner);
+        for i in 0..size {
+            pool.start(i, None);
+        }
+        pool
+    }
+
+    pub fn size(&self) -> usize {
+        self.0.gpus.len()
+    }
+
+    /// The GPU slot `i` is pinned to.
+    pub fn gpu(&self, slot: usize) -> Option<u32> {
+        self.0.gpus.get(slot).copied().flatten()
+    }
+
+    /// Start slot `i`'s kernel in the background: a new one, or `prev` restarted.
+    fn start(&self, i: usize, prev: Option<LocalKernel>) {
+        if crate::signals::interrupted() {
+            // After Ctrl-C nothing new starts; a kernel given back is dropped here, which kills it.
+            self.0.slots.borrow_mut()[i] = Slot::Failed(KernelError::Interrupted.to_string());
+            return;
+        }
+        let weak = Rc::downgrade(&self.0);
+        let (spec, mut opts) = (self.0.spec.clone(), self.0.opts.clone());
+        if let Some(g) = self.0.gpus[i] {
+            opts.env.retain(|(k, _)| k != "CUDA_VISIBLE_DEVICES");
+            opts.env.push(("CUDA_VISIBLE_DEVICES".into(), g.to_string()));
+        }
+        let task = tokio::task::spawn_local(async move {
+            let r = match prev {
+                Some(mut k) => k.restart().await.map(|()| k),
+                None => LocalKernel::start(spec, opts).await,
+            };
+            // The pool is gone: the kernel is dropped here, which kills it.
+            let Some(inner) = weak.upgrade() else { return };
+            let mut slots = inner.slots.borrow_mut();
+            if matches!(slots[i], Slot::Closed) {
+                return;
+            }
+            slots[i] = match r {
+                Ok(k) => Slot::Ready(Box::new(k)),
+                Err(e) => {
+                    tracing::warn!("kernel pool: slot {} could not start: {e:#}", i + 1);
+                    Slot::Failed(format!("{e:#}"))
+                }
+            };
+            drop(slots);
+            inner.changed.notify_waiters();
+        });
+        self.0.slots.borrow_mut()[i] = Slot::Starting(task);
+    }
+
+    /// A kernel of the pool, waiting (asynchronously) while every slot is busy or starting. A kernel
+    /// found dead is restarted in the background and another one is taken. Fails with
+    /// [`PoolError::Start`] when no slot has a kernel and none is starting or handed out (every start
+    /// failed), with [`KernelError::Interrupted`] on Ctrl-C.
+    pub async fn acquire(&self) -> Result<Lease> {
+        loop {
+            // Registered before looking, so a change between the look and the wait is not missed.
+            let changed = self.0.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.0.closed.get() {
+                bail!(PoolError::Closed);
+            }
+            if crate::signals::interrupted() {
+                bail!(KernelError::Interrupted);
+            }
+            if let Some(lease) = self.take_ready() {
+                return Ok(lease);
+            }
+            let failed: Vec<(usize, String)> = {
+                let slots = self.0.slots.borrow();
+                let waitable = slots.iter().any(|s| matches!(s, Slot::Starting(_) | Slot::Leased));
+                if waitable {
+                    Vec::new()
+                } else {
+                    let f = slots.iter().enumerate();
+                    f.filter_map(|(i, s)| if let Slot::Failed(e) = s { Some((i, e.clone())) } else { None }).collect()
+                }
+            };
+            if let Some((_, first)) = failed.first() {
+                // Try again for the next caller: the cause may be gone by then (a full disk, a busy GPU).
+                let first = first.clone();
+                for (i, _) in failed {
+                    self.start(i, None);
+                }
+                bail!(PoolError::Start(first));
+            }
+            tokio::select! {
+                _ = &mut changed => {}
+                _ = crate::signals::token().cancelled() => bail!(KernelError::Interrupted),
+            }
+        }
+    }
+
+    /// Take a ready, live kernel; restart the dead ones found on the way.
+    fn take_ready(&self) -> Option<Lease> {
+        let mut dead = Vec::new();
+        let mut found = None;
+        {
+            let mut slots = self.0.slots.borrow_mut();
+            for (i, s) in slots.iter_mut().enumerate() {
+                if !matches!(s, Slot::Ready(_)) {
+                    continue;
+                }
+                let Slot::Ready(k) = std::mem::replace(s, Slot::Leased) else { unreachable!() };
+                if k.alive() {
+                    let ticket = Ticket { slot: i, gpu: self.0.gpus[i], pool: Rc::downgrade(&self.0) };
+                    found = Some(Lease { kernel: *k, ticket });
+                    break;
+                }
+                tracing::warn!("kernel pool: slot {}'s idle kernel had died; starting a new one", i + 1);
+                dead.push((i, *k));
+            }
+        }
+        for (i, k) in dead {
+            self.start(i, Some(k));
+        }
+        found
+    }
+
+    /// Give a kernel back: it is restarted in the background and its slot is free again once it is up
+    /// (after [`Pool::shutdown`], it is shut down instead).
+    pub fn release(&self, ticket: Ticket, mut kernel: LocalKernel) {
+        let slot = ticket.slot;
+        if self.0.closed.get() || !ticket.belongs_to(self) {
+            tokio::task::spawn_local(async move { kernel.shutdown().await });
+            return;
+        }
+        self.start(slot, Some(kernel));
+    }
+
+    /// Shut down every kernel the pool holds (idle ones politely, starting ones killed); kernels handed
+    /// out are shut down when they are given back. Waiting callers of `acquire` fail.
+    pub async fn shutdown(&self) {
+        self.0.closed.set(true);
+        let mut idle = Vec::new();
+        for s in self.0.slots.borrow_mut().iter_mut() {
+            match std::mem::replace(s, Slot::Closed) {
+                Slot::Starting(h) => h.abort(),
+                Slot::Ready(k) => idle.push(*k),
+                Slot::Leased => *s = Slot::Leased,
+                Slot::Failed(_) | Slot::Closed => {}
+            }
+        }
+        self.0.changed.notify_waiters();
+        futures_util::future::join_all(idle.iter_mut().map(|k| k.shutdown())).await;
+    }
+
+    /// How many slots have an idle, live kernel ready to hand out.
+    pub fn ready(&self) -> usize {
+        self.0.slots.borrow().iter().filter(|s| matches!(s, Slot::Ready(k) if k.alive())).count()
+    }
+}
