@@ -332,6 +332,13 @@ fn from_lua_at(v: &LuaValue, path: &str, depth: usize) -> Result<Value, String> 
         }
         LuaValue::String(s) => Value::String(s.to_string_lossy()),
         LuaValue::Table(t) => {
+            // a view over a host value (nb.metadata, nb:cell(i)) stands for the value it shows
+            if let Some(plain) =
+                t.metatable().and_then(|mt| mt.raw_get::<Option<LuaFunction>>("__cellsci_plain").ok().flatten())
+            {
+                let v = plain.call::<LuaValue>(()).map_err(|e| format!("{}: {e}", here(path)))?;
+                return from_lua_at(&v, path, depth + 1);
+            }
             let is_array_mt = is_array_metatable(t);
             let len = t.raw_len();
             let mut count = 0usize;

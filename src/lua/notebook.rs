@@ -1,8 +1,10 @@
 //! The `notebook` module: Jupyter notebooks as handles (`nb`) with 1-based cell indices.
 //!
-//! `nb:cell(i)` returns a plain table (a copy); changes go back through `nb:set_source`,
-//! `nb:set_outputs`, `nb.metadata = ...`. Reading a missing or invalid file returns `nil, err`;
-//! a bad index or a malformed cell is misuse and raises.
+//! `nb.metadata` is a live view: `nb.metadata.execution.x = y` changes the notebook (as does assigning a
+//! whole table to `nb.metadata`). `nb:cell(i)` is a read-only view of the cell: assigning to it raises
+//! and says to use `nb:set_source` / `nb:set_outputs` (a write to a copy that silently did nothing was
+//! the old behaviour). Both read like tables (`pairs`, `ipairs`, `#`, `json.encode`). Reading a missing
+//! or invalid file returns `nil, err`; a bad index or a malformed cell is misuse and raises.
 
 use mlua::prelude::*;
 use serde_json::{Map, Value};
@@ -11,6 +13,87 @@ use super::boundary::{fail, from_lua_checked, misuse, to_lua};
 use crate::notebook::Notebook;
 
 pub struct LuaNotebook(pub Notebook);
+
+/// Views over a notebook's JSON (see the module doc). `make(get, set, path, readonly)`: `get()` gives a
+/// fresh plain copy of the root, `set(root)` stores one; a view reads through `get` and writes through
+/// `set`, or raises `readonly` (a message) on a write. `__cellsci_plain` lets the host turn a view back
+/// into its value (boundary::from_lua does).
+const VIEWS: &str = r#"
+local make
+local function append(path, k)
+  local p = { table.unpack(path) }
+  p[#p + 1] = k
+  return p
+end
+local function resolve(v, path)
+  for _, k in ipairs(path) do
+    if type(v) ~= "table" then return nil end
+    v = v[k]
+  end
+  return v
+end
+local function plain(v)
+  if type(v) ~= "table" then return v end
+  local mt = getmetatable(v)
+  if type(mt) == "table" and mt.__cellsci_plain then return mt.__cellsci_plain() end
+  local out = {}
+  for k, x in pairs(v) do out[k] = plain(x) end
+  -- a JSON array keeps its (protected) array mark, so an empty one stays an array
+  if mt ~= nil and type(mt) ~= "table" then out = require("json").array(out) end
+  return out
+end
+make = function(get, set, path, readonly)
+  local mt = {}
+  local function here() return resolve(get(), path) end
+  mt.__index = function(_, k)
+    local v = here()
+    if type(v) ~= "table" then return nil end
+    v = v[k]
+    if type(v) == "table" then return make(get, set, append(path, k), readonly) end
+    return v
+  end
+  mt.__newindex = function(_, k, v)
+    if readonly then error(readonly, 2) end
+    local root = get()
+    local t = root
+    for _, key in ipairs(path) do
+      if type(t[key]) ~= "table" then t[key] = {} end
+      t = t[key]
+    end
+    t[k] = plain(v)
+    set(root)
+  end
+  mt.__pairs = function()
+    local v = here()
+    if type(v) ~= "table" then v = {} end
+    local key
+    return function()
+      local val
+      key, val = next(v, key)
+      if type(val) == "table" then val = make(get, set, append(path, key), readonly) end
+      return key, val
+    end
+  end
+  mt.__len = function()
+    local v = here()
+    return type(v) == "table" and #v or 0
+  end
+  mt.__cellsci_plain = function() return plain(here()) end
+  return setmetatable({}, mt)
+end
+return make
+"#;
+
+/// The view maker (loaded once per VM).
+fn views(lua: &Lua) -> LuaResult<LuaFunction> {
+    const KEY: &str = "cellsci.notebook.views";
+    if let Ok(f) = lua.named_registry_value::<LuaFunction>(KEY) {
+        return Ok(f);
+    }
+    let f: LuaFunction = lua.load(VIEWS).set_name("=<notebook views>").call(())?;
+    lua.set_named_registry_value(KEY, &f)?;
+    Ok(f)
+}
 
 fn index(lua: &Lua, nb: &Notebook, i: i64, allow_end: bool) -> LuaResult<usize> {
     let max = if allow_end { nb.len() + 1 } else { nb.len() };
@@ -45,13 +128,22 @@ pub fn result_parts(lua: &Lua, v: Value) -> LuaResult<ResultParts> {
 
 impl LuaUserData for LuaNotebook {
     fn add_fields<F: LuaUserDataFields<Self>>(fields: &mut F) {
-        fields.add_field_method_get("metadata", |lua, this| to_lua(lua, this.0.metadata()));
-        fields.add_field_method_set("metadata", |lua, this, v: LuaValue| {
+        fields.add_field_function_get("metadata", |lua, ud: LuaAnyUserData| {
+            let (g, s) = (ud.clone(), ud);
+            let get = lua.create_function(move |lua, ()| to_lua(lua, g.borrow::<LuaNotebook>()?.0.metadata()))?;
+            let set = lua.create_function(move |lua, v: LuaValue| {
+                let m = from_lua_checked(lua, &v, "nb.metadata")?;
+                s.borrow_mut::<LuaNotebook>()?.0.set_metadata(m).map_err(|e| misuse(lua, e))
+            })?;
+            views(lua)?.call::<LuaValue>((get, set, lua.create_table()?, LuaValue::Nil))
+        });
+        // The value is read before the notebook is borrowed: it may be a view of this very notebook.
+        fields.add_field_function_set("metadata", |lua, ud: LuaAnyUserData, v: LuaValue| {
             let mut m = from_lua_checked(lua, &v, "nb.metadata")?;
             if matches!(&m, Value::Array(a) if a.is_empty()) || m.is_null() {
                 m = Value::Object(Map::new());
             }
-            this.0.set_metadata(m).map_err(|e| misuse(lua, e))
+            ud.borrow_mut::<LuaNotebook>()?.0.set_metadata(m).map_err(|e| misuse(lua, e))
         });
     }
 
@@ -60,7 +152,14 @@ impl LuaUserData for LuaNotebook {
         methods.add_meta_method(LuaMetaMethod::Len, |_, this, ()| Ok(this.0.len()));
         methods.add_method("cell", |lua, this, i: i64| {
             let i = index(lua, &this.0, i, false)?;
-            to_lua(lua, &this.0.cell_joined(i).unwrap_or(Value::Null))
+            let copy = to_lua(lua, &this.0.cell_joined(i).unwrap_or(Value::Null))?;
+            let get = lua.create_function(move |_, ()| Ok(copy.clone()))?;
+            let msg = format!(
+                "nb:cell({}) is a read-only view of the cell: change it with nb:set_source({0}, src), \
+                 nb:set_outputs({0}, result) or nb:remove/nb:insert",
+                i + 1
+            );
+            views(lua)?.call::<LuaValue>((get, LuaValue::Nil, lua.create_table()?, msg))
         });
         methods.add_method_mut("push", |lua, this, cell: LuaValue| {
             let v = from_lua_checked(lua, &cell, "nb:push")?;

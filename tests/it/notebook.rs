@@ -453,3 +453,47 @@ fn a_sigkilled_run_keeps_every_finished_cell_of_a_fast_notebook() {
     }
     assert!(v["cells"][300]["execution_count"].is_null());
 }
+
+#[test]
+fn nb_metadata_writes_reach_the_notebook_and_cell_writes_raise() {
+    // nb.metadata and nb:cell(i) returned copies: `nb.metadata.x = y` and `nb:cell(1).source = s` did
+    // nothing, silently.
+    let d = util::tempdir();
+    let out = crate::kernel::lua(
+        d.path(),
+        r#"local notebook, json = require("notebook"), require("json")
+local nb = notebook.new()
+nb:push({cell_type = "code", source = "x = 1", metadata = {subtask = {id = "T1"}}})
+nb.metadata.owner = "lab"
+nb.metadata.execution = {}
+nb.metadata.execution.hypergraph = {hyperedges = {{tail = {"T1"}, head = "T2"}}}
+nb.metadata.kernelspec.display_name = "Python 3 (cellsci)"
+assert(nb.metadata.owner == "lab")
+assert(nb.metadata.execution.hypergraph.hyperedges[1].head == "T2")
+assert(#nb.metadata.execution.hypergraph.hyperedges == 1)
+local keys = {}
+for k in pairs(nb.metadata) do keys[#keys + 1] = k end
+table.sort(keys)
+assert(table.concat(keys, ",") == "execution,kernelspec,language_info,owner", table.concat(keys, ","))
+-- the old pattern still works: copy, change, assign back
+local md = nb.metadata
+md.tags = {"a"}
+nb.metadata = md
+assert(nb.metadata.tags[1] == "a")
+assert(json.decode(json.encode(nb.metadata)).owner == "lab")
+assert(nb:write("n.ipynb"))
+local back = assert(notebook.read("n.ipynb"))
+assert(back.metadata.execution.hypergraph.hyperedges[1].tail[1] == "T1")
+assert(back.metadata.kernelspec.display_name == "Python 3 (cellsci)")
+-- a cell is a read-only view
+local c = nb:cell(1)
+assert(c.source == "x = 1" and c.metadata.subtask.id == "T1")
+local ok, e = pcall(function() nb:cell(1).source = "y = 2" end)
+assert(not ok and tostring(e):find("nb:set_source%(1, src%)"), tostring(e))
+local ok2, e2 = pcall(function() c.metadata.subtask.id = "T9" end)
+assert(not ok2 and tostring(e2):find("read%-only"), tostring(e2))
+assert(nb:cell(1).metadata.subtask.id == "T1")
+print("ok")"#,
+    );
+    assert!(util::ok(&out).contains("ok"));
+}
