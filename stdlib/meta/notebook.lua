@@ -4,7 +4,8 @@
 -- it (as `meta.notebook`) returns a table of empty functions and never replaces the real module.
 
 ---Jupyter notebooks (nbformat 4.0-4.5) as handles (`nb`) with 1-based cell indices. `nb:cell(i)`
----returns a copy; changes go back through `nb:set_source`, `nb:set_outputs`, `nb.metadata = ...`.
+---is a read-only view (assigning to it raises); changes go through `nb:set_source`, `nb:set_outputs`;
+---`nb.metadata` is a live view (`nb.metadata.x = y` changes the notebook).
 ---Reading a missing or invalid file returns `nil, err`; a bad index or a malformed cell raises.
 ---Members a file already had are written back unchanged (a Jupyter-written notebook round-trips byte
 ---for byte).
@@ -46,7 +47,7 @@ local notebook = {}
 ---A notebook in memory (a handle; `#nb` is its number of cells; `tostring(nb)` is
 ---`"notebook (<n> cells, nbformat 4.<minor>)"`).
 ---@class cellsci.notebook.Notebook
----@field metadata table A copy of the notebook's metadata; assign a table to change it (`local m = nb.metadata; m.x = 1; nb.metadata = m`). Assigning nil or `{}` clears it; a non-table raises.
+---@field metadata table A live view of the notebook's metadata: `nb.metadata.x.y = 1` changes the notebook, and assigning a table replaces it. Assigning nil or `{}` clears it; a non-table raises.
 ---@operator len: integer
 local Notebook = {}
 
