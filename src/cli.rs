@@ -130,7 +130,7 @@ pub enum ScriptsCommand {
 #[derive(Subcommand, Debug)]
 pub enum NotebookCommand {
     /// Execute a notebook cell by cell in a kernel, saving after every cell.
-    Run(crate::nbrun::NotebookRunArgs),
+    Run(crate::notebook_run::NotebookRunArgs),
 }
 
 /// Run the parsed command line; returns the process exit code.
@@ -266,7 +266,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             }
             Ok(EXIT_OK)
         }
-        Command::Notebook(NotebookCommand::Run(args)) => crate::nbrun::run(args, cli.quiet).await,
+        Command::Notebook(NotebookCommand::Run(args)) => crate::notebook_run::run(args, cli.quiet).await,
         Command::KernelReaper { .. } | Command::NotebookSaver { .. } => {
             unreachable!("handled before the runtime starts")
         }
