@@ -3,8 +3,7 @@
 -- and improve the best valid node, each child told its parent's code, results or error. Stops when the
 -- criterion is met or experiment.max_iterations nodes have run; the best is archived. Each record keeps
 -- its parent, so the summary is the tree.
-local task = require("task")
-local pool_of = require("strategies.pool")
+local rounds = require("strategies.rounds")
 
 local M = {}
 
@@ -52,19 +51,7 @@ end
 
 function M.run(L, opts)
   local n = math.max(1, math.floor(tonumber(L:setting("branches", 4)) or 4))
-  local pool = pool_of(n)
-  while not L:done() do
-    local fns, taken = {}, {}
-    for _ = 1, n do
-      local act = M.choose(L, taken)
-      local node = L:node({ buffer = n > 1, pool = pool, kind = act.kind, parent = act.parent })
-      if not node then break end
-      table.insert(fns, function() return L:record(node, L:attempt(node, opts)) end)
-    end
-    if #fns == 0 then break end
-    task.all(fns)
-  end
-  if pool then pool:shutdown() end
+  rounds(L, opts, n, function(taken) return M.choose(L, taken) end)
 end
 
 return M
