@@ -271,3 +271,34 @@ fn a_cell_error_whose_text_says_config_does_not_stop_the_loop() {
     assert_eq!(s["iterations"][0]["error_kind"], "cell_unfixable", "{s:#}");
     assert!(s["stopped"].is_null(), "{s:#}");
 }
+
+#[test]
+fn with_feedback_on_the_next_iteration_is_told_what_the_earlier_ones_scored() {
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 2, "success_threshold": 0.99}, "search": {"feedback": true}}),
+        crate::pipeline::simple_handler(vec![
+            generation_reply(&[("T1", &metrics_cell(0.42))]),
+            generation_reply(&[("T1", "raise ValueError('boom')")]),
+        ]),
+    );
+    let out = p.run(&["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    let gens = p.requests(Kind::Generation);
+    assert_eq!(gens.len(), 2);
+    let first = gens[0]["messages"][1]["content"].as_str().unwrap();
+    let second = gens[1]["messages"][1]["content"].as_str().unwrap();
+    assert!(!first.contains("Results of earlier attempts"), "{first}");
+    assert!(
+        second.contains("Results of earlier attempts") && second.contains("attempt 1: VALID, PCC 0.4200"),
+        "{second}"
+    );
+    // Without the switch the seed's behaviour stays: every iteration from scratch.
+    let q = Project::new(
+        json!({"experiment": {"max_iterations": 2, "success_threshold": 0.99}}),
+        crate::pipeline::simple_handler(vec![generation_reply(&[("T1", &metrics_cell(0.42))])]),
+    );
+    assert_eq!(q.run(&["run"]).status.code(), Some(0));
+    for g in q.requests(Kind::Generation) {
+        assert!(!g["messages"][1]["content"].as_str().unwrap().contains("Results of earlier attempts"));
+    }
+}
