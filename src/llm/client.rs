@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::{CallOpts, Failure, Kind, Reply, Request, Usage};
+use super::{Adapt, CallOpts, Failure, Kind, Reply, Request, Usage};
 
 /// A base URL with its HTTP client (connection pool), its concurrency limit, and what was learnt about
 /// it (it refuses streaming).
@@ -58,24 +58,30 @@ fn interrupted() -> Failure {
 
 /// One request, waiting for a free slot of the endpoint first. A server that refuses streaming is
 /// asked again without it (and not asked to stream again).
-pub async fn chat(ep: &Endpoint, key: Option<&str>, req: &Request, opts: &CallOpts) -> Result<Reply, Failure> {
+pub async fn chat(
+    ep: &Endpoint,
+    key: Option<&str>,
+    req: &Request,
+    adapt: &Adapt,
+    opts: &CallOpts,
+) -> Result<Reply, Failure> {
     let token = crate::signals::token();
     let _permit = tokio::select! {
         _ = token.cancelled() => return Err(interrupted()),
         p = ep.limit.acquire() => p.map_err(|_| Failure::new(Kind::Config, "the endpoint is closed"))?,
     };
     let spinner = crate::ui::spinner(format!("{}: waiting for the reply", req.model));
-    let stream = opts.stream && !ep.refuses_stream.load(Ordering::Relaxed);
+    let stream = opts.stream && !adapt.no_stream && !ep.refuses_stream.load(Ordering::Relaxed);
     let mut r = tokio::select! {
         _ = token.cancelled() => Err(interrupted()),
-        r = exchange(ep, key, req, opts, stream, &spinner) => r,
+        r = exchange(ep, key, req, adapt, opts, stream, &spinner) => r,
     };
     if stream && matches!(&r, Err(f) if f.refused_stream) {
         ep.refuses_stream.store(true, Ordering::Relaxed);
         tracing::info!("{} refuses streaming; asking again without it", ep.base_url);
         r = tokio::select! {
             _ = token.cancelled() => Err(interrupted()),
-            r = exchange(ep, key, req, opts, false, &spinner) => r,
+            r = exchange(ep, key, req, adapt, opts, false, &spinner) => r,
         };
     }
     spinner.finish_and_clear();
@@ -94,6 +100,7 @@ async fn exchange(
     ep: &Endpoint,
     key: Option<&str>,
     req: &Request,
+    adapt: &Adapt,
     opts: &CallOpts,
     stream: bool,
     spinner: &indicatif::ProgressBar,
@@ -102,7 +109,7 @@ async fn exchange(
     let t = crate::duration_secs(opts.timeout.max(0.001));
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + t;
-    let mut rb = ep.client.post(&url).json(&req.body(stream));
+    let mut rb = ep.client.post(&url).json(&adapt.body(req, stream));
     if let Some(k) = key {
         rb = rb.bearer_auth(k);
     }

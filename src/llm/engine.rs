@@ -29,6 +29,8 @@ pub struct Engine {
     /// The API said to wait (a 429 with Retry-After) until then: every branch's next attempt waits, so
     /// a rate limit met by one branch slows all of them instead of each branch hitting it in turn.
     hold_until: Mutex<Option<Instant>>,
+    /// How requests to each model are adapted (learnt from 400s that named a parameter), for the run.
+    adaptations: Mutex<std::collections::HashMap<String, Adapt>>,
 }
 
 impl Engine {
@@ -43,6 +45,7 @@ impl Engine {
             events,
             progress,
             hold_until: Mutex::new(None),
+            adaptations: Mutex::new(Default::default()),
         }
     }
 
@@ -68,6 +71,55 @@ impl Engine {
     /// Whether the default is to stream (progress on a terminal), unless the config says.
     pub fn default_stream(&self) -> bool {
         self.settings.stream.unwrap_or(self.progress)
+    }
+
+    /// How requests to `model` are adapted now.
+    pub fn adaptation(&self, model: &str) -> Adapt {
+        self.adaptations.lock().unwrap_or_else(|e| e.into_inner()).get(model).cloned().unwrap_or_default()
+    }
+
+    /// Remember `new` for `model` for the rest of the run, on top of what was learnt before, and return
+    /// the result. What it changes is said once: a warning on stderr and an `llm_adapt` event.
+    pub fn adapt(&self, model: &str, new: &Adapt, why: &str, sink: Option<&Arc<EventLog>>) -> Adapt {
+        let (before, after) = {
+            let mut map = self.adaptations.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = map.entry(model.to_string()).or_default();
+            let before = slot.clone();
+            *slot = before.merged(new);
+            (before, slot.clone())
+        };
+        if after != before {
+            let why = self.settings.mask(why);
+            let change = Adapt {
+                rename: after
+                    .rename
+                    .iter()
+                    .filter(|(k, v)| before.rename.get(*k) != Some(*v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                drop: after.drop.difference(&before.drop).cloned().collect(),
+                set: after
+                    .set
+                    .iter()
+                    .filter(|(k, v)| before.set.get(*k) != Some(*v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                no_stream: after.no_stream && !before.no_stream,
+            };
+            crate::ui::eline(&format!(
+                "warning: {model} rejected a request parameter ({}); from now on for this model: {}",
+                head(&why, 200),
+                change.describe()
+            ));
+            if let Some(events) = sink.or(self.events.as_ref()) {
+                events.emit(
+                    "llm_adapt",
+                    json!({"model": model, "reason": why, "change": change.to_json(),
+                                                "adaptation": after.to_json()}),
+                );
+            }
+        }
+        after
     }
 
     /// Check the budgets before sending a request.
@@ -146,7 +198,7 @@ impl Engine {
             ));
         }
         let ep = self.endpoint().map_err(|e| Failure::new(Kind::Config, self.settings.mask(&e)))?;
-        client::chat(&ep, s.secret.expose(), req, opts).await.map_err(|mut f| {
+        client::chat(&ep, s.secret.expose(), req, &self.adaptation(&req.model), opts).await.map_err(|mut f| {
             f.message = s.mask(&f.message);
             f
         })
@@ -240,6 +292,10 @@ impl Engine {
                 "last_user": head(&self.settings.mask(&last_user), 300),
             },
         });
+        let adapt = self.adaptation(&req.model);
+        if !adapt.is_empty() && self.settings.replay.is_none() {
+            ev["request"]["adapted"] = json!(adapt.describe());
+        }
         match r {
             Ok(rep) => {
                 ev["outcome"] = json!("ok");

@@ -263,3 +263,79 @@ pub fn clip(text: &str, head: usize, tail: usize) -> (String, usize) {
     let cut = t - h;
     (format!("{}\n[… {cut} bytes cut …]\n{}", &text[..h], &text[t..]), cut)
 }
+
+/// How requests to one model are changed before they are sent, learnt from 400s that named a parameter
+/// (the Lua policy `stdlib/adapt.lua` decides; see `Engine::adapt`). Applied to the wire body only: a
+/// cassette still matches the request as the script made it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Adapt {
+    /// Body fields sent under another name (`max_tokens` → `max_completion_tokens`).
+    pub rename: std::collections::BTreeMap<String, String>,
+    /// Body fields not sent (`temperature`).
+    pub drop: std::collections::BTreeSet<String>,
+    /// Body fields replaced (`response_format` downgraded to `{"type": "json_object"}`).
+    pub set: serde_json::Map<String, Value>,
+    /// Never stream to this model.
+    pub no_stream: bool,
+}
+
+impl Adapt {
+    pub fn is_empty(&self) -> bool {
+        *self == Adapt::default()
+    }
+
+    /// This adaptation with `other`'s on top.
+    pub fn merged(&self, other: &Adapt) -> Adapt {
+        let mut a = self.clone();
+        for (k, v) in &other.rename {
+            a.rename.insert(k.clone(), v.clone());
+        }
+        for k in &other.drop {
+            a.set.remove(k);
+            a.drop.insert(k.clone());
+        }
+        for (k, v) in &other.set {
+            if !a.drop.contains(k) {
+                a.set.insert(k.clone(), v.clone());
+            }
+        }
+        a.no_stream |= other.no_stream;
+        a
+    }
+
+    /// The wire body of `req` with this adaptation applied.
+    pub fn body(&self, req: &Request, stream: bool) -> Value {
+        let mut b = req.body(stream && !self.no_stream);
+        let Value::Object(m) = &mut b else { return b };
+        for (k, v) in &self.set {
+            if m.contains_key(k) {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        for k in &self.drop {
+            m.remove(k);
+        }
+        for (from, to) in &self.rename {
+            if let Some(v) = m.remove(from) {
+                m.insert(to.clone(), v);
+            }
+        }
+        b
+    }
+
+    /// What is changed, for the event log and the warning.
+    pub fn to_json(&self) -> Value {
+        json!({"rename": self.rename, "drop": self.drop, "set": self.set, "no_stream": self.no_stream})
+    }
+
+    /// One line: `max_tokens sent as max_completion_tokens, temperature not sent`.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self.rename.iter().map(|(a, b)| format!("{a} sent as {b}")).collect();
+        parts.extend(self.drop.iter().map(|k| format!("{k} not sent")));
+        parts.extend(self.set.iter().map(|(k, v)| format!("{k} sent as {v}")));
+        if self.no_stream {
+            parts.push("no streaming".into());
+        }
+        parts.join(", ")
+    }
+}

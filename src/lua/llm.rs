@@ -15,7 +15,7 @@ use mlua::prelude::*;
 use serde_json::{json, Value};
 
 use super::boundary;
-use crate::llm::{CallOpts, Engine, Failure, Kind, Reply, Request, Settings};
+use crate::llm::{Adapt, CallOpts, Engine, Failure, Kind, Reply, Request, Settings};
 use crate::lua::ctx::HostCtx;
 
 const CHAT_OPTS: &[&str] = &[
@@ -241,8 +241,10 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
     let started = Instant::now();
     let mut counts: BTreeMap<&'static str, u32> = BTreeMap::new();
     let mut attempt: u32 = 0;
+    let mut adapted: u32 = 0;
     loop {
         attempt += 1;
+        let sent_with = en.adaptation(&req.model);
         let mut f = match en.attempt(&req, &call, attempt).await {
             Ok(rep) => {
                 en.record_call(&req.model, true, attempt);
@@ -250,6 +252,17 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
             }
             Err(f) => f,
         };
+        // A 400 naming a parameter the model refuses: the request is adapted (as `stdlib/adapt.lua`
+        // says) and sent again at once, before the retry policy is asked (it would not retry a 400).
+        if f.status == Some(400) && adapted < MAX_ADAPTATIONS && en.settings.replay.is_none() {
+            if let Some(new) = adapt_decision(&lua, &f, &req, &call, &sent_with, &en).await? {
+                let now = en.adapt(&req.model, &new, &f.message, call.events.as_ref());
+                if now != sent_with {
+                    adapted += 1;
+                    continue;
+                }
+            }
+        }
         *counts.entry(f.kind.as_str()).or_default() += 1;
         // The policy decides every kind (its table says which are never retried); Ctrl-C is not a
         // decision: once the run is interrupted no further attempt starts, whatever the policy says.
@@ -276,6 +289,54 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
         en.record_call(&req.model, false, attempt);
         return give_up(&lua, &f, attempt, started, reason, &req.model, &en);
     }
+}
+
+/// Adaptations one call may make (each answers one 400).
+const MAX_ADAPTATIONS: u32 = 4;
+
+/// Ask the adaptation policy (`require("adapt").decide(info)`) what to change after a 400.
+async fn adapt_decision(
+    lua: &Lua,
+    f: &Failure,
+    req: &Request,
+    call: &CallOpts,
+    sent_with: &Adapt,
+    en: &Engine,
+) -> LuaResult<Option<Adapt>> {
+    let body = sent_with.body(req, call.stream);
+    let info = lua.create_table()?;
+    info.set("status", f.status)?;
+    info.set("message", en.settings.mask(&f.message))?;
+    info.set("model", req.model.as_str())?;
+    let params: Vec<String> = body.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    info.set("params", params)?;
+    info.set("response_format", body.pointer("/response_format/type").and_then(Value::as_str))?;
+    let require: LuaFunction = lua.globals().get("require")?;
+    let module: LuaTable = require.call("adapt")?;
+    let func: LuaFunction = module
+        .get("decide")
+        .map_err(|_| LuaError::runtime("the adapt module (adapt.lua) must return a table with a decide function"))?;
+    let ret: LuaValue = func.call_async((module, info)).await?;
+    let LuaValue::Table(t) = ret else { return Ok(None) };
+    let mut a = Adapt::default();
+    if let Some(r) = t.get::<Option<LuaTable>>("rename")? {
+        for pair in r.pairs::<String, String>() {
+            let (k, v) = pair?;
+            a.rename.insert(k, v);
+        }
+    }
+    if let Some(d) = t.get::<Option<LuaTable>>("drop")? {
+        for k in d.sequence_values::<String>() {
+            a.drop.insert(k?);
+        }
+    }
+    if let Some(set) = t.get::<Option<LuaTable>>("set")? {
+        if let Value::Object(m) = boundary::from_lua_checked(lua, &LuaValue::Table(set), "adapt.lua: set")? {
+            a.set = m;
+        }
+    }
+    a.no_stream = t.get::<Option<bool>>("stream")? == Some(false);
+    Ok((!a.is_empty()).then_some(a))
 }
 
 fn reply_table(lua: &Lua, rep: &Reply, attempts: u32, started: Instant) -> LuaResult<LuaTable> {

@@ -21,8 +21,8 @@ local llm = {}
 ---@field prompt? string Appended as a `{role = "user"}` message. Default: none.
 ---@field system? string Prepended as a `{role = "system"}` message (raises if `messages` already starts with one). Default: none.
 ---@field model? string Default: the config's `llm.model` (`"gpt-4o-mini"`).
----@field temperature? number Default: the config's `llm.temperature` (none: the server's default).
----@field max_tokens? integer A positive integer. Default: the config's `llm.max_tokens` (none).
+---@field temperature? number Not sent to a model that refused it (`stdlib/adapt.lua`). Default: the config's `llm.temperature` (none: the server's default).
+---@field max_tokens? integer A positive integer (sent as `max_completion_tokens` to a model that refused `max_tokens`: `stdlib/adapt.lua`). Default: the config's `llm.max_tokens` (none: not sent).
 ---@field json? boolean Ask for a JSON object (`response_format = {type = "json_object"}`). Default: `false`.
 ---@field timeout? number Seconds to wait for a reply (streaming: the longest silence between chunks). Default: the config's `llm.timeout` (`600`).
 ---@field stream? boolean Stream the reply (shows tokens so far). Default: the config's `llm.stream`, else on when progress is shown (stderr is a terminal, not `-q`).

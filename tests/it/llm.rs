@@ -903,3 +903,152 @@ fn the_retry_policy_is_asked_about_every_kind_even_client_failures() {
     ok(&out);
     assert_eq!(srv.requests().len(), 3);
 }
+
+/// The events a script's `log.sink("ev.jsonl")` wrote.
+fn sink_events(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("ev.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Today's OpenAI reasoning models answer `max_tokens` with a 400; that ended a run as a `client`
+/// failure. The call must pass with `max_completion_tokens`, and the model's next call send it at once.
+#[test]
+fn a_model_that_refuses_max_tokens_gets_max_completion_tokens_from_then_on() {
+    let srv = FakeLlm::start();
+    srv.push(
+        400,
+        &[("content-type", "application/json")],
+        r#"{"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.", "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}}"#,
+    );
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"max_tokens": 500}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local sink = require("log").sink("ev.jsonl")
+        local r, err = llm.chat{prompt = "one", events = sink}
+        assert(r, tostring(err))
+        assert(r.text == "fake reply" and r.attempts == 2, r.attempts)
+        r, err = llm.chat{prompt = "two", events = sink}
+        assert(r and r.attempts == 1, tostring(err))
+        print("OK")
+        "#,
+        &[],
+    );
+    let printed = ok(&out);
+    assert!(printed.contains("OK"));
+    let rq = srv.requests();
+    assert_eq!(rq.len(), 3);
+    assert_eq!(rq[0]["max_tokens"], json!(500));
+    for r in &rq[1..] {
+        assert_eq!(r["max_completion_tokens"], json!(500), "{r}");
+        assert!(r.get("max_tokens").is_none(), "{r}");
+        assert_eq!(r["model"], "fake-model");
+        assert!(r["messages"].is_array());
+    }
+    let err = util::text(&out);
+    assert_eq!(err.matches("max_tokens sent as max_completion_tokens").count(), 1, "warned once:\n{err}");
+    let evs = sink_events(dir.path());
+    let adapts: Vec<&Value> = evs.iter().filter(|e| e["kind"] == "llm_adapt").collect();
+    assert_eq!(adapts.len(), 1, "{evs:?}");
+    assert_eq!(adapts[0]["change"]["rename"]["max_tokens"], "max_completion_tokens");
+}
+
+/// Reasoning models accept only the default temperature; the request is sent again without it, and
+/// so is every later one to that model (another model keeps its temperature).
+#[test]
+fn a_model_that_refuses_temperature_is_sent_none_from_then_on() {
+    let srv = FakeLlm::start();
+    srv.set_responder(|body| {
+        if body["model"] == "reasoner" && body.get("temperature").is_some() {
+            return Reply::Http {
+                status: 400,
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: br#"{"error": {"message": "Unsupported value: 'temperature' does not support 0.2 with this model. Only the default (1) value is supported.", "type": "invalid_request_error", "param": "temperature", "code": "unsupported_value"}}"#.to_vec(),
+            };
+        }
+        Reply::text("fine")
+    });
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"temperature": 0.2}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local r, err = llm.chat{prompt = "one", model = "reasoner"}
+        assert(r and r.text == "fine" and r.attempts == 2, tostring(err))
+        r, err = llm.chat{prompt = "two", model = "reasoner"}
+        assert(r and r.attempts == 1, tostring(err))
+        r, err = llm.chat{prompt = "three", model = "classic"}
+        assert(r and r.attempts == 1, tostring(err))
+        "#,
+        &[],
+    );
+    ok(&out);
+    let rq = srv.requests();
+    assert_eq!(rq.len(), 4);
+    assert_eq!(rq[0]["temperature"], json!(0.2));
+    assert!(rq[1].get("temperature").is_none() && rq[2].get("temperature").is_none());
+    assert_eq!(rq[3]["model"], "classic");
+    assert_eq!(rq[3]["temperature"], json!(0.2));
+    assert_eq!(util::text(&out).matches("temperature not sent").count(), 1);
+}
+
+/// `llm.max_tokens: null` and `llm.temperature: null` mean the request carries neither field.
+#[test]
+fn null_max_tokens_and_temperature_are_not_sent() {
+    let srv = FakeLlm::start();
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"max_tokens": null, "temperature": null}));
+    ok(&run(dir.path(), r#"assert(require("llm").chat{prompt = "x"})"#, &[]));
+    let rq = srv.requests();
+    assert_eq!(rq.len(), 1);
+    for k in ["max_tokens", "max_completion_tokens", "temperature"] {
+        assert!(rq[0].get(k).is_none(), "{k} sent: {}", rq[0]);
+    }
+}
+
+/// A 400 that names no parameter (a bad model name) is not adapted: one request, kind `client`.
+#[test]
+fn a_400_naming_no_parameter_is_not_adapted() {
+    let srv = FakeLlm::start();
+    srv.push(400, &[], r#"{"error": {"message": "The model 'nope' does not exist"}}"#);
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"max_tokens": 100, "temperature": 0.5}));
+    let out = run(
+        dir.path(),
+        r#"local r, err = require("llm").chat{prompt = "x"}
+           assert(not r and err.kind == "client", tostring(err))"#,
+        &[],
+    );
+    ok(&out);
+    assert_eq!(srv.requests().len(), 1);
+}
+
+/// An endpoint that refuses `response_format` gets the request without it (json_object is the last
+/// structured format before none).
+#[test]
+fn a_model_that_refuses_response_format_is_asked_without_it() {
+    let srv = FakeLlm::start();
+    srv.push(
+        400,
+        &[],
+        r#"{"error": {"message": "'response_format' of type 'json_object' is not supported with this model"}}"#,
+    );
+    srv.push_reply(r#"{"a": 1}"#);
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    ok(&run(
+        dir.path(),
+        r#"local r, err = require("llm").chat{prompt = "x", json = true}; assert(r, tostring(err))"#,
+        &[],
+    ));
+    let rq = srv.requests();
+    assert_eq!(rq.len(), 2);
+    assert_eq!(rq[0]["response_format"]["type"], "json_object");
+    assert!(rq[1].get("response_format").is_none());
+}
