@@ -331,9 +331,16 @@ pub fn parse_completion(body: &[u8], req: &Request, latency: f64, status: u16) -
         return Err(Failure::new(Kind::BadBody, format!("HTTP {status}, but the reply's choices are empty"))
             .with_status(status));
     };
-    let text = content_text(choice.pointer("/message/content").or_else(|| choice.get("text")));
+    let content = content_text(choice.pointer("/message/content").or_else(|| choice.get("text")));
+    let (text, inline) = super::split_reasoning(&content);
+    let field = choice
+        .pointer("/message/reasoning_content")
+        .or_else(|| choice.pointer("/message/reasoning"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let reply = Reply {
         text,
+        reasoning: join_reasoning(field, &inline),
         finish_reason: choice.get("finish_reason").and_then(Value::as_str).unwrap_or("").to_string(),
         usage: v.get("usage").and_then(Usage::from_json).unwrap_or_default(),
         model: v.get("model").and_then(Value::as_str).unwrap_or(&req.model).to_string(),
@@ -342,6 +349,14 @@ pub fn parse_completion(body: &[u8], req: &Request, latency: f64, status: u16) -
         replayed: false,
     };
     check_reply(reply, req).map_err(|f| f.with_status(status))
+}
+
+fn join_reasoning(a: &str, b: &str) -> String {
+    match (a.trim().is_empty(), b.is_empty()) {
+        (true, _) => b.to_string(),
+        (false, true) => a.to_string(),
+        (false, false) => format!("{a}\n\n{b}"),
+    }
 }
 
 /// A completion that arrived but cannot be used: cut off, or no content.
@@ -372,6 +387,7 @@ pub fn check_reply(reply: Reply, req: &Request) -> Result<Reply, Failure> {
 #[derive(Default)]
 struct StreamState {
     text: String,
+    reasoning: String,
     finish: Option<String>,
     usage: Option<Usage>,
     model: Option<String>,
@@ -408,6 +424,13 @@ impl StreamState {
             self.usage = Some(u);
         }
         if let Some(c) = v.pointer("/choices/0") {
+            let thought = c.pointer("/delta/reasoning_content").or_else(|| c.pointer("/delta/reasoning"));
+            if let Some(d) = thought.and_then(Value::as_str) {
+                if !d.is_empty() {
+                    self.reasoning.push_str(d);
+                    self.chunks += 1;
+                }
+            }
             if let Some(d) = c.pointer("/delta/content").and_then(Value::as_str) {
                 if !d.is_empty() {
                     self.text.push_str(d);
@@ -506,9 +529,12 @@ impl StreamState {
             prompt_tokens: (req.chars() / 4) as u64,
             completion_tokens: self.chunks,
             total_tokens: (req.chars() / 4) as u64 + self.chunks,
+            reasoning_tokens: 0,
         });
+        let (text, inline) = super::split_reasoning(&self.text);
         let reply = Reply {
-            text: self.text,
+            text,
+            reasoning: join_reasoning(&self.reasoning, &inline),
             finish_reason: self.finish.unwrap_or_else(|| "stop".into()),
             usage,
             model: self.model.unwrap_or_else(|| req.model.clone()),

@@ -305,6 +305,10 @@ impl Engine {
                     "usage": rep.usage.to_json(), "model": rep.model,
                     "text": head(&self.settings.mask(&rep.text), 300),
                 });
+                if !rep.reasoning.is_empty() {
+                    ev["response"]["reasoning_chars"] = json!(rep.reasoning.chars().count());
+                    ev["response"]["reasoning"] = json!(clip(&self.settings.mask(&rep.reasoning), 2048, 1024).0);
+                }
             }
             Err(f) => {
                 ev["outcome"] = json!("error");

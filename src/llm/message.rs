@@ -81,6 +81,9 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Of the completion tokens, those spent thinking (`completion_tokens_details.reasoning_tokens`),
+    /// when the endpoint says.
+    pub reasoning_tokens: u64,
 }
 
 impl Usage {
@@ -89,19 +92,28 @@ impl Usage {
         let g = |k: &str| o.get(k).and_then(Value::as_u64).unwrap_or(0);
         let (p, c) = (g("prompt_tokens"), g("completion_tokens"));
         let t = o.get("total_tokens").and_then(Value::as_u64).unwrap_or(p + c);
-        Some(Usage { prompt_tokens: p, completion_tokens: c, total_tokens: t })
+        let r = v.pointer("/completion_tokens_details/reasoning_tokens").and_then(Value::as_u64).unwrap_or(0);
+        Some(Usage { prompt_tokens: p, completion_tokens: c, total_tokens: t, reasoning_tokens: r })
     }
 
     pub fn to_json(self) -> Value {
-        json!({"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-               "total_tokens": self.total_tokens})
+        let mut v = json!({"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+               "total_tokens": self.total_tokens});
+        if self.reasoning_tokens > 0 {
+            // in the API's own shape, so a recorded usage reads back the same
+            v["completion_tokens_details"] = json!({"reasoning_tokens": self.reasoning_tokens});
+        }
+        v
     }
 }
 
 /// A completed exchange.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
+    /// The answer: reasoning (`reasoning_content`, `<think>` blocks) is never part of it.
     pub text: String,
+    /// What the model thought before answering, when the endpoint sent it (kept for the event log).
+    pub reasoning: String,
     pub finish_reason: String,
     pub usage: Usage,
     /// The model the server says answered (else the one asked for).
@@ -116,13 +128,18 @@ pub struct Reply {
 
 impl Reply {
     pub fn to_json(&self) -> Value {
-        json!({"text": self.text, "finish_reason": self.finish_reason, "usage": self.usage.to_json(),
-               "model": self.model})
+        let mut v = json!({"text": self.text, "finish_reason": self.finish_reason, "usage": self.usage.to_json(),
+               "model": self.model});
+        if !self.reasoning.is_empty() {
+            v["reasoning"] = json!(self.reasoning);
+        }
+        v
     }
 
     pub fn from_json(v: &Value) -> Option<Reply> {
         Some(Reply {
             text: v.get("text")?.as_str()?.to_string(),
+            reasoning: v.get("reasoning").and_then(Value::as_str).unwrap_or("").to_string(),
             finish_reason: v.get("finish_reason").and_then(Value::as_str).unwrap_or("stop").to_string(),
             usage: v.get("usage").and_then(Usage::from_json).unwrap_or_default(),
             model: v.get("model").and_then(Value::as_str).unwrap_or("").to_string(),
@@ -233,6 +250,37 @@ pub struct CallOpts {
     /// The trial's event log this call belongs to (its exchanges and usage go there), instead of the
     /// run's current one: concurrent branches each keep their own.
     pub events: Option<std::sync::Arc<crate::events::EventLog>>,
+}
+
+/// The answer and the reasoning of a reply's content: `<think>…</think>` blocks (and, from proxies that
+/// drop the opening tag, everything before a lone `</think>`) are reasoning; an unclosed `<think>` runs
+/// to the end (a reply cut off while thinking has no answer).
+pub fn split_reasoning(content: &str) -> (String, String) {
+    if !content.contains("<think>") && !content.contains("</think>") {
+        return (content.to_string(), String::new());
+    }
+    let (mut answer, mut thought) = (String::new(), Vec::<&str>::new());
+    let mut rest = content;
+    if let (Some(close), None) = (rest.find("</think>"), rest.find("<think>")) {
+        thought.push(rest[..close].trim());
+        rest = &rest[close + "</think>".len()..];
+    }
+    while let Some(open) = rest.find("<think>") {
+        answer.push_str(&rest[..open]);
+        let inner = &rest[open + "<think>".len()..];
+        match inner.find("</think>") {
+            Some(close) => {
+                thought.push(inner[..close].trim());
+                rest = &inner[close + "</think>".len()..];
+            }
+            None => {
+                thought.push(inner.trim());
+                rest = "";
+            }
+        }
+    }
+    answer.push_str(rest);
+    (answer.trim_start().to_string(), thought.join("\n\n"))
 }
 
 /// The first `n` characters of a text, marked when cut.

@@ -20,6 +20,8 @@ pub struct Counts {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Of the completion tokens, those spent thinking (when the endpoint says).
+    pub reasoning_tokens: u64,
     /// Seconds spent in requests (sum over requests; waits between retries not included).
     pub latency: f64,
     /// Failed requests by kind.
@@ -41,6 +43,7 @@ impl Counts {
             self.prompt_tokens += u.prompt_tokens;
             self.completion_tokens += u.completion_tokens;
             self.total_tokens += u.total_tokens;
+            self.reasoning_tokens += u.reasoning_tokens;
         }
     }
 
@@ -59,7 +62,7 @@ impl Counts {
             "calls": self.calls, "ok": self.ok, "failed": self.failed, "requests": self.requests,
             "retries": self.retries, "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens, "total_tokens": self.total_tokens,
-            "latency": (self.latency * 1000.0).round() / 1000.0, "failures": self.failures,
+            "reasoning_tokens": self.reasoning_tokens, "latency": (self.latency * 1000.0).round() / 1000.0, "failures": self.failures,
         })
     }
 }

@@ -342,6 +342,9 @@ async fn adapt_decision(
 fn reply_table(lua: &Lua, rep: &Reply, attempts: u32, started: Instant) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
     t.set("text", rep.text.as_str())?;
+    if !rep.reasoning.is_empty() {
+        t.set("reasoning", rep.reasoning.as_str())?;
+    }
     t.set("finish_reason", rep.finish_reason.as_str())?;
     t.set("usage", boundary::to_lua(lua, &rep.usage.to_json())?)?;
     t.set("latency", rep.latency)?;

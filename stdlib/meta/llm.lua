@@ -35,10 +35,12 @@ local llm = {}
 ---@field prompt_tokens integer
 ---@field completion_tokens integer
 ---@field total_tokens integer
+---@field completion_tokens_details? {reasoning_tokens: integer} When the endpoint reports reasoning tokens (part of `completion_tokens`).
 
 ---What a successful `llm.chat` returns.
 ---@class cellsci.llm.Reply
----@field text string The reply's content.
+---@field text string The reply's content: the answer, without any reasoning (`<think>` blocks, `reasoning_content`).
+---@field reasoning? string What a reasoning model thought before answering, when it sent it (also in the event log, clipped).
 ---@field finish_reason string E.g. `"stop"`.
 ---@field usage cellsci.llm.TokenUsage
 ---@field latency number Seconds of the successful request.
@@ -151,6 +153,7 @@ function llm.clip(text, opts) end
 ---@field prompt_tokens integer
 ---@field completion_tokens integer
 ---@field total_tokens integer
+---@field reasoning_tokens integer Of the completion tokens, those spent thinking (when the endpoint reports them).
 ---@field latency number Seconds spent in requests (waits between retries not included), rounded to ms.
 ---@field failures table<string, integer> Failed requests by kind.
 

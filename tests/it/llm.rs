@@ -1052,3 +1052,73 @@ fn a_model_that_refuses_response_format_is_asked_without_it() {
     assert_eq!(rq[0]["response_format"]["type"], "json_object");
     assert!(rq[1].get("response_format").is_none());
 }
+
+/// Thinking models through proxies send their reasoning in `reasoning_content` (whole, or as stream
+/// deltas) or inline `<think>` blocks: none of it may reach `text` (the answer that is parsed), all of
+/// it goes to the event log, and the reasoning tokens the endpoint reports are counted.
+#[test]
+fn reasoning_is_kept_out_of_the_answer_logged_and_counted() {
+    let srv = FakeLlm::start();
+    let thinking = || Reply::Thinking {
+        reasoning: "Let me think about {\"not\": \"the answer\"} carefully.".into(),
+        text: r#"{"answer": 42}"#.into(),
+        reasoning_tokens: 7,
+    };
+    srv.push_reply_with(thinking());
+    srv.push_reply_with(thinking());
+    srv.push_reply("<think>\nmaybe {\"a\": 0}?\n</think>\n{\"a\": 1}");
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local sink = require("log").sink("ev.jsonl")
+        for _, stream in ipairs{false, true} do
+          local r, err = llm.chat{prompt = "q", stream = stream, events = sink}
+          assert(r, tostring(err))
+          assert(r.text == '{"answer": 42}', r.text)
+          assert(r.streamed == stream)
+          assert(r.reasoning:find("carefully", 1, true), tostring(r.reasoning))
+          assert(r.usage.completion_tokens_details.reasoning_tokens == 7)
+          assert(llm.extract_json(r.text).answer == 42)
+        end
+        local r = assert(llm.chat{prompt = "q", events = sink})
+        assert(r.text == '{"a": 1}', r.text)
+        assert(r.reasoning:find('maybe {"a": 0}?', 1, true), r.reasoning)
+        local u = llm.usage()
+        assert(u.reasoning_tokens == 14, u.reasoning_tokens)
+        assert(u.models["fake-model"].reasoning_tokens == 14)
+        print("OK")
+        "#,
+        &[],
+    );
+    assert!(ok(&out).contains("OK"));
+    let evs: Vec<Value> = sink_events(dir.path()).into_iter().filter(|e| e["kind"] == "llm").collect();
+    assert_eq!(evs.len(), 3);
+    for e in &evs[..2] {
+        assert_eq!(e["response"]["text"], r#"{"answer": 42}"#);
+        assert!(e["response"]["reasoning"].as_str().unwrap().contains("carefully"), "{e}");
+    }
+    assert!(evs[2]["response"]["reasoning"].as_str().unwrap().contains("maybe"));
+}
+
+/// A long reasoning is clipped in the event log (both ends kept), never dropped or logged whole.
+#[test]
+fn long_reasoning_is_clipped_in_the_event_log() {
+    let srv = FakeLlm::start();
+    let long = format!("START {} END", "x".repeat(20_000));
+    srv.push_reply_with(Reply::Thinking { reasoning: long, text: "done".into(), reasoning_tokens: 5000 });
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    ok(&run(
+        dir.path(),
+        r#"local r = assert(require("llm").chat{prompt = "q", events = require("log").sink("ev.jsonl")})
+           assert(r.text == "done")"#,
+        &[],
+    ));
+    let ev = sink_events(dir.path()).into_iter().find(|e| e["kind"] == "llm").unwrap();
+    let logged = ev["response"]["reasoning"].as_str().unwrap();
+    assert!(logged.starts_with("START") && logged.ends_with("END") && logged.len() < 4000, "{}", logged.len());
+    assert_eq!(ev["response"]["reasoning_chars"], 20_010);
+}
