@@ -31,12 +31,13 @@ pub struct Engine {
     hold_until: Mutex<Option<Instant>>,
     /// How requests to each model are adapted (learnt from 400s that named a parameter), for the run.
     adaptations: Mutex<std::collections::HashMap<String, Adapt>>,
+    /// Prices per model: the price table with the config's `llm.prices` on top.
+    prices: std::collections::BTreeMap<String, Price>,
 }
 
 impl Engine {
     pub fn new(settings: Settings, events: Option<Arc<EventLog>>, progress: bool) -> Engine {
         Engine {
-            settings,
             settings_error: None,
             telemetry: Mutex::new(Default::default()),
             recorder: Mutex::new(None),
@@ -46,6 +47,8 @@ impl Engine {
             progress,
             hold_until: Mutex::new(None),
             adaptations: Mutex::new(Default::default()),
+            prices: settings.prices.clone(),
+            settings,
         }
     }
 
@@ -71,6 +74,18 @@ impl Engine {
     /// Whether the default is to stream (progress on a terminal), unless the config says.
     pub fn default_stream(&self) -> bool {
         self.settings.stream.unwrap_or(self.progress)
+    }
+
+    /// Use this price table (`stdlib/prices.lua`); the config's `llm.prices` entries stay on top.
+    pub fn set_price_table(&mut self, table: std::collections::BTreeMap<String, Price>) {
+        let mut p = table;
+        p.extend(self.settings.prices.clone());
+        self.prices = p;
+    }
+
+    /// What this usage of `model` cost, when the model has a price.
+    pub fn cost(&self, model: &str, usage: &Usage) -> Option<f64> {
+        price_of(&self.prices, model).map(|p| p.cost(usage))
     }
 
     /// How requests to `model` are adapted now.
@@ -138,6 +153,18 @@ impl Engine {
                 ));
             }
         }
+        if let Some(max) = s.max_cost {
+            if t.total.cost >= max {
+                return Err(Failure::new(
+                    Kind::Budget,
+                    format!(
+                        "LLM money budget used up: {:.4} spent of llm.max_cost = {max} (raise it or remove it from \
+                         the config to go on)",
+                        t.total.cost
+                    ),
+                ));
+            }
+        }
         if let Some(max) = s.max_calls {
             if t.total.requests >= max {
                 return Err(Failure::new(
@@ -159,6 +186,17 @@ impl Engine {
             return Err(Failure::new(Kind::Config, e.clone()));
         }
         self.check_budget()?;
+        if self.settings.max_cost.is_some() && price_of(&self.prices, &req.model).is_none() {
+            return Err(Failure::new(
+                Kind::Config,
+                format!(
+                    "llm.max_cost is set, but model '{}' has no price, so its calls could not be counted: add it \
+                     to llm.prices in the config ({{\"input\": ..., \"output\": ...}} per million tokens) or to \
+                     stdlib/prices.lua",
+                    req.model
+                ),
+            ));
+        }
         self.honour_hold().await?;
         let started = Instant::now();
         let result = if self.settings.replay.is_some() {
@@ -178,10 +216,14 @@ impl Engine {
                 }
             }
         }
+        let cost = match &result {
+            Ok(rep) => self.cost(&req.model, &rep.usage),
+            Err(f) => f.reply.as_ref().and_then(|rep| self.cost(&req.model, &rep.usage)),
+        };
         if !matches!(&result, Err(f) if matches!(f.kind, Kind::Budget | Kind::Config | Kind::ReplayMiss)) {
-            self.tel().record_attempt(&req.model, &result, latency);
+            self.tel().record_attempt(&req.model, &result, latency, cost);
         }
-        self.emit(req, &result, attempt, latency, opts.events.as_ref());
+        self.emit(req, &result, attempt, latency, cost, opts.events.as_ref());
         result
     }
 
@@ -258,6 +300,7 @@ impl Engine {
         r: &Result<Reply, Failure>,
         attempt: u32,
         latency: f64,
+        cost: Option<f64>,
         sink: Option<&Arc<EventLog>>,
     ) {
         let Some(events) = sink.or(self.events.as_ref()) else { return };
@@ -292,6 +335,9 @@ impl Engine {
                 "last_user": head(&self.settings.mask(&last_user), 300),
             },
         });
+        if let Some(c) = cost {
+            ev["cost"] = json!(c);
+        }
         let adapt = self.adaptation(&req.model);
         if !adapt.is_empty() && self.settings.replay.is_none() {
             ev["request"]["adapted"] = json!(adapt.describe());

@@ -54,9 +54,44 @@ pub fn engine(lua: &Lua) -> Arc<Engine> {
     if let Some(e) = lua.app_data_ref::<Arc<Engine>>() {
         return e.clone();
     }
-    let e = Arc::new(engine_for(&HostCtx::get(lua)));
+    let mut en = engine_for(&HostCtx::get(lua));
+    en.set_price_table(price_table(lua));
+    let e = Arc::new(en);
     lua.set_app_data(e.clone());
     e
+}
+
+/// The price table `require("prices")` returns (a user's `prices.lua` shadows the bundled one). One
+/// that cannot be read costs nothing but a warning: the run goes on, its calls unpriced.
+fn price_table(lua: &Lua) -> BTreeMap<String, crate::llm::Price> {
+    let mut out = BTreeMap::new();
+    let loaded = lua.globals().get::<LuaFunction>("require").and_then(|r| r.call::<LuaValue>("prices"));
+    let v = match loaded.map(|t| boundary::from_lua(&t)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            crate::ui::eline(&format!("warning: the price table (prices.lua) is unusable: {e}; calls are not priced"));
+            return out;
+        }
+        Err(e) => {
+            crate::ui::eline(&format!(
+                "warning: cannot load the price table (prices.lua): {e:#}; calls are not priced"
+            ));
+            return out;
+        }
+    };
+    let Value::Object(m) = v else {
+        crate::ui::eline("warning: prices.lua must return a table {model = {input =, output =}}; calls are not priced");
+        return out;
+    };
+    for (model, p) in m {
+        match crate::llm::Price::from_json(&p, &format!("prices.lua: {model}")) {
+            Ok(p) => {
+                out.insert(model, p);
+            }
+            Err(e) => crate::ui::eline(&format!("warning: {e}; that model is not priced")),
+        }
+    }
+    out
 }
 
 pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
@@ -248,7 +283,8 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
         let mut f = match en.attempt(&req, &call, attempt).await {
             Ok(rep) => {
                 en.record_call(&req.model, true, attempt);
-                return Ok((LuaValue::Table(reply_table(&lua, &rep, attempt, started)?), LuaValue::Nil));
+                let cost = en.cost(&req.model, &rep.usage);
+                return Ok((LuaValue::Table(reply_table(&lua, &rep, attempt, started, cost)?), LuaValue::Nil));
             }
             Err(f) => f,
         };
@@ -339,8 +375,9 @@ async fn adapt_decision(
     Ok((!a.is_empty()).then_some(a))
 }
 
-fn reply_table(lua: &Lua, rep: &Reply, attempts: u32, started: Instant) -> LuaResult<LuaTable> {
+fn reply_table(lua: &Lua, rep: &Reply, attempts: u32, started: Instant, cost: Option<f64>) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
+    t.set("cost", cost)?;
     t.set("text", rep.text.as_str())?;
     if !rep.reasoning.is_empty() {
         t.set("reasoning", rep.reasoning.as_str())?;

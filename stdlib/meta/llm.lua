@@ -43,6 +43,7 @@ local llm = {}
 ---@field reasoning? string What a reasoning model thought before answering, when it sent it (also in the event log, clipped).
 ---@field finish_reason string E.g. `"stop"`.
 ---@field usage cellsci.llm.TokenUsage
+---@field cost? number What `usage` cost at the model's price (`stdlib/prices.lua`, `llm.prices`); nil when the model has no price.
 ---@field latency number Seconds of the successful request.
 ---@field model string The model the server says answered (else the one asked for).
 ---@field attempts integer Requests made by this call (1 without retries).
@@ -60,7 +61,7 @@ local llm = {}
 ---| "empty"        # a completion with no content; retried
 ---| "truncated"    # cut off by max_tokens (finish_reason "length"); `err.text` holds the partial text; not retried by default
 ---| "client"       # another 4xx (bad model, bad key, exhausted quota); never retried by default (`per_kind.client = 0`)
----| "budget"       # llm.max_total_tokens / llm.max_calls used up; never retried by default
+---| "budget"       # llm.max_total_tokens / llm.max_calls / llm.max_cost used up; never retried by default
 ---| "replay_miss"  # replaying, and the cassette has no such request; never retried by default
 ---| "interrupted"  # Ctrl-C / SIGTERM; never retried (no attempt starts after Ctrl-C, whatever the policy says)
 ---| "config"       # missing key, unusable base_url, unreadable cassette; never retried by default
@@ -154,6 +155,8 @@ function llm.clip(text, opts) end
 ---@field completion_tokens integer
 ---@field total_tokens integer
 ---@field reasoning_tokens integer Of the completion tokens, those spent thinking (when the endpoint reports them).
+---@field cost number What the priced requests cost.
+---@field unpriced integer Requests of models with no price (left out of `cost`).
 ---@field latency number Seconds spent in requests (waits between retries not included), rounded to ms.
 ---@field failures table<string, integer> Failed requests by kind.
 
@@ -187,6 +190,7 @@ function llm.usage_snapshot(opts) end
 ---@field connect_timeout number Seconds (default `10`).
 ---@field max_total_tokens? integer Token budget of the run.
 ---@field max_calls? integer Request budget of the run.
+---@field max_cost? number Money budget of the run (priced by `stdlib/prices.lua` and `llm.prices`).
 ---@field max_concurrency integer Requests in flight at once (default `8`).
 ---@field stream? boolean Absent: stream when progress is shown.
 ---@field record? string Cassette being recorded to.

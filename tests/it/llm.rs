@@ -1122,3 +1122,92 @@ fn long_reasoning_is_clipped_in_the_event_log() {
     assert!(logged.starts_with("START") && logged.ends_with("END") && logged.len() < 4000, "{}", logged.len());
     assert_eq!(ev["response"]["reasoning_chars"], 20_010);
 }
+
+/// Each call says what it cost (prompt and completion tokens at the model's price per million), the
+/// run's usage sums it, and the config's `llm.prices` wins over the price table.
+#[test]
+fn a_call_costs_its_tokens_at_the_models_price() {
+    let srv = FakeLlm::start();
+    srv.set_responder(|_| Reply::Http {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: json!({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1000, "completion_tokens": 3000, "total_tokens": 4000,
+                      "completion_tokens_details": {"reasoning_tokens": 2000}}})
+        .to_string()
+        .into_bytes(),
+    });
+    let dir = tempdir();
+    // priced by the config; "gpt-4o-mini-2024-07-18" by the table's "gpt-4o-mini" entry (its prefix)
+    config(
+        dir.path(),
+        &srv.url(),
+        json!({"prices": {"priced": {"input": 2, "output": 10},
+                                                      "thinker": {"input": 1, "output": 4, "reasoning": 8}}}),
+    );
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local function near(a, b) return math.abs(a - b) < 1e-9 end
+        local r = assert(llm.chat{prompt = "x", model = "priced"})
+        assert(near(r.cost, (1000 * 2 + 3000 * 10) / 1e6), r.cost)
+        r = assert(llm.chat{prompt = "x", model = "thinker"})
+        assert(near(r.cost, (1000 * 1 + 1000 * 4 + 2000 * 8) / 1e6), r.cost)
+        r = assert(llm.chat{prompt = "x", model = "gpt-4o-mini-2024-07-18"})
+        assert(near(r.cost, (1000 * 0.15 + 3000 * 0.60) / 1e6), r.cost)
+        r = assert(llm.chat{prompt = "x", model = "nobody-knows"})
+        assert(r.cost == nil)
+        local u = llm.usage()
+        assert(near(u.cost, 0.032 + 0.021 + 0.00195), u.cost)
+        assert(u.unpriced == 1 and near(u.models.priced.cost, 0.032))
+        print("OK")
+        "#,
+        &[],
+    );
+    assert!(ok(&out).contains("OK"));
+}
+
+/// `llm.max_cost` stops further requests once the run has spent it (kind `budget`, so a loop ends
+/// cleanly), and refuses a model it cannot price rather than spend uncounted money.
+#[test]
+fn the_money_budget_stops_further_calls() {
+    let srv = FakeLlm::start();
+    let dir = tempdir();
+    // the fake counts ~chars/4 tokens: each call costs well over 0.000001 at 1000 per million
+    config(
+        dir.path(),
+        &srv.url(),
+        json!({"max_cost": 0.000001, "prices": {"fake-model": {"input": 1000, "output": 1000}}}),
+    );
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local r = assert(llm.chat{prompt = "first"})
+        assert(r.cost > 0.000001, r.cost)
+        local r2, err = llm.chat{prompt = "second"}
+        assert(not r2 and err.kind == "budget", tostring(err))
+        assert(err.message:find("llm.max_cost = ", 1, true), err.message)
+        local r3, err3 = llm.chat{prompt = "x", model = "unpriced-model"}
+        assert(not r3 and err3.kind == "budget", tostring(err3))
+        assert(require("llm").settings().max_cost == 0.000001)
+        print("OK")
+        "#,
+        &[],
+    );
+    assert!(ok(&out).contains("OK"));
+    assert_eq!(srv.requests().len(), 1);
+
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"max_cost": 5}));
+    let out = run(
+        dir.path(),
+        r#"local r, err = require("llm").chat{prompt = "x", model = "unpriced-model"}
+           assert(not r and err.kind == "config" and err.message:find("no price"), tostring(err))"#,
+        &[],
+    );
+    ok(&out);
+    assert_eq!(srv.requests().len(), 1, "no request for a model the budget cannot count");
+}
