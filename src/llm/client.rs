@@ -116,9 +116,16 @@ async fn exchange(
     if stream {
         rb = rb.header(reqwest::header::ACCEPT, "text/event-stream");
     }
-    let resp = match tokio::time::timeout_at(deadline, rb.send()).await {
+    // streaming with an idle timeout: a server that says nothing at all for that long has stalled too
+    let (idle, cap) = match opts.idle_timeout.filter(|_| stream) {
+        Some(i) => (crate::duration_secs(i.max(0.001)), t),
+        None => (t, t * STREAM_CAP),
+    };
+    let headers_by = if stream { deadline.min(tokio::time::Instant::now() + idle) } else { deadline };
+    let resp = match tokio::time::timeout_at(headers_by, rb.send()).await {
         Err(_) => {
-            return Err(Failure::new(Kind::Timeout, format!("no response from {url} within {}", secs(opts.timeout))))
+            let waited = if headers_by < deadline { idle.as_secs_f64() } else { opts.timeout };
+            return Err(Failure::new(Kind::Timeout, format!("no response from {url} within {}", secs(waited))));
         }
         Ok(Err(e)) => return Err(from_reqwest(&e, &url)),
         Ok(Ok(r)) => r,
@@ -145,7 +152,8 @@ async fn exchange(
         return Err(f);
     }
     if stream && ctype.contains("text/event-stream") {
-        return read_stream(resp, req, t, started, spinner).await;
+        let what = if opts.idle_timeout.is_some() { "the timeout" } else { "6 x the timeout" };
+        return read_stream(resp, req, (idle, cap, what), started, spinner).await;
     }
     let body = match tokio::time::timeout_at(deadline, resp.bytes()).await {
         Err(_) => {
@@ -451,7 +459,7 @@ const STREAM_CAP: u32 = 6;
 async fn read_stream(
     resp: reqwest::Response,
     req: &Request,
-    idle: Duration,
+    (idle, cap, what): (Duration, Duration, &str),
     started: Instant,
     spinner: &indicatif::ProgressBar,
 ) -> Result<Reply, Failure> {
@@ -466,13 +474,12 @@ async fn read_stream(
         f
     };
     // a server that trickles keep-alive bytes forever must not hold the run: the whole stream may
-    // last at most STREAM_CAP times the timeout
-    let cap = idle * STREAM_CAP;
+    // last at most `cap` (the timeout with an idle timeout, else STREAM_CAP times the timeout)
     while !st.done {
         if started.elapsed() > cap {
             let f = Failure::new(
                 Kind::Timeout,
-                format!("the stream went on for more than {} ({STREAM_CAP} x timeout)", secs(cap.as_secs_f64())),
+                format!("the stream went on for more than {} ({what})", secs(cap.as_secs_f64())),
             );
             return Err(partial(&st, f));
         }

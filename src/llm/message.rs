@@ -246,6 +246,9 @@ fn content_chars(c: &Value) -> usize {
 pub struct CallOpts {
     /// Seconds without a response (or, streaming, without a chunk) before the attempt is a timeout.
     pub timeout: f64,
+    /// Streaming: seconds without a byte before the attempt is a timeout; `timeout` then bounds the
+    /// whole exchange. None: `timeout` is the longest silence and a stream lasts at most 6 times it.
+    pub idle_timeout: Option<f64>,
     pub stream: bool,
     /// The trial's event log this call belongs to (its exchanges and usage go there), instead of the
     /// run's current one: concurrent branches each keep their own.

@@ -18,6 +18,8 @@ pub struct Settings {
     pub max_tokens: Option<u64>,
     pub temperature: Option<f64>,
     pub timeout: f64,
+    /// Streaming: the longest silence (seconds) before a stream is a stall; `timeout` is then the total.
+    pub idle_timeout: Option<f64>,
     pub connect_timeout: f64,
     pub max_total_tokens: Option<u64>,
     pub max_calls: Option<u64>,
@@ -173,6 +175,10 @@ impl Settings {
             max_tokens: llm.max_tokens,
             temperature: llm.temperature,
             timeout: llm.timeout,
+            idle_timeout: match num("idle_timeout")? {
+                Some(x) if x <= 0.0 => return Err(format!("llm.idle_timeout must be positive seconds, got {x}")),
+                x => x,
+            },
             connect_timeout: num("connect_timeout")?.unwrap_or(10.0).max(0.001),
             max_total_tokens: num("max_total_tokens")?.map(|x| x as u64),
             max_calls: num("max_calls")?.map(|x| x as u64),
@@ -212,7 +218,7 @@ impl Settings {
         json!({
             "model": self.model, "base_url": self.base_url,
             "api_key": self.secret.masked(),
-            "max_tokens": self.max_tokens, "temperature": self.temperature, "timeout": self.timeout,
+            "max_tokens": self.max_tokens, "temperature": self.temperature, "timeout": self.timeout, "idle_timeout": self.idle_timeout,
             "connect_timeout": self.connect_timeout, "max_total_tokens": self.max_total_tokens,
             "max_calls": self.max_calls, "max_cost": self.max_cost, "max_concurrency": self.max_concurrency, "stream": self.stream,
             "record": self.record.as_ref().map(|p| p.display().to_string()),

@@ -28,6 +28,7 @@ const CHAT_OPTS: &[&str] = &[
     "max_tokens",
     "json",
     "timeout",
+    "idle_timeout",
     "retry",
     "stream",
     "extra",
@@ -259,7 +260,15 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
             ))
         }
     };
-    let call = CallOpts { timeout, stream: o.bool("stream")?.unwrap_or_else(|| en.default_stream()), events };
+    let idle_timeout = match o.f64("idle_timeout")? {
+        None => en.settings.idle_timeout,
+        Some(t) if t > 0.0 => Some(t),
+        Some(t) => {
+            return Err(boundary::misuse(&lua, format!("llm.chat: 'idle_timeout' must be positive seconds, got {t}")))
+        }
+    };
+    let call =
+        CallOpts { timeout, idle_timeout, stream: o.bool("stream")?.unwrap_or_else(|| en.default_stream()), events };
     let retry = o.value("retry")?;
     match &retry {
         LuaValue::Nil | LuaValue::Boolean(_) | LuaValue::Function(_) | LuaValue::Table(_) => {}

@@ -1211,3 +1211,50 @@ fn the_money_budget_stops_further_calls() {
     ok(&out);
     assert_eq!(srv.requests().len(), 1, "no request for a model the budget cannot count");
 }
+
+/// With `llm.idle_timeout`, a thinking model that streams slowly is waited for as long as bytes keep
+/// coming (each gap under the idle timeout, the whole past it), while a real stall ends after the idle
+/// timeout, not the (long) total timeout.
+#[test]
+fn the_idle_timeout_catches_a_stall_but_not_a_slow_stream() {
+    let srv = FakeLlm::start();
+    srv.push_stream(&["a", "b", "c", "d", "e"], Duration::from_millis(400));
+    srv.push_stall(20.0);
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"idle_timeout": 1, "timeout": 30}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local r, err = llm.chat{prompt = "x", stream = true, retry = false}
+        assert(r and r.text == "abcde", tostring(err))
+        assert(r.latency > 1.5, r.latency)
+        local t0 = require("time").now()
+        r, err = llm.chat{prompt = "x", stream = true, retry = false}
+        local took = require("time").now() - t0
+        assert(not r and err.kind == "timeout", tostring(err))
+        assert(took < 5, "the stall took " .. took .. "s: " .. err.message)
+        assert(llm.settings().idle_timeout == 1)
+        print("OK")
+        "#,
+        &[],
+    );
+    assert!(ok(&out).contains("OK"));
+}
+
+/// With an idle timeout, `timeout` bounds the whole stream: one that keeps trickling is cut there.
+#[test]
+fn with_an_idle_timeout_the_timeout_bounds_the_whole_stream() {
+    let srv = FakeLlm::start();
+    srv.push_stream(&["a", "b", "c", "d", "e", "f", "g", "h"], Duration::from_millis(400));
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"idle_timeout": 1, "timeout": 1.5}));
+    let out = run(
+        dir.path(),
+        r#"local r, err = require("llm").chat{prompt = "x", stream = true, retry = false}
+           assert(not r and err.kind == "timeout", tostring(err))
+           assert(err.message:find("went on for more than 1.5s (the timeout)", 1, true), err.message)"#,
+        &[],
+    );
+    ok(&out);
+}
