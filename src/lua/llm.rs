@@ -299,7 +299,9 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
         };
         // A 400 naming a parameter the model refuses: the request is adapted (as `stdlib/adapt.lua`
         // says) and sent again at once, before the retry policy is asked (it would not retry a 400).
-        if f.status == Some(400) && adapted < MAX_ADAPTATIONS && en.settings.replay.is_none() {
+        // Replaying, the cassette holds the 400 and then the adapted exchange under the same request,
+        // so the same decision replays the run as it went.
+        if f.status == Some(400) && adapted < MAX_ADAPTATIONS {
             if let Some(new) = adapt_decision(&lua, &f, &req, &call, &sent_with, &en).await? {
                 let now = en.adapt(&req.model, &new, &f.message, call.events.as_ref());
                 if now != sent_with {

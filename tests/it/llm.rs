@@ -1258,3 +1258,25 @@ fn with_an_idle_timeout_the_timeout_bounds_the_whole_stream() {
     );
     ok(&out);
 }
+
+/// A run that adapted a request (a 400, then the adapted exchange) replays from its cassette as it went.
+#[test]
+fn an_adapted_run_replays_from_its_cassette() {
+    let srv = FakeLlm::start();
+    srv.push(400, &[], r#"{"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."}}"#);
+    srv.push_reply("adapted answer");
+    srv.push_reply("second answer");
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"max_tokens": 64}));
+    let script = r#"
+        local llm = require("llm")
+        local a = assert(llm.chat{prompt = "one"})
+        local b = assert(llm.chat{prompt = "two"})
+        print(a.text .. "|" .. b.text .. "|" .. a.attempts .. "|" .. b.attempts)
+    "#;
+    let out = run(dir.path(), script, &["--record", "cassette.jsonl"]);
+    assert!(ok(&out).contains("adapted answer|second answer|2|1"));
+    srv.stop();
+    let out = run(dir.path(), script, &["--replay", "cassette.jsonl"]);
+    assert!(ok(&out).contains("adapted answer|second answer|2|1"), "{}", util::text(&out));
+}
