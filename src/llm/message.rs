@@ -193,6 +193,10 @@ pub struct Request {
     /// Ask for a JSON object (`response_format: json_object`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub json: bool,
+    /// Ask for JSON of this shape (`response_format: {type: json_schema, json_schema: <this>}`, the
+    /// `{name, schema, strict?, description?}` object); wins over `json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<Value>,
     /// Extra body fields (top_p, seed, stop...), sent as given.
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub extra: serde_json::Map<String, Value>,
@@ -210,7 +214,9 @@ impl Request {
         if let Some(m) = self.max_tokens {
             b.insert("max_tokens".into(), json!(m));
         }
-        if self.json {
+        if let Some(schema) = &self.json_schema {
+            b.insert("response_format".into(), json!({"type": "json_schema", "json_schema": schema}));
+        } else if self.json {
             b.insert("response_format".into(), json!({"type": "json_object"}));
         }
         if stream {

@@ -82,6 +82,7 @@ mod tests {
             temperature: Some(0.2),
             max_tokens: Some(10),
             json: true,
+            json_schema: None,
             extra: [("seed".to_string(), json!(1))].into_iter().collect(),
         };
         let b = r.body(true);

@@ -27,6 +27,7 @@ const CHAT_OPTS: &[&str] = &[
     "temperature",
     "max_tokens",
     "json",
+    "json_schema",
     "timeout",
     "idle_timeout",
     "retry",
@@ -229,8 +230,46 @@ fn build_request(lua: &Lua, o: &boundary::Opts, en: &Engine) -> LuaResult<Reques
         temperature: o.f64("temperature")?.or(s.temperature),
         max_tokens,
         json: o.bool("json")?.unwrap_or(false),
+        json_schema: json_schema(lua, o)?,
         extra,
     })
+}
+
+/// `json_schema = {name =, schema =, strict =, description =}`, checked; `name` defaults to "reply".
+fn json_schema(lua: &Lua, o: &boundary::Opts) -> LuaResult<Option<Value>> {
+    let v = match o.value("json_schema")? {
+        LuaValue::Nil => return Ok(None),
+        v @ LuaValue::Table(_) => boundary::from_lua_checked(lua, &v, "llm.chat: json_schema")?,
+        other => {
+            return Err(boundary::misuse(
+                lua,
+                format!("llm.chat: 'json_schema' must be a table {{name =, schema =}}, got {}", other.type_name()),
+            ))
+        }
+    };
+    let Value::Object(mut m) = v else {
+        return Err(boundary::misuse(lua, "llm.chat: 'json_schema' must be a table {name =, schema =}"));
+    };
+    if let Some(k) = m.keys().find(|k| !matches!(k.as_str(), "name" | "schema" | "strict" | "description")) {
+        return Err(boundary::misuse(
+            lua,
+            format!("llm.chat: json_schema: unknown key '{k}' (expected name, schema, strict, description)"),
+        ));
+    }
+    if !m.get("schema").is_some_and(Value::is_object) {
+        return Err(boundary::misuse(lua, "llm.chat: json_schema needs 'schema', a JSON Schema table"));
+    }
+    let name = m.entry("name").or_insert_with(|| json!("reply"));
+    let ok = name.as_str().is_some_and(|n| {
+        (1..=64).contains(&n.len()) && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    });
+    if !ok {
+        return Err(boundary::misuse(
+            lua,
+            format!("llm.chat: json_schema.name must be 1-64 letters, digits, '_' or '-', got {name}"),
+        ));
+    }
+    Ok(Some(Value::Object(m)))
 }
 
 async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {

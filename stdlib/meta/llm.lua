@@ -24,6 +24,7 @@ local llm = {}
 ---@field temperature? number Not sent to a model that refused it (`stdlib/adapt.lua`). Default: the config's `llm.temperature` (none: the server's default).
 ---@field max_tokens? integer A positive integer (sent as `max_completion_tokens` to a model that refused `max_tokens`: `stdlib/adapt.lua`). Default: the config's `llm.max_tokens` (none: not sent).
 ---@field json? boolean Ask for a JSON object (`response_format = {type = "json_object"}`). Default: `false`.
+---@field json_schema? {name?: string, schema: table, strict?: boolean, description?: string} Ask for JSON of this shape (`response_format = {type = "json_schema", json_schema = this}`; wins over `json`; a model that refuses it gets `json_object`: `stdlib/adapt.lua`). `name` defaults to `"reply"`. Default: none.
 ---@field timeout? number Seconds to wait for a reply (streaming without an idle timeout: the longest silence between chunks, a whole stream at most 6 times it). Default: the config's `llm.timeout` (`600`).
 ---@field idle_timeout? number Streaming: seconds without a byte before the attempt is a timeout; `timeout` then bounds the whole exchange. Default: the config's `llm.idle_timeout` (none).
 ---@field stream? boolean Stream the reply (shows tokens so far). Default: the config's `llm.stream`, else on when progress is shown (stderr is a terminal, not `-q`).

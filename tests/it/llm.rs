@@ -1280,3 +1280,48 @@ fn an_adapted_run_replays_from_its_cassette() {
     let out = run(dir.path(), script, &["--replay", "cassette.jsonl"]);
     assert!(ok(&out).contains("adapted answer|second answer|2|1"), "{}", util::text(&out));
 }
+
+/// `json_schema` asks for a reply of that shape (`response_format: json_schema`); a model that refuses
+/// it is asked for a JSON object instead, from then on.
+#[test]
+fn a_model_that_refuses_json_schema_gets_json_object_from_then_on() {
+    let srv = FakeLlm::start();
+    srv.push(
+        400,
+        &[("content-type", "application/json")],
+        r#"{"error": {"message": "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.", "param": "response_format"}}"#,
+    );
+    srv.push_reply(r#"{"code": "print(1)"}"#);
+    srv.push_reply(r#"{"code": "print(2)"}"#);
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local schema = {name = "cell", strict = true, schema = {type = "object",
+          properties = {code = {type = "string"}}, required = {"code"}, additionalProperties = false}}
+        for i = 1, 2 do
+          local r, err = llm.chat{prompt = "answer in JSON", json_schema = schema}
+          assert(r, tostring(err))
+          assert(llm.extract_json(r.text).code == "print(" .. i .. ")")
+        end
+        local ok, e = pcall(llm.chat, {prompt = "x", json_schema = {schema = {}, nmae = "typo"}})
+        assert(not ok and tostring(e):find("unknown key 'nmae'"), tostring(e))
+        ok, e = pcall(llm.chat, {prompt = "x", json_schema = {name = "has space", schema = {}}})
+        assert(not ok and tostring(e):find("json_schema.name"), tostring(e))
+        print("OK")
+        "#,
+        &[],
+    );
+    assert!(ok(&out).contains("OK"));
+    let rq = srv.requests();
+    assert_eq!(rq.len(), 3);
+    assert_eq!(rq[0]["response_format"]["type"], "json_schema");
+    assert_eq!(rq[0]["response_format"]["json_schema"]["name"], "cell");
+    assert_eq!(rq[0]["response_format"]["json_schema"]["strict"], true);
+    assert_eq!(rq[0]["response_format"]["json_schema"]["schema"]["required"], json!(["code"]));
+    for r in &rq[1..] {
+        assert_eq!(r["response_format"], json!({"type": "json_object"}), "{r}");
+    }
+}
