@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::{CallOpts, Failure, Kind, Reply, Request, Usage};
+use super::{Adapt, CallOpts, Failure, Kind, Reply, Request, Usage};
 
 /// A base URL with its HTTP client (connection pool), its concurrency limit, and what was learnt about
 /// it (it refuses streaming).
@@ -58,24 +58,30 @@ fn interrupted() -> Failure {
 
 /// One request, waiting for a free slot of the endpoint first. A server that refuses streaming is
 /// asked again without it (and not asked to stream again).
-pub async fn chat(ep: &Endpoint, key: Option<&str>, req: &Request, opts: &CallOpts) -> Result<Reply, Failure> {
+pub async fn chat(
+    ep: &Endpoint,
+    key: Option<&str>,
+    req: &Request,
+    adapt: &Adapt,
+    opts: &CallOpts,
+) -> Result<Reply, Failure> {
     let token = crate::signals::token();
     let _permit = tokio::select! {
         _ = token.cancelled() => return Err(interrupted()),
         p = ep.limit.acquire() => p.map_err(|_| Failure::new(Kind::Config, "the endpoint is closed"))?,
     };
     let spinner = crate::ui::spinner(format!("{}: waiting for the reply", req.model));
-    let stream = opts.stream && !ep.refuses_stream.load(Ordering::Relaxed);
+    let stream = opts.stream && !adapt.no_stream && !ep.refuses_stream.load(Ordering::Relaxed);
     let mut r = tokio::select! {
         _ = token.cancelled() => Err(interrupted()),
-        r = exchange(ep, key, req, opts, stream, &spinner) => r,
+        r = exchange(ep, key, req, adapt, opts, stream, &spinner) => r,
     };
     if stream && matches!(&r, Err(f) if f.refused_stream) {
         ep.refuses_stream.store(true, Ordering::Relaxed);
         tracing::info!("{} refuses streaming; asking again without it", ep.base_url);
         r = tokio::select! {
             _ = token.cancelled() => Err(interrupted()),
-            r = exchange(ep, key, req, opts, false, &spinner) => r,
+            r = exchange(ep, key, req, adapt, opts, false, &spinner) => r,
         };
     }
     spinner.finish_and_clear();
@@ -94,6 +100,7 @@ async fn exchange(
     ep: &Endpoint,
     key: Option<&str>,
     req: &Request,
+    adapt: &Adapt,
     opts: &CallOpts,
     stream: bool,
     spinner: &indicatif::ProgressBar,
@@ -102,16 +109,23 @@ async fn exchange(
     let t = crate::duration_secs(opts.timeout.max(0.001));
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + t;
-    let mut rb = ep.client.post(&url).json(&req.body(stream));
+    let mut rb = ep.client.post(&url).json(&adapt.body(req, stream));
     if let Some(k) = key {
         rb = rb.bearer_auth(k);
     }
     if stream {
         rb = rb.header(reqwest::header::ACCEPT, "text/event-stream");
     }
-    let resp = match tokio::time::timeout_at(deadline, rb.send()).await {
+    // streaming with an idle timeout: a server that says nothing at all for that long has stalled too
+    let (idle, cap) = match opts.idle_timeout.filter(|_| stream) {
+        Some(i) => (crate::duration_secs(i.max(0.001)), t),
+        None => (t, t * STREAM_CAP),
+    };
+    let headers_by = if stream { deadline.min(tokio::time::Instant::now() + idle) } else { deadline };
+    let resp = match tokio::time::timeout_at(headers_by, rb.send()).await {
         Err(_) => {
-            return Err(Failure::new(Kind::Timeout, format!("no response from {url} within {}", secs(opts.timeout))))
+            let waited = if headers_by < deadline { idle.as_secs_f64() } else { opts.timeout };
+            return Err(Failure::new(Kind::Timeout, format!("no response from {url} within {}", secs(waited))));
         }
         Ok(Err(e)) => return Err(from_reqwest(&e, &url)),
         Ok(Ok(r)) => r,
@@ -138,7 +152,8 @@ async fn exchange(
         return Err(f);
     }
     if stream && ctype.contains("text/event-stream") {
-        return read_stream(resp, req, t, started, spinner).await;
+        let what = if opts.idle_timeout.is_some() { "the timeout" } else { "6 x the timeout" };
+        return read_stream(resp, req, (idle, cap, what), started, spinner).await;
     }
     let body = match tokio::time::timeout_at(deadline, resp.bytes()).await {
         Err(_) => {
@@ -324,9 +339,16 @@ pub fn parse_completion(body: &[u8], req: &Request, latency: f64, status: u16) -
         return Err(Failure::new(Kind::BadBody, format!("HTTP {status}, but the reply's choices are empty"))
             .with_status(status));
     };
-    let text = content_text(choice.pointer("/message/content").or_else(|| choice.get("text")));
+    let content = content_text(choice.pointer("/message/content").or_else(|| choice.get("text")));
+    let (text, inline) = super::split_reasoning(&content);
+    let field = choice
+        .pointer("/message/reasoning_content")
+        .or_else(|| choice.pointer("/message/reasoning"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let reply = Reply {
         text,
+        reasoning: join_reasoning(field, &inline),
         finish_reason: choice.get("finish_reason").and_then(Value::as_str).unwrap_or("").to_string(),
         usage: v.get("usage").and_then(Usage::from_json).unwrap_or_default(),
         model: v.get("model").and_then(Value::as_str).unwrap_or(&req.model).to_string(),
@@ -335,6 +357,14 @@ pub fn parse_completion(body: &[u8], req: &Request, latency: f64, status: u16) -
         replayed: false,
     };
     check_reply(reply, req).map_err(|f| f.with_status(status))
+}
+
+fn join_reasoning(a: &str, b: &str) -> String {
+    match (a.trim().is_empty(), b.is_empty()) {
+        (true, _) => b.to_string(),
+        (false, true) => a.to_string(),
+        (false, false) => format!("{a}\n\n{b}"),
+    }
 }
 
 /// A completion that arrived but cannot be used: cut off, or no content.
@@ -365,6 +395,7 @@ pub fn check_reply(reply: Reply, req: &Request) -> Result<Reply, Failure> {
 #[derive(Default)]
 struct StreamState {
     text: String,
+    reasoning: String,
     finish: Option<String>,
     usage: Option<Usage>,
     model: Option<String>,
@@ -401,6 +432,13 @@ impl StreamState {
             self.usage = Some(u);
         }
         if let Some(c) = v.pointer("/choices/0") {
+            let thought = c.pointer("/delta/reasoning_content").or_else(|| c.pointer("/delta/reasoning"));
+            if let Some(d) = thought.and_then(Value::as_str) {
+                if !d.is_empty() {
+                    self.reasoning.push_str(d);
+                    self.chunks += 1;
+                }
+            }
             if let Some(d) = c.pointer("/delta/content").and_then(Value::as_str) {
                 if !d.is_empty() {
                     self.text.push_str(d);
@@ -421,7 +459,7 @@ const STREAM_CAP: u32 = 6;
 async fn read_stream(
     resp: reqwest::Response,
     req: &Request,
-    idle: Duration,
+    (idle, cap, what): (Duration, Duration, &str),
     started: Instant,
     spinner: &indicatif::ProgressBar,
 ) -> Result<Reply, Failure> {
@@ -436,13 +474,12 @@ async fn read_stream(
         f
     };
     // a server that trickles keep-alive bytes forever must not hold the run: the whole stream may
-    // last at most STREAM_CAP times the timeout
-    let cap = idle * STREAM_CAP;
+    // last at most `cap` (the timeout with an idle timeout, else STREAM_CAP times the timeout)
     while !st.done {
         if started.elapsed() > cap {
             let f = Failure::new(
                 Kind::Timeout,
-                format!("the stream went on for more than {} ({STREAM_CAP} x timeout)", secs(cap.as_secs_f64())),
+                format!("the stream went on for more than {} ({what})", secs(cap.as_secs_f64())),
             );
             return Err(partial(&st, f));
         }
@@ -499,9 +536,12 @@ impl StreamState {
             prompt_tokens: (req.chars() / 4) as u64,
             completion_tokens: self.chunks,
             total_tokens: (req.chars() / 4) as u64 + self.chunks,
+            reasoning_tokens: 0,
         });
+        let (text, inline) = super::split_reasoning(&self.text);
         let reply = Reply {
-            text: self.text,
+            text,
+            reasoning: join_reasoning(&self.reasoning, &inline),
             finish_reason: self.finish.unwrap_or_else(|| "stop".into()),
             usage,
             model: self.model.unwrap_or_else(|| req.model.clone()),

@@ -29,12 +29,15 @@ pub struct Engine {
     /// The API said to wait (a 429 with Retry-After) until then: every branch's next attempt waits, so
     /// a rate limit met by one branch slows all of them instead of each branch hitting it in turn.
     hold_until: Mutex<Option<Instant>>,
+    /// How requests to each model are adapted (learnt from 400s that named a parameter), for the run.
+    adaptations: Mutex<std::collections::HashMap<String, Adapt>>,
+    /// Prices per model: the price table with the config's `llm.prices` on top.
+    prices: std::collections::BTreeMap<String, Price>,
 }
 
 impl Engine {
     pub fn new(settings: Settings, events: Option<Arc<EventLog>>, progress: bool) -> Engine {
         Engine {
-            settings,
             settings_error: None,
             telemetry: Mutex::new(Default::default()),
             recorder: Mutex::new(None),
@@ -43,6 +46,9 @@ impl Engine {
             events,
             progress,
             hold_until: Mutex::new(None),
+            adaptations: Mutex::new(Default::default()),
+            prices: settings.prices.clone(),
+            settings,
         }
     }
 
@@ -70,6 +76,67 @@ impl Engine {
         self.settings.stream.unwrap_or(self.progress)
     }
 
+    /// Use this price table (`stdlib/prices.lua`); the config's `llm.prices` entries stay on top.
+    pub fn set_price_table(&mut self, table: std::collections::BTreeMap<String, Price>) {
+        let mut p = table;
+        p.extend(self.settings.prices.clone());
+        self.prices = p;
+    }
+
+    /// What this usage of `model` cost, when the model has a price.
+    pub fn cost(&self, model: &str, usage: &Usage) -> Option<f64> {
+        price_of(&self.prices, model).map(|p| p.cost(usage))
+    }
+
+    /// How requests to `model` are adapted now.
+    pub fn adaptation(&self, model: &str) -> Adapt {
+        self.adaptations.lock().unwrap_or_else(|e| e.into_inner()).get(model).cloned().unwrap_or_default()
+    }
+
+    /// Remember `new` for `model` for the rest of the run, on top of what was learnt before, and return
+    /// the result. What it changes is said once: a warning on stderr and an `llm_adapt` event.
+    pub fn adapt(&self, model: &str, new: &Adapt, why: &str, sink: Option<&Arc<EventLog>>) -> Adapt {
+        let (before, after) = {
+            let mut map = self.adaptations.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = map.entry(model.to_string()).or_default();
+            let before = slot.clone();
+            *slot = before.merged(new);
+            (before, slot.clone())
+        };
+        if after != before {
+            let why = self.settings.mask(why);
+            let change = Adapt {
+                rename: after
+                    .rename
+                    .iter()
+                    .filter(|(k, v)| before.rename.get(*k) != Some(*v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                drop: after.drop.difference(&before.drop).cloned().collect(),
+                set: after
+                    .set
+                    .iter()
+                    .filter(|(k, v)| before.set.get(*k) != Some(*v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                no_stream: after.no_stream && !before.no_stream,
+            };
+            crate::ui::eline(&format!(
+                "warning: {model} rejected a request parameter ({}); from now on for this model: {}",
+                head(&why, 200),
+                change.describe()
+            ));
+            if let Some(events) = sink.or(self.events.as_ref()) {
+                events.emit(
+                    "llm_adapt",
+                    json!({"model": model, "reason": why, "change": change.to_json(),
+                                                "adaptation": after.to_json()}),
+                );
+            }
+        }
+        after
+    }
+
     /// Check the budgets before sending a request.
     fn check_budget(&self) -> Result<(), Failure> {
         let t = self.tel();
@@ -82,6 +149,18 @@ impl Engine {
                         "LLM token budget used up: {} tokens used of llm.max_total_tokens = {max} (raise it or remove it \
                          from the config to go on)",
                         t.total.total_tokens
+                    ),
+                ));
+            }
+        }
+        if let Some(max) = s.max_cost {
+            if t.total.cost >= max {
+                return Err(Failure::new(
+                    Kind::Budget,
+                    format!(
+                        "LLM money budget used up: {:.4} spent of llm.max_cost = {max} (raise it or remove it from \
+                         the config to go on)",
+                        t.total.cost
                     ),
                 ));
             }
@@ -107,6 +186,17 @@ impl Engine {
             return Err(Failure::new(Kind::Config, e.clone()));
         }
         self.check_budget()?;
+        if self.settings.max_cost.is_some() && price_of(&self.prices, &req.model).is_none() {
+            return Err(Failure::new(
+                Kind::Config,
+                format!(
+                    "llm.max_cost is set, but model '{}' has no price, so its calls could not be counted: add it \
+                     to llm.prices in the config ({{\"input\": ..., \"output\": ...}} per million tokens) or to \
+                     stdlib/prices.lua",
+                    req.model
+                ),
+            ));
+        }
         self.honour_hold().await?;
         let started = Instant::now();
         let result = if self.settings.replay.is_some() {
@@ -126,10 +216,14 @@ impl Engine {
                 }
             }
         }
+        let cost = match &result {
+            Ok(rep) => self.cost(&req.model, &rep.usage),
+            Err(f) => f.reply.as_ref().and_then(|rep| self.cost(&req.model, &rep.usage)),
+        };
         if !matches!(&result, Err(f) if matches!(f.kind, Kind::Budget | Kind::Config | Kind::ReplayMiss)) {
-            self.tel().record_attempt(&req.model, &result, latency);
+            self.tel().record_attempt(&req.model, &result, latency, cost);
         }
-        self.emit(req, &result, attempt, latency, opts.events.as_ref());
+        self.emit(req, &result, attempt, latency, cost, opts.events.as_ref());
         result
     }
 
@@ -146,7 +240,7 @@ impl Engine {
             ));
         }
         let ep = self.endpoint().map_err(|e| Failure::new(Kind::Config, self.settings.mask(&e)))?;
-        client::chat(&ep, s.secret.expose(), req, opts).await.map_err(|mut f| {
+        client::chat(&ep, s.secret.expose(), req, &self.adaptation(&req.model), opts).await.map_err(|mut f| {
             f.message = s.mask(&f.message);
             f
         })
@@ -206,6 +300,7 @@ impl Engine {
         r: &Result<Reply, Failure>,
         attempt: u32,
         latency: f64,
+        cost: Option<f64>,
         sink: Option<&Arc<EventLog>>,
     ) {
         let Some(events) = sink.or(self.events.as_ref()) else { return };
@@ -240,6 +335,13 @@ impl Engine {
                 "last_user": head(&self.settings.mask(&last_user), 300),
             },
         });
+        if let Some(c) = cost {
+            ev["cost"] = json!(c);
+        }
+        let adapt = self.adaptation(&req.model);
+        if !adapt.is_empty() && self.settings.replay.is_none() {
+            ev["request"]["adapted"] = json!(adapt.describe());
+        }
         match r {
             Ok(rep) => {
                 ev["outcome"] = json!("ok");
@@ -249,6 +351,10 @@ impl Engine {
                     "usage": rep.usage.to_json(), "model": rep.model,
                     "text": head(&self.settings.mask(&rep.text), 300),
                 });
+                if !rep.reasoning.is_empty() {
+                    ev["response"]["reasoning_chars"] = json!(rep.reasoning.chars().count());
+                    ev["response"]["reasoning"] = json!(clip(&self.settings.mask(&rep.reasoning), 2048, 1024).0);
+                }
             }
             Err(f) => {
                 ev["outcome"] = json!("error");

@@ -81,6 +81,9 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Of the completion tokens, those spent thinking (`completion_tokens_details.reasoning_tokens`),
+    /// when the endpoint says.
+    pub reasoning_tokens: u64,
 }
 
 impl Usage {
@@ -89,19 +92,28 @@ impl Usage {
         let g = |k: &str| o.get(k).and_then(Value::as_u64).unwrap_or(0);
         let (p, c) = (g("prompt_tokens"), g("completion_tokens"));
         let t = o.get("total_tokens").and_then(Value::as_u64).unwrap_or(p + c);
-        Some(Usage { prompt_tokens: p, completion_tokens: c, total_tokens: t })
+        let r = v.pointer("/completion_tokens_details/reasoning_tokens").and_then(Value::as_u64).unwrap_or(0);
+        Some(Usage { prompt_tokens: p, completion_tokens: c, total_tokens: t, reasoning_tokens: r })
     }
 
     pub fn to_json(self) -> Value {
-        json!({"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-               "total_tokens": self.total_tokens})
+        let mut v = json!({"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+               "total_tokens": self.total_tokens});
+        if self.reasoning_tokens > 0 {
+            // in the API's own shape, so a recorded usage reads back the same
+            v["completion_tokens_details"] = json!({"reasoning_tokens": self.reasoning_tokens});
+        }
+        v
     }
 }
 
 /// A completed exchange.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
+    /// The answer: reasoning (`reasoning_content`, `<think>` blocks) is never part of it.
     pub text: String,
+    /// What the model thought before answering, when the endpoint sent it (kept for the event log).
+    pub reasoning: String,
     pub finish_reason: String,
     pub usage: Usage,
     /// The model the server says answered (else the one asked for).
@@ -116,13 +128,18 @@ pub struct Reply {
 
 impl Reply {
     pub fn to_json(&self) -> Value {
-        json!({"text": self.text, "finish_reason": self.finish_reason, "usage": self.usage.to_json(),
-               "model": self.model})
+        let mut v = json!({"text": self.text, "finish_reason": self.finish_reason, "usage": self.usage.to_json(),
+               "model": self.model});
+        if !self.reasoning.is_empty() {
+            v["reasoning"] = json!(self.reasoning);
+        }
+        v
     }
 
     pub fn from_json(v: &Value) -> Option<Reply> {
         Some(Reply {
             text: v.get("text")?.as_str()?.to_string(),
+            reasoning: v.get("reasoning").and_then(Value::as_str).unwrap_or("").to_string(),
             finish_reason: v.get("finish_reason").and_then(Value::as_str).unwrap_or("stop").to_string(),
             usage: v.get("usage").and_then(Usage::from_json).unwrap_or_default(),
             model: v.get("model").and_then(Value::as_str).unwrap_or("").to_string(),
@@ -176,6 +193,10 @@ pub struct Request {
     /// Ask for a JSON object (`response_format: json_object`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub json: bool,
+    /// Ask for JSON of this shape (`response_format: {type: json_schema, json_schema: <this>}`, the
+    /// `{name, schema, strict?, description?}` object); wins over `json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<Value>,
     /// Extra body fields (top_p, seed, stop...), sent as given.
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub extra: serde_json::Map<String, Value>,
@@ -193,7 +214,9 @@ impl Request {
         if let Some(m) = self.max_tokens {
             b.insert("max_tokens".into(), json!(m));
         }
-        if self.json {
+        if let Some(schema) = &self.json_schema {
+            b.insert("response_format".into(), json!({"type": "json_schema", "json_schema": schema}));
+        } else if self.json {
             b.insert("response_format".into(), json!({"type": "json_object"}));
         }
         if stream {
@@ -229,10 +252,44 @@ fn content_chars(c: &Value) -> usize {
 pub struct CallOpts {
     /// Seconds without a response (or, streaming, without a chunk) before the attempt is a timeout.
     pub timeout: f64,
+    /// Streaming: seconds without a byte before the attempt is a timeout; `timeout` then bounds the
+    /// whole exchange. None: `timeout` is the longest silence and a stream lasts at most 6 times it.
+    pub idle_timeout: Option<f64>,
     pub stream: bool,
     /// The trial's event log this call belongs to (its exchanges and usage go there), instead of the
     /// run's current one: concurrent branches each keep their own.
     pub events: Option<std::sync::Arc<crate::events::EventLog>>,
+}
+
+/// The answer and the reasoning of a reply's content: `<think>…</think>` blocks (and, from proxies that
+/// drop the opening tag, everything before a lone `</think>`) are reasoning; an unclosed `<think>` runs
+/// to the end (a reply cut off while thinking has no answer).
+pub fn split_reasoning(content: &str) -> (String, String) {
+    if !content.contains("<think>") && !content.contains("</think>") {
+        return (content.to_string(), String::new());
+    }
+    let (mut answer, mut thought) = (String::new(), Vec::<&str>::new());
+    let mut rest = content;
+    if let (Some(close), None) = (rest.find("</think>"), rest.find("<think>")) {
+        thought.push(rest[..close].trim());
+        rest = &rest[close + "</think>".len()..];
+    }
+    while let Some(open) = rest.find("<think>") {
+        answer.push_str(&rest[..open]);
+        let inner = &rest[open + "<think>".len()..];
+        match inner.find("</think>") {
+            Some(close) => {
+                thought.push(inner[..close].trim());
+                rest = &inner[close + "</think>".len()..];
+            }
+            None => {
+                thought.push(inner.trim());
+                rest = "";
+            }
+        }
+    }
+    answer.push_str(rest);
+    (answer.trim_start().to_string(), thought.join("\n\n"))
 }
 
 /// The first `n` characters of a text, marked when cut.
@@ -262,4 +319,80 @@ pub fn clip(text: &str, head: usize, tail: usize) -> (String, usize) {
     }
     let cut = t - h;
     (format!("{}\n[… {cut} bytes cut …]\n{}", &text[..h], &text[t..]), cut)
+}
+
+/// How requests to one model are changed before they are sent, learnt from 400s that named a parameter
+/// (the Lua policy `stdlib/adapt.lua` decides; see `Engine::adapt`). Applied to the wire body only: a
+/// cassette still matches the request as the script made it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Adapt {
+    /// Body fields sent under another name (`max_tokens` → `max_completion_tokens`).
+    pub rename: std::collections::BTreeMap<String, String>,
+    /// Body fields not sent (`temperature`).
+    pub drop: std::collections::BTreeSet<String>,
+    /// Body fields replaced (`response_format` downgraded to `{"type": "json_object"}`).
+    pub set: serde_json::Map<String, Value>,
+    /// Never stream to this model.
+    pub no_stream: bool,
+}
+
+impl Adapt {
+    pub fn is_empty(&self) -> bool {
+        *self == Adapt::default()
+    }
+
+    /// This adaptation with `other`'s on top.
+    pub fn merged(&self, other: &Adapt) -> Adapt {
+        let mut a = self.clone();
+        for (k, v) in &other.rename {
+            a.rename.insert(k.clone(), v.clone());
+        }
+        for k in &other.drop {
+            a.set.remove(k);
+            a.drop.insert(k.clone());
+        }
+        for (k, v) in &other.set {
+            if !a.drop.contains(k) {
+                a.set.insert(k.clone(), v.clone());
+            }
+        }
+        a.no_stream |= other.no_stream;
+        a
+    }
+
+    /// The wire body of `req` with this adaptation applied.
+    pub fn body(&self, req: &Request, stream: bool) -> Value {
+        let mut b = req.body(stream && !self.no_stream);
+        let Value::Object(m) = &mut b else { return b };
+        for (k, v) in &self.set {
+            if m.contains_key(k) {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        for k in &self.drop {
+            m.remove(k);
+        }
+        for (from, to) in &self.rename {
+            if let Some(v) = m.remove(from) {
+                m.insert(to.clone(), v);
+            }
+        }
+        b
+    }
+
+    /// What is changed, for the event log and the warning.
+    pub fn to_json(&self) -> Value {
+        json!({"rename": self.rename, "drop": self.drop, "set": self.set, "no_stream": self.no_stream})
+    }
+
+    /// One line: `max_tokens sent as max_completion_tokens, temperature not sent`.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self.rename.iter().map(|(a, b)| format!("{a} sent as {b}")).collect();
+        parts.extend(self.drop.iter().map(|k| format!("{k} not sent")));
+        parts.extend(self.set.iter().map(|(k, v)| format!("{k} sent as {v}")));
+        if self.no_stream {
+            parts.push("no streaming".into());
+        }
+        parts.join(", ")
+    }
 }

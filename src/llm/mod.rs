@@ -39,6 +39,18 @@ mod tests {
     }
 
     #[test]
+    fn think_blocks_are_reasoning_not_answer() {
+        let s = |t: &str| split_reasoning(t);
+        assert_eq!(s("plain"), ("plain".into(), String::new()));
+        assert_eq!(s("<think>a</think>\nB"), ("B".into(), "a".into()));
+        assert_eq!(s("x<think>a</think>y<think>b</think>z"), ("xyz".into(), "a\n\nb".into()));
+        // a proxy that drops the opening tag
+        assert_eq!(s("hmm</think>\n{\"a\": 1}"), ("{\"a\": 1}".into(), "hmm".into()));
+        // cut off while thinking: no answer
+        assert_eq!(s("<think>still going"), (String::new(), "still going".into()));
+    }
+
+    #[test]
     fn base_url_forms() {
         let n = |s: &str| normalize_base_url(s).unwrap();
         assert_eq!(n("https://api.openai.com"), "https://api.openai.com/v1");
@@ -70,6 +82,7 @@ mod tests {
             temperature: Some(0.2),
             max_tokens: Some(10),
             json: true,
+            json_schema: None,
             extra: [("seed".to_string(), json!(1))].into_iter().collect(),
         };
         let b = r.body(true);

@@ -18,6 +18,8 @@ pub struct Settings {
     pub max_tokens: Option<u64>,
     pub temperature: Option<f64>,
     pub timeout: f64,
+    /// Streaming: the longest silence (seconds) before a stream is a stall; `timeout` is then the total.
+    pub idle_timeout: Option<f64>,
     pub connect_timeout: f64,
     pub max_total_tokens: Option<u64>,
     pub max_calls: Option<u64>,
@@ -28,6 +30,69 @@ pub struct Settings {
     pub replay: Option<PathBuf>,
     /// Options for `require("retry").new(...)` when a call gives no `retry`.
     pub retry: Option<Value>,
+    /// Money budget of the run, in the price table's currency.
+    pub max_cost: Option<f64>,
+    /// `llm.prices`: entries that override the price table (`stdlib/prices.lua`).
+    pub prices: std::collections::BTreeMap<String, Price>,
+}
+
+/// What a model costs per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+    /// Reasoning tokens (part of the completion tokens), when priced apart from the output.
+    pub reasoning: Option<f64>,
+}
+
+impl Price {
+    /// `{input = , output = , reasoning = }` (per million tokens), checked; `what` names it in errors.
+    pub fn from_json(v: &Value, what: &str) -> Result<Price, String> {
+        let o = v.as_object().ok_or_else(|| format!("{what} must be an object {{input, output}}, got {v}"))?;
+        for k in o.keys() {
+            if !matches!(k.as_str(), "input" | "output" | "reasoning") {
+                return Err(format!("{what}: unknown key '{k}' (expected input, output, reasoning)"));
+            }
+        }
+        let num = |k: &str, need: bool| -> Result<Option<f64>, String> {
+            match o.get(k) {
+                None | Some(Value::Null) if !need => Ok(None),
+                None | Some(Value::Null) => Err(format!("{what}: '{k}' (price per million tokens) is missing")),
+                Some(x) => crate::pyjson::as_f64(x)
+                    .filter(|x| x.is_finite() && *x >= 0.0)
+                    .map(Some)
+                    .ok_or_else(|| format!("{what}.{k} must be a non-negative number, got {x}")),
+            }
+        };
+        Ok(Price {
+            input: num("input", true)?.unwrap_or(0.0),
+            output: num("output", true)?.unwrap_or(0.0),
+            reasoning: num("reasoning", false)?,
+        })
+    }
+
+    /// The cost of this usage.
+    pub fn cost(&self, u: &super::Usage) -> f64 {
+        let reasoning = u.reasoning_tokens.min(u.completion_tokens);
+        let (out, think) = match self.reasoning {
+            Some(r) => ((u.completion_tokens - reasoning) as f64 * self.output, reasoning as f64 * r),
+            None => (u.completion_tokens as f64 * self.output, 0.0),
+        };
+        (u.prompt_tokens as f64 * self.input + out + think) / 1e6
+    }
+}
+
+/// The price of `model` in `table`: its own entry, else the longest entry its name starts with
+/// (`claude-sonnet-4-20250514-thinking` is priced as `claude-sonnet-4-20250514`).
+pub fn price_of<'a>(table: &'a std::collections::BTreeMap<String, Price>, model: &str) -> Option<&'a Price> {
+    if let Some(p) = table.get(model) {
+        return Some(p);
+    }
+    table
+        .iter()
+        .filter(|(k, _)| !k.is_empty() && model.starts_with(k.as_str()))
+        .max_by_key(|(k, _)| k.len())
+        .map(|(_, p)| p)
 }
 
 impl std::fmt::Debug for Settings {
@@ -90,6 +155,16 @@ impl Settings {
             Some(v @ Value::Object(_)) => Some(v.clone()),
             Some(v) => return Err(format!("llm.retry must be an object of retry policy options, got {v}")),
         };
+        let mut prices = std::collections::BTreeMap::new();
+        match extra.get("prices") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(m)) => {
+                for (model, v) in m {
+                    prices.insert(model.clone(), Price::from_json(v, &format!("llm.prices.{model}"))?);
+                }
+            }
+            Some(v) => return Err(format!("llm.prices must be an object {{model: {{input, output}}}}, got {v}")),
+        }
         if llm.timeout.is_nan() || llm.timeout <= 0.0 {
             return Err(format!("llm.timeout must be a positive number of seconds, got {}", llm.timeout));
         }
@@ -100,6 +175,10 @@ impl Settings {
             max_tokens: llm.max_tokens,
             temperature: llm.temperature,
             timeout: llm.timeout,
+            idle_timeout: match num("idle_timeout")? {
+                Some(x) if x <= 0.0 => return Err(format!("llm.idle_timeout must be positive seconds, got {x}")),
+                x => x,
+            },
             connect_timeout: num("connect_timeout")?.unwrap_or(10.0).max(0.001),
             max_total_tokens: num("max_total_tokens")?.map(|x| x as u64),
             max_calls: num("max_calls")?.map(|x| x as u64),
@@ -108,6 +187,8 @@ impl Settings {
             record: record.or_else(|| path("record")),
             replay: replay.or_else(|| path("replay")),
             retry,
+            max_cost: num("max_cost")?,
+            prices,
         })
     }
 
@@ -137,9 +218,9 @@ impl Settings {
         json!({
             "model": self.model, "base_url": self.base_url,
             "api_key": self.secret.masked(),
-            "max_tokens": self.max_tokens, "temperature": self.temperature, "timeout": self.timeout,
+            "max_tokens": self.max_tokens, "temperature": self.temperature, "timeout": self.timeout, "idle_timeout": self.idle_timeout,
             "connect_timeout": self.connect_timeout, "max_total_tokens": self.max_total_tokens,
-            "max_calls": self.max_calls, "max_concurrency": self.max_concurrency, "stream": self.stream,
+            "max_calls": self.max_calls, "max_cost": self.max_cost, "max_concurrency": self.max_concurrency, "stream": self.stream,
             "record": self.record.as_ref().map(|p| p.display().to_string()),
             "replay": self.replay.as_ref().map(|p| p.display().to_string()),
         })

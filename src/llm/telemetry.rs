@@ -20,6 +20,12 @@ pub struct Counts {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Of the completion tokens, those spent thinking (when the endpoint says).
+    pub reasoning_tokens: u64,
+    /// What the priced requests cost (per the price table).
+    pub cost: f64,
+    /// Requests that used tokens of a model with no price (not in `cost`).
+    pub unpriced: u64,
     /// Seconds spent in requests (sum over requests; waits between retries not included).
     pub latency: f64,
     /// Failed requests by kind.
@@ -27,8 +33,13 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn attempt(&mut self, r: &Result<Reply, Failure>, latency: f64) {
+    fn attempt(&mut self, r: &Result<Reply, Failure>, latency: f64, cost: Option<f64>) {
         self.requests += 1;
+        match cost {
+            Some(c) => self.cost += c,
+            None if r.as_ref().is_ok_and(|rep| rep.usage.total_tokens > 0) => self.unpriced += 1,
+            None => {}
+        }
         self.latency += latency;
         let usage = match r {
             Ok(rep) => Some(rep.usage),
@@ -41,6 +52,7 @@ impl Counts {
             self.prompt_tokens += u.prompt_tokens;
             self.completion_tokens += u.completion_tokens;
             self.total_tokens += u.total_tokens;
+            self.reasoning_tokens += u.reasoning_tokens;
         }
     }
 
@@ -59,7 +71,8 @@ impl Counts {
             "calls": self.calls, "ok": self.ok, "failed": self.failed, "requests": self.requests,
             "retries": self.retries, "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens, "total_tokens": self.total_tokens,
-            "latency": (self.latency * 1000.0).round() / 1000.0, "failures": self.failures,
+            "reasoning_tokens": self.reasoning_tokens,
+            "cost": (self.cost * 1e9).round() / 1e9, "unpriced": self.unpriced, "latency": (self.latency * 1000.0).round() / 1000.0, "failures": self.failures,
         })
     }
 }
@@ -73,11 +86,11 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    pub fn record_attempt(&mut self, model: &str, r: &Result<Reply, Failure>, latency: f64) {
-        self.total.attempt(r, latency);
-        self.window.attempt(r, latency);
-        self.models.entry(model.to_string()).or_default().attempt(r, latency);
-        self.window_models.entry(model.to_string()).or_default().attempt(r, latency);
+    pub fn record_attempt(&mut self, model: &str, r: &Result<Reply, Failure>, latency: f64, cost: Option<f64>) {
+        self.total.attempt(r, latency, cost);
+        self.window.attempt(r, latency, cost);
+        self.models.entry(model.to_string()).or_default().attempt(r, latency, cost);
+        self.window_models.entry(model.to_string()).or_default().attempt(r, latency, cost);
     }
 
     pub fn record_call(&mut self, model: &str, ok: bool, attempts: u32) {

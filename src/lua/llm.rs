@@ -15,7 +15,7 @@ use mlua::prelude::*;
 use serde_json::{json, Value};
 
 use super::boundary;
-use crate::llm::{CallOpts, Engine, Failure, Kind, Reply, Request, Settings};
+use crate::llm::{Adapt, CallOpts, Engine, Failure, Kind, Reply, Request, Settings};
 use crate::lua::ctx::HostCtx;
 
 const CHAT_OPTS: &[&str] = &[
@@ -27,7 +27,9 @@ const CHAT_OPTS: &[&str] = &[
     "temperature",
     "max_tokens",
     "json",
+    "json_schema",
     "timeout",
+    "idle_timeout",
     "retry",
     "stream",
     "extra",
@@ -54,9 +56,44 @@ pub fn engine(lua: &Lua) -> Arc<Engine> {
     if let Some(e) = lua.app_data_ref::<Arc<Engine>>() {
         return e.clone();
     }
-    let e = Arc::new(engine_for(&HostCtx::get(lua)));
+    let mut en = engine_for(&HostCtx::get(lua));
+    en.set_price_table(price_table(lua));
+    let e = Arc::new(en);
     lua.set_app_data(e.clone());
     e
+}
+
+/// The price table `require("prices")` returns (a user's `prices.lua` shadows the bundled one). One
+/// that cannot be read costs nothing but a warning: the run goes on, its calls unpriced.
+fn price_table(lua: &Lua) -> BTreeMap<String, crate::llm::Price> {
+    let mut out = BTreeMap::new();
+    let loaded = lua.globals().get::<LuaFunction>("require").and_then(|r| r.call::<LuaValue>("prices"));
+    let v = match loaded.map(|t| boundary::from_lua(&t)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            crate::ui::eline(&format!("warning: the price table (prices.lua) is unusable: {e}; calls are not priced"));
+            return out;
+        }
+        Err(e) => {
+            crate::ui::eline(&format!(
+                "warning: cannot load the price table (prices.lua): {e:#}; calls are not priced"
+            ));
+            return out;
+        }
+    };
+    let Value::Object(m) = v else {
+        crate::ui::eline("warning: prices.lua must return a table {model = {input =, output =}}; calls are not priced");
+        return out;
+    };
+    for (model, p) in m {
+        match crate::llm::Price::from_json(&p, &format!("prices.lua: {model}")) {
+            Ok(p) => {
+                out.insert(model, p);
+            }
+            Err(e) => crate::ui::eline(&format!("warning: {e}; that model is not priced")),
+        }
+    }
+    out
 }
 
 pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
@@ -193,8 +230,46 @@ fn build_request(lua: &Lua, o: &boundary::Opts, en: &Engine) -> LuaResult<Reques
         temperature: o.f64("temperature")?.or(s.temperature),
         max_tokens,
         json: o.bool("json")?.unwrap_or(false),
+        json_schema: json_schema(lua, o)?,
         extra,
     })
+}
+
+/// `json_schema = {name =, schema =, strict =, description =}`, checked; `name` defaults to "reply".
+fn json_schema(lua: &Lua, o: &boundary::Opts) -> LuaResult<Option<Value>> {
+    let v = match o.value("json_schema")? {
+        LuaValue::Nil => return Ok(None),
+        v @ LuaValue::Table(_) => boundary::from_lua_checked(lua, &v, "llm.chat: json_schema")?,
+        other => {
+            return Err(boundary::misuse(
+                lua,
+                format!("llm.chat: 'json_schema' must be a table {{name =, schema =}}, got {}", other.type_name()),
+            ))
+        }
+    };
+    let Value::Object(mut m) = v else {
+        return Err(boundary::misuse(lua, "llm.chat: 'json_schema' must be a table {name =, schema =}"));
+    };
+    if let Some(k) = m.keys().find(|k| !matches!(k.as_str(), "name" | "schema" | "strict" | "description")) {
+        return Err(boundary::misuse(
+            lua,
+            format!("llm.chat: json_schema: unknown key '{k}' (expected name, schema, strict, description)"),
+        ));
+    }
+    if !m.get("schema").is_some_and(Value::is_object) {
+        return Err(boundary::misuse(lua, "llm.chat: json_schema needs 'schema', a JSON Schema table"));
+    }
+    let name = m.entry("name").or_insert_with(|| json!("reply"));
+    let ok = name.as_str().is_some_and(|n| {
+        (1..=64).contains(&n.len()) && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    });
+    if !ok {
+        return Err(boundary::misuse(
+            lua,
+            format!("llm.chat: json_schema.name must be 1-64 letters, digits, '_' or '-', got {name}"),
+        ));
+    }
+    Ok(Some(Value::Object(m)))
 }
 
 async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
@@ -224,7 +299,15 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
             ))
         }
     };
-    let call = CallOpts { timeout, stream: o.bool("stream")?.unwrap_or_else(|| en.default_stream()), events };
+    let idle_timeout = match o.f64("idle_timeout")? {
+        None => en.settings.idle_timeout,
+        Some(t) if t > 0.0 => Some(t),
+        Some(t) => {
+            return Err(boundary::misuse(&lua, format!("llm.chat: 'idle_timeout' must be positive seconds, got {t}")))
+        }
+    };
+    let call =
+        CallOpts { timeout, idle_timeout, stream: o.bool("stream")?.unwrap_or_else(|| en.default_stream()), events };
     let retry = o.value("retry")?;
     match &retry {
         LuaValue::Nil | LuaValue::Boolean(_) | LuaValue::Function(_) | LuaValue::Table(_) => {}
@@ -241,15 +324,31 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
     let started = Instant::now();
     let mut counts: BTreeMap<&'static str, u32> = BTreeMap::new();
     let mut attempt: u32 = 0;
+    let mut adapted: u32 = 0;
     loop {
         attempt += 1;
+        let sent_with = en.adaptation(&req.model);
         let mut f = match en.attempt(&req, &call, attempt).await {
             Ok(rep) => {
                 en.record_call(&req.model, true, attempt);
-                return Ok((LuaValue::Table(reply_table(&lua, &rep, attempt, started)?), LuaValue::Nil));
+                let cost = en.cost(&req.model, &rep.usage);
+                return Ok((LuaValue::Table(reply_table(&lua, &rep, attempt, started, cost)?), LuaValue::Nil));
             }
             Err(f) => f,
         };
+        // A 400 naming a parameter the model refuses: the request is adapted (as `stdlib/adapt.lua`
+        // says) and sent again at once, before the retry policy is asked (it would not retry a 400).
+        // Replaying, the cassette holds the 400 and then the adapted exchange under the same request,
+        // so the same decision replays the run as it went.
+        if f.status == Some(400) && adapted < MAX_ADAPTATIONS {
+            if let Some(new) = adapt_decision(&lua, &f, &req, &call, &sent_with, &en).await? {
+                let now = en.adapt(&req.model, &new, &f.message, call.events.as_ref());
+                if now != sent_with {
+                    adapted += 1;
+                    continue;
+                }
+            }
+        }
         *counts.entry(f.kind.as_str()).or_default() += 1;
         // The policy decides every kind (its table says which are never retried); Ctrl-C is not a
         // decision: once the run is interrupted no further attempt starts, whatever the policy says.
@@ -278,9 +377,61 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
     }
 }
 
-fn reply_table(lua: &Lua, rep: &Reply, attempts: u32, started: Instant) -> LuaResult<LuaTable> {
+/// Adaptations one call may make (each answers one 400).
+const MAX_ADAPTATIONS: u32 = 4;
+
+/// Ask the adaptation policy (`require("adapt").decide(info)`) what to change after a 400.
+async fn adapt_decision(
+    lua: &Lua,
+    f: &Failure,
+    req: &Request,
+    call: &CallOpts,
+    sent_with: &Adapt,
+    en: &Engine,
+) -> LuaResult<Option<Adapt>> {
+    let body = sent_with.body(req, call.stream);
+    let info = lua.create_table()?;
+    info.set("status", f.status)?;
+    info.set("message", en.settings.mask(&f.message))?;
+    info.set("model", req.model.as_str())?;
+    let params: Vec<String> = body.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    info.set("params", params)?;
+    info.set("response_format", body.pointer("/response_format/type").and_then(Value::as_str))?;
+    let require: LuaFunction = lua.globals().get("require")?;
+    let module: LuaTable = require.call("adapt")?;
+    let func: LuaFunction = module
+        .get("decide")
+        .map_err(|_| LuaError::runtime("the adapt module (adapt.lua) must return a table with a decide function"))?;
+    let ret: LuaValue = func.call_async((module, info)).await?;
+    let LuaValue::Table(t) = ret else { return Ok(None) };
+    let mut a = Adapt::default();
+    if let Some(r) = t.get::<Option<LuaTable>>("rename")? {
+        for pair in r.pairs::<String, String>() {
+            let (k, v) = pair?;
+            a.rename.insert(k, v);
+        }
+    }
+    if let Some(d) = t.get::<Option<LuaTable>>("drop")? {
+        for k in d.sequence_values::<String>() {
+            a.drop.insert(k?);
+        }
+    }
+    if let Some(set) = t.get::<Option<LuaTable>>("set")? {
+        if let Value::Object(m) = boundary::from_lua_checked(lua, &LuaValue::Table(set), "adapt.lua: set")? {
+            a.set = m;
+        }
+    }
+    a.no_stream = t.get::<Option<bool>>("stream")? == Some(false);
+    Ok((!a.is_empty()).then_some(a))
+}
+
+fn reply_table(lua: &Lua, rep: &Reply, attempts: u32, started: Instant, cost: Option<f64>) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
+    t.set("cost", cost)?;
     t.set("text", rep.text.as_str())?;
+    if !rep.reasoning.is_empty() {
+        t.set("reasoning", rep.reasoning.as_str())?;
+    }
     t.set("finish_reason", rep.finish_reason.as_str())?;
     t.set("usage", boundary::to_lua(lua, &rep.usage.to_json())?)?;
     t.set("latency", rep.latency)?;

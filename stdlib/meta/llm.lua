@@ -21,10 +21,12 @@ local llm = {}
 ---@field prompt? string Appended as a `{role = "user"}` message. Default: none.
 ---@field system? string Prepended as a `{role = "system"}` message (raises if `messages` already starts with one). Default: none.
 ---@field model? string Default: the config's `llm.model` (`"gpt-4o-mini"`).
----@field temperature? number Default: the config's `llm.temperature` (none: the server's default).
----@field max_tokens? integer A positive integer. Default: the config's `llm.max_tokens` (none).
+---@field temperature? number Not sent to a model that refused it (`stdlib/adapt.lua`). Default: the config's `llm.temperature` (none: the server's default).
+---@field max_tokens? integer A positive integer (sent as `max_completion_tokens` to a model that refused `max_tokens`: `stdlib/adapt.lua`). Default: the config's `llm.max_tokens` (none: not sent).
 ---@field json? boolean Ask for a JSON object (`response_format = {type = "json_object"}`). Default: `false`.
----@field timeout? number Seconds to wait for a reply (streaming: the longest silence between chunks). Default: the config's `llm.timeout` (`600`).
+---@field json_schema? {name?: string, schema: table, strict?: boolean, description?: string} Ask for JSON of this shape (`response_format = {type = "json_schema", json_schema = this}`; wins over `json`; a model that refuses it gets `json_object`: `stdlib/adapt.lua`). `name` defaults to `"reply"`. Default: none.
+---@field timeout? number Seconds to wait for a reply (streaming without an idle timeout: the longest silence between chunks, a whole stream at most 6 times it). Default: the config's `llm.timeout` (`600`).
+---@field idle_timeout? number Streaming: seconds without a byte before the attempt is a timeout; `timeout` then bounds the whole exchange. Default: the config's `llm.idle_timeout` (none).
 ---@field stream? boolean Stream the reply (shows tokens so far). Default: the config's `llm.stream`, else on when progress is shown (stderr is a terminal, not `-q`).
 ---@field retry? cellsci.llm.RetryPolicy|cellsci.llm.RetryFunction|boolean A policy table with `decide`, a function, `false` (one attempt), or `nil`/`true`: `require("retry")` (`retry.new(<config llm.retry>)` when the config has one). Default: `nil`.
 ---@field events? cellsci.log.Sink The trial event log this exchange (and its usage) belongs to: `log.sink(path)`, as a trial context's `ctx.events`. Default: the run's current event log (`log.set_event_file`).
@@ -35,12 +37,15 @@ local llm = {}
 ---@field prompt_tokens integer
 ---@field completion_tokens integer
 ---@field total_tokens integer
+---@field completion_tokens_details? {reasoning_tokens: integer} When the endpoint reports reasoning tokens (part of `completion_tokens`).
 
 ---What a successful `llm.chat` returns.
 ---@class cellsci.llm.Reply
----@field text string The reply's content.
+---@field text string The reply's content: the answer, without any reasoning (`<think>` blocks, `reasoning_content`).
+---@field reasoning? string What a reasoning model thought before answering, when it sent it (also in the event log, clipped).
 ---@field finish_reason string E.g. `"stop"`.
 ---@field usage cellsci.llm.TokenUsage
+---@field cost? number What `usage` cost at the model's price (`stdlib/prices.lua`, `llm.prices`); nil when the model has no price.
 ---@field latency number Seconds of the successful request.
 ---@field model string The model the server says answered (else the one asked for).
 ---@field attempts integer Requests made by this call (1 without retries).
@@ -58,7 +63,7 @@ local llm = {}
 ---| "empty"        # a completion with no content; retried
 ---| "truncated"    # cut off by max_tokens (finish_reason "length"); `err.text` holds the partial text; not retried by default
 ---| "client"       # another 4xx (bad model, bad key, exhausted quota); never retried by default (`per_kind.client = 0`)
----| "budget"       # llm.max_total_tokens / llm.max_calls used up; never retried by default
+---| "budget"       # llm.max_total_tokens / llm.max_calls / llm.max_cost used up; never retried by default
 ---| "replay_miss"  # replaying, and the cassette has no such request; never retried by default
 ---| "interrupted"  # Ctrl-C / SIGTERM; never retried (no attempt starts after Ctrl-C, whatever the policy says)
 ---| "config"       # missing key, unusable base_url, unreadable cassette; never retried by default
@@ -151,6 +156,9 @@ function llm.clip(text, opts) end
 ---@field prompt_tokens integer
 ---@field completion_tokens integer
 ---@field total_tokens integer
+---@field reasoning_tokens integer Of the completion tokens, those spent thinking (when the endpoint reports them).
+---@field cost number What the priced requests cost.
+---@field unpriced integer Requests of models with no price (left out of `cost`).
 ---@field latency number Seconds spent in requests (waits between retries not included), rounded to ms.
 ---@field failures table<string, integer> Failed requests by kind.
 
@@ -181,9 +189,11 @@ function llm.usage_snapshot(opts) end
 ---@field max_tokens? integer
 ---@field temperature? number
 ---@field timeout number Seconds (default `600`).
+---@field idle_timeout? number Streaming: the longest silence, seconds (absent: none).
 ---@field connect_timeout number Seconds (default `10`).
 ---@field max_total_tokens? integer Token budget of the run.
 ---@field max_calls? integer Request budget of the run.
+---@field max_cost? number Money budget of the run (priced by `stdlib/prices.lua` and `llm.prices`).
 ---@field max_concurrency integer Requests in flight at once (default `8`).
 ---@field stream? boolean Absent: stream when progress is shown.
 ---@field record? string Cassette being recorded to.

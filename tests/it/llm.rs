@@ -903,3 +903,425 @@ fn the_retry_policy_is_asked_about_every_kind_even_client_failures() {
     ok(&out);
     assert_eq!(srv.requests().len(), 3);
 }
+
+/// The events a script's `log.sink("ev.jsonl")` wrote.
+fn sink_events(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("ev.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Today's OpenAI reasoning models answer `max_tokens` with a 400; that ended a run as a `client`
+/// failure. The call must pass with `max_completion_tokens`, and the model's next call send it at once.
+#[test]
+fn a_model_that_refuses_max_tokens_gets_max_completion_tokens_from_then_on() {
+    let srv = FakeLlm::start();
+    srv.push(
+        400,
+        &[("content-type", "application/json")],
+        r#"{"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.", "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}}"#,
+    );
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"max_tokens": 500}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local sink = require("log").sink("ev.jsonl")
+        local r, err = llm.chat{prompt = "one", events = sink}
+        assert(r, tostring(err))
+        assert(r.text == "fake reply" and r.attempts == 2, r.attempts)
+        r, err = llm.chat{prompt = "two", events = sink}
+        assert(r and r.attempts == 1, tostring(err))
+        print("OK")
+        "#,
+        &[],
+    );
+    let printed = ok(&out);
+    assert!(printed.contains("OK"));
+    let rq = srv.requests();
+    assert_eq!(rq.len(), 3);
+    assert_eq!(rq[0]["max_tokens"], json!(500));
+    for r in &rq[1..] {
+        assert_eq!(r["max_completion_tokens"], json!(500), "{r}");
+        assert!(r.get("max_tokens").is_none(), "{r}");
+        assert_eq!(r["model"], "fake-model");
+        assert!(r["messages"].is_array());
+    }
+    let err = util::text(&out);
+    assert_eq!(err.matches("max_tokens sent as max_completion_tokens").count(), 1, "warned once:\n{err}");
+    let evs = sink_events(dir.path());
+    let adapts: Vec<&Value> = evs.iter().filter(|e| e["kind"] == "llm_adapt").collect();
+    assert_eq!(adapts.len(), 1, "{evs:?}");
+    assert_eq!(adapts[0]["change"]["rename"]["max_tokens"], "max_completion_tokens");
+}
+
+/// Reasoning models accept only the default temperature; the request is sent again without it, and
+/// so is every later one to that model (another model keeps its temperature).
+#[test]
+fn a_model_that_refuses_temperature_is_sent_none_from_then_on() {
+    let srv = FakeLlm::start();
+    srv.set_responder(|body| {
+        if body["model"] == "reasoner" && body.get("temperature").is_some() {
+            return Reply::Http {
+                status: 400,
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: br#"{"error": {"message": "Unsupported value: 'temperature' does not support 0.2 with this model. Only the default (1) value is supported.", "type": "invalid_request_error", "param": "temperature", "code": "unsupported_value"}}"#.to_vec(),
+            };
+        }
+        Reply::text("fine")
+    });
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"temperature": 0.2}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local r, err = llm.chat{prompt = "one", model = "reasoner"}
+        assert(r and r.text == "fine" and r.attempts == 2, tostring(err))
+        r, err = llm.chat{prompt = "two", model = "reasoner"}
+        assert(r and r.attempts == 1, tostring(err))
+        r, err = llm.chat{prompt = "three", model = "classic"}
+        assert(r and r.attempts == 1, tostring(err))
+        "#,
+        &[],
+    );
+    ok(&out);
+    let rq = srv.requests();
+    assert_eq!(rq.len(), 4);
+    assert_eq!(rq[0]["temperature"], json!(0.2));
+    assert!(rq[1].get("temperature").is_none() && rq[2].get("temperature").is_none());
+    assert_eq!(rq[3]["model"], "classic");
+    assert_eq!(rq[3]["temperature"], json!(0.2));
+    assert_eq!(util::text(&out).matches("temperature not sent").count(), 1);
+}
+
+/// `llm.max_tokens: null` and `llm.temperature: null` mean the request carries neither field.
+#[test]
+fn null_max_tokens_and_temperature_are_not_sent() {
+    let srv = FakeLlm::start();
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"max_tokens": null, "temperature": null}));
+    ok(&run(dir.path(), r#"assert(require("llm").chat{prompt = "x"})"#, &[]));
+    let rq = srv.requests();
+    assert_eq!(rq.len(), 1);
+    for k in ["max_tokens", "max_completion_tokens", "temperature"] {
+        assert!(rq[0].get(k).is_none(), "{k} sent: {}", rq[0]);
+    }
+}
+
+/// A 400 that names no parameter (a bad model name) is not adapted: one request, kind `client`.
+#[test]
+fn a_400_naming_no_parameter_is_not_adapted() {
+    let srv = FakeLlm::start();
+    srv.push(400, &[], r#"{"error": {"message": "The model 'nope' does not exist"}}"#);
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"max_tokens": 100, "temperature": 0.5}));
+    let out = run(
+        dir.path(),
+        r#"local r, err = require("llm").chat{prompt = "x"}
+           assert(not r and err.kind == "client", tostring(err))"#,
+        &[],
+    );
+    ok(&out);
+    assert_eq!(srv.requests().len(), 1);
+}
+
+/// An endpoint that refuses `response_format` gets the request without it (json_object is the last
+/// structured format before none).
+#[test]
+fn a_model_that_refuses_response_format_is_asked_without_it() {
+    let srv = FakeLlm::start();
+    srv.push(
+        400,
+        &[],
+        r#"{"error": {"message": "'response_format' of type 'json_object' is not supported with this model"}}"#,
+    );
+    srv.push_reply(r#"{"a": 1}"#);
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    ok(&run(
+        dir.path(),
+        r#"local r, err = require("llm").chat{prompt = "x", json = true}; assert(r, tostring(err))"#,
+        &[],
+    ));
+    let rq = srv.requests();
+    assert_eq!(rq.len(), 2);
+    assert_eq!(rq[0]["response_format"]["type"], "json_object");
+    assert!(rq[1].get("response_format").is_none());
+}
+
+/// Thinking models through proxies send their reasoning in `reasoning_content` (whole, or as stream
+/// deltas) or inline `<think>` blocks: none of it may reach `text` (the answer that is parsed), all of
+/// it goes to the event log, and the reasoning tokens the endpoint reports are counted.
+#[test]
+fn reasoning_is_kept_out_of_the_answer_logged_and_counted() {
+    let srv = FakeLlm::start();
+    let thinking = || Reply::Thinking {
+        reasoning: "Let me think about {\"not\": \"the answer\"} carefully.".into(),
+        text: r#"{"answer": 42}"#.into(),
+        reasoning_tokens: 7,
+    };
+    srv.push_reply_with(thinking());
+    srv.push_reply_with(thinking());
+    srv.push_reply("<think>\nmaybe {\"a\": 0}?\n</think>\n{\"a\": 1}");
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local sink = require("log").sink("ev.jsonl")
+        for _, stream in ipairs{false, true} do
+          local r, err = llm.chat{prompt = "q", stream = stream, events = sink}
+          assert(r, tostring(err))
+          assert(r.text == '{"answer": 42}', r.text)
+          assert(r.streamed == stream)
+          assert(r.reasoning:find("carefully", 1, true), tostring(r.reasoning))
+          assert(r.usage.completion_tokens_details.reasoning_tokens == 7)
+          assert(llm.extract_json(r.text).answer == 42)
+        end
+        local r = assert(llm.chat{prompt = "q", events = sink})
+        assert(r.text == '{"a": 1}', r.text)
+        assert(r.reasoning:find('maybe {"a": 0}?', 1, true), r.reasoning)
+        local u = llm.usage()
+        assert(u.reasoning_tokens == 14, u.reasoning_tokens)
+        assert(u.models["fake-model"].reasoning_tokens == 14)
+        print("OK")
+        "#,
+        &[],
+    );
+    assert!(ok(&out).contains("OK"));
+    let evs: Vec<Value> = sink_events(dir.path()).into_iter().filter(|e| e["kind"] == "llm").collect();
+    assert_eq!(evs.len(), 3);
+    for e in &evs[..2] {
+        assert_eq!(e["response"]["text"], r#"{"answer": 42}"#);
+        assert!(e["response"]["reasoning"].as_str().unwrap().contains("carefully"), "{e}");
+    }
+    assert!(evs[2]["response"]["reasoning"].as_str().unwrap().contains("maybe"));
+}
+
+/// A long reasoning is clipped in the event log (both ends kept), never dropped or logged whole.
+#[test]
+fn long_reasoning_is_clipped_in_the_event_log() {
+    let srv = FakeLlm::start();
+    let long = format!("START {} END", "x".repeat(20_000));
+    srv.push_reply_with(Reply::Thinking { reasoning: long, text: "done".into(), reasoning_tokens: 5000 });
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    ok(&run(
+        dir.path(),
+        r#"local r = assert(require("llm").chat{prompt = "q", events = require("log").sink("ev.jsonl")})
+           assert(r.text == "done")"#,
+        &[],
+    ));
+    let ev = sink_events(dir.path()).into_iter().find(|e| e["kind"] == "llm").unwrap();
+    let logged = ev["response"]["reasoning"].as_str().unwrap();
+    assert!(logged.starts_with("START") && logged.ends_with("END") && logged.len() < 4000, "{}", logged.len());
+    assert_eq!(ev["response"]["reasoning_chars"], 20_010);
+}
+
+/// Each call says what it cost (prompt and completion tokens at the model's price per million), the
+/// run's usage sums it, and the config's `llm.prices` wins over the price table.
+#[test]
+fn a_call_costs_its_tokens_at_the_models_price() {
+    let srv = FakeLlm::start();
+    srv.set_responder(|_| Reply::Http {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: json!({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1000, "completion_tokens": 3000, "total_tokens": 4000,
+                      "completion_tokens_details": {"reasoning_tokens": 2000}}})
+        .to_string()
+        .into_bytes(),
+    });
+    let dir = tempdir();
+    // priced by the config; "gpt-4o-mini-2024-07-18" by the table's "gpt-4o-mini" entry (its prefix)
+    config(
+        dir.path(),
+        &srv.url(),
+        json!({"prices": {"priced": {"input": 2, "output": 10},
+                                                      "thinker": {"input": 1, "output": 4, "reasoning": 8}}}),
+    );
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local function near(a, b) return math.abs(a - b) < 1e-9 end
+        local r = assert(llm.chat{prompt = "x", model = "priced"})
+        assert(near(r.cost, (1000 * 2 + 3000 * 10) / 1e6), r.cost)
+        r = assert(llm.chat{prompt = "x", model = "thinker"})
+        assert(near(r.cost, (1000 * 1 + 1000 * 4 + 2000 * 8) / 1e6), r.cost)
+        r = assert(llm.chat{prompt = "x", model = "gpt-4o-mini-2024-07-18"})
+        assert(near(r.cost, (1000 * 0.15 + 3000 * 0.60) / 1e6), r.cost)
+        r = assert(llm.chat{prompt = "x", model = "nobody-knows"})
+        assert(r.cost == nil)
+        local u = llm.usage()
+        assert(near(u.cost, 0.032 + 0.021 + 0.00195), u.cost)
+        assert(u.unpriced == 1 and near(u.models.priced.cost, 0.032))
+        print("OK")
+        "#,
+        &[],
+    );
+    assert!(ok(&out).contains("OK"));
+}
+
+/// `llm.max_cost` stops further requests once the run has spent it (kind `budget`, so a loop ends
+/// cleanly), and refuses a model it cannot price rather than spend uncounted money.
+#[test]
+fn the_money_budget_stops_further_calls() {
+    let srv = FakeLlm::start();
+    let dir = tempdir();
+    // the fake counts ~chars/4 tokens: each call costs well over 0.000001 at 1000 per million
+    config(
+        dir.path(),
+        &srv.url(),
+        json!({"max_cost": 0.000001, "prices": {"fake-model": {"input": 1000, "output": 1000}}}),
+    );
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local r = assert(llm.chat{prompt = "first"})
+        assert(r.cost > 0.000001, r.cost)
+        local r2, err = llm.chat{prompt = "second"}
+        assert(not r2 and err.kind == "budget", tostring(err))
+        assert(err.message:find("llm.max_cost = ", 1, true), err.message)
+        local r3, err3 = llm.chat{prompt = "x", model = "unpriced-model"}
+        assert(not r3 and err3.kind == "budget", tostring(err3))
+        assert(require("llm").settings().max_cost == 0.000001)
+        print("OK")
+        "#,
+        &[],
+    );
+    assert!(ok(&out).contains("OK"));
+    assert_eq!(srv.requests().len(), 1);
+
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"max_cost": 5}));
+    let out = run(
+        dir.path(),
+        r#"local r, err = require("llm").chat{prompt = "x", model = "unpriced-model"}
+           assert(not r and err.kind == "config" and err.message:find("no price"), tostring(err))"#,
+        &[],
+    );
+    ok(&out);
+    assert_eq!(srv.requests().len(), 1, "no request for a model the budget cannot count");
+}
+
+/// With `llm.idle_timeout`, a thinking model that streams slowly is waited for as long as bytes keep
+/// coming (each gap under the idle timeout, the whole past it), while a real stall ends after the idle
+/// timeout, not the (long) total timeout.
+#[test]
+fn the_idle_timeout_catches_a_stall_but_not_a_slow_stream() {
+    let srv = FakeLlm::start();
+    srv.push_stream(&["a", "b", "c", "d", "e"], Duration::from_millis(400));
+    srv.push_stall(20.0);
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"idle_timeout": 1, "timeout": 30}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local r, err = llm.chat{prompt = "x", stream = true, retry = false}
+        assert(r and r.text == "abcde", tostring(err))
+        assert(r.latency > 1.5, r.latency)
+        local t0 = require("time").now()
+        r, err = llm.chat{prompt = "x", stream = true, retry = false}
+        local took = require("time").now() - t0
+        assert(not r and err.kind == "timeout", tostring(err))
+        assert(took < 5, "the stall took " .. took .. "s: " .. err.message)
+        assert(llm.settings().idle_timeout == 1)
+        print("OK")
+        "#,
+        &[],
+    );
+    assert!(ok(&out).contains("OK"));
+}
+
+/// With an idle timeout, `timeout` bounds the whole stream: one that keeps trickling is cut there.
+#[test]
+fn with_an_idle_timeout_the_timeout_bounds_the_whole_stream() {
+    let srv = FakeLlm::start();
+    srv.push_stream(&["a", "b", "c", "d", "e", "f", "g", "h"], Duration::from_millis(400));
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"idle_timeout": 1, "timeout": 1.5}));
+    let out = run(
+        dir.path(),
+        r#"local r, err = require("llm").chat{prompt = "x", stream = true, retry = false}
+           assert(not r and err.kind == "timeout", tostring(err))
+           assert(err.message:find("went on for more than 1.5s (the timeout)", 1, true), err.message)"#,
+        &[],
+    );
+    ok(&out);
+}
+
+/// A run that adapted a request (a 400, then the adapted exchange) replays from its cassette as it went.
+#[test]
+fn an_adapted_run_replays_from_its_cassette() {
+    let srv = FakeLlm::start();
+    srv.push(400, &[], r#"{"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."}}"#);
+    srv.push_reply("adapted answer");
+    srv.push_reply("second answer");
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"max_tokens": 64}));
+    let script = r#"
+        local llm = require("llm")
+        local a = assert(llm.chat{prompt = "one"})
+        local b = assert(llm.chat{prompt = "two"})
+        print(a.text .. "|" .. b.text .. "|" .. a.attempts .. "|" .. b.attempts)
+    "#;
+    let out = run(dir.path(), script, &["--record", "cassette.jsonl"]);
+    assert!(ok(&out).contains("adapted answer|second answer|2|1"));
+    srv.stop();
+    let out = run(dir.path(), script, &["--replay", "cassette.jsonl"]);
+    assert!(ok(&out).contains("adapted answer|second answer|2|1"), "{}", util::text(&out));
+}
+
+/// `json_schema` asks for a reply of that shape (`response_format: json_schema`); a model that refuses
+/// it is asked for a JSON object instead, from then on.
+#[test]
+fn a_model_that_refuses_json_schema_gets_json_object_from_then_on() {
+    let srv = FakeLlm::start();
+    srv.push(
+        400,
+        &[("content-type", "application/json")],
+        r#"{"error": {"message": "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.", "param": "response_format"}}"#,
+    );
+    srv.push_reply(r#"{"code": "print(1)"}"#);
+    srv.push_reply(r#"{"code": "print(2)"}"#);
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm = require("llm")
+        local schema = {name = "cell", strict = true, schema = {type = "object",
+          properties = {code = {type = "string"}}, required = {"code"}, additionalProperties = false}}
+        for i = 1, 2 do
+          local r, err = llm.chat{prompt = "answer in JSON", json_schema = schema}
+          assert(r, tostring(err))
+          assert(llm.extract_json(r.text).code == "print(" .. i .. ")")
+        end
+        local ok, e = pcall(llm.chat, {prompt = "x", json_schema = {schema = {}, nmae = "typo"}})
+        assert(not ok and tostring(e):find("unknown key 'nmae'"), tostring(e))
+        ok, e = pcall(llm.chat, {prompt = "x", json_schema = {name = "has space", schema = {}}})
+        assert(not ok and tostring(e):find("json_schema.name"), tostring(e))
+        print("OK")
+        "#,
+        &[],
+    );
+    assert!(ok(&out).contains("OK"));
+    let rq = srv.requests();
+    assert_eq!(rq.len(), 3);
+    assert_eq!(rq[0]["response_format"]["type"], "json_schema");
+    assert_eq!(rq[0]["response_format"]["json_schema"]["name"], "cell");
+    assert_eq!(rq[0]["response_format"]["json_schema"]["strict"], true);
+    assert_eq!(rq[0]["response_format"]["json_schema"]["schema"]["required"], json!(["code"]));
+    for r in &rq[1..] {
+        assert_eq!(r["response_format"], json!({"type": "json_object"}), "{r}");
+    }
+}

@@ -37,6 +37,10 @@ pub enum Reply {
     Stall(Duration),
     /// Read the request and close the connection at once.
     Drop,
+    /// A reasoning model's completion: `reasoning_content` beside the text (streamed as
+    /// `delta.reasoning_content` pieces first when the request streams), and `reasoning_tokens` in
+    /// `usage.completion_tokens_details`.
+    Thinking { reasoning: String, text: String, reasoning_tokens: u64 },
     /// Wait, then give this reply (keeps requests in flight, e.g. to observe a concurrency limit).
     Slow(Duration, Box<Reply>),
 }
@@ -346,6 +350,42 @@ fn respond(w: &mut TcpStream, req: &Value, reply: Reply, stop: &AtomicBool) -> b
         Reply::Stream { chunks, delay, finish_reason, usage } => {
             let text: String = chunks.concat();
             stream(w, req, &chunks, delay, &finish_reason, usage, &text, stop)
+        }
+        Reply::Thinking { reasoning, text, reasoning_tokens } => {
+            let mut usage = usage_for(req, &text);
+            usage["completion_tokens_details"] = json!({"reasoning_tokens": reasoning_tokens});
+            if req["stream"] == json!(true) {
+                let model = model_of(req);
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+                let mut out = head.to_string();
+                let chunk = |delta: Value, finish: Value| {
+                    json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": model,
+                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+                };
+                for p in split_pieces(&reasoning) {
+                    out += &format!("data: {}\n\n", chunk(json!({"reasoning_content": p}), Value::Null));
+                }
+                for p in split_pieces(&text) {
+                    out += &format!("data: {}\n\n", chunk(json!({"content": p}), Value::Null));
+                }
+                out += &format!("data: {}\n\n", chunk(json!({}), json!("stop")));
+                let u = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0,
+                               "model": model, "choices": [], "usage": usage});
+                out += &format!("data: {u}\n\ndata: [DONE]\n\n");
+                let _ = w.write_all(out.as_bytes());
+                let _ = w.flush();
+                return false;
+            }
+            let body = json!({
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": model_of(req),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text,
+                             "reasoning_content": reasoning}, "finish_reason": "stop"}],
+                "usage": usage,
+            })
+            .to_string();
+            let head =
+                format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+            w.write_all(head.as_bytes()).is_ok() && w.write_all(body.as_bytes()).is_ok() && w.flush().is_ok()
         }
         Reply::Stall(d) => {
             let until = Instant::now() + d;
