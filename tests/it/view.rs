@@ -188,3 +188,60 @@ fn a_scripted_runs_page_matches_its_summary() {
     assert!(!page.contains("http-equiv=\"refresh\""), "the run is over: no reload");
     assert!(page.contains("href=\"prompt&#x2f;prompt_run_"), "links into the archived trial: {page}");
 }
+
+/// A Chromium binary: `CELLSCI_CHROMIUM`, else `chromium` or `chromium-browser` on the PATH.
+fn chromium() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CELLSCI_CHROMIUM") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).flat_map(|d| ["chromium", "chromium-browser"].map(|n| d.join(n))).find(|p| p.is_file())
+}
+
+/// The page's DOM as a headless Chromium builds it, and what the browser logged (console messages).
+fn browser_dom(browser: &Path, page: &Path) -> (String, String) {
+    let profile = util::tempdir();
+    let out = std::process::Command::new("timeout")
+        .arg("90")
+        .arg(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--enable-logging=stderr", "--v=0"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chromium failed: {}", util::text(&out));
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+// A real browser: the pages of a finished and of a live run load without console errors, the hostile
+// strings are text nodes, and the nodes and fix rounds are in the DOM.
+#[test]
+fn a_headless_chromium_reads_the_page_as_text_without_console_errors() {
+    let Some(browser) = chromium() else {
+        println!("SKIPPED a_headless_chromium_reads_the_page_as_text_without_console_errors: no chromium binary (install Debian's chromium, as .ci/run does, or set CELLSCI_CHROMIUM)");
+        return;
+    };
+    for finished in [true, false] {
+        let dir = util::tempdir();
+        let summary = hostile_run(dir.path(), finished);
+        let page = dir.path().join("live.html");
+        let lua = format!(
+            "assert(require('report').page({:?}, {{ path = {:?}, live = {} }}))\n",
+            summary.display().to_string(),
+            page.display().to_string(),
+            !finished
+        );
+        util::write(dir.path(), "page.lua", &lua);
+        let out = cellsci(dir.path()).args(["script", "page.lua"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+        let (dom, log) = browser_dom(&browser, &page);
+        assert!(!log.contains("CONSOLE") && !log.contains("Uncaught"), "console messages: {log}");
+        assert!(!dom.to_ascii_lowercase().contains("<script"), "no script element in the DOM: {dom}");
+        assert!(dom.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "hostile text is text: {dom}");
+        assert_eq!(dom.matches("class=\"dnode\"").count(), 2, "{dom}");
+        assert!(dom.contains("data-status=\"CRASH\"") && dom.contains("data-status=\"VALID\""), "{dom}");
+        assert!(dom.contains("<span class=\"ins\">+ print('&lt;/pre&gt;"), "the fix's diff line: {dom}");
+        assert_eq!(dom.contains("http-equiv=\"refresh\""), !finished, "{dom}");
+    }
+}
