@@ -559,7 +559,9 @@ function M.execute_step(trial, s1, ctx)
             system_prompt = fix_prompt.system_prompt or fix_prompt.system or "", events = ctx.events,
           })
           check_interrupt()
-          ctx:event("fix", { cell_index = i - 1, id = id, round = round, applied = new ~= nil, how = how })
+          -- The error and both sources, so the run page (report.page) can show the edit as a diff.
+          ctx:event("fix", { cell_index = i - 1, id = id, round = round, applied = new ~= nil, how = how,
+            error = short(r), before = src, after = new })
           if not new then
             ctx:line(string.format("[FIX] %s | no fix: %s", id, how))
             outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1,

@@ -104,6 +104,12 @@ pub enum Command {
     /// Notebook tools.
     #[command(subcommand)]
     Notebook(NotebookCommand),
+    /// (Re)build the run page (run.html beside the summary) of a loop, finished or killed, and print its
+    /// path.
+    View {
+        /// The loop summary (phase2_loop_summary_*.json).
+        summary: PathBuf,
+    },
     /// Internal: the watchdog that kills what a killed cellsci's kernels left behind (see
     /// `kernel::reaper`). Started by cellsci itself, never by a user.
     #[command(name = "__kernel-reaper", hide = true)]
@@ -267,6 +273,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(EXIT_OK)
         }
         Command::Notebook(NotebookCommand::Run(args)) => crate::notebook_run::run(args, cli.quiet).await,
+        Command::View { summary } => view(&cli, summary),
         Command::KernelReaper { .. } | Command::NotebookSaver { .. } => {
             unreachable!("handled before the runtime starts")
         }
@@ -282,6 +289,33 @@ async fn pipeline(cli: &Cli, command: &str, opts: serde_json::Value) -> Result<u
     let rt = Runtime::new(host_ctx(cli, config, None))?;
     let ret = rt.run_pipeline(command, opts).await?;
     Ok(lua::exit_code_of(&ret))
+}
+
+/// `cellsci view`: rebuild the page; a file that is not a loop summary is a usage error (exit 2).
+fn view(cli: &Cli, summary: &Path) -> Result<u8> {
+    use crate::report::page::{self, Options, PageError};
+    let ctx = host_ctx(cli, None, None);
+    let doc = match page::read_summary(summary) {
+        Ok(d) => d,
+        Err(e @ PageError::NotSummary(_)) => {
+            eprintln!("error: {e}");
+            return Ok(crate::exit::EXIT_ERROR);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Live only while the loop that writes it still runs (its pid ends the summary's name).
+    let running = doc.get("finished_at").is_some_and(serde_json::Value::is_null) && writer_alive(summary);
+    let opts = Options { live: Some(running), refresh_secs: 5, ..Default::default() };
+    let out = page::build(summary, &crate::lua::report::page_template(&ctx), &opts)?;
+    println!("{}", out.display());
+    Ok(EXIT_OK)
+}
+
+/// Whether the process named by a summary's file name (`..._<pid>.json`) is alive.
+fn writer_alive(summary: &Path) -> bool {
+    let pid = summary.file_stem().and_then(|s| s.to_str()).and_then(|s| s.rsplit('_').next()?.parse::<i32>().ok());
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    pid.is_some_and(|p| p > 0 && p != std::process::id() as i32 && unsafe { libc::kill(p, 0) } == 0)
 }
 
 /// Write the embedded scripts, stdlib and prompts into `dir`, keeping existing files unless `force`.

@@ -146,6 +146,16 @@ function L:summary(final)
     iterations = self.iters,
   }, { pretty = true }) .. "\n")
   if not ok then error("cannot write " .. self.summary_path .. ": " .. tostring(err), 0) end
+  self:page()
+end
+
+-- The run page (run.html beside the summary), rebuilt after every summary write: a view, so a failure
+-- is a warning (once per kind of failure), never the end of the loop.
+function L:page()
+  local ok, res, perr = pcall(report.page, self.summary_path)
+  local why = not ok and tostring(res) or (res == nil and tostring(perr and perr.message or perr)) or nil
+  if why and why ~= self.page_warned then log.warn("[LOOP] cannot build the run page: " .. why) end
+  self.page_warned = why
 end
 
 -- Archive a trial: the plan goes into the summary first, then the rename (a kill in between is

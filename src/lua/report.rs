@@ -28,6 +28,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set("plot_iterations", lua.create_function(plot_iterations)?)?;
     t.set("hypergraph", lua.create_function(hypergraph)?)?;
     t.set("mermaid", lua.create_function(mermaid)?)?;
+    t.set("page", lua.create_function(page)?)?;
     t.set("direction", lua.create_function(|lua, metric: String| Ok(policy_direction(lua, &metric)?.0.as_str()))?)?;
     Ok(t)
 }
@@ -720,6 +721,36 @@ fn mermaid(lua: &Lua, (v, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaM
         }
     }
     ok(lua, text)
+}
+
+/// The run page's template: `run.html.j2` from the module search folders (a user's copy), else the
+/// bundled `scripts/run.html.j2`.
+pub fn page_template(ctx: &HostCtx) -> String {
+    for dir in ctx.search_dirs() {
+        if let Ok(text) = std::fs::read_to_string(dir.join("run.html.j2")) {
+            return text;
+        }
+    }
+    crate::lua::embedded::get("scripts/run.html.j2").map(|t| t.into_owned()).unwrap_or_default()
+}
+
+/// report.page(summary_path, {path=, live=, refresh=}) -> the page's path | nil, err
+/// Builds run.html (default: beside the summary) from the loop summary and the trials' event logs.
+/// live: reload itself (default: the summary has no finished_at); refresh: seconds between reloads (5).
+fn page(lua: &Lua, (summary, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
+    const F: &str = "report.page";
+    let summary = boundary::string_arg(lua, &summary, F, "the loop summary's path")?.to_string_lossy();
+    let o = boundary::Opts::new(lua, F, opts, &["path", "live", "refresh"])?;
+    let options = crate::report::page::Options {
+        path: o.str("path")?.map(std::path::PathBuf::from),
+        live: o.bool("live")?,
+        refresh_secs: o.positive("refresh")?.map_or(5, |x| x.round().max(1.0) as u32),
+    };
+    let template = page_template(&HostCtx::get(lua));
+    match crate::report::page::build(std::path::Path::new(&summary), &template, &options) {
+        Ok(p) => ok(lua, p.display().to_string()),
+        Err(e) => fail(lua, e.kind(), e.to_string()),
+    }
 }
 
 #[cfg(test)]

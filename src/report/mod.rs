@@ -7,5 +7,6 @@ pub mod format;
 pub mod hypergraph;
 pub mod markdown;
 pub mod metrics;
+pub mod page;
 pub mod plot;
 pub mod stats;

@@ -222,6 +222,20 @@ function report.plot_folds(metrics, opts) end
 ---@return cellsci.report.Error|nil err `plot` or `io`.
 function report.plot_iterations(iterations, opts) end
 
+---Options of `report.page`. Any other key raises.
+---@class cellsci.report.PageOpts
+---@field path? string Where to write the page. Default: `run.html` beside the summary.
+---@field live? boolean Reload itself every `refresh` seconds. Default: the summary has no `finished_at`.
+---@field refresh? number Seconds between reloads of a live page. Default: 5.
+
+---The run page: one self-contained HTML file from a loop summary and its trials' event logs, through the
+---template `run.html.j2` (shadowable), every value HTML-escaped. Written atomically.
+---@param summary string The loop summary (`phase2_loop_summary_*.json`).
+---@param opts? cellsci.report.PageOpts
+---@return string|nil path The page's path.
+---@return cellsci.report.Error|nil err `not_summary`, `io` or `template`.
+function report.page(summary, opts) end
+
 ---Options of `report.hypergraph` / `report.mermaid`. Any other key raises.
 ---@class cellsci.report.WriteOpts
 ---@field path? string Also write the result there (atomically, folders created). Default: none.

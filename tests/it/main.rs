@@ -12,3 +12,4 @@ mod reload;
 mod report;
 mod runner;
 mod util;
+mod view;
