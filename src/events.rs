@@ -21,8 +21,21 @@ pub struct EventLog {
     /// Serializes writers (coroutines of one run share the log) and remembers whether the current
     /// failure was reported, so a full disk gives one warning until a line is written again.
     failing: Mutex<bool>,
-    /// What the LLM calls logged here used: prompt and completion tokens, calls, seconds.
-    usage: Mutex<(u64, u64, u64, f64)>,
+    /// What the LLM calls logged here used.
+    usage: Mutex<SinkUsage>,
+}
+
+/// Tokens, calls, seconds and money of the LLM calls that logged to one event log (one trial).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SinkUsage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub calls: u64,
+    pub latency: f64,
+    /// What the priced calls cost (per the price table).
+    pub cost: f64,
+    /// Calls that used tokens of a model with no price (not in `cost`).
+    pub unpriced: u64,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -56,17 +69,22 @@ impl EventLog {
         EventLog { secret, ..Default::default() }
     }
 
-    /// Count one LLM attempt that logged here.
-    pub fn add_usage(&self, prompt: u64, completion: u64, latency: f64) {
+    /// Count one LLM attempt that logged here (`cost` None: the model has no price).
+    pub fn add_usage(&self, prompt: u64, completion: u64, latency: f64, cost: Option<f64>) {
         let mut u = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        u.0 += prompt;
-        u.1 += completion;
-        u.2 += 1;
-        u.3 += latency;
+        u.prompt_tokens += prompt;
+        u.completion_tokens += completion;
+        u.calls += 1;
+        u.latency += latency;
+        match cost {
+            Some(c) => u.cost += c,
+            None if prompt + completion > 0 => u.unpriced += 1,
+            None => {}
+        }
     }
 
-    /// (prompt tokens, completion tokens, calls, seconds) of the LLM calls that logged here.
-    pub fn usage(&self) -> (u64, u64, u64, f64) {
+    /// What the LLM calls that logged here used.
+    pub fn usage(&self) -> SinkUsage {
         *self.usage.lock().unwrap_or_else(|e| e.into_inner())
     }
 

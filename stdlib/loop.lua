@@ -49,7 +49,7 @@ function M.open(opts)
     max_iters = math.max(1, math.floor(tonumber(exp.max_iterations) or 1)),
     stamp = time.stamp(), pid = host.pid(), started = time.now(), started_iso = time.iso(),
     iters = {}, next_iter = 1, met_any = false, stopped = nil, nothing_left = false,
-    prior = { time = 0, prompt = 0, completion = 0, total = 0, calls = 0, latency = 0 },
+    prior = { time = 0, prompt = 0, completion = 0, total = 0, calls = 0, latency = 0, cost = 0 },
     base_usage = llm.usage() or {},
   }, L)
   self.direction = P.direction(self.pm)
@@ -73,7 +73,8 @@ function L:resume(file)
   self.summary_path, self.started_iso = file, old.started_at or self.started_iso
   self.prior = { time = tonumber(old.total_time_sec) or 0, prompt = tonumber(old.prompt_tokens) or 0,
     completion = tonumber(old.completion_tokens) or 0, total = tonumber(old.total_tokens) or 0,
-    calls = tonumber(old.llm_calls) or 0, latency = tonumber(old.llm_latency_sec) or 0 }
+    calls = tonumber(old.llm_calls) or 0, latency = tonumber(old.llm_latency_sec) or 0,
+    cost = tonumber(old.total_cost_usd) or 0 }
   local met_rec, interrupted, last = nil, false, 0
   for _, r in ipairs(old.iterations) do
     -- An interrupted node is done again; finished ones are kept as they were.
@@ -118,7 +119,7 @@ function L:usage()
   local u, b = llm.usage() or {}, self.base_usage
   local d = function(k) return (u[k] or 0) - (b[k] or 0) end
   return { prompt = d("prompt_tokens"), completion = d("completion_tokens"), total = d("total_tokens"),
-    calls = d("calls"), latency = d("latency") }
+    calls = d("calls"), latency = d("latency"), cost = d("cost") }
 end
 
 function L:summary(final)
@@ -141,7 +142,7 @@ function L:summary(final)
     total_cost_tokens = p.prompt + u.prompt + p.completion + u.completion, total_cost_latency = p.latency + u.latency,
     criteria_met = self.met_any, stopped = self.stopped or json.null, strategy = self.strategy_name,
     total_tokens = p.total + u.total, prompt_tokens = p.prompt + u.prompt, completion_tokens = p.completion + u.completion,
-    llm_calls = p.calls + u.calls, llm_latency_sec = p.latency + u.latency,
+    llm_calls = p.calls + u.calls, llm_latency_sec = p.latency + u.latency, total_cost_usd = p.cost + u.cost,
     total_time_sec = p.time + time.now() - self.started,
     iterations = self.iters,
   }, { pretty = true }) .. "\n")
@@ -255,7 +256,8 @@ function L:record(node, res, err)
     trial_dir = node.trial, criteria_met = false, kind = node.kind, parent = node.parent,
     duration_sec = time.now() - node.t0,
     usage = { prompt_tokens = u.prompt_tokens, completion_tokens = u.completion_tokens,
-      total_tokens = u.total_tokens, total_latency_sec = u.latency, calls = u.calls },
+      total_tokens = u.total_tokens, total_latency_sec = u.latency, calls = u.calls, cost = u.cost },
+    cost_usd = u.cost,
     tokens = { prompt = u.prompt_tokens, completion = u.completion_tokens, total = u.total_tokens },
     llm_calls = u.calls, llm_latency_sec = u.latency }
   if host.interrupted() or (err and err.kind == "interrupted") then
@@ -292,13 +294,13 @@ function L:record(node, res, err)
     if better then self.best_score, self.best_trial = res.score, node.trial end
   end
   if res and res.table then rec.results_table = res.table end
-  ctx:line(string.format("[COST] Iteration %d: %d tokens | %.2fs LLM time", node.iter, rec.usage.total_tokens,
-    rec.usage.total_latency_sec))
+  ctx:line(string.format("[COST] Iteration %d: %d tokens | %.2fs LLM time%s", node.iter, rec.usage.total_tokens,
+    rec.usage.total_latency_sec, u.cost > 0 and string.format(" | $%.4f", u.cost) or ""))
   local rule = rec.error_kind and M.stop_on[rec.error_kind]
   if rule == "end" then
     -- A spent budget ends the loop the way its last node would: the best trial is archived.
     self.stopped = self.stopped or rec.error_kind
-    ctx:line("[LOOP] the LLM budget is spent; ending the loop here")
+    ctx:line("[LOOP] the LLM budget (tokens, calls or money) is spent; ending the loop here")
   elseif rule == "stop" then
     self.stopped = rec.error_kind
     ctx:error("[LOOP] stopping: this failure (" .. rec.error_kind .. ") would repeat in every iteration")

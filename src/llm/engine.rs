@@ -309,7 +309,7 @@ impl Engine {
                 Ok(rep) => Some(&rep.usage),
                 Err(f) => f.reply.as_ref().map(|rep| &rep.usage),
             };
-            s.add_usage(u.map_or(0, |u| u.prompt_tokens), u.map_or(0, |u| u.completion_tokens), latency);
+            s.add_usage(u.map_or(0, |u| u.prompt_tokens), u.map_or(0, |u| u.completion_tokens), latency, cost);
         }
         let last_user = req
             .messages

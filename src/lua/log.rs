@@ -48,13 +48,14 @@ impl LuaUserData for Sink {
             this.0.set_path(Some(p));
             Ok(())
         });
-        // sink:usage() -> {prompt_tokens, completion_tokens, total_tokens, calls, latency}
+        // sink:usage() -> {prompt_tokens, completion_tokens, total_tokens, calls, latency, cost, unpriced}
         m.add_method("usage", |lua, this, ()| {
-            let (p, c, calls, lat) = this.0.usage();
+            let u = this.0.usage();
             boundary::to_lua(
                 lua,
-                &serde_json::json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
-                    "calls": calls, "latency": lat}),
+                &serde_json::json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+                    "total_tokens": u.prompt_tokens + u.completion_tokens, "calls": u.calls, "latency": u.latency,
+                    "cost": u.cost, "unpriced": u.unpriced}),
             )
         });
     }

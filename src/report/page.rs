@@ -67,6 +67,8 @@ struct Page {
     elapsed: String,
     tokens: Tokens,
     llm_calls: u64,
+    /// What the run's priced LLM calls cost ("" when nothing was priced).
+    cost: String,
     strategy: String,
     best_score: String,
     summary_file: String,
@@ -336,6 +338,7 @@ fn page_data(summary: &Path, out: &Path, doc: &Value, opts: &Options) -> Page {
         elapsed: num(doc.get("total_time_sec")).map(seconds).unwrap_or_default(),
         tokens: Tokens { prompt: u("prompt_tokens"), completion: u("completion_tokens"), total: u("total_tokens") },
         llm_calls: u("llm_calls"),
+        cost: num(doc.get("total_cost_usd")).filter(|c| *c > 0.0).map(|c| format!("${c:.4}")).unwrap_or_default(),
         strategy: s(doc.get("strategy")),
         best_score: score_fmt(num(doc.get("best_score"))),
         summary_file: href(summary, base),

@@ -302,3 +302,29 @@ fn with_feedback_on_the_next_iteration_is_told_what_the_earlier_ones_scored() {
         assert!(!g["messages"][1]["content"].as_str().unwrap().contains("Results of earlier attempts"));
     }
 }
+
+#[test]
+fn the_money_budget_ends_a_run_cleanly_with_the_cost_in_the_summary() {
+    // Runs cost money: the budget is in money too, and the summary says what each iteration cost.
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 6, "success_threshold": 0.99},
+               "llm": {"prices": {"fake-model": {"input": 1000, "output": 1000}}, "max_cost": 0.5}}),
+        crate::pipeline::simple_handler(vec![generation_reply(&[("T1", &metrics_cell(0.3))])]),
+    );
+    let out = p.run(&["run"]);
+    let text = util::text(&out);
+    assert_eq!(out.status.code(), Some(0), "a spent budget ends the loop like its last iteration: {text}");
+    assert!(text.contains("the LLM budget (tokens, calls or money) is spent"), "{text}");
+    assert!(stdout(&out).contains("[COST] Iteration 1:") && stdout(&out).contains("| $"), "{text}");
+    let s = summary(&p);
+    assert_eq!(s["stopped"], "budget", "{s:#}");
+    let its = s["iterations"].as_array().unwrap();
+    assert!(its.len() < 6, "the budget stopped the loop early: {s:#}");
+    let total = s["total_cost_usd"].as_f64().unwrap();
+    let sum: f64 = its.iter().map(|r| r["cost_usd"].as_f64().unwrap()).sum();
+    assert!(total > 0.5 && total < 1.0, "{total}");
+    assert!((total - sum).abs() < 1e-9, "per-iteration costs add up to the run's: {sum} vs {total}");
+    assert_eq!(p.archived().len(), 1, "the best trial is archived");
+    let page = std::fs::read_to_string(p.save_root().join("run.html")).unwrap();
+    assert!(page.contains(&format!("${total:.4}")), "the run page shows the cost");
+}
