@@ -104,6 +104,38 @@ struct Node {
     links: Vec<Link>,
     messages: Vec<Message>,
     notes: Vec<String>,
+    /// The report's computed table (its first markdown table), shown as text.
+    report_table: String,
+    /// The trial's plots, inline as `data:` images (an SVG in an <img> runs no script).
+    plots: Vec<Plot>,
+}
+
+#[derive(Serialize, Default)]
+struct Plot {
+    title: String,
+    uri: String,
+}
+
+/// The largest plot embedded in the page (bigger ones stay links).
+const MAX_PLOT: u64 = 2 << 20;
+
+/// The first markdown table of the trial's report (the computed results), and its plots as data URIs.
+fn report_parts(trial: &Path, node: &mut Node) {
+    if let Ok(bytes) = crate::files::read_regular(&trial.join("experiment_report.md"), MAX_READ) {
+        let text = String::from_utf8_lossy(&bytes);
+        let table: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with('|'))
+            .take_while(|l| l.trim_start().starts_with('|'))
+            .collect();
+        node.report_table = table.join("\n");
+    }
+    for (title, file) in [("per fold", "fold_scores.svg"), ("per iteration", "iterations.svg")] {
+        if let Ok(svg) = crate::files::read_regular(&trial.join(file), MAX_PLOT) {
+            let enc = percent_encoding::percent_encode(&svg, percent_encoding::NON_ALPHANUMERIC);
+            node.plots.push(Plot { title: title.into(), uri: format!("data:image/svg+xml,{enc}") });
+        }
+    }
 }
 
 #[derive(Serialize, Default)]
@@ -315,6 +347,8 @@ fn page_data(summary: &Path, out: &Path, doc: &Value, opts: &Options) -> Page {
             links: Vec::new(),
             messages: Vec::new(),
             notes: Vec::new(),
+            report_table: String::new(),
+            plots: Vec::new(),
         };
         if !trial.is_empty() {
             trial_details(Path::new(&trial), base, &mut node);
@@ -362,6 +396,7 @@ fn trial_details(trial: &Path, base: &Path, node: &mut Node) {
             node.links.push(Link { label, href: href(&p, base) });
         }
     }
+    report_parts(trial, node);
     let mut cells: BTreeMap<i64, Cell> = BTreeMap::new();
     match crate::files::read_regular(&trial.join("events.jsonl"), MAX_READ) {
         Ok(bytes) => {
