@@ -191,6 +191,35 @@ fn a_scripted_runs_page_matches_its_summary() {
     assert_no_live_script(&page);
     assert!(!page.contains("http-equiv=\"refresh\""), "the run is over: no reload");
     assert!(page.contains("href=\"prompt&#x2f;prompt_run_"), "links into the archived trial: {page}");
+
+    // The same page, and the page as it was while the run went on, in a real browser.
+    let Some(browser) = chromium() else {
+        println!("SKIPPED the browser part of a_scripted_runs_page_matches_its_summary: no chromium binary");
+        return;
+    };
+    let summary = std::fs::read_dir(p.save_root())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|f| f.file_name().unwrap().to_string_lossy().starts_with("phase2_loop_summary_"))
+        .unwrap();
+    let live = p.save_root().join("live.html");
+    let lua = format!(
+        "assert(require('report').page({:?}, {{ path = {:?}, live = true }}))\n",
+        summary.display().to_string(),
+        live.display().to_string()
+    );
+    util::write(p.path(), "live.lua", &lua);
+    let out = cellsci(p.path()).args(["script", "live.lua"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    for (file, is_live) in [(p.save_root().join("run.html"), false), (live, true)] {
+        let (dom, log) = browser_dom(&browser, &file);
+        assert!(!log.contains("CONSOLE") && !log.contains("Uncaught"), "console messages: {log}");
+        assert_eq!(dom.matches("class=\"dnode\"").count(), its.len(), "{dom}");
+        assert!(dom.contains("data-status=\"CRASH\"") && dom.contains("data-status=\"VALID\""), "{dom}");
+        assert!(dom.contains("<span class=\"ins\">+ y = 2"), "the fix round's diff: {dom}");
+        assert_eq!(dom.contains("http-equiv=\"refresh\""), is_live, "{dom}");
+    }
 }
 
 /// A Chromium binary: `CELLSCI_CHROMIUM`, else `chromium` or `chromium-browser` on the PATH.
