@@ -184,6 +184,50 @@ function M.cells_of(reply)
   return cells, hg
 end
 
+-- The shape of a generation reply (DESIGN: LLM reply formats), sent as a JSON schema so that endpoints
+-- that support structured outputs reply in shape on the first try; an endpoint that refuses it is asked
+-- with json_object, then plain text, from then on (stdlib/adapt.lua), and the extractor still reads
+-- whatever comes. `llm.structured_outputs = false` sends no schema.
+M.GENERATION_SCHEMA = {
+  name = "notebook",
+  strict = true,
+  schema = {
+    type = "object",
+    additionalProperties = false,
+    required = { "cells", "hypergraph" },
+    properties = {
+      cells = { type = "array", items = {
+        type = "object", additionalProperties = false, required = { "id", "name", "purpose", "code" },
+        properties = { id = { type = "string" }, name = { type = "string" }, purpose = { type = "string" },
+          code = { type = "string" } } } },
+      hypergraph = { type = "object", additionalProperties = false, required = { "hyperedges" },
+        properties = { hyperedges = { type = "array", items = {
+          type = "object", additionalProperties = false, required = { "tail", "head" },
+          properties = { tail = { type = "array", items = { type = "string" } }, head = { type = "string" } } } } } },
+    },
+  },
+}
+
+local function structured()
+  return (section("llm")).structured_outputs ~= false
+end
+M.structured = structured
+
+-- Long requests (a whole notebook, a cell's repair) stream by default: a proxy that drops a silent
+-- connection sees bytes while a thinking model works, and llm.idle_timeout then catches a real stall.
+-- `llm.stream = false` turns it off.
+local function stream_long()
+  local v = section("llm").stream
+  if v == nil then return true end
+  return v
+end
+M.stream_long = stream_long
+
+-- Did the reply need the extractor's repairs (fences, prose, Python literals...) to be read?
+local function needed_repair(text)
+  return json.decode(text) == nil
+end
+
 -- Ask for the notebook; on an unreadable reply, ask the model to reformat it (prompt_branch.json_retries).
 -- Each unusable reply is saved whole, once, as <trial>/generation_reply_<n>.txt; the reformat request
 -- echoes only its first and last M.ECHO_BYTES (and says so), so a runaway reply cannot make every later
@@ -198,12 +242,16 @@ local function request_notebook(system, user, trial, ctx)
   for attempt = 0, retries do
     host.reload()
     local resp, err = llm.chat({ messages = messages, temperature = pb.temperature, max_tokens = pb.max_tokens,
-      events = ctx.events })
+      events = ctx.events, json_schema = structured() and M.GENERATION_SCHEMA or nil, stream = stream_long() })
     if not resp then
       table.insert(attempts, { attempt = attempt + 1, error = tostring(err) })
       return nil, nil, attempts, "the generation request failed: " .. tostring(err), err
     end
     local parsed, perr = llm.extract_json(resp.text)
+    if parsed ~= nil and needed_repair(resp.text) then
+      ctx.replies_repaired = (ctx.replies_repaired or 0) + 1
+      ctx:event("reply_repaired", { step = "generation", attempt = attempt + 1 })
+    end
     local cells, hg
     if parsed ~= nil then cells, hg = M.cells_of(parsed) end
     if cells then return cells, hg, attempts end
@@ -557,6 +605,8 @@ function M.execute_step(trial, s1, ctx)
             cell_index = i - 1, source = src, result = r, round = round, max_rounds = max_rounds,
             timeout = timeout, use_llm = ex.enable_llm_autofix ~= false,
             system_prompt = fix_prompt.system_prompt or fix_prompt.system or "", events = ctx.events,
+            json_schema = structured() and require("autofix").FIX_SCHEMA or nil, trial = ctx,
+            llm = { stream = stream_long() },
           })
           check_interrupt()
           -- The error and both sources, so the run page (report.page) can show the edit as a diff.
@@ -704,6 +754,11 @@ function M.analyze_step(trial, ctx)
   end
   local md = report.markdown({ metrics = m, metric = pm, direction = dir, narrative = narrative,
     narrative_error = narrative_error, plots = plots, title = "Experiment report: " .. (cfg().dataset_name or "") })
+  -- What the LLM calls of this trial used so far (the narrative's included), from its own event log.
+  local u = ctx.events:usage()
+  md = md .. string.format("\n## LLM use\n\n%d calls, %d tokens (%d prompt, %d completion), %.1f s of LLM time%s.\n",
+    u.calls, u.total_tokens, u.prompt_tokens, u.completion_tokens, u.latency,
+    u.cost > 0 and string.format(", cost $%.4f", u.cost) or "")
   write_text(report_path, md)
   local sc = report.score(m, { metric = pm, direction = dir }) or {}
   ctx:info("[ANALYZE] report written: " .. report_path)

@@ -9,6 +9,19 @@ local log = require("log")
 
 local M = {}
 
+-- The shape of a fix reply, sent as a JSON schema (structured outputs) unless llm.structured_outputs is
+-- false; an endpoint that refuses it gets json_object, then plain text (stdlib/adapt.lua).
+M.FIX_SCHEMA = {
+  name = "cell_fix",
+  strict = true,
+  schema = {
+    type = "object", additionalProperties = false, required = { "edits" },
+    properties = { edits = { type = "array", items = {
+      type = "object", additionalProperties = false, required = { "cell_index", "source" },
+      properties = { cell_index = { type = "integer" }, source = { type = "string" } } } } },
+  },
+}
+
 -- Well-known import aliases: `NameError: name 'np' is not defined` is fixed by importing it.
 M.aliases = {
   np = "import numpy as np", pd = "import pandas as pd", plt = "import matplotlib.pyplot as plt",
@@ -99,9 +112,14 @@ function M.fix(ctx)
   for k, v in pairs(ctx.llm or {}) do opts[k] = v end
   -- the trial's own event log: this exchange belongs to the trial whose cell it repairs
   if ctx.events ~= nil and opts.events == nil then opts.events = ctx.events end
+  if ctx.json_schema ~= nil and opts.json_schema == nil then opts.json_schema = ctx.json_schema end
   local resp, err = llm.chat(opts)
   if not resp then return nil, "LLM fix request failed: " .. tostring(err) end
   local parsed, perr = llm.extract_json(resp.text)
+  if parsed ~= nil and ctx.trial ~= nil and json.decode(resp.text) == nil then
+    ctx.trial.replies_repaired = (ctx.trial.replies_repaired or 0) + 1
+    ctx.trial:event("reply_repaired", { step = "fix", cell_index = ctx.cell_index })
+  end
   if parsed == nil then return nil, "could not read the LLM's fix: " .. tostring(perr) end
   local new = M.pick_edit(parsed, ctx.cell_index)
   if not new then return nil, "the LLM's reply has no edit for cell " .. tostring(ctx.cell_index) end

@@ -143,6 +143,11 @@ function L:summary(final)
     criteria_met = self.met_any, stopped = self.stopped or json.null, strategy = self.strategy_name,
     total_tokens = p.total + u.total, prompt_tokens = p.prompt + u.prompt, completion_tokens = p.completion + u.completion,
     llm_calls = p.calls + u.calls, llm_latency_sec = p.latency + u.latency, total_cost_usd = p.cost + u.cost,
+    replies_repaired = (function()
+      local n = 0
+      for _, r in ipairs(self.iters) do n = n + (tonumber(r.replies_repaired) or 0) end
+      return n
+    end)(),
     total_time_sec = p.time + time.now() - self.started,
     iterations = self.iters,
   }, { pretty = true }) .. "\n")
@@ -258,6 +263,8 @@ function L:record(node, res, err)
     usage = { prompt_tokens = u.prompt_tokens, completion_tokens = u.completion_tokens,
       total_tokens = u.total_tokens, total_latency_sec = u.latency, calls = u.calls, cost = u.cost },
     cost_usd = u.cost,
+    -- LLM replies that needed the extractor's repairs to be read (fences, prose, Python literals...)
+    replies_repaired = ctx.replies_repaired or 0,
     tokens = { prompt = u.prompt_tokens, completion = u.completion_tokens, total = u.total_tokens },
     llm_calls = u.calls, llm_latency_sec = u.latency }
   if host.interrupted() or (err and err.kind == "interrupted") then

@@ -328,3 +328,95 @@ fn the_money_budget_ends_a_run_cleanly_with_the_cost_in_the_summary() {
     let page = std::fs::read_to_string(p.save_root().join("run.html")).unwrap();
     assert!(page.contains(&format!("${total:.4}")), "the run page shows the cost");
 }
+
+/// The fields of OpenAI's `CreateChatCompletionRequest` that cellsci sends, with the types and ranges the
+/// published API gives them (written out here; `additionalProperties: false` so a misspelt field fails).
+const CHAT_REQUEST_SCHEMA: &str = r##"{
+  "type": "object",
+  "required": ["model", "messages"],
+  "additionalProperties": false,
+  "properties": {
+    "model": {"type": "string", "minLength": 1},
+    "messages": {"type": "array", "minItems": 1, "items": {
+      "type": "object", "required": ["role", "content"],
+      "properties": {
+        "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+        "content": {"type": "string"}, "name": {"type": "string"}}}},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+    "max_tokens": {"type": "integer", "minimum": 1},
+    "max_completion_tokens": {"type": "integer", "minimum": 1},
+    "stream": {"type": "boolean"},
+    "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+    "seed": {"type": "integer"}, "top_p": {"type": "number"},
+    "response_format": {"oneOf": [
+      {"type": "object", "required": ["type"], "additionalProperties": false,
+       "properties": {"type": {"const": "text"}}},
+      {"type": "object", "required": ["type"], "additionalProperties": false,
+       "properties": {"type": {"const": "json_object"}}},
+      {"type": "object", "required": ["type", "json_schema"], "additionalProperties": false,
+       "properties": {"type": {"const": "json_schema"}, "json_schema": {
+         "type": "object", "required": ["name"], "additionalProperties": false,
+         "properties": {"name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+           "description": {"type": "string"}, "schema": {"type": "object"}, "strict": {"type": "boolean"}}}}}]}
+  }
+}"##;
+
+#[test]
+fn every_request_of_a_run_is_a_valid_chat_completion_request_with_structured_outputs() {
+    let fix = "x = 1";
+    let handler: Handler = Box::new(move |kind, req, _| match kind {
+        Kind::Generation => Reply::text(&generation_reply(&[("T1", "x = undefined_name"), ("T2", &metrics_cell(0.9))])),
+        Kind::Fix => {
+            let doc: Value = serde_json::from_str(req["messages"][1]["content"].as_str().unwrap()).unwrap();
+            Reply::text(&fix_reply(doc["errors"][0]["cell_index"].as_i64().unwrap(), fix))
+        }
+        _ => Reply::text("A narrative."),
+    });
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 1},
+               "llm": {"prices": {"fake-model": {"input": 1, "output": 2}}}}),
+        handler,
+    );
+    let out = p.run(&["run", "--use-idea"]);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    let reqs = p._srv.requests();
+    assert!(reqs.len() >= 4, "strategy, generation, fix, report: {}", reqs.len());
+    // Validate every body with the jsonschema package of the test venv (nbformat depends on it).
+    let dir = util::tempdir();
+    util::write(dir.path(), "schema.json", CHAT_REQUEST_SCHEMA);
+    util::write(dir.path(), "requests.json", &serde_json::to_string(&reqs).unwrap());
+    let check = std::process::Command::new(util::test_venv().join("bin/python"))
+        .current_dir(dir.path())
+        .args(["-c", "import json, jsonschema\nschema = json.load(open('schema.json'))\nfor i, r in enumerate(json.load(open('requests.json'))):\n    jsonschema.validate(r, schema)\nprint('valid')"])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", util::text(&check));
+    // The generation and fix requests asked for their shapes (structured outputs).
+    let gen = p.requests(Kind::Generation);
+    assert_eq!(gen[0]["response_format"]["json_schema"]["name"], "notebook", "{:#}", gen[0]);
+    // Long requests stream by default (a proxy sees bytes while the model works).
+    assert_eq!(gen[0]["stream"], true, "{:#}", gen[0]);
+    let fixes = p.requests(Kind::Fix);
+    assert_eq!(fixes[0]["response_format"]["json_schema"]["name"], "cell_fix");
+    // Replies in a fence with prose needed the extractor's repairs: counted.
+    let s = summary(&p);
+    assert!(s["replies_repaired"].as_u64().unwrap() >= 1, "{s:#}");
+    // The trial's report says what its LLM calls used and cost.
+    let report = std::fs::read_to_string(p.archived()[0].join("experiment_report.md")).unwrap();
+    assert!(report.contains("## LLM use") && report.contains("cost $"), "{report}");
+
+    // llm.structured_outputs = false sends no schema.
+    let q = Project::new(
+        json!({"experiment": {"max_iterations": 1}, "llm": {"structured_outputs": false}}),
+        crate::pipeline::simple_handler(vec![generation_reply(&[("T1", &metrics_cell(0.9))])]),
+    );
+    assert_eq!(q.run(&["run"]).status.code(), Some(0));
+    assert!(q.requests(Kind::Generation)[0].get("response_format").is_none());
+    // llm.stream = false asks for whole replies.
+    let r = Project::new(
+        json!({"experiment": {"max_iterations": 1}, "llm": {"stream": false}}),
+        crate::pipeline::simple_handler(vec![generation_reply(&[("T1", &metrics_cell(0.9))])]),
+    );
+    assert_eq!(r.run(&["run"]).status.code(), Some(0));
+    assert!(r.requests(Kind::Generation)[0].get("stream").is_none_or(|v| v == false));
+}
