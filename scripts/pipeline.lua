@@ -84,8 +84,8 @@ local function prompt_root() return path.join(M.save_root(), "prompt") end
 function M.fill(text, vars) return host.expand(text, vars) end
 
 -- A prompt file: an explicit path (config or command line), else prompts/<name> in the current folder,
--- else the bundled copy. A prompt that cannot be used is a config error (the text says "config: "), which
--- ends a command or a `run` loop with exit 2 instead of sending a broken request.
+-- else the bundled copy. A prompt that cannot be used is a `config` error, which ends a command or a
+-- `run` loop with exit 2 instead of sending a broken request.
 function M.load_prompt(explicit, name)
   local text, where
   if explicit and explicit ~= "" then
@@ -223,11 +223,6 @@ local function stream_long()
 end
 M.stream_long = stream_long
 
--- Did the reply need the extractor's repairs (fences, prose, Python literals...) to be read?
-local function needed_repair(text)
-  return json.decode(text) == nil
-end
-
 -- Ask for the notebook; on an unreadable reply, ask the model to reformat it (prompt_branch.json_retries).
 -- Each unusable reply is saved whole, once, as <trial>/generation_reply_<n>.txt; the reformat request
 -- echoes only its first and last M.ECHO_BYTES (and says so), so a runaway reply cannot make every later
@@ -247,8 +242,8 @@ local function request_notebook(system, user, trial, ctx)
       table.insert(attempts, { attempt = attempt + 1, error = tostring(err) })
       return nil, nil, attempts, "the generation request failed: " .. tostring(err), err
     end
-    local parsed, perr = llm.extract_json(resp.text)
-    if parsed ~= nil and needed_repair(resp.text) then
+    local parsed, perr, repaired = llm.extract_json(resp.text)
+    if repaired then
       ctx.replies_repaired = (ctx.replies_repaired or 0) + 1
       ctx:event("reply_repaired", { step = "generation", attempt = attempt + 1 })
     end

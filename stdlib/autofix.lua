@@ -115,8 +115,8 @@ function M.fix(ctx)
   if ctx.json_schema ~= nil and opts.json_schema == nil then opts.json_schema = ctx.json_schema end
   local resp, err = llm.chat(opts)
   if not resp then return nil, "LLM fix request failed: " .. tostring(err) end
-  local parsed, perr = llm.extract_json(resp.text)
-  if parsed ~= nil and ctx.trial ~= nil and json.decode(resp.text) == nil then
+  local parsed, perr, repaired = llm.extract_json(resp.text)
+  if repaired and ctx.trial ~= nil then
     ctx.trial.replies_repaired = (ctx.trial.replies_repaired or 0) + 1
     ctx.trial:event("reply_repaired", { step = "fix", cell_index = ctx.cell_index })
   end

@@ -52,7 +52,15 @@ impl std::error::Error for ExtractError {}
 
 /// Extract the JSON value an LLM reply holds. Python's NaN/Infinity come back as `pyjson` markers.
 pub fn extract_json(text: &str) -> Result<Value, ExtractError> {
+    extract_json_repaired(text).map(|(v, _)| v)
+}
+
+/// [`extract_json`], and whether the value needed repairs to be read: anything but a reply that is
+/// exactly one JSON value (a fence, prose around it, a `<think>` block, Python literals, a double-encoded
+/// string...). Counted by the pipeline to see how often structured outputs are not honoured.
+pub fn extract_json_repaired(text: &str) -> Result<(Value, bool), ExtractError> {
     let (stripped, cut_in_think) = strip_think(text);
+    let think_removed = stripped.as_ref() != text;
     let text: &str = &stripped;
     let trimmed = text.trim();
     let too_deep_err = || ExtractError {
@@ -75,11 +83,11 @@ pub fn extract_json(text: &str) -> Result<Value, ExtractError> {
             let t = inner.trim();
             if t.starts_with(['{', '[']) {
                 if let Some(x) = parse_lenient(t).filter(|x| x.is_object() || x.is_array()) {
-                    return Ok(x);
+                    return Ok((x, true));
                 }
             }
         }
-        return Ok(v);
+        return Ok((v, think_removed));
     }
     let b = text.as_bytes();
     let fences = fence_starts(b);
@@ -149,7 +157,7 @@ pub fn extract_json(text: &str) -> Result<Value, ExtractError> {
         ),
     };
     if let Some((_, v)) = best_fenced {
-        return Ok(v);
+        return Ok((v, true));
     }
     if let Some((start, fenced)) = cut {
         // A cut-off fenced block, or a cut-off value bigger than anything complete: the answer was
@@ -164,7 +172,7 @@ pub fn extract_json(text: &str) -> Result<Value, ExtractError> {
         }
     }
     if let Some((_, v)) = best_bare {
-        return Ok(v);
+        return Ok((v, true));
     }
     if cut_in_think {
         return Err(ExtractError {
@@ -616,6 +624,16 @@ fn emit_string(b: &[u8], i: usize, raw: bool, out: &mut Vec<u8>) -> Option<usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_reply_that_is_exactly_json_counts_as_unrepaired() {
+        let r = |t: &str| extract_json_repaired(t).unwrap().1;
+        assert!(!r(r#"{"a": 1}"#));
+        assert!(!r(r#"  {"think": "the word think in a value"}  "#));
+        assert!(r("Here it is:\n```json\n{\"a\": 1}\n```"));
+        assert!(r("<think>hmm</think>{\"a\": 1}"));
+        assert!(r("{'a': True}"));
+    }
     use serde_json::json;
 
     fn ok(text: &str) -> Value {

@@ -104,9 +104,10 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
         lua.create_function(|lua, text: LuaValue| {
             let text =
                 boundary::string_arg(lua, &text, "llm.extract_json", "the reply text (a string)")?.to_string_lossy();
-            match crate::llm::extract::extract_json(&text) {
-                Ok(v) => Ok((boundary::to_lua(lua, &v)?, LuaValue::Nil)),
-                Err(e) => boundary::fail(lua, e.kind.as_str(), &e.message),
+            // value, nil, repaired (whether it needed repairs to be read) | nil, err
+            match crate::llm::extract::extract_json_repaired(&text) {
+                Ok((v, repaired)) => Ok((boundary::to_lua(lua, &v)?, LuaValue::Nil, LuaValue::Boolean(repaired))),
+                Err(e) => boundary::fail(lua, e.kind.as_str(), &e.message).map(|(a, b)| (a, b, LuaValue::Nil)),
             }
         })?,
     )?;

@@ -130,6 +130,7 @@ function llm.chat(opts) end
 ---@param text string
 ---@return cellsci.JsonValue|nil value
 ---@return cellsci.llm.ExtractError|nil err
+---@return boolean|nil repaired true when the value needed repairs to be read (anything but a reply that is exactly one JSON value)
 function llm.extract_json(text) end
 
 ---Options of `llm.clip`.
