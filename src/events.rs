@@ -47,21 +47,14 @@ impl std::fmt::Debug for EventLog {
 impl EventLog {
     /// Direct events to `path` (None stops logging).
     pub fn set_path(&self, path: Option<PathBuf>) {
-        let mut cur = self.path.lock().unwrap_or_else(|e| e.into_inner());
-        // The same log under its trial's new (archived) name keeps its state: a failure already reported
-        // is not reported again. Any other log starts with a clean slate.
-        let moved = match (cur.as_deref(), path.as_deref()) {
-            (Some(old), Some(new)) => {
-                old.file_name() == new.file_name()
-                    && std::fs::symlink_metadata(old).is_err()
-                    && new.parent().is_some_and(|d| d.exists())
-            }
-            _ => false,
-        };
-        *cur = path;
-        if !moved {
-            *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = false;
-        }
+        *self.path.lock().unwrap_or_else(|e| e.into_inner()) = path;
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = false;
+    }
+
+    /// The same log under its trial's new (archived) name: it keeps its state, so a failure already
+    /// reported is not reported again.
+    pub fn move_to(&self, path: PathBuf) {
+        *self.path.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
     }
 
     /// A log that masks `secret` out of every line.

@@ -45,7 +45,7 @@ impl LuaUserData for Sink {
             if p.parent().is_some_and(|d| !d.is_dir()) {
                 return Err(boundary::misuse(lua, format!("sink:move: no folder {}", p.display())));
             }
-            this.0.set_path(Some(p));
+            this.0.move_to(p);
             Ok(())
         });
         // sink:usage() -> {prompt_tokens, completion_tokens, total_tokens, calls, latency, cost, unpriced}
