@@ -62,6 +62,7 @@ function M.open(opts)
     self.summary_path))
   -- A summary from the start: a loop killed during its first node can still be resumed.
   self:summary(false)
+  self:page()
   return self
 end
 
@@ -152,11 +153,12 @@ function L:summary(final)
     iterations = self.iters,
   }, { pretty = true }) .. "\n")
   if not ok then error("cannot write " .. self.summary_path .. ": " .. tostring(err), 0) end
-  self:page()
 end
 
--- The run page (run.html beside the summary), rebuilt after every summary write: a view, so a failure
--- is a warning (once per kind of failure), never the end of the loop.
+-- The run page (run.html beside the summary), rebuilt when the loop opens, after each node is recorded
+-- (and archived) and when it closes, not on every summary write (an archive writes the summary twice,
+-- and each page reads every trial's event log): a view, so a failure is a warning (once per kind of
+-- failure), never the end of the loop.
 function L:page()
   local ok, res, perr = pcall(report.page, self.summary_path)
   local why = not ok and tostring(res) or (res == nil and tostring(perr and perr.message or perr)) or nil
@@ -273,6 +275,7 @@ function L:record(node, res, err)
     table.insert(self.iters, rec)
     if ctx.buffered then ctx:flush(node.header) end
     self:summary(false)
+    self:page()
     return rec
   end
   if err then
@@ -323,6 +326,7 @@ function L:record(node, res, err)
   if ctx.buffered then ctx:flush(node.header) end
   self:summary(false)
   if rec.criteria_met and self.archived == nil then self:archive(node.trial, ctx) end
+  self:page()
   return rec
 end
 
@@ -332,6 +336,7 @@ function L:close()
   if self.stopped == "interrupted" or host.interrupted() then
     self.stopped = "interrupted"
     self:summary(true)
+    self:page()
     log.line("[INTERRUPT] stopped; loop summary saved to " .. self.summary_path)
     return 130
   end
@@ -363,6 +368,7 @@ function L:close()
     end
   end
   self:summary(true)
+  self:page()
   if self.archived then log.info("[LOOP] report: " .. path.join(self.archived, "experiment_report.md")) end
   log.info("[LOOP] loop summary: " .. self.summary_path)
   if self.stopped and M.stop_on[self.stopped] == "stop" then return 2 end
