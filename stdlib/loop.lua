@@ -201,6 +201,16 @@ function L:records()
   return self.iters
 end
 
+-- The record of the best node so far (the one the loop would archive), or nil: strategies improve it.
+function L:best()
+  local t = self.best_trial
+  if not t then return nil end
+  for _, r in ipairs(self.iters) do
+    if r.trial_dir == t or r.archived_as == t then return r end
+  end
+  return nil
+end
+
 -- Earlier nodes, as text for the next generation (search.feedback = true, or a strategy's choice).
 function L:feedback_text()
   local lines = {}

@@ -23,10 +23,7 @@ function M.run(L, opts)
   task.all(round)
   if L:done() then return end
   -- Round 2: improve the best draft (the node sees its code and its computed results).
-  local best
-  for _, r in ipairs(L:records()) do
-    if r.status == "VALID" and (best == nil or require("success").better(r.score, best.score, L.pm)) then best = r end
-  end
+  local best = L:best()   -- the loop tracks the best under the success policy's direction
   if not best then return end
   round = {}
   for _ = 1, n do

@@ -20,7 +20,7 @@ end
 
 -- The next action: {kind=, parent=} (a draft when nothing else fits).
 function M.choose(L, taken)
-  local drafts, best = 0, nil
+  local drafts = 0
   local expanded = {}
   for _, r in ipairs(L:records()) do
     if r.kind == "draft" or r.kind == nil then drafts = drafts + 1 end
@@ -39,12 +39,7 @@ function M.choose(L, taken)
       return { kind = "debug", parent = r }
     end
   end
-  local better = require("success").better
-  for _, r in ipairs(L:records()) do
-    if r.status == "VALID" and (best == nil or better(r.score, best.score, L.pm, (require("host").config.experiment or {}).direction)) then
-      best = r
-    end
-  end
+  local best = L:best()
   if best then return { kind = "improve", parent = best } end
   return { kind = "draft" }
 end
