@@ -1,11 +1,15 @@
 //! Jupyter kernels: finding them, starting them, running code in them cell by cell, and turning hangs
 //! and crashes into results a script can act on.
 //!
-//! The only kernel today is a local process, [`LocalKernel`], used directly: no enum or trait stands
-//! between it and its callers while it has no sibling. A remote kernel (Jupyter Server / Enterprise
-//! Gateway, issue 14) brings the seam with it, as a trait both implement, shaped by what the two really
-//! share. Nothing here may leave a kernel process running after cellsci ends.
+//! A kernel is a local process ([`LocalKernel`], over ZeroMQ) or a kernel on a Jupyter Kernel Gateway /
+//! Enterprise Gateway ([`GatewayKernel`], over REST and a WebSocket). Callers hold a [`Kernel`], which
+//! is either: the two share what a script sees (execute with the same results, interrupt, restart,
+//! shutdown, alive) and differ in everything below it. A closed enum, not a trait object: its methods
+//! are async, and there are exactly these two. Nothing here may leave a kernel running after cellsci
+//! ends: a local kernel is killed, a gateway kernel deleted.
 
+pub mod cell;
+pub mod gateway;
 pub mod local;
 pub mod outputs;
 pub mod pool;
@@ -18,7 +22,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
-pub use local::{Interrupter, LocalKernel};
+pub use gateway::GatewayKernel;
+pub use local::LocalKernel;
 pub use spec::{InterruptMode, KernelSpec};
 
 /// Errors of the kernel layer a caller may branch on.
@@ -74,6 +79,8 @@ pub struct StartOptions {
     pub secrets: Vec<String>,
     /// IPC (default) or TCP on loopback.
     pub transport: Transport,
+    /// Start the kernel on this gateway instead of this machine.
+    pub gateway: Option<gateway::Target>,
 }
 
 impl Default for StartOptions {
@@ -88,6 +95,7 @@ impl Default for StartOptions {
             interrupt_grace: Duration::from_secs(3),
             secrets: Vec::new(),
             transport: Transport::Ipc,
+            gateway: None,
         }
     }
 }
@@ -273,8 +281,128 @@ pub async fn resolve_spec(opts: &StartOptions) -> Result<KernelSpec> {
     )
 }
 
-/// Start a local kernel as `opts` says: resolve its kernelspec, then launch it.
-pub async fn start(opts: StartOptions) -> Result<LocalKernel> {
+/// Start a kernel as `opts` says: on its gateway, or here (its kernelspec resolved first).
+pub async fn start(opts: StartOptions) -> Result<Kernel> {
+    if opts.gateway.is_some() {
+        return Kernel::launch(None, opts).await;
+    }
     let spec = resolve_spec(&opts).await?;
-    LocalKernel::start(spec, opts).await.context("cannot start the kernel")
+    Kernel::launch(Some(spec), opts).await
+}
+
+/// The kind of a failed start a retry policy branches on: a gateway's classification (`auth`, `server`,
+/// `connect`, `timeout`, `reset`, `client`, `protocol`, `config`), `interrupted` after Ctrl-C, else
+/// `start`.
+pub fn start_failure_kind(e: &anyhow::Error) -> &'static str {
+    for c in e.chain() {
+        if let Some(g) = c.downcast_ref::<gateway::GatewayError>() {
+            return if g.kind == "not_found" { "start" } else { g.kind };
+        }
+        if c.downcast_ref::<KernelError>().is_some() {
+            return "interrupted";
+        }
+    }
+    "start"
+}
+
+/// A kernel, here or on a gateway.
+pub enum Kernel {
+    Local(LocalKernel),
+    Gateway(GatewayKernel),
+}
+
+/// Interrupts a kernel while an execution holds it.
+#[derive(Clone)]
+pub enum Interrupter {
+    Local(local::Interrupter),
+    Gateway(gateway::Interrupter),
+}
+
+impl Interrupter {
+    pub async fn interrupt(&self) -> Result<()> {
+        match self {
+            Interrupter::Local(i) => i.interrupt().await,
+            Interrupter::Gateway(i) => i.interrupt().await,
+        }
+    }
+
+    /// The local kernel's process id; None for a gateway kernel, and once a local one died or was shut
+    /// down (its pid may be reused by then).
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Interrupter::Local(i) => i.pid(),
+            Interrupter::Gateway(_) => None,
+        }
+    }
+}
+
+impl Kernel {
+    /// Start a kernel: on `opts.gateway` when it is set, else here from `spec` (which must be given).
+    pub async fn launch(spec: Option<KernelSpec>, opts: StartOptions) -> Result<Kernel> {
+        if let Some(g) = &opts.gateway {
+            let url = g.url.clone();
+            return GatewayKernel::start(opts)
+                .await
+                .map(Kernel::Gateway)
+                .with_context(|| format!("cannot start a kernel on the gateway {url}"));
+        }
+        let spec = spec.ok_or_else(|| anyhow::anyhow!("no kernelspec for a local kernel"))?;
+        LocalKernel::start(spec, opts).await.map(Kernel::Local).context("cannot start the kernel")
+    }
+
+    /// The kernelspec's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Kernel::Local(k) => &k.spec().name,
+            Kernel::Gateway(k) => k.name(),
+        }
+    }
+
+    /// The gateway's URL, for a gateway kernel.
+    pub fn gateway(&self) -> Option<&str> {
+        match self {
+            Kernel::Local(_) => None,
+            Kernel::Gateway(k) => Some(k.url()),
+        }
+    }
+
+    pub fn interrupter(&self) -> Interrupter {
+        match self {
+            Kernel::Local(k) => Interrupter::Local(k.interrupter()),
+            Kernel::Gateway(k) => Interrupter::Gateway(k.interrupter()),
+        }
+    }
+
+    pub fn alive(&self) -> bool {
+        match self {
+            Kernel::Local(k) => k.alive(),
+            Kernel::Gateway(k) => k.alive(),
+        }
+    }
+
+    pub async fn execute(&mut self, code: &str, opts: ExecOptions<'_>) -> Result<ExecResult> {
+        match self {
+            Kernel::Local(k) => k.execute(code, opts).await,
+            Kernel::Gateway(k) => k.execute(code, opts).await,
+        }
+    }
+
+    pub async fn interrupt(&self) -> Result<()> {
+        self.interrupter().interrupt().await
+    }
+
+    /// Kill the kernel's state and start it fresh.
+    pub async fn restart(&mut self) -> Result<()> {
+        match self {
+            Kernel::Local(k) => k.restart().await,
+            Kernel::Gateway(k) => k.restart().await,
+        }
+    }
+
+    pub async fn shutdown(&mut self) {
+        match self {
+            Kernel::Local(k) => k.shutdown().await,
+            Kernel::Gateway(k) => k.shutdown().await,
+        }
+    }
 }

@@ -6,6 +6,9 @@
 //! memory, and only a new process guarantees that (`%reset` frees none of the last three). A kernel
 //! found dead when it is handed out is restarted the same way and another one is handed out.
 //!
+//! Each slot has its own start plan, so one pool can mix kernels on this machine with kernels on a
+//! gateway (a restart of a gateway kernel goes through the gateway and keeps its place there).
+//!
 //! Slot i may be pinned to one GPU: its kernel gets `CUDA_VISIBLE_DEVICES=<gpu>`, so inside it that GPU
 //! is `cuda:0`. The pool and its background starts live on the thread of the Lua VM (a `LocalSet`);
 //! dropping the pool kills its idle and starting kernels at once, and a kernel handed out dies with its
@@ -18,14 +21,14 @@ use std::rc::{Rc, Weak};
 use anyhow::{bail, Result};
 use tokio::sync::Notify;
 
-use super::{KernelError, KernelSpec, LocalKernel, StartOptions};
+use super::{Kernel, KernelError, KernelSpec, StartOptions};
 
 /// Errors of the pool a caller may branch on (besides [`KernelError::Interrupted`]).
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     /// No slot has a kernel or can get one: every start failed. The failed slots are started again.
     #[error("no kernel of the pool could start: {0}")]
-    Start(String),
+    Start(String, &'static str),
     #[error("the pool is shut down")]
     Closed,
 }
@@ -33,17 +36,23 @@ pub enum PoolError {
 enum Slot {
     /// Starting or restarting in the background.
     Starting(tokio::task::JoinHandle<()>),
-    Ready(Box<LocalKernel>),
+    Ready(Box<Kernel>),
     Leased,
-    Failed(String),
+    /// Why it failed, and the kind of the failure ([`super::start_failure_kind`]).
+    Failed(String, &'static str),
     Closed,
 }
 
+/// How one slot starts its kernel: here from `spec`, or on `opts.gateway`.
+#[derive(Clone)]
+pub struct Plan {
+    pub spec: Option<KernelSpec>,
+    pub opts: StartOptions,
+    pub gpu: Option<u32>,
+}
+
 struct Inner {
-    spec: KernelSpec,
-    opts: StartOptions,
-    /// The GPU of each slot.
-    gpus: Vec<Option<u32>>,
+    plans: Vec<Plan>,
     slots: RefCell<Vec<Slot>>,
     changed: Notify,
     closed: Cell<bool>,
@@ -55,7 +64,7 @@ pub struct Pool(Rc<Inner>);
 
 /// A kernel handed out by [`Pool::acquire`]; its ticket gives it back ([`Pool::release`]).
 pub struct Lease {
-    pub kernel: LocalKernel,
+    pub kernel: Kernel,
     pub ticket: Ticket,
 }
 
@@ -73,7 +82,7 @@ impl Ticket {
     }
 
     /// Give `kernel` back to its pool, if the pool still exists; otherwise the kernel is dropped (killed).
-    pub fn give_back(self, kernel: LocalKernel) {
+    pub fn give_back(self, kernel: Kernel) {
         if let Some(inner) = self.pool.upgrade() {
             Pool(inner).release(self, kernel);
         }
@@ -92,16 +101,13 @@ impl Drop for Inner {
 }
 
 impl Pool {
-    /// A pool of `size` kernels started from `spec` and `opts`; slot i runs on `gpus[i % gpus.len()]`
-    /// when `gpus` is not empty. Returns at once: the kernels start in the background. Must be called
-    /// on a `LocalSet`.
-    pub fn new(spec: KernelSpec, opts: StartOptions, size: usize, gpus: &[u32]) -> Pool {
-        let gpus = (0..size).map(|i| (!gpus.is_empty()).then(|| gpus[i % gpus.len()])).collect();
+    /// A pool of one kernel per plan. Returns at once: the kernels start in the background. Must be
+    /// called on a `LocalSet`.
+    pub fn new(plans: Vec<Plan>) -> Pool {
+        let size = plans.len();
         let inner = Rc::new(Inner {
-            spec,
-            opts,
-            gpus,
-            slots: RefCell::new((0..size).map(|_| Slot::Failed(String::new())).collect()),
+            plans,
+            slots: RefCell::new((0..size).map(|_| Slot::Failed(String::new(), "start")).collect()),
             changed: Notify::new(),
             closed: Cell::new(false),
         });
@@ -113,31 +119,36 @@ impl Pool {
     }
 
     pub fn size(&self) -> usize {
-        self.0.gpus.len()
+        self.0.plans.len()
     }
 
     /// The GPU slot `i` is pinned to.
     pub fn gpu(&self, slot: usize) -> Option<u32> {
-        self.0.gpus.get(slot).copied().flatten()
+        self.0.plans.get(slot).and_then(|p| p.gpu)
+    }
+
+    /// How many slots start their kernel on a gateway.
+    pub fn remote(&self) -> usize {
+        self.0.plans.iter().filter(|p| p.opts.gateway.is_some()).count()
     }
 
     /// Start slot `i`'s kernel in the background: a new one, or `prev` restarted.
-    fn start(&self, i: usize, prev: Option<LocalKernel>) {
+    fn start(&self, i: usize, prev: Option<Kernel>) {
         if crate::signals::interrupted() {
             // After Ctrl-C nothing new starts; a kernel given back is dropped here, which kills it.
-            self.0.slots.borrow_mut()[i] = Slot::Failed(KernelError::Interrupted.to_string());
+            self.0.slots.borrow_mut()[i] = Slot::Failed(KernelError::Interrupted.to_string(), "interrupted");
             return;
         }
         let weak = Rc::downgrade(&self.0);
-        let (spec, mut opts) = (self.0.spec.clone(), self.0.opts.clone());
-        if let Some(g) = self.0.gpus[i] {
+        let Plan { spec, mut opts, gpu } = self.0.plans[i].clone();
+        if let Some(g) = gpu {
             opts.env.retain(|(k, _)| k != "CUDA_VISIBLE_DEVICES");
             opts.env.push(("CUDA_VISIBLE_DEVICES".into(), g.to_string()));
         }
         let task = tokio::task::spawn_local(async move {
             let r = match prev {
                 Some(mut k) => k.restart().await.map(|()| k),
-                None => LocalKernel::start(spec, opts).await,
+                None => Kernel::launch(spec, opts).await,
             };
             // The pool is gone: the kernel is dropped here, which kills it.
             let Some(inner) = weak.upgrade() else { return };
@@ -149,7 +160,7 @@ impl Pool {
                 Ok(k) => Slot::Ready(Box::new(k)),
                 Err(e) => {
                     tracing::warn!("kernel pool: slot {} could not start: {e:#}", i + 1);
-                    Slot::Failed(format!("{e:#}"))
+                    Slot::Failed(format!("{e:#}"), super::start_failure_kind(&e))
                 }
             };
             drop(slots);
@@ -177,23 +188,25 @@ impl Pool {
             if let Some(lease) = self.take_ready() {
                 return Ok(lease);
             }
-            let failed: Vec<(usize, String)> = {
+            let failed: Vec<(usize, String, &'static str)> = {
                 let slots = self.0.slots.borrow();
                 let waitable = slots.iter().any(|s| matches!(s, Slot::Starting(_) | Slot::Leased));
                 if waitable {
                     Vec::new()
                 } else {
                     let f = slots.iter().enumerate();
-                    f.filter_map(|(i, s)| if let Slot::Failed(e) = s { Some((i, e.clone())) } else { None }).collect()
+                    f.filter_map(|(i, s)| if let Slot::Failed(e, k) = s { Some((i, e.clone(), *k)) } else { None })
+                        .collect()
                 }
             };
-            if let Some((_, first)) = failed.first() {
-                // Try again for the next caller: the cause may be gone by then (a full disk, a busy GPU).
-                let first = first.clone();
-                for (i, _) in failed {
+            if let Some((_, first, kind)) = failed.first() {
+                // Try again for the next caller: the cause may be gone by then (a full disk, a busy GPU,
+                // a gateway restarting).
+                let (first, kind) = (first.clone(), *kind);
+                for (i, _, _) in failed {
                     self.start(i, None);
                 }
-                bail!(PoolError::Start(first));
+                bail!(PoolError::Start(first, kind));
             }
             tokio::select! {
                 _ = &mut changed => {}
@@ -214,7 +227,7 @@ impl Pool {
                 }
                 let Slot::Ready(k) = std::mem::replace(s, Slot::Leased) else { unreachable!() };
                 if k.alive() {
-                    let ticket = Ticket { slot: i, gpu: self.0.gpus[i], pool: Rc::downgrade(&self.0) };
+                    let ticket = Ticket { slot: i, gpu: self.0.plans[i].gpu, pool: Rc::downgrade(&self.0) };
                     found = Some(Lease { kernel: *k, ticket });
                     break;
                 }
@@ -230,7 +243,7 @@ impl Pool {
 
     /// Give a kernel back: it is restarted in the background and its slot is free again once it is up
     /// (after [`Pool::shutdown`], it is shut down instead).
-    pub fn release(&self, ticket: Ticket, mut kernel: LocalKernel) {
+    pub fn release(&self, ticket: Ticket, mut kernel: Kernel) {
         let slot = ticket.slot;
         if self.0.closed.get() || !ticket.belongs_to(self) {
             tokio::task::spawn_local(async move { kernel.shutdown().await });
@@ -249,7 +262,7 @@ impl Pool {
                 Slot::Starting(h) => h.abort(),
                 Slot::Ready(k) => idle.push(*k),
                 Slot::Leased => *s = Slot::Leased,
-                Slot::Failed(_) | Slot::Closed => {}
+                Slot::Failed(..) | Slot::Closed => {}
             }
         }
         self.0.changed.notify_waiters();

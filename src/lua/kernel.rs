@@ -16,14 +16,15 @@ use mlua::prelude::*;
 use serde_json::{json, Value};
 
 use super::boundary::{self, fail, misuse, string_arg, to_lua, Opts};
-use crate::kernel::pool::{Pool, PoolError, Ticket};
-use crate::kernel::{ExecOptions, Interrupter, KernelError, KernelSpec, LocalKernel, StartOptions};
+use crate::kernel::gateway::{self, Target};
+use crate::kernel::pool::{Plan, Pool, PoolError, Ticket};
+use crate::kernel::{ExecOptions, Interrupter, Kernel, KernelError, KernelSpec, StartOptions};
 use crate::lua::ctx::HostCtx;
 
 /// A kernel and who owns it: the handle itself (`kernel.start`), or a pool (`pool:acquire`), to which
 /// the kernel goes back when it is released or when the last reference to it goes.
 struct Held {
-    kernel: tokio::sync::Mutex<Option<LocalKernel>>,
+    kernel: tokio::sync::Mutex<Option<Kernel>>,
     /// Some while a pool's kernel is out of the pool.
     ticket: RefCell<Option<Ticket>>,
     pooled: bool,
@@ -49,15 +50,18 @@ pub struct LuaKernel {
     interrupter: Interrupter,
     name: String,
     gpu: Option<u32>,
+    /// The gateway's URL, for a kernel on a gateway.
+    gateway: Option<String>,
 }
 
 impl LuaKernel {
-    fn new(k: LocalKernel, ticket: Option<Ticket>) -> LuaKernel {
-        let (name, interrupter) = (k.spec().name.clone(), k.interrupter());
+    fn new(k: Kernel, ticket: Option<Ticket>) -> LuaKernel {
+        let (name, interrupter) = (k.name().to_string(), k.interrupter());
+        let gateway = k.gateway().map(str::to_string);
         let gpu = ticket.as_ref().and_then(|t| t.gpu);
         let pooled = ticket.is_some();
         let held = Held { kernel: tokio::sync::Mutex::new(Some(k)), ticket: RefCell::new(ticket), pooled };
-        LuaKernel { held: Rc::new(held), interrupter, name, gpu }
+        LuaKernel { held: Rc::new(held), interrupter, name, gpu, gateway }
     }
 
     /// The kernel, unless it was given back to its pool (then calling it is misuse).
@@ -91,7 +95,42 @@ fn config_python(cfg: &crate::config::Config) -> Option<PathBuf> {
 
 /// The keys of `kernel.start`'s options (`kernel.pool` takes these too).
 const START_KEYS: &[&str] =
-    &["name", "python", "packages", "cwd", "env", "startup_timeout", "interrupt_grace", "transport"];
+    &["name", "python", "packages", "cwd", "env", "startup_timeout", "interrupt_grace", "transport", "gateway"];
+
+/// The gateway a kernel starts on: the `gateway` option (a URL, or false for this machine), else the
+/// config's `exec.gateway_url`. The token, the path map and the reconnect window come from the config
+/// (`exec.gateway_token`, `exec.gateway_paths`, `exec.gateway_reconnect_timeout`) and the environment;
+/// a script never handles the token.
+fn gateway_target(lua: &Lua, o: &Opts) -> LuaResult<Option<Target>> {
+    let cfg = HostCtx::get(lua).config.clone();
+    let extra = |k: &str| cfg.as_ref().and_then(|c| c.exec.extra.get(k).cloned()).filter(|v| !v.is_null());
+    let url = match o.value("gateway")? {
+        LuaValue::Nil => {
+            extra("gateway_url").and_then(|v| v.as_str().map(str::to_string)).filter(|s| !s.trim().is_empty())
+        }
+        LuaValue::Boolean(false) => None,
+        LuaValue::String(s) => Some(s.to_string_lossy()),
+        other => return Err(o.invalid("gateway", "a gateway URL (http://host:port) or false", other.type_name())),
+    };
+    let Some(url) = url else { return Ok(None) };
+    let token = extra("gateway_token");
+    let mut t = Target::new(&url, gateway::resolve_token(token.as_ref().and_then(Value::as_str)));
+    if let Some(Value::Object(m)) = extra("gateway_paths") {
+        for (local, remote) in m {
+            let Some(remote) = remote.as_str() else {
+                return Err(misuse(lua, format!("config exec.gateway_paths.{local}: expected a path string")));
+            };
+            let base = cfg.as_ref().map(|c| c.base.clone()).unwrap_or_default();
+            let l = PathBuf::from(&local);
+            t.paths
+                .push((crate::files::normalize(&if l.is_relative() { base.join(l) } else { l }), remote.to_string()));
+        }
+    }
+    if let Some(s) = extra("gateway_reconnect_timeout").and_then(|v| v.as_f64()).filter(|s| *s > 0.0 && s.is_finite()) {
+        t.reconnect_timeout = crate::duration_secs(s);
+    }
+    Ok(Some(t))
+}
 
 /// Start options from the config (`exec.kernel_name`, `exec.python`, `exec.kernel_packages`,
 /// `exec.transport`) and the script's options (keys checked by the caller), which win.
@@ -133,6 +172,7 @@ fn start_options(lua: &Lua, o: &Opts) -> LuaResult<StartOptions> {
     if let Some(s) = o.positive("interrupt_grace")? {
         so.interrupt_grace = crate::duration_secs(s);
     }
+    so.gateway = gateway_target(lua, o)?;
     Ok(so)
 }
 
@@ -149,9 +189,10 @@ fn interrupted_err(lua: &Lua, e: &anyhow::Error) -> Option<LuaResult<(LuaValue, 
     })
 }
 
-/// `nil, err` for a failed start (or restart): "interrupted" after Ctrl-C, else "start".
+/// `nil, err` for a failed start (or restart): "interrupted" after Ctrl-C; for a gateway, its kind of
+/// failure (auth, server, connect, timeout, reset, client, protocol, config); else "start".
 fn start_failed(lua: &Lua, e: &anyhow::Error) -> LuaResult<(LuaValue, LuaValue)> {
-    interrupted_err(lua, e).unwrap_or_else(|| fail(lua, "start", format!("{e:#}")))
+    interrupted_err(lua, e).unwrap_or_else(|| fail(lua, crate::kernel::start_failure_kind(e), format!("{e:#}")))
 }
 
 const NOT_RUNNING: &str = "the kernel is not running";
@@ -159,6 +200,7 @@ const NOT_RUNNING: &str = "the kernel is not running";
 impl LuaUserData for LuaKernel {
     fn add_fields<F: LuaUserDataFields<Self>>(fields: &mut F) {
         fields.add_field_method_get("name", |_, this| Ok(this.name.clone()));
+        fields.add_field_method_get("gateway", |_, this| Ok(this.gateway.clone()));
     }
 
     fn add_methods<M: LuaUserDataMethods<Self>>(methods: &mut M) {
@@ -242,7 +284,7 @@ impl LuaUserData for LuaKernel {
                 return Ok(false);
             }
             Ok(match this.held.kernel.try_lock() {
-                Ok(k) => k.as_ref().is_some_and(LocalKernel::alive),
+                Ok(k) => k.as_ref().is_some_and(Kernel::alive),
                 Err(_) => true, // busy executing
             })
         });
@@ -250,10 +292,15 @@ impl LuaUserData for LuaKernel {
         methods.add_method("pid", |_, this, ()| Ok(if this.held.released() { None } else { this.interrupter.pid() }));
         methods.add_method("gpu", |_, this, ()| Ok(this.gpu));
         methods.add_meta_method(LuaMetaMethod::ToString, |_, this, ()| {
-            Ok(match this.gpu {
-                Some(g) => format!("kernel ({}, gpu {g})", this.name),
-                None => format!("kernel ({})", this.name),
-            })
+            let mut s = format!("kernel ({}", this.name);
+            if let Some(g) = &this.gateway {
+                s.push_str(&format!(" on {g}"));
+            }
+            if let Some(g) = this.gpu {
+                s.push_str(&format!(", gpu {g}"));
+            }
+            s.push(')');
+            Ok(s)
         });
     }
 }
@@ -267,7 +314,7 @@ pub struct LuaPool {
 fn acquire_failed(lua: &Lua, func: &str, e: &anyhow::Error) -> LuaResult<(LuaValue, LuaValue)> {
     match e.downcast_ref::<PoolError>() {
         Some(PoolError::Closed) => Err(misuse(lua, format!("{func}: the pool is shut down"))),
-        Some(PoolError::Start(_)) => fail(lua, "start", format!("{e:#}")),
+        Some(PoolError::Start(_, kind)) => fail(lua, kind, format!("{e:#}")),
         None => start_failed(lua, e),
     }
 }
@@ -355,8 +402,11 @@ impl LuaUserData for LuaPool {
             pool.shutdown().await;
             Ok(true)
         });
+        methods.add_method("remote", |_, this, ()| Ok(this.pool.remote()));
         methods.add_meta_method(LuaMetaMethod::ToString, |_, this, ()| {
-            Ok(format!("kernel pool ({} kernels, {} ready)", this.pool.size(), this.pool.ready()))
+            let (n, remote) = (this.pool.size(), this.pool.remote());
+            let on = if remote == 0 { String::new() } else { format!(", {remote} on a gateway") };
+            Ok(format!("kernel pool ({n} kernels{on}, {} ready)", this.pool.ready()))
         });
     }
 }
@@ -391,11 +441,41 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
     t.set(
         "specs",
-        lua.create_function(|lua, ()| {
+        lua.create_async_function(|lua, opts: LuaValue| async move {
+            let o = Opts::from_value(&lua, "kernel.specs", opts, &["gateway"])?;
+            if let Some(target) = gateway_target(&lua, &o)? {
+                // the gateway's kernelspecs: {name, display_name, language, gateway}
+                let listed = async { gateway::Rest::new(&target.url, target.token.clone())?.specs().await }.await;
+                return match listed {
+                    Ok(v) => {
+                        let mut specs: Vec<Value> = v
+                            .get("kernelspecs")
+                            .and_then(Value::as_object)
+                            .map(|m| {
+                                m.iter()
+                                    .map(|(name, s)| {
+                                        let spec = s.get("spec").cloned().unwrap_or(Value::Null);
+                                        json!({
+                                            "name": name,
+                                            "display_name": spec.get("display_name"),
+                                            "language": spec.get("language"),
+                                            "argv": spec.get("argv"),
+                                            "gateway": target.url,
+                                        })
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        specs.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+                        Ok((to_lua(&lua, &Value::Array(specs))?, LuaValue::Nil))
+                    }
+                    Err(e) => fail(&lua, e.kind, e.message),
+                };
+            }
             // the same interpreter kernel.start{} would use (relative paths resolved the same way)
-            let python = HostCtx::get(lua).config.as_deref().and_then(config_python);
+            let python = HostCtx::get(&lua).config.as_deref().and_then(config_python);
             let specs: Vec<Value> = crate::kernel::spec::list(python.as_deref()).iter().map(spec_json).collect();
-            to_lua(lua, &Value::Array(specs))
+            Ok((to_lua(&lua, &Value::Array(specs))?, LuaValue::Nil))
         })?,
     )?;
     t.set(
@@ -413,7 +493,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
         "pool",
         lua.create_async_function(|lua, opts: LuaValue| async move {
             const F: &str = "kernel.pool";
-            let keys: Vec<&str> = START_KEYS.iter().copied().chain(["size", "gpus"]).collect();
+            let keys: Vec<&str> = START_KEYS.iter().copied().chain(["size", "gpus", "local_slots"]).collect();
             let o = Opts::from_value(&lua, F, opts, &keys)?;
             let so = start_options(&lua, &o)?;
             let gpus = pool_gpus(&lua, &o)?;
@@ -422,11 +502,37 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
                 Some(n) => n as usize,
                 None => gpus.len().max(1),
             };
-            let spec = match crate::kernel::resolve_spec(&so).await {
-                Ok(s) => s,
-                Err(e) => return start_failed(&lua, &e.context("cannot start the kernel")),
+            // With a gateway, the first `local_slots` slots (option, else exec.local_slots) stay here.
+            let local_slots = match (&so.gateway, o.u64("local_slots")?) {
+                (None, _) => size,
+                (Some(_), Some(n)) => (n as usize).min(size),
+                (Some(_), None) => {
+                    let cfg = HostCtx::get(&lua).config.clone();
+                    let n = cfg.as_ref().and_then(|c| c.exec.extra.get("local_slots").and_then(Value::as_u64));
+                    (n.unwrap_or(0) as usize).min(size)
+                }
             };
-            let pool = LuaPool { pool: Pool::new(spec, so, size, &gpus) };
+            let spec = if local_slots > 0 {
+                let mut local = so.clone();
+                local.gateway = None;
+                match crate::kernel::resolve_spec(&local).await {
+                    Ok(s) => Some(s),
+                    Err(e) => return start_failed(&lua, &e.context("cannot start the kernel")),
+                }
+            } else {
+                None
+            };
+            let plans = (0..size)
+                .map(|i| {
+                    let mut opts = so.clone();
+                    if i < local_slots {
+                        opts.gateway = None;
+                    }
+                    let gpu = (!gpus.is_empty()).then(|| gpus[i % gpus.len()]);
+                    Plan { spec: if i < local_slots { spec.clone() } else { None }, opts, gpu }
+                })
+                .collect();
+            let pool = LuaPool { pool: Pool::new(plans) };
             Ok((LuaValue::UserData(lua.create_userdata(pool)?), LuaValue::Nil))
         })?,
     )?;

@@ -225,9 +225,6 @@ impl LocalKernel {
 /// How long sending on the control channel (interrupt, shutdown) may take.
 const CONTROL_SEND: Duration = Duration::from_secs(2);
 
-/// How long to wait for a cell's iopub `idle` once its execute_reply has arrived.
-const IOPUB_GRACE: Duration = Duration::from_secs(4);
-
 async fn wait_exit(p: &mut Proc) -> ExitInfo {
     let _ = tokio::time::timeout(Duration::from_millis(500), p.exit_rx.wait_for(|e| e.is_some())).await;
     p.exited().unwrap_or(ExitInfo { code: None, signal: None })

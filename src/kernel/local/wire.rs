@@ -6,14 +6,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use zeromq::SocketRecv;
 
-/// A decoded kernel message: what the executor needs, content kept as raw JSON.
-#[derive(Debug)]
-pub struct Msg {
-    pub msg_type: String,
-    pub parent_id: Option<String>,
-    pub date: Option<String>,
-    pub content: Value,
-}
+pub use crate::kernel::cell::Msg;
 
 /// Split a multipart message, check its signature and decode it. This is jupyter-zmq-client's
 /// `RawMessage::from_multipart` without its copy of the signed parts into one buffer: the HMAC is
@@ -65,7 +58,7 @@ fn decode(zmsg: zeromq::ZmqMessage, mac: &Option<ring::hmac::Key>) -> Result<Msg
 /// surrogates it cannot encode that way, as `\udXXX` escapes; serde_json rejects both, and a rejected
 /// `execute_reply` left its cell waiting until the timeout. The strict parse runs first, so a
 /// well-formed (multi-megabyte) output is never copied.
-fn parse_lossy<T: serde::de::DeserializeOwned>(part: &[u8]) -> Result<T> {
+pub(crate) fn parse_lossy<T: serde::de::DeserializeOwned>(part: &[u8]) -> Result<T> {
     match serde_json::from_slice(part) {
         Ok(v) => Ok(v),
         Err(strict) => serde_json::from_str(&replace_lone_surrogates(&String::from_utf8_lossy(part)))

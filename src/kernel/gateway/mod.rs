@@ -1,0 +1,607 @@
+//! A kernel on a Jupyter Kernel Gateway or Enterprise Gateway: started, interrupted, restarted and
+//! deleted through the gateway's REST API ([`rest`]), driven over its WebSocket ([`channels`]), with
+//! the same results as a local kernel (a cell's messages go through the same [`Cell`]).
+//!
+//! **Files.** The kernel runs on the gateway's side, where cellsci's folders may have other names.
+//! The rule: a path cellsci hands the kernel (its working folder, and every environment value that is
+//! a path: `OUTPUT_DIR`, `STAGE1_H5_PATH`, …) is rewritten by the longest matching prefix of
+//! [`Target::paths`] (`exec.gateway_paths`, local prefix → the gateway's prefix); with no matching
+//! prefix it is passed unchanged, which is right when the gateway sees the same paths (the same
+//! machine, or a shared filesystem mounted at the same place). Because cellsci reads what the notebook
+//! writes from its own side, a kernel that does not see the working folder is of no use: at every
+//! start the kernel must find a probe file cellsci just wrote there, or the start fails with kind
+//! `config`, naming both paths and the setting.
+//!
+//! **Faults.** A dropped WebSocket is opened again with the same session, so the gateway replays what
+//! it buffered; a cell whose reply is still missing once the kernel is idle again is reported as
+//! lost, never waited on forever. `dead` means the kernel is really gone: the gateway says it no
+//! longer has it (idle culler, deletion, a gateway restart), says it died, or stayed unreachable for
+//! the whole reconnect window. The kernel is deleted on shutdown and when dropped.
+
+pub mod channels;
+pub mod rest;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+
+use super::cell::{restarted_after_timeout, Cell};
+use super::{ExecOptions, ExecResult, ExecStatus, KernelError, StartOptions};
+use crate::secret::Secret;
+use channels::{request, Conn};
+pub use rest::{GatewayError, Rest};
+
+/// Where a gateway kernel runs: the gateway, its token, how paths map.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// `http(s)://host:port[/prefix]`.
+    pub url: String,
+    pub token: Secret,
+    /// (local prefix, the gateway's prefix), as `exec.gateway_paths` says.
+    pub paths: Vec<(PathBuf, String)>,
+    /// How long a lost gateway is waited for before its kernel is taken as dead.
+    pub reconnect_timeout: Duration,
+}
+
+impl Target {
+    pub fn new(url: &str, token: Secret) -> Target {
+        Target { url: url.to_string(), token, paths: Vec::new(), reconnect_timeout: Duration::from_secs(60) }
+    }
+
+    /// `p` as the gateway's side names it: the longest matching local prefix replaced, else `p`.
+    pub fn map_path(&self, p: &str) -> String {
+        let path = Path::new(p);
+        let best =
+            self.paths.iter().filter(|(local, _)| path.starts_with(local)).max_by_key(|(l, _)| l.as_os_str().len());
+        match best {
+            Some((local, remote)) => {
+                let rest = path.strip_prefix(local).unwrap_or(Path::new(""));
+                let remote = remote.trim_end_matches('/');
+                if rest.as_os_str().is_empty() {
+                    remote.to_string()
+                } else {
+                    format!("{remote}/{}", rest.display())
+                }
+            }
+            None => p.to_string(),
+        }
+    }
+}
+
+/// The gateway token a run uses: `configured` (an unexpanded `${VAR}` is none), else
+/// `CELLSCI_GATEWAY_TOKEN`, else `JUPYTER_GATEWAY_AUTH_TOKEN` (Jupyter Server's own variable).
+pub fn resolve_token(configured: Option<&str>) -> Secret {
+    let from_env = || {
+        ["CELLSCI_GATEWAY_TOKEN", "JUPYTER_GATEWAY_AUTH_TOKEN"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|t| !t.trim().is_empty()))
+    };
+    let t = configured.filter(|k| !k.trim().is_empty() && !k.contains("${")).map(str::to_string).or_else(from_env);
+    Secret::new(t)
+}
+
+/// What an interrupt needs while an execution holds the kernel.
+struct Shared {
+    rest: Rest,
+    id: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn id(&self) -> Option<String> {
+        self.id.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_id(&self, id: Option<String>) {
+        *self.id.lock().unwrap_or_else(|e| e.into_inner()) = id;
+    }
+
+    async fn interrupt(&self) -> Result<()> {
+        let id = self.id().ok_or_else(|| anyhow!("the kernel is not running"))?;
+        self.rest.interrupt(&id).await?;
+        Ok(())
+    }
+}
+
+/// Interrupts a gateway kernel while an execution holds it.
+#[derive(Clone)]
+pub struct Interrupter(Arc<Shared>);
+
+impl Interrupter {
+    pub async fn interrupt(&self) -> Result<()> {
+        self.0.interrupt().await
+    }
+}
+
+pub struct GatewayKernel {
+    target: Target,
+    opts: StartOptions,
+    name: String,
+    /// One session for the kernel's life: reconnecting with it gets the messages buffered meanwhile.
+    session: String,
+    shared: Arc<Shared>,
+    conn: Option<Conn>,
+    /// Why the kernel is not usable (it died, or the gateway lost it); `restart` clears it.
+    down: Option<String>,
+}
+
+/// How a lost connection ended.
+enum Lost {
+    Gone(String),
+    Interrupted,
+}
+
+impl GatewayKernel {
+    pub async fn start(opts: StartOptions) -> Result<GatewayKernel> {
+        let target = opts.gateway.clone().ok_or_else(|| anyhow!("no gateway given"))?;
+        let rest = Rest::new(&target.url, target.token.clone())?;
+        let name = match &opts.name {
+            Some(n) => n.clone(),
+            None => rest.specs().await?.get("default").and_then(Value::as_str).unwrap_or("python3").to_string(),
+        };
+        let shared = Arc::new(Shared { rest, id: Mutex::new(None) });
+        let session = uuid::Uuid::new_v4().to_string();
+        let mut k = GatewayKernel { target, opts, name, session, shared, conn: None, down: None };
+        k.create().await?;
+        Ok(k)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn url(&self) -> &str {
+        &self.target.url
+    }
+
+    /// The gateway's id of the kernel.
+    pub fn id(&self) -> Option<String> {
+        self.shared.id()
+    }
+
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter(self.shared.clone())
+    }
+
+    pub fn alive(&self) -> bool {
+        self.down.is_none() && self.shared.id().is_some() && self.conn.as_ref().is_some_and(|c| !c.is_closed())
+    }
+
+    pub async fn interrupt(&self) -> Result<()> {
+        self.shared.interrupt().await
+    }
+
+    /// The environment the kernel gets, paths mapped to the gateway's side.
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .opts
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), if v.starts_with('/') { self.target.map_path(v) } else { v.clone() }))
+            .collect();
+        if let Some(cwd) = &self.opts.cwd {
+            // Enterprise Gateway starts the kernel there (with EG_MIRROR_WORKING_DIRS)
+            env.push(("KERNEL_WORKING_DIR".into(), self.target.map_path(&cwd.display().to_string())));
+        }
+        env
+    }
+
+    /// Start a new kernel on the gateway and make it ready; a kernel that fails half-way is deleted.
+    async fn create(&mut self) -> Result<()> {
+        let env: serde_json::Map<String, Value> = self.env().into_iter().map(|(k, v)| (k, json!(v))).collect();
+        let env = Value::Object(env);
+        let rest = self.shared.rest.clone();
+        let create = rest.create(&self.name, &env, self.opts.startup_timeout.max(Duration::from_secs(30)));
+        let id = tokio::select! {
+            r = create => r?,
+            _ = crate::signals::token().cancelled() => bail!(KernelError::Interrupted),
+        };
+        self.shared.set_id(Some(id.clone()));
+        self.conn = None;
+        if let Err(e) = self.ready().await {
+            let _ = rest.delete(&id, Duration::from_secs(5)).await;
+            self.shared.set_id(None);
+            self.conn = None;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Connect (again), wait until the kernel answers, then give it its folder and environment.
+    async fn ready(&mut self) -> Result<()> {
+        let id = self.shared.id().ok_or_else(|| anyhow!("the kernel is not running"))?;
+        let within = self.opts.startup_timeout;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            if self.conn.as_ref().is_none_or(Conn::is_closed) {
+                self.conn = Some(Conn::open(&self.shared.rest, &id, &self.session).await?);
+            }
+            match self.handshake(within).await {
+                Ok(()) => break,
+                // a restart may close the socket under us: open it once more
+                Err(e) if tries < 3 && self.conn.as_ref().is_none_or(Conn::is_closed) => {
+                    tracing::debug!("gateway kernel handshake: {e:#}; reconnecting");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.setup().await
+    }
+
+    /// `kernel_info_request` until its reply: the kernel runs and our socket reaches it. Everything
+    /// the gateway sent before the reply (statuses of a restart) is thrown away with it.
+    async fn handshake(&mut self, within: Duration) -> Result<()> {
+        let conn = self.conn.as_mut().ok_or_else(|| anyhow!("no connection"))?;
+        let (id, text) = request(&self.session, "kernel_info_request", "shell", json!({}));
+        let until = Instant::now() + within;
+        // the kernel may still be starting (a pod being scheduled): ask again every 2 s
+        let mut again = Instant::now();
+        loop {
+            if Instant::now() >= again {
+                if !conn.send(text.clone()) {
+                    bail!("the kernel's WebSocket closed while connecting");
+                }
+                again = Instant::now() + Duration::from_secs(2);
+            }
+            tokio::select! {
+                m = conn.shell_rx.recv() => match m {
+                    Some(m) if m.msg_type == "kernel_info_reply" && m.parent_id.as_deref() == Some(id.as_str()) => break,
+                    Some(_) => {}
+                    None => bail!("the kernel's WebSocket closed while connecting"),
+                },
+                _ = conn.closed.changed() => bail!("the kernel's WebSocket closed while connecting"),
+                _ = tokio::time::sleep_until(again.min(until).into()) => {
+                    if Instant::now() >= until {
+                        bail!("the kernel on the gateway did not answer within {:.0} s", within.as_secs_f64());
+                    }
+                }
+                _ = crate::signals::token().cancelled() => bail!(KernelError::Interrupted),
+            }
+        }
+        conn.drain();
+        Ok(())
+    }
+
+    /// Run the set-up cell: the working folder (after checking the kernel sees it) and the environment.
+    async fn setup(&mut self) -> Result<()> {
+        let mut code = String::from("import os as _cellsci_os\n");
+        let mut probe: Option<(PathBuf, String, String)> = None;
+        if let Some(cwd) = self.opts.cwd.clone() {
+            let remote = self.target.map_path(&cwd.display().to_string());
+            let name = format!(".cellsci-gateway-probe-{}", self.session);
+            let local = cwd.join(&name);
+            // only into a folder that exists here (write_atomic would create it)
+            if cwd.is_dir() && crate::files::write_atomic(&local, self.session.as_bytes()).is_ok() {
+                code.push_str(&format!(
+                    "if open(_cellsci_os.path.join({r}, {n})).read() != {s}:\n    raise RuntimeError('another folder')\n",
+                    r = py_str(&remote),
+                    n = py_str(&name),
+                    s = py_str(&self.session)
+                ));
+                probe = Some((local, remote.clone(), cwd.display().to_string()));
+            }
+            code.push_str(&format!("_cellsci_os.chdir({})\n", py_str(&remote)));
+            if probe.is_none() {
+                probe = Some((PathBuf::new(), remote, cwd.display().to_string()));
+            }
+        }
+        for (k, v) in self.env() {
+            code.push_str(&format!("_cellsci_os.environ[{}] = {}\n", py_str(&k), py_str(&v)));
+        }
+        code.push_str("del _cellsci_os\n");
+        let eo = ExecOptions { timeout: Some(self.opts.startup_timeout), silent: true, ..Default::default() };
+        // boxed: run may restart the kernel (a timeout), which runs this set-up again
+        let r = Box::pin(self.run(&code, eo)).await;
+        if let Some((local, _, _)) = &probe {
+            if !local.as_os_str().is_empty() {
+                let _ = std::fs::remove_file(local);
+            }
+        }
+        let r = r?;
+        if r.status == ExecStatus::Ok {
+            return Ok(());
+        }
+        let why = format!("{}: {}", r.ename.unwrap_or_default(), r.evalue.unwrap_or_default());
+        match probe {
+            Some((_, remote, local)) => Err(anyhow!(GatewayError::new(
+                "config",
+                None,
+                format!(
+                    "the kernel on the gateway {} cannot use the trial folder: cellsci's {local} is {remote} on the gateway's \
+                     side, and the kernel cannot open it or sees another folder there ({why}). cellsci reads what the \
+                     notebook writes from that folder, so the gateway must share it: set exec.gateway_paths to map \
+                     a local prefix to where the gateway mounts it",
+                    self.target.url
+                )
+            ))),
+            None => Err(anyhow!("the kernel's set-up failed: {why}")),
+        }
+    }
+
+    /// Kill the kernel's state: restart it through the gateway (a new kernel when the gateway no longer
+    /// has it), then make it ready.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.down = None;
+        let Some(id) = self.shared.id() else { return self.create().await };
+        let restarted = tokio::select! {
+            r = self.shared.rest.restart(&id, self.opts.startup_timeout.max(Duration::from_secs(30))) => r,
+            _ = crate::signals::token().cancelled() => bail!(KernelError::Interrupted),
+        };
+        match restarted {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!("the gateway no longer has kernel {id}; starting a new one");
+                self.shared.set_id(None);
+                return self.create().await;
+            }
+            // A kernel the gateway is restarting itself (it died) cannot be restarted again meanwhile
+            // (HTTP 500): a new kernel is just as fresh.
+            Err(e) if matches!(e.kind, "server" | "reset" | "timeout") => {
+                tracing::info!("restarting kernel {id} through the gateway failed ({e}); starting a new one");
+                let _ = self.shared.rest.delete(&id, Duration::from_secs(5)).await;
+                self.shared.set_id(None);
+                return self.create().await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.ready().await.context("the restarted kernel on the gateway")
+    }
+
+    /// Delete the kernel on the gateway.
+    pub async fn shutdown(&mut self) {
+        self.conn = None;
+        if let Some(id) = self.shared.id() {
+            if let Err(e) = self.shared.rest.delete(&id, Duration::from_secs(5)).await {
+                tracing::warn!("could not delete kernel {id} on the gateway: {e}");
+            }
+            self.shared.set_id(None);
+        }
+        self.down = Some("it was shut down".into());
+    }
+
+    pub async fn execute(&mut self, code: &str, opts: ExecOptions<'_>) -> Result<ExecResult> {
+        if let Some(why) = &self.down {
+            let started = Instant::now();
+            let msg = format!("the kernel is not running: {why} (call k:restart())");
+            return Ok(ExecResult::failed(ExecStatus::Dead, &msg, started));
+        }
+        self.run(code, opts).await
+    }
+
+    /// Open the socket again after it dropped; `Lost::Gone` when the kernel is gone.
+    async fn reconnect(&mut self) -> std::result::Result<(), Lost> {
+        self.conn = None;
+        let Some(id) = self.shared.id() else { return Err(Lost::Gone("the kernel is not running".into())) };
+        let deadline = Instant::now() + self.target.reconnect_timeout;
+        let mut wait = Duration::from_millis(200);
+        loop {
+            let err = match self.shared.rest.get(&id).await {
+                Ok(None) => {
+                    return Err(Lost::Gone(format!(
+                        "the gateway {} no longer has the kernel (culled for idleness, deleted, or lost when the gateway restarted)",
+                        self.target.url
+                    )))
+                }
+                Ok(Some(_)) => match Conn::open(&self.shared.rest, &id, &self.session).await {
+                    Ok(c) => {
+                        tracing::info!("reconnected to kernel {id} on the gateway");
+                        self.conn = Some(c);
+                        return Ok(());
+                    }
+                    Err(e) => e,
+                },
+                Err(e) if e.kind == "auth" => return Err(Lost::Gone(e.message)),
+                Err(e) => e,
+            };
+            if Instant::now() + wait > deadline {
+                return Err(Lost::Gone(format!(
+                    "the gateway was unreachable for {:.0} s: {err}",
+                    self.target.reconnect_timeout.as_secs_f64()
+                )));
+            }
+            tracing::debug!("gateway kernel {id}: {err}; reconnecting in {wait:?}");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = crate::signals::token().cancelled() => return Err(Lost::Interrupted),
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// A gone kernel: marked down, the cell's result `dead`.
+    fn gone(&mut self, cell: Cell, why: String) -> ExecResult {
+        self.conn = None;
+        self.down = Some(why.clone());
+        cell.dead(format!("the kernel died: {why}"), None)
+    }
+
+    async fn run(&mut self, code: &str, mut opts: ExecOptions<'_>) -> Result<ExecResult> {
+        let started = Instant::now();
+        if self.conn.as_ref().is_none_or(Conn::is_closed) {
+            match self.reconnect().await {
+                Ok(()) => {}
+                Err(Lost::Interrupted) => bail!(KernelError::Interrupted),
+                Err(Lost::Gone(why)) => {
+                    self.down = Some(why.clone());
+                    return Ok(ExecResult::failed(ExecStatus::Dead, &format!("the kernel died: {why}"), started));
+                }
+            }
+        }
+        let content = json!({
+            "code": code,
+            "silent": opts.silent,
+            "store_history": !opts.silent,
+            "user_expressions": {},
+            "allow_stdin": false,
+            "stop_on_error": !opts.allow_errors,
+        });
+        let (id, text) = request(&self.session, "execute_request", "shell", content);
+        let mut cell = Cell::new(id, started);
+        let mut pending = Some(text);
+        let timeout_at = opts.timeout.map(|t| started + t);
+        let mut grace_at: Option<Instant> = None;
+        let far = started + Duration::from_secs(86400 * 365);
+        // after a reconnect: when to ask the gateway whether the kernel is still on our cell
+        let mut verify_at: Option<Instant> = None;
+        enum Ev {
+            Iopub(crate::kernel::cell::Msg),
+            Shell(crate::kernel::cell::Msg),
+            IdleLate,
+            Closed,
+            Verify,
+            Wake,
+            Cancel,
+        }
+        while !cell.done() {
+            if let Some(t) = pending.take() {
+                let c = self.conn.as_mut().expect("connected");
+                c.drain();
+                if !c.send(t.clone()) {
+                    pending = Some(t);
+                }
+            }
+            let c = self.conn.as_mut().expect("connected");
+            let wake = grace_at.or(timeout_at).unwrap_or(far);
+            let idle_by = cell.idle_deadline();
+            let closed_now = c.is_closed();
+            let ev = tokio::select! {
+                biased;
+                m = c.iopub_rx.recv() => m.map_or(Ev::Closed, Ev::Iopub),
+                m = c.shell_rx.recv() => m.map_or(Ev::Closed, Ev::Shell),
+                _ = std::future::ready(()), if closed_now => Ev::Closed,
+                _ = c.closed.changed() => Ev::Closed,
+                _ = tokio::time::sleep_until(idle_by.unwrap_or(far).into()), if idle_by.is_some() => Ev::IdleLate,
+                _ = tokio::time::sleep_until(verify_at.unwrap_or(far).into()), if verify_at.is_some() => Ev::Verify,
+                _ = tokio::time::sleep_until(wake.into()) => Ev::Wake,
+                _ = crate::signals::token().cancelled() => Ev::Cancel,
+            };
+            match ev {
+                Ev::Iopub(m) => {
+                    let state = m.content.get("execution_state").and_then(Value::as_str);
+                    if m.msg_type == "status" && matches!(state, Some("restarting" | "dead")) {
+                        let why = if state == Some("dead") {
+                            "it died on the gateway, which could not restart it".to_string()
+                        } else {
+                            "it died on the gateway, which started it again with none of its state".to_string()
+                        };
+                        return Ok(self.gone(cell, why));
+                    }
+                    cell.iopub(m, &mut opts);
+                }
+                Ev::Shell(m) => cell.shell(m),
+                Ev::IdleLate => {
+                    tracing::warn!("the kernel replied but sent no idle status in time; taking the cell as done");
+                    break;
+                }
+                Ev::Closed => {
+                    // what the reader queued before the socket closed is still ours
+                    if let Some(c) = self.conn.as_mut() {
+                        while let Ok(m) = c.shell_rx.try_recv() {
+                            cell.shell(m);
+                        }
+                        while let Ok(m) = c.iopub_rx.try_recv() {
+                            cell.iopub(m, &mut opts);
+                        }
+                    }
+                    if cell.done() {
+                        break;
+                    }
+                    let why = self.conn.as_ref().and_then(|c| c.closed.borrow().clone()).unwrap_or_default();
+                    tracing::warn!("lost the kernel's WebSocket while a cell ran ({why}); reconnecting");
+                    match self.reconnect().await {
+                        Ok(()) => verify_at = Some(Instant::now() + crate::kernel::cell::IOPUB_GRACE),
+                        Err(Lost::Gone(why)) => return Ok(self.gone(cell, why)),
+                        Err(Lost::Interrupted) => {
+                            let r = cell.cut(ExecStatus::Error, "KeyboardInterrupt", "interrupted (Ctrl-C)".into());
+                            bail!(KernelError::InterruptedCell(Box::new(r)));
+                        }
+                    }
+                }
+                Ev::Verify => {
+                    verify_at = None;
+                    if cell.replied() {
+                        continue;
+                    }
+                    let Some(kid) = self.shared.id() else { continue };
+                    match self.shared.rest.get(&kid).await {
+                        Ok(None) => {
+                            let why = format!("the gateway {} no longer has the kernel", self.target.url);
+                            return Ok(self.gone(cell, why));
+                        }
+                        Ok(Some(model)) if model.get("execution_state").and_then(Value::as_str) == Some("idle") => {
+                            // a request sent into the dying socket may never have arrived either
+                            let msg =
+                                "the connection to the gateway dropped while the cell ran, and its reply was lost: \
+                                       the kernel is idle again; the outputs may be incomplete";
+                            return Ok(cell.cut(ExecStatus::Error, "GatewayConnectionLost", msg.into()));
+                        }
+                        _ => verify_at = Some(Instant::now() + Duration::from_secs(2)),
+                    }
+                }
+                Ev::Wake => {
+                    if grace_at.is_none() {
+                        tracing::debug!("cell timed out; interrupting the kernel through the gateway");
+                        if let Err(e) = self.shared.interrupt().await {
+                            tracing::warn!("interrupting the gateway kernel failed: {e:#}");
+                        }
+                        grace_at = Some(Instant::now() + self.opts.interrupt_grace);
+                    } else {
+                        let mut r =
+                            cell.cut(ExecStatus::Timeout, "CellTimeoutError", restarted_after_timeout(opts.timeout));
+                        r.restarted = true;
+                        self.restart().await.context("restarting the gateway kernel after a timeout")?;
+                        r.duration = started.elapsed().as_secs_f64();
+                        return Ok(r);
+                    }
+                }
+                Ev::Cancel => {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.interrupt()).await;
+                    let r = cell.cut(ExecStatus::Error, "KeyboardInterrupt", "interrupted (Ctrl-C)".into());
+                    bail!(KernelError::InterruptedCell(Box::new(r)));
+                }
+            }
+        }
+        Ok(cell.finish(grace_at.map(|_| opts.timeout.unwrap_or_default())))
+    }
+}
+
+impl Drop for GatewayKernel {
+    fn drop(&mut self) {
+        // Delete the kernel on the gateway, bounded, on a thread of its own (this may run inside the
+        // runtime, or while it shuts down): a dropped handle must not leave a kernel on the cluster.
+        let Some(id) = self.shared.id() else { return };
+        self.conn = None;
+        let rest = self.shared.rest.clone();
+        let t = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            if let Ok(rt) = rt {
+                let _ = rt.block_on(rest.delete(&id, Duration::from_secs(3)));
+            }
+        });
+        let _ = t.join();
+    }
+}
+
+/// A Python string literal for any text.
+fn py_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "''".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_by_their_longest_prefix() {
+        let mut t = Target::new("http://g", Secret::new(None));
+        t.paths = vec![("/lab".into(), "/mnt/lab".into()), ("/lab/results".into(), "/data/results/".into())];
+        assert_eq!(t.map_path("/lab/results/run1/x.h5"), "/data/results/run1/x.h5");
+        assert_eq!(t.map_path("/lab/ideas.json"), "/mnt/lab/ideas.json");
+        assert_eq!(t.map_path("/lab"), "/mnt/lab");
+        assert_eq!(t.map_path("/labx/y"), "/labx/y", "a prefix matches whole folder names only");
+        assert_eq!(t.map_path("/other/y"), "/other/y", "no mapping: the same path");
+    }
+}

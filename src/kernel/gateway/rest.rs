@@ -1,0 +1,246 @@
+//! The gateway's REST API (`/api/kernelspecs`, `/api/kernels[/<id>[/interrupt|/restart]]`), with every
+//! failure classified so that a script's retry policy can decide (as for LLM calls): `auth` (the token
+//! was refused), `server` (5xx, or the gateway's kernel limit), `connect` (unreachable), `timeout`,
+//! `client` (another 4xx: an unknown kernelspec), `protocol` (an answer that is not what the API says).
+//! The token travels in the `Authorization` header only, never in a URL, so no error message or log
+//! line can carry it.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::secret::Secret;
+
+/// A failed gateway call, with the kind a retry policy branches on.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct GatewayError {
+    pub kind: &'static str,
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+impl GatewayError {
+    pub fn new(kind: &'static str, status: Option<u16>, message: impl Into<String>) -> GatewayError {
+        GatewayError { kind, status, message: message.into() }
+    }
+}
+
+/// A client of one gateway.
+#[derive(Clone)]
+pub struct Rest {
+    /// `http(s)://host:port[/prefix]`, no trailing slash.
+    pub base: String,
+    token: Secret,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Rest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Rest({}, token {:?})", self.base, self.token)
+    }
+}
+
+/// How long one REST call may take (a gateway starting a kernel on Kubernetes answers the POST only
+/// when the pod is up, so that one gets the start timeout instead).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Rest {
+    pub fn new(base: &str, token: Secret) -> Result<Rest, GatewayError> {
+        static TLS: std::sync::Once = std::sync::Once::new();
+        // reqwest and tungstenite are built without a default crypto provider
+        TLS.call_once(|| {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        });
+        let base = base.trim().trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(GatewayError::new(
+                "config",
+                None,
+                format!("the gateway URL must start with http:// or https://, got {base:?}"),
+            ));
+        }
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
+            .user_agent(concat!("cellsci/", env!("CARGO_PKG_VERSION")));
+        if is_loopback(&base) {
+            b = b.no_proxy();
+        }
+        let http =
+            b.build().map_err(|e| GatewayError::new("config", None, format!("cannot build the HTTP client: {e}")))?;
+        Ok(Rest { base, token, http })
+    }
+
+    /// `ws(s)://…` for a path of the gateway.
+    pub fn ws_url(&self, path: &str) -> String {
+        let b = if let Some(rest) = self.base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else {
+            format!("ws://{}", self.base.trim_start_matches("http://"))
+        };
+        format!("{b}{path}")
+    }
+
+    /// The `Authorization` header's value, when there is a token.
+    pub fn auth_header(&self) -> Option<String> {
+        self.token.expose().map(|t| format!("token {t}"))
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<(u16, Value), GatewayError> {
+        let url = format!("{}{path}", self.base);
+        let mut rq = self.http.request(method.clone(), &url).timeout(timeout);
+        if let Some(h) = self.auth_header() {
+            rq = rq.header(reqwest::header::AUTHORIZATION, h);
+        }
+        if let Some(b) = body {
+            rq = rq.json(&b);
+        }
+        let what = format!("{method} {url}");
+        let resp = rq.send().await.map_err(|e| self.transport_error(&what, &e))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| self.transport_error(&what, &e))?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            return Ok((status, v));
+        }
+        let said = v
+            .get("message")
+            .or_else(|| v.get("reason"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| text.chars().take(300).collect());
+        let said = self.token.mask(said.trim());
+        let kind = match status {
+            401 => "auth",
+            403 if said.contains("Limit") => "server",
+            403 => "auth",
+            404 => "not_found",
+            s if s >= 500 => "server",
+            _ => "client",
+        };
+        let message = match kind {
+            "auth" => format!(
+                "the gateway at {} refused the token (HTTP {status} on {what}): set exec.gateway_token or \
+                 CELLSCI_GATEWAY_TOKEN to the gateway's auth token",
+                self.base
+            ),
+            _ if said.is_empty() => format!("{what}: HTTP {status}"),
+            _ => format!("{what}: HTTP {status}: {said}"),
+        };
+        Err(GatewayError::new(kind, Some(status), message))
+    }
+
+    fn transport_error(&self, what: &str, e: &reqwest::Error) -> GatewayError {
+        let mut cause = String::new();
+        let mut src: Option<&dyn std::error::Error> = Some(e);
+        while let Some(s) = src {
+            let t = s.to_string();
+            if !cause.contains(&t) {
+                if !cause.is_empty() {
+                    cause.push_str(": ");
+                }
+                cause.push_str(&t);
+            }
+            src = s.source();
+        }
+        let kind = if e.is_timeout() {
+            "timeout"
+        } else if e.is_connect() {
+            "connect"
+        } else {
+            "reset"
+        };
+        let message = match kind {
+            "connect" => format!("cannot reach the gateway at {} ({what}): {cause}", self.base),
+            "timeout" => format!("the gateway at {} did not answer in time ({what})", self.base),
+            _ => format!("{what} failed: {cause}"),
+        };
+        GatewayError::new(kind, None, self.token.mask(&message))
+    }
+
+    /// `GET /api/kernelspecs`: `{default, kernelspecs: {name: {name, spec, resources}}}`.
+    pub async fn specs(&self) -> Result<Value, GatewayError> {
+        Ok(self.call(reqwest::Method::GET, "/api/kernelspecs", None, CALL_TIMEOUT).await?.1)
+    }
+
+    /// `POST /api/kernels`: a new kernel's id.
+    pub async fn create(&self, name: &str, env: &Value, timeout: Duration) -> Result<String, GatewayError> {
+        let body = json!({"name": name, "env": env});
+        let (_, v) = match self.call(reqwest::Method::POST, "/api/kernels", Some(body), timeout).await {
+            Err(e) if e.kind == "not_found" || (e.status == Some(500) && e.message.contains("No such kernel")) => {
+                let known = self.spec_names().await.unwrap_or_default();
+                return Err(GatewayError::new(
+                    "client",
+                    e.status,
+                    format!(
+                        "the gateway at {} has no kernelspec named '{name}' (it has: {})",
+                        self.base,
+                        if known.is_empty() { "none".into() } else { known.join(", ") }
+                    ),
+                ));
+            }
+            r => r?,
+        };
+        v.get("id").and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
+            GatewayError::new(
+                "protocol",
+                None,
+                format!("the gateway at {} answered a kernel start without an id", self.base),
+            )
+        })
+    }
+
+    async fn spec_names(&self) -> Result<Vec<String>, GatewayError> {
+        let v = self.specs().await?;
+        let mut names: Vec<String> =
+            v.get("kernelspecs").and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        names.sort();
+        Ok(names)
+    }
+
+    /// `GET /api/kernels/<id>`: the kernel's model, None when the gateway does not have it (culled,
+    /// deleted, or lost in a restart of the gateway).
+    pub async fn get(&self, id: &str) -> Result<Option<Value>, GatewayError> {
+        match self.call(reqwest::Method::GET, &format!("/api/kernels/{id}"), None, CALL_TIMEOUT).await {
+            Ok((_, v)) => Ok(Some(v)),
+            Err(e) if e.kind == "not_found" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn interrupt(&self, id: &str) -> Result<(), GatewayError> {
+        self.call(reqwest::Method::POST, &format!("/api/kernels/{id}/interrupt"), None, CALL_TIMEOUT).await.map(|_| ())
+    }
+
+    /// `POST /api/kernels/<id>/restart`; `Ok(false)` when the gateway does not have the kernel.
+    pub async fn restart(&self, id: &str, timeout: Duration) -> Result<bool, GatewayError> {
+        match self.call(reqwest::Method::POST, &format!("/api/kernels/{id}/restart"), None, timeout).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind == "not_found" => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `DELETE /api/kernels/<id>`; a kernel already gone is fine.
+    pub async fn delete(&self, id: &str, timeout: Duration) -> Result<(), GatewayError> {
+        match self.call(reqwest::Method::DELETE, &format!("/api/kernels/{id}"), None, timeout).await {
+            Err(e) if e.kind != "not_found" => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn is_loopback(url: &str) -> bool {
+    let rest = url.split("://").nth(1).unwrap_or("");
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host =
+        host.rsplit_once(':').map_or(host, |(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host });
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]") || host.starts_with("127.")
+}
