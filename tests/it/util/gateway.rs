@@ -14,6 +14,12 @@
 //! - A "crashed gateway" does not leave ipykernel orphans for long: jupyter_client sets `JPY_PARENT_PID`
 //!   and ipykernel's `ParentPollerUnix` exits when its parent changes (polled each second). Other kernels
 //!   (and `GatewayOpts::orphan_kernelspec`) stay orphaned, hence the cleanup by runtime dir.
+//! - The gateway's IOPub rate limit (jupyter_server's `ZMQChannelsWebsocketConnection`, 1 MB/s over 3 s,
+//!   on by default) replaces a 20 MB `print` by a ~320-char "IOPub data rate exceeded" notice while the
+//!   cell still replies "ok" (seen with a tornado WebSocket client). The log says to set
+//!   `--ServerApp.iopub_data_rate_limit`, but what works for the gateway is
+//!   `--ZMQChannelsWebsocketConnection.iopub_data_rate_limit=0` (or `.limit_rate=False`): pass it with
+//!   `GatewayOpts::arg` when a test needs large outputs whole.
 //! - `GET /api/kernels` is 403 unless `JupyterWebsocketPersonality.list_kernels=True`.
 #![allow(dead_code)]
 
