@@ -423,17 +423,75 @@ M.check_interrupt = check_interrupt
 
 -- Python that gives a kernel taken from a pool what a kernel started for the trial gets from its start:
 -- the trial folder as working directory and the environment variables (DESIGN: execution environment).
-local function pooled_setup(trial, env)
-  local lines = { "import os as _cellsci_os", "_cellsci_os.chdir(" .. json.encode(trial) .. ")" }
-  for k, v in pairs(env) do
-    table.insert(lines, "_cellsci_os.environ[" .. json.encode(k) .. "] = " .. json.encode(v))
+-- A kernel on a gateway gets the paths as the gateway names them (exec.gateway_paths), and first checks
+-- it sees the trial folder at all: it must find the probe file written here.
+local function pooled_setup(k, trial, env)
+  local map = k.gateway and kernel.remote_path or function(p) return p end
+  local lines, probe = { "import os as _cellsci_os" }, nil
+  if k.gateway then
+    local name = string.format(".cellsci-gateway-probe-%d-%d", host.pid(), math.floor(time.monotonic() * 1e6))
+    probe = path.join(trial, name)
+    if fs.write(probe, name) then
+      table.insert(lines, "if open(_cellsci_os.path.join(" .. json.encode(map(trial)) .. ", " .. json.encode(name)
+        .. ")).read() != " .. json.encode(name) .. ":\n    raise RuntimeError('gateway paths: another folder')")
+    else
+      probe = nil
+    end
+  end
+  table.insert(lines, "_cellsci_os.chdir(" .. json.encode(map(trial)) .. ")")
+  for key, v in pairs(env) do
+    table.insert(lines, "_cellsci_os.environ[" .. json.encode(key) .. "] = " .. json.encode(map(v)))
   end
   table.insert(lines, "del _cellsci_os")
-  return table.concat(lines, "\n") .. "\n"
+  return table.concat(lines, "\n") .. "\n", probe
 end
 
--- The trial's kernel: one from ctx.kernel_pool when the strategy has a pool, else one started for it.
--- Returns the kernel and the function that gives it back (release to the pool, or shut down).
+-- A pooled gateway kernel that cannot see the trial folder is a setup (config) fault: every node would
+-- fail the same way.
+local function pooled_setup_kind(k, r)
+  local e = tostring(r.ename or "") .. tostring(r.evalue or "")
+  if k.gateway and (e:find("gateway paths") or e:find("FileNotFoundError")) then return "config" end
+  return "kernel_start"
+end
+
+-- The settings of the policy that decides whether a failed kernel start is tried again: retry.lua's
+-- policy (as for LLM calls) with these per-kind allowances, or the config's exec.kernel_retry table.
+-- A local start is tried once more (a port taken between its choice and the kernel's bind); a gateway
+-- answering 5xx, unreachable or timing out is waited for (retry.lua's server/connect/timeout/reset
+-- allowances and its backoff); a refused token (auth), a missing kernelspec (client) or a trial folder
+-- the gateway cannot see (config) is never retried.
+M.KERNEL_RETRY = { per_kind = { start = 1 }, deadline = 300 }
+
+local function kernel_policy()
+  return require("retry").new(section("exec").kernel_retry or M.KERNEL_RETRY)
+end
+
+-- f() -> kernel | nil, err, tried again for as long as the kernel retry policy says.
+local function start_with_retries(ctx, f)
+  local policy, counts, attempt, t0 = kernel_policy(), {}, 0, time.monotonic()
+  while true do
+    attempt = attempt + 1
+    local k, err = f()
+    if k or host.interrupted() then return k, err end
+    local kind = type(err) == "table" and err.kind or "start"
+    counts[kind] = (counts[kind] or 0) + 1
+    local go, wait, why = policy:decide({ kind = kind, status = type(err) == "table" and err.status or nil,
+      attempt = attempt, elapsed = time.monotonic() - t0, message = tostring(err), counts = counts })
+    if type(go) == "table" then go, wait, why = go.retry, go.wait, go.reason end
+    if not go then
+      if attempt > 1 then ctx:event("kernel_start_gave_up", { kind = kind, reason = why, attempts = attempt }) end
+      return nil, err
+    end
+    wait = tonumber(wait) or 0
+    ctx:warn(string.format("[EXEC] the kernel did not start (%s); trying again in %.1fs", tostring(err), wait))
+    ctx:event("kernel_start_failed", { error = tostring(err), kind = kind, wait = wait })
+    if wait > 0 then time.sleep(wait) end
+  end
+end
+
+-- The trial's kernel: one from ctx.kernel_pool when the strategy has a pool, else one started for it
+-- (on exec.gateway_url when the config names a gateway). Returns the kernel and the function that gives
+-- it back (release to the pool, or shut down).
 local function start_kernel(trial, s1, ctx)
   local ex = section("exec")
   local env = { OUTPUT_DIR = trial }
@@ -444,27 +502,30 @@ local function start_kernel(trial, s1, ctx)
   -- pins each of its kernels to one GPU itself.
   local k, err, give_back
   if ctx.kernel_pool then
-    k, err = ctx.kernel_pool:acquire()
+    k, err = start_with_retries(ctx, function() return ctx.kernel_pool:acquire() end)
     if k then
       give_back = function() ctx.kernel_pool:release(k) end
-      local r = run_cell(k, pooled_setup(trial, env), { silent = true })
+      local code, probe = pooled_setup(k, trial, env)
+      local r = run_cell(k, code, { silent = true })
+      if probe then fs.remove(probe) end
       if r.interrupted then give_back(); raise("interrupted", "interrupted") end
-      if r.status ~= "ok" then give_back(); raise("kernel_start", "kernel set-up failed: " .. tostring(r.evalue)) end
+      if r.status ~= "ok" then
+        give_back()
+        local hint = k.gateway and (" (the kernel runs on " .. k.gateway .. ": the trial folder is "
+          .. kernel.remote_path(trial) .. " there; set exec.gateway_paths if the gateway mounts it elsewhere)") or ""
+        raise(pooled_setup_kind(k, r), "kernel set-up failed: " .. tostring(r.evalue) .. hint)
+      end
     end
   else
     local spec = { name = ex.kernel_name, python = ex.python, packages = ex.kernel_packages, cwd = trial, env = env }
-    k, err = kernel.start(spec)
-    if not k and not host.interrupted() then
-      -- A start can fail for passing reasons (a port taken between its choice and the kernel's bind).
-      ctx:warn("[EXEC] the kernel did not start (" .. tostring(err) .. "); trying once more")
-      ctx:event("kernel_start_failed", { error = tostring(err) })
-      k, err = kernel.start(spec)
-    end
+    k, err = start_with_retries(ctx, function() return kernel.start(spec) end)
     if k then give_back = function() k:shutdown() end end
   end
   if not k then
     if host.interrupted() then raise("interrupted", "interrupted") end
-    raise("kernel_start", "cannot start the kernel: " .. tostring(err))
+    -- a gateway that refuses the token or cannot see the trial folder fails every iteration alike
+    local kind = type(err) == "table" and (err.kind == "auth" or err.kind == "config") and "config" or "kernel_start"
+    raise(kind, "cannot start the kernel: " .. tostring(err))
   end
   local r = run_cell(k, M.GUARD, { silent = true })
   if r.interrupted then give_back(); raise("interrupted", "interrupted") end
@@ -855,6 +916,34 @@ end
 M.prompt_root = prompt_root
 M.direction = direction
 M.new_trial_name = new_trial_name
+
+-- Before the loop: a gateway (exec.gateway_url) that refuses the token, is not a gateway URL or lacks
+-- the kernelspec is a config error (exit 2), not a failure of every iteration. One that does not answer
+-- yet is only warned about: kernel starts wait for it as the kernel retry policy says.
+function M.check_gateway()
+  local ex = section("exec")
+  local url = ex.gateway_url
+  if type(url) ~= "string" or url == "" then return end
+  local specs, err = kernel.specs({ gateway = url })
+  if not specs then
+    if err.kind == "auth" or err.kind == "config" or err.kind == "client" then
+      error("config: exec.gateway_url: " .. tostring(err.message or err), 0)
+    end
+    log.warn("[EXEC] the gateway " .. url .. " does not answer yet (" .. tostring(err.message or err)
+      .. "); kernel starts will wait for it as the kernel retry policy says")
+    return
+  end
+  local want = ex.kernel_name ~= "" and ex.kernel_name or nil
+  local names = {}
+  for _, s in ipairs(specs) do names[s.name] = true end
+  if want and not names[want] then
+    local have = {}
+    for _, s in ipairs(specs) do table.insert(have, s.name) end
+    error(string.format("config: exec.kernel_name: the gateway %s has no kernelspec '%s' (it has: %s)", url, want,
+      #have > 0 and table.concat(have, ", ") or "none"), 0)
+  end
+  log.info(string.format("[EXEC] kernels run on the gateway %s (kernelspec %s)", url, want or "its default"))
+end
 
 -- `cellsci run [--strategy NAME|FILE.lua]`: the loop with its bookkeeping (stdlib/loop.lua) around a
 -- search strategy (stdlib/strategies/<name>.lua; serial by default).

@@ -180,6 +180,8 @@ enum Kind {
     StrList,
     /// A list of whole numbers >= 0 (GPU ids); a single number counts as a list of one.
     UIntList,
+    /// A mapping of string to string (`exec.gateway_paths`).
+    StrMap,
 }
 
 /// The keys the host reads, with their types. Keys not listed are kept as written.
@@ -215,6 +217,11 @@ const SCHEMA: &[(&str, &str, Kind)] = &[
     ("exec", "kernel_packages", Kind::StrList),
     ("exec", "transport", Kind::Str),
     ("exec", "gpus", Kind::UIntList),
+    ("exec", "gateway_url", Kind::Str),
+    ("exec", "gateway_token", Kind::Str),
+    ("exec", "gateway_paths", Kind::StrMap),
+    ("exec", "gateway_reconnect_timeout", Kind::Num),
+    ("exec", "local_slots", Kind::UInt),
 ];
 
 /// The sections the host reads; each must be an object when present.
@@ -360,6 +367,10 @@ fn from_text(path: &Path, shown: &str, text: &str, mut value: Value) -> anyhow::
     if let Some(llm) = top.get_mut("llm").and_then(Value::as_object_mut) {
         llm.remove("api_key");
     }
+    // the gateway's token, like the API key, stays in the typed config: scripts never see it
+    if let Some(exec) = top.get_mut("exec").and_then(Value::as_object_mut) {
+        exec.remove("gateway_token");
+    }
     top.entry("dataset_name").or_insert_with(|| Value::String(String::new()));
     Ok(Config { value, ..cfg })
 }
@@ -432,6 +443,10 @@ fn check(v: &Value, kind: Kind) -> Result<Option<Value>, &'static str> {
                 _ => Ok(Some(serde_json::json!(x as i64))),
             }
         }
+        Kind::StrMap => match v {
+            Value::Object(m) if m.values().all(Value::is_string) => Ok(None),
+            _ => Err("a mapping of strings (local prefix: gateway prefix)"),
+        },
         Kind::StrList => match v {
             Value::Array(a) if a.iter().all(Value::is_string) => Ok(None),
             Value::String(s) => Ok(Some(serde_json::json!([s]))),

@@ -46,6 +46,15 @@ pub struct NotebookRunArgs {
     /// (ports on 127.0.0.1, for kernels that cannot do IPC).
     #[arg(long = "transport", value_name = "ipc|tcp", default_value = "ipc")]
     pub transport: crate::kernel::Transport,
+    /// Run the notebook on a kernel of this Jupyter Kernel Gateway / Enterprise Gateway
+    /// (`http(s)://host:port`); the token comes from CELLSCI_GATEWAY_TOKEN or JUPYTER_GATEWAY_AUTH_TOKEN.
+    /// The kernel starts in the gateway's own folder unless --cwd is given.
+    #[arg(long = "gateway", value_name = "URL", conflicts_with = "python")]
+    pub gateway: Option<String>,
+    /// With --gateway: a local folder prefix and where the gateway sees it (repeatable), applied to
+    /// --cwd and to --env values that are paths.
+    #[arg(long = "gateway-path", value_name = "LOCAL=REMOTE", requires = "gateway")]
+    pub gateway_paths: Vec<String>,
     /// Print each cell's output as it arrives.
     #[arg(long = "log-output")]
     pub log_output: bool,
@@ -70,9 +79,24 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
         let (k, v) = kv.split_once('=').with_context(|| format!("--env {kv}: expected K=V"))?;
         env.push((k.to_string(), v.to_string()));
     }
+    let gateway = match &args.gateway {
+        None => None,
+        Some(url) => {
+            let mut t = crate::kernel::gateway::Target::new(url, crate::kernel::gateway::resolve_token(None));
+            for m in &args.gateway_paths {
+                let (l, r) = m.split_once('=').with_context(|| format!("--gateway-path {m}: expected LOCAL=REMOTE"))?;
+                t.paths.push((crate::files::absolute_clean(std::path::Path::new(l)), r.to_string()));
+            }
+            Some(t)
+        }
+    };
+    // A gateway kernel's outputs come back over its WebSocket: it needs no folder of ours unless asked.
     let cwd = match &args.cwd {
-        Some(d) => d.clone(),
-        None => std::path::absolute(&args.input)?.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")),
+        Some(d) => Some(std::path::absolute(d)?),
+        None if gateway.is_some() => None,
+        None => {
+            Some(std::path::absolute(&args.input)?.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")))
+        }
     };
     let name = args
         .kernel
@@ -81,9 +105,10 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
     let opts = StartOptions {
         name,
         python: args.python.clone(),
-        cwd: Some(cwd),
+        cwd,
         env,
         transport: args.transport,
+        gateway,
         ..Default::default()
     };
     if let Some(t) = args.timeout {

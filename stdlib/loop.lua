@@ -53,6 +53,7 @@ function M.open(opts)
     base_usage = llm.usage() or {},
   }, L)
   self.direction = P.direction(self.pm)
+  P.check_gateway()
   local made, merr = fs.mkdir(P.prompt_root())
   if not made then error("cannot create " .. P.prompt_root() .. ": " .. tostring(merr), 0) end
   self.summary_path = path.join(P.save_root(), string.format("phase2_loop_summary_%s_%d.json", self.stamp, self.pid))

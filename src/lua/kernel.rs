@@ -97,6 +97,33 @@ fn config_python(cfg: &crate::config::Config) -> Option<PathBuf> {
 const START_KEYS: &[&str] =
     &["name", "python", "packages", "cwd", "env", "startup_timeout", "interrupt_grace", "transport", "gateway"];
 
+/// The config's `exec.gateway_paths` (local prefix → the gateway's prefix), relative local prefixes
+/// resolved against the config's base folder as every relative path of the config is.
+fn path_map(lua: &Lua) -> LuaResult<Vec<(PathBuf, String)>> {
+    let cfg = HostCtx::get(lua).config.clone();
+    let Some(cfg) = cfg else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    match cfg.exec.extra.get("gateway_paths") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (local, remote) in m {
+                let Some(remote) = remote.as_str() else {
+                    return Err(misuse(lua, format!("config exec.gateway_paths.{local}: expected a path string")));
+                };
+                let l = PathBuf::from(local);
+                out.push((
+                    crate::files::normalize(&if l.is_relative() { cfg.base.join(l) } else { l }),
+                    remote.to_string(),
+                ));
+            }
+        }
+        Some(_) => {
+            return Err(misuse(lua, "config exec.gateway_paths: expected a mapping of local prefix: gateway prefix"))
+        }
+    }
+    Ok(out)
+}
+
 /// The gateway a kernel starts on: the `gateway` option (a URL, or false for this machine), else the
 /// config's `exec.gateway_url`. The token, the path map and the reconnect window come from the config
 /// (`exec.gateway_token`, `exec.gateway_paths`, `exec.gateway_reconnect_timeout`) and the environment;
@@ -146,6 +173,11 @@ fn start_options(lua: &Lua, o: &Opts) -> LuaResult<StartOptions> {
         }
     }
     so.secrets.extend(ctx.secret.expose().map(str::to_string));
+    // a gateway token from the config is as secret as the API key: no local kernel inherits a copy of it
+    if let Some(cfg) = &ctx.config {
+        let t = cfg.exec.extra.get("gateway_token").and_then(Value::as_str);
+        so.secrets.extend(gateway::resolve_token(t).expose().map(str::to_string));
+    }
     if let Some(n) = o.str("name")? {
         so.name = Some(n);
         so.python = None;
@@ -476,6 +508,14 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
             let python = HostCtx::get(&lua).config.as_deref().and_then(config_python);
             let specs: Vec<Value> = crate::kernel::spec::list(python.as_deref()).iter().map(spec_json).collect();
             Ok((to_lua(&lua, &Value::Array(specs))?, LuaValue::Nil))
+        })?,
+    )?;
+    // kernel.remote_path(p) -> p as a gateway kernel sees it (config exec.gateway_paths; else p)
+    t.set(
+        "remote_path",
+        lua.create_function(|lua, p: LuaValue| {
+            let p = string_arg(lua, &p, "kernel.remote_path", "a path (a string)")?.to_string_lossy();
+            Ok(gateway::map_path(&path_map(lua)?, &p))
         })?,
     )?;
     t.set(

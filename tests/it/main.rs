@@ -4,6 +4,7 @@ mod cli;
 mod extract;
 mod faults;
 mod files;
+mod gateway;
 mod gateway_harness;
 mod kernel;
 mod llm;

@@ -53,21 +53,26 @@ impl Target {
 
     /// `p` as the gateway's side names it: the longest matching local prefix replaced, else `p`.
     pub fn map_path(&self, p: &str) -> String {
-        let path = Path::new(p);
-        let best =
-            self.paths.iter().filter(|(local, _)| path.starts_with(local)).max_by_key(|(l, _)| l.as_os_str().len());
-        match best {
-            Some((local, remote)) => {
-                let rest = path.strip_prefix(local).unwrap_or(Path::new(""));
-                let remote = remote.trim_end_matches('/');
-                if rest.as_os_str().is_empty() {
-                    remote.to_string()
-                } else {
-                    format!("{remote}/{}", rest.display())
-                }
+        map_path(&self.paths, p)
+    }
+}
+
+/// `p` as the gateway's side names it under `paths` (local prefix, the gateway's prefix): the longest
+/// prefix that matches whole folder names is replaced; with none, `p` itself.
+pub fn map_path(paths: &[(PathBuf, String)], p: &str) -> String {
+    let path = Path::new(p);
+    let best = paths.iter().filter(|(local, _)| path.starts_with(local)).max_by_key(|(l, _)| l.as_os_str().len());
+    match best {
+        Some((local, remote)) => {
+            let rest = path.strip_prefix(local).unwrap_or(Path::new(""));
+            let remote = remote.trim_end_matches('/');
+            if rest.as_os_str().is_empty() {
+                remote.to_string()
+            } else {
+                format!("{remote}/{}", rest.display())
             }
-            None => p.to_string(),
         }
+        None => p.to_string(),
     }
 }
 
@@ -446,12 +451,16 @@ impl GatewayKernel {
         let far = started + Duration::from_secs(86400 * 365);
         // after a reconnect: when to ask the gateway whether the kernel is still on our cell
         let mut verify_at: Option<Instant> = None;
+        // After a silence, ask the gateway whether it still has the kernel: one it deleted (culled, or by
+        // someone else) may leave our WebSocket open with nothing ever coming on it.
+        let mut probe_at = Instant::now() + PROBE_AFTER;
         enum Ev {
             Iopub(crate::kernel::cell::Msg),
             Shell(crate::kernel::cell::Msg),
             IdleLate,
             Closed,
             Verify,
+            Probe,
             Wake,
             Cancel,
         }
@@ -475,10 +484,32 @@ impl GatewayKernel {
                 _ = c.closed.changed() => Ev::Closed,
                 _ = tokio::time::sleep_until(idle_by.unwrap_or(far).into()), if idle_by.is_some() => Ev::IdleLate,
                 _ = tokio::time::sleep_until(verify_at.unwrap_or(far).into()), if verify_at.is_some() => Ev::Verify,
+                _ = tokio::time::sleep_until(probe_at.into()) => Ev::Probe,
                 _ = tokio::time::sleep_until(wake.into()) => Ev::Wake,
                 _ = crate::signals::token().cancelled() => Ev::Cancel,
             };
+            if matches!(ev, Ev::Iopub(_) | Ev::Shell(_)) {
+                probe_at = Instant::now() + PROBE_AFTER;
+            }
             match ev {
+                Ev::Probe => {
+                    probe_at = Instant::now() + PROBE_AFTER;
+                    let Some(kid) = self.shared.id() else { continue };
+                    match self.shared.rest.get(&kid).await {
+                        Ok(None) => {
+                            let why = format!(
+                                "the gateway {} no longer has the kernel (culled for idleness, or deleted)",
+                                self.target.url
+                            );
+                            return Ok(self.gone(cell, why));
+                        }
+                        Ok(Some(model)) if model.get("execution_state").and_then(Value::as_str) == Some("dead") => {
+                            return Ok(self.gone(cell, "the gateway says it is dead".into()));
+                        }
+                        // unreachable: the socket tells when it is really lost
+                        _ => {}
+                    }
+                }
                 Ev::Iopub(m) => {
                     let state = m.content.get("execution_state").and_then(Value::as_str);
                     if m.msg_type == "status" && matches!(state, Some("restarting" | "dead")) {
@@ -584,6 +615,9 @@ impl Drop for GatewayKernel {
         let _ = t.join();
     }
 }
+
+/// How long a running cell may go without a message before the gateway is asked about its kernel.
+const PROBE_AFTER: Duration = Duration::from_secs(5);
 
 /// A Python string literal for any text.
 fn py_str(s: &str) -> String {
