@@ -162,18 +162,44 @@ impl Checkout {
         self.root.path().join(format!("results/{DATASET}/generate_execution"))
     }
 
-    /// Start cellsci as the runner does; returns (exit code, the merged output as phase2.log holds it).
-    fn run(&self, extra: &[&str]) -> (Option<i32>, String) {
+    fn config_path(&self) -> PathBuf {
+        self.phase_dir().join(format!("_pipeline_cache/generate_execution_config.{DATASET}.merged.json"))
+    }
+
+    /// Merge `keys` into the config's `exec` section.
+    fn set_exec(&self, keys: Value) {
+        self.set_section("exec", keys)
+    }
+
+    /// Merge `keys` into a section of the config.
+    fn set_section(&self, section: &str, keys: Value) {
+        let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(self.config_path()).unwrap()).unwrap();
+        for (k, v) in keys.as_object().unwrap() {
+            cfg[section][k] = v.clone();
+        }
+        std::fs::write(self.config_path(), serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    }
+
+    /// The command the runner starts (its stdout and stderr are for the caller to set).
+    fn command(&self, extra: &[&str]) -> Command {
         let config = format!("_pipeline_cache/generate_execution_config.{DATASET}.merged.json");
-        // stderr into the same pipe as stdout, as subprocess.Popen(stderr=STDOUT) does.
-        let (reader, writer) = std::io::pipe().unwrap();
-        let mut child = Command::new(util::bin())
-            .current_dir(self.phase_dir())
+        let mut c = Command::new(util::bin());
+        c.current_dir(self.phase_dir())
             .args(["--config", &config, "run", "--use-idea"])
             .args(extra)
             .env_remove("OPENAI_API_KEY")
             .env_remove("NO_COLOR")
-            .env("CUDA_VISIBLE_DEVICES", "5")
+            .env_remove("CELLSCI_GATEWAY_TOKEN")
+            .env("CUDA_VISIBLE_DEVICES", "5");
+        c
+    }
+
+    /// Start cellsci as the runner does; returns (exit code, the merged output as phase2.log holds it).
+    fn run(&self, extra: &[&str]) -> (Option<i32>, String) {
+        // stderr into the same pipe as stdout, as subprocess.Popen(stderr=STDOUT) does.
+        let (reader, writer) = std::io::pipe().unwrap();
+        let mut child = self
+            .command(extra)
             .stdin(Stdio::null())
             .stdout(writer.try_clone().unwrap())
             .stderr(writer)
@@ -359,4 +385,120 @@ fn under_the_runner_a_generation_that_always_fails_is_scored_buggy_and_exits_0()
     assert_eq!(sm["best_score"], -999.0);
     assert_eq!(sm["iterations"][0]["status"], "CRASH");
     assert_eq!(sm["iterations"][1]["score"], -999.0);
+}
+
+/// A generation reply for a gateway run: one cell that records what its kernel sees (its parent process
+/// and OUTPUT_DIR), writes a file by a relative path, and writes metrics with `score` where OUTPUT_DIR says.
+fn gateway_notebook(score: f64) -> String {
+    let code = format!(
+        r#"import json, os
+out = os.environ["OUTPUT_DIR"]
+open(os.path.join(out, "seen.json"), "w").write(json.dumps({{"ppid": os.getppid(), "out": out}}))
+open("relative.txt", "w").write("written in the working folder")
+folds = {{"0": {score}, "1": {score}}}
+models = {{"ridge_baseline": {{"per_fold": {{f: {{"PCC": 0.1}} for f in folds}}}},
+          "model": {{"per_fold": {{f: {{"PCC": v}} for f, v in folds.items()}}}}}}
+json.dump({{"models": models, "winner": "model"}}, open(os.path.join(out, "metrics.json"), "w"))"#
+    );
+    json!({"cells": [{"id": "T1", "name": "all", "purpose": "everything", "code": code}]}).to_string()
+}
+
+#[test]
+fn under_the_runner_every_kernel_runs_on_a_kernel_gateway_that_mounts_results_elsewhere() {
+    use crate::util::gateway::Gateway;
+    let mut gw = Gateway::start();
+    let c = Checkout::new(2, |n| gateway_notebook(if n == 0 { 0.3 } else { 0.9 }));
+    // The gateway's side names the results folder otherwise (a share mounted elsewhere on a cluster).
+    let remote = c.root.path().join("mnt/share");
+    std::fs::create_dir_all(remote.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(c.root.path().join("results"), &remote).unwrap();
+    c.set_exec(json!({
+        "gateway_url": gw.url, "gateway_token": gw.token,
+        "gateway_paths": {"../results": remote.display().to_string()},
+    }));
+    // The gateway is down when the run starts: its first kernel start waits for it, as the kernel retry
+    // policy says, and goes on once it is back.
+    gw.kill();
+    let mut cmd = c.command(&[]);
+    let mut run = util::Running::start(&mut cmd);
+    run.wait_for("does not answer yet");
+    run.wait_for("trying again");
+    gw.restart();
+    let (status, log) = run.finish();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(!log.contains(&gw.token), "the gateway token never shows:\n{log}");
+    assert!(!log.contains('\u{1b}'), "{log}");
+    let s = score_log(&log, "PCC");
+    let got: Vec<_> = s.iterations.iter().map(|i| (i.0, i.1, i.2, i.3)).collect();
+    assert_eq!(got, vec![(1, false, Some(0.3), false), (2, false, Some(0.9), true)], "{log}");
+    let dir = c.save_root().join("prompt").join(s.output.as_deref().expect("an [ARCHIVE] line"));
+    assert!(dir.join("notebook_prompt_exec.ipynb").is_file() && dir.join("metrics.json").is_file(), "{log}");
+    // Every cell ran in a kernel of the gateway, which saw the trial folder by its own name.
+    let seen: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("seen.json")).unwrap()).unwrap();
+    assert_eq!(seen["ppid"].as_i64().map(|p| p as i32), gw.pid(), "{seen}");
+    let remote_s = remote.display().to_string();
+    assert!(seen["out"].as_str().unwrap().starts_with(&remote_s), "{seen}");
+    assert!(dir.join("relative.txt").is_file(), "the kernel worked in the trial folder");
+    assert!(!dir.read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().contains("probe")));
+    assert!(gw.kernels().is_empty(), "every kernel was deleted: {:?}", gw.kernels());
+}
+
+#[test]
+fn under_the_runner_a_refused_gateway_token_or_an_unseen_trial_folder_exits_2() {
+    use crate::util::gateway::Gateway;
+    let gw = Gateway::start();
+    let c = Checkout::new(2, |_| gateway_notebook(0.9));
+    c.set_exec(json!({"gateway_url": gw.url, "gateway_token": "not-the-gateways-token-1234"}));
+    let (code, log) = c.run(&[]);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("refused the token") && log.contains("exec.gateway_url"), "{log}");
+    assert!(!log.contains("ITERATION"), "stopped before the loop:\n{log}");
+    assert!(!log.contains("not-the-gateways-token-1234"), "{log}");
+    // The right token, but the gateway is told the results are where they are not.
+    c.set_exec(json!({"gateway_token": gw.token, "gateway_paths": {"../results": "/nonexistent/share"}}));
+    let (code, log) = c.run(&[]);
+    assert_eq!(code, Some(2), "a setup fault that would repeat every iteration stops the loop:\n{log}");
+    assert!(log.contains("exec.gateway_paths") && log.contains("/nonexistent/share"), "{log}");
+    assert!(!log.contains(&gw.token), "{log}");
+}
+
+#[test]
+fn under_the_runner_parallel_branches_share_a_pool_of_local_and_gateway_kernels() {
+    use crate::util::gateway::Gateway;
+    let gw = Gateway::start();
+    let c = Checkout::new(4, |n| gateway_notebook(0.2 + 0.1 * n as f64));
+    let remote = c.root.path().join("mnt/share");
+    std::fs::create_dir_all(remote.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(c.root.path().join("results"), &remote).unwrap();
+    c.set_exec(json!({
+        "gateway_url": gw.url, "gateway_token": gw.token, "local_slots": 1,
+        "gateway_paths": {"../results": remote.display().to_string()},
+    }));
+    c.set_section("search", json!({"branches": 2}));
+    let (code, log) = c.run(&["--strategy", "best_of_n"]);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains(&gw.token), "{log}");
+    let s = score_log(&log, "PCC");
+    assert_eq!(s.iterations.len(), 4, "{log}");
+    assert!(s.iterations.iter().all(|i| !i.1 && i.2.is_some()), "every branch scored: {log}");
+    // Which side each trial's kernel was on: a gateway kernel's parent is the gateway and it saw the
+    // mapped path; the local one's parent is cellsci and it saw the path as it is here.
+    let mut sides = Vec::new();
+    let trials: Vec<PathBuf> = std::fs::read_dir(c.save_root().join("prompt"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("seen.json").is_file())
+        .collect();
+    assert_eq!(trials.len(), 4, "{trials:?}");
+    for dir in trials {
+        let seen: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("seen.json")).unwrap()).unwrap();
+        let on_gateway = seen["ppid"].as_i64().map(|p| p as i32) == gw.pid();
+        let mapped = seen["out"].as_str().unwrap().starts_with(&remote.display().to_string());
+        assert_eq!(on_gateway, mapped, "a gateway kernel gets mapped paths, a local one does not: {seen}");
+        assert!(dir.join("relative.txt").is_file() && dir.join("metrics.json").is_file(), "{dir:?}");
+        sides.push(on_gateway);
+    }
+    assert!(sides.contains(&true) && sides.contains(&false), "both kinds of kernel were used: {sides:?}\n{log}");
+    util::wait_until("the pool's gateway kernels to be deleted", 30, || gw.kernels().is_empty());
 }
