@@ -31,6 +31,69 @@ impl Drop for Conn {
     }
 }
 
+/// The gateway's socket, acknowledging every segment at once (TCP_QUICKACK re-armed after each read).
+///
+/// jupyter_server writes a cell's messages (busy, execute_input, outputs, reply, idle) as separate
+/// small WebSocket frames on a socket without TCP_NODELAY: Nagle holds each one until the previous is
+/// acknowledged, and a client that delays its ACKs (40 ms on Linux, having nothing to send) made every
+/// cell take 48 ms instead of 5. Quick ACKs on our side release them at once.
+struct QuickAck(tokio::net::TcpStream);
+
+impl QuickAck {
+    fn arm(&self) {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt on a socket we own, with a c_int option value of the right size.
+        unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        if r.is_ready() {
+            self.arm();
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 /// A Jupyter message of ours, as the gateway's JSON protocol carries it.
 pub fn request(session: &str, msg_type: &str, channel: &str, content: Value) -> (String, String) {
     let id = uuid::Uuid::new_v4().to_string();
@@ -106,11 +169,21 @@ impl Conn {
         let mut cfg = WebSocketConfig::default();
         cfg.max_message_size = None;
         cfg.max_frame_size = None;
-        let connect = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true);
+        let host = req.uri().host().unwrap_or("127.0.0.1").trim_matches(['[', ']']).to_string();
+        let tls = req.uri().scheme_str() == Some("wss");
+        let port = req.uri().port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| {
+                GatewayError::new("connect", None, format!("cannot reach the gateway at {}: {e}", rest.base))
+            })?;
+            let _ = tcp.set_nodelay(true);
+            tokio_tungstenite::client_async_tls_with_config(req, QuickAck(tcp), Some(cfg), None)
+                .await
+                .map_err(|e| ws_error(rest, &url, e))
+        };
         let (ws, _) = match tokio::time::timeout(std::time::Duration::from_secs(30), connect).await {
             Err(_) => return Err(GatewayError::new("timeout", None, format!("opening {url} timed out"))),
-            Ok(Err(e)) => return Err(ws_error(rest, &url, e)),
-            Ok(Ok(x)) => x,
+            Ok(r) => r?,
         };
         use futures_util::{SinkExt, StreamExt};
         let (mut sink, mut stream) = ws.split();

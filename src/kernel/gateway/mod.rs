@@ -520,6 +520,18 @@ impl GatewayKernel {
                         };
                         return Ok(self.gone(cell, why));
                     }
+                    if m.msg_type == "stream"
+                        && m.content
+                            .get("text")
+                            .and_then(Value::as_str)
+                            .is_some_and(|t| t.contains("IOPub data rate exceeded"))
+                    {
+                        tracing::warn!(
+                            "the gateway {} dropped part of this cell's output (its IOPub data rate limit); start the \
+                             gateway with --ZMQChannelsWebsocketConnection.iopub_data_rate_limit=0 to get all of it",
+                            self.target.url
+                        );
+                    }
                     cell.iopub(m, &mut opts);
                 }
                 Ev::Shell(m) => cell.shell(m),
