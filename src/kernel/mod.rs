@@ -306,6 +306,8 @@ pub fn start_failure_kind(e: &anyhow::Error) -> &'static str {
 }
 
 /// A kernel, here or on a gateway.
+// A run holds a handful of kernels, moved only into and out of a pool: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Kernel {
     Local(LocalKernel),
     Gateway(GatewayKernel),

@@ -123,7 +123,7 @@ r = k:execute("print('on the new gateway')")
 assert(r.status == "ok" and r.outputs[1].text == "on the new gateway\n", json.encode(r))
 print("OK")
 "#,
-        m = marker.display().to_string()
+        m = marker.display()
     );
     let mut cmd = script(d.path(), &gw.url, &body);
     cmd.env("CELLSCI_GATEWAY_TOKEN", &gw.token);
@@ -211,7 +211,7 @@ assert(r.outputs[2].data["text/plain"] == "42", "the same kernel, its state kept
 assert(k:alive())
 print("OK")
 "#,
-        m = marker.display().to_string()
+        m = marker.display()
     );
     let mut cmd = script(d.path(), &proxy.url, &body);
     cmd.env("CELLSCI_GATEWAY_TOKEN", &gw.token);
