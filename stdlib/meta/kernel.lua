@@ -20,9 +20,18 @@ local kernel = {}
 ---@field env table<string, string> Variables the spec adds.
 
 ---Every kernelspec found, the way Jupyter finds them (`$JUPYTER_PATH`, the Python environments in
----play, the user data dir, the system dirs).
----@return cellsci.kernel.Spec[]
-function kernel.specs() end
+---play, the user data dir, the system dirs); with a gateway (`{gateway = URL}`, else the config's
+---`exec.gateway_url`), the gateway's kernelspecs (`{name, display_name, language, argv, gateway}`).
+---@param opts? {gateway?: string|false}
+---@return cellsci.kernel.Spec[]|nil specs
+---@return cellsci.kernel.Error|nil err For a gateway: `kind = "auth"`, `"server"`, `"connect"`, `"timeout"`, ...
+function kernel.specs(opts) end
+
+---`p` as a gateway kernel sees it: the longest matching local prefix of the config's
+---`exec.gateway_paths` replaced; `p` itself when none matches.
+---@param p string
+---@return string
+function kernel.remote_path(p) end
 
 ---Options of `kernel.start`. Any other key raises.
 ---@class cellsci.kernel.StartOpts
@@ -33,12 +42,20 @@ function kernel.specs() end
 ---@field env? table<string, string|number|boolean> Added to the inherited environment and the spec's env (`true`/`false` become `"1"`/`"0"`). Default: none.
 ---@field startup_timeout? number Seconds to wait for the kernel to be ready. Default: `60`.
 ---@field interrupt_grace? number Seconds a timed-out cell gets after the interrupt before the kernel is killed and restarted. Default: `3`.
+---@field gateway? string|false Start the kernel on this Jupyter Kernel Gateway / Enterprise Gateway (`http(s)://host:port`; the token comes from the config's `exec.gateway_token` or `CELLSCI_GATEWAY_TOKEN`); `false`: on this machine. Default: the config's `exec.gateway_url`, else this machine.
 ---@field transport? "ipc"|"tcp" How cellsci talks to the kernel: `"ipc"`, Unix sockets in the kernel's private (0700) folder, or `"tcp"`, ports on 127.0.0.1 that every local user can reach (for kernels that cannot do IPC). Default: the config's `exec.transport`, else `"ipc"`.
 
 ---@alias cellsci.kernel.ErrorKind
 ---| "start"       # the kernel could not start (the message includes the kernel's own output)
 ---| "interrupted" # Ctrl-C / SIGTERM
 ---| "kernel"      # a protocol failure while executing or interrupting
+---| "auth"        # a gateway refused the token
+---| "server"      # a gateway answered 5xx (or is at its kernel limit)
+---| "connect"     # a gateway could not be reached
+---| "timeout"     # a gateway did not answer in time
+---| "reset"       # a gateway connection broke
+---| "client"      # a gateway refused the request otherwise (no such kernelspec)
+---| "config"      # a bad gateway URL, or a gateway kernel that cannot see its working folder
 
 ---The error of a kernel call.
 ---@class cellsci.kernel.Error: cellsci.Error
@@ -55,6 +72,7 @@ function kernel.start(opts) end
 ---Options of `kernel.pool`: every option of `kernel.start` (for every kernel of the pool), and these.
 ---@class cellsci.kernel.PoolOpts: cellsci.kernel.StartOpts
 ---@field size? integer Number of kernels (slots). Default: the number of `gpus`, else `1`.
+---@field local_slots? integer With a gateway: the first n slots start their kernels on this machine. Default: the config's `exec.local_slots`, else `0`.
 ---@field gpus? integer[] Slot i's kernel gets `CUDA_VISIBLE_DEVICES=<gpus[i]>` (inside it, that GPU is `cuda:0`); more slots than GPUs share them in turn. `{}` for none. Default: the config's `exec.gpus`, else none (kernels inherit the environment).
 
 ---A pool of kernels started ahead, in the background and concurrently, so a branch with a free slot
@@ -93,6 +111,10 @@ function Pool:with(fn) end
 ---Number of slots.
 ---@return integer
 function Pool:size() end
+
+---Slots that start their kernel on a gateway.
+---@return integer
+function Pool:remote() end
 
 ---Slots whose idle kernel is live and ready to hand out now.
 ---@return integer
@@ -136,6 +158,7 @@ function Pool:shutdown() end
 ---A running Jupyter kernel (a handle; `tostring(k)` is `"kernel (<name>)"`).
 ---@class cellsci.kernel.Kernel
 ---@field name string The kernelspec name.
+---@field gateway string|nil The gateway's URL for a kernel on a gateway; nil for a local kernel.
 local Kernel = {}
 
 ---Run code and wait for the result. A raised exception, a timeout or a dead kernel is a result
