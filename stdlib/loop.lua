@@ -85,6 +85,14 @@ function L:resume(file)
     if type(r.iter) == "number" and r.iter > last and r.status ~= "INTERRUPTED" then last = r.iter end
   end
   self.next_iter = last + 1
+  -- Parallel nodes finish out of order: a kill can leave iteration 3 unrecorded while 4 is. Numbers below
+  -- the last recorded one that have no record are done again, first.
+  local have = {}
+  for _, r in ipairs(self.iters) do if type(r.iter) == "number" then have[r.iter] = true end end
+  self.redo = {}
+  for i = 1, last - 1 do
+    if not have[i] then table.insert(self.redo, i) end
+  end
   self.best_score, self.best_trial = tonumber(old.best_score), str(old.best_trial_dir)
   if self.best_score == M.NO_SCORE then self.best_score = nil end
   self.archived, self.archive_source = str(old.archived_dir), str(old.archive_source)
@@ -112,8 +120,9 @@ function L:resume(file)
     log.line("[RESUME] " .. path.basename(file) .. ": the loop had finished; nothing left to do")
     self.nothing_left = true
   else
-    log.line(string.format("[RESUME] %s: %d iterations done, going on from %d", path.basename(file), #self.iters,
-      self.next_iter))
+    local redo = #self.redo > 0 and (" (redoing " .. table.concat(self.redo, ", ") .. ", cut short)") or ""
+    log.line(string.format("[RESUME] %s: %d iterations done, going on from %d%s", path.basename(file), #self.iters,
+      self.next_iter, redo))
   end
 end
 
@@ -187,7 +196,8 @@ function L:archive(trial, ctx)
 end
 
 function L:done()
-  return self.met_any or self.stopped ~= nil or self.nothing_left or host.interrupted() or self.next_iter > self.max_iters
+  return self.met_any or self.stopped ~= nil or self.nothing_left or host.interrupted()
+    or (self.next_iter > self.max_iters and #(self.redo or {}) == 0)
 end
 
 -- A search setting: config `search.<key>`, else `default`.
@@ -236,8 +246,13 @@ end
 function L:node(o)
   o = o or {}
   if self:done() then return nil end
-  local i = self.next_iter
-  self.next_iter = i + 1
+  local i
+  if self.redo and #self.redo > 0 then
+    i = table.remove(self.redo, 1)
+  else
+    i = self.next_iter
+    self.next_iter = i + 1
+  end
   local run_name = string.format("workspace_%s_%d_iter%03d", self.stamp, self.pid, i)
   local trial = path.join(pipeline().prompt_root(), run_name)
   local parent

@@ -357,3 +357,29 @@ fn notebook_run_executes_a_notebook_on_a_gateway_kernel() {
     assert_eq!(o.status.code(), Some(2), "{}", util::text(&o));
     assert!(util::text(&o).contains("refused the token"), "{}", util::text(&o));
 }
+
+#[test]
+fn ctrl_c_during_a_gateway_cell_exits_130_and_deletes_the_kernel() {
+    let gw = Gateway::start();
+    let d = util::tempdir();
+    let marker = d.path().join("started");
+    let body = format!(
+        r#"
+local k = assert(kernel.start{{gateway = URL}})
+local r, err = k:execute("import time\nopen('{m}', 'w').write('x')\ntime.sleep(60)")
+print("AFTER", r, err and err.kind)
+error("interrupted", 0)
+"#,
+        m = marker.display()
+    );
+    let mut cmd = script(d.path(), &gw.url, &body);
+    cmd.env("CELLSCI_GATEWAY_TOKEN", &gw.token);
+    let run = util::Running::start(&mut cmd);
+    util::wait_until("the cell to start", 60, || marker.exists());
+    assert_eq!(gw.kernels().len(), 1);
+    run.signal(libc::SIGINT);
+    let (status, out) = run.finish();
+    assert_eq!(status.code(), Some(130), "{out}");
+    assert!(out.contains("AFTER\tnil\tinterrupted"), "the cell's call ends with kind interrupted:\n{out}");
+    assert!(gw.kernels().is_empty(), "the kernel was deleted on the way out: {:?}", gw.kernels());
+}

@@ -991,3 +991,41 @@ return M
     let narrative = &p.requests(Kind::Report)[0]["messages"][1]["content"];
     assert!(narrative.as_str().unwrap().contains("\"baseline\": \"better\""), "{narrative}");
 }
+
+/// Regression (seen as a flaky tree-strategy test): parallel nodes finish out of order, so a kill can
+/// leave iteration 2 unrecorded while 3 is. Resuming redid nothing below the last recorded number: the
+/// loop ended one iteration short. Now the missing numbers are done again first.
+#[test]
+fn a_resume_redoes_an_iteration_missing_below_the_last_recorded_one() {
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 3, "success_threshold": 0.99}}),
+        simple_handler(vec![
+            generation_reply(&[("T1", &metrics_cell(0.3))]),
+            generation_reply(&[("T1", &metrics_cell(0.4))]),
+            generation_reply(&[("T1", &metrics_cell(0.5))]),
+            generation_reply(&[("T1", &metrics_cell(0.6))]),
+        ]),
+    );
+    let out = p.run(&["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    // As a kill while iteration 2 ran and 3 had finished leaves it: no record of 2, no finish time.
+    let file: PathBuf = std::fs::read_dir(p.save_root())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|f| f.file_name().unwrap().to_string_lossy().starts_with("phase2_loop_summary_"))
+        .unwrap();
+    let mut s: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    s["iterations"].as_array_mut().unwrap().retain(|r| r["iter"] != 2);
+    s["finished_at"] = Value::Null;
+    std::fs::write(&file, s.to_string()).unwrap();
+    let out = p.run(&["run", "--resume", file.to_str().unwrap()]);
+    let so = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    assert!(so.contains("redoing 2") && so.contains("ITERATION 2/3") && !so.contains("ITERATION 4"), "{so}");
+    let s = p.summary();
+    assert_eq!(s["iterations_executed"], 3, "{s:#}");
+    let mut iters: Vec<i64> = s["iterations"].as_array().unwrap().iter().map(|r| r["iter"].as_i64().unwrap()).collect();
+    iters.sort();
+    assert_eq!(iters, vec![1, 2, 3]);
+}
