@@ -35,17 +35,38 @@ fn lua(dir: &Path, gw: &Gateway, body: &str) -> Output {
     o
 }
 
+/// Run a snippet that must end by printing OK.
+#[track_caller]
+fn passes(gw: &Gateway, body: &str) {
+    let d = util::tempdir();
+    let out = ok(&lua(d.path(), gw, body));
+    assert!(out.contains("OK"), "{out}");
+}
+
+/// Start a snippet in the background (its token from `token`); `{m}` in `body` is the path of a marker
+/// file a cell writes when the moment has come to act on it. Returns once the marker exists.
+#[track_caller]
+fn start_until_marker(url: &str, token: &str, body: &str) -> (util::Running, tempfile::TempDir) {
+    let d = util::tempdir();
+    let marker = d.path().join("started");
+    let body = body.replace("{m}", &marker.display().to_string());
+    let mut cmd = script(d.path(), url, &body);
+    cmd.env("CELLSCI_GATEWAY_TOKEN", token);
+    let run = util::Running::start(&mut cmd);
+    util::wait_until("the cell to start", 60, || marker.exists());
+    (run, d)
+}
+
 #[test]
 fn a_gateway_kernel_runs_cells_like_a_local_one_and_is_deleted_on_shutdown() {
     let gw = Gateway::start();
-    let d = util::tempdir();
-    let out = ok(&lua(
-        d.path(),
+    passes(
         &gw,
         r#"
 local specs = assert(kernel.specs{gateway = URL})
 assert(specs[1].name == "python3" and specs[1].gateway == URL, "the gateway's kernelspecs")
-local k = assert(kernel.start{gateway = URL, env = {MY_VAR = "hello"}})
+-- a generous grace: on a loaded machine the interrupt below must not turn into a restart
+local k = assert(kernel.start{gateway = URL, env = {MY_VAR = "hello"}, interrupt_grace = 20})
 assert(k.gateway == URL and tostring(k):find("on " .. URL, 1, true), tostring(k))
 assert(k:pid() == nil, "no local pid for a remote kernel")
 local r = k:execute("import os, sys\nprint('out', os.environ['MY_VAR']); print('err', file=sys.stderr)\n6 * 7")
@@ -72,8 +93,7 @@ k:shutdown()
 assert(not k:alive())
 print("OK")
 "#,
-    ));
-    assert!(out.contains("OK"), "{out}");
+    );
     assert!(gw.kernels().is_empty(), "shutdown deletes the kernel on the gateway: {:?}", gw.kernels());
     assert!(gw.kernel_pids().is_empty(), "and its process is gone");
 }
@@ -81,9 +101,7 @@ print("OK")
 #[test]
 fn a_dying_kernel_is_dead_and_a_restart_brings_a_fresh_one() {
     let gw = Gateway::start();
-    let d = util::tempdir();
-    let out = ok(&lua(
-        d.path(),
+    passes(
         &gw,
         r#"
 local k = assert(kernel.start{gateway = URL})
@@ -99,8 +117,7 @@ r = k:execute("print('state' in dir())")
 assert(r.status == "ok" and r.outputs[1].text == "False\n", json.encode(r))
 print("OK")
 "#,
-    ));
-    assert!(out.contains("OK"), "{out}");
+    );
     // the script ended without k:shutdown(): dropping the handle deleted the kernel
     assert!(gw.kernels().is_empty(), "{:?}", gw.kernels());
 }
@@ -108,11 +125,11 @@ print("OK")
 #[test]
 fn a_gateway_killed_mid_cell_is_reported_dead_and_a_restart_uses_the_new_gateway() {
     let mut gw = Gateway::start_with(GatewayOpts::default().orphan_kernelspec());
-    let d = util::tempdir();
-    let marker = d.path().join("started");
-    let body = format!(
+    let (run, _d) = start_until_marker(
+        &gw.url,
+        &gw.token,
         r#"
-local k = assert(kernel.start{{gateway = URL, name = "python3-orphan"}})
+local k = assert(kernel.start{gateway = URL, name = "python3-orphan"})
 local r = k:execute("import time\nprint('begin', flush=True)\ntime.sleep(0.5)\nopen('{m}', 'w').write('x')\ntime.sleep(30)\nprint('end')")
 print("STATUS", r.status, r.message)
 assert(r.status == "dead", json.encode(r))
@@ -123,12 +140,7 @@ r = k:execute("print('on the new gateway')")
 assert(r.status == "ok" and r.outputs[1].text == "on the new gateway\n", json.encode(r))
 print("OK")
 "#,
-        m = marker.display()
     );
-    let mut cmd = script(d.path(), &gw.url, &body);
-    cmd.env("CELLSCI_GATEWAY_TOKEN", &gw.token);
-    let run = util::Running::start(&mut cmd);
-    util::wait_until("the cell to start", 60, || marker.exists());
     gw.kill();
     gw.restart();
     let (status, out) = run.finish();
@@ -197,11 +209,11 @@ impl Drop for CutProxy {
 fn a_websocket_dropped_mid_cell_reconnects_and_the_cell_finishes_whole() {
     let gw = Gateway::start();
     let proxy = CutProxy::start(gw.port);
-    let d = util::tempdir();
-    let marker = d.path().join("started");
-    let body = format!(
+    let (run, _d) = start_until_marker(
+        &proxy.url,
+        &gw.token,
         r#"
-local k = assert(kernel.start{{gateway = URL}})
+local k = assert(kernel.start{gateway = URL})
 k:execute("state = 41")
 local r = k:execute("import time\nprint('a', flush=True)\ntime.sleep(0.5)\nopen('{m}', 'w').write('x')\ntime.sleep(2)\nprint('b')\nstate + 1")
 print("STATUS", r.status, json.encode(r.outputs))
@@ -211,12 +223,7 @@ assert(r.outputs[2].data["text/plain"] == "42", "the same kernel, its state kept
 assert(k:alive())
 print("OK")
 "#,
-        m = marker.display()
     );
-    let mut cmd = script(d.path(), &proxy.url, &body);
-    cmd.env("CELLSCI_GATEWAY_TOKEN", &gw.token);
-    let run = util::Running::start(&mut cmd);
-    util::wait_until("the cell to start", 60, || marker.exists());
     proxy.cut();
     let (status, out) = run.finish();
     assert!(status.success(), "{out}");
@@ -228,9 +235,7 @@ print("OK")
 fn a_kernel_culled_while_idle_is_dead_then_restarted_as_a_new_kernel() {
     // a kernel with a client connected is culled only with cull_connected (cellsci keeps a WebSocket open)
     let gw = Gateway::start_with(GatewayOpts::default().culler(2, 1).arg("--MappingKernelManager.cull_connected=True"));
-    let d = util::tempdir();
-    let out = ok(&lua(
-        d.path(),
+    passes(
         &gw,
         r#"
 local time = require("time")
@@ -246,8 +251,7 @@ r = k:execute("print('x' in dir())")
 assert(r.status == "ok" and r.outputs[1].text == "False\n", json.encode(r))
 print("OK")
 "#,
-    ));
-    assert!(out.contains("OK"), "{out}");
+    );
 }
 
 #[test]
@@ -283,9 +287,7 @@ print("OK")
 #[test]
 fn a_pool_mixes_local_and_gateway_kernels() {
     let gw = Gateway::start();
-    let d = util::tempdir();
-    let out = ok(&lua(
-        d.path(),
+    passes(
         &gw,
         r#"
 local pool = assert(kernel.pool{size = 3, gateway = URL, local_slots = 1, python = PY})
@@ -310,8 +312,7 @@ end
 pool:shutdown()
 print("OK")
 "#,
-    ));
-    assert!(out.contains("OK"), "{out}");
+    );
     util::wait_until("the pool's gateway kernels to be deleted", 30, || gw.kernels().is_empty());
 }
 
@@ -361,21 +362,16 @@ fn notebook_run_executes_a_notebook_on_a_gateway_kernel() {
 #[test]
 fn ctrl_c_during_a_gateway_cell_exits_130_and_deletes_the_kernel() {
     let gw = Gateway::start();
-    let d = util::tempdir();
-    let marker = d.path().join("started");
-    let body = format!(
+    let (run, _d) = start_until_marker(
+        &gw.url,
+        &gw.token,
         r#"
-local k = assert(kernel.start{{gateway = URL}})
+local k = assert(kernel.start{gateway = URL})
 local r, err = k:execute("import time\nopen('{m}', 'w').write('x')\ntime.sleep(60)")
 print("AFTER", r, err and err.kind)
 error("interrupted", 0)
 "#,
-        m = marker.display()
     );
-    let mut cmd = script(d.path(), &gw.url, &body);
-    cmd.env("CELLSCI_GATEWAY_TOKEN", &gw.token);
-    let run = util::Running::start(&mut cmd);
-    util::wait_until("the cell to start", 60, || marker.exists());
     assert_eq!(gw.kernels().len(), 1);
     run.signal(libc::SIGINT);
     let (status, out) = run.finish();
