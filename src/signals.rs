@@ -46,6 +46,33 @@ pub fn unregister_child(pid: u32) {
     children().lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
 }
 
+type Cleanup = std::sync::Arc<dyn Fn() + Send + Sync>;
+
+fn cleanups() -> &'static Mutex<std::collections::HashMap<String, Cleanup>> {
+    static C: OnceLock<Mutex<std::collections::HashMap<String, Cleanup>>> = OnceLock::new();
+    C.get_or_init(Default::default)
+}
+
+/// Remember something that must be undone if cellsci quits at once (a kernel on a gateway to delete);
+/// `f` must be bounded in time.
+pub fn register_cleanup(key: &str, f: Cleanup) {
+    cleanups().lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string(), f);
+}
+
+/// Forget a cleanup once its thing is gone.
+pub fn unregister_cleanup(key: &str) {
+    cleanups().lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+}
+
+/// Run every registered cleanup (on a quit at once: the second Ctrl-C).
+pub fn run_cleanups() {
+    let all: Vec<Cleanup> = cleanups().lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, f)| f).collect();
+    let threads: Vec<_> = all.into_iter().map(|f| std::thread::spawn(move || f())).collect();
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
 /// Kill every registered child process (its whole process group when it leads one).
 pub fn kill_children() {
     let pids: Vec<u32> = children().lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
@@ -87,6 +114,7 @@ pub fn install() {
             } else {
                 eprintln!("\ncellsci: interrupted again; killing kernels and exiting");
                 kill_children();
+                run_cleanups();
                 std::process::exit(crate::exit::EXIT_INTERRUPTED as i32);
             }
         }

@@ -257,8 +257,13 @@ impl Pool {
     pub async fn shutdown(&self) {
         self.0.closed.set(true);
         let mut idle = Vec::new();
-        for s in self.0.slots.borrow_mut().iter_mut() {
+        let mut remote_starts = Vec::new();
+        for (i, s) in self.0.slots.borrow_mut().iter_mut().enumerate() {
             match std::mem::replace(s, Slot::Closed) {
+                // A local start is killed at once. A gateway start (or restart) is let finish, bounded:
+                // cut short, the gateway may be left with a kernel that is being created or restarted,
+                // which no delete reaches. Finished, it sees the pool closed and deletes its kernel.
+                Slot::Starting(h) if self.0.plans[i].opts.gateway.is_some() => remote_starts.push(h),
                 Slot::Starting(h) => h.abort(),
                 Slot::Ready(k) => idle.push(*k),
                 Slot::Leased => *s = Slot::Leased,
@@ -267,6 +272,10 @@ impl Pool {
         }
         self.0.changed.notify_waiters();
         futures_util::future::join_all(idle.iter_mut().map(|k| k.shutdown())).await;
+        let all = futures_util::future::join_all(remote_starts);
+        if tokio::time::timeout(std::time::Duration::from_secs(60), all).await.is_err() {
+            tracing::warn!("kernel pool: a gateway kernel was still starting after 60 s; left to the gateway's culler");
+        }
     }
 
     /// How many slots have an idle, live kernel ready to hand out.

@@ -254,6 +254,25 @@ print("OK")
     );
 }
 
+/// A loopback HTTP server that answers every request with 503 Service Unavailable.
+fn unavailable_server() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let body = r#"{"message": "the gateway is restarting"}"#;
+            let _ = write!(
+                c,
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
 #[test]
 fn a_wrong_token_or_no_gateway_fails_the_start_with_a_kind_the_policy_can_read() {
     let gw = Gateway::start();
@@ -272,8 +291,13 @@ k, err = kernel.start{gateway = "http://127.0.0.1:9"}
 assert(not k and err.kind == "connect", tostring(err))
 k, err = kernel.start{gateway = URL:gsub("^http", "ftp")}
 assert(not k and err.kind == "config", tostring(err))
+-- a gateway in trouble (HTTP 503): kind server, which the kernel retry policy waits for
+k, err = kernel.start{gateway = UNAVAILABLE}
+assert(not k and err.kind == "server" and err.message:find("503"), tostring(err))
 print("OK")
-"#,
+"#
+        .replace("UNAVAILABLE", &format!("{:?}", unavailable_server()))
+        .as_str(),
     )
     .env("CELLSCI_GATEWAY_TOKEN", "wrong-token-0123456789")
     .output()
@@ -378,4 +402,29 @@ error("interrupted", 0)
     assert_eq!(status.code(), Some(130), "{out}");
     assert!(out.contains("AFTER\tnil\tinterrupted"), "the cell's call ends with kind interrupted:\n{out}");
     assert!(gw.kernels().is_empty(), "the kernel was deleted on the way out: {:?}", gw.kernels());
+}
+
+#[test]
+fn a_second_ctrl_c_quits_at_once_and_still_deletes_the_gateway_kernels() {
+    let gw = Gateway::start();
+    // the script ignores the first Ctrl-C's end of the cell and starts another: only a quit at once ends it
+    let (run, _d) = start_until_marker(
+        &gw.url,
+        &gw.token,
+        r#"
+local k = assert(kernel.start{gateway = URL})
+local k2 = assert(kernel.start{gateway = URL})
+k:execute("import time\nopen('{m}', 'w').write('x')\ntime.sleep(60)")
+print("FIRST CTRL-C SEEN")
+while true do k2:execute("import time\ntime.sleep(60)") end
+"#,
+    );
+    assert_eq!(gw.kernels().len(), 2);
+    run.signal(libc::SIGINT);
+    util::wait_until("the first Ctrl-C to end the cell", 30, || run.output().contains("FIRST CTRL-C SEEN"));
+    run.signal(libc::SIGINT);
+    let (status, out) = run.finish();
+    assert_eq!(status.code(), Some(130), "{out}");
+    assert!(out.contains("interrupted again"), "{out}");
+    assert!(gw.kernels().is_empty(), "both kernels were deleted on the way out: {:?}", gw.kernels());
 }

@@ -99,8 +99,17 @@ impl Shared {
         self.id.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The kernel's id; a kernel with an id is deleted even if cellsci quits at once (a second Ctrl-C).
     fn set_id(&self, id: Option<String>) {
-        *self.id.lock().unwrap_or_else(|e| e.into_inner()) = id;
+        let mut cur = self.id.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = cur.take() {
+            crate::signals::unregister_cleanup(&cleanup_key(&old));
+        }
+        if let Some(new) = &id {
+            let (rest, kid) = (self.rest.clone(), new.clone());
+            crate::signals::register_cleanup(&cleanup_key(new), Arc::new(move || delete_blocking(&rest, &kid)));
+        }
+        *cur = id;
     }
 
     async fn interrupt(&self) -> Result<()> {
@@ -359,9 +368,7 @@ impl GatewayKernel {
     pub async fn shutdown(&mut self) {
         self.conn = None;
         if let Some(id) = self.shared.id() {
-            if let Err(e) = self.shared.rest.delete(&id, Duration::from_secs(5)).await {
-                tracing::warn!("could not delete kernel {id} on the gateway: {e}");
-            }
+            delete_with_retries(&self.shared.rest, &id).await;
             self.shared.set_id(None);
         }
         self.down = Some("it was shut down".into());
@@ -618,13 +625,38 @@ impl Drop for GatewayKernel {
         let Some(id) = self.shared.id() else { return };
         self.conn = None;
         let rest = self.shared.rest.clone();
-        let t = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            if let Ok(rt) = rt {
-                let _ = rt.block_on(rest.delete(&id, Duration::from_secs(3)));
-            }
-        });
+        let t = std::thread::spawn(move || delete_blocking(&rest, &id));
         let _ = t.join();
+        self.shared.set_id(None);
+    }
+}
+
+fn cleanup_key(id: &str) -> String {
+    format!("gateway-kernel-{id}")
+}
+
+/// Delete a kernel from outside the runtime (a drop, a quit at once): on a runtime of its own.
+fn delete_blocking(rest: &Rest, id: &str) {
+    if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        rt.block_on(delete_with_retries(rest, id));
+    }
+}
+
+/// Delete a kernel, again for a while when the gateway is busy with it (a restart in progress answers
+/// 5xx) or slow to answer.
+async fn delete_with_retries(rest: &Rest, id: &str) {
+    for attempt in 1..=3 {
+        match rest.delete(id, Duration::from_secs(10)).await {
+            Ok(()) => return,
+            Err(e) if attempt < 3 && matches!(e.kind, "server" | "timeout" | "reset") => {
+                tracing::debug!("deleting kernel {id} on the gateway: {e}; again");
+                tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+            }
+            Err(e) => {
+                tracing::warn!("could not delete kernel {id} on the gateway: {e}");
+                return;
+            }
+        }
     }
 }
 
