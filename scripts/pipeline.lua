@@ -917,10 +917,12 @@ M.prompt_root = prompt_root
 M.direction = direction
 M.new_trial_name = new_trial_name
 
--- Before the loop: a gateway (exec.gateway_url) that refuses the token, is not a gateway URL or lacks
+-- Before the loop: exec.kernel_retry must make a policy, and a gateway (exec.gateway_url) that refuses the token, is not a gateway URL or lacks
 -- the kernelspec is a config error (exit 2), not a failure of every iteration. One that does not answer
 -- yet is only warned about: kernel starts wait for it as the kernel retry policy says.
 function M.check_gateway()
+  local ok, perr = pcall(kernel_policy)
+  if not ok then error("config: exec.kernel_retry: " .. tostring(perr), 0) end
   local ex = section("exec")
   local url = ex.gateway_url
   if type(url) ~= "string" or url == "" then return end

@@ -1029,3 +1029,16 @@ fn a_resume_redoes_an_iteration_missing_below_the_last_recorded_one() {
     iters.sort();
     assert_eq!(iters, vec![1, 2, 3]);
 }
+
+#[test]
+fn a_kernel_retry_setting_the_policy_refuses_stops_run_with_exit_2_before_the_loop() {
+    let p = Project::new(
+        json!({"exec": {"kernel_retry": {"per_kind": {"server": 2}, "bogus": 1}}}),
+        simple_handler(vec![]),
+    );
+    let out = p.run(&["run"]);
+    let text = util::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("exec.kernel_retry") && text.contains("unknown option 'bogus'"), "{text}");
+    assert!(!text.contains("ITERATION"), "{text}");
+}
