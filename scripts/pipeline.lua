@@ -421,39 +421,6 @@ local function check_interrupt()
 end
 M.check_interrupt = check_interrupt
 
--- Python that gives a kernel taken from a pool what a kernel started for the trial gets from its start:
--- the trial folder as working directory and the environment variables (DESIGN: execution environment).
--- A kernel on a gateway gets the paths as the gateway names them (exec.gateway_paths), and first checks
--- it sees the trial folder at all: it must find the probe file written here.
-local function pooled_setup(k, trial, env)
-  local map = k.gateway and kernel.remote_path or function(p) return p end
-  local lines, probe = { "import os as _cellsci_os" }, nil
-  if k.gateway then
-    local name = string.format(".cellsci-gateway-probe-%d-%d", host.pid(), math.floor(time.monotonic() * 1e6))
-    probe = path.join(trial, name)
-    if fs.write(probe, name) then
-      table.insert(lines, "if open(_cellsci_os.path.join(" .. json.encode(map(trial)) .. ", " .. json.encode(name)
-        .. ")).read() != " .. json.encode(name) .. ":\n    raise RuntimeError('gateway paths: another folder')")
-    else
-      probe = nil
-    end
-  end
-  table.insert(lines, "_cellsci_os.chdir(" .. json.encode(map(trial)) .. ")")
-  for key, v in pairs(env) do
-    table.insert(lines, "_cellsci_os.environ[" .. json.encode(key) .. "] = " .. json.encode(map(v)))
-  end
-  table.insert(lines, "del _cellsci_os")
-  return table.concat(lines, "\n") .. "\n", probe
-end
-
--- A pooled gateway kernel that cannot see the trial folder is a setup (config) fault: every node would
--- fail the same way.
-local function pooled_setup_kind(k, r)
-  local e = tostring(r.ename or "") .. tostring(r.evalue or "")
-  if k.gateway and (e:find("gateway paths") or e:find("FileNotFoundError")) then return "config" end
-  return "kernel_start"
-end
-
 -- The settings of the policy that decides whether a failed kernel start is tried again: retry.lua's
 -- policy (as for LLM calls) with these per-kind allowances, or the config's exec.kernel_retry table.
 -- A local start is tried once more (a port taken between its choice and the kernel's bind); a gateway
@@ -505,15 +472,15 @@ local function start_kernel(trial, s1, ctx)
     k, err = start_with_retries(ctx, function() return ctx.kernel_pool:acquire() end)
     if k then
       give_back = function() ctx.kernel_pool:release(k) end
-      local code, probe = pooled_setup(k, trial, env)
-      local r = run_cell(k, code, { silent = true })
-      if probe then fs.remove(probe) end
-      if r.interrupted then give_back(); raise("interrupted", "interrupted") end
-      if r.status ~= "ok" then
+      -- what a kernel started for the trial gets from its start (DESIGN: execution environment): the
+      -- trial folder and the variables, kept across restarts; a gateway kernel gets them as the gateway
+      -- names them, after checking it sees the folder at all
+      local entered, eerr = k:enter({ cwd = trial, env = env })
+      if not entered then
         give_back()
-        local hint = k.gateway and (" (the kernel runs on " .. k.gateway .. ": the trial folder is "
-          .. kernel.remote_path(trial) .. " there; set exec.gateway_paths if the gateway mounts it elsewhere)") or ""
-        raise(pooled_setup_kind(k, r), "kernel set-up failed: " .. tostring(r.evalue) .. hint)
+        if eerr.kind == "interrupted" then raise("interrupted", "interrupted") end
+        -- a gateway that cannot see the trial folder fails every node alike
+        raise(eerr.kind == "config" and "config" or "kernel_start", "kernel set-up failed: " .. tostring(eerr.message))
       end
     end
   else

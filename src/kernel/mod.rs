@@ -100,6 +100,56 @@ impl Default for StartOptions {
     }
 }
 
+/// The working folder and environment a kernel had before [`Kernel::enter`] moved it, for
+/// [`Kernel::leave`].
+pub(crate) type Place = (Option<PathBuf>, Vec<(String, String)>);
+
+impl StartOptions {
+    /// Move these options into `cwd` with `env` added (variables of the same name replaced), keeping in
+    /// `base` what they were (once: entering again starts from the same base).
+    pub(crate) fn enter(&mut self, base: &mut Option<Place>, cwd: &std::path::Path, env: &[(String, String)]) {
+        let (_, base_env) = base.get_or_insert_with(|| (self.cwd.clone(), self.env.clone()));
+        let kept = base_env.iter().filter(|(k, _)| !env.iter().any(|(n, _)| n == k)).cloned();
+        self.env = kept.chain(env.iter().cloned()).collect();
+        self.cwd = Some(cwd.to_path_buf());
+    }
+
+    /// Back to what they were before [`StartOptions::enter`].
+    pub(crate) fn leave(&mut self, base: &mut Option<Place>) {
+        if let Some((cwd, env)) = base.take() {
+            self.cwd = cwd;
+            self.env = env;
+        }
+    }
+}
+
+/// Python that moves a running kernel into `cwd` and sets `env`; with `probe` (a file name and its
+/// content), it first checks that the file in `cwd` holds that content (the kernel sees our folder).
+pub(crate) fn setup_code(cwd: Option<&str>, env: &[(String, String)], probe: Option<(&str, &str)>) -> String {
+    let mut code = String::from("import os as _cellsci_os\n");
+    if let (Some(cwd), Some((name, content))) = (cwd, probe) {
+        code.push_str(&format!(
+            "if open(_cellsci_os.path.join({}, {})).read() != {}:\n    raise RuntimeError('another folder')\n",
+            py_str(cwd),
+            py_str(name),
+            py_str(content)
+        ));
+    }
+    if let Some(cwd) = cwd {
+        code.push_str(&format!("_cellsci_os.chdir({})\n", py_str(cwd)));
+    }
+    for (k, v) in env {
+        code.push_str(&format!("_cellsci_os.environ[{}] = {}\n", py_str(k), py_str(v)));
+    }
+    code.push_str("del _cellsci_os\n");
+    code
+}
+
+/// A Python string literal for any text.
+fn py_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "''".into())
+}
+
 /// Options of one execution.
 #[derive(Default)]
 pub struct ExecOptions<'a> {
@@ -405,6 +455,24 @@ impl Kernel {
         match self {
             Kernel::Local(k) => k.shutdown().await,
             Kernel::Gateway(k) => k.shutdown().await,
+        }
+    }
+
+    /// Move the kernel into `cwd` with `env` set, now and after every restart (a kernel taken from a
+    /// pool for one trial). A gateway kernel gets the paths as the gateway names them, after checking
+    /// it sees `cwd` at all (a [`gateway::GatewayError`] of kind `config` when not).
+    pub async fn enter(&mut self, cwd: &std::path::Path, env: &[(String, String)]) -> Result<()> {
+        match self {
+            Kernel::Local(k) => k.enter(cwd, env).await,
+            Kernel::Gateway(k) => k.enter(cwd, env).await,
+        }
+    }
+
+    /// Forget [`Kernel::enter`]: the next restart starts the kernel as it was first started.
+    pub fn leave(&mut self) {
+        match self {
+            Kernel::Local(k) => k.leave(),
+            Kernel::Gateway(k) => k.leave(),
         }
     }
 }

@@ -147,7 +147,11 @@ impl Pool {
         }
         let task = tokio::task::spawn_local(async move {
             let r = match prev {
-                Some(mut k) => k.restart().await.map(|()| k),
+                Some(mut k) => {
+                    // fresh for the next taker: not in the last one's folder or environment
+                    k.leave();
+                    k.restart().await.map(|()| k)
+                }
                 None => Kernel::launch(spec, opts).await,
             };
             // The pool is gone: the kernel is dropped here, which kills it.

@@ -97,31 +97,19 @@ fn config_python(cfg: &crate::config::Config) -> Option<PathBuf> {
 const START_KEYS: &[&str] =
     &["name", "python", "packages", "cwd", "env", "startup_timeout", "interrupt_grace", "transport", "gateway"];
 
-/// The config's `exec.gateway_paths` (local prefix → the gateway's prefix), relative local prefixes
-/// resolved against the config's base folder as every relative path of the config is.
-fn path_map(lua: &Lua) -> LuaResult<Vec<(PathBuf, String)>> {
-    let cfg = HostCtx::get(lua).config.clone();
-    let Some(cfg) = cfg else { return Ok(Vec::new()) };
-    let mut out = Vec::new();
-    match cfg.exec.extra.get("gateway_paths") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => {
-            for (local, remote) in m {
-                let Some(remote) = remote.as_str() else {
-                    return Err(misuse(lua, format!("config exec.gateway_paths.{local}: expected a path string")));
-                };
-                let l = PathBuf::from(local);
-                out.push((
-                    crate::files::normalize(&if l.is_relative() { cfg.base.join(l) } else { l }),
-                    remote.to_string(),
-                ));
-            }
-        }
-        Some(_) => {
-            return Err(misuse(lua, "config exec.gateway_paths: expected a mapping of local prefix: gateway prefix"))
-        }
-    }
-    Ok(out)
+/// The config's `exec.gateway_paths` (local prefix → the gateway's prefix; its type is checked when the
+/// config loads), relative local prefixes resolved against the config's base folder as every relative
+/// path of the config is.
+fn path_map(lua: &Lua) -> Vec<(PathBuf, String)> {
+    let Some(cfg) = HostCtx::get(lua).config.clone() else { return Vec::new() };
+    let Some(Value::Object(m)) = cfg.exec.extra.get("gateway_paths") else { return Vec::new() };
+    m.iter()
+        .filter_map(|(local, remote)| {
+            let l = PathBuf::from(local);
+            let l = crate::files::normalize(&if l.is_relative() { cfg.base.join(l) } else { l });
+            Some((l, remote.as_str()?.to_string()))
+        })
+        .collect()
 }
 
 /// The gateway a kernel starts on: the `gateway` option (a URL, or false for this machine), else the
@@ -142,17 +130,7 @@ fn gateway_target(lua: &Lua, o: &Opts) -> LuaResult<Option<Target>> {
     let Some(url) = url else { return Ok(None) };
     let token = extra("gateway_token");
     let mut t = Target::new(&url, gateway::resolve_token(token.as_ref().and_then(Value::as_str)));
-    if let Some(Value::Object(m)) = extra("gateway_paths") {
-        for (local, remote) in m {
-            let Some(remote) = remote.as_str() else {
-                return Err(misuse(lua, format!("config exec.gateway_paths.{local}: expected a path string")));
-            };
-            let base = cfg.as_ref().map(|c| c.base.clone()).unwrap_or_default();
-            let l = PathBuf::from(&local);
-            t.paths
-                .push((crate::files::normalize(&if l.is_relative() { base.join(l) } else { l }), remote.to_string()));
-        }
-    }
+    t.paths = path_map(lua);
     if let Some(s) = extra("gateway_reconnect_timeout").and_then(|v| v.as_f64()).filter(|s| *s > 0.0 && s.is_finite()) {
         t.reconnect_timeout = crate::duration_secs(s);
     }
@@ -299,6 +277,24 @@ impl LuaUserData for LuaKernel {
             let mut k = held.kernel.lock().await;
             let Some(k) = k.as_mut() else { return fail(&lua, "kernel", NOT_RUNNING) };
             match k.restart().await {
+                Ok(()) => Ok((LuaValue::Boolean(true), LuaValue::Nil)),
+                Err(e) => start_failed(&lua, &e),
+            }
+        });
+        // k:enter{cwd=, env=} -> true | nil, err: move the kernel into a folder with an environment, now
+        // and after every restart, until it goes back to its pool (a pool kernel taken for one trial)
+        methods.add_async_method("enter", |lua, this, opts: LuaValue| async move {
+            const F: &str = "k:enter";
+            let held = this.usable(&lua, F)?;
+            drop(this);
+            let o = Opts::from_value(&lua, F, opts, &["cwd", "env"])?;
+            let Some(cwd) = o.str("cwd")? else { return Err(o.invalid("cwd", "a folder (a string)", "nil")) };
+            let cwd = std::path::absolute(&cwd).unwrap_or_else(|_| PathBuf::from(cwd));
+            let mut env = o.string_map("env")?.unwrap_or_default();
+            env.sort();
+            let mut k = held.kernel.lock().await;
+            let Some(k) = k.as_mut() else { return fail(&lua, "kernel", NOT_RUNNING) };
+            match k.enter(&cwd, &env).await {
                 Ok(()) => Ok((LuaValue::Boolean(true), LuaValue::Nil)),
                 Err(e) => start_failed(&lua, &e),
             }
@@ -508,14 +504,6 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
             let python = HostCtx::get(&lua).config.as_deref().and_then(config_python);
             let specs: Vec<Value> = crate::kernel::spec::list(python.as_deref()).iter().map(spec_json).collect();
             Ok((to_lua(&lua, &Value::Array(specs))?, LuaValue::Nil))
-        })?,
-    )?;
-    // kernel.remote_path(p) -> p as a gateway kernel sees it (config exec.gateway_paths; else p)
-    t.set(
-        "remote_path",
-        lua.create_function(|lua, p: LuaValue| {
-            let p = string_arg(lua, &p, "kernel.remote_path", "a path (a string)")?.to_string_lossy();
-            Ok(gateway::map_path(&path_map(lua)?, &p))
         })?,
     )?;
     t.set(

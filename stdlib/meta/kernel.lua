@@ -27,11 +27,6 @@ local kernel = {}
 ---@return cellsci.kernel.Error|nil err For a gateway: `kind = "auth"`, `"server"`, `"connect"`, `"timeout"`, ...
 function kernel.specs(opts) end
 
----`p` as a gateway kernel sees it: the longest matching local prefix of the config's
----`exec.gateway_paths` replaced; `p` itself when none matches.
----@param p string
----@return string
-function kernel.remote_path(p) end
 
 ---Options of `kernel.start`. Any other key raises.
 ---@class cellsci.kernel.StartOpts
@@ -192,6 +187,14 @@ function Kernel:alive() end
 ---down, until `k:restart()`.
 ---@return integer|nil pid
 function Kernel:pid() end
+
+---Move the kernel into `cwd` with `env` set, now and after every restart, until it goes back to its pool
+---(a pool kernel taken for one trial). A gateway kernel gets the paths as the gateway names them
+---(`exec.gateway_paths`), after checking it sees `cwd`.
+---@param opts {cwd: string, env?: table<string, string|number|boolean>}
+---@return true|nil ok
+---@return cellsci.kernel.Error|nil err `kind = "config"` (a gateway kernel that cannot see `cwd`), `"interrupted"`, or `"start"`.
+function Kernel:enter(opts) end
 
 ---The GPU a pool kernel is pinned to (`CUDA_VISIBLE_DEVICES`; inside the kernel it is `cuda:0`); nil for
 ---`kernel.start{}` and for pools without `gpus`.

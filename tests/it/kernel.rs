@@ -1085,3 +1085,41 @@ kernel.start{cwd = {}}
     let want = format!("error: t.lua:{line}: kernel.start: option 'cwd': expected a string, got table\n");
     assert!(err.starts_with(&want), "{err}");
 }
+
+/// A pool kernel taken for one trial is moved into the trial's folder with its variables (`k:enter`),
+/// and stays there across a restart (a dead kernel, a timeout): the replayed cells write where the trial
+/// is. Given back, it leaves: the next taker gets a kernel in no one's folder.
+#[test]
+fn a_pool_kernel_entered_into_a_folder_stays_there_across_restarts_until_given_back() {
+    let d = util::tempdir();
+    let trial = d.path().join("trial one");
+    std::fs::create_dir_all(&trial).unwrap();
+    let o = lua(
+        d.path(),
+        &format!(
+            r#"
+local pool = assert(kernel.pool{{size = 1, python = PY}})
+local k = assert(pool:acquire())
+local TRIAL = {trial:?}
+assert(k:enter{{cwd = TRIAL, env = {{OUTPUT_DIR = TRIAL}}}})
+local function where(k)
+  local r = k:execute("import os; print(os.getcwd() + '|' + os.environ.get('OUTPUT_DIR', '-'))")
+  return r.outputs[1].text
+end
+assert(where(k) == TRIAL .. "|" .. TRIAL .. "\n", where(k))
+assert(k:restart())
+assert(where(k) == TRIAL .. "|" .. TRIAL .. "\n", "after a restart: " .. where(k))
+pool:release(k)
+k = assert(pool:acquire())
+assert(not where(k):find(TRIAL, 1, true), "the next taker is not in the last one's folder: " .. where(k))
+local bad, err = k:enter{{cwd = TRIAL .. "/missing"}}
+assert(not bad and err.kind == "start" and err.message:find("FileNotFoundError"), tostring(err))
+pool:shutdown()
+print("OK")
+"#,
+            trial = trial.display().to_string()
+        ),
+    );
+    let out = ok(&o);
+    assert!(out.contains("OK"), "{out}");
+}

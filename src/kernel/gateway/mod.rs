@@ -51,28 +51,24 @@ impl Target {
         Target { url: url.to_string(), token, paths: Vec::new(), reconnect_timeout: Duration::from_secs(60) }
     }
 
-    /// `p` as the gateway's side names it: the longest matching local prefix replaced, else `p`.
+    /// `p` as the gateway's side names it: the longest local prefix of `paths` that matches whole folder
+    /// names replaced by the gateway's; with none, `p` itself.
     pub fn map_path(&self, p: &str) -> String {
-        map_path(&self.paths, p)
-    }
-}
-
-/// `p` as the gateway's side names it under `paths` (local prefix, the gateway's prefix): the longest
-/// prefix that matches whole folder names is replaced; with none, `p` itself.
-pub fn map_path(paths: &[(PathBuf, String)], p: &str) -> String {
-    let path = Path::new(p);
-    let best = paths.iter().filter(|(local, _)| path.starts_with(local)).max_by_key(|(l, _)| l.as_os_str().len());
-    match best {
-        Some((local, remote)) => {
-            let rest = path.strip_prefix(local).unwrap_or(Path::new(""));
-            let remote = remote.trim_end_matches('/');
-            if rest.as_os_str().is_empty() {
-                remote.to_string()
-            } else {
-                format!("{remote}/{}", rest.display())
+        let path = Path::new(p);
+        let best =
+            self.paths.iter().filter(|(local, _)| path.starts_with(local)).max_by_key(|(l, _)| l.as_os_str().len());
+        match best {
+            Some((local, remote)) => {
+                let rest = path.strip_prefix(local).unwrap_or(Path::new(""));
+                let remote = remote.trim_end_matches('/');
+                if rest.as_os_str().is_empty() {
+                    remote.to_string()
+                } else {
+                    format!("{remote}/{}", rest.display())
+                }
             }
+            None => p.to_string(),
         }
-        None => p.to_string(),
     }
 }
 
@@ -135,6 +131,8 @@ pub struct GatewayKernel {
     name: String,
     /// One session for the kernel's life: reconnecting with it gets the messages buffered meanwhile.
     session: String,
+    /// The start options' folder and environment before `enter`.
+    base: Option<super::Place>,
     shared: Arc<Shared>,
     conn: Option<Conn>,
     /// Why the kernel is not usable (it died, or the gateway lost it); `restart` clears it.
@@ -157,7 +155,7 @@ impl GatewayKernel {
         };
         let shared = Arc::new(Shared { rest, id: Mutex::new(None) });
         let session = uuid::Uuid::new_v4().to_string();
-        let mut k = GatewayKernel { target, opts, name, session, shared, conn: None, down: None };
+        let mut k = GatewayKernel { target, opts, name, session, base: None, shared, conn: None, down: None };
         k.create().await?;
         Ok(k)
     }
@@ -279,60 +277,59 @@ impl GatewayKernel {
         Ok(())
     }
 
-    /// Run the set-up cell: the working folder (after checking the kernel sees it) and the environment.
+    /// Run the set-up cell: the working folder (after checking the kernel sees it: it must find a probe
+    /// file just written there) and the environment, paths as the gateway names them.
     async fn setup(&mut self) -> Result<()> {
-        let mut code = String::from("import os as _cellsci_os\n");
-        let mut probe: Option<(PathBuf, String, String)> = None;
-        if let Some(cwd) = self.opts.cwd.clone() {
-            let remote = self.target.map_path(&cwd.display().to_string());
-            let name = format!(".cellsci-gateway-probe-{}", self.session);
-            let local = cwd.join(&name);
-            // only into a folder that exists here (write_atomic would create it)
-            if cwd.is_dir() && crate::files::write_atomic(&local, self.session.as_bytes()).is_ok() {
-                code.push_str(&format!(
-                    "if open(_cellsci_os.path.join({r}, {n})).read() != {s}:\n    raise RuntimeError('another folder')\n",
-                    r = py_str(&remote),
-                    n = py_str(&name),
-                    s = py_str(&self.session)
-                ));
-                probe = Some((local, remote.clone(), cwd.display().to_string()));
-            }
-            code.push_str(&format!("_cellsci_os.chdir({})\n", py_str(&remote)));
-            if probe.is_none() {
-                probe = Some((PathBuf::new(), remote, cwd.display().to_string()));
-            }
-        }
-        for (k, v) in self.env() {
-            code.push_str(&format!("_cellsci_os.environ[{}] = {}\n", py_str(&k), py_str(&v)));
-        }
-        code.push_str("del _cellsci_os\n");
+        let cwd = self.opts.cwd.clone();
+        let remote = cwd.as_ref().map(|c| self.target.map_path(&c.display().to_string()));
+        let name = format!(".cellsci-gateway-probe-{}", self.session);
+        // only into a folder that exists here (write_atomic would create it)
+        let probe = cwd.as_ref().map(|c| c.join(&name)).filter(|p| {
+            p.parent().is_some_and(Path::is_dir) && crate::files::write_atomic(p, self.session.as_bytes()).is_ok()
+        });
+        let code = super::setup_code(
+            remote.as_deref(),
+            &self.env(),
+            probe.as_ref().map(|_| (name.as_str(), self.session.as_str())),
+        );
         let eo = ExecOptions { timeout: Some(self.opts.startup_timeout), silent: true, ..Default::default() };
         // boxed: run may restart the kernel (a timeout), which runs this set-up again
         let r = Box::pin(self.run(&code, eo)).await;
-        if let Some((local, _, _)) = &probe {
-            if !local.as_os_str().is_empty() {
-                let _ = std::fs::remove_file(local);
-            }
+        if let Some(p) = &probe {
+            let _ = std::fs::remove_file(p);
         }
         let r = r?;
         if r.status == ExecStatus::Ok {
             return Ok(());
         }
         let why = format!("{}: {}", r.ename.unwrap_or_default(), r.evalue.unwrap_or_default());
-        match probe {
-            Some((_, remote, local)) => Err(anyhow!(GatewayError::new(
+        match (cwd, remote) {
+            (Some(local), Some(remote)) => Err(anyhow!(GatewayError::new(
                 "config",
                 None,
                 format!(
-                    "the kernel on the gateway {} cannot use the trial folder: cellsci's {local} is {remote} on the gateway's \
+                    "the kernel on the gateway {} cannot use the trial folder: cellsci's {} is {remote} on the gateway's \
                      side, and the kernel cannot open it or sees another folder there ({why}). cellsci reads what the \
                      notebook writes from that folder, so the gateway must share it: set exec.gateway_paths to map \
                      a local prefix to where the gateway mounts it",
-                    self.target.url
+                    self.target.url,
+                    local.display()
                 )
             ))),
-            None => Err(anyhow!("the kernel's set-up failed: {why}")),
+            _ => Err(anyhow!("the kernel's set-up failed: {why}")),
         }
+    }
+
+    /// Move the kernel into `cwd` with `env` set (paths mapped, the folder checked); a restart does it
+    /// again.
+    pub async fn enter(&mut self, cwd: &Path, env: &[(String, String)]) -> Result<()> {
+        self.opts.enter(&mut self.base, cwd, env);
+        self.setup().await
+    }
+
+    /// Forget `enter`: the next restart starts the kernel as it was first started.
+    pub fn leave(&mut self) {
+        self.opts.leave(&mut self.base);
     }
 
     /// Kill the kernel's state: restart it through the gateway (a new kernel when the gateway no longer
@@ -662,11 +659,6 @@ async fn delete_with_retries(rest: &Rest, id: &str) {
 
 /// How long a running cell may go without a message before the gateway is asked about its kernel.
 const PROBE_AFTER: Duration = Duration::from_secs(5);
-
-/// A Python string literal for any text.
-fn py_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "''".into())
-}
 
 #[cfg(test)]
 mod tests {

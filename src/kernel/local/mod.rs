@@ -133,6 +133,8 @@ impl Drop for Proc {
 pub struct LocalKernel {
     spec: KernelSpec,
     opts: StartOptions,
+    /// The start options' folder and environment before `enter`.
+    base: Option<crate::kernel::Place>,
     proc: Option<Proc>,
     shared: Arc<Shared>,
 }
@@ -164,7 +166,7 @@ impl LocalKernel {
             mode: spec.interrupt_mode,
             control: tokio::sync::Mutex::new(None),
         });
-        let mut k = LocalKernel { spec, opts, proc: None, shared };
+        let mut k = LocalKernel { spec, opts, base: None, proc: None, shared };
         k.launch().await?;
         Ok(k)
     }
@@ -219,6 +221,27 @@ impl LocalKernel {
 
     pub async fn shutdown(&mut self) {
         self.stop(true).await;
+    }
+
+    /// Move the running kernel into `cwd` with `env` set; a restart starts it there too.
+    pub async fn enter(&mut self, cwd: &std::path::Path, env: &[(String, String)]) -> Result<()> {
+        self.opts.enter(&mut self.base, cwd, env);
+        let code = crate::kernel::setup_code(Some(&cwd.display().to_string()), env, None);
+        let timeout = Some(self.opts.startup_timeout);
+        let r = self.execute(&code, crate::kernel::ExecOptions { timeout, silent: true, ..Default::default() }).await?;
+        if r.status != crate::kernel::ExecStatus::Ok {
+            anyhow::bail!(
+                "the kernel's set-up failed: {}: {}",
+                r.ename.unwrap_or_default(),
+                r.evalue.or(r.message).unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// Forget `enter`: the next restart starts the kernel as it was first started.
+    pub fn leave(&mut self) {
+        self.opts.leave(&mut self.base);
     }
 }
 
