@@ -7,6 +7,7 @@ pub mod config;
 pub mod events;
 pub mod exit;
 pub mod files;
+pub mod http;
 pub mod kernel;
 pub mod llm;
 pub mod lua;

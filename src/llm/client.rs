@@ -24,24 +24,11 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(base_url: &str, connect_timeout: Duration, max_concurrency: usize) -> Result<Endpoint, String> {
-        static TLS: std::sync::Once = std::sync::Once::new();
-        TLS.call_once(|| {
-            // reqwest is built without a default crypto provider; another part may have installed one
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        });
-        // Proxies: reqwest honours HTTP_PROXY / HTTPS_PROXY / ALL_PROXY / NO_PROXY by default. A local
-        // endpoint is reached directly: a proxy cannot reach this machine's loopback.
-        let mut builder = reqwest::Client::builder();
-        if super::is_loopback(base_url) {
-            builder = builder.no_proxy();
-        }
-        let client = builder
-            .connect_timeout(connect_timeout)
+        // Proxies: reqwest honours HTTP_PROXY / HTTPS_PROXY / ALL_PROXY / NO_PROXY, except for loopback.
+        let client = crate::http::client_builder(base_url, connect_timeout)
             .pool_idle_timeout(Duration::from_secs(50))
-            .tcp_nodelay(true)
-            .user_agent(concat!("cellsci/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {}", chain(&e)))?;
+            .map_err(|e| format!("cannot build the HTTP client: {}", crate::http::error_chain(&e)))?;
         Ok(Endpoint {
             base_url: base_url.to_string(),
             client,
@@ -176,24 +163,10 @@ async fn exchange(
     parse_completion(&body, req, started.elapsed().as_secs_f64(), status.as_u16())
 }
 
-/// The whole error chain of an error, `a: b: c`.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let s = c.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = c.source();
-    }
-    parts.join(": ")
-}
-
 fn from_reqwest(e: &reqwest::Error, url: &str) -> Failure {
     // reqwest's own top line ("error sending request for url (…)") only repeats the URL: keep the causes
     let msg = match std::error::Error::source(e) {
-        Some(src) => chain(src),
+        Some(src) => crate::http::error_chain(src),
         None => e.to_string(),
     };
     let low = msg.to_ascii_lowercase();

@@ -229,7 +229,7 @@ impl Engine {
 
     async fn http(&self, req: &Request, opts: &CallOpts) -> Result<Reply, Failure> {
         let s = &self.settings;
-        if !s.secret.is_set() && !is_loopback(&s.base_url) {
+        if !s.secret.is_set() && !crate::http::is_loopback(&s.base_url) {
             return Err(Failure::new(
                 Kind::Config,
                 format!(

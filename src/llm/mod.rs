@@ -66,15 +66,6 @@ mod tests {
     }
 
     #[test]
-    fn loopback() {
-        assert!(is_loopback("http://127.0.0.1:8000/v1"));
-        assert!(is_loopback("http://localhost:11434/v1"));
-        assert!(is_loopback("http://[::1]:8000/v1"));
-        assert!(!is_loopback("https://api.openai.com/v1"));
-        assert!(!is_loopback("http://10.0.0.2/v1"));
-    }
-
-    #[test]
     fn request_body() {
         let r = Request {
             model: "m".into(),

@@ -257,14 +257,3 @@ pub fn normalize_base_url(raw: &str) -> Result<String, String> {
     }
     Ok(out.trim_end_matches('/').to_string())
 }
-
-/// A local endpoint (Ollama, vLLM on this machine) that needs no key.
-pub fn is_loopback(base_url: &str) -> bool {
-    let Ok(u) = reqwest::Url::parse(base_url) else { return false };
-    let Some(host) = u.host_str() else { return false };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback() || ip.is_unspecified(),
-        Err(_) => host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost"),
-    }
-}

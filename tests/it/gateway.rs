@@ -69,7 +69,7 @@ assert(specs[1].name == "python3" and specs[1].gateway == URL, "the gateway's ke
 local k = assert(kernel.start{gateway = URL, env = {MY_VAR = "hello"}, interrupt_grace = 20})
 assert(k.gateway == URL and tostring(k):find("on " .. URL, 1, true), tostring(k))
 assert(k:pid() == nil, "no local pid for a remote kernel")
-local r = k:execute("import os, sys\nprint('out', os.environ['MY_VAR']); print('err', file=sys.stderr)\n6 * 7")
+local r = k:execute("import os, sys\nprint('out', os.environ['MY_VAR'], flush=True); print('err', file=sys.stderr, flush=True)\n6 * 7")
 assert(r.status == "ok", r.status)
 assert(r.outputs[1].text == "out hello\n" and r.outputs[2].name == "stderr", json.encode(r.outputs))
 assert(r.outputs[3].data["text/plain"] == "42" and r.execution_count == 1, json.encode(r.outputs))

@@ -47,11 +47,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Rest {
     pub fn new(base: &str, token: Secret) -> Result<Rest, GatewayError> {
-        static TLS: std::sync::Once = std::sync::Once::new();
-        // reqwest and tungstenite are built without a default crypto provider
-        TLS.call_once(|| {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        });
         let base = base.trim().trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(GatewayError::new(
@@ -60,15 +55,9 @@ impl Rest {
                 format!("the gateway URL must start with http:// or https://, got {base:?}"),
             ));
         }
-        let mut b = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .tcp_nodelay(true)
-            .user_agent(concat!("cellsci/", env!("CARGO_PKG_VERSION")));
-        if is_loopback(&base) {
-            b = b.no_proxy();
-        }
-        let http =
-            b.build().map_err(|e| GatewayError::new("config", None, format!("cannot build the HTTP client: {e}")))?;
+        let http = crate::http::client_builder(&base, Duration::from_secs(10)).build().map_err(|e| {
+            GatewayError::new("config", None, format!("cannot build the HTTP client: {}", crate::http::error_chain(&e)))
+        })?;
         Ok(Rest { base, token, http })
     }
 
@@ -138,18 +127,7 @@ impl Rest {
     }
 
     fn transport_error(&self, what: &str, e: &reqwest::Error) -> GatewayError {
-        let mut cause = String::new();
-        let mut src: Option<&dyn std::error::Error> = Some(e);
-        while let Some(s) = src {
-            let t = s.to_string();
-            if !cause.contains(&t) {
-                if !cause.is_empty() {
-                    cause.push_str(": ");
-                }
-                cause.push_str(&t);
-            }
-            src = s.source();
-        }
+        let cause = crate::http::error_chain(e);
         let kind = if e.is_timeout() {
             "timeout"
         } else if e.is_connect() {
@@ -235,12 +213,4 @@ impl Rest {
             _ => Ok(()),
         }
     }
-}
-
-fn is_loopback(url: &str) -> bool {
-    let rest = url.split("://").nth(1).unwrap_or("");
-    let host = rest.split(['/', '?']).next().unwrap_or("");
-    let host =
-        host.rsplit_once(':').map_or(host, |(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host });
-    matches!(host, "localhost" | "127.0.0.1" | "[::1]") || host.starts_with("127.")
 }
