@@ -22,10 +22,15 @@ impl Secret {
 
     /// The key a run uses: the configured one (an unexpanded `${VAR}` is none), else `OPENAI_API_KEY`.
     pub fn resolve(configured: Option<&str>) -> Secret {
-        let key = configured
-            .filter(|k| !k.trim().is_empty() && !k.contains("${"))
-            .map(str::to_string)
-            .or_else(|| std::env::var("OPENAI_API_KEY").ok().filter(|k| !k.trim().is_empty()));
+        Secret::resolve_from(configured, &["OPENAI_API_KEY"])
+    }
+
+    /// A secret from the config (an empty value or an unexpanded `${VAR}` is none), else from the first of
+    /// `vars` that is set and not empty.
+    pub fn resolve_from(configured: Option<&str>, vars: &[&str]) -> Secret {
+        let from_env = || vars.iter().find_map(|v| std::env::var(v).ok().filter(|t| !t.trim().is_empty()));
+        let key =
+            configured.filter(|k| !k.trim().is_empty() && !k.contains("${")).map(str::to_string).or_else(from_env);
         Secret::new(key)
     }
 

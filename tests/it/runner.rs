@@ -166,6 +166,14 @@ impl Checkout {
         self.phase_dir().join(format!("_pipeline_cache/generate_execution_config.{DATASET}.merged.json"))
     }
 
+    /// A second name for the results folder (a symlink), as a gateway mounting the share elsewhere sees it.
+    fn share_results_as(&self, rel: &str) -> PathBuf {
+        let remote = self.root.path().join(rel);
+        std::fs::create_dir_all(remote.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(self.root.path().join("results"), &remote).unwrap();
+        remote
+    }
+
     /// Merge `keys` into the config's `exec` section.
     fn set_exec(&self, keys: Value) {
         self.set_section("exec", keys)
@@ -409,9 +417,7 @@ fn under_the_runner_every_kernel_runs_on_a_kernel_gateway_that_mounts_results_el
     let mut gw = Gateway::start();
     let c = Checkout::new(2, |n| gateway_notebook(if n == 0 { 0.3 } else { 0.9 }));
     // The gateway's side names the results folder otherwise (a share mounted elsewhere on a cluster).
-    let remote = c.root.path().join("mnt/share");
-    std::fs::create_dir_all(remote.parent().unwrap()).unwrap();
-    std::os::unix::fs::symlink(c.root.path().join("results"), &remote).unwrap();
+    let remote = c.share_results_as("mnt/share");
     c.set_exec(json!({
         "gateway_url": gw.url, "gateway_token": gw.token,
         "gateway_paths": {"../results": remote.display().to_string()},
@@ -467,9 +473,7 @@ fn under_the_runner_parallel_branches_share_a_pool_of_local_and_gateway_kernels(
     use crate::util::gateway::Gateway;
     let gw = Gateway::start();
     let c = Checkout::new(4, |n| gateway_notebook(0.2 + 0.1 * n as f64));
-    let remote = c.root.path().join("mnt/share");
-    std::fs::create_dir_all(remote.parent().unwrap()).unwrap();
-    std::os::unix::fs::symlink(c.root.path().join("results"), &remote).unwrap();
+    let remote = c.share_results_as("mnt/share");
     c.set_exec(json!({
         "gateway_url": gw.url, "gateway_token": gw.token, "local_slots": 1,
         "gateway_paths": {"../results": remote.display().to_string()},

@@ -75,13 +75,7 @@ impl Target {
 /// The gateway token a run uses: `configured` (an unexpanded `${VAR}` is none), else
 /// `CELLSCI_GATEWAY_TOKEN`, else `JUPYTER_GATEWAY_AUTH_TOKEN` (Jupyter Server's own variable).
 pub fn resolve_token(configured: Option<&str>) -> Secret {
-    let from_env = || {
-        ["CELLSCI_GATEWAY_TOKEN", "JUPYTER_GATEWAY_AUTH_TOKEN"]
-            .iter()
-            .find_map(|v| std::env::var(v).ok().filter(|t| !t.trim().is_empty()))
-    };
-    let t = configured.filter(|k| !k.trim().is_empty() && !k.contains("${")).map(str::to_string).or_else(from_env);
-    Secret::new(t)
+    Secret::resolve_from(configured, &["CELLSCI_GATEWAY_TOKEN", "JUPYTER_GATEWAY_AUTH_TOKEN"])
 }
 
 /// What an interrupt needs while an execution holds the kernel.
