@@ -283,32 +283,20 @@ function M.build_notebook(cells, hypergraph, strategy_md)
   return nb
 end
 
--- What earlier attempts produced, for the generation request (ctx.feedback, ctx.parent): the model sees
--- their scores, report tables and errors, and for an improvement or a repair the parent's code.
+-- What earlier attempts produced, for the generation request: the node's operator (stdlib/operators.lua)
+-- builds it from ctx.op (kind, parents, memory, siblings), or from ctx.feedback and ctx.parent alone.
 local function feedback_text(ctx)
-  local parts = {}
-  if ctx.feedback and ctx.feedback ~= "" then
-    table.insert(parts, "Results of earlier attempts at this task:\n\n" .. ctx.feedback)
+  local op = ctx.op
+  if not op then
+    op = { kind = ctx.parent and (ctx.parent.error and "debug" or "improve") or "draft", feedback = ctx.feedback,
+      parents = { ctx.parent } }
   end
-  local p = ctx.parent
-  if p then
-    local code = {}
-    local nb = p.notebook and notebook.read(p.notebook)
-    if nb then
-      for i = 1, nb:len() do
-        local cell = nb:cell(i)
-        if cell.cell_type == "code" then table.insert(code, "# --- cell " .. (i - 1) .. "\n" .. cell.source) end
-      end
-    end
-    local what = p.error and ("It failed: " .. tostring(p.error) .. "\nRepair it: keep what works, fix what failed.")
-      or ("It scored " .. tostring(p.score) .. ". Improve it: change one thing that should raise the score, "
-        .. "and keep the metrics.json contract.")
-    table.insert(parts, "Start from this earlier notebook (attempt " .. tostring(p.iter) .. "). " .. what
-      .. (p.report_table and ("\n\nIts computed results:\n\n" .. p.report_table) or "")
-      .. "\n\nIts code:\n\n" .. (llm.clip(table.concat(code, "\n\n"), { head = 24000, tail = 8000 })))
+  local ok, text = pcall(function() return require("operators").request(op) end)
+  if not ok then
+    ctx:warn("[GENERATE] the operator " .. tostring(op.kind) .. " failed: " .. tostring(text))
+    return ""
   end
-  if #parts == 0 then return "" end
-  return "\n\n" .. table.concat(parts, "\n\n")
+  return text or ""
 end
 
 -- Generate into `trial` (created). Returns the notebook path, or nil and a typed error.
@@ -330,7 +318,15 @@ function M.generate_step(trial, opts, s1, ctx)
   spec.system = nil
 
   local strategy_md
-  if opts.use_idea then
+  -- An improvement, a repair or a crossover keeps its parent's research strategy (no new synthesis call).
+  local inherited = opts.use_idea and ctx.parent and ctx.parent.trial
+    and fs.read(path.join(ctx.parent.trial, "research_strategy.md"))
+  if inherited then
+    strategy_md = inherited
+    write_text(path.join(trial, "research_strategy.md"), strategy_md)
+    ctx.strategy_source = "attempt " .. tostring(ctx.parent.iter)
+    ctx:info("[STRATEGY] research_strategy.md reused from attempt " .. tostring(ctx.parent.iter))
+  elseif opts.use_idea then
     host.reload()
     local sprompt = M.load_prompt(section("prompt_branch").strategy_prompt_file, "strategy.yaml")
     local ideas = read_ideas(s1.idea)
@@ -341,6 +337,7 @@ function M.generate_step(trial, opts, s1, ctx)
       strategy_md, info = "# Research Strategy\n\n(No strategy: " .. tostring(info) .. ")\n", { source = "none" }
     end
     write_text(path.join(trial, "research_strategy.md"), strategy_md)
+    ctx.strategy_source = info.source
     ctx:info("[STRATEGY] research_strategy.md written (" .. info.source .. ")")
   end
 
@@ -358,7 +355,10 @@ function M.generate_step(trial, opts, s1, ctx)
     ctx:line("[GENERATE] Notebook Generation Failed: " .. err)
     -- An LLM failure keeps its kind (a rejected key is `client` whatever step met it).
     local kind = type(llm_err) == "table" and llm_err.kind
-    if not (kind == "client" or kind == "budget" or kind == "config" or kind == "replay_miss" or kind == "interrupted") then
+    -- an endpoint that cannot be reached once the retry policy gave up on it fails every node alike
+    if kind == "connect" then kind = "unreachable" end
+    if not (kind == "client" or kind == "budget" or kind == "config" or kind == "replay_miss" or kind == "interrupted"
+        or kind == "unreachable") then
       kind = "generation_failed"
     end
     raise(kind, "generation failed: " .. err .. " (every reply is saved in " .. fail_path .. ")")
@@ -491,7 +491,10 @@ local function start_kernel(trial, s1, ctx)
   if not k then
     if host.interrupted() then raise("interrupted", "interrupted") end
     -- a gateway that refuses the token or cannot see the trial folder fails every iteration alike
-    local kind = type(err) == "table" and (err.kind == "auth" or err.kind == "config") and "config" or "kernel_start"
+    local ek = type(err) == "table" and err.kind
+    local kind = (ek == "auth" or ek == "config") and "config" or "kernel_start"
+    -- a kernel service that cannot be reached once the kernel retry policy gave up fails every node alike
+    if ek == "connect" and section("exec").gateway_url then kind = "unreachable" end
     raise(kind, "cannot start the kernel: " .. tostring(err))
   end
   local r = run_cell(k, M.GUARD, { silent = true })
@@ -570,11 +573,12 @@ end
 -- Execute a trial's notebook cell by cell with repairs. Returns {ok=, exec_path=, failed_cell=, error=}
 -- (a cell that stayed broken is a result: ok=false), or nil and a typed error when the notebook could
 -- not be run or saved.
-function M.execute_trial(trial, s1, ctx)
-  return guarded(M.execute_step, trial, s1, context(trial, ctx))
+-- `kernel` (optional): {k=, give_back=} started ahead (M.attempt starts it while the notebook is generated).
+function M.execute_trial(trial, s1, ctx, kernel)
+  return guarded(M.execute_step, trial, s1, context(trial, ctx), kernel)
 end
 
-function M.execute_step(trial, s1, ctx)
+function M.execute_step(trial, s1, ctx, pre)
   local ex = section("exec")
   local nb_path = path.join(trial, "notebook_prompt.ipynb")
   local nb, err = notebook.read(nb_path)
@@ -587,7 +591,8 @@ function M.execute_step(trial, s1, ctx)
   local made, merr = fs.mkdir(path.join(trial, "intermediate"))
   if not made then error("cannot create " .. path.join(trial, "intermediate") .. ": " .. tostring(merr), 0) end
 
-  local k, give_back = start_kernel(trial, s1, ctx)
+  local k, give_back
+  if pre and pre.k then k, give_back = pre.k, pre.give_back else k, give_back = start_kernel(trial, s1, ctx) end
   local code_cells = 0
   for i = 1, nb:len() do if nb:cell(i).cell_type == "code" then code_cells = code_cells + 1 end end
   local bar = log.progress({ total = code_cells, label = "cell" })
@@ -836,12 +841,33 @@ end
 
 -- One attempt in a trial context: generate, execute, analyze. Returns {score=, winner=, metrics=, table=,
 -- executed = {ok=, error=, failed_cell=}} or nil and a typed error. Strategies call this for every node.
+-- The kernel is got while the notebook is generated (a pool's kernel, or one started for the trial), so a
+-- node waits for a kernel only when every slot is busy, and a kernel that cannot start is known before a
+-- second node pays for its generation.
 function M.attempt(ctx, opts)
   local s1 = require("stage1").discover(cfg(), opts.use_idea)
-  local nb, err = M.generate_into(ctx.trial, opts, s1, ctx)
-  if not nb then return nil, err end
-  if host.interrupted() then return nil, M.err("interrupted", "interrupted") end
-  local ex, xerr = M.execute_trial(ctx.trial, s1, ctx)
+  local made, merr = fs.mkdir(ctx.trial)
+  if not made then return nil, M.err("io", "cannot create the trial folder " .. ctx.trial .. ": " .. tostring(merr)) end
+  local gen, kern = {}, {}
+  require("task").all({
+    function()
+      gen.nb, gen.err = M.generate_into(ctx.trial, opts, s1, ctx)
+      return true
+    end,
+    function()
+      local ok, k, give_back = pcall(start_kernel, ctx.trial, s1, ctx)
+      if ok then kern.k, kern.give_back = k, give_back else kern.err = M.as_error(k) end
+      return true
+    end,
+  })
+  local nb, err = gen.nb, gen.err
+  if not nb or host.interrupted() or kern.err then
+    if kern.k then kern.give_back() end
+    if not nb then return nil, err end
+    if host.interrupted() then return nil, M.err("interrupted", "interrupted") end
+    return nil, kern.err
+  end
+  local ex, xerr = M.execute_trial(ctx.trial, s1, ctx, kern)
   if not ex then return nil, xerr end
   local res, aerr = M.analyze_trial(ctx.trial, ctx)
   if not res then return nil, aerr end

@@ -25,7 +25,8 @@ local report = require("report")
 
 local M = {}
 
-M.stop_on = { client = "stop", config = "stop", replay_miss = "stop", disk = "stop", io = "stop", budget = "end" }
+M.stop_on = { client = "stop", config = "stop", replay_miss = "stop", disk = "stop", io = "stop", budget = "end",
+  time_limit = "end", unreachable = "stop" }
 
 -- What the original writes where a node (or the loop) has no score; the runner expects a number.
 M.NO_SCORE = -999.0
@@ -38,6 +39,17 @@ local function scored(r) return type(r.score) == "number" and r.score ~= M.NO_SC
 local L = {}
 L.__index = L
 
+-- The criterion in words, for the loop's lines: success.describe when the criterion module has it.
+function L:describe()
+  local exp = section("experiment")
+  local P = pipeline()
+  local words = P.policy("success", "describe", { metric = self.pm, threshold = self.threshold,
+    direction = self.direction, criterion = exp.criterion, alpha = exp.alpha, confirm_seeds = exp.confirm_seeds })
+  if type(words) == "string" and words ~= "" then return words end
+  return string.format("%s %s %s (%s is better)", self.pm, self.direction == "lower" and "<" or ">",
+    tostring(self.threshold), self.direction)
+end
+
 -- Open the loop: a new summary, or the one `opts.resume` names (finished nodes are kept).
 function M.open(opts)
   local c = host.config
@@ -46,7 +58,9 @@ function M.open(opts)
   local self = setmetatable({
     opts = opts, pm = exp.primary_metric or "PCC",
     threshold = tonumber(exp.success_threshold) or 0,
-    max_iters = math.max(1, math.floor(tonumber(exp.max_iterations) or 1)),
+    -- the node budget: search.max_nodes, else experiment.max_iterations (zero means zero)
+    max_iters = math.max(0, math.floor(tonumber(section("search").max_nodes or exp.max_iterations) or 1)),
+    time_limit = tonumber(section("search").time_limit),
     stamp = time.stamp(), pid = host.pid(), started = time.now(), started_iso = time.iso(),
     iters = {}, next_iter = 1, met_any = false, stopped = nil, nothing_left = false,
     prior = { time = 0, prompt = 0, completion = 0, total = 0, calls = 0, latency = 0, cost = 0 },
@@ -58,9 +72,9 @@ function M.open(opts)
   if not made then error("cannot create " .. P.prompt_root() .. ": " .. tostring(merr), 0) end
   self.summary_path = path.join(P.save_root(), string.format("phase2_loop_summary_%s_%d.json", self.stamp, self.pid))
   if opts.resume then self:resume(opts.resume) end
-  log.info(string.format("[LOOP] %d iterations at most; the criterion: %s %s %s (%s is better); summary: %s",
-    self.max_iters, self.pm, self.direction == "lower" and "<" or ">", tostring(self.threshold), self.direction,
-    self.summary_path))
+  if self.time_limit and self.time_limit <= 0 then self.time_limit = nil end
+  log.info(string.format("[LOOP] %d iterations at most; the criterion: %s; summary: %s", self.max_iters,
+    self:describe(), self.summary_path))
   -- A summary from the start: a loop killed during its first node can still be resumed.
   self:summary(false)
   self:page()
@@ -78,6 +92,7 @@ function L:resume(file)
     calls = tonumber(old.llm_calls) or 0, latency = tonumber(old.llm_latency_sec) or 0,
     cost = tonumber(old.total_cost_usd) or 0 }
   local met_rec, interrupted, last = nil, false, 0
+  self.resumed = true
   for _, r in ipairs(old.iterations) do
     -- An interrupted node is done again; finished ones are kept as they were.
     if r.status == "INTERRUPTED" then interrupted = true else table.insert(self.iters, r) end
@@ -111,9 +126,8 @@ function L:resume(file)
   if met_rec then
     self.met_any = true
     log.line("[RESUME] iteration " .. tostring(met_rec.iter) .. " already met the criterion; finishing the loop")
-    if not self.archived and str(met_rec.trial_dir) and fs.exists(met_rec.trial_dir) then
-      self:archive(met_rec.trial_dir)
-    end
+    self:update_best()
+    if not self.archived and self.best_trial and fs.exists(self.best_trial) then self:archive(self.best_trial) end
     self.nothing_left = true
   elseif old.finished_at ~= nil and old.finished_at ~= json.null and not interrupted
       and (stopped == nil or stopped == "interrupted") then
@@ -133,14 +147,24 @@ function L:usage()
     calls = d("calls"), latency = d("latency"), cost = d("cost") }
 end
 
-function L:summary(final)
+-- Write the summary (final: with finished_at). A failed write raises, or with `soft` returns nil, err.
+function L:summary(final, soft)
   table.sort(self.iters, function(a, b) return (a.iter or 0) < (b.iter or 0) end)
-  local valid, met = 0, 0
+  local valid, met, cancelled = 0, 0, 0
   for _, r in ipairs(self.iters) do
     if r.status == "VALID" then valid = valid + 1 end
     if r.criteria_met then met = met + 1 end
+    if r.status == "CANCELLED" then cancelled = cancelled + 1 end
   end
-  local u, p, n = self:usage(), self.prior, #self.iters
+  local u, p, n = self:usage(), self.prior, #self.iters - cancelled
+  local flying = json.array()
+  if self.search then
+    for _, f in ipairs(self.search:flying()) do
+      local nd = self.search.in_flight[f.iter]
+      table.insert(flying, { iter = f.iter, kind = f.kind, parent = f.parent or json.null,
+        started_at = nd and nd.started_iso or json.null })
+    end
+  end
   local ok, err = fs.write(self.summary_path, json.encode({
     dataset = host.config.dataset_name, started_at = self.started_iso,
     finished_at = final and time.iso() or json.null,
@@ -160,9 +184,14 @@ function L:summary(final)
       return n
     end)(),
     total_time_sec = p.time + time.now() - self.started,
-    iterations = self.iters,
+    cancelled_iterations = cancelled, in_flight = flying,
+    iterations = json.array(self.iters),
   }, { pretty = true }) .. "\n")
-  if not ok then error("cannot write " .. self.summary_path .. ": " .. tostring(err), 0) end
+  if not ok then
+    if soft then return nil, err end
+    error("cannot write " .. self.summary_path .. ": " .. tostring(err), 0)
+  end
+  return true
 end
 
 -- The run page (run.html beside the summary), rebuilt when the loop opens, after each node is recorded
@@ -177,13 +206,15 @@ function L:page()
 end
 
 -- Archive a trial: the plan goes into the summary first, then the rename (a kill in between is
--- finished by --resume).
+-- finished by --resume). The rename needs no space: when the disk is full and the plan cannot be
+-- written, the best trial is still archived, and the summary written again once it can be.
 function L:archive(trial, ctx)
   self.archived, self.archive_source = pipeline().archive_dest(trial), trial
-  self:summary(false)
+  local planned, perr = self:summary(false, true)
   local dest = pipeline().archive(trial, self.archived)
   if not dest then self.archived = nil end
   self.archive_source = nil
+  ctx = ctx or (self.ctxs and self.ctxs[trial])
   if dest and ctx then ctx:moved(dest) end
   if dest then
     for _, r in ipairs(self.iters) do
@@ -191,13 +222,40 @@ function L:archive(trial, ctx)
     end
   end
   if self.best_trial == trial then self.best_trial = dest or trial end
-  self:summary(false)
+  local ok, err = self:summary(false, true)
+  if not ok then
+    log.error("[LOOP] cannot write the loop summary " .. self.summary_path .. ": " .. tostring(err)
+      .. (dest and ("; the best trial is archived all the same as " .. dest) or ""))
+  elseif not planned then
+    log.warn("[LOOP] the archive plan could not be written first (" .. tostring(perr) .. "); the summary is now up to date")
+  end
   return dest
 end
 
+-- How many more nodes may start (the node budget less what ran, and the iterations to redo).
+function L:nodes_left()
+  return math.max(0, self.max_iters - self.next_iter + 1) + #(self.redo or {})
+end
+
+-- Whether search.time_limit (seconds of wall time, this process) is spent.
+function L:time_spent()
+  return self.time_limit ~= nil and time.now() - self.started >= self.time_limit
+end
+
+-- End the search for `why` (a key of M.stop_on, e.g. "time_limit"), saying so once on stdout.
+function L:end_search(why, line)
+  if self.stopped then return end
+  self.stopped = why
+  if line then log.line(line) end
+end
+
 function L:done()
+  if not self.stopped and self:time_spent() then
+    self:end_search("time_limit", string.format("[LOOP] the search's time limit (%gs) is spent; ending the search here",
+      self.time_limit))
+  end
   return self.met_any or self.stopped ~= nil or self.nothing_left or host.interrupted()
-    or (self.next_iter > self.max_iters and #(self.redo or {}) == 0)
+    or self:nodes_left() == 0
 end
 
 -- A search setting: config `search.<key>`, else `default`.
@@ -212,14 +270,48 @@ function L:records()
   return self.iters
 end
 
--- The record of the best node so far (the one the loop would archive), or nil: strategies improve it.
-function L:best()
-  local t = self.best_trial
-  if not t then return nil end
+local function by_iter(self, iter)
   for _, r in ipairs(self.iters) do
-    if r.trial_dir == t or r.archived_as == t then return r end
+    if r.iter == iter then return r end
   end
   return nil
+end
+
+-- Is record a better than record b (by success.better, else the metric's direction)?
+function L:better(a, b)
+  if not b then return true end
+  local exp = section("experiment")
+  local better, berr = pipeline().policy("success", "better", a.score, b.score, self.pm, exp.direction)
+  if berr then
+    return (self.direction == "lower" and a.score < b.score) or (self.direction ~= "lower" and a.score > b.score)
+  end
+  return better and true or false
+end
+
+-- The best valid record (what an improvement starts from), or nil.
+function L:best_valid()
+  local best
+  for _, r in ipairs(self.iters) do
+    if r.status == "VALID" and scored(r) and (best == nil or self:better(r, best)) then best = r end
+  end
+  return best
+end
+
+-- The record the loop archives: the best of those that met the criterion, else the best valid one.
+function L:best()
+  local best
+  for _, r in ipairs(self.iters) do
+    if r.criteria_met and scored(r) and (best == nil or self:better(r, best)) then best = r end
+  end
+  return best or self:best_valid()
+end
+
+-- best_score / best_trial follow L:best(), so the summary's best and the archive always agree.
+function L:update_best()
+  local b = self:best()
+  if b then
+    self.best_score, self.best_trial = b.score, b.archived_as or b.trial_dir
+  end
 end
 
 -- Earlier nodes, as text for the next generation (search.feedback = true, or a strategy's choice).
@@ -237,9 +329,37 @@ function L:feedback_text()
   return table.concat(lines, "\n")
 end
 
+-- The records a node's memory covers: its lineage (the parent's ancestors and their children) or the
+-- whole run (search.memory = "run", the default; "off" for none).
+function L:memory_records(parent)
+  local scope = self:setting("memory", "run")
+  if scope == "off" then return nil end
+  if scope ~= "lineage" or not parent then return self.iters end
+  local line, r = {}, parent
+  while r do
+    line[r.iter] = true
+    r = r.parent and by_iter(self, r.parent) or nil
+  end
+  local out = {}
+  for _, x in ipairs(self.iters) do
+    if line[x.iter] or (x.parent and line[x.parent]) then table.insert(out, x) end
+  end
+  return out
+end
+
+-- What a record gives a child node: its trial, notebook, score or error.
+local function parent_info(p)
+  local dir = p.archived_as or p.trial_dir
+  local nbp = dir and path.join(dir, "notebook_prompt_exec.ipynb")
+  if nbp and not fs.exists(nbp) then nbp = path.join(dir, "notebook_prompt.ipynb") end
+  return { iter = p.iter, trial = dir, notebook = nbp, score = scored(p) and p.score or nil,
+    error = p.status ~= "VALID" and (p.error or p.status) or nil, report_table = p.results_table }
+end
+
 -- The next node: {iter=, trial=, ctx=, kind=, parent=}; nil when no node is left.
---   kind    "draft" (default), "improve" or "debug"
---   parent  a record (from L:records()) this node starts from
+--   kind    "draft" (default), "improve", "debug" or "crossover"
+--   parent  a record (from L:records()) this node starts from; parents = {a, b} for a crossover
+--   focus   what an improvement should change; siblings = the parent's other children ({iter=, focus=})
 --   buffer  keep the node's stdout lines until it is recorded (for nodes that run at the same time)
 --   pool    a kernel.pool to take the node's kernel from
 --   feedback  text about earlier nodes for the prompt (default: search.feedback = true gives L:feedback_text())
@@ -255,21 +375,28 @@ function L:node(o)
   end
   local run_name = string.format("workspace_%s_%d_iter%03d", self.stamp, self.pid, i)
   local trial = path.join(pipeline().prompt_root(), run_name)
-  local parent
-  if o.parent then
-    local p = o.parent
-    local dir = p.trial_dir
-    local nbp = dir and path.join(dir, "notebook_prompt_exec.ipynb")
-    if nbp and not fs.exists(nbp) then nbp = path.join(dir, "notebook_prompt.ipynb") end
-    parent = { iter = p.iter, trial = dir, notebook = nbp, score = scored(p) and p.score or nil,
-      error = p.status ~= "VALID" and (p.error or p.status) or nil, report_table = p.results_table }
-  end
+  local parents = {}
+  for _, p in ipairs(o.parents or (o.parent and { o.parent }) or {}) do table.insert(parents, parent_info(p)) end
   local feedback = o.feedback
   if feedback == nil and self:setting("feedback", false) == true then feedback = self:feedback_text() end
+  local memory
+  if self.search then
+    local recs = self:memory_records(o.parent)
+    local limit = tonumber(self:setting("memory_chars", nil))
+    if recs and #recs > 0 then memory = require("operators").memory(recs, self.pm, limit) end
+  end
+  local kind = o.kind or "draft"
+  local op = { kind = kind, parents = parents, memory = memory, feedback = feedback, focus = o.focus,
+    siblings = o.siblings }
   local ctx = require("trial").new(trial, { buffer = o.buffer, kernel_pool = o.pool, feedback = feedback,
-    parent = parent })
-  local node = { iter = i, run_name = run_name, trial = trial, ctx = ctx, kind = o.kind or "draft",
-    parent = o.parent and o.parent.iter or nil, t0 = time.now(), header = string.format("ITERATION %d/%d", i, self.max_iters) }
+    parent = parents[1], op = op })
+  local pits = {}
+  for _, p in ipairs(parents) do table.insert(pits, p.iter) end
+  local node = { iter = i, run_name = run_name, trial = trial, ctx = ctx, kind = kind,
+    parent = o.parent and o.parent.iter or nil, parents = #pits > 1 and pits or nil, focus = o.focus,
+    t0 = time.now(), started_iso = time.iso(), header = string.format("ITERATION %d/%d", i, self.max_iters) }
+  self.ctxs = self.ctxs or {}
+  self.ctxs[trial] = ctx
   if not o.buffer then log.line(node.header) end
   return node
 end
@@ -280,21 +407,32 @@ function L:attempt(node, opts)
   return pipeline().attempt(node.ctx, opts or self.opts)
 end
 
--- Record a node's outcome: status, score, the criterion, the best so far, the summary; print its lines;
--- archive it when it met the criterion. Returns the record.
-function L:record(node, res, err)
+-- Record a node's outcome: status, score, the criterion, the best so far, the summary; print its lines.
+-- how = {cancelled = reason} records a node the search stopped (status CANCELLED, no line printed: the
+-- runner never sees an attempt it did not make). Returns the record. The archive is made when the loop
+-- closes, from the best record (L:best()), whatever order parallel nodes finish in.
+function L:record(node, res, err, how)
   local ctx, pm = node.ctx, self.pm
   local u = ctx.events:usage()
   local rec = { iter = node.iter, run_name = node.run_name, status = "CRASH", score = M.NO_SCORE,
-    trial_dir = node.trial, criteria_met = false, kind = node.kind, parent = node.parent,
-    duration_sec = time.now() - node.t0,
+    trial_dir = node.trial, criteria_met = false, kind = node.kind, parent = node.parent, parents = node.parents,
+    focus = node.focus, duration_sec = time.now() - node.t0, started_at = node.started_iso,
     usage = { prompt_tokens = u.prompt_tokens, completion_tokens = u.completion_tokens,
       total_tokens = u.total_tokens, total_latency_sec = u.latency, calls = u.calls, cost = u.cost },
     cost_usd = u.cost,
     -- LLM replies that needed the extractor's repairs to be read (fences, prose, Python literals...)
     replies_repaired = ctx.replies_repaired or 0,
     tokens = { prompt = u.prompt_tokens, completion = u.completion_tokens, total = u.total_tokens },
-    llm_calls = u.calls, llm_latency_sec = u.latency }
+    llm_calls = u.calls, llm_latency_sec = u.latency, strategy_source = ctx.strategy_source }
+  if how and how.cancelled then
+    rec.status, rec.cancelled, rec.error = "CANCELLED", true, "cancelled: " .. tostring(how.cancelled)
+    ctx:event("cancelled", { reason = tostring(how.cancelled) })
+    ctx.pending = {}
+    table.insert(self.iters, rec)
+    self:summary(false)
+    self:page()
+    return rec
+  end
   if host.interrupted() or (err and err.kind == "interrupted") then
     rec.status, rec.error = "INTERRUPTED", "interrupted by the user"
     self.stopped = "interrupted"
@@ -319,15 +457,16 @@ function L:record(node, res, err)
     host.reload()
     local P = pipeline()
     local exp = section("experiment")
-    local met, why = P.policy("success", "judge", { score = res.score, threshold = self.threshold, metric = pm,
-      direction = exp.direction })
+    local met, why, detail = P.policy("success", "judge", { score = res.score, threshold = self.threshold, metric = pm,
+      direction = exp.direction, criterion = exp.criterion, alpha = exp.alpha, metrics = res.metrics,
+      compare = res.compare, winner = res.winner, baseline = res.baseline, trial = node.trial, seeds = res.seeds,
+      record = { iter = node.iter, kind = node.kind, parent = node.parent } })
     rec.criteria_met, rec.judgement = met and true or false, why
-    local better, berr = P.policy("success", "better", res.score, self.best_score, pm, exp.direction)
-    if berr then -- the policy failed: compare by the metric's direction
-      better = self.best_score == nil or (self.direction == "lower" and res.score < self.best_score)
-        or (self.direction == "higher" and res.score > self.best_score)
+    if type(detail) == "table" then
+      rec.verdict = detail
+    else
+      rec.verdict = { met = rec.criteria_met, reason = tostring(why), criterion = exp.criterion or "threshold" }
     end
-    if better then self.best_score, self.best_trial = res.score, node.trial end
   end
   if res and res.table then rec.results_table = res.table end
   ctx:line(string.format("[COST] Iteration %d: %d tokens | %.2fs LLM time%s", node.iter, rec.usage.total_tokens,
@@ -349,31 +488,46 @@ function L:record(node, res, err)
     ctx:line("[CONTINUE] Threshold not met: " .. tostring(rec.judgement))
   end
   table.insert(self.iters, rec)
+  self:update_best()
   if ctx.buffered then ctx:flush(node.header) end
   self:summary(false)
-  if rec.criteria_met and self.archived == nil then self:archive(node.trial, ctx) end
   self:page()
   return rec
 end
 
--- End the loop: archive the best when nothing met the criterion, plot the iterations into the archived
--- report, write the final summary. Returns the exit code (README, "Exit codes").
+-- Archive the best record (L:best()) unless it is archived already. Returns the folder or nil.
+function L:archive_best()
+  self:update_best()
+  local b = self:best()
+  if not b then return nil end
+  if b.archived_as and fs.exists(b.archived_as) then return b.archived_as end
+  if self.archived and fs.exists(self.archived) then return self.archived end
+  if not fs.exists(b.trial_dir) then return nil end
+  return self:archive(b.trial_dir)
+end
+
+-- End the loop: archive the best (the best of the nodes that met the criterion, else the best valid
+-- one), plot the iterations into the archived report, write the final summary. Returns the exit code
+-- (README, "Exit codes").
 function L:close()
   if self.stopped == "interrupted" or host.interrupted() then
     self.stopped = "interrupted"
+    -- a met criterion keeps its archive, as when the loop was not interrupted
+    if self.met_any and not self.archived then self:archive_best() end
     self:summary(true)
     self:page()
     log.line("[INTERRUPT] stopped; loop summary saved to " .. self.summary_path)
     return 130
   end
-  if not self.met_any then
-    if self.best_trial and self.best_trial ~= self.archived and fs.exists(self.best_trial) then
-      log.line(string.format("[LOOP] No iteration met the criterion; archiving the BEST run found (%s Score: %.4f)",
-        self.pm, self.best_score))
-      self:archive(self.best_trial)
-    elseif not self.archived then
-      log.line("[LOOP] No iteration produced a score; nothing archived")
-    end
+  self:update_best()
+  if self.met_any then
+    self:archive_best()
+  elseif self.best_trial and self.best_trial ~= self.archived and fs.exists(self.best_trial) then
+    log.line(string.format("[LOOP] No iteration met the criterion; archiving the BEST run found (%s Score: %.4f)",
+      self.pm, self.best_score))
+    self:archive_best()
+  elseif not self.archived then
+    log.line("[LOOP] No iteration produced a score; nothing archived")
   end
   -- The score of every node against the threshold, beside the archived report (once, also when a
   -- finished loop is resumed).
@@ -398,11 +552,15 @@ function L:close()
   if self.archived then log.info("[LOOP] report: " .. path.join(self.archived, "experiment_report.md")) end
   log.info("[LOOP] loop summary: " .. self.summary_path)
   if self.stopped and M.stop_on[self.stopped] == "stop" then return 2 end
+  local ran = 0
+  for _, r in ipairs(self.iters) do
+    if r.status ~= "CANCELLED" then ran = ran + 1 end
+  end
   if self.met_any then
-    log.line(string.format("[LOOP] Finished: the criterion was met (%d of %d iterations run)", #self.iters, self.max_iters))
+    log.line(string.format("[LOOP] Finished: the criterion was met (%d of %d iterations run)", ran, self.max_iters))
     return 0
   end
-  log.line(string.format("[LOOP] Finished: no iteration met the criterion (%d of %d iterations run)", #self.iters,
+  log.line(string.format("[LOOP] Finished: no iteration met the criterion (%d of %d iterations run)", ran,
     self.max_iters))
   return self.opts.fail_if_unmet and 1 or 0
 end
@@ -419,7 +577,7 @@ function M.strategy(name)
     return mod
   end
   local ok, mod = pcall(require, "strategies." .. name)
-  if not ok then error("config: unknown strategy '" .. name .. "' (bundled: serial, best_of_n, tree): " .. tostring(mod), 0) end
+  if not ok then error("config: unknown strategy '" .. name .. "' (bundled: serial, best_of_n, greedy, tree, mcts, evolve): " .. tostring(mod), 0) end
   return mod
 end
 
