@@ -222,7 +222,10 @@ function M.run(L, opts, policy, o)
     workers = slots }, S)
   L.search = self
   if slots > 1 and type(kernel.pool) == "function" and L:nodes_left() > 0 then
-    self.pool = kernel.pool({ size = slots, gpus = (host.config.exec or {}).gpus })
+    -- one spare kernel while more nodes than slots are to run: a node that frees its slot gives back a
+    -- kernel that is restarted in the background, and the next node takes the spare at once
+    local spare = (L:nodes_left() > slots and not (host.config.exec or {}).gpus) and 1 or 0
+    self.pool = kernel.pool({ size = slots + spare, gpus = (host.config.exec or {}).gpus })
   end
   local fns = {}
   for _ = 1, slots do

@@ -45,6 +45,7 @@ function M.choose(S)
   local pop = M.population(S)
   if #pop == 0 then
     if #bugs > 0 then return { kind = "debug", parent = bugs[S:random(1, #bugs)] } end
+    if #S:flying() > 0 then return nil end
     return { kind = "draft" }
   end
   local a = tournament(S, pop)

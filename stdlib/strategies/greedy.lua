@@ -44,6 +44,8 @@ function M.choose(S)
   local best = S.L:best_valid()
   if not best then
     if #bugs > 0 then return { kind = "debug", parent = bugs[S:random(1, #bugs)] } end
+    -- nothing to improve yet: wait for the nodes in flight rather than draft past search.drafts
+    if #S:flying() > 0 then return nil end
     return { kind = "draft" }
   end
   return { kind = "improve", parent = best, focus = S:next_focus(best.iter) }

@@ -84,6 +84,8 @@ function M.choose(S)
     end
     n = best_child(kids[n.iter] or {}, stats[n.iter].n)
   end
+  -- nothing left to expand: a new draft (after the nodes in flight, which may open new branches)
+  if #S:flying() > 0 then return nil end
   return { kind = "draft" }
 end
 

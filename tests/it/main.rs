@@ -13,5 +13,6 @@ mod pipeline;
 mod reload;
 mod report;
 mod runner;
+mod search;
 mod util;
 mod view;
