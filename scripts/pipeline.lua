@@ -552,7 +552,7 @@ end
 local function replay(k, nb, done, i, ctx)
   local r = run_cell(k, M.GUARD, { silent = true })
   if r.interrupted then error("interrupted", 0) end
-  if r.status ~= "ok" then return false, "set-up failed after restart" end
+  if r.status ~= "ok" then return false, "the kernel's set-up failed after its restart: " .. short(r) end
   local set, how = M.replay_set(nb, i, done)
   local names = {}
   for _, j in ipairs(set) do
@@ -568,6 +568,19 @@ local function replay(k, nb, done, i, ctx)
     if rr.status ~= "ok" then return false, "replaying cell " .. (j - 1) .. " failed: " .. short(rr) end
   end
   return true
+end
+
+-- A kernel that died (or was restarted after a timeout) is restarted when it is not alive, then the cells
+-- the failing one depends on are replayed. Returns true, or false and why (a failed restart with its cause).
+function M.restart_and_replay(k, nb, done, i, ctx)
+  if not k:alive() then
+    local ok, err = k:restart()
+    if not ok then
+      if host.interrupted() then error("interrupted", 0) end
+      return false, "the kernel could not be restarted: " .. tostring(err and (err.message or err) or "unknown")
+    end
+  end
+  return replay(k, nb, done, i, ctx)
 end
 
 -- Execute a trial's notebook cell by cell with repairs. Returns {ok=, exec_path=, failed_cell=, error=}
@@ -608,10 +621,29 @@ function M.execute_step(trial, s1, ctx, pre)
         local r = run_cell(k, cell.source, { timeout = timeout })
         record(nb, i, r, exec_path)
         ctx:event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, ename = r.ename })
-        local round = 0
+        local round, reran = 0, false
         while r.status ~= "ok" do
           ctx:line(string.format("[GRAPH] Error in Node %s (cell %d): %s", id, i - 1, short(r)))
           if host.interrupted() then error("interrupted", 0) end
+          -- A cell whose kernel (or kernel service) died is run again on a fresh kernel before anyone
+          -- repairs its code: the code may never have failed. Once; a second death goes to the fix rounds.
+          if not reran and (r.status == "dead" or r.ename == "GatewayConnectionLost") then
+            reran = true
+            local rok, rerr = M.restart_and_replay(k, nb, done, i, ctx)
+            if not rok then
+              ctx:error("[EXEC] " .. rerr)
+              outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1, error = rerr }
+              break
+            end
+            ctx:info(string.format("[EXEC] the kernel died during cell %d (%s); running it again on the fresh kernel",
+              i - 1, id))
+            ctx:event("rerun", { cell_index = i - 1, id = id, reason = short(r) })
+            r = run_cell(k, nb:cell(i).source, { timeout = timeout })
+            record(nb, i, r, exec_path)
+            ctx:event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, rerun = true })
+            if r.status == "ok" then break end
+            ctx:line(string.format("[GRAPH] Error in Node %s (cell %d): %s", id, i - 1, short(r)))
+          end
           if round >= max_rounds then
             outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1,
               error = string.format("cell %d (%s) still fails after %d fix rounds: %s", i - 1, id, max_rounds, short(r)) }
@@ -621,9 +653,9 @@ function M.execute_step(trial, s1, ctx, pre)
           host.reload()
           ctx:line(string.format("[FIX] %s | Round %d/%d | %s", id, round, max_rounds, short(r)))
           if r.status == "dead" or r.restarted or not k:alive() then
-            if not k:alive() then k:restart() end
-            local rok, rerr = replay(k, nb, done, i, ctx)
+            local rok, rerr = M.restart_and_replay(k, nb, done, i, ctx)
             if not rok then
+              ctx:error("[EXEC] " .. rerr)
               outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1, error = rerr }
               break
             end

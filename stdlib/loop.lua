@@ -50,6 +50,19 @@ function L:describe()
     tostring(self.threshold), self.direction)
 end
 
+-- The lock file of a summary (held while a process runs its loop): hidden, beside it.
+function M.lock_path(summary)
+  return path.join(path.dirname(summary), "." .. path.basename(summary) .. ".lock")
+end
+
+function L:unlock()
+  if self.lock then
+    self.lock:release()
+    self.lock = nil
+    fs.remove(M.lock_path(self.summary_path))
+  end
+end
+
 -- Open the loop: a new summary, or the one `opts.resume` names (finished nodes are kept).
 function M.open(opts)
   local c = host.config
@@ -71,7 +84,18 @@ function M.open(opts)
   local made, merr = fs.mkdir(P.prompt_root())
   if not made then error("cannot create " .. P.prompt_root() .. ": " .. tostring(merr), 0) end
   self.summary_path = path.join(P.save_root(), string.format("phase2_loop_summary_%s_%d.json", self.stamp, self.pid))
-  if opts.resume then self:resume(opts.resume) end
+  if opts.resume then
+    -- one process per summary: a second `run --resume` of it would run the same nodes twice
+    local lock, lerr = fs.lock(M.lock_path(opts.resume))
+    if not lock then
+      error("config: " .. tostring(opts.resume) .. " is being resumed by another cellsci (process "
+        .. tostring(lerr.holder or "?") .. "); wait for it to end", 0)
+    end
+    self.lock = lock
+    self:resume(opts.resume)
+  else
+    self.lock = fs.lock(M.lock_path(self.summary_path))
+  end
   if self.time_limit and self.time_limit <= 0 then self.time_limit = nil end
   log.info(string.format("[LOOP] %d iterations at most; the criterion: %s; summary: %s", self.max_iters,
     self:describe(), self.summary_path))
@@ -417,6 +441,7 @@ function L:record(node, res, err, how)
   local rec = { iter = node.iter, run_name = node.run_name, status = "CRASH", score = M.NO_SCORE,
     trial_dir = node.trial, criteria_met = false, kind = node.kind, parent = node.parent, parents = node.parents,
     focus = node.focus, duration_sec = time.now() - node.t0, started_at = node.started_iso,
+    t_start = node.t0, t_end = time.now(),
     usage = { prompt_tokens = u.prompt_tokens, completion_tokens = u.completion_tokens,
       total_tokens = u.total_tokens, total_latency_sec = u.latency, calls = u.calls, cost = u.cost },
     cost_usd = u.cost,
@@ -516,6 +541,7 @@ function L:close()
     if self.met_any and not self.archived then self:archive_best() end
     self:summary(true)
     self:page()
+    self:unlock()
     log.line("[INTERRUPT] stopped; loop summary saved to " .. self.summary_path)
     return 130
   end
@@ -549,6 +575,7 @@ function L:close()
   end
   self:summary(true)
   self:page()
+  self:unlock()
   if self.archived then log.info("[LOOP] report: " .. path.join(self.archived, "experiment_report.md")) end
   log.info("[LOOP] loop summary: " .. self.summary_path)
   if self.stopped and M.stop_on[self.stopped] == "stop" then return 2 end

@@ -4,13 +4,13 @@
 -- otherwise the walk goes down to the child with the highest Q + c * sqrt(ln N(parent) / N(child)), where
 -- Q is the mean value (0..1, by the metric's direction) of the child's subtree, N counts the nodes of a
 -- subtree, nodes in flight included as virtual visits (so free slots spread out), and c is
--- search.exploration (1.0). A subtree with nothing left to expand is skipped; when nothing is left, a new
+-- search.exploration (0.25, as AIRA-dojo). A subtree with nothing left to expand is skipped; when nothing is left, a new
 -- draft.
 local search = require("search")
 
 local M = {}
 
-M.DEFAULTS = { drafts = 5, num_children = 3, max_debug_depth = 3, exploration = 1.0 }
+M.DEFAULTS = { drafts = 5, num_children = 3, max_debug_depth = 3, exploration = 0.25 }
 
 local function setting(S, key)
   return tonumber(S.L:setting(key, M.DEFAULTS[key])) or M.DEFAULTS[key]
