@@ -735,8 +735,9 @@ local function results_table(m, pm)
   return table.concat(rows, "\n")
 end
 
--- Write experiment_report.md for `trial`. Returns {score=, winner=, metrics=, table=} (score nil without
--- metrics), or nil and a typed error when the report could not be written.
+-- Write experiment_report.md for `trial`. Returns {score=, winner=, metrics=, table=, compare=, baseline=}
+-- (score nil without metrics; compare is report.compare's table for the primary metric, nil when it
+-- cannot be computed), or nil and a typed error when the report could not be written.
 function M.analyze_trial(trial, ctx)
   return guarded(M.analyze_step, trial, context(trial, ctx))
 end
@@ -784,8 +785,11 @@ function M.analyze_step(trial, ctx)
     u.cost > 0 and string.format(", cost $%.4f", u.cost) or "")
   write_text(report_path, md)
   local sc = report.score(m, { metric = pm, direction = dir }) or {}
+  -- The comparison the report shows, for the success criterion (nil when there is nothing to compare).
+  local cmp = report.compare(m, { metric = pm, direction = dir })
   ctx:info("[ANALYZE] report written: " .. report_path)
-  return { score = sc.score, winner = sc.model, metrics = m, table = results_table(m, pm) }
+  return { score = sc.score, winner = sc.model, metrics = m, table = results_table(m, pm), compare = cmp,
+    baseline = cmp and cmp.baseline or nil }
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -835,7 +839,7 @@ function M.analyze(opts)
 end
 
 -- One attempt in a trial context: generate, execute, analyze. Returns {score=, winner=, metrics=, table=,
--- executed = {ok=, error=, failed_cell=}} or nil and a typed error. Strategies call this for every node.
+-- compare=, baseline=, executed = {ok=, error=, failed_cell=}} or nil and a typed error. Strategies call this for every node.
 function M.attempt(ctx, opts)
   local s1 = require("stage1").discover(cfg(), opts.use_idea)
   local nb, err = M.generate_into(ctx.trial, opts, s1, ctx)
