@@ -14,4 +14,5 @@ mod reload;
 mod report;
 mod runner;
 mod util;
+mod verdict;
 mod view;
