@@ -293,19 +293,19 @@ fn a_run_with_an_unknown_criterion_stops_with_exit_2_naming_the_key() {
     assert!(util::text(&out).contains("experiment.alpha: expected a number"), "{}", util::text(&out));
 }
 
-/// The README's recipe: a success.lua of your own that keeps the bundled criteria and adds one.
+/// The README's example ("The success criterion"), as written there: a success.lua of your own that keeps
+/// the bundled criteria and adds one reading `t.compare`.
 const USER_SUCCESS: &str = r##"
 local host = require("host")
-local M = assert(load(assert(host.bundled("stdlib/success.lua")), "=stdlib/success.lua"))()
--- the winner's paired test against the baseline, uncorrected, and a gain of 10% at least
+local M = load(host.bundled("stdlib/success.lua"), "@<bundled>/stdlib/success.lua")()  -- keep the bundled ones
 M.criteria.gain10 = {
   judge = function(t)
     local e = t.compare and t.compare.models[t.winner]
-    local ok = e and e.p_value and e.p_value < 0.05 and (e.delta_pct or 0) >= 10
-    return ok, string.format("%s: %+.1f%% vs %s, p %.3g", tostring(t.winner), e and e.delta_pct or 0,
-      t.compare and t.compare.baseline or "?", e and e.p_value or 1)
+    local met = e ~= nil and (e.p_value or 1) < 0.05 and (e.delta_pct or 0) >= 10
+    return met, string.format("%s %+.1f%% vs %s, p %s", tostring(t.winner), e and e.delta_pct or 0,
+      tostring(t.compare and t.compare.baseline), M.fmt_p(e and e.p_value))
   end,
-  describe = function(t) return t.metric .. " at least 10% better than the baseline at p < 0.05" end,
+  describe = function(t) return t.metric .. " 10% better than the baseline at p < 0.05" end,  -- the loop's words
 }
 return M
 "##;
@@ -322,9 +322,10 @@ assert(not ok and msg:find('valid: "gain10", "significant", "threshold"', 1, tru
 local m = metrics({better = {0.60, 0.63, 0.61, 0.64, 0.58}}, "better")
 local met, why, d = judge("gain10", m, "better")
 assert(met == true, why)
-eq(why, "better: +49.3% vs ridge_baseline, p 7.05e-07")
+eq(why, "better +49.3% vs ridge_baseline, p 7.0e-7")
 eq(d.criterion, "gain10") eq(d.met, true) eq(d.reason, why)
-eq(d.description, "PCC at least 10% better than the baseline at p < 0.05")
+eq(d.description, "PCC 10% better than the baseline at p < 0.05")
+eq(success.describe({metric = "PCC", threshold = 0.5, criterion = "gain10"}), "PCC 10% better than the baseline at p < 0.05")
 -- a reason holding a runner phrase is rewritten
 success.criteria.loud = function() return false, "Success! Score: 3, Traceback follows" end
 local _, loud = success.judge({criterion = "loud", score = 1, threshold = 0})
