@@ -252,7 +252,7 @@ M.criteria.significant = {
       why_not = "no comparison with a baseline ("
         .. (cerr and tostring(cerr.message or cerr) or "the trial's metrics were not given") .. ")"
     else
-      d.baseline = t.baseline or cmp.baseline
+      d.baseline = cmp.baseline or t.baseline -- the model the test was against
       d.winner = t.winner or (type(t.metrics) == "table" and t.metrics.winner) or cmp.best
       local e = d.winner and cmp.models[d.winner]
       if d.winner == nil then
