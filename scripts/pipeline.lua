@@ -839,7 +839,8 @@ function M.analyze(opts)
 end
 
 -- One attempt in a trial context: generate, execute, analyze. Returns {score=, winner=, metrics=, table=,
--- compare=, baseline=, executed = {ok=, error=, failed_cell=}} or nil and a typed error. Strategies call this for every node.
+-- compare=, baseline=, executed = {ok=, error=, failed_cell=}} or nil and a typed error. Strategies call
+-- this for every node.
 function M.attempt(ctx, opts)
   local s1 = require("stage1").discover(cfg(), opts.use_idea)
   local nb, err = M.generate_into(ctx.trial, opts, s1, ctx)

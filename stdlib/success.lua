@@ -317,7 +317,8 @@ local function resolve(c)
   if entry ~= nil then
     return nil, "experiment.criterion: M.criteria." .. c .. " in success.lua must be a function or {judge = function}"
   end
-  return nil, string.format("experiment.criterion: unknown criterion %q (valid: %s; add your own as M.criteria.%s in success.lua)",
+  return nil, string.format(
+    "experiment.criterion: unknown criterion %q (valid: %s; add your own as M.criteria.%s in success.lua)",
     c, names(), c:match("^[%a_][%w_]*$") and c or "NAME")
 end
 

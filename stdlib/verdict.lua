@@ -89,7 +89,8 @@ function M.section(d)
     add("")
     local st = d.seed_stats or {}
     if st.mean then
-      add(string.format("Mean %s, SD %s, range %s to %s over %d run%s%s.", num(st.mean), st.sd and num(st.sd) or "— (one run)",
+      add(string.format("Mean %s, SD %s, range %s to %s over %d run%s%s.", num(st.mean),
+        st.sd and num(st.sd) or "— (one run)",
         num(st.min), num(st.max), st.n, st.n == 1 and "" or "s",
         (st.runs and st.runs > st.n) and string.format(" (%d without a usable score)", st.runs - st.n) or ""))
     else
