@@ -772,8 +772,9 @@ local function results_table(m, pm)
   return table.concat(rows, "\n")
 end
 
--- Write experiment_report.md for `trial`. Returns {score=, winner=, metrics=, table=} (score nil without
--- metrics), or nil and a typed error when the report could not be written.
+-- Write experiment_report.md for `trial`. Returns {score=, winner=, metrics=, table=, compare=, baseline=}
+-- (score nil without metrics; compare is report.compare's table for the primary metric, nil when it
+-- cannot be computed), or nil and a typed error when the report could not be written.
 function M.analyze_trial(trial, ctx)
   return guarded(M.analyze_step, trial, context(trial, ctx))
 end
@@ -821,8 +822,11 @@ function M.analyze_step(trial, ctx)
     u.cost > 0 and string.format(", cost $%.4f", u.cost) or "")
   write_text(report_path, md)
   local sc = report.score(m, { metric = pm, direction = dir }) or {}
+  -- The comparison the report shows, for the success criterion (nil when there is nothing to compare).
+  local cmp = report.compare(m, { metric = pm, direction = dir })
   ctx:info("[ANALYZE] report written: " .. report_path)
-  return { score = sc.score, winner = sc.model, metrics = m, table = results_table(m, pm) }
+  return { score = sc.score, winner = sc.model, metrics = m, table = results_table(m, pm), compare = cmp,
+    baseline = cmp and cmp.baseline or nil }
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -872,7 +876,8 @@ function M.analyze(opts)
 end
 
 -- One attempt in a trial context: generate, execute, analyze. Returns {score=, winner=, metrics=, table=,
--- executed = {ok=, error=, failed_cell=}} or nil and a typed error. Strategies call this for every node.
+-- compare=, baseline=, executed = {ok=, error=, failed_cell=}} or nil and a typed error. Strategies call
+-- this for every node.
 -- The kernel is got while the notebook is generated (a pool's kernel, or one started for the trial), so a
 -- node waits for a kernel only when every slot is busy, and a kernel that cannot start is known before a
 -- second node pays for its generation.

@@ -206,6 +206,8 @@ const SCHEMA: &[(&str, &str, Kind)] = &[
     ("experiment", "max_iterations", Kind::UInt),
     ("experiment", "success_threshold", Kind::Num),
     ("experiment", "direction", Kind::Str),
+    ("experiment", "criterion", Kind::Str),
+    ("experiment", "alpha", Kind::Num),
     ("prompt_branch", "prompt_file", Kind::Str),
     ("prompt_branch", "idea_file", Kind::Str),
     ("prompt_branch", "save_root", Kind::Str),

@@ -80,6 +80,11 @@ function M.open(opts)
     base_usage = llm.usage() or {},
   }, L)
   self.direction = P.direction(self.pm)
+  -- the criterion (experiment.criterion, alpha) is checked before anything runs: exit 2 naming the key
+  if type(require("success").check) == "function" then
+    local usable, cerr = P.policy("success", "check", exp.criterion, exp.alpha)
+    if not usable then error("config: " .. tostring(cerr), 0) end
+  end
   P.check_gateway()
   local made, merr = fs.mkdir(P.prompt_root())
   if not made then error("cannot create " .. P.prompt_root() .. ": " .. tostring(merr), 0) end
@@ -489,6 +494,8 @@ function L:record(node, res, err, how)
     rec.criteria_met, rec.judgement = met and true or false, why
     if type(detail) == "table" then
       rec.verdict = detail
+      local wrote, werr = P.policy("verdict", "write", node.trial, detail)
+      if not wrote then ctx:warn("[LOOP] cannot add the verdict to the report: " .. tostring(werr)) end
     else
       rec.verdict = { met = rec.criteria_met, reason = tostring(why), criterion = exp.criterion or "threshold" }
     end
@@ -510,7 +517,9 @@ function L:record(node, res, err, how)
     -- "Success threshold met" is the runner's marker of a successful run: printed only here.
     ctx:line("[SUCCESS] Success threshold met (" .. tostring(rec.judgement) .. "); archiving and stopping")
   elseif rec.status == "VALID" and not rec.criteria_met then
-    ctx:line("[CONTINUE] Threshold not met: " .. tostring(rec.judgement))
+    local crit = section("experiment").criterion
+    ctx:line("[CONTINUE] " .. ((crit == nil or crit == "threshold") and "Threshold not met: " or "Criterion not met: ")
+      .. tostring(rec.judgement))
   end
   table.insert(self.iters, rec)
   self:update_best()

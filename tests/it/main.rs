@@ -15,4 +15,5 @@ mod report;
 mod runner;
 mod search;
 mod util;
+mod verdict;
 mod view;
