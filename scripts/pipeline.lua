@@ -459,9 +459,10 @@ end
 -- The trial's kernel: one from ctx.kernel_pool when the strategy has a pool, else one started for it
 -- (on exec.gateway_url when the config names a gateway). Returns the kernel and the function that gives
 -- it back (release to the pool, or shut down).
-local function start_kernel(trial, s1, ctx)
+local function start_kernel(trial, s1, ctx, extra_env)
   local ex = section("exec")
   local env = { OUTPUT_DIR = trial }
+  for k, v in pairs(extra_env or {}) do env[k] = v end
   if s1.h5 then env.STAGE1_H5_PATH = s1.h5 end
   if s1.idea then env.STAGE1_IDEA_PATH = s1.idea end
   -- CUDA_VISIBLE_DEVICES is inherited, never set: the runner (or the user) chose the GPU, and
@@ -911,6 +912,58 @@ function M.attempt(ctx, opts)
   if host.interrupted() then return nil, M.err("interrupted", "interrupted") end
   res.executed = ex
   return res
+end
+
+-- Confirmation with seeds (experiment.confirm_seeds = k): the trial's executed notebook (its fixes
+-- applied) is run again k times, each in a fresh kernel with CELLSCI_SEED set to another value and
+-- OUTPUT_DIR = <trial>/seeds/seed_<n>, without repairs. Returns the runs {{seed=, score=, error=}...}, the
+-- first being the node's own run (seed "default"). Runs inside the node, so a cancelled node stops them.
+M.SEED_BASE = 1001
+function M.confirm_seeds(ctx, opts, first_score, k)
+  local trial = ctx.trial
+  local pm = section("experiment").primary_metric or "PCC"
+  local dir = direction(pm)
+  local runs = { { seed = "default", score = first_score } }
+  local nb = notebook.read(path.join(trial, "notebook_prompt_exec.ipynb"))
+  if not nb then return runs end
+  local s1 = require("stage1").discover(cfg(), opts.use_idea)
+  local timeout = tonumber(section("exec").timeout_seconds) or 3600
+  for j = 1, k do
+    local seed = M.SEED_BASE + j - 1
+    local out = path.join(trial, "seeds", "seed_" .. seed)
+    fs.mkdir(path.join(out, "intermediate"))
+    local run = { seed = seed }
+    local ok, k_or_err, give_back = pcall(start_kernel, out, s1, ctx, { CELLSCI_SEED = tostring(seed) })
+    if not ok then
+      if host.interrupted() then raise("interrupted", "interrupted") end
+      run.error = "the kernel did not start: " .. tostring(M.as_error(k_or_err).message)
+    else
+      local kern = k_or_err
+      ctx:info(string.format("[SEEDS] running the notebook again with CELLSCI_SEED=%d (%d of %d)", seed, j, k))
+      for i = 1, nb:len() do
+        local cell = nb:cell(i)
+        if cell.cell_type == "code" then
+          local r = run_cell(kern, cell.source, { timeout = timeout })
+          if r.interrupted then give_back(); raise("interrupted", "interrupted") end
+          if r.status ~= "ok" then
+            run.error = string.format("cell %d failed: %s", i - 1, short(r))
+            break
+          end
+        end
+      end
+      give_back()
+      if not run.error then
+        local m, merr = report.load_metrics(path.join(out, "metrics.json"))
+        local sc = m and report.score(m, { metric = pm, direction = dir })
+        if sc and sc.score then run.score = sc.score else run.error = "no score: " .. tostring(merr or "no metrics.json") end
+      end
+    end
+    ctx:event("seed_run", { seed = seed, score = run.score, error = run.error })
+    ctx:info(string.format("[SEEDS] CELLSCI_SEED=%d: %s", seed,
+      run.score and string.format("%s %.4f", pm, run.score) or tostring(run.error)))
+    table.insert(runs, run)
+  end
+  return runs
 end
 
 -- Where a trial is archived: prompt_run_<stamp> beside it (what phase-3 tools look for), never a

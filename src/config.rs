@@ -208,6 +208,7 @@ const SCHEMA: &[(&str, &str, Kind)] = &[
     ("experiment", "direction", Kind::Str),
     ("experiment", "criterion", Kind::Str),
     ("experiment", "alpha", Kind::Num),
+    ("experiment", "confirm_seeds", Kind::UInt),
     ("prompt_branch", "prompt_file", Kind::Str),
     ("prompt_branch", "idea_file", Kind::Str),
     ("prompt_branch", "save_root", Kind::Str),

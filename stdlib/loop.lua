@@ -431,9 +431,33 @@ function L:node(o)
 end
 
 -- Generate, execute and analyze the node's trial (pipeline.attempt), after a reload of edited scripts.
+-- With experiment.confirm_seeds = k, a node whose score would meet the criterion is run again k times
+-- with other seeds first (pipeline.confirm_seeds); its score becomes the mean of its runs, and the
+-- criterion sees every run (res.seeds).
 function L:attempt(node, opts)
   host.reload()
-  return pipeline().attempt(node.ctx, opts or self.opts)
+  opts = opts or self.opts
+  local res, err = pipeline().attempt(node.ctx, opts)
+  local k = math.floor(tonumber(section("experiment").confirm_seeds) or 0)
+  if res and k > 0 and res.score ~= nil and res.executed and res.executed.ok then
+    local exp = section("experiment")
+    local would = pipeline().policy("success", "judge", { score = res.score, threshold = self.threshold,
+      metric = self.pm, direction = exp.direction, criterion = exp.criterion, alpha = exp.alpha,
+      metrics = res.metrics, compare = res.compare, winner = res.winner, baseline = res.baseline, trial = node.trial,
+      record = { iter = node.iter, kind = node.kind, parent = node.parent } })
+    if would then
+      local runs = pipeline().confirm_seeds(node.ctx, opts, res.score, k)
+      local scores, failed = {}, {}
+      for _, r in ipairs(runs) do
+        if r.score then table.insert(scores, { seed = r.seed, score = r.score }) else table.insert(failed, r) end
+      end
+      res.seeds, res.seed_failures = scores, #failed > 0 and failed or nil
+      local sum = 0
+      for _, r in ipairs(scores) do sum = sum + r.score end
+      res.first_score, res.score = res.score, sum / #scores
+    end
+  end
+  return res, err
 end
 
 -- Record a node's outcome: status, score, the criterion, the best so far, the summary; print its lines.
@@ -492,6 +516,14 @@ function L:record(node, res, err, how)
       compare = res.compare, winner = res.winner, baseline = res.baseline, trial = node.trial, seeds = res.seeds,
       record = { iter = node.iter, kind = node.kind, parent = node.parent } })
     rec.criteria_met, rec.judgement = met and true or false, why
+    if res.seeds then rec.seeds, rec.first_score = res.seeds, res.first_score end
+    if res.seed_failures then
+      -- a rerun that fails is not a robust result, whatever the mean of the others
+      rec.criteria_met, rec.seed_failures = false, res.seed_failures
+      rec.judgement = tostring(why) .. "; but " .. #res.seed_failures .. " seed rerun(s) failed ("
+        .. tostring(res.seed_failures[1].error):sub(1, 200) .. ")"
+      if type(detail) == "table" then detail.met, detail.reason = false, rec.judgement end
+    end
     if type(detail) == "table" then
       rec.verdict = detail
       local wrote, werr = P.policy("verdict", "write", node.trial, detail)

@@ -538,3 +538,64 @@ fn a_run_under_significant_goes_on_past_a_lucky_node_and_stops_at_a_consistent_g
     let met = std::fs::read_to_string(archived[0].join("experiment_report.md")).unwrap();
     assert!(met.contains("**Criterion met** — PCC 0.6120 > 0.5"), "{met}");
 }
+
+/// A notebook whose score depends on CELLSCI_SEED: `lucky` without it, `rest` with any seed.
+fn seeded_cell(model: &str, lucky: f64, rest: f64) -> String {
+    format!(
+        r##"import json, os
+seed = os.environ.get("CELLSCI_SEED")
+score = {lucky} if seed is None else {rest}
+models = {{
+    "ridge_baseline": {{"aggregate": {{"PCC": 0.1}}}},
+    "{model}": {{"aggregate": {{"PCC": score}}}},
+}}
+with open(os.path.join(os.environ["OUTPUT_DIR"], "metrics.json"), "w") as fh:
+    json.dump({{"models": models, "winner": "{model}"}}, fh)
+print("seed", seed, "score", score)"##
+    )
+}
+
+#[test]
+fn confirmation_with_seeds_turns_a_lucky_score_into_not_met_and_archives_a_robust_node() {
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 3, "success_threshold": 0.5, "confirm_seeds": 3}}),
+        simple_handler(vec![
+            generation_reply(&[("T1", &seeded_cell("lucky", 0.9, 0.3))]),
+            generation_reply(&[("T1", &seeded_cell("robust", 0.7, 0.68))]),
+        ]),
+    );
+    let out = p.run(&["run"]);
+    let all = util::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let so = crate::pipeline::stdout(&out);
+    // 0.9 on its own seed, 0.3 on three others: the mean 0.45 does not meet 0.5
+    assert!(so.contains("[CHECK] lucky | PCC: 0.4500"), "{so}");
+    assert!(so.contains("[CONTINUE] Threshold not met: PCC 0.4500 <= 0.5"), "{so}");
+    assert!(so.contains("[CHECK] robust | PCC: 0.6850"), "{so}");
+    assert_eq!(so.matches("Success threshold met").count(), 1, "{so}");
+    let s = p.summary();
+    let it = s["iterations"].as_array().unwrap();
+    assert_eq!(it[0]["seeds"].as_array().unwrap().len(), 4, "its own run and three reruns: {:#}", it[0]);
+    assert_eq!(it[0]["first_score"], 0.9);
+    assert_eq!(it[0]["criteria_met"], false);
+    assert_eq!(it[1]["criteria_met"], true);
+    let archived = p.archived();
+    assert_eq!(archived.len(), 1);
+    assert_eq!(s["archived_dir"].as_str().unwrap(), archived[0].to_str().unwrap());
+    let m = crate::pipeline::read_json(&archived[0].join("metrics.json"));
+    assert_eq!(m["winner"], "robust");
+    for seed in [1001, 1002, 1003] {
+        assert!(archived[0].join(format!("seeds/seed_{seed}/metrics.json")).is_file(), "seed {seed}");
+    }
+    let report = std::fs::read_to_string(archived[0].join("experiment_report.md")).unwrap();
+    assert!(report.contains("### Seeds"), "{report}");
+    assert!(report.contains("1003"), "{report}");
+    println!(
+        "{}",
+        so.lines()
+            .filter(|l| l.contains("[CHECK]") || l.contains("[CONTINUE]") || l.contains("[SUCCESS]"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    println!("{}", all.lines().filter(|l| l.contains("[SEEDS]")).collect::<Vec<_>>().join("\n"));
+}
