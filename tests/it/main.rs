@@ -12,6 +12,7 @@ mod notebook;
 mod pipeline;
 mod reload;
 mod report;
+mod resilience;
 mod runner;
 mod search;
 mod util;

@@ -1,0 +1,128 @@
+//! Infrastructure failures that used to be paid in tokens and lost nodes (issue "Reliability, third
+//! pass"): an unreachable endpoint or gateway stops the loop after one node (exit 2) instead of paying for
+//! every iteration; a cell whose kernel died is run again, not sent to be "fixed"; two `--resume` of one
+//! summary never run at once. Real binary, real kernels, loopback servers.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::pipeline::{generation_reply, metrics_cell, simple_handler, stdout, Handler, Kind, Project};
+use crate::util::fake_llm::Reply;
+use crate::util::{self, cellsci, Running};
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    port
+}
+
+#[test]
+fn an_unreachable_llm_endpoint_stops_the_loop_after_one_node_with_exit_2() {
+    let port = closed_port();
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 4},
+               "llm": {"base_url": format!("http://127.0.0.1:{port}/v1"), "retry": {"deadline": 1.0, "base": 0.05, "max_wait": 0.2}}}),
+        simple_handler(vec![]),
+    );
+    let t = Instant::now();
+    let out = p.run(&["run"]);
+    let all = util::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    let so = stdout(&out);
+    assert_eq!(so.matches("ITERATION ").count(), 1, "one node, not four: {so}");
+    assert!(all.contains("would repeat in every iteration"), "{all}");
+    let s = p.summary();
+    assert_eq!(s["iterations"][0]["error_kind"], "unreachable", "{s:#}");
+    assert!(!s["finished_at"].is_null());
+}
+
+#[test]
+fn an_unreachable_gateway_stops_the_loop_after_one_node_with_exit_2() {
+    let port = closed_port();
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 4},
+               "exec": {"gateway_url": format!("http://127.0.0.1:{port}"), "kernel_retry": {"deadline": 1.0, "base": 0.1, "max_wait": 0.2}}}),
+        simple_handler(vec![generation_reply(&[("T1", &metrics_cell(0.9))])]),
+    );
+    let out = p.run(&["run"]);
+    let all = util::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    let so = stdout(&out);
+    assert_eq!(so.matches("ITERATION ").count(), 1, "one node, not four: {so}");
+    assert!(p.requests(Kind::Generation).len() <= 1, "generation paid once at most");
+    assert_eq!(p.summary()["iterations"][0]["error_kind"], "unreachable");
+}
+
+#[test]
+fn a_cell_whose_kernel_died_is_run_again_on_a_fresh_kernel_not_repaired() {
+    // The cell kills its kernel the first time only (as a gateway or a node dying under it would): the
+    // code never failed, so no fix is asked for and nothing of the code is changed.
+    let cell = r#"import os
+flag = os.path.join(os.environ["OUTPUT_DIR"], "died_once")
+if not os.path.exists(flag):
+    open(flag, "w").close()
+    os._exit(1)
+print("second run fine")"#;
+    let handler: Handler = Box::new(move |kind, _req, _n| match kind {
+        Kind::Generation => {
+            Reply::text(&generation_reply(&[("T1", "x = 41"), ("T2", cell), ("T3", &metrics_cell(0.9))]))
+        }
+        Kind::Fix => Reply::text("{\"edits\": [{\"cell_index\": 1, \"source\": \"print('a needless fix')\"}]}"),
+        _ => Reply::text("The numbers."),
+    });
+    let p = Project::new(json!({"experiment": {"max_iterations": 1}}), handler);
+    let out = p.run(&["run"]);
+    let all = util::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(p.requests(Kind::Fix).is_empty(), "a dead kernel is not a bug in the code: {all}");
+    assert!(all.contains("running it again on the fresh kernel"), "{all}");
+    assert!(stdout(&out).contains("[CHECK] better | PCC: 0.9000"), "{all}");
+    let nb = crate::pipeline::read_json(&p.archived()[0].join("notebook_prompt_exec.ipynb"));
+    let src: String = nb["cells"].as_array().unwrap().iter().map(|c| c["source"].to_string()).collect();
+    assert!(src.contains("died_once") && !src.contains("a needless fix"), "the code is unchanged");
+}
+
+#[test]
+fn two_resumes_of_one_summary_never_run_at_once() {
+    let handler: Handler = Box::new(|kind, _req, _n| match kind {
+        Kind::Generation => {
+            Reply::text(&generation_reply(&[("T1", &format!("import time\ntime.sleep(3)\n{}", metrics_cell(0.3)))]))
+        }
+        _ => Reply::text("The numbers."),
+    });
+    let p = Project::new(json!({"experiment": {"max_iterations": 3, "success_threshold": 0.99}}), handler);
+    // a first run killed after its first node leaves a summary to resume
+    let mut first = Running::start(cellsci(p.path()).args(["--config", "generate_execution_config.json", "run"]));
+    first.wait_for("[COST] Iteration 1");
+    std::thread::sleep(Duration::from_millis(300));
+    first.signal(libc::SIGKILL);
+    let _ = first.finish();
+    let file = std::fs::read_dir(p.save_root())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|f| f.file_name().unwrap().to_string_lossy().starts_with("phase2_loop_summary_"))
+        .unwrap();
+    let args = ["--config", "generate_execution_config.json", "run", "--resume", file.to_str().unwrap()];
+    let mut one = Running::start(cellsci(p.path()).args(args));
+    one.wait_for("[RESUME]");
+    let two = cellsci(p.path()).args(args).output().unwrap();
+    let text = util::text(&two);
+    assert_eq!(two.status.code(), Some(2), "{text}");
+    assert!(text.contains("is being resumed by another cellsci (process "), "{text}");
+    assert!(text.contains(&one.id().to_string()), "the holder's pid is named: {text}");
+    let (status, out) = one.finish();
+    assert_eq!(status.code(), Some(0), "{out}");
+    let s = p.summary();
+    let mut iters: Vec<i64> = s["iterations"].as_array().unwrap().iter().map(|r| r["iter"].as_i64().unwrap()).collect();
+    iters.sort();
+    assert_eq!(iters, [1, 2, 3]);
+    assert_eq!(p.archived().len(), 1);
+    // the lock is gone with its holder: a third resume (of a finished loop) runs
+    let three = p.run(&["run", "--resume", file.to_str().unwrap()]);
+    assert_eq!(three.status.code(), Some(0), "{}", util::text(&three));
+}
