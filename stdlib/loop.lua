@@ -150,7 +150,18 @@ function L:resume(file)
     end
   end
   self.archive_source = nil
+  for _, r in ipairs(self.iters) do
+    if r.trial_dir and not r.archived_as and not fs.exists(r.trial_dir) then
+      local found = self:find_archived(r)
+      if found then
+        r.archived_as = found
+        self.archived = self.archived or found
+        log.line("[RESUME] iteration " .. tostring(r.iter) .. " was archived as " .. path.basename(found))
+      end
+    end
+  end
   if self.best_trial and not fs.exists(self.best_trial) then self.best_score, self.best_trial = nil, nil end
+  self:update_best()
   local stopped = str(old.stopped)
   if met_rec then
     self.met_any = true
@@ -221,6 +232,37 @@ function L:summary(final, soft)
     error("cannot write " .. self.summary_path .. ": " .. tostring(err), 0)
   end
   return true
+end
+
+-- Write the summary; when that fails (a full or read-only disk), say so once and end the loop (the
+-- stop table's "disk": exit 2) instead of raising out of the bookkeeping. Returns true when written.
+function L:save(final)
+  local ok, err = self:summary(final, true)
+  if ok then return true end
+  if not self.save_failed then
+    self.save_failed = true
+    log.error("[LOOP] cannot write the loop summary " .. self.summary_path .. ": " .. tostring(err)
+      .. "; ending the loop (what is on disk can be finished with --resume)")
+  end
+  self.stopped = self.stopped or "disk"
+  return false
+end
+
+-- A record whose trial folder is gone was archived in a run that could not write the summary after the
+-- rename (a full disk): its archive is the prompt_run_* folder whose event log names the trial.
+function L:find_archived(rec)
+  local dir = rec.trial_dir
+  if type(dir) ~= "string" then return nil end
+  local list = fs.list(pipeline().prompt_root()) or {}
+  for _, name in ipairs(list) do
+    local n = type(name) == "table" and name.name or name
+    if type(n) == "string" and n:find("^prompt_run_") then
+      local cand = path.join(pipeline().prompt_root(), n)
+      local ev = fs.read(path.join(cand, "events.jsonl"), { max_bytes = 4 * 1024 * 1024 })
+      if ev and ev:find(dir .. "/", 1, true) then return cand end
+    end
+  end
+  return nil
 end
 
 -- The run page (run.html beside the summary), rebuilt when the loop opens, after each node is recorded
@@ -483,7 +525,7 @@ function L:record(node, res, err, how)
     ctx:event("cancelled", { reason = tostring(how.cancelled) })
     ctx.pending = {}
     table.insert(self.iters, rec)
-    self:summary(false)
+    self:save(false)
     self:page()
     return rec
   end
@@ -492,7 +534,7 @@ function L:record(node, res, err, how)
     self.stopped = "interrupted"
     table.insert(self.iters, rec)
     if ctx.buffered then ctx:flush(node.header) end
-    self:summary(false)
+    self:save(false)
     self:page()
     return rec
   end
@@ -556,7 +598,7 @@ function L:record(node, res, err, how)
   table.insert(self.iters, rec)
   self:update_best()
   if ctx.buffered then ctx:flush(node.header) end
-  self:summary(false)
+  self:save(false)
   self:page()
   return rec
 end
@@ -567,7 +609,20 @@ function L:archive_best()
   local b = self:best()
   if not b then return nil end
   if b.archived_as and fs.exists(b.archived_as) then return b.archived_as end
-  if self.archived and fs.exists(self.archived) then return self.archived end
+  if self.archived and fs.exists(self.archived) then
+    -- an earlier process archived another node (a resumed loop found a better one since): that folder
+    -- goes back to its trial name, so the best is the one archive
+    local old
+    for _, r in ipairs(self.iters) do
+      if r.archived_as == self.archived then old = r end
+    end
+    if not old or not old.trial_dir or fs.exists(old.trial_dir) or not fs.rename(self.archived, old.trial_dir) then
+      return self.archived
+    end
+    log.info("[ARCHIVE] " .. path.basename(self.archived) .. " is no longer the best; renamed back to "
+      .. path.basename(old.trial_dir))
+    old.archived_as, self.archived = nil, nil
+  end
   if not fs.exists(b.trial_dir) then return nil end
   return self:archive(b.trial_dir)
 end
@@ -580,7 +635,7 @@ function L:close()
     self.stopped = "interrupted"
     -- a met criterion keeps its archive, as when the loop was not interrupted
     if self.met_any and not self.archived then self:archive_best() end
-    self:summary(true)
+    self:save(true)
     self:page()
     self:unlock()
     log.line("[INTERRUPT] stopped; loop summary saved to " .. self.summary_path)
@@ -614,7 +669,7 @@ function L:close()
       end
     end
   end
-  self:summary(true)
+  self:save(true)
   self:page()
   self:unlock()
   if self.archived then log.info("[LOOP] report: " .. path.join(self.archived, "experiment_report.md")) end

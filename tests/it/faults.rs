@@ -74,10 +74,10 @@ fn ctrl_c_during_the_report_request_ends_the_loop_as_interrupted_not_valid() {
 }
 
 /// Mount a tmpfs of `size` at `dir` (root only); None with a printed reason where that is not possible.
-struct Tmpfs(PathBuf);
+pub(crate) struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+    pub(crate) fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(dir).unwrap();
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("SKIPPED: mounting a tmpfs needs root");

@@ -126,3 +126,56 @@ fn two_resumes_of_one_summary_never_run_at_once() {
     let three = p.run(&["run", "--resume", file.to_str().unwrap()]);
     assert_eq!(three.status.code(), Some(0), "{}", util::text(&three));
 }
+
+#[test]
+fn a_full_disk_still_archives_the_best_trial_and_resume_finishes_the_summary() {
+    // The archive plan had to be written to the summary before the rename; on a full disk that write
+    // failed, no rename happened and the best trial was lost to phase 3.
+    let fill = r#"import os
+chunk = b"x" * 65536
+try:
+    with open(os.path.join(os.environ["OUTPUT_DIR"], "fill.bin"), "wb") as f:
+        while True:
+            f.write(chunk)
+            f.flush()
+except OSError as e:
+    print("disk full:", e.strerror)"#;
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 3, "success_threshold": 0.99}}),
+        simple_handler(vec![
+            generation_reply(&[("T1", &metrics_cell(0.3))]),
+            generation_reply(&[("T1", fill), ("T2", &metrics_cell(0.4))]),
+            generation_reply(&[("T1", &metrics_cell(0.35))]),
+        ]),
+    );
+    let Some(_mount) = crate::faults::Tmpfs::mount(&p.save_root(), "3m") else {
+        assert!(std::env::var("CI").is_err(), "CI=true: this test needs a tmpfs (run as root)");
+        return;
+    };
+    let out = p.run(&["run"]);
+    let all = util::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(!all.contains("stack traceback"), "no Lua traceback for an expected failure: {all}");
+    assert!(stdout(&out).contains("[ARCHIVE] Saved run to: prompt_run_"), "{all}");
+    let archived = p.archived();
+    assert_eq!(archived.len(), 1, "{all}");
+    let m = crate::pipeline::read_json(&archived[0].join("metrics.json"));
+    assert_eq!(m["models"]["better"]["aggregate"]["PCC"], 0.3, "the best trial (node 1) is the archive");
+    // Space again, then --resume finishes the summary with the archive it finds.
+    for t in p.trials() {
+        let _ = std::fs::remove_file(t.join("fill.bin"));
+    }
+    let file = std::fs::read_dir(p.save_root())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|f| f.file_name().unwrap().to_string_lossy().starts_with("phase2_loop_summary_"))
+        .unwrap();
+    let out = p.run(&["run", "--resume", file.to_str().unwrap()]);
+    let all = util::text(&out);
+    assert!(out.status.code() == Some(0) || out.status.code() == Some(2), "{all}");
+    let s = p.summary();
+    assert!(!s["finished_at"].is_null(), "{all}\n{s:#}");
+    assert_eq!(p.archived().len(), 1, "archived once: {all}");
+    assert_eq!(s["archived_dir"], s["best_trial_dir"], "{s:#}");
+}
