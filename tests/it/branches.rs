@@ -199,10 +199,11 @@ fn the_tree_strategy_improves_its_best_node_and_archives_it() {
     assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
     let s = summary(&p);
     let its = s["iterations"].as_array().unwrap();
-    assert_eq!(its.len(), 6, "{s:#}");
-    let by: std::collections::HashMap<i64, &Value> = its.iter().map(|r| (r["iter"].as_i64().unwrap(), r)).collect();
+    assert!(its.len() >= 4 && its.len() <= 6, "{s:#}");
+    let its: Vec<&Value> = its.iter().filter(|r| r["status"] != "CANCELLED").collect();
+    let by: std::collections::HashMap<i64, &Value> = its.iter().map(|r| (r["iter"].as_i64().unwrap(), *r)).collect();
     let mut improved = 0;
-    for r in its {
+    for r in &its {
         if r["kind"] == "improve" {
             let parent = by[&r["parent"].as_i64().unwrap()];
             assert!(r["score"].as_f64().unwrap() > parent["score"].as_f64().unwrap(), "{r:#} vs {parent:#}");
