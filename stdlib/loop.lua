@@ -694,14 +694,47 @@ function M.strategy(name)
     local chunk, err = loadfile(name)
     if not chunk then error("config: cannot load the strategy " .. name .. ": " .. tostring(err), 0) end
     local mod = chunk()
+    if type(mod) == "table" and type(mod.run) ~= "function" and type(mod.choose) == "function" then
+      -- a policy file: run on the scheduler, and loaded again at a decision after it was edited
+      return M.policy_file(name, mod)
+    end
     if type(mod) ~= "table" or type(mod.run) ~= "function" then
-      error("config: the strategy " .. name .. " must return a table with a run(L, opts) function", 0)
+      error("config: the strategy " .. name .. " must return a table with a run(L, opts) or a choose(S) function", 0)
     end
     return mod
   end
   local ok, mod = pcall(require, "strategies." .. name)
   if not ok then error("config: unknown strategy '" .. name .. "' (bundled: serial, best_of_n, greedy, tree, mcts, evolve): " .. tostring(mod), 0) end
   return mod
+end
+
+local function stamp_of(file)
+  local st = fs.stat(file)
+  return st and (tostring(st.mtime) .. ":" .. tostring(st.size)) or ""
+end
+
+-- A policy file ({choose = f}) as a strategy: the scheduler asks it for every node, and an edit of the
+-- file is loaded at the next decision (a copy that fails to load keeps the last good one, with a warning).
+function M.policy_file(file, mod)
+  local cur, stamp = mod, stamp_of(file)
+  local function get()
+    local now = stamp_of(file)
+    if now ~= stamp then
+      stamp = now
+      local chunk, err = loadfile(file)
+      local ok, m = false, err
+      if chunk then ok, m = pcall(chunk) end
+      if ok and type(m) == "table" and type(m.choose) == "function" then
+        cur = m
+        log.info("reloaded " .. file)
+      else
+        log.warn("[SEARCH] " .. file .. " was edited but cannot be used (keeping the last good version): "
+          .. tostring(ok and "it must return a table with choose(S)" or m))
+      end
+    end
+    return cur
+  end
+  return { run = function(L, opts) require("search").run(L, opts, get) end }
 end
 
 -- `cellsci run`: open the loop, run the strategy (opts.strategy, else config search.strategy, else

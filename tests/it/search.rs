@@ -404,3 +404,47 @@ fn a_killed_mcts_run_resumes_and_finishes_exactly_what_was_left() {
     }
     p.assert_no_kernel_left();
 }
+
+/// The README's policy example (the block starting `-- two_best.lua`), as a user would copy it.
+fn readme_policy() -> String {
+    let readme = std::fs::read_to_string(util::repo().join("README.md")).unwrap();
+    let at = readme.find("-- two_best.lua").expect("the README's policy example");
+    readme[at..readme[at..].find("```").unwrap() + at].to_string()
+}
+
+#[test]
+fn the_readmes_policy_file_runs_on_the_scheduler_and_an_edit_is_loaded_at_the_next_decision() {
+    let handler: Handler = Box::new(|kind, _req, n| match kind {
+        Kind::Generation => Reply::text(&generation_reply(&[("T1", &cell(0.7, 0.2 + 0.01 * n as f64))])),
+        _ => Reply::text("The numbers."),
+    });
+    let p = project(
+        json!({"experiment": {"max_iterations": 9, "success_threshold": 0.99}, "search": {"branches": 3}}),
+        handler,
+    );
+    let file = util::write(p.path(), "two_best.lua", &readme_policy());
+    let mut run = Running::start(cellsci(p.path()).args([
+        "--config",
+        "generate_execution_config.json",
+        "run",
+        "--strategy",
+        file.to_str().unwrap(),
+    ]));
+    run.wait_for("[COST] Iteration");
+    run.wait_for("[COST] Iteration");
+    run.wait_for("[COST] Iteration");
+    // from now on: drafts only, tagged
+    std::fs::write(&file, "return { choose = function(S) return { kind = \"draft\", focus = \"edited\" } end }\n")
+        .unwrap();
+    let (status, out) = run.finish();
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(out.contains(&format!("reloaded {}", file.display())), "{out}");
+    let s = p.summary();
+    let recs = iterations(&s);
+    assert_eq!(recs.len(), 9);
+    let kinds: Vec<&str> = recs.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert!(kinds.iter().filter(|k| **k == "improve").count() >= 1, "the README's policy improved: {kinds:?}");
+    assert!(recs.iter().any(|r| r["focus"] == "edited"), "the edited policy was used: {kinds:?}");
+    let last = recs.iter().max_by_key(|r| r["iter"].as_i64().unwrap()).unwrap();
+    assert_eq!(last["focus"], "edited", "{last:#}");
+}
