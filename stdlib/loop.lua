@@ -102,10 +102,11 @@ function M.open(opts)
     self.lock = fs.lock(M.lock_path(self.summary_path))
   end
   if self.time_limit and self.time_limit <= 0 then self.time_limit = nil end
+  -- A summary from the start (before the first line): a loop killed during its first node can still be
+  -- resumed.
+  self:summary(false)
   log.info(string.format("[LOOP] %d iterations at most; the criterion: %s; summary: %s", self.max_iters,
     self:describe(), self.summary_path))
-  -- A summary from the start: a loop killed during its first node can still be resumed.
-  self:summary(false)
   self:page()
   return self
 end

@@ -179,3 +179,126 @@ except OSError as e:
     assert_eq!(p.archived().len(), 1, "archived once: {all}");
     assert_eq!(s["archived_dir"], s["best_trial_dir"], "{s:#}");
 }
+
+/// A 4-branch greedy search that meets the criterion after a few improvements (0.4 -> 0.7 -> 1.0).
+fn four_branch_project() -> Project {
+    let handler: Handler = Box::new(|kind, req, _n| match kind {
+        Kind::Generation => {
+            let user = req["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap_or("");
+            let re = regex::Regex::new(r"It scored ([0-9]+(?:\.[0-9]+)?)").unwrap();
+            let score = re.captures(user).map_or(0.4, |c| c[1].parse::<f64>().unwrap() + 0.3);
+            let code = format!("import time\ntime.sleep(0.4)\n{}", metrics_cell((score * 100.0).round() / 100.0));
+            Reply::text(&generation_reply(&[("T1", &code)]))
+        }
+        _ => Reply::text("The numbers."),
+    });
+    Project::new(
+        json!({"experiment": {"max_iterations": 10, "success_threshold": 0.9},
+               "search": {"strategy": "greedy", "branches": 4, "drafts": 2, "debug_prob": 0}}),
+        handler,
+    )
+}
+
+/// Every file cellsci writes parses (the summary, notebooks, event logs); a metrics.json the notebook was
+/// writing when its kernel died with cellsci is the notebook's own, and may be torn.
+fn files_valid(p: &Project) {
+    for f in crate::pipeline::walk(p.path()) {
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        if name == "metrics.json" {
+            continue;
+        }
+        if name.ends_with(".json") || name.ends_with(".ipynb") {
+            let text = std::fs::read_to_string(&f).unwrap();
+            serde_json::from_str::<serde_json::Value>(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        } else if name == "events.jsonl" {
+            for (i, line) in std::fs::read_to_string(&f).unwrap().lines().enumerate() {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("{}:{}: {e}", f.display(), i + 1));
+            }
+        }
+    }
+}
+
+fn kill_parallel_at_and_resume(point: &str, nth: usize) {
+    let p = four_branch_project();
+    let mut run = Running::start(cellsci(p.path()).args(["--config", "generate_execution_config.json", "run"]));
+    for _ in 0..nth {
+        run.wait_for(point);
+    }
+    run.signal(libc::SIGKILL);
+    let (_, seen) = run.finish();
+    util::wait_until(&format!("no process left 1 s after SIGKILL at {point:?} #{nth}"), 1, || {
+        crate::pipeline::processes_under(p.path()).is_empty()
+    });
+    files_valid(&p);
+    let file = std::fs::read_dir(p.save_root())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|f| f.file_name().unwrap().to_string_lossy().starts_with("phase2_loop_summary_"))
+        .expect("a loop summary");
+    let out = p.run(&["run", "--resume", file.to_str().unwrap()]);
+    let all = util::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{seen}\n---\n{all}");
+    let s = crate::pipeline::read_json(&file);
+    assert!(s["finished_at"].is_string(), "{s:#}");
+    assert_eq!(s["criteria_met"], true, "{all}\n{s:#}");
+    let archived = p.archived();
+    assert_eq!(archived.len(), 1, "the best archived once: {archived:?}\n{all}");
+    assert_eq!(s["archived_dir"], archived[0].display().to_string());
+    assert_eq!(s["best_trial_dir"], s["archived_dir"]);
+    let m = crate::pipeline::read_json(&archived[0].join("metrics.json"));
+    assert_eq!(m["models"]["better"]["aggregate"]["PCC"].as_f64(), s["best_score"].as_f64(), "{s:#}");
+    // every node once, none left in flight
+    let mut iters: Vec<i64> = s["iterations"].as_array().unwrap().iter().map(|r| r["iter"].as_i64().unwrap()).collect();
+    let n = iters.len();
+    iters.sort();
+    iters.dedup();
+    assert_eq!(iters.len(), n, "a node recorded twice: {s:#}");
+    assert_eq!(s["in_flight"], json!([]));
+    files_valid(&p);
+    p.assert_no_kernel_left();
+}
+
+#[test]
+fn sigkill_anywhere_in_a_four_branch_search_then_resume_archives_the_best_once() {
+    const POINTS: &[(&str, usize)] = &[
+        ("[LOOP] 10 iterations at most", 1),
+        ("ITERATION ", 1),
+        ("[CHECK]", 1),
+        ("[COST] Iteration", 2),
+        ("[CONTINUE]", 2),
+        ("ITERATION ", 3),
+        ("[CHECK]", 4),
+        ("[SUCCESS]", 1),
+        ("[ARCHIVE] Saved run to", 1),
+        ("[LOOP] report", 1),
+        ("[LOOP] Finished", 1),
+    ];
+    let failures = std::sync::Mutex::new(Vec::new());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some((point, nth)) = POINTS.get(i) else { break };
+                if let Err(e) = std::panic::catch_unwind(|| kill_parallel_at_and_resume(point, *nth)) {
+                    let msg = e
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    failures.lock().unwrap().push(format!("killed at {point:?} #{nth}: {msg}"));
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} kill points failed:\n{}",
+        failures.len(),
+        POINTS.len(),
+        failures.join("\n\n")
+    );
+}
