@@ -599,3 +599,33 @@ fn confirmation_with_seeds_turns_a_lucky_score_into_not_met_and_archives_a_robus
     );
     println!("{}", all.lines().filter(|l| l.contains("[SEEDS]")).collect::<Vec<_>>().join("\n"));
 }
+
+#[test]
+fn a_users_criterion_reading_the_comparison_judges_a_tree_search() {
+    // The same user criterion (gain10 over t.compare) in a parallel tree run: each node judged on its own
+    // evidence, no shared state; the lucky draft is not met, the steady improvement is.
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 6, "criterion": "gain10"},
+               "search": {"strategy": "tree", "branches": 2, "drafts": 2, "debug_prob": 0}}),
+        simple_handler(vec![
+            generation_reply(&[("T1", &folds_cell("lucky", &[0.90, 0.20, 0.95, 0.30, 0.85]))]),
+            generation_reply(&[("T1", &folds_cell("lucky", &[0.85, 0.25, 0.90, 0.35, 0.80]))]),
+            generation_reply(&[("T1", &folds_cell("steady", &[0.60, 0.63, 0.61, 0.64, 0.58]))]),
+        ]),
+    );
+    util::write(p.path(), "policies/success.lua", USER_SUCCESS);
+    let out = p.run(&["--scripts", "policies", "run"]);
+    let text = util::text(&out);
+    let so = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("the criterion: PCC 10% better than the baseline at p < 0.05"), "{text}");
+    assert!(so.contains("[CONTINUE] Criterion not met: lucky "), "{so}");
+    assert!(so.contains("[SUCCESS] Success threshold met (steady +49.3% vs ridge_baseline, p 7.0e-7)"), "{so}");
+    let s = p.summary();
+    let met: Vec<&serde_json::Value> =
+        s["iterations"].as_array().unwrap().iter().filter(|r| r["criteria_met"] == true).collect();
+    assert_eq!(met.len(), 1, "{s:#}");
+    assert_eq!(met[0]["verdict"]["criterion"], "gain10");
+    assert_ne!(met[0]["kind"], "draft", "the improvement met it: {s:#}");
+    assert_eq!(s["best_trial_dir"], s["archived_dir"]);
+}
