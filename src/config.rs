@@ -628,6 +628,6 @@ mod tests {
     fn wrong_type_names_the_key_path() {
         let v = serde_json::json!({"exec": {"max_fix_rounds": "five"}});
         let e = from_value(Path::new("/tmp/c.json"), v).unwrap_err().to_string();
-        assert!(e.ends_with("exec.max_fix_rounds: expected a number, got \"five\""), "{e}");
+        assert!(e.ends_with("exec.max_fix_rounds: expected a whole number >= 0, got \"five\""), "{e}");
     }
 }
