@@ -246,27 +246,30 @@ fn the_node_and_time_budgets_end_the_search_with_the_best_archived() {
     assert_eq!(p.archived().len(), 1);
     assert_eq!(s["best_trial_dir"], s["archived_dir"]);
 
-    // search.time_limit: nodes train 3 s each; 5 s of search leaves the rest cancelled
+    // search.time_limit: the first two nodes train 0.5 s, the later ones 60 s; 12 s of search cancels those
     let handler: Handler = Box::new(|kind, _req, n| match kind {
-        Kind::Generation => Reply::text(&generation_reply(&[("T1", &cell(3.0, 0.2 + 0.01 * n as f64))])),
+        Kind::Generation => {
+            Reply::text(&generation_reply(&[("T1", &cell(if n < 2 { 0.5 } else { 60.0 }, 0.2 + 0.01 * n as f64))]))
+        }
         _ => Reply::text("The numbers."),
     });
     let p = project(
         json!({"experiment": {"max_iterations": 20, "success_threshold": 0.99},
-               "search": {"strategy": "best_of_n", "branches": 2, "time_limit": 5}}),
+               "search": {"strategy": "best_of_n", "branches": 2, "time_limit": 12}}),
         handler,
     );
     let t = Instant::now();
     let out = p.run(&["run"]);
     let took = t.elapsed();
     assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
-    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert!(took < Duration::from_secs(40), "the 60 s cells were cut short: {took:?}");
     let so = stdout(&out);
-    assert!(so.contains("[LOOP] the search's time limit (5s) is spent; ending the search here"), "{so}");
+    assert!(so.contains("[LOOP] the search's time limit (12s) is spent; ending the search here"), "{so}");
     let s = p.summary();
     assert_eq!(s["stopped"], "time_limit");
     let recs = iterations(&s);
     assert!(recs.iter().any(|r| r["status"] == "VALID"), "{s:#}");
+    assert!(recs.iter().any(|r| r["status"] == "CANCELLED"), "{s:#}");
     assert!(recs.len() < 20);
     assert_eq!(p.archived().len(), 1, "the best is archived");
     assert_eq!(s["best_trial_dir"], s["archived_dir"]);
