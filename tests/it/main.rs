@@ -12,6 +12,7 @@ mod notebook;
 mod pipeline;
 mod reload;
 mod report;
+mod run_page;
 mod runner;
 mod util;
 mod view;

@@ -69,19 +69,24 @@ fn view_shows_hostile_trial_content_as_escaped_text() {
     let summary = hostile_run(dir.path(), true);
     let out = cellsci(dir.path()).arg("view").arg(&summary).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
-    let page_path = dir.path().join("run.html");
+    let page_path = dir.path().join("run_20260101_999999999.html");
     assert_eq!(stdout(&out).trim(), page_path.display().to_string());
+    assert_eq!(
+        std::fs::read(dir.path().join("run.html")).unwrap(),
+        std::fs::read(&page_path).unwrap(),
+        "run.html: the newest run's page"
+    );
     let page = std::fs::read_to_string(&page_path).unwrap();
     assert_no_live_script(&page);
     assert!(page.contains("&lt;script&gt;alert(1)&lt;"), "escaped: {page}");
     assert!(page.contains("&quot;quoted&quot;") && page.contains("&#x27;single&#x27;"), "{page}");
     assert!(page.contains("bad \u{fffd}\u{fffd} bytes"), "invalid UTF-8 is replaced: {page}");
     assert!(page.contains("1 unreadable line(s)"), "{page}");
-    assert!(page.contains("fix round 1</strong> by LLM"), "{page}");
+    assert!(page.contains("fix round 1</strong> proposed by LLM: <span class=\"ok-text\">applied</span>"), "{page}");
     assert!(page.contains("class=\"ins\">+ print(&#x27;&lt;&#x2f;pre&gt;"), "the diff's new line: {page}");
     assert!(!page.contains("http-equiv=\"refresh\""), "a finished run's page does not reload");
     assert!(!page.contains("http://") && !page.contains("https://"), "nothing from the network");
-    assert_eq!(page.matches("class=\"dnode\"").count(), 2);
+    assert_eq!(page.matches("<g class=\"dnode").count(), 2);
     assert!(page.contains("href=\"prompt&#x2f;prompt_run_1&#x2f;events.jsonl\""), "relative links: {page}");
 }
 
@@ -91,7 +96,7 @@ fn view_rebuilds_a_page_and_refuses_a_file_that_is_not_a_loop_summary() {
     let summary = hostile_run(dir.path(), false);
     let out = cellsci(dir.path()).arg("view").arg(&summary).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
-    let page = std::fs::read_to_string(dir.path().join("run.html")).unwrap();
+    let page = std::fs::read_to_string(dir.path().join("run_20260101_999999999.html")).unwrap();
     assert!(page.contains("not finished (killed?)"), "a killed run is shown as such: {page}");
     assert!(!page.contains("http-equiv=\"refresh\""), "its writer is gone: no reload");
     for (name, text) in [("config.json", r#"{"dataset_name": "x"}"#), ("broken.json", "{not json")] {
@@ -174,17 +179,23 @@ fn a_scripted_runs_page_matches_its_summary() {
     assert_eq!(its[0]["status"], "CRASH");
     assert_eq!(its[1]["status"], "VALID");
     let page = std::fs::read_to_string(p.save_root().join("run.html")).unwrap();
-    assert_eq!(page.matches("class=\"dnode\"").count(), its.len(), "{page}");
+    assert_eq!(page.matches("<g class=\"dnode").count(), its.len(), "{page}");
     for r in its {
-        let at = format!("id=\"iter-{}\" data-status=\"{}\"", r["iter"], r["status"].as_str().unwrap());
+        let at = format!(
+            "id=\"iter-{i}\" data-iter=\"{i}\" data-status=\"{}\"",
+            r["status"].as_str().unwrap(),
+            i = r["iter"]
+        );
         assert!(page.contains(&at), "{at}: {page}");
     }
     assert_eq!(page.matches("class=\"badge ok\">archived<").count(), 1, "the winner is marked");
-    assert!(page.contains("fix round 1</strong> by LLM"), "{page}");
+    assert!(page.contains("fix round 1</strong> proposed by LLM: <span class=\"ok-text\">applied</span>"), "{page}");
     assert!(page.contains("class=\"ins\">+ y = 2"), "the fix's diff: {page}");
     assert!(page.contains("NameError"), "the fixed cell's error: {page}");
-    // The report's computed table and its plot are on the page itself (the plot as a data: image).
-    assert!(page.contains("computed results (experiment_report.md)") && page.contains("| Model |"), "{page}");
+    // The computed tables (HTML, from metrics.json) and the per-fold plot are on the page itself (the
+    // plot as a data: image).
+    assert!(page.contains("<table class=\"results\">") && page.contains("<th>better ★</th>"), "{page}");
+    assert!(!page.contains("| Model |"), "no markdown pipes: {page}");
     // (minijinja escapes the slash as &#x2f;, which the browser reads back as '/')
     assert!(page.contains("src=\"data:image&#x2f;svg+xml,%3Csvg"), "{page}");
     assert!(page.contains("&lt;script&gt;alert(1)"), "{page}");
@@ -193,8 +204,7 @@ fn a_scripted_runs_page_matches_its_summary() {
     assert!(page.contains("href=\"prompt&#x2f;prompt_run_"), "links into the archived trial: {page}");
 
     // The same page, and the page as it was while the run went on, in a real browser.
-    let Some(browser) = chromium() else {
-        println!("SKIPPED the browser part of a_scripted_runs_page_matches_its_summary: no chromium binary");
+    let Some(browser) = chromium_or_skip("the browser part of a_scripted_runs_page_matches_its_summary") else {
         return;
     };
     let summary = std::fs::read_dir(p.save_root())
@@ -215,7 +225,7 @@ fn a_scripted_runs_page_matches_its_summary() {
     for (file, is_live) in [(p.save_root().join("run.html"), false), (live, true)] {
         let (dom, log) = browser_dom(&browser, &file);
         assert!(!log.contains("CONSOLE") && !log.contains("Uncaught"), "console messages: {log}");
-        assert_eq!(dom.matches("class=\"dnode\"").count(), its.len(), "{dom}");
+        assert_eq!(dom.matches("<g class=\"dnode").count(), its.len(), "{dom}");
         assert!(dom.contains("data-status=\"CRASH\"") && dom.contains("data-status=\"VALID\""), "{dom}");
         assert!(dom.contains("<span class=\"ins\">+ y = 2"), "the fix round's diff: {dom}");
         assert_eq!(dom.contains("http-equiv=\"refresh\""), is_live, "{dom}");
@@ -231,8 +241,25 @@ fn chromium() -> Option<PathBuf> {
     std::env::split_paths(&path).flat_map(|d| ["chromium", "chromium-browser"].map(|n| d.join(n))).find(|p| p.is_file())
 }
 
+/// A Chromium for a browser check, or None after saying the check is skipped. Under `CI=true` a missing
+/// Chromium fails the test instead: CI must run the browser checks.
+#[track_caller]
+pub(crate) fn chromium_or_skip(what: &str) -> Option<PathBuf> {
+    let found = chromium();
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").map(|v| v != "true").unwrap_or(true),
+            "CI=true and no chromium binary for {what} (install Debian's chromium, as .ci/run does, or set CELLSCI_CHROMIUM)"
+        );
+        println!(
+            "SKIPPED {what}: no chromium binary (install Debian's chromium, as .ci/run does, or set CELLSCI_CHROMIUM)"
+        );
+    }
+    found
+}
+
 /// The page's DOM as a headless Chromium builds it, and what the browser logged (console messages).
-fn browser_dom(browser: &Path, page: &Path) -> (String, String) {
+pub(crate) fn browser_dom(browser: &Path, page: &Path) -> (String, String) {
     let profile = util::tempdir();
     let out = std::process::Command::new("timeout")
         .arg("90")
@@ -251,8 +278,7 @@ fn browser_dom(browser: &Path, page: &Path) -> (String, String) {
 // strings are text nodes, and the nodes and fix rounds are in the DOM.
 #[test]
 fn a_headless_chromium_reads_the_page_as_text_without_console_errors() {
-    let Some(browser) = chromium() else {
-        println!("SKIPPED a_headless_chromium_reads_the_page_as_text_without_console_errors: no chromium binary (install Debian's chromium, as .ci/run does, or set CELLSCI_CHROMIUM)");
+    let Some(browser) = chromium_or_skip("a_headless_chromium_reads_the_page_as_text_without_console_errors") else {
         return;
     };
     for finished in [true, false] {
@@ -272,7 +298,7 @@ fn a_headless_chromium_reads_the_page_as_text_without_console_errors() {
         assert!(!log.contains("CONSOLE") && !log.contains("Uncaught"), "console messages: {log}");
         assert!(!dom.to_ascii_lowercase().contains("<script"), "no script element in the DOM: {dom}");
         assert!(dom.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "hostile text is text: {dom}");
-        assert_eq!(dom.matches("class=\"dnode\"").count(), 2, "{dom}");
+        assert_eq!(dom.matches("<g class=\"dnode").count(), 2, "{dom}");
         assert!(dom.contains("data-status=\"CRASH\"") && dom.contains("data-status=\"VALID\""), "{dom}");
         assert!(dom.contains("<span class=\"ins\">+ print('&lt;/pre&gt;"), "the fix's diff line: {dom}");
         assert_eq!(dom.contains("http-equiv=\"refresh\""), !finished, "{dom}");
