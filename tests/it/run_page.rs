@@ -34,6 +34,13 @@ fn page_of(summary: &Path) -> PathBuf {
     summary.with_file_name(name.replace(".json", ".html"))
 }
 
+/// `run.html` in `dir` is a copy of `page` (the newest run's page).
+#[track_caller]
+pub(crate) fn assert_latest(dir: &Path, page: &Path) {
+    let latest = std::fs::read(dir.join("run.html")).unwrap();
+    assert!(latest == std::fs::read(page).unwrap(), "run.html is {}", page.display());
+}
+
 fn unescape(s: &str) -> String {
     s.replace("&#x2f;", "/")
         .replace("&quot;", "\"")
@@ -175,8 +182,7 @@ fn one_node_serial_pages_two_runs_on_one_save_root_never_overwrite_each_other() 
     assert_eq!(all.len(), 2, "{all:?}");
     let second = all.into_iter().find(|f| *f != first).unwrap();
     assert_eq!(std::fs::read_to_string(page_of(&first)).unwrap(), page, "the first run's page is untouched");
-    let latest = std::fs::read_to_string(p.save_root().join("run.html")).unwrap();
-    assert_eq!(latest, std::fs::read_to_string(page_of(&second)).unwrap());
+    assert_latest(&p.save_root(), &page_of(&second));
     // `view` of the older run, from the summary's own folder by its bare name: its page, links that work,
     // run.html still the newest run's.
     let name = first.file_name().unwrap().to_str().unwrap();
@@ -185,7 +191,8 @@ fn one_node_serial_pages_two_runs_on_one_save_root_never_overwrite_each_other() 
     assert_eq!(stdout(&out).trim(), page_of(Path::new(name)).display().to_string());
     assert_page_matches(&page_of(&first), &s);
     assert!(!std::fs::read_to_string(page_of(&first)).unwrap().contains("href=\"&#x2f;&#x2f;"), "no //folder links");
-    assert_eq!(std::fs::read_to_string(p.save_root().join("run.html")).unwrap(), latest);
+    // viewing an older run leaves run.html alone
+    assert_latest(&p.save_root(), &page_of(&second));
 }
 
 #[test]
@@ -307,6 +314,80 @@ fn a_killed_run_has_a_page_and_its_resumption_completes_it() {
     assert_page_matches(&page_path, &s);
     let page = std::fs::read_to_string(&page_path).unwrap();
     assert!(page.contains("finished, criterion not met"), "{page}");
-    assert_eq!(std::fs::read_to_string(p.save_root().join("run.html")).unwrap(), page);
+    assert_latest(&p.save_root(), &page_path);
     assert_browser_reads(&page_path, 3);
+}
+
+/// The cost of a rebuild at 200 nodes (run with `--ignored --nocapture`; prints figures, asserts
+/// nothing about time): a real trial copied 200 times under a tree-shaped summary, then `report.page`
+/// from one process, as the loop calls it: a first build, rebuilds with nothing changed, rebuilds after
+/// one trial's event log grew, and after a node was added. `CELLSCI_BENCH_BIN` measures another build
+/// of cellsci (e.g. an older one) with the same script.
+#[test]
+#[ignore]
+fn bench_page_rebuild_at_200_nodes() {
+    let p = project(1, json!({}), &[]);
+    let out = p.run(&["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    let one = read_json(&summaries(&p)[0]);
+    let src = p.trials().into_iter().next().unwrap();
+    let root = p.save_root().join("bench");
+    let mut recs = Vec::new();
+    for i in 1..=200i64 {
+        let t = root.join(format!("prompt/workspace_bench_iter{i:03}"));
+        copy_dir(&src, &t);
+        let mut r = one["iterations"][0].clone();
+        r["iter"] = json!(i);
+        r["trial_dir"] = json!(t);
+        r.as_object_mut().unwrap().remove("archived_as");
+        r["parent"] = if i > 3 { json!((i - 1) / 3) } else { Value::Null };
+        r["kind"] = json!(if i > 3 { "improve" } else { "draft" });
+        r["score"] = json!(0.2 + 0.001 * i as f64);
+        recs.push(r);
+    }
+    let mut s = one.clone();
+    s["iterations"] = json!(recs[..199]);
+    s["finished_at"] = Value::Null;
+    let summary = util::write(&root, "phase2_loop_summary_20260101_000000_1.json", &s.to_string());
+    s["iterations"] = json!(recs);
+    let grown = util::write(&root, "grown.json", &s.to_string());
+    let lua = r#"
+local report, time, fs = require("report"), require("time"), require("fs")
+local summary, grown, trial = arg[1], arg[2], arg[3]
+local function ms(f, n)
+  local t = time.now()
+  for _ = 1, n do f() end
+  return (time.now() - t) * 1000 / n
+end
+local page = function() assert(report.page(summary, { live = true })) end
+local first = ms(page, 1)
+local same = ms(page, 5)
+local ev = trial .. "/events.jsonl"
+local changed = ms(function()
+  assert(fs.write(ev, assert(fs.read(ev)) .. '{"kind":"log","level":"warn","message":"one more"}\n'))
+  page()
+end, 5)
+assert(fs.write(summary, assert(fs.read(grown))))
+local added = ms(page, 1)
+print(string.format("BENCH 200 nodes: first build %.1f ms (%.2f ms/node); rebuild, nothing changed %.1f ms (%.3f ms/node); one trial changed %.1f ms (%.3f ms/node); one node added %.1f ms (%.3f ms/node)",
+  first, first / 200, same, same / 200, changed, changed / 200, added, added / 200))
+"#;
+    util::write(&root, "bench.lua", lua);
+    let bin = std::env::var_os("CELLSCI_BENCH_BIN").map(PathBuf::from).unwrap_or_else(util::bin);
+    let trial = root.join("prompt/workspace_bench_iter100");
+    let out = std::process::Command::new(bin)
+        .current_dir(&root)
+        .args(["script", "bench.lua"])
+        .arg(&summary)
+        .arg(&grown)
+        .arg(&trial)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    println!("{}", stdout(&out).trim());
+    if let Some(dir) = std::env::var_os("CELLSCI_SHOTS") {
+        let keep = PathBuf::from(dir).join("bench200");
+        let _ = std::fs::remove_dir_all(&keep);
+        copy_dir(&root, &keep);
+    }
 }

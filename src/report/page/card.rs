@@ -17,8 +17,6 @@ use crate::report::stats::{self, summarize, Basis, Direction, ALPHA};
 
 /// The largest file read for a card (an event log, a notebook); bigger ones are skipped.
 const MAX_READ: u64 = 64 << 20;
-/// The largest plot embedded in the page (bigger ones stay links).
-const MAX_PLOT: u64 = 2 << 20;
 /// The most characters of a strategy or narrative shown.
 const LONG_CLIP: usize = 20_000;
 /// The most lines of a diff against the parent shown.
@@ -303,10 +301,11 @@ fn trial_files(trial: &Path, parent_trial: Option<&Path>, card: &mut Card, cx: &
         card.narrative = clip_long(&narrative(&report));
     }
     results(trial, card, cx);
-    // The per-fold plot only: the per-iteration one is the page's own chart.
-    if let Ok(svg) = crate::files::read_regular(&trial.join("fold_scores.svg"), MAX_PLOT) {
-        let enc = percent_encoding::percent_encode(&svg, percent_encoding::NON_ALPHANUMERIC);
-        card.plots.push(Plot { title: format!("{} per fold", cx.metric), uri: format!("data:image/svg+xml,{enc}") });
+    // The per-fold plot only (the per-iteration one is the page's own chart), shown from its file
+    // beside the trial: embedding every node's plot made a 200-node page tens of megabytes.
+    let svg = trial.join("fold_scores.svg");
+    if svg.is_file() {
+        card.plots.push(Plot { title: format!("{} per fold", cx.metric), uri: href(&svg, cx.base) });
     }
     let mut cells: BTreeMap<i64, Cell> = BTreeMap::new();
     match crate::files::read_regular(&trial.join("events.jsonl"), MAX_READ) {
@@ -471,7 +470,12 @@ fn results(trial: &Path, card: &mut Card, cx: &Ctx) {
         baseline: default_baseline(&m).unwrap_or_default(),
     };
     let cmp = stats::compare(&m, cx.metric, &basis);
-    let names = display_order(&m.metric_names());
+    // the primary metric first, then the others in the report's order
+    let mut names = display_order(&m.metric_names());
+    if let Some(at) = cmp.as_ref().ok().and_then(|c| names.iter().position(|n| *n == c.metric)) {
+        let primary = names.remove(at);
+        names.insert(0, primary);
+    }
     let best = cmp.as_ref().ok().and_then(|c| c.best.clone()).or_else(|| m.winner.clone()).unwrap_or_default();
     let mut r = Results {
         metric: cmp.as_ref().map(|c| c.metric.clone()).unwrap_or_else(|_| cx.metric.to_string()),

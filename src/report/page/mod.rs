@@ -1,7 +1,8 @@
-//! The run page: one self-contained HTML file per loop, beside its summary and named after it
-//! (`run_<stamp>_<pid>.html` for `phase2_loop_summary_<stamp>_<pid>.json`), plus `run.html`, a copy of the newest run's page. It is
-//! built from the summary and each trial's own files (see `card`). The page is a view, never the source
-//! of truth: nothing here writes anything but the page.
+//! The run page: one HTML file per loop, beside its summary and named after it (`run_<stamp>_<pid>.html`
+//! for `phase2_loop_summary_<stamp>_<pid>.json`), plus `run.html`, a copy of the newest run's
+//! page (the run whose summary was written last). It is built from the summary and each trial's own files (see `card`); it links to the
+//! trials' files (notebooks, plots) by relative paths. The page is a view, never the source of truth:
+//! nothing here writes anything but the pages.
 //!
 //! The markup is a minijinja template (`scripts/run.html.j2`, shadowable like every bundled script) and
 //! every value reaches it through minijinja's HTML auto-escaping: nothing here escapes by hand, and
@@ -373,7 +374,7 @@ fn render(
         (iter, winner, best).hash(&mut h);
         fingerprint(trial.as_deref(), &mut h);
         fingerprint(parent_trial.as_deref(), &mut h);
-        let name = trial.as_ref().map(|t| t.display().to_string()).unwrap_or_else(|| format!("#{iter} {recorded}"));
+        let name = format!("{iter} {}", trial.as_ref().map(|t| t.display().to_string()).unwrap_or(recorded));
         wanted.push((
             name,
             h.finish(),

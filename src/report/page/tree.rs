@@ -91,8 +91,10 @@ pub fn diagram(points: &[Point]) -> Diagram {
         let Some((x, y)) = at(i) else { continue };
         if let Some(pi) = p.parent.and_then(|q| index.get(&q)).filter(|_| pos[i].is_some()) {
             if let Some((px, py)) = at(*pi).filter(|_| p.parent != Some(p.iter)) {
-                let mid = (py + R + y - R) / 2;
-                d.edges.push(format!("M{px} {} V{mid} H{x} V{}", py + R, y - R));
+                // the elbow runs just above the child, clear of the parent's score label
+                // the parent's stem starts under its score label
+                let mid = (y - R - 8).max(py + R + 18);
+                d.edges.push(format!("M{px} {} V{mid} H{x} V{}", py + R + 17, y - R));
             }
         }
         d.nodes.push(DiagramNode {
@@ -177,10 +179,13 @@ pub struct Tick {
 
 /// Every scored node in iteration order, the best score so far after each node, and the threshold.
 pub fn chart(points: &[Point], threshold: Option<f64>, direction: Direction) -> Chart {
-    let (w, h, left, top, right, bottom) = (720.0, 240.0, 56.0, 16.0, 64.0, 34.0);
-    let (pw, ph) = (w - left - right, h - top - bottom);
     let mut order: Vec<&Point> = points.iter().collect();
     order.sort_by_key(|p| p.iter);
+    // as wide as the nodes need (a phone shows a small run whole), at most 720
+    let span_n = order.last().map_or(1, |p| p.iter) - order.first().map_or(1, |p| p.iter) + 1;
+    let w = (span_n as f64 * 36.0 + 90.0).clamp(360.0, 720.0);
+    let (h, left, top, right, bottom) = (220.0, 48.0, 14.0, 18.0, 32.0);
+    let (pw, ph) = (w - left - right, h - top - bottom);
     let scored: Vec<(i64, f64, bool)> =
         order.iter().filter_map(|p| p.score.filter(|s| s.is_finite()).map(|s| (p.iter, s, p.met))).collect();
     let mut c = Chart {
@@ -218,9 +223,15 @@ pub fn chart(points: &[Point], threshold: Option<f64>, direction: Direction) -> 
     let y = |v: f64| top + ph - (v - lo) / (hi - lo) * ph;
     c.threshold_y = ths.map(y);
     c.threshold_label = ths.map(|t| format!("{t:.4}")).unwrap_or_default();
-    for k in 0..=4 {
-        let v = lo + (hi - lo) * k as f64 / 4.0;
-        c.y_ticks.push(Tick { at: y(v), label: crate::report::format::num(v) });
+    // round ticks: a step of 1, 2 or 5 × 10^k, labels with the step's decimals
+    let raw = (hi - lo) / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    let mut v = (lo / step).ceil() * step;
+    while v <= hi + step * 1e-9 {
+        c.y_ticks.push(Tick { at: y(v), label: format!("{v:.decimals$}") });
+        v += step;
     }
     let n = (last - first + 1).max(1);
     let step = ((n as f64 / 10.0).ceil() as i64).max(1);
