@@ -232,7 +232,7 @@ fn a_twelve_node_tree_page_draws_the_tree_and_diffs_children_against_parents() {
     assert_page_matches(&page_path, &s);
     let page = std::fs::read_to_string(&page_path).unwrap();
     // parents above children: every child's circle is lower than its parent's
-    let re = regex::Regex::new(r#"data-iter="(\d+)" data-status="[^"]*" data-parent="(\d*)">\s*<title>[^<]*</title>\s*(?:<circle cx="\d+" cy="\d+" r="18"[^>]*>)?\s*<circle class="n-[a-z]+" cx="(\d+)" cy="(\d+)""#).unwrap();
+    let re = regex::Regex::new(r#"data-iter="(\d+)" data-status="[^"]*" data-parent="(\d*)">\s*<title>[^<]*</title>\s*(?:<circle cx="\d+" cy="\d+" r="\d+"[^>]*>)?\s*<circle class="n-[a-z]+" cx="(\d+)" cy="(\d+)""#).unwrap();
     let mut at: HashMap<i64, (i64, i64, Option<i64>)> = HashMap::new();
     for c in re.captures_iter(&page) {
         at.insert(c[1].parse().unwrap(), (c[3].parse().unwrap(), c[4].parse().unwrap(), c[2].parse().ok()));
@@ -342,7 +342,9 @@ fn bench_page_rebuild_at_200_nodes() {
         r.as_object_mut().unwrap().remove("archived_as");
         r["parent"] = if i > 3 { json!((i - 1) / 3) } else { Value::Null };
         r["kind"] = json!(if i > 3 { "improve" } else { "draft" });
-        r["score"] = json!(0.2 + 0.001 * i as f64);
+        // CELLSCI_BENCH_ONE_SCORE: one scored node (cellsci before 27 failed on two)
+        let one_score = std::env::var_os("CELLSCI_BENCH_ONE_SCORE").is_some();
+        r["score"] = if one_score && i > 1 { json!(-999.0) } else { json!(0.2 + 0.001 * i as f64) };
         recs.push(r);
     }
     let mut s = one.clone();

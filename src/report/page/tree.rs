@@ -25,6 +25,9 @@ pub struct Point {
 pub struct Diagram {
     pub width: i64,
     pub height: i64,
+    /// The node radius, and whether the nodes are packed (smaller labels).
+    pub r: i64,
+    pub dense: bool,
     pub nodes: Vec<DiagramNode>,
     /// SVG path data of each parent → child link.
     pub edges: Vec<String>,
@@ -43,11 +46,14 @@ pub struct DiagramNode {
     pub parent: Option<i64>,
 }
 
-/// Horizontal and vertical distance between nodes, the node radius, the most leaf columns in a band.
+/// Horizontal and vertical distance between nodes, the node radius, the most leaf columns in a band;
+/// a band wider than the page (a wide tree) packs its columns closer, down to `MIN_DX`.
 const DX: i64 = 44;
+const MIN_DX: i64 = 28;
 const DY: i64 = 58;
 const R: i64 = 13;
 const MAX_COLS: usize = 22;
+const PAGE_W: i64 = 1060;
 const MARGIN: i64 = 24;
 
 /// Lay the nodes out as a forest: each leaf takes the next column, a parent sits above the middle of its
@@ -86,15 +92,20 @@ pub fn diagram(points: &[Point]) -> Diagram {
         widest = widest.max(band_cols);
         band_depth = band_depth.max(depth);
     }
-    let at = |i: usize| pos[i].map(|(c, l)| (MARGIN + R + (c * DX as f64).round() as i64, MARGIN + R + l * DY));
+    let fit = (PAGE_W - 2 * (MARGIN + R)) / (widest.max(2) as i64 - 1);
+    let dx = fit.clamp(MIN_DX, DX);
+    let r = if dx < 36 { (dx / 2 - 2).max(10) } else { R };
+    d.r = r;
+    d.dense = dx < 36;
+    let at = |i: usize| pos[i].map(|(c, l)| (MARGIN + R + (c * dx as f64).round() as i64, MARGIN + R + l * DY));
     for (i, p) in points.iter().enumerate() {
         let Some((x, y)) = at(i) else { continue };
         if let Some(pi) = p.parent.and_then(|q| index.get(&q)).filter(|_| pos[i].is_some()) {
             if let Some((px, py)) = at(*pi).filter(|_| p.parent != Some(p.iter)) {
                 // the elbow runs just above the child, clear of the parent's score label
                 // the parent's stem starts under its score label
-                let mid = (y - R - 8).max(py + R + 18);
-                d.edges.push(format!("M{px} {} V{mid} H{x} V{}", py + R + 17, y - R));
+                let mid = (y - r - 8).max(py + r + 18);
+                d.edges.push(format!("M{px} {} V{mid} H{x} V{}", py + r + 17, y - r));
             }
         }
         d.nodes.push(DiagramNode {
@@ -109,13 +120,13 @@ pub fn diagram(points: &[Point]) -> Diagram {
             parent: p.parent,
         });
     }
-    d.width = 2 * (MARGIN + R) + (widest.max(1) as i64 - 1) * DX + 20;
+    d.width = 2 * (MARGIN + R) + (widest.max(1) as i64 - 1) * dx + 20;
     d.height = 2 * (MARGIN + R) + band_y + band_depth * DY + 8;
     d
 }
 
 /// Post-order layout of one subtree: leaves take consecutive columns, parents the middle of their
-/// children. `seen` guards against a cycle in hand-edited parents.
+/// children (the first child's column when the subtree is wider than a page). `seen` guards against a cycle in hand-edited parents.
 #[allow(clippy::too_many_arguments)]
 fn layout(
     i: usize,
@@ -130,13 +141,19 @@ fn layout(
         return *next as f64;
     }
     let kids: Vec<usize> = children.get(&points[i].iter).cloned().unwrap_or_default();
+    let start = *next;
     let x = if kids.is_empty() {
         let x = *next as f64;
         *next += 1;
         x
     } else {
         let xs: Vec<f64> = kids.iter().map(|&k| layout(k, level + 1, points, children, next, out, seen)).collect();
-        (xs[0] + xs[xs.len() - 1]) / 2.0
+        if *next - start > MAX_COLS {
+            // a subtree wider than the page: the parent stays above its first child, in view
+            xs[0]
+        } else {
+            (xs[0] + xs[xs.len() - 1]) / 2.0
+        }
     };
     out.push((i, x, level));
     x
