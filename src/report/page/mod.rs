@@ -34,7 +34,7 @@ pub enum PageError {
     NotSummary(String),
     #[error("{0}")]
     Io(String),
-    #[error("the run page template: {0:#}")]
+    #[error("the run page template: {0}")]
     Template(minijinja::Error),
 }
 
