@@ -300,3 +300,59 @@ fn a_headless_chromium_reads_the_page_as_text_without_console_errors() {
         assert_eq!(dom.contains("http-equiv=\"refresh\""), !finished, "{dom}");
     }
 }
+
+// A loop killed in its first round left `"iterations": {}` (early summaries) and nodes in flight; the
+// scheduler also records CANCELLED nodes. `view` builds the page of each, and a browser reads it.
+#[test]
+fn view_builds_pages_of_a_first_round_kill_and_of_in_flight_and_cancelled_nodes() {
+    let dir = util::tempdir();
+    let empty = json!({"dataset": "D", "primary_metric": "PCC", "started_at": "2026-01-01T00:00:00",
+        "finished_at": null, "iterations": {}});
+    let f = util::write(dir.path(), "phase2_loop_summary_20260101_000000_999999999.json", &empty.to_string());
+    let out = cellsci(dir.path()).arg("view").arg(f.file_name().unwrap()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    assert_eq!(stdout(&out).trim(), "run_20260101_000000_999999999.html");
+    let page = std::fs::read_to_string(dir.path().join("run_20260101_000000_999999999.html")).unwrap();
+    assert!(page.contains("not finished (killed?)") && page.contains("No iteration has finished yet."), "{page}");
+    assert!(page.contains("No node has a score yet."), "no empty chart: {page}");
+
+    let t1 = dir.path().join("prompt/w_iter001");
+    util::write(&t1, "events.jsonl", "");
+    let doc = json!({"dataset": "D", "primary_metric": "PCC", "direction": "higher", "success_threshold": 0.5,
+        "started_at": "2026-01-01T00:00:00", "finished_at": null, "strategy": "tree",
+        "iterations": [
+            {"iter": 1, "status": "VALID", "score": 0.4, "trial_dir": t1, "kind": "draft", "criteria_met": false,
+             "verdict": {"met": false, "reason": "PCC 0.4 is below 0.5", "criterion": "PCC > 0.5"}},
+            {"iter": 2, "status": "CANCELLED", "cancelled": true, "score": -999.0, "kind": "improve", "parent": 1}],
+        "in_flight": [{"iter": 3, "kind": "improve", "parent": 1, "started_at": "2026-01-01T00:01:00"},
+                      {"iter": 4, "kind": "draft", "parent": null, "started_at": "2026-01-01T00:01:00"}]});
+    let s = util::write(dir.path(), "phase2_loop_summary_20260101_000001_999999999.json", &doc.to_string());
+    let lua = format!("assert(require('report').page({:?}, {{ live = true }}))\n", s.display().to_string());
+    util::write(dir.path(), "live.lua", &lua);
+    let out = cellsci(dir.path()).args(["script", "live.lua"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    let page_path = dir.path().join("run_20260101_000001_999999999.html");
+    let page = std::fs::read_to_string(&page_path).unwrap();
+    assert_eq!(page.matches("<g class=\"dnode").count(), 4, "recorded and in-flight nodes: {page}");
+    assert_eq!(page.matches("data-status=\"RUNNING\"").count(), 4, "two nodes running (card and diagram)");
+    assert!(page.contains("data-iter=\"3\" data-status=\"RUNNING\" data-parent=\"1\""), "{page}");
+    assert!(page.contains("data-iter=\"2\" data-status=\"CANCELLED\" data-parent=\"1\""), "{page}");
+    assert!(page.contains("Criterion not met</b>: PCC 0.4 is below 0.5 <span class=\"muted\">(PCC &gt; 0.5)</span>"));
+    assert!(page.contains("in flight: <a href=\"#iter-3\">3</a>, <a href=\"#iter-4\">4</a>"), "{page}");
+    // the newest summary's page is run.html
+    crate::run_page::assert_latest(dir.path(), &page_path);
+    // the same run once over: in-flight nodes were cut short, and the page does not reload
+    let out = cellsci(dir.path()).arg("view").arg(&s).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    let page = std::fs::read_to_string(&page_path).unwrap();
+    assert!(page.contains("data-iter=\"3\" data-status=\"CUT SHORT\""), "{page}");
+    assert!(!page.contains("http-equiv=\"refresh\""));
+    let Some(browser) =
+        chromium_or_skip("view_builds_pages_of_a_first_round_kill_and_of_in_flight_and_cancelled_nodes")
+    else {
+        return;
+    };
+    let (dom, log) = browser_dom(&browser, &page_path);
+    assert!(!log.contains("CONSOLE") && !log.contains("Uncaught"), "console messages: {log}");
+    assert_eq!(dom.matches("<section class=\"node").count(), 4, "{dom}");
+}
