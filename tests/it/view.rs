@@ -40,6 +40,12 @@ fn hostile_run(dir: &Path, finished: bool) -> PathBuf {
     std::fs::create_dir_all(&trial).unwrap();
     std::fs::write(trial.join("events.jsonl"), events).unwrap();
     util::write(&good, "events.jsonl", "");
+    // the strategy, the narrative and a model's name are hostile too
+    util::write(&good, "research_strategy.md", HOSTILE);
+    util::write(&good, "experiment_report.md", &format!("# Report\n\n## Narrative\n\n{HOSTILE}\n"));
+    let metrics = json!({"models": {HOSTILE: {"per_fold": {"0": {"PCC": 0.5}, "1": {"PCC": 0.6}}},
+        "ridge": {"per_fold": {"0": {"PCC": 0.1}, "1": {"PCC": 0.2}}}}});
+    util::write(&good, "metrics.json", &metrics.to_string());
     let summary = json!({
         "dataset": HOSTILE, "started_at": "2026-01-01T00:00:00", "finished_at": if finished { json!("2026-01-01T01:00:00") } else { Value::Null },
         "primary_metric": "PCC", "direction": "higher", "success_threshold": 0.5, "max_iterations": 2,
@@ -78,6 +84,11 @@ fn view_shows_hostile_trial_content_as_escaped_text() {
     assert!(page.contains("&quot;quoted&quot;") && page.contains("&#x27;single&#x27;"), "{page}");
     assert!(page.contains("bad \u{fffd}\u{fffd} bytes"), "invalid UTF-8 is replaced: {page}");
     assert!(page.contains("1 unreadable line(s)"), "{page}");
+    assert!(
+        page.contains("<div class=\"prose\">&lt;script&gt;alert(1)&lt;"),
+        "strategy and narrative are text: {page}"
+    );
+    assert!(page.contains("<th>&lt;script&gt;alert(1)&lt;"), "a model's name is text: {page}");
     assert!(page.contains("fix round 1</strong> proposed by LLM: <span class=\"ok-text\">applied</span>"), "{page}");
     assert!(page.contains("class=\"ins\">+ print(&#x27;&lt;&#x2f;pre&gt;"), "the diff's new line: {page}");
     assert!(!page.contains("http-equiv=\"refresh\""), "a finished run's page does not reload");

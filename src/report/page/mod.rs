@@ -520,7 +520,24 @@ fn href(p: &Path, base: &Path) -> String {
     let bc: Vec<Component> = base.components().collect();
     let common = pc.iter().zip(&bc).take_while(|(a, b)| a == b).count();
     let mut parts: Vec<String> = vec!["..".into(); bc.len() - common];
-    parts.extend(pc[common..].iter().map(|c| c.as_os_str().to_string_lossy().into_owned()));
+    // each name percent-encoded where a URL would read it otherwise (a space, '#', '?', '%', ...)
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+        .add(b' ')
+        .add(b'"')
+        .add(b'#')
+        .add(b'%')
+        .add(b'?')
+        .add(b'<')
+        .add(b'>')
+        .add(b'`')
+        .add(b'{')
+        .add(b'}')
+        .add(b'\\');
+    parts.extend(
+        pc[common..]
+            .iter()
+            .map(|c| percent_encoding::utf8_percent_encode(&c.as_os_str().to_string_lossy(), SEGMENT).to_string()),
+    );
     if parts.is_empty() {
         return ".".into();
     }
@@ -538,6 +555,7 @@ mod tests {
         let cwd = std::env::current_dir().unwrap();
         assert_eq!(href(Path::new("s.json"), &cwd), "s.json");
         assert!(!href(Path::new("s.json"), &cwd).starts_with('/'));
+        assert_eq!(href(Path::new("/a/b/my run #2/x?.md"), Path::new("/a/b")), "my%20run%20%232/x%3F.md");
     }
 
     const TEMPLATE: &str = include_str!("../../../scripts/run.html.j2");
