@@ -84,8 +84,9 @@ fn view_shows_hostile_trial_content_as_escaped_text() {
     assert!(page.contains("&quot;quoted&quot;") && page.contains("&#x27;single&#x27;"), "{page}");
     assert!(page.contains("bad \u{fffd}\u{fffd} bytes"), "invalid UTF-8 is replaced: {page}");
     assert!(page.contains("1 unreadable line(s)"), "{page}");
-    assert!(
-        page.contains("<div class=\"prose\">&lt;script&gt;alert(1)&lt;"),
+    assert_eq!(
+        page.matches("<div class=\"prose md\"><p>&lt;script&gt;alert(1)&lt;/script&gt; &quot;quoted&quot; &#x27;single&#x27;</p>").count(),
+        2,
         "strategy and narrative are text: {page}"
     );
     assert!(page.contains("<th>&lt;script&gt;alert(1)&lt;"), "a model's name is text: {page}");

@@ -59,6 +59,9 @@ pub struct Card {
     pub cost: String,
     pub strategy: String,
     pub narrative: String,
+    /// The strategy and the narrative as HTML (`md::to_html`: escaped text in a few tags of its own).
+    pub strategy_html: String,
+    pub narrative_html: String,
     pub results: Option<Results>,
     /// Why there are no computed tables ("" when there are).
     pub results_missing: String,
@@ -296,9 +299,11 @@ fn trial_files(trial: &Path, parent_trial: Option<&Path>, card: &mut Card, cx: &
     }
     if let Some(t) = read_text(&trial.join("research_strategy.md"), MAX_READ) {
         card.strategy = clip_long(t.trim());
+        card.strategy_html = super::md::to_html(&card.strategy);
     }
     if let Some(report) = read_text(&trial.join("experiment_report.md"), MAX_READ) {
         card.narrative = clip_long(&narrative(&report));
+        card.narrative_html = super::md::to_html(&card.narrative);
     }
     results(trial, card, cx);
     // The per-fold plot only (the per-iteration one is the page's own chart), shown from its file

@@ -14,6 +14,7 @@
 //! reads, its parent's notebooks included); a rebuild re-renders only the cards whose inputs changed.
 
 mod card;
+mod md;
 mod tree;
 
 use std::collections::{BTreeMap, HashMap};
