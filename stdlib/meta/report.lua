@@ -235,7 +235,7 @@ function report.plot_iterations(iterations, opts) end
 ---@param summary string The loop summary (`phase2_loop_summary_*.json`).
 ---@param opts? cellsci.report.PageOpts
 ---@return string|nil path The page's path.
----@return cellsci.report.Error|nil err `not_summary`, `io` or `template`.
+---@return cellsci.report.Error|nil err `not_summary`, `io`, `template` or `internal` (a caught panic).
 function report.page(summary, opts) end
 
 ---Options of `report.hypergraph` / `report.mermaid`. Any other key raises.

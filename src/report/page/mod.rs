@@ -37,6 +37,9 @@ pub enum PageError {
     Io(String),
     #[error("the run page template: {0}")]
     Template(minijinja::Error),
+    /// A bug in the page's code (a panic, caught: a page never ends a run).
+    #[error("the run page could not be built (a bug in cellsci, please report it): {0}")]
+    Internal(String),
 }
 
 impl PageError {
@@ -45,6 +48,7 @@ impl PageError {
             PageError::NotSummary(_) => "not_summary",
             PageError::Io(_) => "io",
             PageError::Template(_) => "template",
+            PageError::Internal(_) => "internal",
         }
     }
 }
@@ -130,7 +134,13 @@ pub fn build(summary: &Path, template: &str, opts: &Options) -> Result<PathBuf, 
         Some(p) => crate::files::absolute_clean(p),
         None => summary_abs.with_file_name(page_name(&summary_abs)),
     };
-    let html = render(&summary_abs, &out, &doc, template, opts, false)?;
+    let html = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        render(&summary_abs, &out, &doc, template, opts, false)
+    }))
+    .map_err(|e| {
+        let why = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
+        PageError::Internal(why.unwrap_or_else(|| "a panic".into()))
+    })??;
     let write = |p: &Path| {
         crate::files::write_atomic(p, html.as_bytes())
             .map_err(|e| PageError::Io(format!("cannot write {}: {e}", p.display())))
