@@ -193,6 +193,15 @@ fn one_node_serial_pages_two_runs_on_one_save_root_never_overwrite_each_other() 
     assert!(!std::fs::read_to_string(page_of(&first)).unwrap().contains("href=\"&#x2f;&#x2f;"), "no //folder links");
     // viewing an older run leaves run.html alone
     assert_latest(&p.save_root(), &page_of(&second));
+    // and from the project's folder, by a relative path, and from an unrelated folder, by an absolute one
+    let rel = format!("out/TESTSET/{name}");
+    let out = cellsci(p.path()).args(["view", &rel]).output().unwrap();
+    assert_eq!(stdout(&out).trim(), page_of(Path::new(&rel)).display().to_string(), "{}", util::text(&out));
+    assert_page_matches(&page_of(&first), &s);
+    let elsewhere = util::tempdir();
+    let out = cellsci(elsewhere.path()).arg("view").arg(&first).output().unwrap();
+    assert_eq!(stdout(&out).trim(), page_of(&first).display().to_string(), "{}", util::text(&out));
+    assert_page_matches(&page_of(&first), &s);
 }
 
 #[test]
