@@ -62,6 +62,7 @@ fn assert_page_matches(page_path: &Path, s: &Value) {
     );
     assert_eq!(page.matches("<section class=\"node").count(), its.len(), "one card per node: {page}");
     assert_eq!(page.matches("<g class=\"dnode").count(), its.len(), "one diagram node per node");
+    assert_eq!(page.matches("<td class=\"num node\"><a href=\"#iter-").count(), its.len(), "one overview row per node");
     for r in its {
         let score = match r["score"].as_f64() {
             Some(x) if x != -999.0 => format!("{x:.4}"),

@@ -113,6 +113,10 @@ struct NodeRef {
     kind: String,
     parent: Option<i64>,
     winner: bool,
+    met: bool,
+    duration: String,
+    tokens: u64,
+    cost: String,
 }
 
 /// The loop's "no score" placeholder (stdlib/loop.lua, M.NO_SCORE).
@@ -378,6 +382,10 @@ fn render(
             kind: s(r.get("kind")),
             parent,
             winner,
+            met,
+            duration: num(r.get("duration_sec")).map(seconds).unwrap_or_default(),
+            tokens: r.get("usage").and_then(|u| u.get("total_tokens")).and_then(Value::as_u64).unwrap_or(0),
+            cost: num(r.get("cost_usd")).filter(|c| *c > 0.0).map(|c| format!("${c:.4}")).unwrap_or_default(),
         });
         let mut h = std::collections::hash_map::DefaultHasher::new();
         tkey.hash(&mut h);
@@ -420,6 +428,10 @@ fn render(
             kind: c.kind.clone(),
             parent: c.parent,
             winner: false,
+            met: false,
+            duration: String::new(),
+            tokens: 0,
+            cost: String::new(),
         });
         let mut h = std::collections::hash_map::DefaultHasher::new();
         tkey.hash(&mut h);
