@@ -588,7 +588,14 @@ fn event(ev: &Value, cells: &mut BTreeMap<i64, Cell>, card: &mut Card) {
             let c = cells.entry(i).or_insert_with(|| Cell { index: i, ..Default::default() });
             let how = s(ev.get("how"));
             let applied = ev.get("applied").and_then(Value::as_bool).unwrap_or(false);
-            let (by, rule, reason) = fix_origin(&how, applied);
+            let (mut by, rule, reason) = fix_origin(&how, applied);
+            // the proposer as the fix policy says it, when the event records it
+            match ev.get("by").and_then(Value::as_str) {
+                Some("llm") | Some("LLM") => by = "LLM",
+                Some("heuristic") => by = "heuristic",
+                Some("none") | Some("") => by = "no one",
+                _ => {}
+            }
             let before = s(ev.get("before"));
             let after = s(ev.get("after"));
             let diff = if after.is_empty() { Vec::new() } else { line_diff(&before, &after) };
@@ -612,7 +619,7 @@ fn event(ev: &Value, cells: &mut BTreeMap<i64, Cell>, card: &mut Card) {
     }
 }
 
-/// Who proposed a fix, from the fix policy's `how` (stdlib/autofix.lua): "llm" (an LLM edit),
+/// Who proposed a fix (unless the event's `by` says), from the fix policy's `how` (stdlib/autofix.lua): "llm" (an LLM edit),
 /// "heuristic: <rule>", or why there is no edit, which names the LLM when it was asked and failed.
 /// Returns (by, the heuristic's rule, why nothing was applied).
 fn fix_origin(how: &str, applied: bool) -> (&'static str, String, String) {

@@ -647,6 +647,8 @@ mod tests {
                 "how": "LLM autofix is off (exec.enable_llm_autofix)", "error": "NameError", "before": "x\n"}),
             serde_json::json!({"kind": "fix", "cell_index": 0, "round": 4, "applied": true, "how": "llm",
                 "error": "NameError", "before": "x\n", "after": "y\n"}),
+            serde_json::json!({"kind": "fix", "cell_index": 0, "round": 5, "applied": false, "by": "heuristic",
+                "how": "no rule matched", "error": "NameError", "before": "x\n"}),
             serde_json::json!({"kind": "log", "level": "warn", "message": "careful"}),
             serde_json::json!({"kind": "log", "level": "error", "message": "broken"}),
         ];
@@ -682,6 +684,7 @@ mod tests {
                 "proposed by LLM: <span class=\"bad-text\">not applied</span>: the LLM returned the same source",
                 "proposed by no one: <span class=\"bad-text\">not applied</span>: LLM autofix is off",
                 "proposed by LLM: <span class=\"ok-text\">applied</span>",
+                "proposed by heuristic: <span class=\"bad-text\">not applied</span>: no rule matched",
                 "Criterion met</b>: PCC 0.56 &gt; 0.5 <span class=\"muted\">(PCC &gt; 0.5)</span>",
                 "Criterion not met</b>: PCC 0.3 &lt; 0.5",
                 "Code changes against <a href=\"#iter-1\">iteration 1</a>: +1 −1 lines",
