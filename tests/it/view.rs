@@ -368,3 +368,35 @@ fn view_builds_pages_of_a_first_round_kill_and_of_in_flight_and_cancelled_nodes(
     assert!(!log.contains("CONSOLE") && !log.contains("Uncaught"), "console messages: {log}");
     assert_eq!(dom.matches("<section class=\"node").count(), 4, "{dom}");
 }
+
+// The cards' statistics use the report's baseline policy (a user's report_policy.lua) when the page is
+// built from Lua, as the loop builds it.
+#[test]
+fn report_page_takes_the_baseline_from_the_report_policy() {
+    let dir = util::tempdir();
+    let t = dir.path().join("prompt/w_iter001");
+    let metrics = json!({"models": {
+        "ridge": {"per_fold": {"0": {"PCC": 0.1}, "1": {"PCC": 0.2}, "2": {"PCC": 0.15}}},
+        "deep": {"per_fold": {"0": {"PCC": 0.5}, "1": {"PCC": 0.7}, "2": {"PCC": 0.55}}}}});
+    util::write(&t, "metrics.json", &metrics.to_string());
+    util::write(&t, "events.jsonl", "");
+    let doc = json!({"primary_metric": "PCC", "direction": "higher", "finished_at": "2026-01-01T00:00:01",
+        "iterations": [{"iter": 1, "status": "VALID", "score": 0.58, "trial_dir": t}]});
+    let s = util::write(dir.path(), "phase2_loop_summary_20260101_000000_999999999.json", &doc.to_string());
+    let page_path = dir.path().join("run_20260101_000000_999999999.html");
+    let out = cellsci(dir.path()).arg("view").arg(&s).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    let page = std::fs::read_to_string(&page_path).unwrap();
+    assert!(page.contains("baseline ridge ·"), "the default rule: {page}");
+    util::write(
+        dir.path(),
+        "scripts/report_policy.lua",
+        "return { baseline = function(names) return names[#names] end }\n",
+    );
+    util::write(dir.path(), "page.lua", &format!("assert(require('report').page({:?}))\n", s.display().to_string()));
+    let out = cellsci(dir.path()).args(["script", "page.lua"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    let page = std::fs::read_to_string(&page_path).unwrap();
+    assert!(page.contains("baseline deep ·"), "the policy's baseline: {page}");
+    assert!(page.contains("<th>ridge</th><td class=\"num\">0.1500</td>"), "ridge compared with deep: {page}");
+}

@@ -202,6 +202,8 @@ pub struct Ctx<'a> {
     pub direction: Direction,
     /// The folder the page is written to (links are relative to it).
     pub base: &'a Path,
+    /// The caller's baseline policy.
+    pub baseline: Option<&'a super::BaselineFn>,
 }
 
 /// The card of one recorded node: `trial` is its folder as found on disk (None: not found),
@@ -452,7 +454,8 @@ fn code_diff(parent: i64, parent_nb: Option<&Value>, nb: Option<&Value>) -> Opti
 }
 
 /// The computed tables, from metrics.json: every metric per model, and the primary metric's statistics
-/// against the baseline (the loop's direction; the baseline chosen as stdlib/report_policy.lua's default).
+/// against the baseline (the loop's direction; the caller's baseline policy, else report_policy.lua's
+/// default rule).
 fn results(trial: &Path, card: &mut Card, cx: &Ctx) {
     let p = trial.join("metrics.json");
     let Some(text) = read_text(&p, crate::report::metrics::MAX_FILE_BYTES) else {
@@ -472,7 +475,12 @@ fn results(trial: &Path, card: &mut Card, cx: &Ctx) {
     let basis = Basis {
         direction: cx.direction,
         direction_source: "the loop".into(),
-        baseline: default_baseline(&m).unwrap_or_default(),
+        baseline: cx
+            .baseline
+            .and_then(|f| (f.0)(&m.models.iter().map(|x| x.name.clone()).collect::<Vec<_>>()))
+            .filter(|b| m.models.iter().any(|x| &x.name == b))
+            .or_else(|| default_baseline(&m))
+            .unwrap_or_default(),
     };
     let cmp = stats::compare(&m, cx.metric, &basis);
     // the primary metric first, then the others in the report's order

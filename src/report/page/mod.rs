@@ -60,6 +60,21 @@ const CLIP: usize = 4000;
 /// The name of the newest run's page in a save root.
 pub const LATEST: &str = "run.html";
 
+/// Which model of a trial's metrics is the baseline, given the model names in file order (the caller's
+/// policy: `report.page` asks stdlib/report_policy.lua's `baseline`). None, or a name that is not a
+/// model: the policy's default (the first model named baseline/linear/ridge, else base, else the first).
+#[derive(Clone)]
+pub struct BaselineFn(pub std::rc::Rc<ChooseBaseline>);
+
+/// Model names in file order → the baseline's name.
+pub type ChooseBaseline = dyn Fn(&[String]) -> Option<String>;
+
+impl std::fmt::Debug for BaselineFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BaselineFn")
+    }
+}
+
 /// How to build a page.
 #[derive(Debug, Default, Clone)]
 pub struct Options {
@@ -70,6 +85,9 @@ pub struct Options {
     pub live: Option<bool>,
     /// Seconds between reloads of a live page.
     pub refresh_secs: u32,
+    /// The baseline policy (default: report_policy.lua's default rule, in Rust). A card is cached by
+    /// its files, not by the policy's answer: an edited policy shows on the cards whose trials change.
+    pub baseline: Option<BaselineFn>,
 }
 
 #[derive(Serialize)]
@@ -323,7 +341,7 @@ fn render(
         trials.insert(iter, found);
         iters.push(iter);
     }
-    let cx = card::Ctx { metric: &metric, direction, base: &base };
+    let cx = card::Ctx { metric: &metric, direction, base: &base, baseline: opts.baseline.as_ref() };
     let cx = &cx;
 
     let mut env = Environment::new();
@@ -338,6 +356,7 @@ fn render(
     base.hash(&mut tkey);
     metric.hash(&mut tkey);
     direction.as_str().hash(&mut tkey);
+    opts.baseline.is_some().hash(&mut tkey);
     let tkey = tkey.finish();
 
     let mut points = Vec::new();
