@@ -270,10 +270,15 @@ end
 -- (and archived) and when it closes, not on every summary write (an archive writes the summary twice,
 -- and each page reads every trial's event log): a view, so a failure is a warning (once per kind of
 -- failure), never the end of the loop.
-function L:page()
+function L:page(ctx)
   local ok, res, perr = pcall(report.page, self.summary_path)
   local why = not ok and tostring(res) or (res == nil and tostring(perr and perr.message or perr)) or nil
-  if why and why ~= self.page_warned then log.warn("[LOOP] cannot build the run page: " .. why) end
+  if why and why ~= self.page_warned then
+    log.warn("[LOOP] cannot build the run page: " .. why)
+  end
+  -- every failure goes to the event log of the node being recorded (the warning only when it changes)
+  if why and ctx then ctx:event("page_failed", { error = why }) end
+  if not why then self.page_path = res end
   self.page_warned = why
 end
 
@@ -527,7 +532,7 @@ function L:record(node, res, err, how)
     ctx.pending = {}
     table.insert(self.iters, rec)
     self:save(false)
-    self:page()
+    self:page(ctx)
     return rec
   end
   if host.interrupted() or (err and err.kind == "interrupted") then
@@ -536,7 +541,7 @@ function L:record(node, res, err, how)
     table.insert(self.iters, rec)
     if ctx.buffered then ctx:flush(node.header) end
     self:save(false)
-    self:page()
+    self:page(ctx)
     return rec
   end
   if err then
@@ -600,7 +605,7 @@ function L:record(node, res, err, how)
   self:update_best()
   if ctx.buffered then ctx:flush(node.header) end
   self:save(false)
-  self:page()
+  self:page(ctx)
   return rec
 end
 
@@ -674,6 +679,7 @@ function L:close()
   self:page()
   self:unlock()
   if self.archived then log.info("[LOOP] report: " .. path.join(self.archived, "experiment_report.md")) end
+  if self.page_path then log.info("[LOOP] run page: " .. self.page_path) end
   log.info("[LOOP] loop summary: " .. self.summary_path)
   if self.stopped and M.stop_on[self.stopped] == "stop" then return 2 end
   local ran = 0

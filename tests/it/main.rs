@@ -13,6 +13,7 @@ mod pipeline;
 mod reload;
 mod report;
 mod resilience;
+mod run_page;
 mod runner;
 mod search;
 mod util;
