@@ -623,6 +623,15 @@ function M.execute_step(trial, s1, ctx, pre)
         record(nb, i, r, exec_path)
         ctx:event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, ename = r.ename })
         local round, reran = 0, false
+        -- a fresh kernel with the failing cell's ancestors replayed; false (outcome set) when that failed
+        local function revive()
+          local rok, rerr = M.restart_and_replay(k, nb, done, i, ctx)
+          if not rok then
+            ctx:error("[EXEC] " .. rerr)
+            outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1, error = rerr }
+          end
+          return rok
+        end
         while r.status ~= "ok" do
           ctx:line(string.format("[GRAPH] Error in Node %s (cell %d): %s", id, i - 1, short(r)))
           if host.interrupted() then error("interrupted", 0) end
@@ -630,12 +639,7 @@ function M.execute_step(trial, s1, ctx, pre)
           -- repairs its code: the code may never have failed. Once; a second death goes to the fix rounds.
           if not reran and (r.status == "dead" or r.ename == "GatewayConnectionLost") then
             reran = true
-            local rok, rerr = M.restart_and_replay(k, nb, done, i, ctx)
-            if not rok then
-              ctx:error("[EXEC] " .. rerr)
-              outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1, error = rerr }
-              break
-            end
+            if not revive() then break end
             ctx:info(string.format("[EXEC] the kernel died during cell %d (%s); running it again on the fresh kernel",
               i - 1, id))
             ctx:event("rerun", { cell_index = i - 1, id = id, reason = short(r) })
@@ -653,14 +657,7 @@ function M.execute_step(trial, s1, ctx, pre)
           round = round + 1
           host.reload()
           ctx:line(string.format("[FIX] %s | Round %d/%d | %s", id, round, max_rounds, short(r)))
-          if r.status == "dead" or r.restarted or not k:alive() then
-            local rok, rerr = M.restart_and_replay(k, nb, done, i, ctx)
-            if not rok then
-              ctx:error("[EXEC] " .. rerr)
-              outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1, error = rerr }
-              break
-            end
-          end
+          if (r.status == "dead" or r.restarted or not k:alive()) and not revive() then break end
           local src = nb:cell(i).source
           local new, how = M.policy("autofix", "fix", {
             cell_index = i - 1, source = src, result = r, round = round, max_rounds = max_rounds,

@@ -101,12 +101,7 @@ fn two_resumes_of_one_summary_never_run_at_once() {
     std::thread::sleep(Duration::from_millis(300));
     first.signal(libc::SIGKILL);
     let _ = first.finish();
-    let file = std::fs::read_dir(p.save_root())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|f| f.file_name().unwrap().to_string_lossy().starts_with("phase2_loop_summary_"))
-        .unwrap();
+    let file = p.summary_path();
     let args = ["--config", "generate_execution_config.json", "run", "--resume", file.to_str().unwrap()];
     let mut one = Running::start(cellsci(p.path()).args(args));
     one.wait_for("[RESUME]");
@@ -165,12 +160,7 @@ except OSError as e:
     for t in p.trials() {
         let _ = std::fs::remove_file(t.join("fill.bin"));
     }
-    let file = std::fs::read_dir(p.save_root())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|f| f.file_name().unwrap().to_string_lossy().starts_with("phase2_loop_summary_"))
-        .unwrap();
+    let file = p.summary_path();
     let out = p.run(&["run", "--resume", file.to_str().unwrap()]);
     let all = util::text(&out);
     assert!(out.status.code() == Some(0) || out.status.code() == Some(2), "{all}");
@@ -231,12 +221,7 @@ fn kill_parallel_at_and_resume(point: &str, nth: usize) {
         crate::pipeline::processes_under(p.path()).is_empty()
     });
     files_valid(&p);
-    let file = std::fs::read_dir(p.save_root())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|f| f.file_name().unwrap().to_string_lossy().starts_with("phase2_loop_summary_"))
-        .expect("a loop summary");
+    let file = p.summary_path();
     let out = p.run(&["run", "--resume", file.to_str().unwrap()]);
     let all = util::text(&out);
     assert_eq!(out.status.code(), Some(0), "{seen}\n---\n{all}");
@@ -275,30 +260,5 @@ fn sigkill_anywhere_in_a_four_branch_search_then_resume_archives_the_best_once()
         ("[LOOP] report", 1),
         ("[LOOP] Finished", 1),
     ];
-    let failures = std::sync::Mutex::new(Vec::new());
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let Some((point, nth)) = POINTS.get(i) else { break };
-                if let Err(e) = std::panic::catch_unwind(|| kill_parallel_at_and_resume(point, *nth)) {
-                    let msg = e
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_default();
-                    failures.lock().unwrap().push(format!("killed at {point:?} #{nth}: {msg}"));
-                }
-            });
-        }
-    });
-    let failures = failures.into_inner().unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} of {} kill points failed:\n{}",
-        failures.len(),
-        POINTS.len(),
-        failures.join("\n\n")
-    );
+    crate::faults::at_every_point(POINTS, |(p, n)| format!("{p:?} #{n}"), |(p, n)| kill_parallel_at_and_resume(p, *n));
 }

@@ -383,12 +383,7 @@ fn a_killed_mcts_run_resumes_and_finishes_exactly_what_was_left() {
     let s = p.summary();
     let done_before: Vec<i64> = iterations(&s).iter().map(|r| r["iter"].as_i64().unwrap()).collect();
     assert!(done_before.len() >= 2 && done_before.len() < 7, "{done_before:?}");
-    let file = std::fs::read_dir(p.save_root())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|f| f.file_name().unwrap().to_string_lossy().starts_with("phase2_loop_summary_"))
-        .unwrap();
+    let file = p.summary_path();
     let out = p.run(&["run", "--resume", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
     let s = p.summary();
