@@ -14,6 +14,7 @@
 //! later saves copy it from the previous file (whose inode stays readable after the rename).
 //! This module must never lose a member of a user's notebook.
 
+pub mod params;
 pub mod saver;
 
 use std::fs::File;

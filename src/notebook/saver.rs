@@ -30,6 +30,10 @@ pub enum Change {
     Cell { i: usize, outputs: Vec<Value>, count: Option<i64>, timing: Option<Map<String, Value>> },
     /// A display update reached output `j` of the earlier cell `i`.
     Display { i: usize, j: usize, data: Value, metadata: Value },
+    /// The notebook's metadata, replaced whole (the run's record).
+    Metadata { metadata: Value },
+    /// A new cell at position `i` (0-based), as `Notebook::make_cell` made it (the error banner).
+    Insert { i: usize, cell: Value },
 }
 
 impl Change {
@@ -38,6 +42,8 @@ impl Change {
         match self {
             Change::Cell { i, outputs, count, timing } => nb.set_outputs_owned(i, outputs, count, timing),
             Change::Display { i, j, data, metadata } => nb.set_output_data(i, j, data, metadata),
+            Change::Metadata { metadata } => nb.set_metadata(metadata),
+            Change::Insert { i, cell } => nb.insert(i, cell),
         }
     }
 }
