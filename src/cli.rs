@@ -136,7 +136,7 @@ pub enum ScriptsCommand {
 #[derive(Subcommand, Debug)]
 pub enum NotebookCommand {
     /// Execute a notebook cell by cell in a kernel, saving after every cell.
-    Run(crate::notebook_run::NotebookRunArgs),
+    Run(Box<crate::notebook_run::NotebookRunArgs>),
 }
 
 /// Run the parsed command line; returns the process exit code.

@@ -72,7 +72,13 @@ pub struct NotebookRunArgs {
     #[arg(short = 'f', long = "parameters_file", alias = "parameters-file", value_name = "FILE")]
     pub parameters_file: Vec<PathBuf>,
     /// Parameters as a YAML mapping, e.g. `-y '{alpha: 0.5, tags: [a, b]}'` (repeatable).
-    #[arg(short = 'y', long = "parameters_yaml", alias = "parameters-yaml", value_name = "YAML", allow_hyphen_values = true)]
+    #[arg(
+        short = 'y',
+        long = "parameters_yaml",
+        alias = "parameters-yaml",
+        value_name = "YAML",
+        allow_hyphen_values = true
+    )]
     pub parameters_yaml: Vec<String>,
     /// Write the notebook with its parameters injected, without running it.
     #[arg(long = "prepare-only")]
@@ -147,6 +153,17 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
+/// A cell that failed.
+struct Failure {
+    /// 0-based, before the banner.
+    i: usize,
+    status: &'static str,
+    count: Option<i64>,
+    ename: String,
+    evalue: String,
+    id: Option<String>,
+}
+
 /// What a run records in `metadata.cellsci.run` (and, with parameters, `metadata.papermill.exception`).
 struct Record {
     started: String,
@@ -155,8 +172,7 @@ struct Record {
     to_run: Vec<usize>,
     /// How many of them were sent to the kernel.
     ran: usize,
-    /// (cell index, status, execution count, ename, evalue, cell id) of each failure.
-    failed: Vec<(usize, &'static str, Option<i64>, String, String, Option<String>)>,
+    failed: Vec<Failure>,
     interrupted: Option<usize>,
     error: Option<String>,
     papermill: bool,
@@ -182,8 +198,8 @@ impl Record {
             "kernel": self.kernel,
             "code_cells": self.to_run.len(),
             "cells_run": self.ran,
-            "failed": self.failed.iter().map(|(i, st, count, ename, evalue, id)| json!({
-                "cell": shift(*i) + 1, "id": id, "status": st, "execution_count": count, "ename": ename, "evalue": evalue,
+            "failed": self.failed.iter().map(|f| json!({
+                "cell": shift(f.i) + 1, "id": f.id, "status": f.status, "execution_count": f.count, "ename": f.ename, "evalue": f.evalue,
             })).collect::<Vec<_>>(),
             "interrupted_cell": self.interrupted.map(|i| json!(shift(i) + 1)),
             "not_run": if finished { json!(not_run.iter().map(|&i| shift(i) + 1).collect::<Vec<_>>()) } else { Value::Null },
@@ -202,17 +218,27 @@ impl Record {
 /// Which kernel runs the notebook, and why, for the stderr line and the record.
 fn describe_kernel(args: &NotebookRunArgs, spec: Option<&KernelSpec>, name_from: &str) -> (String, Value) {
     let cmd = |s: &KernelSpec| {
-        s.argv.iter().filter(|a| !a.contains("{connection_file}") && a.as_str() != "-f").cloned().collect::<Vec<_>>().join(" ")
+        s.argv
+            .iter()
+            .filter(|a| !a.contains("{connection_file}") && a.as_str() != "-f")
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     match (spec, &args.gateway) {
         (_, Some(url)) => (format!("kernel: on the gateway {url} (--gateway)"), json!({"gateway": url})),
-        (Some(s), None) if args.python.is_some() => (
-            format!("kernel: {} (--python)", cmd(s)),
-            json!({"interpreter": s.argv.first(), "chosen_by": "--python"}),
-        ),
+        (Some(s), None) if args.python.is_some() => {
+            (format!("kernel: {} (--python)", cmd(s)), json!({"interpreter": s.argv.first(), "chosen_by": "--python"}))
+        }
         (Some(s), None) => match &s.resource_dir {
             Some(dir) => (
-                format!("kernel: kernelspec '{}' ({}) in {}: {} (the name from {name_from})", s.name, s.display_name, dir.display(), cmd(s)),
+                format!(
+                    "kernel: kernelspec '{}' ({}) in {}: {} (the name from {name_from})",
+                    s.name,
+                    s.display_name,
+                    dir.display(),
+                    cmd(s)
+                ),
                 json!({"kernelspec": s.name, "spec_dir": dir, "interpreter": s.argv.first(), "chosen_by": name_from}),
             ),
             None => (
@@ -350,11 +376,12 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
     let mut sink = Sink::start(&mut nb, &out)?;
     // The record, saved with the notebook's metadata as it is at this point.
     let base_md = nb.metadata().clone();
-    let save_record = |sink: &mut Sink, nb: &mut Notebook, rec: &Record, status: &str, shift: &dyn Fn(usize) -> usize| {
-        let mut md = base_md.clone();
-        rec.write(&mut md, status, shift);
-        sink.send(nb, Change::Metadata { metadata: md })
-    };
+    let save_record =
+        |sink: &mut Sink, nb: &mut Notebook, rec: &Record, status: &str, shift: &dyn Fn(usize) -> usize| {
+            let mut md = base_md.clone();
+            rec.write(&mut md, status, shift);
+            sink.send(nb, Change::Metadata { metadata: md })
+        };
 
     let spin = crate::ui::spinner("starting kernel");
     let started_kernel = async {
@@ -466,7 +493,7 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
             };
             let what = if status == ExecStatus::Error { format!("{en}: {ev}") } else { ev.clone() };
             let id = nb.cell_value(i).and_then(|c| c.get("id")).and_then(Value::as_str).map(String::from);
-            rec.failed.push((i, status.as_str(), count, en, ev, id));
+            rec.failed.push(Failure { i, status: status.as_str(), count, ename: en, evalue: ev, id });
             crate::ui::eline(&format!("cell {} ({}/{}) failed: {what}", i + 1, k + 1, code_cells.len()));
             if !quiet && status == ExecStatus::Error && !tb.is_empty() {
                 crate::ui::eline(&tb);
@@ -489,7 +516,7 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
     bar.finish_and_clear();
     kernel.shutdown().await;
     // The banner: papermill's two markdown cells, one at the top and one just before the failed cell.
-    let first_failed = rec.failed.first().map(|f| (f.0, f.2));
+    let first_failed = rec.failed.first().map(|f| (f.i, f.count));
     let banner_at = first_failed.filter(|_| args.banner);
     if let Some((fi, count)) = banner_at {
         let tags = json!({"tags": [ERROR_MARKER_TAG]});
@@ -530,7 +557,7 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
         let failed = match rec.failed.len() {
             0 => String::new(),
             n if args.allow_errors => format!(" ({n} failed)"),
-            _ => format!(" (stopped at the failed cell {}; {} not run)", rec.failed[0].0 + 1, total - rec.ran),
+            _ => format!(" (stopped at the failed cell {}; {} not run)", rec.failed[0].i + 1, total - rec.ran),
         };
         crate::ui::eline(&format!(
             "executed {ran} code cells in {:.1} s{failed} -> {}",

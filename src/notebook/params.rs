@@ -10,7 +10,7 @@
 //! black is installed).
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::Notebook;
 
@@ -114,7 +114,8 @@ impl PVal {
             PVal::Str(s) => json!(s),
             PVal::List(a) => Value::Array(a.iter().map(PVal::to_json).collect()),
             PVal::Dict(d) => {
-                let mut m = Map::new();
+                // nbformat writes JSON with sorted keys
+                let mut pairs: Vec<(String, Value)> = Vec::new();
                 for (k, v) in d {
                     // json.dumps' key conversion
                     let k = match k {
@@ -123,9 +124,13 @@ impl PVal {
                         PVal::None => "null".into(),
                         other => other.py_str(),
                     };
-                    m.insert(k, v.to_json());
+                    match pairs.iter_mut().find(|(x, _)| *x == k) {
+                        Some(slot) => slot.1 = v.to_json(),
+                        None => pairs.push((k, v.to_json())),
+                    }
                 }
-                Value::Object(m)
+                pairs.sort_by(|a, b| a.0.cmp(&b.0));
+                Value::Object(pairs.into_iter().collect())
             }
         }
     }
@@ -215,9 +220,11 @@ impl Params {
         s
     }
 
-    /// The parameters as JSON (for `metadata.papermill.parameters`).
+    /// The parameters as JSON (for `metadata.papermill.parameters`), keys sorted as nbformat writes them.
     pub fn to_json(&self) -> Value {
-        Value::Object(self.0.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
+        let mut pairs: Vec<(String, Value)> = self.0.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        Value::Object(pairs.into_iter().collect())
     }
 }
 
@@ -342,7 +349,7 @@ mod events {
 
     use anyhow::{bail, Result};
     use std::mem::MaybeUninit;
-    use unsafe_libyaml as sys;
+    use unsafe_libyaml as unsafe_yaml;
 
     #[derive(Debug)]
     pub enum Event {
@@ -367,48 +374,48 @@ mod events {
     pub fn parse(input: &[u8]) -> Result<Vec<Event>> {
         let mut out = Vec::new();
         // The parser refers to itself: it lives in one heap place, never moved, until deleted.
-        let mut parser: Box<MaybeUninit<sys::yaml_parser_t>> = Box::new(MaybeUninit::uninit());
+        let mut parser: Box<MaybeUninit<unsafe_yaml::yaml_parser_t>> = Box::new(MaybeUninit::uninit());
         let p = parser.as_mut_ptr();
         // SAFETY: the standard libyaml sequence on a parser we own; `input` outlives the parser, every
         // event is deleted after its data is copied, and the parser is deleted on every path.
         unsafe {
-            if sys::yaml_parser_initialize(p).fail {
+            if unsafe_yaml::yaml_parser_initialize(p).fail {
                 bail!("cannot start the YAML parser");
             }
-            sys::yaml_parser_set_encoding(p, sys::YAML_UTF8_ENCODING);
-            sys::yaml_parser_set_input_string(p, input.as_ptr(), input.len() as u64);
+            unsafe_yaml::yaml_parser_set_encoding(p, unsafe_yaml::YAML_UTF8_ENCODING);
+            unsafe_yaml::yaml_parser_set_input_string(p, input.as_ptr(), input.len() as u64);
             let result = loop {
-                let mut ev = MaybeUninit::<sys::yaml_event_t>::uninit();
-                if sys::yaml_parser_parse(p, ev.as_mut_ptr()).fail {
+                let mut ev = MaybeUninit::<unsafe_yaml::yaml_event_t>::uninit();
+                if unsafe_yaml::yaml_parser_parse(p, ev.as_mut_ptr()).fail {
                     break Err(anyhow::anyhow!("the YAML parser failed"));
                 }
                 let e = &*ev.as_ptr();
-                let done = e.type_ == sys::YAML_STREAM_END_EVENT;
+                let done = e.type_ == unsafe_yaml::YAML_STREAM_END_EVENT;
                 let conv = match e.type_ {
-                    sys::YAML_SCALAR_EVENT => {
+                    unsafe_yaml::YAML_SCALAR_EVENT => {
                         let s = e.data.scalar;
                         let bytes = std::slice::from_raw_parts(s.value, s.length as usize);
                         Event::Scalar {
                             anchor: cstr(s.anchor),
                             tag: cstr(s.tag),
                             value: String::from_utf8_lossy(bytes).into_owned(),
-                            plain: s.style == sys::YAML_PLAIN_SCALAR_STYLE,
+                            plain: s.style == unsafe_yaml::YAML_PLAIN_SCALAR_STYLE,
                         }
                     }
-                    sys::YAML_SEQUENCE_START_EVENT => Event::SeqStart {
+                    unsafe_yaml::YAML_SEQUENCE_START_EVENT => Event::SeqStart {
                         anchor: cstr(e.data.sequence_start.anchor),
                         tag: cstr(e.data.sequence_start.tag),
                     },
-                    sys::YAML_SEQUENCE_END_EVENT => Event::SeqEnd,
-                    sys::YAML_MAPPING_START_EVENT => Event::MapStart {
+                    unsafe_yaml::YAML_SEQUENCE_END_EVENT => Event::SeqEnd,
+                    unsafe_yaml::YAML_MAPPING_START_EVENT => Event::MapStart {
                         anchor: cstr(e.data.mapping_start.anchor),
                         tag: cstr(e.data.mapping_start.tag),
                     },
-                    sys::YAML_MAPPING_END_EVENT => Event::MapEnd,
-                    sys::YAML_ALIAS_EVENT => Event::Alias(cstr(e.data.alias.anchor).unwrap_or_default()),
+                    unsafe_yaml::YAML_MAPPING_END_EVENT => Event::MapEnd,
+                    unsafe_yaml::YAML_ALIAS_EVENT => Event::Alias(cstr(e.data.alias.anchor).unwrap_or_default()),
                     _ => Event::Other,
                 };
-                sys::yaml_event_delete(ev.as_mut_ptr());
+                unsafe_yaml::yaml_event_delete(ev.as_mut_ptr());
                 if !matches!(conv, Event::Other) {
                     out.push(conv);
                 }
@@ -416,7 +423,7 @@ mod events {
                     break Ok(());
                 }
             };
-            sys::yaml_parser_delete(p);
+            unsafe_yaml::yaml_parser_delete(p);
             result?;
         }
         Ok(out)
@@ -474,17 +481,19 @@ impl Builder {
                                 for m in l {
                                     match m {
                                         PVal::Dict(d) => parts.push(d),
-                                        other => bail!(
-                                            "expected a mapping for merging, but found {}",
-                                            other.type_name()
-                                        ),
+                                        other => {
+                                            bail!("expected a mapping for merging, but found {}", other.type_name())
+                                        }
                                     }
                                 }
                                 for d in parts.into_iter().rev() {
                                     merged.extend(d);
                                 }
                             }
-                            other => bail!("expected a mapping or list of mappings for merging, but found {}", other.type_name()),
+                            other => bail!(
+                                "expected a mapping or list of mappings for merging, but found {}",
+                                other.type_name()
+                            ),
                         }
                         continue;
                     }
@@ -710,8 +719,9 @@ mod tests {
 
     #[test]
     fn yaml_is_read_as_pyyaml_reads_it() {
-        let v = load_yaml("{a: yes, b: 1e5, c: 1.0e+3, d: 0x1F, e: 017, f: 1:30, g: '5', h: ~, i: 2020-01-01, j: .inf}")
-            .unwrap();
+        let v =
+            load_yaml("{a: yes, b: 1e5, c: 1.0e+3, d: 0x1F, e: 017, f: 1:30, g: '5', h: ~, i: 2020-01-01, j: .inf}")
+                .unwrap();
         assert_eq!(
             v.to_python(),
             r#"{"a": True, "b": "1e5", "c": 1000.0, "d": 31, "e": 15, "f": 90, "g": "5", "h": None, "i": "2020-01-01", "j": float('inf')}"#

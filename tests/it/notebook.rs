@@ -497,3 +497,453 @@ print("ok")"#,
     );
     assert!(util::ok(&out).contains("ok"));
 }
+
+// ---- issue 24: parameters as papermill injects them, the run's record, honest reporting ----
+
+/// papermill from the test venv, or None after saying the comparison is skipped. Under `CI=true` a
+/// missing papermill fails the test instead: CI must compare with papermill itself.
+fn papermill() -> Option<std::path::PathBuf> {
+    let p = util::test_venv().join("bin/papermill");
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(std::env::var("CI").is_err(), "CI=true: papermill is missing from {} (.ci/run installs it)", p.display());
+    eprintln!("SKIPPED: no papermill in {} (pip install papermill there)", p.display());
+    None
+}
+
+/// A notebook of code cells, each `(source, tags)`.
+fn write_tagged(dir: &Path, name: &str, cells: &[(&str, &[&str])]) -> std::path::PathBuf {
+    let cells: Vec<serde_json::Value> = cells
+        .iter()
+        .enumerate()
+        .map(|(i, (s, tags))| {
+            serde_json::json!({"cell_type": "code", "execution_count": null, "id": format!("c{i}"), "metadata": {"tags": tags},
+                               "outputs": [], "source": s})
+        })
+        .collect();
+    let nb = serde_json::json!({"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+                                "nbformat": 4, "nbformat_minor": 5});
+    util::write(dir, name, &serde_json::to_string_pretty(&nb).unwrap())
+}
+
+fn source_of(cell: &serde_json::Value) -> String {
+    match &cell["source"] {
+        serde_json::Value::Array(a) => a.iter().map(|l| l.as_str().unwrap()).collect(),
+        v => v.as_str().unwrap_or_default().to_string(),
+    }
+}
+
+/// Each cell's (source, tags): what the injection changes.
+fn sources_and_tags(nb: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    nb["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (source_of(c), c["metadata"].get("tags").cloned().unwrap_or(serde_json::json!([]))))
+        .collect()
+}
+
+/// Prepare `input` with `args` by cellsci and by papermill (`--prepare-only` both) and compare every
+/// cell's source and tags, and the recorded parameters; returns cellsci's notebook.
+#[track_caller]
+fn same_injection_as_papermill(dir: &Path, input: &str, args: &[&str], pm: &Path) -> serde_json::Value {
+    let ours = format!("ours-{input}");
+    let theirs = format!("theirs-{input}");
+    let o = util::cellsci(dir).args(["notebook", "run", input, &ours, "--prepare-only"]).args(args).output().unwrap();
+    ok(&o);
+    let o = std::process::Command::new(pm)
+        .current_dir(dir)
+        .args([input, theirs.as_str(), "--prepare-only"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "papermill failed: {}", util::text(&o));
+    let (a, b) = (read_json(&dir.join(&ours)), read_json(&dir.join(&theirs)));
+    let (sa, sb) = (sources_and_tags(&a), sources_and_tags(&b));
+    assert_eq!(sa, sb, "cells (source, tags) for {args:?}: cellsci's, then papermill's");
+    // (an int past 64 bits is recorded as its digits in a string: strict JSON numbers cannot hold it)
+    let mut pa = a["metadata"]["papermill"]["parameters"].clone();
+    let mut pb = b["metadata"]["papermill"]["parameters"].clone();
+    if let Some(big) = pa.as_object_mut().and_then(|m| m.shift_remove("big")) {
+        assert_eq!(big, "123456789012345678901234567890");
+        pb.as_object_mut().unwrap().shift_remove("big");
+    }
+    assert_eq!(pa, pb, "metadata.papermill.parameters for {args:?}: cellsci's, then papermill's");
+    assert_eq!(
+        pa.as_object().unwrap().keys().collect::<Vec<_>>(),
+        pb.as_object().unwrap().keys().collect::<Vec<_>>(),
+        "sorted keys, as nbformat writes them"
+    );
+    validate(&dir.join(&ours));
+    a
+}
+
+#[test]
+fn notebook_run_parameters_are_typed_and_injected_as_papermill_does() {
+    let Some(pm) = papermill() else { return };
+    let d = util::tempdir();
+    write_tagged(
+        d.path(),
+        "nb.ipynb",
+        &[("import sys", &[]), ("alpha = 0.1\nname = 'x'", &["parameters"]), ("print(alpha, name)", &[])],
+    );
+    // -p types: int (leading zeros, underscores, sign, spaces, any size), float, bool, None, strings
+    // that look like other things, escapes
+    let a = same_injection_as_papermill(
+        d.path(),
+        "nb.ipynb",
+        &[
+            "-p",
+            "i",
+            "007",
+            "-p",
+            "u",
+            "1_000",
+            "-p",
+            "neg",
+            "-42",
+            "-p",
+            "sp",
+            " 2.50 ",
+            "-p",
+            "big",
+            "123456789012345678901234567890",
+            "-p",
+            "f",
+            "1e3",
+            "-p",
+            "tiny",
+            "1e-5",
+            "-p",
+            "b",
+            "True",
+            "-p",
+            "lb",
+            "true",
+            "-p",
+            "n",
+            "None",
+            "-p",
+            "hex",
+            "0x10",
+            "-p",
+            "bad_us",
+            "1__0",
+            "-p",
+            "s",
+            "it's \"q\" \\ é 😀\ttab\nline",
+            "-p",
+            "empty",
+            "",
+        ],
+        &pm,
+    );
+    let cells = a["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 4);
+    assert_eq!(cells[2]["metadata"]["tags"], serde_json::json!(["injected-parameters"]));
+    assert!(
+        source_of(&cells[2]).starts_with("# Parameters\ni = 7\nu = 1000\nneg = -42\nsp = 2.5\n"),
+        "{}",
+        source_of(&cells[2])
+    );
+    // -r raw strings, and a later option replacing an earlier value of the same name
+    same_injection_as_papermill(
+        d.path(),
+        "nb.ipynb",
+        &["-r", "i", "5", "-r", "b", "True", "-p", "x", "1", "-r", "x", "2", "-p", "alpha", "0.5"],
+        &pm,
+    );
+    // -y: YAML 1.1 as PyYAML reads it (yes/off are booleans, 1e5 a string, 0x1F and 017 ints, dates
+    // strings), nested lists and mappings
+    same_injection_as_papermill(
+        d.path(),
+        "nb.ipynb",
+        &[
+            "-y",
+            "{d: {x: yes, k: [1.0e+3, 1e5, 0x1F, 017, 1:30, \"x\", ~, 2020-01-01, 'it''s']}, l: [a, {b: off}], e: {}}",
+            "-y",
+            "alpha: .5",
+        ],
+        &pm,
+    );
+    // -f YAML files (block style, anchors and merge keys, block scalars), overridden by -y then -p
+    // whatever the order on the command line (papermill applies -f, -y, -p, -r in that order)
+    util::write(
+        d.path(),
+        "p.yaml",
+        "base: &b\n  lr: 0.01\n  layers: [64, 32]\nmodel:\n  <<: *b\n  lr: 0.1\ntext: |\n  two\n  lines\nfolded: >\n  one\n  line\nalpha: 1\nname: from-file\n",
+    );
+    util::write(d.path(), "q.yml", "name: second-file\nseed: 7\n");
+    same_injection_as_papermill(
+        d.path(),
+        "nb.ipynb",
+        &["-p", "alpha", "3", "-y", "name: from-y", "-f", "p.yaml", "-f", "q.yml"],
+        &pm,
+    );
+}
+
+#[test]
+fn notebook_run_replaces_an_earlier_injection_and_injects_first_without_a_parameters_cell() {
+    let Some(pm) = papermill() else { return };
+    let d = util::tempdir();
+    write_tagged(d.path(), "nb.ipynb", &[("alpha = 0.1", &["parameters"]), ("print(alpha)", &[])]);
+    // papermill's own output, parameterized once, parameterized again: the injected cell is replaced
+    let o = std::process::Command::new(&pm)
+        .current_dir(d.path())
+        .args(["nb.ipynb", "once.ipynb", "--prepare-only", "-p", "alpha", "1", "-p", "old", "x"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", util::text(&o));
+    let v = same_injection_as_papermill(d.path(), "once.ipynb", &["-p", "alpha", "2"], &pm);
+    let injected: Vec<_> =
+        sources_and_tags(&v).into_iter().filter(|(_, t)| t == &serde_json::json!(["injected-parameters"])).collect();
+    assert_eq!(injected, vec![("# Parameters\nalpha = 2\n".to_string(), serde_json::json!(["injected-parameters"]))]);
+    // and cellsci's own output parameterized again
+    let o = util::cellsci(d.path())
+        .args(["notebook", "run", "ours-once.ipynb", "twice.ipynb", "--prepare-only", "-p", "alpha", "3"])
+        .output()
+        .unwrap();
+    ok(&o);
+    let v = read_json(&d.path().join("twice.ipynb"));
+    assert_eq!(v["cells"].as_array().unwrap().len(), 3, "one injected cell, replaced");
+    assert_eq!(source_of(&v["cells"][1]), "# Parameters\nalpha = 3\n");
+
+    // no cell tagged parameters: the injected cell comes first (and stderr says why)
+    write_tagged(d.path(), "plain.ipynb", &[("alpha = 0.1", &[]), ("print(alpha)", &[])]);
+    same_injection_as_papermill(d.path(), "plain.ipynb", &["-p", "alpha", "0.2"], &pm);
+    let o = util::cellsci(d.path())
+        .args(["notebook", "run", "plain.ipynb", "p.ipynb", "--prepare-only", "-p", "alpha", "0.2"])
+        .output()
+        .unwrap();
+    assert!(
+        ok(&o).contains("injected as cell 1 (as the first cell: no cell is tagged parameters)"),
+        "{}",
+        util::text(&o)
+    );
+}
+
+#[test]
+fn notebook_run_parameters_reach_the_kernel_and_prepare_only_starts_none() {
+    let d = util::tempdir();
+    write_tagged(
+        d.path(),
+        "nb.ipynb",
+        &[("alpha = 0.1\nname = 'x'", &["parameters"]), ("print(alpha * 2, name, flag)", &[])],
+    );
+    let o = util::cellsci(d.path())
+        .args([
+            "notebook",
+            "run",
+            "nb.ipynb",
+            "out.ipynb",
+            "-p",
+            "alpha",
+            "0.25",
+            "-r",
+            "name",
+            "007",
+            "-y",
+            "flag: on",
+            "--python",
+        ])
+        .arg(python())
+        .output()
+        .unwrap();
+    ok(&o);
+    let v = read_json(&d.path().join("out.ipynb"));
+    assert_eq!(stdout_of(&v["cells"][2]), "0.5 007 True\n");
+    assert_eq!(
+        v["metadata"]["papermill"]["parameters"],
+        serde_json::json!({"alpha": 0.25, "name": "007", "flag": true})
+    );
+    assert_eq!(v["metadata"]["papermill"]["exception"], serde_json::Value::Null);
+    // --prepare-only starts no kernel: an interpreter that does not exist is never looked at
+    let o = util::cellsci(d.path())
+        .args([
+            "notebook",
+            "run",
+            "nb.ipynb",
+            "prep.ipynb",
+            "--prepare-only",
+            "-p",
+            "alpha",
+            "1",
+            "--python",
+            "/nonexistent/python",
+        ])
+        .output()
+        .unwrap();
+    ok(&o);
+    let v = read_json(&d.path().join("prep.ipynb"));
+    assert!(v["cells"][2]["execution_count"].is_null());
+    assert!(v["metadata"].get("cellsci").is_none(), "a prepared notebook has no run record");
+}
+
+#[test]
+fn notebook_run_refuses_bad_parameters_and_non_python_kernels_with_exit_2() {
+    let d = util::tempdir();
+    write_tagged(d.path(), "nb.ipynb", &[("alpha = 0.1", &["parameters"])]);
+    let r = serde_json::json!({"cells": [], "metadata": {"kernelspec": {"name": "ir", "display_name": "R", "language": "R"}},
+                               "nbformat": 4, "nbformat_minor": 5});
+    util::write(d.path(), "r.ipynb", &r.to_string());
+    for (nb, args, want) in [
+        (
+            "nb.ipynb",
+            vec!["-p", "bad name", "1"],
+            "-p bad name: parameter name \"bad name\" is not a Python identifier",
+        ),
+        ("nb.ipynb", vec!["-p", "class", "1"], "parameter name \"class\" is not a Python identifier"),
+        (
+            "nb.ipynb",
+            vec!["-y", "[1, 2]"],
+            "-y \"[1, 2]\": expected a mapping of parameter names to values, got a list",
+        ),
+        ("nb.ipynb", vec!["-y", "{a: [1"], "-y \"{a: [1\": not valid YAML"),
+        ("nb.ipynb", vec!["-y", "1: x"], "parameter names must be strings, got an int (1)"),
+        ("nb.ipynb", vec!["-y", "a: !!binary aGk="], "the YAML tag tag:yaml.org,2002:binary is not supported"),
+        ("nb.ipynb", vec!["-f", "missing.yaml"], "-f missing.yaml: cannot read the file"),
+        ("r.ipynb", vec!["-p", "x", "1"], "injected only for Python kernels; the kernel 'ir' is R"),
+    ] {
+        let o = util::cellsci(d.path()).args(["notebook", "run", nb, "out.ipynb"]).args(&args).output().unwrap();
+        let t = util::text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {t}");
+        assert!(t.contains(want), "{args:?}: expected {want:?} in: {t}");
+        assert!(!d.path().join("out.ipynb").exists(), "{args:?}: nothing is written");
+    }
+}
+
+/// The run's record in `metadata.cellsci.run`: the cells that ran, the failed cell with its error,
+/// the cells that did not run; the count printed is the cells that ran.
+#[test]
+fn notebook_run_records_a_failure_in_the_notebook_and_prints_what_ran() {
+    let d = util::tempdir();
+    write_nb(d.path(), "in.ipynb", &["print('one')", "1/0", "print('three')", "print('four')"]);
+    let o = util::cellsci(d.path())
+        .args(["notebook", "run", "in.ipynb", "out.ipynb", "--python"])
+        .arg(python())
+        .output()
+        .unwrap();
+    let t = util::text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("executed 2 of 4 code cells in "), "{t}");
+    assert!(t.contains("(stopped at the failed cell 2; 2 not run) -> out.ipynb"), "{t}");
+    let v = read_json(&d.path().join("out.ipynb"));
+    let r = &v["metadata"]["cellsci"]["run"];
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["code_cells"], 4);
+    assert_eq!(r["cells_run"], 2);
+    assert_eq!(
+        r["failed"],
+        serde_json::json!([{"cell": 2, "id": "c1", "status": "error", "execution_count": 2, "ename": "ZeroDivisionError", "evalue": "division by zero"}])
+    );
+    assert_eq!(r["not_run"], serde_json::json!([3, 4]));
+    assert!(r["finished"].is_string() && r["duration"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["cells"].as_array().unwrap().len(), 4, "no banner without --banner");
+    assert!(v["metadata"].get("papermill").is_none(), "no papermill metadata without parameters");
+
+    // --allow-errors: every cell ran, the failures are listed, exit 0
+    let o = util::cellsci(d.path())
+        .args(["notebook", "run", "in.ipynb", "all.ipynb", "--allow-errors", "--python"])
+        .arg(python())
+        .output()
+        .unwrap();
+    assert!(ok(&o).contains("executed 4 code cells in "), "{}", util::text(&o));
+    let r = &read_json(&d.path().join("all.ipynb"))["metadata"]["cellsci"]["run"];
+    assert_eq!((r["status"].as_str(), r["cells_run"].as_u64()), (Some("errors"), Some(4)));
+    assert_eq!(r["not_run"], serde_json::json!([]));
+    assert_eq!(r["failed"][0]["cell"], 2);
+
+    // a clean run
+    write_nb(d.path(), "good.ipynb", &["x = 1", "", "print(x)"]);
+    let o = util::cellsci(d.path()).args(["notebook", "run", "good.ipynb", "--python"]).arg(python()).output().unwrap();
+    assert!(ok(&o).contains("executed 2 code cells in "), "{}", util::text(&o));
+    let r = &read_json(&d.path().join("good.out.ipynb"))["metadata"]["cellsci"]["run"];
+    assert_eq!(
+        (r["status"].as_str(), r["cells_run"].as_u64(), r["code_cells"].as_u64()),
+        (Some("ok"), Some(2), Some(2))
+    );
+    assert_eq!(r["failed"], serde_json::json!([]));
+}
+
+/// `--banner` adds papermill's two error cells (compared with what papermill itself writes for the same
+/// failing notebook), and the next run removes them.
+#[test]
+fn notebook_run_banner_matches_papermills_and_is_removed_by_the_next_run() {
+    let Some(pm) = papermill() else { return };
+    let d = util::tempdir();
+    write_tagged(
+        d.path(),
+        "in.ipynb",
+        &[("x = 1", &["parameters"]), ("print(x)", &[]), ("1/0", &[]), ("print('after')", &[])],
+    );
+    let o = util::cellsci(d.path())
+        .args(["notebook", "run", "in.ipynb", "ours.ipynb", "--banner", "-p", "x", "2", "--python"])
+        .arg(python())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", util::text(&o));
+    let o = std::process::Command::new(&pm)
+        .current_dir(d.path())
+        .args(["in.ipynb", "theirs.ipynb", "-p", "x", "2", "-k", "python3"])
+        .env("JUPYTER_PATH", util::test_venv().join("share/jupyter"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "papermill fails on the same cell: {}", util::text(&o));
+    let (a, b) = (read_json(&d.path().join("ours.ipynb")), read_json(&d.path().join("theirs.ipynb")));
+    let ours: Vec<_> = sources_and_tags(&a).into_iter().map(|(s, t)| (s.replace("cellsci", "papermill"), t)).collect();
+    assert_eq!(ours, sources_and_tags(&b), "cells with the banner: cellsci's, then papermill's");
+    assert_eq!(a["cells"][0]["cell_type"], "markdown");
+    assert_eq!(a["metadata"]["papermill"]["exception"], true);
+    let r = &a["metadata"]["cellsci"]["run"];
+    assert_eq!(r["failed"][0]["cell"], 6, "the failed cell's place in the saved notebook, banner included");
+    assert_eq!(r["not_run"], serde_json::json!([7]));
+    validate(&d.path().join("ours.ipynb"));
+    // run again on the output: the old banner goes, the parameters are replaced
+    let o = util::cellsci(d.path())
+        .args(["notebook", "run", "ours.ipynb", "again.ipynb", "-p", "x", "3", "--python"])
+        .arg(python())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let v = read_json(&d.path().join("again.ipynb"));
+    assert!(!v["cells"].as_array().unwrap().iter().any(|c| c["cell_type"] == "markdown"), "the banner was removed");
+    assert_eq!(stdout_of(&v["cells"][2]), "3\n");
+}
+
+/// The kernel chosen is named on stderr with the reason: --python, or a kernelspec (where it was found
+/// and where its name came from).
+#[test]
+fn notebook_run_says_which_kernel_runs_and_why() {
+    let d = util::tempdir();
+    write_nb(d.path(), "in.ipynb", &["import sys\nprint(sys.executable)"]);
+    let o = util::cellsci(d.path()).args(["notebook", "run", "in.ipynb", "--python"]).arg(python()).output().unwrap();
+    let t = ok(&o);
+    assert!(t.contains(&format!("kernel: {} -m ipykernel_launcher (--python)", python().display())), "{t}");
+    let r = &read_json(&d.path().join("in.out.ipynb"))["metadata"]["cellsci"]["run"]["kernel"];
+    assert_eq!(r["chosen_by"], "--python");
+
+    // a kernelspec named in the notebook's metadata, found on JUPYTER_PATH
+    let spec_dir = d.path().join("share/jupyter/kernels/mykern");
+    let spec = serde_json::json!({"argv": [python(), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                                  "display_name": "My Kernel", "language": "python"});
+    util::write(&spec_dir, "kernel.json", &spec.to_string());
+    let mut nb = read_json(&d.path().join("in.ipynb"));
+    nb["metadata"]["kernelspec"] =
+        serde_json::json!({"name": "mykern", "display_name": "My Kernel", "language": "python"});
+    util::write(d.path(), "k.ipynb", &nb.to_string());
+    let o = util::cellsci(d.path())
+        .args(["notebook", "run", "k.ipynb"])
+        .env("JUPYTER_PATH", d.path().join("share/jupyter"))
+        .output()
+        .unwrap();
+    let t = ok(&o);
+    assert!(
+        t.contains(&format!(
+            "kernel: kernelspec 'mykern' (My Kernel) in {}: {} -m ipykernel_launcher (the name from the notebook's metadata.kernelspec.name)",
+            spec_dir.display(),
+            python().display()
+        )),
+        "{t}"
+    );
+}
