@@ -18,7 +18,7 @@ use crate::kernel::spec::KernelSpec;
 use crate::kernel::{ExecOptions, ExecStatus, StartOptions};
 use crate::notebook::params::{self, PVal, Params, Placement};
 use crate::notebook::saver::{Change, Sink};
-use crate::notebook::{join_text, Notebook};
+use crate::notebook::{insert_sorted, join_text, sort_keys, Notebook};
 
 #[derive(Args, Debug, Clone)]
 pub struct NotebookRunArgs {
@@ -185,10 +185,10 @@ impl Record {
     fn write(&self, md: &mut Value, status: &str, shift: &dyn Fn(usize) -> usize) {
         let finished = status != "running";
         let m = md.as_object_mut().expect("metadata is an object");
-        let cs = m.entry("cellsci").or_insert_with(|| json!({}));
-        if !cs.is_object() {
-            *cs = json!({});
+        if !m.get("cellsci").is_some_and(Value::is_object) {
+            insert_sorted(m, "cellsci", json!({}));
         }
+        let cs = m.get_mut("cellsci").expect("set");
         let not_run: Vec<usize> = self.to_run[self.ran.min(self.to_run.len())..].to_vec();
         let rec = json!({
             "status": status,
@@ -209,7 +209,7 @@ impl Record {
         if self.papermill {
             if let Some(pm) = m.get_mut("papermill").and_then(Value::as_object_mut) {
                 let failed = !self.failed.is_empty() || status == "failed";
-                pm.insert("exception".into(), if failed { json!(true) } else { Value::Null });
+                insert_sorted(pm, "exception", if failed { json!(true) } else { Value::Null });
             }
         }
     }
@@ -312,8 +312,8 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
         let place = params::inject(&mut nb, &params)?;
         let mut md = nb.metadata().clone();
         if let Some(pm) = md.get_mut("papermill").and_then(Value::as_object_mut) {
-            pm.insert("input_path".into(), json!(args.input.display().to_string()));
-            pm.insert("output_path".into(), json!(out.display().to_string()));
+            insert_sorted(pm, "input_path", json!(args.input.display().to_string()));
+            insert_sorted(pm, "output_path", json!(out.display().to_string()));
         }
         nb.set_metadata(md)?;
         let how = match place {
@@ -374,14 +374,21 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
     nb.set_metadata(md)?;
     // Saved now (a bad path fails before the kernel starts), then after every cell by the saver.
     let mut sink = Sink::start(&mut nb, &out)?;
-    // The record, saved with the notebook's metadata as it is at this point.
-    let base_md = nb.metadata().clone();
-    let save_record =
-        |sink: &mut Sink, nb: &mut Notebook, rec: &Record, status: &str, shift: &dyn Fn(usize) -> usize| {
-            let mut md = base_md.clone();
-            rec.write(&mut md, status, shift);
-            sink.send(nb, Change::Metadata { metadata: md })
-        };
+    // The record, saved with the notebook's metadata as it is at this point (and the kernel's
+    // language_info once it has started).
+    let mut base_md = nb.metadata().clone();
+    fn save_record(
+        sink: &mut Sink,
+        nb: &mut Notebook,
+        base_md: &Value,
+        rec: &Record,
+        status: &str,
+        shift: &dyn Fn(usize) -> usize,
+    ) -> Result<()> {
+        let mut md = base_md.clone();
+        rec.write(&mut md, status, shift);
+        sink.send(nb, Change::Metadata { metadata: md })
+    }
 
     let spin = crate::ui::spinner("starting kernel");
     let started_kernel = async {
@@ -402,13 +409,17 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
         }
         Err(e) => {
             rec.error = Some(format!("the kernel did not start: {e:#}"));
-            save_record(&mut sink, &mut nb, &rec, "failed", &same)?;
+            save_record(&mut sink, &mut nb, &base_md, &rec, "failed", &same)?;
             sink.commit(&mut nb)?;
             sink.finish()?;
             return Err(e);
         }
     };
-    save_record(&mut sink, &mut nb, &rec, "running", &same)?;
+    // as nbclient: the notebook's language_info is the kernel's
+    if let Some(li) = kernel.info().and_then(|i| i.get("language_info")).filter(|v| v.is_object()) {
+        insert_sorted(base_md.as_object_mut().expect("metadata is an object"), "language_info", sort_keys(li));
+    }
+    save_record(&mut sink, &mut nb, &base_md, &rec, "running", &same)?;
     let bar = crate::ui::bar(code_cells.len() as u64, "{spinner} cell {pos}/{len} [{elapsed}] {wide_bar} {msg}");
     bar.enable_steady_tick(Duration::from_millis(200));
     let mut code = EXIT_OK;
@@ -458,7 +469,7 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
                 if status == "failed" {
                     rec.error = Some(format!("{e:#}"));
                 }
-                save_record(&mut sink, &mut nb, &rec, status, &same)?;
+                save_record(&mut sink, &mut nb, &base_md, &rec, status, &same)?;
                 sink.commit(&mut nb)?;
                 sink.finish()?;
                 kernel.shutdown().await;
@@ -505,7 +516,7 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
             if status == ExecStatus::Dead {
                 if let Err(e) = kernel.restart().await {
                     rec.error = Some(format!("the kernel died and did not restart: {e:#}"));
-                    save_record(&mut sink, &mut nb, &rec, "failed", &same)?;
+                    save_record(&mut sink, &mut nb, &base_md, &rec, "failed", &same)?;
                     sink.commit(&mut nb)?;
                     sink.finish()?;
                     return Err(e);
@@ -548,7 +559,7 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
         (false, true) => "errors",
         (false, false) => "failed",
     };
-    save_record(&mut sink, &mut nb, &rec, status, &shift)?;
+    save_record(&mut sink, &mut nb, &base_md, &rec, status, &shift)?;
     sink.commit(&mut nb)?;
     sink.finish()?;
     if !quiet {

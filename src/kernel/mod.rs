@@ -410,6 +410,14 @@ impl Kernel {
         }
     }
 
+    /// The content of the kernel's `kernel_info_reply` (`language_info`, `implementation`, `banner`, ...).
+    pub fn info(&self) -> Option<&serde_json::Value> {
+        match self {
+            Kernel::Local(k) => k.info(),
+            Kernel::Gateway(k) => k.info(),
+        }
+    }
+
     /// The gateway's URL, for a gateway kernel.
     pub fn gateway(&self) -> Option<&str> {
         match self {

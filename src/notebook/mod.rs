@@ -621,13 +621,26 @@ pub fn valid_id(s: &str) -> bool {
 }
 
 /// Insert `k` keeping an existing key's place, or at its sorted place among sorted keys.
-fn insert_sorted(m: &mut Map<String, Value>, k: &str, v: Value) {
+pub(crate) fn insert_sorted(m: &mut Map<String, Value>, k: &str, v: Value) {
     if let Some(slot) = m.get_mut(k) {
         *slot = v;
         return;
     }
     let pos = m.keys().position(|x| x.as_str() > k).unwrap_or(m.len());
     m.shift_insert(pos, k.to_string(), v);
+}
+
+/// `v` with the keys of every object sorted, as nbformat writes JSON.
+pub fn sort_keys(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut pairs: Vec<(&String, &Value)> = m.iter().collect();
+            pairs.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(pairs.into_iter().map(|(k, v)| (k.clone(), sort_keys(v))).collect())
+        }
+        Value::Array(a) => Value::Array(a.iter().map(sort_keys).collect()),
+        other => other.clone(),
+    }
 }
 
 /// A multi-line string as stored (a string or a list of strings), joined.

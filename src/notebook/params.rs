@@ -684,11 +684,11 @@ pub fn inject(nb: &mut Notebook, params: &Params) -> Result<Placement> {
     nb.insert(place.index(), cell)?;
     let mut md = nb.metadata().clone();
     let m = md.as_object_mut().expect("metadata is an object");
-    let pm = m.entry("papermill").or_insert_with(|| json!({}));
-    if !pm.is_object() {
-        *pm = json!({});
+    if !m.get("papermill").is_some_and(Value::is_object) {
+        super::insert_sorted(m, "papermill", json!({}));
     }
-    pm.as_object_mut().expect("object").insert("parameters".into(), params.to_json());
+    let pm = m.get_mut("papermill").and_then(Value::as_object_mut).expect("object");
+    super::insert_sorted(pm, "parameters", params.to_json());
     nb.set_metadata(md)?;
     Ok(place)
 }

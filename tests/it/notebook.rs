@@ -894,6 +894,9 @@ fn notebook_run_banner_matches_papermills_and_is_removed_by_the_next_run() {
     let ours: Vec<_> = sources_and_tags(&a).into_iter().map(|(s, t)| (s.replace("cellsci", "papermill"), t)).collect();
     assert_eq!(ours, sources_and_tags(&b), "cells with the banner: cellsci's, then papermill's");
     assert_eq!(a["cells"][0]["cell_type"], "markdown");
+    // the kernel's language_info, as nbclient (under papermill) writes it
+    assert_eq!(a["metadata"]["language_info"], b["metadata"]["language_info"]);
+    assert_eq!(a["metadata"]["language_info"]["name"], "python");
     assert_eq!(a["metadata"]["papermill"]["exception"], true);
     let r = &a["metadata"]["cellsci"]["run"];
     assert_eq!(r["failed"][0]["cell"], 6, "the failed cell's place in the saved notebook, banner included");

@@ -131,6 +131,8 @@ pub struct GatewayKernel {
     conn: Option<Conn>,
     /// Why the kernel is not usable (it died, or the gateway lost it); `restart` clears it.
     down: Option<String>,
+    /// The content of the kernel's `kernel_info_reply` at the last handshake.
+    info: Option<Value>,
 }
 
 /// How a lost connection ended.
@@ -149,7 +151,8 @@ impl GatewayKernel {
         };
         let shared = Arc::new(Shared { rest, id: Mutex::new(None) });
         let session = uuid::Uuid::new_v4().to_string();
-        let mut k = GatewayKernel { target, opts, name, session, base: None, shared, conn: None, down: None };
+        let mut k =
+            GatewayKernel { target, opts, name, session, base: None, shared, conn: None, down: None, info: None };
         k.create().await?;
         Ok(k)
     }
@@ -237,6 +240,11 @@ impl GatewayKernel {
         self.setup().await
     }
 
+    /// The content of the kernel's `kernel_info_reply` at the last handshake.
+    pub fn info(&self) -> Option<&Value> {
+        self.info.as_ref()
+    }
+
     /// `kernel_info_request` until its reply: the kernel runs and our socket reaches it. Everything
     /// the gateway sent before the reply (statuses of a restart) is thrown away with it.
     async fn handshake(&mut self, within: Duration) -> Result<()> {
@@ -254,7 +262,10 @@ impl GatewayKernel {
             }
             tokio::select! {
                 m = conn.shell_rx.recv() => match m {
-                    Some(m) if m.msg_type == "kernel_info_reply" && m.parent_id.as_deref() == Some(id.as_str()) => break,
+                    Some(m) if m.msg_type == "kernel_info_reply" && m.parent_id.as_deref() == Some(id.as_str()) => {
+                        self.info = Some(m.content);
+                        break;
+                    }
                     Some(_) => {}
                     None => bail!("the kernel's WebSocket closed while connecting"),
                 },

@@ -309,7 +309,10 @@ impl LocalKernel {
             tokio::select! {
                 // A reader that ended lost its socket: fail now rather than at the deadline.
                 m = proc.shell_rx.recv() => match m {
-                    Some(m) => if ours(&m) && m.msg_type == "kernel_info_reply" { got_reply = true },
+                    Some(m) => if ours(&m) && m.msg_type == "kernel_info_reply" {
+                        got_reply = true;
+                        self.info = Some(m.content);
+                    },
                     None => return Err(fail(&proc, "lost its shell connection while starting")),
                 },
                 m = proc.iopub_rx.recv() => match m {

@@ -137,6 +137,8 @@ pub struct LocalKernel {
     base: Option<crate::kernel::Place>,
     proc: Option<Proc>,
     shared: Arc<Shared>,
+    /// The content of the kernel's `kernel_info_reply` at its (last) start.
+    info: Option<serde_json::Value>,
 }
 
 /// Interrupts a kernel, and tells its pid, while an execution holds the kernel itself.
@@ -166,13 +168,18 @@ impl LocalKernel {
             mode: spec.interrupt_mode,
             control: tokio::sync::Mutex::new(None),
         });
-        let mut k = LocalKernel { spec, opts, base: None, proc: None, shared };
+        let mut k = LocalKernel { spec, opts, base: None, proc: None, shared, info: None };
         k.launch().await?;
         Ok(k)
     }
 
     pub fn spec(&self) -> &KernelSpec {
         &self.spec
+    }
+
+    /// The content of the kernel's `kernel_info_reply` (its `language_info`, implementation, banner).
+    pub fn info(&self) -> Option<&serde_json::Value> {
+        self.info.as_ref()
     }
 
     pub fn pid(&self) -> Option<u32> {
