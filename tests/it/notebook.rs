@@ -217,6 +217,7 @@ fn notebook_run_saves_after_every_cell_so_a_crash_keeps_finished_cells() {
     validate(&out);
     let v = read_json(&out);
     assert_eq!(stdout_of(&v["cells"][0]), "finished\n");
+    assert_eq!(v["metadata"]["cellsci"]["run"]["status"], "running", "a killed run never says it finished");
 }
 
 #[test]
@@ -949,4 +950,24 @@ fn notebook_run_says_which_kernel_runs_and_why() {
         )),
         "{t}"
     );
+}
+
+/// Ctrl-C: exit 130, the record says which cell was interrupted and which never ran.
+#[test]
+fn notebook_run_records_an_interrupt() {
+    let d = util::tempdir();
+    write_nb(d.path(), "in.ipynb", &["print('one')", "import time\nprint('sleeping', flush=True)\ntime.sleep(60)", "print('three')"]);
+    let mut cmd = util::cellsci(d.path());
+    cmd.args(["notebook", "run", "in.ipynb", "--log-output", "--python"]).arg(python());
+    let mut run = util::Running::start(&mut cmd);
+    run.wait_for("sleeping");
+    run.signal(libc::SIGINT);
+    let (st, out) = run.finish();
+    assert_eq!(st.code(), Some(130), "{out}");
+    let v = read_json(&d.path().join("in.out.ipynb"));
+    let r = &v["metadata"]["cellsci"]["run"];
+    assert_eq!(r["status"], "interrupted", "{r}");
+    assert_eq!((r["interrupted_cell"].as_u64(), r["cells_run"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(r["not_run"], serde_json::json!([3]));
+    assert_eq!(stdout_of(&v["cells"][1]), "sleeping\n", "what the interrupted cell printed is kept");
 }
