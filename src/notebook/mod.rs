@@ -480,99 +480,198 @@ impl Notebook {
     /// Write the serialized notebook to `w`.
     pub fn write_to(&mut self, w: &mut dyn Write) -> std::io::Result<()> {
         let mut c = Counting { inner: w, pos: 0 };
-        self.write_impl(&mut c, None).map(|_| ())
+        let mut starts = Vec::new();
+        self.write_head(&mut c)?;
+        self.emit_from(&mut c, 0, true, None, &mut Vec::new(), &mut starts).map(|_| ())
     }
 
-    /// Write to `w`; with `target` (the file `w` writes into), very large cells are streamed and their
-    /// place in it returned, to become their cache once the file is safely written.
-    fn write_impl(&mut self, w: &mut Counting, target: Option<&Arc<File>>) -> std::io::Result<Vec<(usize, Cache)>> {
-        let mut moved = Vec::new();
+    /// `{` and the top-level members that come before `cells`.
+    fn write_head(&self, w: &mut Counting) -> std::io::Result<()> {
         w.write_all(b"{\n")?;
-        let n = self.top.len() + 1;
-        let mut idx = 0;
-        let mut cells_done = false;
-        let top: Vec<(String, Value)> = self.top.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        for (i, (k, v)) in top.iter().enumerate() {
-            if i == self.cells_pos {
-                idx += 1;
-                self.emit_cells(w, idx == n, target, &mut moved)?;
-                cells_done = true;
-            }
-            idx += 1;
-            w.write_all(b" ")?;
-            w.write_all(serde_json::to_string(k).expect("string").as_bytes())?;
-            w.write_all(b": ")?;
-            w.write_all(pretty(v, 1).as_bytes())?;
-            w.write_all(if idx == n { b"\n" } else { b",\n" })?;
+        for (k, v) in self.top.iter().take(self.cells_pos) {
+            write_member(w, k, v, false)?;
         }
-        if !cells_done {
-            self.emit_cells(w, true, target, &mut moved)?;
-        }
-        w.write_all(b"}\n")?;
-        Ok(moved)
+        Ok(())
     }
 
-    fn emit_cells(
+    /// Everything from cell `from` on: the cells (after the `"cells": [` line when `head`), then the
+    /// members after them and the closing brace. Records where each cell's line starts in `starts` and
+    /// returns where the cells end (where ` ]` begins). With `target` (the file `w` writes into), very
+    /// large cells are streamed and their place in it returned in `moved`, to become their cache once the
+    /// file is safely written.
+    fn emit_from(
         &mut self,
         w: &mut Counting,
-        last: bool,
+        from: usize,
+        head: bool,
         target: Option<&Arc<File>>,
         moved: &mut Vec<(usize, Cache)>,
-    ) -> std::io::Result<()> {
-        if self.cells.is_empty() {
-            w.write_all(b" \"cells\": []")?;
-        } else {
-            w.write_all(b" \"cells\": [\n")?;
-            let count = self.cells.len();
-            for (j, c) in self.cells.iter_mut().enumerate() {
-                w.write_all(b"  ")?;
-                if matches!(c.cache, Cache::None) {
-                    if let Some(t) = target.filter(|_| estimate(&c.value, 3) > BIG_CELL) {
-                        let start = w.pos;
-                        write_pretty(&CellSer(&c.value), 2, &mut *w)?;
-                        moved.push((j, Cache::Disk { file: t.clone(), off: start, len: w.pos - start }));
-                    } else {
-                        c.cache = Cache::Mem(pretty_with(&CellSer(&c.value), &c.value, 2));
-                    }
+        starts: &mut Vec<u64>,
+    ) -> std::io::Result<u64> {
+        let count = self.cells.len();
+        if head {
+            w.write_all(if count == 0 { b" \"cells\": []" } else { b" \"cells\": [\n" })?;
+        }
+        starts.truncate(from);
+        for j in from..count {
+            starts.push(w.pos);
+            let c = &mut self.cells[j];
+            w.write_all(b"  ")?;
+            if matches!(c.cache, Cache::None) {
+                if let Some(t) = target.filter(|_| estimate(&c.value, 3) > BIG_CELL) {
+                    let start = w.pos;
+                    write_pretty(&CellSer(&c.value), 2, &mut *w)?;
+                    moved.push((j, Cache::Disk { file: t.clone(), off: start, len: w.pos - start }));
+                } else {
+                    c.cache = Cache::Mem(pretty_with(&CellSer(&c.value), &c.value, 2));
                 }
-                match &c.cache {
-                    Cache::None => {}
-                    Cache::Mem(s) => w.write_all(s.as_bytes())?,
-                    Cache::Disk { file, off, len } => {
-                        let start = w.pos;
-                        copy_range(file, *off, *len, &mut *w)?;
-                        if let Some(t) = target {
-                            moved.push((j, Cache::Disk { file: t.clone(), off: start, len: *len }));
-                        }
-                    }
-                }
-                w.write_all(if j + 1 < count { b",\n" } else { b"\n" })?;
             }
+            match &c.cache {
+                Cache::None => {}
+                Cache::Mem(s) => w.write_all(s.as_bytes())?,
+                Cache::Disk { file, off, len } => {
+                    let start = w.pos;
+                    copy_range(file, *off, *len, &mut *w)?;
+                    if let Some(t) = target {
+                        moved.push((j, Cache::Disk { file: t.clone(), off: start, len: *len }));
+                    }
+                }
+            }
+            w.write_all(if j + 1 < count { b",\n" } else { b"\n" })?;
+        }
+        let cells_end = w.pos;
+        if count > 0 {
             w.write_all(b" ]")?;
         }
-        w.write_all(if last { b"\n" } else { b",\n" })
+        let after = self.top.len() - self.cells_pos.min(self.top.len());
+        w.write_all(if after == 0 { b"\n" } else { b",\n" })?;
+        for (i, (k, v)) in self.top.iter().skip(self.cells_pos).enumerate() {
+            write_member(w, k, v, i + 1 == after)?;
+        }
+        w.write_all(b"}\n")?;
+        Ok(cells_end)
     }
 
     /// Write the notebook to `path` atomically (a temporary file in the same folder, then a rename).
     pub fn write(&mut self, path: &Path) -> Result<()> {
+        self.write_placed(path).map(drop)
+    }
+
+    /// Write the notebook to `path` atomically, and say where its cells lie in the file, so that later
+    /// saves can rewrite only its end (`rewrite_from`).
+    pub fn write_placed(&mut self, path: &Path) -> Result<Placed> {
         // No fsync: the notebook is saved after every cell, and the rename already protects it from a crash.
         let tmp = crate::files::temp_beside(path).with_context(|| format!("cannot write {}", path.display()))?;
         let target = Arc::new(tmp.as_file().try_clone()?);
-        let moved = {
+        let mut starts = Vec::new();
+        let (moved, cells_end) = {
             let mut bw = std::io::BufWriter::with_capacity(256 * 1024, tmp.as_file());
             let mut w = Counting { inner: &mut bw, pos: 0 };
-            let moved =
-                self.write_impl(&mut w, Some(&target)).with_context(|| format!("cannot write {}", path.display()))?;
+            let mut moved = Vec::new();
+            let cells_end = self
+                .write_head(&mut w)
+                .and_then(|_| self.emit_from(&mut w, 0, true, Some(&target), &mut moved, &mut starts))
+                .with_context(|| format!("cannot write {}", path.display()))?;
             bw.flush().with_context(|| format!("cannot write {}", path.display()))?;
-            moved
+            (moved, cells_end)
         };
         crate::files::persist(tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
         // Only now that the file is complete may large cells be read back from it.
         for (j, cache) in moved {
             self.cells[j].cache = cache;
         }
+        Ok(Placed { file: target, path: path.to_path_buf(), starts, cells_end })
+    }
+
+    /// Whether the top-level member `key` comes after `cells` in the file (so that a change to it
+    /// leaves every cell where it is).
+    pub fn after_cells(&self, key: &str) -> bool {
+        self.top.keys().position(|k| k == key).is_some_and(|i| i >= self.cells_pos)
+    }
+
+    /// Save by rewriting the file `placed` describes from cell `from` on (0-based; the notebook's length
+    /// for the members after the cells only), in place: the cost is what changed from there, not the whole
+    /// notebook. Everything before cell `from` and the members before the cells must be as they were
+    /// written (the caller knows what it changed); the number of cells must be the same. Returns false,
+    /// having written nothing, when that cannot be done (a large cell further on is cached in the file
+    /// region to be rewritten, the cell count changed, or `path` is no longer the file written): then
+    /// `write_placed` is the way.
+    ///
+    /// Unlike `write`, this is not atomic: a process reading the file meanwhile may see it half written,
+    /// and if the writing process dies in the middle the file is cut there.
+    pub fn rewrite_from(&mut self, placed: &mut Placed, from: usize) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let n = self.cells.len();
+        if n == 0 || from > n || placed.starts.len() != n {
+            return Ok(false);
+        }
+        if self.cells[from..].iter().any(|c| matches!(c.cache, Cache::Disk { .. })) {
+            return Ok(false);
+        }
+        let (ours, now) = (placed.file.metadata()?, std::fs::metadata(&placed.path));
+        if !now.is_ok_and(|m| m.ino() == ours.ino() && m.dev() == ours.dev()) {
+            return Ok(false);
+        }
+        let off = if from < n { placed.starts[from] } else { placed.cells_end };
+        let path = placed.path.clone();
+        let ctx = || format!("cannot write {}", path.display());
+        let file = placed.file.clone();
+        let mut moved = Vec::new();
+        let (cells_end, end) = {
+            let mut at = WriteAt { file: &file, pos: off };
+            let mut bw = std::io::BufWriter::with_capacity(256 * 1024, &mut at);
+            let mut w = Counting { inner: &mut bw, pos: off };
+            let cells_end =
+                self.emit_from(&mut w, from, false, Some(&file), &mut moved, &mut placed.starts).with_context(ctx)?;
+            let end = w.pos;
+            bw.flush().with_context(ctx)?;
+            (cells_end, end)
+        };
+        file.set_len(end).with_context(ctx)?;
+        placed.cells_end = cells_end;
+        for (j, cache) in moved {
+            self.cells[j].cache = cache;
+        }
+        Ok(true)
+    }
+}
+
+/// Where a notebook's cells lie in the file it was written to (see `Notebook::write_placed`).
+pub struct Placed {
+    file: Arc<File>,
+    path: std::path::PathBuf,
+    /// The offset of each cell's first line.
+    starts: Vec<u64>,
+    /// The offset just past the last cell, where ` ]` begins.
+    cells_end: u64,
+}
+
+/// Writes at increasing offsets of a file (positioned writes, no shared cursor).
+struct WriteAt<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl Write for WriteAt<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.write_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// One top-level member: ` "key": value` and its separator.
+fn write_member(w: &mut Counting, k: &str, v: &Value, last: bool) -> std::io::Result<()> {
+    w.write_all(b" ")?;
+    w.write_all(serde_json::to_string(k).expect("string").as_bytes())?;
+    w.write_all(b": ")?;
+    w.write_all(pretty(v, 1).as_bytes())?;
+    w.write_all(if last { b"\n" } else { b",\n" })
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -735,6 +834,36 @@ mod tests {
         assert_eq!(split_lines("a\n"), json!(["a\n"]));
         assert_eq!(split_lines(""), json!([]));
         assert_eq!(split_lines("a\r\nb\rc"), json!(["a\r\n", "b\r", "c"]));
+    }
+
+    /// A save in place from a changed cell on gives the same bytes as writing the whole notebook.
+    #[test]
+    fn rewriting_from_a_cell_gives_the_bytes_of_a_whole_write() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("nb.ipynb");
+        let mut nb = Notebook::new();
+        for i in 0..6 {
+            nb.push(json!({"source": format!("print({i})")})).unwrap();
+        }
+        let mut placed = nb.write_placed(&out).unwrap();
+        let check = |nb: &mut Notebook| assert_eq!(std::fs::read(&out).unwrap(), nb.to_bytes());
+        let text = |n: usize| vec![json!({"output_type": "stream", "name": "stdout", "text": "x".repeat(n)})];
+        // cells finishing in order, an earlier cell growing and shrinking, then the metadata only
+        for (i, n) in [(0, 10), (1, 5000), (2, 3), (1, 1), (5, 70000), (0, 0)] {
+            nb.set_outputs_owned(i, text(n), Some(i as i64 + 1), None).unwrap();
+            assert!(nb.rewrite_from(&mut placed, i).unwrap());
+            check(&mut nb);
+        }
+        let mut md = nb.metadata().clone();
+        md["cellsci"] = json!({"run": {"status": "ok"}});
+        nb.set_metadata(md).unwrap();
+        assert!(nb.after_cells("metadata"));
+        assert!(nb.rewrite_from(&mut placed, nb.len()).unwrap());
+        check(&mut nb);
+        // another file in its place (a save by another program): not rewritten in place
+        std::fs::write(d.path().join("other"), b"{}").unwrap();
+        std::fs::rename(d.path().join("other"), &out).unwrap();
+        assert!(!nb.rewrite_from(&mut placed, 0).unwrap());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::Notebook;
+use super::{Notebook, Placed};
 
 /// The hidden subcommand that runs the helper.
 pub const SUBCOMMAND: &str = "__notebook-saver";
@@ -155,7 +155,8 @@ fn saver_loop(out: &Path) -> Result<()> {
     let mut nb = Notebook::read(out)?;
     let stdin = std::io::stdin();
     let mut r = std::io::BufReader::with_capacity(1 << 20, stdin.lock());
-    let mut dirty = false;
+    let mut pending = Pending::default();
+    let mut placed: Option<Placed> = None;
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -168,17 +169,53 @@ fn saver_loop(out: &Path) -> Result<()> {
             break;
         }
         let change: Change = serde_json::from_slice(&line).context("a notebook change that does not decode")?;
+        pending.note(&change, &nb);
         change.apply(&mut nb)?;
-        dirty = true;
         if r.buffer().is_empty() && !input_waiting() {
-            nb.write(out)?;
-            dirty = false;
+            pending.save(&mut nb, &mut placed, out)?;
         }
     }
-    if dirty {
-        nb.write(out)?;
+    pending.save(&mut nb, &mut placed, out)
+}
+
+/// What changed since the last save, and so how much of the file the next one rewrites.
+#[derive(Default)]
+struct Pending {
+    /// The first cell changed (the notebook's length: only what follows the cells).
+    from: Option<usize>,
+    /// Cells were added, or something before the cells changed: the whole file is written.
+    whole: bool,
+}
+
+impl Pending {
+    fn note(&mut self, change: &Change, nb: &Notebook) {
+        let first = match change {
+            Change::Cell { i, .. } | Change::Display { i, .. } => *i,
+            Change::Metadata { .. } if nb.after_cells("metadata") => nb.len(),
+            Change::Metadata { .. } | Change::Insert { .. } => {
+                self.whole = true;
+                0
+            }
+        };
+        self.from = Some(self.from.map_or(first, |f| f.min(first)));
     }
-    Ok(())
+
+    /// Save what changed: in place from the first changed cell on, which costs what changed rather than
+    /// the whole notebook, else (the first save, cells added, a large cached cell in the way) the whole
+    /// file atomically.
+    fn save(&mut self, nb: &mut Notebook, placed: &mut Option<Placed>, out: &Path) -> Result<()> {
+        let Some(from) = self.from.take() else { return Ok(()) };
+        let whole = std::mem::take(&mut self.whole);
+        if !whole {
+            if let Some(p) = placed.as_mut() {
+                if nb.rewrite_from(p, from)? {
+                    return Ok(());
+                }
+            }
+        }
+        *placed = Some(nb.write_placed(out)?);
+        Ok(())
+    }
 }
 
 /// Whether more input is waiting on stdin right now.
