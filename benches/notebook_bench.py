@@ -7,7 +7,7 @@ Usage:
 
 The venv (created once if missing, never by the tests) holds ipykernel, nbclient and papermill; all
 three tools run the same kernel from it. For every case (empty, 10/100/1000 trivial cells,
-stream-heavy, a 20 MB output, sleeps) the script prints the median wall time of each tool, cellsci's
+stream-heavy, a 20 MB output, sleeps, 300 cells of 20 KB output) the script prints the median wall time of each tool, cellsci's
 ratio to each, and peak resident memory (VmHWM): of the host process (the Python process running
 nbclient/papermill), and for cellsci of cellsci itself plus its notebook saver process (the kernel
 is counted for none of them). Fixed cost is the "empty" case; per-cell cost is
@@ -53,6 +53,8 @@ CASES = {
         "display({'image/png': base64.b64encode(os.urandom(15_000_000)).decode()}, raw=True)"
     ],
     "sleep_5x0.2": ["import time\ntime.sleep(0.2)"] * 5,
+    # 300 cells of 20 KB output each (6 MB at the end): what saving after every cell costs as it grows
+    "output_300x20KB": ["print('x' * 20000)"] * 300,
 }
 
 

@@ -28,13 +28,13 @@ pub struct NotebookRunArgs {
     /// unless you name it).
     pub output: Option<PathBuf>,
     /// The kernelspec to use (default: the notebook's metadata.kernelspec.name, else python3).
-    #[arg(long = "kernel", value_name = "NAME")]
+    #[arg(short = 'k', long = "kernel", value_name = "NAME")]
     pub kernel: Option<String>,
     /// Run ipykernel with this Python interpreter instead of a kernelspec.
     #[arg(long = "python", value_name = "PATH", conflicts_with = "kernel")]
     pub python: Option<PathBuf>,
     /// Seconds a cell may run before it is interrupted (default: no limit).
-    #[arg(long = "timeout", value_name = "S")]
+    #[arg(long = "timeout", visible_alias = "execution-timeout", value_name = "S")]
     pub timeout: Option<f64>,
     /// Keep going after a cell fails (the error is saved in the notebook).
     #[arg(long = "allow-errors")]
@@ -365,7 +365,8 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
         failed: Vec::new(),
         interrupted: None,
         error: None,
-        papermill: !params.is_empty(),
+        // a notebook papermill ran says in metadata.papermill.exception whether it failed: kept true
+        papermill: !params.is_empty() || nb.metadata().get("papermill").is_some_and(Value::is_object),
         kernel: Value::Null,
     };
     let same = |i: usize| i;

@@ -51,7 +51,7 @@ impl Change {
 /// Where changes go: the helper process, or (when it cannot start) the notebook itself, saved at once.
 pub enum Sink {
     Helper { child: Child, pipe: std::io::BufWriter<ChildStdin>, out: PathBuf },
-    Direct { out: PathBuf },
+    Direct { out: PathBuf, pending: Pending, placed: Option<Placed> },
 }
 
 impl Sink {
@@ -62,7 +62,7 @@ impl Sink {
         nb.write(out)?;
         let out = out.to_path_buf();
         if HELPER_ENABLED.get().is_none() {
-            return Ok(Sink::Direct { out });
+            return Ok(Sink::Direct { out, pending: Pending::default(), placed: None });
         }
         let spawn = || -> std::io::Result<(Child, ChildStdin)> {
             use std::os::unix::process::CommandExt;
@@ -84,7 +84,7 @@ impl Sink {
             }
             Err(e) => {
                 tracing::warn!("cannot start the notebook saver ({e}); saving in this process");
-                Ok(Sink::Direct { out })
+                Ok(Sink::Direct { out, pending: Pending::default(), placed: None })
             }
         }
     }
@@ -92,7 +92,10 @@ impl Sink {
     /// Record a change; it is safe on disk (or in the pipe, which outlives cellsci) when this returns.
     pub fn send(&mut self, nb: &mut Notebook, change: Change) -> Result<()> {
         match self {
-            Sink::Direct { .. } => change.apply(nb),
+            Sink::Direct { pending, .. } => {
+                pending.note(&change, nb);
+                change.apply(nb)
+            }
             Sink::Helper { pipe, out, .. } => {
                 serde_json::to_writer(&mut *pipe, &change).context("cannot encode a notebook change")?;
                 pipe.write_all(b"\n")
@@ -102,10 +105,10 @@ impl Sink {
         }
     }
 
-    /// After the changes of one cell: in direct mode, write the file.
+    /// After the changes of one cell: in direct mode, save them (as the helper does).
     pub fn commit(&mut self, nb: &mut Notebook) -> Result<()> {
         match self {
-            Sink::Direct { out } => nb.write(out),
+            Sink::Direct { out, pending, placed } => pending.save(nb, placed, out),
             Sink::Helper { .. } => Ok(()),
         }
     }
@@ -180,7 +183,7 @@ fn saver_loop(out: &Path) -> Result<()> {
 
 /// What changed since the last save, and so how much of the file the next one rewrites.
 #[derive(Default)]
-struct Pending {
+pub struct Pending {
     /// The first cell changed (the notebook's length: only what follows the cells).
     from: Option<usize>,
     /// Cells were added, or something before the cells changed: the whole file is written.
