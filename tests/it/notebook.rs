@@ -1023,3 +1023,22 @@ fn notebook_run_sigkilled_mid_run_leaves_a_valid_notebook_with_whole_cells() {
         }
     }
 }
+
+/// A kernel that cannot start: exit 2, and the saved notebook's record says why and that nothing ran.
+#[test]
+fn notebook_run_records_a_kernel_that_did_not_start() {
+    let d = util::tempdir();
+    write_nb(d.path(), "in.ipynb", &["print(1)", "print(2)"]);
+    let o = util::cellsci(d.path())
+        .args(["notebook", "run", "in.ipynb", "out.ipynb", "--python", "/nonexistent/python"])
+        .output()
+        .unwrap();
+    let t = util::text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains("python interpreter /nonexistent/python does not exist"), "{t}");
+    let r = &read_json(&d.path().join("out.ipynb"))["metadata"]["cellsci"]["run"];
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["cells_run"], 0);
+    assert_eq!(r["not_run"], serde_json::json!([1, 2]));
+    assert_eq!(r["error"], "the kernel did not start: python interpreter /nonexistent/python does not exist");
+}
