@@ -58,6 +58,15 @@ local function guarded(f, ...)
   return nil, M.as_error(r[2])
 end
 
+-- Text from a notebook or the LLM (cell ids and names, exception messages, model names, reply text) is
+-- never put into a line as it is: q(ctx, v, what) makes it safe (log.quote: escaped, clipped, runner
+-- marker phrases neutralized, recorded in the trial's event log). The runner reads our lines.
+local function q(ctx, v, what, max)
+  if ctx and ctx.quote and not max then return ctx:quote(v, what) end
+  return (log.quote(v, { what = what, max = max, events = ctx and ctx.events or nil }))
+end
+M.quote = q
+
 -- A trial context for steps called without one (the single commands, older strategies).
 local function context(trial, ctx)
   return ctx or require("trial").new(trial)
@@ -122,7 +131,7 @@ end
 function M.policy(module, fn, ...)
   local ok, mod = pcall(require, module)
   if not ok then
-    log.error(string.format("[POLICY] cannot load %s: %s", module, tostring(mod)))
+    log.error(string.format("[POLICY] cannot load %s: %s", module, q(nil, mod, "policy error", 1000)))
     return nil, module .. ".lua failed to load: " .. tostring(mod)
   end
   if type(mod) ~= "table" or type(mod[fn]) ~= "function" then
@@ -130,7 +139,7 @@ function M.policy(module, fn, ...)
   end
   local res = table.pack(pcall(mod[fn], ...))
   if not res[1] then
-    log.error(string.format("[POLICY] %s.%s failed: %s", module, fn, tostring(res[2])))
+    log.error(string.format("[POLICY] %s.%s failed: %s", module, fn, q(nil, res[2], "policy error", 1000)))
     return nil, module .. "." .. fn .. " failed: " .. tostring(res[2])
   end
   return table.unpack(res, 2, res.n)
@@ -162,7 +171,7 @@ local function read_ideas(p)
   if not text then return {} end
   local doc, err = json.decode(text)
   if type(doc) ~= "table" then
-    log.warn("[SETUP] cannot read " .. p .. ": " .. tostring(err))
+    log.warn("[SETUP] cannot read " .. p .. ": " .. q(nil, err, "idea.json error"))
     return {}
   end
   return doc.ideas or doc
@@ -257,7 +266,7 @@ local function request_notebook(system, user, trial, ctx)
     table.insert(attempts, { attempt = attempt + 1, error = why, finish_reason = resp.finish_reason,
       raw = (llm.clip(resp.text, { head = 1000, tail = 1000 })), raw_bytes = #resp.text,
       raw_file = saved and path.basename(reply_file) or nil })
-    ctx:warn(string.format("[GENERATE] reply %d could not be used (%s)%s", attempt + 1, why,
+    ctx:warn(string.format("[GENERATE] reply %d could not be used (%s)%s", attempt + 1, q(ctx, why, "reply error"),
       attempt < retries and "; asking the model to reformat it" or ""))
     local echo, cut = llm.clip(resp.text, { head = M.ECHO_BYTES, tail = M.ECHO_BYTES })
     table.insert(messages, { role = "assistant", content = echo })
@@ -355,7 +364,7 @@ function M.generate_step(trial, opts, s1, ctx)
     write_json(fail_path, { error = err, prompt_file = spec_path, attempts = attempts })
     if host.interrupted() then raise("interrupted", "interrupted") end
     -- The runner counts an iteration with this line as buggy (DESIGN: "Lines other tools read").
-    ctx:line("[GENERATE] Notebook Generation Failed: " .. err)
+    ctx:line("[GENERATE] Notebook Generation Failed: " .. q(ctx, err, "generation error"))
     -- An LLM failure keeps its kind (a rejected key is `client` whatever step met it).
     local kind = type(llm_err) == "table" and llm_err.kind
     if not (kind == "client" or kind == "budget" or kind == "config" or kind == "replay_miss" or kind == "interrupted") then
@@ -450,7 +459,7 @@ local function start_with_retries(ctx, f)
       return nil, err
     end
     wait = tonumber(wait) or 0
-    ctx:warn(string.format("[EXEC] the kernel did not start (%s); trying again in %.1fs", tostring(err), wait))
+    ctx:warn(string.format("[EXEC] the kernel did not start (%s); trying again in %.1fs", q(ctx, err, "kernel error"), wait))
     ctx:event("kernel_start_failed", { error = tostring(err), kind = kind, wait = wait })
     if wait > 0 then time.sleep(wait) end
   end
@@ -557,7 +566,7 @@ local function replay(k, nb, done, i, ctx)
     table.insert(names, tostring(sub.id or ("cell " .. (j - 1))))
   end
   ctx:info(string.format("[EXEC] kernel restarted; replaying %s: %s", how == "all" and "every earlier cell"
-    or "the failing cell's ancestors", #names > 0 and table.concat(names, ", ") or "none"))
+    or "the failing cell's ancestors", #names > 0 and q(ctx, table.concat(names, ", "), "cell ids", 1000) or "none"))
   ctx:event("replay", { cell_index = i - 1, cells = names, rule = how })
   for _, j in ipairs(set) do
     local rr = run_cell(k, nb:cell(j).source, { timeout = tonumber(section("exec").timeout_seconds) })
@@ -598,14 +607,15 @@ function M.execute_step(trial, s1, ctx)
       if cell.cell_type == "code" then
         local sub = (cell.metadata or {}).subtask or {}
         local id = tostring(sub.id or ("Cell_" .. (i - 1)))
-        ctx:info(string.format("[GRAPH] running node %s: %s (cell %d)", id, sub.name or "", i - 1))
-        bar:message(string.format("%s %s | %d tokens so far", id, sub.name or "", (llm.usage() or {}).total_tokens or 0))
+        local qid, qname = q(ctx, id, "cell id"), q(ctx, sub.name or "", "cell name")
+        ctx:info(string.format("[GRAPH] running node %s: %s (cell %d)", qid, qname, i - 1))
+        bar:message(string.format("%s %s | %d tokens so far", qid, qname, (llm.usage() or {}).total_tokens or 0))
         local r = run_cell(k, cell.source, { timeout = timeout })
         record(nb, i, r, exec_path)
         ctx:event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, ename = r.ename })
         local round = 0
         while r.status ~= "ok" do
-          ctx:line(string.format("[GRAPH] Error in Node %s (cell %d): %s", id, i - 1, short(r)))
+          ctx:line(string.format("[GRAPH] Error in Node %s (cell %d): %s", qid, i - 1, q(ctx, short(r), "cell error")))
           if host.interrupted() then error("interrupted", 0) end
           if round >= max_rounds then
             outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1,
@@ -614,7 +624,7 @@ function M.execute_step(trial, s1, ctx)
           end
           round = round + 1
           host.reload()
-          ctx:line(string.format("[FIX] %s | Round %d/%d | %s", id, round, max_rounds, short(r)))
+          ctx:line(string.format("[FIX] %s | Round %d/%d | %s", qid, round, max_rounds, q(ctx, short(r), "cell error")))
           if r.status == "dead" or r.restarted or not k:alive() then
             if not k:alive() then k:restart() end
             local rok, rerr = replay(k, nb, done, i, ctx)
@@ -636,12 +646,12 @@ function M.execute_step(trial, s1, ctx)
           ctx:event("fix", { cell_index = i - 1, id = id, round = round, applied = new ~= nil, how = how,
             error = short(r), before = src, after = new })
           if not new then
-            ctx:line(string.format("[FIX] %s | no fix: %s", id, how))
+            ctx:line(string.format("[FIX] %s | no fix: %s", qid, q(ctx, how, "fix outcome")))
             outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1,
               error = string.format("cell %d (%s) could not be fixed (%s): %s", i - 1, id, how, short(r)) }
             break
           end
-          ctx:line(string.format("[FIX] %s | applied fix (%s); re-running", id, how))
+          ctx:line(string.format("[FIX] %s | applied fix (%s); re-running", qid, q(ctx, how, "fix outcome")))
           nb:set_source(i, new)
           r = run_cell(k, new, { timeout = timeout })
           record(nb, i, r, exec_path)
@@ -667,12 +677,12 @@ function M.execute_step(trial, s1, ctx)
 
   if ex.enable_hypergraph_viz ~= false then
     local _, herr = report.hypergraph(nb, { path = path.join(trial, "hypergraph.json") })
-    if herr then ctx:warn("[EXEC] hypergraph.json: " .. tostring(herr)) end
+    if herr then ctx:warn("[EXEC] hypergraph.json: " .. q(ctx, herr, "hypergraph error")) end
     local _, merr = report.mermaid(nb, { path = path.join(trial, "hypergraph.md") })
-    if merr then ctx:warn("[EXEC] hypergraph.md: " .. tostring(merr)) end
+    if merr then ctx:warn("[EXEC] hypergraph.md: " .. q(ctx, merr, "hypergraph error")) end
   end
   M.list_intermediate(trial, ctx)
-  if not outcome.ok then ctx:warn("[EXEC] " .. outcome.error) end
+  if not outcome.ok then ctx:warn("[EXEC] " .. q(ctx, outcome.error, "cell error", 1000)) end
   return outcome
 end
 
@@ -683,7 +693,7 @@ M.INTERMEDIATE_LIMITS = { max_files = 100, max_depth = 8 }
 function M.list_intermediate(trial, ctx)
   ctx = context(trial, ctx)
   local w, err = fs.walk(path.join(trial, "intermediate"), M.INTERMEDIATE_LIMITS)
-  if not w and err.kind ~= "not_found" then ctx:warn("[EXEC] cannot list intermediate/: " .. tostring(err)) end
+  if not w and err.kind ~= "not_found" then ctx:warn("[EXEC] cannot list intermediate/: " .. q(ctx, err, "walk error")) end
   w = w or { files = {}, truncated = 0, too_deep = 0, unreadable = 0 }
   local files = {}
   for _, f in ipairs(w.files) do
@@ -694,9 +704,10 @@ function M.list_intermediate(trial, ctx)
   end
   for _, f in ipairs(files) do
     if f.kind == "link" then
-      ctx:info(string.format("[EXEC]   %-48s -> %s (symlink, not followed)", f.path, tostring(f.target)))
+      ctx:info(string.format("[EXEC]   %-48s -> %s (symlink, not followed)", q(ctx, f.path, "file name"),
+        q(ctx, f.target, "link target")))
     else
-      ctx:info(string.format("[EXEC]   %-48s %10d bytes", f.path, f.size))
+      ctx:info(string.format("[EXEC]   %-48s %10d bytes", q(ctx, f.path, "file name"), f.size))
     end
   end
   if w.truncated > 0 or w.too_deep > 0 then
@@ -754,7 +765,7 @@ function M.analyze_step(trial, ctx)
   local m, err = report.load_metrics(mpath)
   if not m then
     write_text(report_path, "# Experiment report\n\nmetrics.json could not be read: " .. tostring(err) .. "\n")
-    ctx:warn("[ANALYZE] metrics.json could not be read: " .. tostring(err))
+    ctx:warn("[ANALYZE] metrics.json could not be read: " .. q(ctx, err, "metrics.json error"))
     return {}
   end
   -- The narrative: the model explains numbers it is given (report.narrative_input), never writes them.
@@ -805,7 +816,7 @@ function M.generate(opts)
   local nb, err = M.generate_into(trial, opts, s1)
   if not nb then
     if err.kind == "generation_failed" then
-      log.error(tostring(err.message))
+      log.error(q(nil, err.message, "generation error", 1000))
       return 1
     end
     error(tostring(err), 0)
@@ -820,7 +831,7 @@ function M.execute(opts)
   local out, err = M.execute_trial(trial, s1)
   if not out then error(tostring(err), 0) end
   -- The executed notebook is saved either way; a cell that stayed broken is a result, not an error.
-  if not out.ok then log.line("[EXEC] finished with a failing cell: " .. tostring(out.error)) end
+  if not out.ok then log.line("[EXEC] finished with a failing cell: " .. q(nil, out.error, "cell error", 1000)) end
   return 0
 end
 
@@ -829,7 +840,7 @@ function M.analyze(opts)
   local res, err = M.analyze_trial(trial)
   if not res then error(tostring(err), 0) end
   if res.score ~= nil then
-    log.line(string.format("[CHECK] %s | %s: %.4f", tostring(res.winner), section("experiment").primary_metric or "PCC", res.score))
+    log.line(string.format("[CHECK] %s | %s: %.4f", q(nil, res.winner, "winner"), section("experiment").primary_metric or "PCC", res.score))
   end
   return 0
 end
@@ -898,7 +909,7 @@ function M.check_gateway()
     if err.kind == "auth" or err.kind == "config" or err.kind == "client" then
       error("config: exec.gateway_url: " .. tostring(err.message or err), 0)
     end
-    log.warn("[EXEC] the gateway " .. url .. " does not answer yet (" .. tostring(err.message or err)
+    log.warn("[EXEC] the gateway " .. url .. " does not answer yet (" .. q(nil, err.message or err, "gateway error")
       .. "); kernel starts will wait for it as the kernel retry policy says")
     return
   end

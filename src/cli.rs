@@ -169,7 +169,8 @@ pub fn main(cli: Cli) -> u8 {
     let code = match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", lua::describe_error(&e, verbose));
+            // a -v traceback keeps its lines; each is guarded like every stderr line
+            crate::ui::elines(&format!("error: {}", lua::describe_error(&e, verbose)));
             EXIT_ERROR
         }
     };
@@ -192,7 +193,7 @@ fn init_logging(cli: &Cli) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::ui::TracingWriter { ansi })
         .with_target(false)
         .with_ansi(ansi)
         .try_init();
@@ -298,7 +299,7 @@ fn view(cli: &Cli, summary: &Path) -> Result<u8> {
     let doc = match page::read_summary(summary) {
         Ok(d) => d,
         Err(e @ PageError::NotSummary(_)) => {
-            eprintln!("error: {e}");
+            crate::ui::eline(&format!("error: {e}"));
             return Ok(crate::exit::EXIT_ERROR);
         }
         Err(e) => return Err(e.into()),

@@ -146,7 +146,7 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
         let log = args.log_output;
         let pending = std::cell::RefCell::new(String::new());
         let raises = nb.has_tag(i, RAISES_TAG);
-        let mut eo = ExecOptions { timeout, silent: false, allow_errors: raises || args.allow_errors, on_output: None };
+        let mut eo = ExecOptions { timeout, allow_errors: raises || args.allow_errors, ..Default::default() };
         if log {
             crate::ui::line(&format!("--- cell {} ({}/{}) ---", i + 1, k + 1, code_cells.len()));
             let pending = &pending;
@@ -156,7 +156,10 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
                     // Print whole lines as they complete; keep a partial line for later.
                     p.push_str(o.get("text").and_then(Value::as_str).unwrap_or(""));
                     if let Some(cut) = p.rfind('\n') {
-                        crate::ui::line(&p[..cut]);
+                        // one guarded stdout line per line of output
+                        for l in p[..cut].split('\n') {
+                            crate::ui::line(l);
+                        }
                         p.drain(..=cut);
                     }
                     return;
@@ -165,7 +168,9 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
                     crate::ui::line(&p);
                     p.clear();
                 }
-                crate::ui::line(summary(o).trim_end_matches('\n'));
+                for l in summary(o).trim_end_matches('\n').split('\n') {
+                    crate::ui::line(l);
+                }
             }));
         }
         let res = match kernel.execute(&src, eo).await {
@@ -212,7 +217,7 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
             };
             crate::ui::eline(&format!("cell {} ({}/{}) failed: {what}", i + 1, k + 1, code_cells.len()));
             if !quiet && status == ExecStatus::Error && !tb.is_empty() {
-                crate::ui::eline(&tb);
+                crate::ui::elines(&tb);
             }
             if !args.allow_errors {
                 code = 1;

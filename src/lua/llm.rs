@@ -90,7 +90,9 @@ fn price_table(lua: &Lua) -> BTreeMap<String, crate::llm::Price> {
             Ok(p) => {
                 out.insert(model, p);
             }
-            Err(e) => crate::ui::eline(&format!("warning: {e}; that model is not priced")),
+            Err(e) => {
+                crate::ui::eline(&format!("warning: {e}; that model is not priced"));
+            }
         }
     }
     out
