@@ -222,6 +222,7 @@ const SCHEMA: &[(&str, &str, Kind)] = &[
     ("exec", "gateway_paths", Kind::StrMap),
     ("exec", "gateway_reconnect_timeout", Kind::Num),
     ("exec", "local_slots", Kind::UInt),
+    ("exec", "max_output_bytes", Kind::UInt),
 ];
 
 /// The sections the host reads; each must be an object when present.
