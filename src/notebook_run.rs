@@ -156,21 +156,17 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
                     // Print whole lines as they complete; keep a partial line for later.
                     p.push_str(o.get("text").and_then(Value::as_str).unwrap_or(""));
                     if let Some(cut) = p.rfind('\n') {
-                        // one guarded stdout line per line of output
-                        for l in p[..cut].split('\n') {
-                            crate::ui::line(l);
-                        }
+                        // free text: one guarded stdout line per line of output
+                        crate::ui::plain(&p[..cut]);
                         p.drain(..=cut);
                     }
                     return;
                 }
                 if !p.is_empty() {
-                    crate::ui::line(&p);
+                    crate::ui::plain(&p);
                     p.clear();
                 }
-                for l in summary(o).trim_end_matches('\n').split('\n') {
-                    crate::ui::line(l);
-                }
+                crate::ui::plain(summary(o).trim_end_matches('\n'));
             }));
         }
         let res = match kernel.execute(&src, eo).await {
@@ -191,7 +187,7 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
             }
         };
         if !pending.borrow().is_empty() {
-            crate::ui::line(&pending.borrow());
+            crate::ui::plain(&pending.borrow());
         }
         let status = res.status;
         let (ename, evalue, tb, message) =

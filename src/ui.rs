@@ -87,6 +87,24 @@ pub fn line(text: &str) -> Cleaned {
     g
 }
 
+/// Print free text to stdout (a script's `print`, a cell's output): each of its lines guarded, and none
+/// may carry a runner marker (only `line` prints those).
+pub fn plain(text: &str) {
+    for l in text.split('\n') {
+        let g = untrusted::guard(l, Stream::Plain, false);
+        let print = || {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", g.text);
+            let _ = out.flush();
+        };
+        if progress_enabled() {
+            multi().suspend(print);
+        } else {
+            print();
+        }
+    }
+}
+
 /// Print a message to stderr without tearing progress bars. Every stderr line goes through here (or
 /// `eline_styled`) and is guarded: one line, clipped, no runner marker at all (the runner merges stderr
 /// into the log it parses). Returns what the guard changed.

@@ -65,8 +65,12 @@ const LINE_PREFIXES: &[&str] = &[
 /// Which stream a line is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
+    /// An event line (`log.line`): a runner marker may be its prefix.
     Stdout,
+    /// A message for the person; no marker at all.
     Stderr,
+    /// Free text on stdout (a script's `print`, a cell's output in `cellsci notebook run`): no marker at all.
+    Plain,
 }
 
 /// A cleaned text and what was changed in it (empty: nothing).
@@ -286,7 +290,7 @@ pub fn guard(line: &str, stream: Stream, keep_esc: bool) -> Cleaned {
     let t = clip(escape(line, keep_esc, &mut changes), LINE_MAX, &mut changes);
     let prefix = match stream {
         Stream::Stdout => LINE_PREFIXES.iter().find(|p| t.starts_with(*p)).map(|p| p.len()).unwrap_or(0),
-        Stream::Stderr => 0,
+        Stream::Stderr | Stream::Plain => 0,
     };
     let (head, rest) = t.split_at(prefix);
     let rest = replace_keys(rest, &mut changes);

@@ -53,18 +53,26 @@ impl Engine {
     }
 
     /// Wait out a rate limit another attempt was told about (Ctrl-C ends the wait).
-    async fn honour_hold(&self) -> Result<(), Failure> {
+    async fn honour_hold(&self, model: &str) -> Result<(), Failure> {
         let until = *self.hold_until.lock().unwrap_or_else(|e| e.into_inner());
         let Some(until) = until else { return Ok(()) };
         let now = Instant::now();
         if until <= now {
             return Ok(());
         }
-        tokio::select! {
+        let wait = (until - now).as_secs_f64();
+        let line = format!("[LLM] {model}: waiting {wait:.1}s before sending: the API asked another request to wait (429, Retry-After)");
+        if wait >= 0.5 {
+            crate::ui::info(&line);
+        }
+        let bar = crate::ui::spinner(line);
+        let r = tokio::select! {
             _ = crate::signals::token().cancelled() => Err(Failure::new(
                 Kind::Interrupted, "interrupted (Ctrl-C) while waiting out the API's rate limit")),
             _ = tokio::time::sleep(until - now) => Ok(()),
-        }
+        };
+        bar.finish_and_clear();
+        r
     }
 
     fn tel(&self) -> std::sync::MutexGuard<'_, telemetry::Telemetry> {
@@ -197,7 +205,7 @@ impl Engine {
                 ),
             ));
         }
-        self.honour_hold().await?;
+        self.honour_hold(&req.model).await?;
         let started = Instant::now();
         let result = if self.settings.replay.is_some() {
             self.replay(req)

@@ -137,7 +137,8 @@ impl Runtime {
         let print = lua.create_function(|lua, args: LuaMultiValue| {
             let tostring: LuaFunction = lua.globals().get("tostring")?;
             let parts = args.iter().map(|v| tostring.call::<String>(v.clone())).collect::<LuaResult<Vec<_>>>()?;
-            crate::ui::line(&HostCtx::get(lua).secret.mask(&parts.join("\t")));
+            // free text: each of its lines guarded, no runner marker (log.line prints those)
+            crate::ui::plain(&HostCtx::get(lua).secret.mask(&parts.join("\t")));
             Ok(())
         })?;
         lua.globals().set("print", print)?;

@@ -114,7 +114,21 @@ fn rate_limited_429_waits_as_retry_after_says() {
         "#,
         &[],
     );
-    ok(&out);
+    // the wait is said on stderr, one line, with what failed and the attempts (issue 26: a rate-limited
+    // run looked hung), in no words the runner reads
+    let text = ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let waits: Vec<&str> = err.lines().filter(|l| l.contains("waiting")).collect();
+    assert_eq!(waits.len(), 1, "{text}");
+    let re = regex::Regex::new(
+        r"^\[LLM\] fake-model: attempt 1 of at most 11 failed \(rate_limited: HTTP 429 Too Many Requests: Rate limit reached\); waiting (\d+\.\d)s before attempt 2 \(the server asked for 1s\)$",
+    )
+    .unwrap();
+    let secs: f64 = re.captures(waits[0]).unwrap_or_else(|| panic!("{}", waits[0]))[1].parse().unwrap();
+    assert!((1.0..3.0).contains(&secs), "{secs}");
+    for marker in ["Exception:", "Traceback", "[FIX]", "Error in Node", "Success", "[CHECK]", "ITERATION"] {
+        assert!(!waits[0].contains(marker), "{marker} in {}", waits[0]);
+    }
     let rx = srv.received();
     assert_eq!(rx.len(), 2);
     let gap = rx[1].at.duration_since(rx[0].at);
@@ -775,7 +789,7 @@ fn the_configs_retry_options_shape_the_default_policy() {
 }
 
 #[test]
-fn a_stream_that_trickles_forever_is_cut_at_six_timeouts() {
+fn a_stream_that_trickles_forever_is_cut_at_the_timeout() {
     let srv = FakeLlm::start();
     let pieces: Vec<&str> = vec!["tick "; 100];
     srv.push_stream(&pieces, Duration::from_millis(100));
@@ -785,7 +799,7 @@ fn a_stream_that_trickles_forever_is_cut_at_six_timeouts() {
         dir.path(),
         r#"
         local r, err = require("llm").chat{prompt = "x", stream = true, timeout = 1, retry = false}
-        assert(not r and err.kind == "timeout" and err.message:find("went on for more than 6s"), tostring(err))
+        assert(not r and err.kind == "timeout" and err.message:find("went on for more than 1s (llm.timeout)", 1, true), tostring(err))
         "#,
         &[],
     );
@@ -1253,7 +1267,7 @@ fn with_an_idle_timeout_the_timeout_bounds_the_whole_stream() {
         dir.path(),
         r#"local r, err = require("llm").chat{prompt = "x", stream = true, retry = false}
            assert(not r and err.kind == "timeout", tostring(err))
-           assert(err.message:find("went on for more than 1.5s (the timeout)", 1, true), err.message)"#,
+           assert(err.message:find("went on for more than 1.5s (llm.timeout)", 1, true), err.message)"#,
         &[],
     );
     ok(&out);
@@ -1324,4 +1338,162 @@ fn a_model_that_refuses_json_schema_gets_json_object_from_then_on() {
     for r in &rq[1..] {
         assert_eq!(r["response_format"], json!({"type": "json_object"}), "{r}");
     }
+}
+
+/// A hostile endpoint on loopback, written raw (no HTTP library between it and the client): it answers
+/// every request with `head` and then writes `chunk` again and again, `every` apart, until the client
+/// hangs up or `limit` bytes are out. Returns its URL and the count of body bytes it got out.
+fn hostile_server(
+    head: &'static str,
+    chunk: Vec<u8>,
+    every: Duration,
+    limit: u64,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", l.local_addr().unwrap());
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sent2 = sent.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { return };
+            let (sent, chunk) = (sent2.clone(), chunk.clone());
+            std::thread::spawn(move || {
+                // the request: headers, then as much body as Content-Length says
+                let mut req = Vec::new();
+                let mut b = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&b[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&req).to_ascii_lowercase();
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                    .unwrap_or(0);
+                let have = req.len() - (req.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4);
+                let mut left = len.saturating_sub(have);
+                while left > 0 {
+                    match c.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => left = left.saturating_sub(n),
+                    }
+                }
+                if c.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                while sent.load(std::sync::atomic::Ordering::SeqCst) < limit {
+                    if c.write_all(&chunk).is_err() {
+                        return;
+                    }
+                    sent.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::SeqCst);
+                    if !every.is_zero() {
+                        std::thread::sleep(every);
+                    }
+                }
+            });
+        }
+    });
+    (url, sent)
+}
+
+/// Issue 26: a streamed reply of 100 MB was accepted (309 MB of memory). A reply, streamed or not, is
+/// cut at llm.max_reply_bytes (8 MiB by default): the call fails at once as `truncated` (not retried:
+/// the same request would bring the same flood), the client hangs up, and a body announced larger is
+/// not read at all.
+#[test]
+fn a_reply_larger_than_max_reply_bytes_is_cut_off_streamed_or_not() {
+    let piece = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n", "x".repeat(65_000));
+    let (url, sent) = hostile_server(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n",
+        piece.into_bytes(),
+        Duration::ZERO,
+        100_000_000,
+    );
+    let dir = tempdir();
+    config(dir.path(), &url, json!({"timeout": 60}));
+    let t0 = std::time::Instant::now();
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x", stream = true}
+        assert(not r and err.kind == "truncated", tostring(err))
+        assert(err.message:find("passed llm.max_reply_bytes (8.4 MB)", 1, true), err.message)
+        assert(err.attempts == nil or err.attempts == 1, "not retried: " .. tostring(err.attempts))
+        print("cut: " .. err.message)
+        "#,
+        &[],
+    );
+    let secs = t0.elapsed().as_secs_f64();
+    ok(&out);
+    let n = sent.load(std::sync::atomic::Ordering::SeqCst);
+    println!("100 MB stream: cut after {n} bytes sent, {secs:.1} s");
+    assert!(n < 40_000_000, "the client hung up early: {n} bytes sent");
+    assert!(secs < 30.0, "{secs}");
+
+    // a body announced as 100 MB is refused unread; one with no length is cut while it comes
+    let (url, sent) = hostile_server(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000000\r\n\r\n",
+        vec![b' '; 65_536],
+        Duration::ZERO,
+        100_000_000,
+    );
+    config(dir.path(), &url, json!({"timeout": 60, "max_reply_bytes": 1000000}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x", stream = false}
+        assert(not r and err.kind == "truncated" and err.message:find("not read", 1, true), tostring(err))
+        local r2, err2 = require("llm").chat{prompt = "x", stream = false, max_reply_bytes = 0, timeout = 1, retry = false}
+        assert(not r2 and err2.kind ~= "truncated", "0 is no size limit: " .. tostring(err2))
+        "#,
+        &[],
+    );
+    ok(&out);
+    let _ = sent;
+    let (url, _sent) = hostile_server(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+        format!("{:x}\r\n{}\r\n", 65_536, " ".repeat(65_536)).into_bytes(),
+        Duration::ZERO,
+        100_000_000,
+    );
+    config(dir.path(), &url, json!({"timeout": 60, "max_reply_bytes": 1000000}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x", stream = false}
+        assert(not r and err.kind == "truncated" and err.message:find("(1.0 MB)", 1, true), tostring(err))
+        "#,
+        &[],
+    );
+    ok(&out);
+}
+
+/// Issue 26: a stream that never ends (keep-alive comments forever) was cut only at 6 x the timeout.
+/// With the defaults it is cut at the timeout; a stream that goes silent, at the idle gap.
+#[test]
+fn a_stream_that_never_ends_is_cut_at_the_timeout_by_default() {
+    let (url, _sent) = hostile_server(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n",
+        b": keep-alive\n\n".to_vec(),
+        Duration::from_millis(200),
+        u64::MAX,
+    );
+    let dir = tempdir();
+    config(dir.path(), &url, json!({"timeout": 2}));
+    let t0 = std::time::Instant::now();
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x", stream = true, retry = false}
+        assert(not r and err.kind == "timeout", tostring(err))
+        assert(err.message:find("went on for more than 2s (llm.timeout)", 1, true), err.message)
+        "#,
+        &[],
+    );
+    ok(&out);
+    let secs = t0.elapsed().as_secs_f64();
+    assert!((1.9..6.0).contains(&secs), "cut at the timeout (2 s), not 12 s: {secs:.1} s");
 }
