@@ -238,6 +238,33 @@ M.stream_long = stream_long
 -- request (and generation_failure.json) as big as itself.
 -- Returns cells, hypergraph, attempts (errors, reply sizes and files).
 M.ECHO_BYTES = 8192
+
+-- A reply's reasoning (reasoning_content, <think>), kept whole in <trial>/generation_reply_<n>_reasoning.txt
+-- when the reply could not be used; returns the fields for generation_failure.json.
+local function keep_reasoning(trial, n, reasoning, ctx)
+  if type(reasoning) ~= "string" or reasoning == "" then return {} end
+  local file = path.join(trial, string.format("generation_reply_%d_reasoning.txt", n))
+  local saved, serr = fs.write(file, reasoning)
+  if not saved then ctx:warn("[GENERATE] cannot save the reply's reasoning: " .. tostring(serr)) end
+  return { reasoning = (llm.clip(reasoning, { head = 1000, tail = 1000 })), reasoning_bytes = #reasoning,
+    reasoning_file = saved and path.basename(file) or nil }
+end
+
+-- The last resort for a reply with no usable content: the notebook written in its reasoning (models that
+-- put their whole answer in reasoning_content). Returns cells, hypergraph, or nil.
+local function cells_from_reasoning(reasoning, n, ctx)
+  if type(reasoning) ~= "string" or not reasoning:find("%S") then return nil end
+  local parsed = llm.extract_json(reasoning)
+  if parsed == nil then return nil end
+  local cells, hg = M.cells_of(parsed)
+  if not cells then return nil end
+  ctx:info(string.format("[GENERATE] reply %d had no usable content; its notebook (%d cells) was read from the "
+    .. "model's reasoning, as a last resort", n, #cells))
+  ctx:event("reply_from_reasoning", { step = "generation", attempt = n, cells = #cells, reasoning_bytes = #reasoning })
+  return cells, hg
+end
+M.cells_from_reasoning = cells_from_reasoning
+
 local function request_notebook(system, user, trial, ctx)
   local pb = section("prompt_branch")
   local messages = { { role = "system", content = system }, { role = "user", content = user } }
@@ -248,7 +275,12 @@ local function request_notebook(system, user, trial, ctx)
     local resp, err = llm.chat({ messages = messages, temperature = pb.temperature, max_tokens = pb.max_tokens,
       events = ctx.events, json_schema = structured() and M.GENERATION_SCHEMA or nil, stream = stream_long() })
     if not resp then
-      table.insert(attempts, { attempt = attempt + 1, error = tostring(err) })
+      local rec = { attempt = attempt + 1, error = tostring(err) }
+      local reasoning = type(err) == "table" and err.reasoning or nil
+      for k, v in pairs(keep_reasoning(trial, attempt + 1, reasoning, ctx)) do rec[k] = v end
+      table.insert(attempts, rec)
+      local cells, hg = cells_from_reasoning(reasoning, attempt + 1, ctx)
+      if cells then return cells, hg, attempts end
       return nil, nil, attempts, "the generation request failed: " .. tostring(err), err
     end
     local parsed, perr, repaired = llm.extract_json(resp.text)
@@ -259,13 +291,17 @@ local function request_notebook(system, user, trial, ctx)
     local cells, hg
     if parsed ~= nil then cells, hg = M.cells_of(parsed) end
     if cells then return cells, hg, attempts end
+    local rcells, rhg = cells_from_reasoning(resp.reasoning, attempt + 1, ctx)
+    if rcells then return rcells, rhg, attempts end
     local why = (llm.clip(parsed == nil and tostring(perr) or hg, { head = 2000, tail = 0 }))
     local reply_file = path.join(trial, string.format("generation_reply_%d.txt", attempt + 1))
     local saved, serr = fs.write(reply_file, resp.text)
     if not saved then ctx:warn("[GENERATE] cannot save the reply: " .. tostring(serr)) end
-    table.insert(attempts, { attempt = attempt + 1, error = why, finish_reason = resp.finish_reason,
+    local rec = { attempt = attempt + 1, error = why, finish_reason = resp.finish_reason,
       raw = (llm.clip(resp.text, { head = 1000, tail = 1000 })), raw_bytes = #resp.text,
-      raw_file = saved and path.basename(reply_file) or nil })
+      raw_file = saved and path.basename(reply_file) or nil }
+    for k, v in pairs(keep_reasoning(trial, attempt + 1, resp.reasoning, ctx)) do rec[k] = v end
+    table.insert(attempts, rec)
     ctx:warn(string.format("[GENERATE] reply %d could not be used (%s)%s", attempt + 1, q(ctx, why, "reply error"),
       attempt < retries and "; asking the model to reformat it" or ""))
     local echo, cut = llm.clip(resp.text, { head = M.ECHO_BYTES, tail = M.ECHO_BYTES })

@@ -514,6 +514,11 @@ fn give_up(
     if let Some(rep) = &f.reply {
         extra["text"] = json!(rep.text);
         extra["finish_reason"] = json!(rep.finish_reason);
+        // a reply whose whole answer is in its reasoning (reasoning_content) came as `empty`: the
+        // caller may keep it, or read it as a last resort
+        if !rep.reasoning.is_empty() {
+            extra["reasoning"] = json!(en.settings.mask(&rep.reasoning));
+        }
         extra["usage"] = rep.usage.to_json();
     }
     boundary::fail_with(lua, f.kind.as_str(), en.settings.mask(&msg), &extra)

@@ -1042,3 +1042,59 @@ fn a_kernel_retry_setting_the_policy_refuses_stops_run_with_exit_2_before_the_lo
     assert!(text.contains("exec.kernel_retry") && text.contains("unknown option 'bogus'"), "{text}");
     assert!(!text.contains("ITERATION"), "{text}");
 }
+
+/// Issue 26 item 14: a reasoning model that put the whole notebook in `reasoning_content` and left the
+/// content empty ended as `empty`, its reasoning saved nowhere. The pipeline reads the notebook from the
+/// reasoning as a last resort (and says so); when even that has no notebook, the reasoning is kept in
+/// the trial's failure files.
+#[test]
+fn a_reply_with_only_reasoning_content_is_read_from_it_or_kept_in_the_failure_files() {
+    let notebook = generation_reply(&[("T1", &metrics_cell(0.9))]);
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 1}, "prompt_branch": {"json_retries": 0},
+               "llm": {"retry": {"per_kind": {"empty": 0}}}}),
+        Box::new(move |kind, _req, _n| match kind {
+            Kind::Generation => Reply::Thinking {
+                reasoning: format!("Let me think it through. {notebook}"),
+                text: String::new(),
+                reasoning_tokens: 50,
+            },
+            Kind::Strategy => Reply::text("Test the dose response."),
+            _ => Reply::text("The better model wins."),
+        }),
+    );
+    let out = p.run(&["run"]);
+    let text = util::text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("its notebook (1 cells) was read from the model's reasoning, as a last resort"), "{text}");
+    assert!(text.contains("[CHECK] better | PCC: 0.9000"), "{text}");
+    let trial = p.archived().pop().expect("an archived trial");
+    let events = std::fs::read_to_string(trial.join("events.jsonl")).unwrap();
+    assert!(events.contains(r#""kind":"reply_from_reasoning""#), "{events}");
+    p.assert_key_hidden(&out);
+
+    // reasoning with no notebook in it: the generation fails, and the reasoning is in the failure files
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 1}, "prompt_branch": {"json_retries": 0},
+               "llm": {"retry": {"per_kind": {"empty": 0}}}}),
+        Box::new(move |kind, _req, _n| match kind {
+            Kind::Generation => Reply::Thinking {
+                reasoning: format!("I considered {} and ran out of room.", "many designs ".repeat(300)),
+                text: String::new(),
+                reasoning_tokens: 900,
+            },
+            _ => Reply::text("Plan."),
+        }),
+    );
+    let out = p.run(&["generate"]);
+    assert_eq!(out.status.code(), Some(1), "{}", util::text(&out));
+    let trial = &p.trials()[0];
+    let doc = read_json(&trial.join("generation_failure.json"));
+    let a = &doc["attempts"][0];
+    assert!(a["error"].as_str().unwrap().starts_with("empty:"), "{doc:#}");
+    assert_eq!(a["reasoning_file"], "generation_reply_1_reasoning.txt", "{doc:#}");
+    assert!(a["reasoning_bytes"].as_u64().unwrap() > 3000, "{doc:#}");
+    assert!(a["reasoning"].as_str().unwrap().starts_with("I considered many designs"), "{doc:#}");
+    let kept = std::fs::read_to_string(trial.join("generation_reply_1_reasoning.txt")).unwrap();
+    assert!(kept.ends_with("ran out of room."), "the whole reasoning is kept");
+}
