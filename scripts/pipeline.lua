@@ -103,7 +103,8 @@ function M.load_prompt(explicit, name)
     if not text then raise("config", "cannot read prompt file " .. explicit .. ": " .. tostring(err)) end
     where = explicit
   else
-    text, where = host.bundled("prompts/" .. name)
+    -- prompts/<name> of a user's folder (--scripts, the current folder), else the bundled copy
+    text, where = host.lookup("prompts/" .. name)
     if not text then raise("config", "no bundled prompt prompts/" .. name) end
   end
   local doc, err = yaml.decode(text)

@@ -116,13 +116,21 @@ function host.expand(text, vars) end
 ---@return boolean
 function host.interrupted() end
 
----A bundled file such as `"prompts/generation.yaml"`: the same relative path in a user folder (the
----script's folder, `--scripts DIR`) or the current folder wins over the copy built into cellsci.
----Raises when `rel` is absolute or contains `..`.
+---The copy of a bundled file built into cellsci, such as `"stdlib/success.lua"`, always (never a
+---user's file of the same name: a shadowing `success.lua` that starts from the bundled module gets
+---the bundled module). Raises when `rel` is absolute or contains `..`.
+---@param rel string
+---@return string|nil text The file's contents.
+---@return string|cellsci.Error where On success `"<bundled>/<rel>"`; on failure the error (`kind = "not_found"`).
+function host.bundled(rel) end
+
+---The file a user's folders give for `rel` (the script's folder, `--scripts DIR`, the current folder),
+---else the bundled copy: how the pipeline finds `prompts/<name>.yaml`. Raises when `rel` is absolute or
+---contains `..`.
 ---@param rel string
 ---@return string|nil text The file's contents.
 ---@return string|cellsci.Error where On success, where it came from: a path, or `"<bundled>/<rel>"`; on failure the error (`kind = "not_found"` when no such file exists; an `fs` kind when a file exists but cannot be read).
-function host.bundled(rel) end
+function host.lookup(rel) end
 
 ---The relative paths of every file built into cellsci (`scripts/...`, `stdlib/...`, `prompts/...`).
 ---@return string[] paths

@@ -1098,3 +1098,63 @@ fn a_reply_with_only_reasoning_content_is_read_from_it_or_kept_in_the_failure_fi
     let kept = std::fs::read_to_string(trial.join("generation_reply_1_reasoning.txt")).unwrap();
     assert!(kept.ends_with("ran out of room."), "the whole reasoning is kept");
 }
+
+/// Issue 26 items 11 and 12. `cellsci scripts export .` and then the README's "start from the bundled
+/// module" success.lua: host.bundled gives the built-in copy, not the user's file (which loaded itself
+/// until the stack overflowed). And a folder laid out like the export works as `--scripts DIR`.
+#[test]
+fn an_exported_folder_works_as_is_and_as_scripts_dir_and_host_bundled_never_returns_the_users_file() {
+    let reply = generation_reply(&[("T1", &metrics_cell(0.7))]);
+    let p = Project::new(json!({"experiment": {"max_iterations": 1}}), simple_handler(vec![reply.clone()]));
+    let shadow = |marker: &str| {
+        format!(
+            r#"local host = require("host")
+local M = load(host.bundled("stdlib/success.lua"), "@<bundled>/stdlib/success.lua")()
+local judge = M.judge
+function M.judge(t)
+  local met, why = judge(t)
+  return met, "{marker} " .. tostring(why)
+end
+return M
+"#
+        )
+    };
+    // exported into the project folder: its stdlib/ is searched without --scripts
+    util::ok(&cellsci(p.path()).args(["scripts", "export", "."]).output().unwrap());
+    util::write(p.path(), "stdlib/success.lua", &shadow("FROM-EXPORT"));
+    let t0 = Instant::now();
+    let out = p.run(&["run"]);
+    let text = util::text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("FROM-EXPORT PCC 0.7000 > 0.5"), "the shadowing module ran, once: {text}");
+    assert!(t0.elapsed() < Duration::from_secs(60), "no recursion");
+
+    // exported into a folder of its own, used as --scripts: its stdlib/ and prompts/ count
+    let p = Project::new(json!({"experiment": {"max_iterations": 1}}), simple_handler(vec![reply]));
+    util::ok(&cellsci(p.path()).args(["scripts", "export", "mine"]).output().unwrap());
+    util::write(p.path(), "mine/stdlib/success.lua", &shadow("FROM-MINE"));
+    let prompt = std::fs::read_to_string(p.path().join("mine/prompts/generation.yaml")).unwrap();
+    util::write(
+        p.path(),
+        "mine/prompts/generation.yaml",
+        &prompt.replacen("system:", "system: |\n  MINE-PROMPT\n_was:", 1),
+    );
+    let out = p.run(&["--scripts", "mine", "run"]);
+    let text = util::text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("FROM-MINE PCC 0.7000"), "{text}");
+    assert!(!text.contains("shadows no") && !text.contains("changes nothing"), "{text}");
+    let gen = p.requests(Kind::Generation);
+    assert!(gen[0]["messages"][0]["content"].as_str().unwrap().contains("MINE-PROMPT"), "the folder's prompt was used");
+
+    // a folder that shadows nothing is warned about; one that does not exist is a usage error
+    std::fs::create_dir_all(p.path().join("empty")).unwrap();
+    util::write(p.path(), "empty/helper.lua", "return {}");
+    util::write(p.path(), "t.lua", "print('ran')");
+    let out = cellsci(p.path()).args(["--scripts", "empty", "script", "t.lua"]).output().unwrap();
+    let text = util::ok(&out);
+    assert!(text.contains("warning: --scripts") && text.contains("changes nothing the pipeline uses"), "{text}");
+    let out = cellsci(p.path()).args(["--scripts", "nowhere", "script", "t.lua"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", util::text(&out));
+    assert!(util::text(&out).contains("--scripts") && util::text(&out).contains("nowhere: no such folder"));
+}
