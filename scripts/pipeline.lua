@@ -272,7 +272,7 @@ local function request_notebook(system, user, trial, ctx)
   local attempts = {}
   local retries = tonumber(pb.json_retries) or 2
   for attempt = 0, retries do
-    host.reload()
+    host.reload({ events = ctx.events })
     local resp, err = llm.chat({ messages = messages, temperature = pb.temperature, max_tokens = pb.max_tokens,
       events = ctx.events, json_schema = structured() and M.GENERATION_SCHEMA or nil, stream = stream_long() })
     if not resp then
@@ -377,7 +377,7 @@ function M.generate_step(trial, opts, s1, ctx)
 
   local strategy_md
   if opts.use_idea then
-    host.reload()
+    host.reload({ events = ctx.events })
     local sprompt = M.load_prompt(section("prompt_branch").strategy_prompt_file, "strategy.yaml")
     local ideas = read_ideas(s1.idea)
     local info
@@ -660,7 +660,7 @@ function M.execute_step(trial, s1, ctx)
             break
           end
           round = round + 1
-          host.reload()
+          host.reload({ events = ctx.events })
           ctx:line(string.format("[FIX] %s | Round %d/%d | %s", qid, round, max_rounds, q(ctx, short(r), "cell error")))
           if r.status == "dead" or r.restarted or not k:alive() then
             if not k:alive() then k:restart() end
@@ -809,7 +809,7 @@ function M.analyze_step(trial, ctx)
   local narrative, narrative_error
   local ok, rp = pcall(M.load_prompt, section("prompt_branch").report_prompt_file, "report.yaml")
   if ok then
-    host.reload()
+    host.reload({ events = ctx.events })
     -- the wording is report_policy.lua's (a user's copy that fails costs the narrative, not the report)
     local messages, merr = M.policy("report_policy", "narrative_messages", rp, m, { metric = pm, direction = dir })
     local resp, cerr

@@ -32,8 +32,23 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     if let Some(c) = &ctx.config {
         t.set("config_file", c.path.display().to_string())?;
     }
-    // host.reload() -> names, errors (see crate::lua::reload)
-    t.set("reload", lua.create_function(|lua, ()| crate::lua::reload::reload_lua(lua))?)?;
+    // host.reload{events = sink}? -> names, errors (see crate::lua::reload); the reload events go to
+    // `events` (the trial whose step is at the safe point), else the current event log
+    t.set(
+        "reload",
+        lua.create_function(|lua, opts: Option<LuaTable>| {
+            let o = boundary::Opts::new(lua, "host.reload", opts, &["events"])?;
+            let sink = match o.value("events")? {
+                LuaValue::Nil => None,
+                LuaValue::UserData(ud) => match ud.borrow::<super::log::Sink>() {
+                    Ok(s) => Some(s.0.clone()),
+                    Err(_) => return Err(o.invalid("events", "a log.sink", "another userdata")),
+                },
+                v => return Err(o.invalid("events", "a log.sink", v.type_name())),
+            };
+            crate::lua::reload::reload_lua(lua, sink.as_deref())
+        })?,
+    )?;
     t.set("version", env!("CARGO_PKG_VERSION"))?;
     // host.pid() -> this process's id
     t.set("pid", lua.create_function(|_, ()| Ok(std::process::id()))?)?;

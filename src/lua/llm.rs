@@ -362,7 +362,7 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
         *counts.entry(f.kind.as_str()).or_default() += 1;
         // The policy decides every kind (its table says which are never retried); Ctrl-C is not a
         // decision: once the run is interrupted no further attempt starts, whatever the policy says.
-        if let Err(e) = crate::lua::reload::reload(&lua) {
+        if let Err(e) = crate::lua::reload::reload(&lua, call.events.as_deref()) {
             tracing::warn!("reload before the retry decision failed: {e}");
         }
         let (decision, allowed) = decide(&lua, &retry, &f, attempt, &counts, started, &req.model, &en).await?;

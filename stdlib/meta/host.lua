@@ -96,10 +96,13 @@ host.verbosity = 0
 ---The safe point: every `require`d Lua module whose file changed is loaded again, and swapped into
 ---`package.loaded` only if it loads cleanly and returns a table; otherwise the previous version is
 ---kept and the error printed. A `local m = require("m")` captured earlier keeps the old table: call
----`require` again after this to get the new one.
+---`require` again after this to get the new one. Each reload (and each failed one) is a `reload` event
+---in `opts.events` (the trial whose step reached the safe point: `host.reload{events = ctx.events}`),
+---else in the current event log (`log.set_event_file`).
+---@param opts? {events?: cellsci.log.Sink}
 ---@return string[] reloaded The names of the modules swapped in.
 ---@return cellsci.host.ReloadError[] errors The edits that did not load.
-function host.reload() end
+function host.reload(opts) end
 
 ---This process's id.
 ---@return integer pid

@@ -645,6 +645,16 @@ fn editing_success_lua_during_a_run_takes_effect_on_the_next_iteration() {
     assert_eq!(s["iterations"][0]["judgement"], "never");
     assert_eq!(s["iterations"][1]["judgement"], "edited: now met");
     assert_eq!(gens.load(Ordering::SeqCst), 2);
+    // the reload is recorded in the events.jsonl of the trial that was running (issue 26 item 15)
+    let trial = PathBuf::from(s["iterations"][1]["archived_as"].as_str().unwrap_or_else(|| panic!("{s:#}")));
+    let events = std::fs::read_to_string(trial.join("events.jsonl")).unwrap();
+    let reload: Vec<Value> =
+        events.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|e| e["kind"] == "reload").collect();
+    assert_eq!(reload.len(), 1, "{events}");
+    assert_eq!(reload[0]["module"], "success");
+    assert_eq!(reload[0]["ok"], true);
+    assert!(reload[0]["file"].as_str().unwrap().ends_with("policies/success.lua"), "{:?}", reload[0]);
+    assert!(util::text(&out).contains("reloaded success"), "{}", util::text(&out));
 }
 
 #[test]
