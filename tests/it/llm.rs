@@ -1497,3 +1497,64 @@ fn a_stream_that_never_ends_is_cut_at_the_timeout_by_default() {
     let secs = t0.elapsed().as_secs_f64();
     assert!((1.9..6.0).contains(&secs), "cut at the timeout (2 s), not 12 s: {secs:.1} s");
 }
+
+/// Issue 26 item 10: budgets overshot under parallel branches (max_calls 5 gave 8 requests), since each
+/// branch checked the budget before the others' requests had come back. The requests in flight count:
+/// 8 branches at once against max_calls 5 send 5 requests, and the others are refused before sending,
+/// with a message that counts the way the usage does; a token budget holds the same way.
+#[test]
+fn budgets_hold_under_concurrent_branches() {
+    let srv = FakeLlm::start();
+    srv.set_default(Reply::Slow(Duration::from_millis(500), Box::new(Reply::text("done"))));
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"max_calls": 5, "max_concurrency": 16}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm, task = require("llm"), require("task")
+        local fs, refused, msg = {}, 0, nil
+        for i = 1, 8 do
+          fs[i] = function()
+            local r, err = llm.chat{prompt = "branch " .. i, retry = false}
+            if not r then
+              assert(err.kind == "budget", tostring(err))
+              refused, msg = refused + 1, err.message
+            end
+          end
+        end
+        task.all(fs)
+        local u = llm.usage()
+        assert(refused == 3 and u.requests == 5, refused .. " refused, " .. u.requests .. " requests")
+        print("MSG " .. msg)
+        "#,
+        &[],
+    );
+    let text = ok(&out);
+    assert_eq!(srv.requests().len(), 5, "{text}");
+    assert!(text.contains("of llm.max_calls = 5"), "{text}");
+
+    // tokens: each request's prompt is ~250 tokens; a 600-token budget lets at most 3 go out at once
+    let srv = FakeLlm::start();
+    srv.set_default(Reply::Slow(Duration::from_millis(500), Box::new(Reply::text("done"))));
+    config(dir.path(), &srv.url(), json!({"max_total_tokens": 600, "max_concurrency": 16}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm, task = require("llm"), require("task")
+        local fs = {}
+        for i = 1, 8 do
+          fs[i] = function() llm.chat{prompt = string.rep("word ", 200) .. i, retry = false} end
+        end
+        task.all(fs)
+        print("TOKENS " .. llm.usage().total_tokens)
+        "#,
+        &[],
+    );
+    let text = ok(&out);
+    let sent = srv.requests().len();
+    println!("token budget 600 under 8 branches: {sent} requests sent");
+    assert!(sent <= 3, "{sent} requests sent: {text}");
+    let used: u64 = text.lines().find_map(|l| l.strip_prefix("TOKENS ")).unwrap().trim().parse().unwrap();
+    println!("tokens used: {used}");
+    assert!(used < 900, "the budget held within one request's overshoot: {used}");
+}
