@@ -244,15 +244,24 @@ fn replace_keys(s: &str, changes: &mut Vec<String>) -> String {
     out.into_owned()
 }
 
-/// Every `<name>: <number>` in `s` but the last `keep_last` becomes `<name>[:] <number>`.
+/// Every `<name>: <number>` in `s` but the last `keep_last` becomes `<name>[:] <number>`. A file's
+/// `name.lua:12` (a name with a dot or a slash) is a place, not a score, and stays.
 fn replace_metrics(s: &str, keep_last: usize, changes: &mut Vec<String>) -> String {
-    let total = metric_re().find_iter(s).count();
+    let is_score = |c: &regex::Captures| {
+        let start = c.get(1).map_or(0, |m| m.start());
+        let before = s[..start].chars().next_back();
+        !c[1].contains('.') && !matches!(before, Some('.' | '/' | '\\'))
+    };
+    let total = metric_re().captures_iter(s).filter(|c| is_score(c)).count();
     if total <= keep_last {
         return s.to_string();
     }
     let defang = total - keep_last;
     let mut k = 0;
     let out = metric_re().replace_all(s, |c: &regex::Captures| {
+        if !is_score(c) {
+            return c[0].to_string();
+        }
         k += 1;
         if k <= defang {
             format!("{}[:]{}", &c[1], &c[2])
@@ -345,5 +354,8 @@ mod tests {
         let long = quote(&"x".repeat(1000), 100);
         assert!(long.text.chars().count() < 130 && long.text.contains("characters cut"), "{}", long.text);
         assert_eq!(quote("stop\u{1b}[2J", 50).text, "stop\\x1b[2J");
+        // a file:line is a place, not a score
+        let q = quote("policies/success.lua:3: threshold table is missing", QUOTE_MAX);
+        assert_eq!(q.text, "policies/success.lua:3: threshold table is missing");
     }
 }

@@ -186,12 +186,14 @@ async fn exchange(
     if stream && ctype.contains("text/event-stream") {
         return read_stream(resp, req, (idle, cap, opts.max_reply_bytes), started, spinner).await;
     }
-    if let Some(n) = resp.content_length().filter(|&n| opts.max_reply_bytes > 0 && n > opts.max_reply_bytes) {
+    // a body holds the reply as JSON (quotes and line breaks escaped): it may be twice the reply's size
+    let body_limit = if opts.max_reply_bytes > 0 { opts.max_reply_bytes.saturating_mul(2) + 65_536 } else { 0 };
+    if let Some(n) = resp.content_length().filter(|&n| body_limit > 0 && n > body_limit) {
         let mut f = too_large(opts.max_reply_bytes, &format!("the reply ({})", crate::kernel::outputs::human_bytes(n)));
         f.message = format!("{} (not read)", f.message);
         return Err(f);
     }
-    let body = match bounded_body(resp, opts.max_reply_bytes, deadline).await {
+    let body = match bounded_body(resp, body_limit, deadline).await {
         Err(Some(())) => {
             return Err(Failure::new(
                 Kind::Timeout,
@@ -494,8 +496,8 @@ async fn read_stream(
         f
     };
     // a server that trickles keep-alive bytes forever must not hold the run: the whole stream may
-    // last at most `cap` (llm.timeout), and bring at most `max_bytes`
-    let mut received: u64 = 0;
+    // last at most `cap` (llm.timeout); its text and reasoning may hold at most `max_bytes`, and so may
+    // a line of it (the event framing of a token is often forty times the token: it is not counted)
     let end = tokio::time::Instant::now() + cap.saturating_sub(started.elapsed());
     let mut last_data = Instant::now();
     while !st.done {
@@ -532,15 +534,6 @@ async fn read_stream(
             }
             Some(Ok(bytes)) => {
                 last_data = Instant::now();
-                received += bytes.len() as u64;
-                if max_bytes > 0 && received > max_bytes {
-                    let mut f = partial(&st, too_large(max_bytes, "the streamed reply"));
-                    // what came is kept for the failure files (the text, not the whole stream's bytes)
-                    if let Ok(r) = std::mem::take(&mut st).finish(req, started) {
-                        f.reply = Some(Box::new(r));
-                    }
-                    return Err(f);
-                }
                 buf.extend_from_slice(&bytes);
                 let mut start = 0;
                 while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
@@ -551,6 +544,15 @@ async fn read_stream(
                     }
                 }
                 buf.drain(..start);
+                let kept = (st.text.len() + st.reasoning.len()).max(buf.len()) as u64;
+                if max_bytes > 0 && kept > max_bytes {
+                    let mut f = partial(&st, too_large(max_bytes, "the streamed reply"));
+                    // what came is kept for the failure files
+                    if let Ok(r) = std::mem::take(&mut st).finish(req, started) {
+                        f.reply = Some(Box::new(r));
+                    }
+                    return Err(f);
+                }
                 spinner.set_message(format!("{}: {} tokens so far", req.model, st.chunks));
             }
         }

@@ -375,7 +375,7 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
                 let ctx = HostCtx::get(&lua);
                 call.events.as_ref().unwrap_or(&ctx.events).emit(
                     "llm_retry_wait",
-                    serde_json::json!({"model": req.model, "kind": f.kind.as_str(), "status": f.status,
+                    serde_json::json!({"model": req.model, "failure": f.kind.as_str(), "status": f.status,
                         "attempt": attempt, "attempts_allowed": allowed, "wait": wait,
                         "retry_after": f.retry_after, "message": en.settings.mask(&f.message)}),
                 );

@@ -700,7 +700,10 @@ fn events_of_each_exchange_are_logged_masked() {
     });
     let text = std::fs::read_to_string(&events).unwrap();
     assert!(!text.contains("SECRET123456789"), "{text}");
-    let evs: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let all: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // the wait between the attempts is an event too (issue 26 item 13), masked like the rest
+    assert_eq!(all.iter().filter(|e| e["kind"] == "llm_retry_wait").count(), 1, "{text}");
+    let evs: Vec<Value> = all.into_iter().filter(|e| e["kind"] == "llm").collect();
     assert_eq!(evs.len(), 2);
     assert_eq!(evs[0]["kind"], "llm");
     assert_eq!(evs[0]["outcome"], "error");
