@@ -19,7 +19,8 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    let root = Path::new(&manifest);
     let mut files = Vec::new();
     for d in ["scripts", "stdlib", "prompts"] {
         println!("cargo:rerun-if-changed={d}");

@@ -329,32 +329,20 @@ function M.build_notebook(cells, hypergraph, strategy_md)
   return nb
 end
 
--- What earlier attempts produced, for the generation request (ctx.feedback, ctx.parent): the model sees
--- their scores, report tables and errors, and for an improvement or a repair the parent's code.
+-- What earlier attempts produced, for the generation request: the node's operator (stdlib/operators.lua)
+-- builds it from ctx.op (kind, parents, memory, siblings), or from ctx.feedback and ctx.parent alone.
 local function feedback_text(ctx)
-  local parts = {}
-  if ctx.feedback and ctx.feedback ~= "" then
-    table.insert(parts, "Results of earlier attempts at this task:\n\n" .. ctx.feedback)
+  local op = ctx.op
+  if not op then
+    op = { kind = ctx.parent and (ctx.parent.error and "debug" or "improve") or "draft", feedback = ctx.feedback,
+      parents = { ctx.parent } }
   end
-  local p = ctx.parent
-  if p then
-    local code = {}
-    local nb = p.notebook and notebook.read(p.notebook)
-    if nb then
-      for i = 1, nb:len() do
-        local cell = nb:cell(i)
-        if cell.cell_type == "code" then table.insert(code, "# --- cell " .. (i - 1) .. "\n" .. cell.source) end
-      end
-    end
-    local what = p.error and ("It failed: " .. tostring(p.error) .. "\nRepair it: keep what works, fix what failed.")
-      or ("It scored " .. tostring(p.score) .. ". Improve it: change one thing that should raise the score, "
-        .. "and keep the metrics.json contract.")
-    table.insert(parts, "Start from this earlier notebook (attempt " .. tostring(p.iter) .. "). " .. what
-      .. (p.report_table and ("\n\nIts computed results:\n\n" .. p.report_table) or "")
-      .. "\n\nIts code:\n\n" .. (llm.clip(table.concat(code, "\n\n"), { head = 24000, tail = 8000 })))
+  local ok, text = pcall(function() return require("operators").request(op) end)
+  if not ok then
+    ctx:warn("[GENERATE] the operator " .. tostring(op.kind) .. " failed: " .. q(ctx, text, "operator error", 1000))
+    return ""
   end
-  if #parts == 0 then return "" end
-  return "\n\n" .. table.concat(parts, "\n\n")
+  return text or ""
 end
 
 -- Generate into `trial` (created). Returns the notebook path, or nil and a typed error.
@@ -376,7 +364,15 @@ function M.generate_step(trial, opts, s1, ctx)
   spec.system = nil
 
   local strategy_md
-  if opts.use_idea then
+  -- An improvement, a repair or a crossover keeps its parent's research strategy (no new synthesis call).
+  local inherited = opts.use_idea and ctx.parent and ctx.parent.trial
+    and fs.read(path.join(ctx.parent.trial, "research_strategy.md"))
+  if inherited then
+    strategy_md = inherited
+    write_text(path.join(trial, "research_strategy.md"), strategy_md)
+    ctx.strategy_source = "attempt " .. tostring(ctx.parent.iter)
+    ctx:info("[STRATEGY] research_strategy.md reused from attempt " .. tostring(ctx.parent.iter))
+  elseif opts.use_idea then
     host.reload({ events = ctx.events })
     local sprompt = M.load_prompt(section("prompt_branch").strategy_prompt_file, "strategy.yaml")
     local ideas = read_ideas(s1.idea)
@@ -387,6 +383,7 @@ function M.generate_step(trial, opts, s1, ctx)
       strategy_md, info = "# Research Strategy\n\n(No strategy: " .. tostring(info) .. ")\n", { source = "none" }
     end
     write_text(path.join(trial, "research_strategy.md"), strategy_md)
+    ctx.strategy_source = info.source
     ctx:info("[STRATEGY] research_strategy.md written (" .. info.source .. ")")
   end
 
@@ -404,7 +401,10 @@ function M.generate_step(trial, opts, s1, ctx)
     ctx:line("[GENERATE] Notebook Generation Failed: " .. q(ctx, err, "generation error"))
     -- An LLM failure keeps its kind (a rejected key is `client` whatever step met it).
     local kind = type(llm_err) == "table" and llm_err.kind
-    if not (kind == "client" or kind == "budget" or kind == "config" or kind == "replay_miss" or kind == "interrupted") then
+    -- an endpoint that cannot be reached once the retry policy gave up on it fails every node alike
+    if kind == "connect" then kind = "unreachable" end
+    if not (kind == "client" or kind == "budget" or kind == "config" or kind == "replay_miss" or kind == "interrupted"
+        or kind == "unreachable") then
       kind = "generation_failed"
     end
     raise(kind, "generation failed: " .. err .. " (every reply is saved in " .. fail_path .. ")")
@@ -505,9 +505,10 @@ end
 -- The trial's kernel: one from ctx.kernel_pool when the strategy has a pool, else one started for it
 -- (on exec.gateway_url when the config names a gateway). Returns the kernel and the function that gives
 -- it back (release to the pool, or shut down).
-local function start_kernel(trial, s1, ctx)
+local function start_kernel(trial, s1, ctx, extra_env)
   local ex = section("exec")
   local env = { OUTPUT_DIR = trial }
+  for k, v in pairs(extra_env or {}) do env[k] = v end
   if s1.h5 then env.STAGE1_H5_PATH = s1.h5 end
   if s1.idea then env.STAGE1_IDEA_PATH = s1.idea end
   -- CUDA_VISIBLE_DEVICES is inherited, never set: the runner (or the user) chose the GPU, and
@@ -537,7 +538,10 @@ local function start_kernel(trial, s1, ctx)
   if not k then
     if host.interrupted() then raise("interrupted", "interrupted") end
     -- a gateway that refuses the token or cannot see the trial folder fails every iteration alike
-    local kind = type(err) == "table" and (err.kind == "auth" or err.kind == "config") and "config" or "kernel_start"
+    local ek = type(err) == "table" and err.kind
+    local kind = (ek == "auth" or ek == "config") and "config" or "kernel_start"
+    -- a kernel service that cannot be reached once the kernel retry policy gave up fails every node alike
+    if ek == "connect" and section("exec").gateway_url then kind = "unreachable" end
     raise(kind, "cannot start the kernel: " .. tostring(err))
   end
   local r = run_cell(k, M.GUARD, { silent = true })
@@ -595,7 +599,7 @@ end
 local function replay(k, nb, done, i, ctx)
   local r = run_cell(k, M.GUARD, { silent = true })
   if r.interrupted then error("interrupted", 0) end
-  if r.status ~= "ok" then return false, "set-up failed after restart" end
+  if r.status ~= "ok" then return false, "the kernel's set-up failed after its restart: " .. short(r) end
   local set, how = M.replay_set(nb, i, done)
   local names = {}
   for _, j in ipairs(set) do
@@ -613,14 +617,28 @@ local function replay(k, nb, done, i, ctx)
   return true
 end
 
+-- A kernel that died (or was restarted after a timeout) is restarted when it is not alive, then the cells
+-- the failing one depends on are replayed. Returns true, or false and why (a failed restart with its cause).
+function M.restart_and_replay(k, nb, done, i, ctx)
+  if not k:alive() then
+    local ok, err = k:restart()
+    if not ok then
+      if host.interrupted() then error("interrupted", 0) end
+      return false, "the kernel could not be restarted: " .. tostring(err and (err.message or err) or "unknown")
+    end
+  end
+  return replay(k, nb, done, i, ctx)
+end
+
 -- Execute a trial's notebook cell by cell with repairs. Returns {ok=, exec_path=, failed_cell=, error=}
 -- (a cell that stayed broken is a result: ok=false), or nil and a typed error when the notebook could
 -- not be run or saved.
-function M.execute_trial(trial, s1, ctx)
-  return guarded(M.execute_step, trial, s1, context(trial, ctx))
+-- `kernel` (optional): {k=, give_back=} started ahead (M.attempt starts it while the notebook is generated).
+function M.execute_trial(trial, s1, ctx, kernel)
+  return guarded(M.execute_step, trial, s1, context(trial, ctx), kernel)
 end
 
-function M.execute_step(trial, s1, ctx)
+function M.execute_step(trial, s1, ctx, pre)
   local ex = section("exec")
   local nb_path = path.join(trial, "notebook_prompt.ipynb")
   local nb, err = notebook.read(nb_path)
@@ -633,7 +651,8 @@ function M.execute_step(trial, s1, ctx)
   local made, merr = fs.mkdir(path.join(trial, "intermediate"))
   if not made then error("cannot create " .. path.join(trial, "intermediate") .. ": " .. tostring(merr), 0) end
 
-  local k, give_back = start_kernel(trial, s1, ctx)
+  local k, give_back
+  if pre and pre.k then k, give_back = pre.k, pre.give_back else k, give_back = start_kernel(trial, s1, ctx) end
   local code_cells = 0
   for i = 1, nb:len() do if nb:cell(i).cell_type == "code" then code_cells = code_cells + 1 end end
   local bar = log.progress({ total = code_cells, label = "cell" })
@@ -650,10 +669,33 @@ function M.execute_step(trial, s1, ctx)
         local r = run_cell(k, cell.source, { timeout = timeout })
         record(nb, i, r, exec_path)
         ctx:event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, ename = r.ename })
-        local round = 0
+        local round, reran = 0, false
+        -- a fresh kernel with the failing cell's ancestors replayed; false (outcome set) when that failed
+        local function revive()
+          local rok, rerr = M.restart_and_replay(k, nb, done, i, ctx)
+          if not rok then
+            ctx:error("[EXEC] " .. rerr)
+            outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1, error = rerr }
+          end
+          return rok
+        end
         while r.status ~= "ok" do
           ctx:line(string.format("[GRAPH] Error in Node %s (cell %d): %s", qid, i - 1, q(ctx, short(r), "cell error")))
           if host.interrupted() then error("interrupted", 0) end
+          -- A cell whose kernel (or kernel service) died is run again on a fresh kernel before anyone
+          -- repairs its code: the code may never have failed. Once; a second death goes to the fix rounds.
+          if not reran and (r.status == "dead" or r.ename == "GatewayConnectionLost") then
+            reran = true
+            if not revive() then break end
+            ctx:info(string.format("[EXEC] the kernel died during cell %d (%s); running it again on the fresh kernel",
+              i - 1, qid))
+            ctx:event("rerun", { cell_index = i - 1, id = id, reason = short(r) })
+            r = run_cell(k, nb:cell(i).source, { timeout = timeout })
+            record(nb, i, r, exec_path)
+            ctx:event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, rerun = true })
+            if r.status == "ok" then break end
+            ctx:line(string.format("[GRAPH] Error in Node %s (cell %d): %s", qid, i - 1, q(ctx, short(r), "cell error")))
+          end
           if round >= max_rounds then
             outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1,
               error = string.format("cell %d (%s) still fails after %d fix rounds: %s", i - 1, id, max_rounds, short(r)) }
@@ -662,14 +704,7 @@ function M.execute_step(trial, s1, ctx)
           round = round + 1
           host.reload({ events = ctx.events })
           ctx:line(string.format("[FIX] %s | Round %d/%d | %s", qid, round, max_rounds, q(ctx, short(r), "cell error")))
-          if r.status == "dead" or r.restarted or not k:alive() then
-            if not k:alive() then k:restart() end
-            local rok, rerr = replay(k, nb, done, i, ctx)
-            if not rok then
-              outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1, error = rerr }
-              break
-            end
-          end
+          if (r.status == "dead" or r.restarted or not k:alive()) and not revive() then break end
           local src = nb:cell(i).source
           local new, how = M.policy("autofix", "fix", {
             cell_index = i - 1, source = src, result = r, round = round, max_rounds = max_rounds,
@@ -783,8 +818,9 @@ local function results_table(m, pm)
   return table.concat(rows, "\n")
 end
 
--- Write experiment_report.md for `trial`. Returns {score=, winner=, metrics=, table=} (score nil without
--- metrics), or nil and a typed error when the report could not be written.
+-- Write experiment_report.md for `trial`. Returns {score=, winner=, metrics=, table=, compare=, baseline=}
+-- (score nil without metrics; compare is report.compare's table for the primary metric, nil when it
+-- cannot be computed), or nil and a typed error when the report could not be written.
 function M.analyze_trial(trial, ctx)
   return guarded(M.analyze_step, trial, context(trial, ctx))
 end
@@ -832,8 +868,11 @@ function M.analyze_step(trial, ctx)
     u.cost > 0 and string.format(", cost $%.4f", u.cost) or "")
   write_text(report_path, md)
   local sc = report.score(m, { metric = pm, direction = dir }) or {}
+  -- The comparison the report shows, for the success criterion (nil when there is nothing to compare).
+  local cmp = report.compare(m, { metric = pm, direction = dir })
   ctx:info("[ANALYZE] report written: " .. report_path)
-  return { score = sc.score, winner = sc.model, metrics = m, table = results_table(m, pm) }
+  return { score = sc.score, winner = sc.model, metrics = m, table = results_table(m, pm), compare = cmp,
+    baseline = cmp and cmp.baseline or nil }
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -883,19 +922,93 @@ function M.analyze(opts)
 end
 
 -- One attempt in a trial context: generate, execute, analyze. Returns {score=, winner=, metrics=, table=,
--- executed = {ok=, error=, failed_cell=}} or nil and a typed error. Strategies call this for every node.
+-- compare=, baseline=, executed = {ok=, error=, failed_cell=}} or nil and a typed error. Strategies call
+-- this for every node.
+-- The kernel is got while the notebook is generated (a pool's kernel, or one started for the trial), so a
+-- node waits for a kernel only when every slot is busy, and a kernel that cannot start is known before a
+-- second node pays for its generation.
 function M.attempt(ctx, opts)
   local s1 = require("stage1").discover(cfg(), opts.use_idea)
-  local nb, err = M.generate_into(ctx.trial, opts, s1, ctx)
-  if not nb then return nil, err end
-  if host.interrupted() then return nil, M.err("interrupted", "interrupted") end
-  local ex, xerr = M.execute_trial(ctx.trial, s1, ctx)
+  local made, merr = fs.mkdir(ctx.trial)
+  if not made then return nil, M.err("io", "cannot create the trial folder " .. ctx.trial .. ": " .. tostring(merr)) end
+  local gen, kern = {}, {}
+  require("task").all({
+    function()
+      gen.nb, gen.err = M.generate_into(ctx.trial, opts, s1, ctx)
+      return true
+    end,
+    function()
+      local ok, k, give_back = pcall(start_kernel, ctx.trial, s1, ctx)
+      if ok then kern.k, kern.give_back = k, give_back else kern.err = M.as_error(k) end
+      return true
+    end,
+  })
+  local nb, err = gen.nb, gen.err
+  if not nb or host.interrupted() or kern.err then
+    if kern.k then kern.give_back() end
+    if not nb then return nil, err end
+    if host.interrupted() then return nil, M.err("interrupted", "interrupted") end
+    return nil, kern.err
+  end
+  local ex, xerr = M.execute_trial(ctx.trial, s1, ctx, kern)
   if not ex then return nil, xerr end
   local res, aerr = M.analyze_trial(ctx.trial, ctx)
   if not res then return nil, aerr end
   if host.interrupted() then return nil, M.err("interrupted", "interrupted") end
   res.executed = ex
   return res
+end
+
+-- Confirmation with seeds (experiment.confirm_seeds = k): the trial's executed notebook (its fixes
+-- applied) is run again k times, each in a fresh kernel with CELLSCI_SEED set to another value and
+-- OUTPUT_DIR = <trial>/seeds/seed_<n>, without repairs. Returns the runs {{seed=, score=, error=}...}, the
+-- first being the node's own run (seed "default"). Runs inside the node, so a cancelled node stops them.
+M.SEED_BASE = 1001
+function M.confirm_seeds(ctx, opts, first_score, k)
+  local trial = ctx.trial
+  local pm = section("experiment").primary_metric or "PCC"
+  local dir = direction(pm)
+  local runs = { { seed = "default", score = first_score } }
+  local nb = notebook.read(path.join(trial, "notebook_prompt_exec.ipynb"))
+  if not nb then return runs end
+  local s1 = require("stage1").discover(cfg(), opts.use_idea)
+  local timeout = tonumber(section("exec").timeout_seconds) or 3600
+  for j = 1, k do
+    local seed = M.SEED_BASE + j - 1
+    local out = path.join(trial, "seeds", "seed_" .. seed)
+    fs.mkdir(path.join(out, "intermediate"))
+    local run = { seed = seed }
+    local ok, k_or_err, give_back = pcall(start_kernel, out, s1, ctx, { CELLSCI_SEED = tostring(seed) })
+    if not ok then
+      if host.interrupted() then raise("interrupted", "interrupted") end
+      run.error = "the kernel did not start: " .. tostring(M.as_error(k_or_err).message)
+    else
+      local kern = k_or_err
+      ctx:info(string.format("[SEEDS] running the notebook again with CELLSCI_SEED=%d (%d of %d)", seed, j, k))
+      for i = 1, nb:len() do
+        local cell = nb:cell(i)
+        if cell.cell_type == "code" then
+          local r = run_cell(kern, cell.source, { timeout = timeout })
+          if r.interrupted then give_back(); raise("interrupted", "interrupted") end
+          if r.status ~= "ok" then
+            run.error = string.format("cell %d failed: %s", i - 1, short(r))
+            break
+          end
+        end
+      end
+      give_back()
+      if not run.error then
+        local m, merr = report.load_metrics(path.join(out, "metrics.json"))
+        local sc = m and report.score(m, { metric = pm, direction = dir })
+        if sc and sc.score then run.score = sc.score else run.error = "no score: " .. tostring(merr or "no metrics.json") end
+      end
+    end
+    ctx:event("seed_run", { seed = seed, score = run.score, error = run.error })
+    ctx:info(string.format("[SEEDS] CELLSCI_SEED=%d: %s", seed,
+      run.score and string.format("%s %.4f", pm, run.score) or q(ctx, run.error, "seed run error")))
+    table.insert(runs, run)
+  end
+  return runs
 end
 
 -- Where a trial is archived: prompt_run_<stamp> beside it (what phase-3 tools look for), never a

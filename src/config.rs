@@ -178,6 +178,12 @@ enum Kind {
     Int,
     Bool,
     StrList,
+    /// A whole number >= 1 (a count that cannot be zero: `search.branches`).
+    Pos,
+    /// A number from 0 to 1 (a probability).
+    Prob,
+    /// One of a few words.
+    OneOf(&'static [&'static str]),
     /// A list of whole numbers >= 0 (GPU ids); a single number counts as a list of one.
     UIntList,
     /// A mapping of string to string (`exec.gateway_paths`).
@@ -200,6 +206,9 @@ const SCHEMA: &[(&str, &str, Kind)] = &[
     ("experiment", "max_iterations", Kind::UInt),
     ("experiment", "success_threshold", Kind::Num),
     ("experiment", "direction", Kind::Str),
+    ("experiment", "criterion", Kind::Str),
+    ("experiment", "alpha", Kind::Num),
+    ("experiment", "confirm_seeds", Kind::UInt),
     ("prompt_branch", "prompt_file", Kind::Str),
     ("prompt_branch", "idea_file", Kind::Str),
     ("prompt_branch", "save_root", Kind::Str),
@@ -223,10 +232,29 @@ const SCHEMA: &[(&str, &str, Kind)] = &[
     ("exec", "gateway_reconnect_timeout", Kind::Num),
     ("exec", "local_slots", Kind::UInt),
     ("exec", "max_output_bytes", Kind::UInt),
+    ("search", "strategy", Kind::Str),
+    ("search", "branches", Kind::Pos),
+    ("search", "drafts", Kind::UInt),
+    ("search", "max_debug_depth", Kind::UInt),
+    ("search", "debug_prob", Kind::Prob),
+    ("search", "max_nodes", Kind::UInt),
+    ("search", "time_limit", Kind::Num),
+    ("search", "on_success", Kind::OneOf(&["stop", "finish"])),
+    ("search", "feedback", Kind::Bool),
+    ("search", "memory", Kind::OneOf(&["off", "lineage", "run"])),
+    ("search", "memory_chars", Kind::UInt),
+    ("search", "exploration", Kind::Num),
+    ("search", "num_children", Kind::Pos),
+    ("search", "population", Kind::Pos),
+    ("search", "crossover_prob", Kind::Prob),
+    ("search", "seed", Kind::Int),
 ];
 
+/// The highest GPU id a config may name: a typo (`1000` for `0`) fails the config check, not a kernel.
+const MAX_GPU_ID: f64 = 63.0;
+
 /// The sections the host reads; each must be an object when present.
-const SECTIONS: &[&str] = &["paths", "llm", "experiment", "prompt_branch", "exec"];
+const SECTIONS: &[&str] = &["paths", "llm", "experiment", "prompt_branch", "exec", "search"];
 
 /// Keys (in any section, at any depth) whose string values are paths: besides every string in `paths`.
 const PATH_SUFFIXES: &[&str] = &["_dir", "_file", "_root", "_path"];
@@ -418,7 +446,7 @@ fn expand_all(v: &mut Value, vars: &[(String, String)]) {
 }
 
 /// Check one value against its kind: Ok(None) fine as is, Ok(Some(v)) converted, Err(what was expected).
-fn check(v: &Value, kind: Kind) -> Result<Option<Value>, &'static str> {
+fn check(v: &Value, kind: Kind) -> Result<Option<Value>, std::borrow::Cow<'static, str>> {
     let num = |v: &Value| -> Option<f64> {
         match v {
             Value::Number(n) => n.as_f64(),
@@ -427,17 +455,39 @@ fn check(v: &Value, kind: Kind) -> Result<Option<Value>, &'static str> {
         }
     };
     match kind {
-        Kind::Str => v.is_string().then_some(None).ok_or("a string"),
-        Kind::Bool => v.is_boolean().then_some(None).ok_or("true or false"),
+        Kind::Str => v.is_string().then_some(None).ok_or("a string".into()),
+        Kind::Bool => v.is_boolean().then_some(None).ok_or("true or false".into()),
         Kind::Num => match v {
             Value::Number(_) => Ok(None),
-            _ => num(v).map(|x| Some(serde_json::json!(x))).ok_or("a number"),
+            _ => num(v).map(|x| Some(serde_json::json!(x))).ok_or("a number".into()),
         },
-        Kind::UInt | Kind::Int => {
-            let expected = if matches!(kind, Kind::UInt) { "a whole number >= 0" } else { "a whole number" };
-            let x = num(v).ok_or("a number")?;
-            if x.fract() != 0.0 || (matches!(kind, Kind::UInt) && x < 0.0) || x.abs() > 9.0e15 {
-                return Err(expected);
+        Kind::Prob => {
+            let x = num(v).ok_or("a number from 0 to 1")?;
+            if !(0.0..=1.0).contains(&x) {
+                return Err("a number from 0 to 1".into());
+            }
+            Ok((!v.is_number()).then(|| serde_json::json!(x)))
+        }
+        Kind::OneOf(words) => {
+            match v.as_str() {
+                Some(w) if words.contains(&w) => Ok(None),
+                _ => Err(format!("one of {}", words.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(", "))
+                    .into()),
+            }
+        }
+        Kind::UInt | Kind::Int | Kind::Pos => {
+            let expected = match kind {
+                Kind::UInt => "a whole number >= 0",
+                Kind::Pos => "a whole number >= 1",
+                _ => "a whole number",
+            };
+            let x = num(v).ok_or(expected)?;
+            if x.fract() != 0.0
+                || (matches!(kind, Kind::UInt) && x < 0.0)
+                || (matches!(kind, Kind::Pos) && x < 1.0)
+                || x.abs() > 9.0e15
+            {
+                return Err(expected.into());
             }
             match v {
                 Value::Number(n) if n.is_i64() || n.is_u64() => Ok(None),
@@ -446,22 +496,35 @@ fn check(v: &Value, kind: Kind) -> Result<Option<Value>, &'static str> {
         }
         Kind::StrMap => match v {
             Value::Object(m) if m.values().all(Value::is_string) => Ok(None),
-            _ => Err("a mapping of strings (local prefix: gateway prefix)"),
+            _ => Err("a mapping of strings (local prefix: gateway prefix)".into()),
         },
         Kind::StrList => match v {
             Value::Array(a) if a.iter().all(Value::is_string) => Ok(None),
             Value::String(s) => Ok(Some(serde_json::json!([s]))),
-            _ => Err("a list of strings"),
+            _ => Err("a list of strings".into()),
         },
         Kind::UIntList => {
-            let one = |x: &Value| check(x, Kind::UInt).ok().map(|c| c.unwrap_or_else(|| x.clone()));
+            // GPU ids: each a whole number from 0 to MAX_GPU_ID, no id twice; errors name the element.
+            let one = |i: Option<usize>, x: &Value| -> Result<Value, std::borrow::Cow<'static, str>> {
+                let at = i.map(|i| format!(" (element {i}: {})", describe(x))).unwrap_or_default();
+                let c = check(x, Kind::UInt).map_err(|_| format!("a list of whole numbers >= 0{at}"))?;
+                let y = c.unwrap_or_else(|| x.clone());
+                if y.as_f64().is_some_and(|g| g > MAX_GPU_ID) {
+                    return Err(format!("GPU ids from 0 to {MAX_GPU_ID}{at}").into());
+                }
+                Ok(y)
+            };
             match v {
                 Value::Array(a) => {
-                    let v: Option<Vec<Value>> = a.iter().map(one).collect();
-                    let v = v.ok_or("a list of whole numbers >= 0")?;
+                    let v = a.iter().enumerate().map(|(i, x)| one(Some(i), x)).collect::<Result<Vec<_>, _>>()?;
+                    for (i, g) in v.iter().enumerate() {
+                        if v[..i].contains(g) {
+                            return Err(format!("a list of distinct GPU ids (element {i}: {g} appears twice)").into());
+                        }
+                    }
                     Ok((v != *a).then(|| Value::Array(v)))
                 }
-                x => one(x).map(|x| Some(Value::Array(vec![x]))).ok_or("a list of whole numbers >= 0"),
+                x => one(None, x).map(|x| Some(Value::Array(vec![x]))),
             }
         }
     }
@@ -566,6 +629,6 @@ mod tests {
     fn wrong_type_names_the_key_path() {
         let v = serde_json::json!({"exec": {"max_fix_rounds": "five"}});
         let e = from_value(Path::new("/tmp/c.json"), v).unwrap_err().to_string();
-        assert!(e.ends_with("exec.max_fix_rounds: expected a number, got \"five\""), "{e}");
+        assert!(e.ends_with("exec.max_fix_rounds: expected a whole number >= 0, got \"five\""), "{e}");
     }
 }

@@ -17,8 +17,49 @@ static TOKEN: OnceLock<CancellationToken> = OnceLock::new();
 static CHILDREN: OnceLock<Mutex<HashSet<u32>>> = OnceLock::new();
 
 /// Cancelled on the first Ctrl-C / SIGTERM.
-pub fn token() -> &'static CancellationToken {
+fn global() -> &'static CancellationToken {
     TOKEN.get_or_init(CancellationToken::new)
+}
+
+tokio::task_local! {
+    /// The stop token of the task scope being polled (`task.with` in Lua): a child of the global token,
+    /// so Ctrl-C reaches every scope, and a scope can be stopped alone (a search cancels one node).
+    static SCOPE: CancellationToken;
+}
+
+/// What async primitives watch to stop early: Ctrl-C / SIGTERM, or the cancellation of the task scope
+/// that is running them ([`scoped`]). Cheap to make; `cancelled()` gives an owned future.
+pub struct Token(CancellationToken);
+
+impl Token {
+    /// Resolves when the run is interrupted or this scope is cancelled.
+    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.0.clone().cancelled_owned()
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.is_cancelled()
+    }
+}
+
+/// The stop token for the code being polled now: its task scope's, else the process-wide one.
+pub fn token() -> Token {
+    Token(SCOPE.try_with(|t| t.clone()).unwrap_or_else(|_| global().clone()))
+}
+
+/// A new stop token under the current one (cancelled with it, or on its own).
+pub fn child_token() -> CancellationToken {
+    SCOPE.try_with(|t| t.child_token()).unwrap_or_else(|_| global().child_token())
+}
+
+/// Run `fut` with `t` as its stop token: every primitive it awaits watches `t` (and Ctrl-C).
+pub async fn scoped<F: std::future::Future>(t: CancellationToken, fut: F) -> F::Output {
+    SCOPE.scope(t, fut).await
+}
+
+/// True when the code being polled runs in a task scope that was cancelled (not by Ctrl-C).
+pub fn scope_cancelled() -> bool {
+    !interrupted() && SCOPE.try_with(|t| t.is_cancelled()).unwrap_or(false)
 }
 
 /// True once Ctrl-C / SIGTERM was received.
@@ -26,10 +67,15 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
+/// Interrupted, or the current task scope was cancelled: time to stop what this code is doing.
+pub fn stopping() -> bool {
+    interrupted() || scope_cancelled()
+}
+
 /// Mark the process as interrupted (what a signal does; also usable from tests).
 pub fn trigger() {
     INTERRUPTED.store(true, Ordering::SeqCst);
-    token().cancel();
+    global().cancel();
 }
 
 fn children() -> &'static Mutex<HashSet<u32>> {
@@ -87,7 +133,7 @@ pub fn kill_children() {
 
 /// Install the signal listeners (call once, inside the tokio runtime).
 pub fn install() {
-    let _ = token();
+    let _ = global();
     std::panic::set_hook({
         let prev = std::panic::take_hook();
         Box::new(move |info| {

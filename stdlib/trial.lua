@@ -14,6 +14,7 @@
 --   ctx.kernel_pool  a kernel.pool to take the kernel from (else the step starts its own)
 --   ctx.feedback     text about earlier attempts for the generation prompt (or nil)
 --   ctx.parent       the node this one improves or debugs (or nil): {trial=, notebook=, score=, error=}
+--   ctx.op           what the generation request is told (stdlib/operators.lua): kind, parents, memory...
 -- No side effects at load.
 local log = require("log")
 local path = require("path")
@@ -33,6 +34,7 @@ function M.new(trial, o)
     kernel_pool = o.kernel_pool,
     feedback = o.feedback,
     parent = o.parent,
+    op = o.op,
   }, Ctx)
   return c
 end

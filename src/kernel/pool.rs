@@ -186,7 +186,7 @@ impl Pool {
             if self.0.closed.get() {
                 bail!(PoolError::Closed);
             }
-            if crate::signals::interrupted() {
+            if crate::signals::stopping() {
                 bail!(KernelError::Interrupted);
             }
             if let Some(lease) = self.take_ready() {

@@ -77,8 +77,63 @@ fn mtime_secs(m: &std::fs::Metadata) -> f64 {
     m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
+/// A held lock file (`fs.lock`): an open file with an exclusive `flock`, released with the handle, by
+/// `h:release()`, or by the kernel when the process ends however it ends (SIGKILL included).
+struct Lock(Option<std::fs::File>);
+
+impl LuaUserData for Lock {
+    fn add_methods<M: LuaUserDataMethods<Self>>(m: &mut M) {
+        m.add_method_mut("release", |_, this, ()| {
+            this.0 = None;
+            Ok(())
+        });
+    }
+}
+
+/// Take `p` as this process's lock: Ok(file) holding it, or Err(pid of the holder, or 0 when unknown).
+fn take_lock(p: &Path) -> std::io::Result<Result<std::fs::File, u32>> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::io::AsRawFd;
+    if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d)?;
+    }
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(p)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(err);
+        }
+        let mut text = String::new();
+        let _ = f.read_to_string(&mut text);
+        return Ok(Err(text.trim().parse().unwrap_or(0)));
+    }
+    f.set_len(0)?;
+    f.rewind()?;
+    writeln!(f, "{}", std::process::id())?;
+    Ok(Ok(f))
+}
+
 pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
+    // fs.lock(path) -> handle | nil, err (kind "locked" with err.holder = the holder's pid): an exclusive
+    // lock held until h:release() or the process ends, however it ends
+    t.set(
+        "lock",
+        lua.create_function(|lua, p: LuaValue| {
+            let p = path_arg(lua, "fs.lock", &p)?;
+            match take_lock(&p) {
+                Ok(Ok(f)) => ok(Lock(Some(f)), lua),
+                Ok(Err(pid)) => boundary::fail_with(
+                    lua,
+                    "locked",
+                    format!("{} is held by process {pid}", crate::files::display_path(&p)),
+                    &serde_json::json!({ "holder": pid }),
+                ),
+                Err(e) => io_fail(lua, "cannot lock", &p, &e),
+            }
+        })?,
+    )?;
     // fs.read(path, {max_bytes=READ_MAX}) -> string | nil, err  (regular files only)
     t.set(
         "read",

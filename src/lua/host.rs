@@ -77,8 +77,9 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
             Ok(crate::template::expand_with(&text, lookup))
         })?,
     )?;
-    // host.interrupted() -> true once Ctrl-C / SIGTERM was received
-    t.set("interrupted", lua.create_function(|_, ()| Ok(crate::signals::interrupted()))?)?;
+    // host.interrupted() -> true once Ctrl-C / SIGTERM was received, or when the task scope running the
+    // caller was cancelled (task.with): either way, the caller should stop what it is doing
+    t.set("interrupted", lua.create_function(|_, ()| Ok(crate::signals::stopping()))?)?;
     // host.verbosity: -1 quiet, 0 normal, 1+ verbose
     t.set("verbosity", ctx.verbosity)?;
     // host.bundled(rel) -> text, where | nil, err: the copy of a bundled file such as

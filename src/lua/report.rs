@@ -735,7 +735,8 @@ pub fn page_template(ctx: &HostCtx) -> String {
 }
 
 /// report.page(summary_path, {path=, live=, refresh=}) -> the page's path | nil, err
-/// Builds run.html (default: beside the summary) from the loop summary and the trials' event logs.
+/// Builds the run's page (default: run_<stamp>_<pid>.html beside the summary, and run.html) from the
+/// loop summary and the trials' files; the cards' baseline is report_policy.baseline's.
 /// live: reload itself (default: the summary has no finished_at); refresh: seconds between reloads (5).
 fn page(lua: &Lua, (summary, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<LuaMultiValue> {
     const F: &str = "report.page";
@@ -745,6 +746,16 @@ fn page(lua: &Lua, (summary, opts): (LuaValue, Option<LuaTable>)) -> LuaResult<L
         path: o.str("path")?.map(std::path::PathBuf::from),
         live: o.bool("live")?,
         refresh_secs: o.positive("refresh")?.map_or(5, |x| x.round().max(1.0) as u32),
+        // the cards' baseline as the report chooses it (report_policy.baseline); its failure costs only
+        // the policy's answer (the default rule is used)
+        baseline: Some(crate::report::page::BaselineFn(std::rc::Rc::new({
+            let lua = lua.clone();
+            move |names: &[String]| {
+                let f = policy_fn(&lua, "baseline").ok()?;
+                let names = array(&lua, names.iter().map(String::as_str)).ok()?;
+                f.call::<String>(names).ok()
+            }
+        }))),
     };
     let template = page_template(&HostCtx::get(lua));
     match crate::report::page::build(std::path::Path::new(&summary), &template, &options) {

@@ -44,6 +44,8 @@ local host = {}
 ---@field max_iterations? integer Default: `3`.
 ---@field success_threshold? number Default: `0`.
 ---@field direction? "higher"|"lower"|string Default: none (inferred from the metric name).
+---@field criterion? "threshold"|"significant"|string Default: `"threshold"` (stdlib/success.lua: `M.criteria`).
+---@field alpha? number Significance level of the `"significant"` criterion. Default: `0.05`.
 ---@field [string] any
 
 ---The config's `prompt_branch` section.

@@ -224,16 +224,18 @@ function report.plot_iterations(iterations, opts) end
 
 ---Options of `report.page`. Any other key raises.
 ---@class cellsci.report.PageOpts
----@field path? string Where to write the page. Default: `run.html` beside the summary.
+---@field path? string Where to write the page (only there). Default: `run_<stamp>_<pid>.html` beside the
+---summary, and `run.html` (a copy) when this run's summary is the newest in its folder.
 ---@field live? boolean Reload itself every `refresh` seconds. Default: the summary has no `finished_at`.
 ---@field refresh? number Seconds between reloads of a live page. Default: 5.
 
----The run page: one self-contained HTML file from a loop summary and its trials' event logs, through the
----template `run.html.j2` (shadowable), every value HTML-escaped. Written atomically.
+---The run page: one HTML file (no script, nothing from the network) from a loop summary and its trials'
+---files, through the template `run.html.j2` (shadowable), every value HTML-escaped. Written atomically;
+---cards whose inputs did not change since the last call in this process are reused.
 ---@param summary string The loop summary (`phase2_loop_summary_*.json`).
 ---@param opts? cellsci.report.PageOpts
 ---@return string|nil path The page's path.
----@return cellsci.report.Error|nil err `not_summary`, `io` or `template`.
+---@return cellsci.report.Error|nil err `not_summary`, `io`, `template` or `internal` (a caught panic).
 function report.page(summary, opts) end
 
 ---Options of `report.hypergraph` / `report.mermaid`. Any other key raises.

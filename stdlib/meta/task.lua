@@ -16,4 +16,31 @@ local task = {}
 ---@return any[] results
 function task.all(fs) end
 
+---A stop token (`task.canceller()`): a child of the current one, so Ctrl-C or an enclosing canceller
+---stops it too.
+---@class cellsci.task.Canceller
+local Canceller = {}
+
+---Stop the work running under this canceller: every LLM request, kernel cell, sleep and kernel start
+---inside `task.with(c, ...)` returns an `interrupted` error at once (a cell is interrupted, a request dropped).
+function Canceller:cancel() end
+
+---@return boolean
+function Canceller:cancelled() end
+
+---A new stop token.
+---@return cellsci.task.Canceller
+function task.canceller() end
+
+---Run `f(...)` with `c` as its stop token and return what it returns. Inside, `host.interrupted()` is
+---true once `c` is cancelled, so the pipeline unwinds through its own clean-up.
+---@param c cellsci.task.Canceller
+---@param f fun(...): ...
+---@return ...
+function task.with(c, f, ...) end
+
+---True inside a `task.with` whose canceller was cancelled (false for Ctrl-C).
+---@return boolean
+function task.cancelled() end
+
 return task

@@ -1,13 +1,17 @@
--- Best of N: search.branches drafts at once (default 4), in rounds, until the criterion is met or
--- experiment.max_iterations nodes have run; the best is archived. With a kernel pool each branch runs on
--- its own kernel (search.branches kernels, pinned to exec.gpus when given).
-local rounds = require("strategies.rounds")
+-- Best of N: drafts only, search.branches of them in flight at once (default 4); a slot that frees starts
+-- the next draft at once, until the criterion is met or the node budget (search.max_nodes, else
+-- experiment.max_iterations) is spent; the best is archived. With more than one branch each node runs on
+-- a kernel of a pool started ahead (pinned to exec.gpus when given).
+local search = require("search")
 
 local M = {}
 
+function M.choose(_S)
+  return { kind = "draft" }
+end
+
 function M.run(L, opts)
-  local n = math.max(1, math.floor(tonumber(L:setting("branches", 4)) or 4))
-  rounds(L, opts, n, function() return { kind = "draft" } end)
+  search.run(L, opts, function() return require("strategies.best_of_n") end)
 end
 
 return M

@@ -199,10 +199,11 @@ fn the_tree_strategy_improves_its_best_node_and_archives_it() {
     assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
     let s = summary(&p);
     let its = s["iterations"].as_array().unwrap();
-    assert_eq!(its.len(), 6, "{s:#}");
-    let by: std::collections::HashMap<i64, &Value> = its.iter().map(|r| (r["iter"].as_i64().unwrap(), r)).collect();
+    assert!(its.len() >= 4 && its.len() <= 6, "{s:#}");
+    let its: Vec<&Value> = its.iter().filter(|r| r["status"] != "CANCELLED").collect();
+    let by: std::collections::HashMap<i64, &Value> = its.iter().map(|r| (r["iter"].as_i64().unwrap(), *r)).collect();
     let mut improved = 0;
-    for r in its {
+    for r in &its {
         if r["kind"] == "improve" {
             let parent = by[&r["parent"].as_i64().unwrap()];
             assert!(r["score"].as_f64().unwrap() > parent["score"].as_f64().unwrap(), "{r:#} vs {parent:#}");
@@ -210,10 +211,14 @@ fn the_tree_strategy_improves_its_best_node_and_archives_it() {
         }
     }
     assert!(improved >= 2, "{s:#}");
-    assert!((s["best_score"].as_f64().unwrap() - 0.7).abs() < 1e-9, "{s:#}");
+    // Rounds reached 0.7 in six nodes; the scheduler improves the best the moment it is recorded, so the
+    // chain gets at least as far (0.95 meets the 0.9 threshold when no node waits for its round).
+    let best = s["best_score"].as_f64().unwrap();
+    assert!(best >= 0.7 - 1e-9, "{s:#}");
     let archived = p.archived();
     assert_eq!(archived.len(), 1);
-    assert_eq!(read_json(&archived[0].join("metrics.json"))["models"]["better"]["aggregate"]["PCC"], 0.7);
+    assert_eq!(read_json(&archived[0].join("metrics.json"))["models"]["better"]["aggregate"]["PCC"], best);
+    assert_eq!(s["best_trial_dir"], s["archived_dir"]);
     // The improvement requests carried the parent's code and results.
     let improve_reqs: Vec<Value> = p
         .requests(Kind::Generation)

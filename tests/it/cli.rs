@@ -75,13 +75,16 @@ fn config_error(json: &str) -> String {
 #[test]
 fn config_wrong_type_names_the_key_path_and_line() {
     let err = config_error("{\n  \"dataset_name\": \"x\",\n  \"exec\": {\n    \"max_fix_rounds\": \"five\"\n  }\n}\n");
-    assert_eq!(err, r#"error: bad.json:4: exec.max_fix_rounds: expected a number, got "five""#);
+    assert_eq!(err, r#"error: bad.json:4: exec.max_fix_rounds: expected a whole number >= 0, got "five""#);
     let err = config_error(r#"{"experiment": {"max_iterations": -1}}"#);
     assert_eq!(err, "error: bad.json:1: experiment.max_iterations: expected a whole number >= 0, got -1");
     let err = config_error(r#"{"exec": {"enable_llm_autofix": "yes"}}"#);
     assert_eq!(err, r#"error: bad.json:1: exec.enable_llm_autofix: expected true or false, got "yes""#);
     let err = config_error(r#"{"exec": {"gpus": [0, "a"]}}"#);
-    assert_eq!(err, "error: bad.json:1: exec.gpus: expected a list of whole numbers >= 0, got a list");
+    assert_eq!(
+        err,
+        "error: bad.json:1: exec.gpus: expected a list of whole numbers >= 0 (element 1: \"a\"), got a list"
+    );
     let err = config_error(r#"{"llm": ["x"]}"#);
     assert_eq!(err, "error: bad.json:1: llm: expected an object, got a list");
     let err = config_error("[1, 2]");

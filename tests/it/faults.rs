@@ -20,12 +20,37 @@ fn start(p: &Project, args: &[&str]) -> Running {
 }
 
 fn summary_file(p: &Project) -> PathBuf {
-    std::fs::read_dir(p.save_root())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|f| f.file_name().unwrap().to_string_lossy().starts_with("phase2_loop_summary_"))
-        .expect("a loop summary")
+    p.summary_path()
+}
+
+/// Run `check(point)` for every kill point, two at a time; fails listing every point that failed.
+pub(crate) fn at_every_point<T: Sync>(points: &[T], name: impl Fn(&T) -> String + Sync, check: impl Fn(&T) + Sync) {
+    let failures = std::sync::Mutex::new(Vec::new());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(point) = points.get(i) else { break };
+                if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(point))) {
+                    let msg = e
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    failures.lock().unwrap().push(format!("killed at {}: {msg}", name(point)));
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} kill points failed:\n{}",
+        failures.len(),
+        points.len(),
+        failures.join("\n\n")
+    );
 }
 
 /// Ctrl-C while the LLM request of `kind` is in flight: the loop ends at once as INTERRUPTED.
@@ -74,10 +99,10 @@ fn ctrl_c_during_the_report_request_ends_the_loop_as_interrupted_not_valid() {
 }
 
 /// Mount a tmpfs of `size` at `dir` (root only); None with a printed reason where that is not possible.
-struct Tmpfs(PathBuf);
+pub(crate) struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+    pub(crate) fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(dir).unwrap();
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("SKIPPED: mounting a tmpfs needs root");
@@ -193,32 +218,7 @@ fn sigkill_at_any_point_then_resume_finishes_the_loop_correctly_archived() {
         "[ARCHIVE] Saved run to",
         "[LOOP] report",
     ];
-    let failures = std::sync::Mutex::new(Vec::new());
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let Some(point) = POINTS.get(i) else { break };
-                if let Err(e) = std::panic::catch_unwind(|| kill_at_and_resume(point)) {
-                    let msg = e
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_default();
-                    failures.lock().unwrap().push(format!("killed at {point:?}: {msg}"));
-                }
-            });
-        }
-    });
-    let failures = failures.into_inner().unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} of {} kill points failed:\n{}",
-        failures.len(),
-        POINTS.len(),
-        failures.join("\n\n")
-    );
+    at_every_point(POINTS, |p| format!("{p:?}"), |p| kill_at_and_resume(p));
 }
 
 fn kill_at_and_resume(point: &str) {

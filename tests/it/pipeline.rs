@@ -149,6 +149,16 @@ impl Project {
             .collect()
     }
 
+    /// The run's loop summary file (the first `phase2_loop_summary_*` of the save root).
+    pub(crate) fn summary_path(&self) -> PathBuf {
+        std::fs::read_dir(self.save_root())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|f| f.file_name().unwrap().to_string_lossy().starts_with("phase2_loop_summary_"))
+            .expect("a loop summary")
+    }
+
     pub(crate) fn summary(&self) -> Value {
         let files: Vec<PathBuf> = std::fs::read_dir(self.save_root())
             .unwrap()

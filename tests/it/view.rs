@@ -40,6 +40,12 @@ fn hostile_run(dir: &Path, finished: bool) -> PathBuf {
     std::fs::create_dir_all(&trial).unwrap();
     std::fs::write(trial.join("events.jsonl"), events).unwrap();
     util::write(&good, "events.jsonl", "");
+    // the strategy, the narrative and a model's name are hostile too
+    util::write(&good, "research_strategy.md", HOSTILE);
+    util::write(&good, "experiment_report.md", &format!("# Report\n\n## Narrative\n\n{HOSTILE}\n"));
+    let metrics = json!({"models": {HOSTILE: {"per_fold": {"0": {"PCC": 0.5}, "1": {"PCC": 0.6}}},
+        "ridge": {"per_fold": {"0": {"PCC": 0.1}, "1": {"PCC": 0.2}}}}});
+    util::write(&good, "metrics.json", &metrics.to_string());
     let summary = json!({
         "dataset": HOSTILE, "started_at": "2026-01-01T00:00:00", "finished_at": if finished { json!("2026-01-01T01:00:00") } else { Value::Null },
         "primary_metric": "PCC", "direction": "higher", "success_threshold": 0.5, "max_iterations": 2,
@@ -69,19 +75,26 @@ fn view_shows_hostile_trial_content_as_escaped_text() {
     let summary = hostile_run(dir.path(), true);
     let out = cellsci(dir.path()).arg("view").arg(&summary).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
-    let page_path = dir.path().join("run.html");
+    let page_path = dir.path().join("run_20260101_999999999.html");
     assert_eq!(stdout(&out).trim(), page_path.display().to_string());
+    crate::run_page::assert_latest(dir.path(), &page_path);
     let page = std::fs::read_to_string(&page_path).unwrap();
     assert_no_live_script(&page);
     assert!(page.contains("&lt;script&gt;alert(1)&lt;"), "escaped: {page}");
     assert!(page.contains("&quot;quoted&quot;") && page.contains("&#x27;single&#x27;"), "{page}");
     assert!(page.contains("bad \u{fffd}\u{fffd} bytes"), "invalid UTF-8 is replaced: {page}");
     assert!(page.contains("1 unreadable line(s)"), "{page}");
-    assert!(page.contains("fix round 1</strong> by LLM"), "{page}");
+    assert_eq!(
+        page.matches("<div class=\"prose md\"><p>&lt;script&gt;alert(1)&lt;/script&gt; &quot;quoted&quot; &#x27;single&#x27;</p>").count(),
+        2,
+        "strategy and narrative are text: {page}"
+    );
+    assert!(page.contains("<th>&lt;script&gt;alert(1)&lt;"), "a model's name is text: {page}");
+    assert!(page.contains("fix round 1</strong> proposed by LLM: <span class=\"ok-text\">applied</span>"), "{page}");
     assert!(page.contains("class=\"ins\">+ print(&#x27;&lt;&#x2f;pre&gt;"), "the diff's new line: {page}");
     assert!(!page.contains("http-equiv=\"refresh\""), "a finished run's page does not reload");
     assert!(!page.contains("http://") && !page.contains("https://"), "nothing from the network");
-    assert_eq!(page.matches("class=\"dnode\"").count(), 2);
+    assert_eq!(page.matches("<g class=\"dnode").count(), 2);
     assert!(page.contains("href=\"prompt&#x2f;prompt_run_1&#x2f;events.jsonl\""), "relative links: {page}");
 }
 
@@ -91,7 +104,7 @@ fn view_rebuilds_a_page_and_refuses_a_file_that_is_not_a_loop_summary() {
     let summary = hostile_run(dir.path(), false);
     let out = cellsci(dir.path()).arg("view").arg(&summary).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
-    let page = std::fs::read_to_string(dir.path().join("run.html")).unwrap();
+    let page = std::fs::read_to_string(dir.path().join("run_20260101_999999999.html")).unwrap();
     assert!(page.contains("not finished (killed?)"), "a killed run is shown as such: {page}");
     assert!(!page.contains("http-equiv=\"refresh\""), "its writer is gone: no reload");
     for (name, text) in [("config.json", r#"{"dataset_name": "x"}"#), ("broken.json", "{not json")] {
@@ -174,27 +187,32 @@ fn a_scripted_runs_page_matches_its_summary() {
     assert_eq!(its[0]["status"], "CRASH");
     assert_eq!(its[1]["status"], "VALID");
     let page = std::fs::read_to_string(p.save_root().join("run.html")).unwrap();
-    assert_eq!(page.matches("class=\"dnode\"").count(), its.len(), "{page}");
+    assert_eq!(page.matches("<g class=\"dnode").count(), its.len(), "{page}");
     for r in its {
-        let at = format!("id=\"iter-{}\" data-status=\"{}\"", r["iter"], r["status"].as_str().unwrap());
+        let at = format!(
+            "id=\"iter-{i}\" data-iter=\"{i}\" data-status=\"{}\"",
+            r["status"].as_str().unwrap(),
+            i = r["iter"]
+        );
         assert!(page.contains(&at), "{at}: {page}");
     }
     assert_eq!(page.matches("class=\"badge ok\">archived<").count(), 1, "the winner is marked");
-    assert!(page.contains("fix round 1</strong> by LLM"), "{page}");
+    assert!(page.contains("fix round 1</strong> proposed by LLM: <span class=\"ok-text\">applied</span>"), "{page}");
     assert!(page.contains("class=\"ins\">+ y = 2"), "the fix's diff: {page}");
     assert!(page.contains("NameError"), "the fixed cell's error: {page}");
-    // The report's computed table and its plot are on the page itself (the plot as a data: image).
-    assert!(page.contains("computed results (experiment_report.md)") && page.contains("| Model |"), "{page}");
+    // The computed tables (HTML, from metrics.json) and the per-fold plot are on the page itself (the
+    // plot as a data: image).
+    assert!(page.contains("<table class=\"results\">") && page.contains("<th>better ★</th>"), "{page}");
+    assert!(!page.contains("| Model |"), "no markdown pipes: {page}");
     // (minijinja escapes the slash as &#x2f;, which the browser reads back as '/')
-    assert!(page.contains("src=\"data:image&#x2f;svg+xml,%3Csvg"), "{page}");
+    assert!(page.contains("fold_scores.svg\"><figcaption>PCC per fold"), "the per-fold plot: {page}");
     assert!(page.contains("&lt;script&gt;alert(1)"), "{page}");
     assert_no_live_script(&page);
     assert!(!page.contains("http-equiv=\"refresh\""), "the run is over: no reload");
     assert!(page.contains("href=\"prompt&#x2f;prompt_run_"), "links into the archived trial: {page}");
 
     // The same page, and the page as it was while the run went on, in a real browser.
-    let Some(browser) = chromium() else {
-        println!("SKIPPED the browser part of a_scripted_runs_page_matches_its_summary: no chromium binary");
+    let Some(browser) = chromium_or_skip("the browser part of a_scripted_runs_page_matches_its_summary") else {
         return;
     };
     let summary = std::fs::read_dir(p.save_root())
@@ -215,7 +233,7 @@ fn a_scripted_runs_page_matches_its_summary() {
     for (file, is_live) in [(p.save_root().join("run.html"), false), (live, true)] {
         let (dom, log) = browser_dom(&browser, &file);
         assert!(!log.contains("CONSOLE") && !log.contains("Uncaught"), "console messages: {log}");
-        assert_eq!(dom.matches("class=\"dnode\"").count(), its.len(), "{dom}");
+        assert_eq!(dom.matches("<g class=\"dnode").count(), its.len(), "{dom}");
         assert!(dom.contains("data-status=\"CRASH\"") && dom.contains("data-status=\"VALID\""), "{dom}");
         assert!(dom.contains("<span class=\"ins\">+ y = 2"), "the fix round's diff: {dom}");
         assert_eq!(dom.contains("http-equiv=\"refresh\""), is_live, "{dom}");
@@ -231,8 +249,25 @@ fn chromium() -> Option<PathBuf> {
     std::env::split_paths(&path).flat_map(|d| ["chromium", "chromium-browser"].map(|n| d.join(n))).find(|p| p.is_file())
 }
 
+/// A Chromium for a browser check, or None after saying the check is skipped. Under `CI=true` a missing
+/// Chromium fails the test instead: CI must run the browser checks.
+#[track_caller]
+pub(crate) fn chromium_or_skip(what: &str) -> Option<PathBuf> {
+    let found = chromium();
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").map(|v| v != "true").unwrap_or(true),
+            "CI=true and no chromium binary for {what} (install Debian's chromium, as .ci/run does, or set CELLSCI_CHROMIUM)"
+        );
+        println!(
+            "SKIPPED {what}: no chromium binary (install Debian's chromium, as .ci/run does, or set CELLSCI_CHROMIUM)"
+        );
+    }
+    found
+}
+
 /// The page's DOM as a headless Chromium builds it, and what the browser logged (console messages).
-fn browser_dom(browser: &Path, page: &Path) -> (String, String) {
+pub(crate) fn browser_dom(browser: &Path, page: &Path) -> (String, String) {
     let profile = util::tempdir();
     let out = std::process::Command::new("timeout")
         .arg("90")
@@ -251,8 +286,7 @@ fn browser_dom(browser: &Path, page: &Path) -> (String, String) {
 // strings are text nodes, and the nodes and fix rounds are in the DOM.
 #[test]
 fn a_headless_chromium_reads_the_page_as_text_without_console_errors() {
-    let Some(browser) = chromium() else {
-        println!("SKIPPED a_headless_chromium_reads_the_page_as_text_without_console_errors: no chromium binary (install Debian's chromium, as .ci/run does, or set CELLSCI_CHROMIUM)");
+    let Some(browser) = chromium_or_skip("a_headless_chromium_reads_the_page_as_text_without_console_errors") else {
         return;
     };
     for finished in [true, false] {
@@ -272,9 +306,97 @@ fn a_headless_chromium_reads_the_page_as_text_without_console_errors() {
         assert!(!log.contains("CONSOLE") && !log.contains("Uncaught"), "console messages: {log}");
         assert!(!dom.to_ascii_lowercase().contains("<script"), "no script element in the DOM: {dom}");
         assert!(dom.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "hostile text is text: {dom}");
-        assert_eq!(dom.matches("class=\"dnode\"").count(), 2, "{dom}");
+        assert_eq!(dom.matches("<g class=\"dnode").count(), 2, "{dom}");
         assert!(dom.contains("data-status=\"CRASH\"") && dom.contains("data-status=\"VALID\""), "{dom}");
         assert!(dom.contains("<span class=\"ins\">+ print('&lt;/pre&gt;"), "the fix's diff line: {dom}");
         assert_eq!(dom.contains("http-equiv=\"refresh\""), !finished, "{dom}");
     }
+}
+
+// A loop killed in its first round left `"iterations": {}` (early summaries) and nodes in flight; the
+// scheduler also records CANCELLED nodes. `view` builds the page of each, and a browser reads it.
+#[test]
+fn view_builds_pages_of_a_first_round_kill_and_of_in_flight_and_cancelled_nodes() {
+    let dir = util::tempdir();
+    let empty = json!({"dataset": "D", "primary_metric": "PCC", "started_at": "2026-01-01T00:00:00",
+        "finished_at": null, "iterations": {}});
+    let f = util::write(dir.path(), "phase2_loop_summary_20260101_000000_999999999.json", &empty.to_string());
+    let out = cellsci(dir.path()).arg("view").arg(f.file_name().unwrap()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    assert_eq!(stdout(&out).trim(), "run_20260101_000000_999999999.html");
+    let page = std::fs::read_to_string(dir.path().join("run_20260101_000000_999999999.html")).unwrap();
+    assert!(page.contains("not finished (killed?)") && page.contains("No iteration has finished yet."), "{page}");
+    assert!(page.contains("No node has a score yet."), "no empty chart: {page}");
+
+    let t1 = dir.path().join("prompt/w_iter001");
+    util::write(&t1, "events.jsonl", "");
+    let doc = json!({"dataset": "D", "primary_metric": "PCC", "direction": "higher", "success_threshold": 0.5,
+        "started_at": "2026-01-01T00:00:00", "finished_at": null, "strategy": "tree",
+        "iterations": [
+            {"iter": 1, "status": "VALID", "score": 0.4, "trial_dir": t1, "kind": "draft", "criteria_met": false,
+             "verdict": {"met": false, "reason": "PCC 0.4 is below 0.5", "criterion": "PCC > 0.5"}},
+            {"iter": 2, "status": "CANCELLED", "cancelled": true, "score": -999.0, "kind": "improve", "parent": 1}],
+        "in_flight": [{"iter": 3, "kind": "improve", "parent": 1, "started_at": "2026-01-01T00:01:00"},
+                      {"iter": 4, "kind": "draft", "parent": null, "started_at": "2026-01-01T00:01:00"}]});
+    let s = util::write(dir.path(), "phase2_loop_summary_20260101_000001_999999999.json", &doc.to_string());
+    let lua = format!("assert(require('report').page({:?}, {{ live = true }}))\n", s.display().to_string());
+    util::write(dir.path(), "live.lua", &lua);
+    let out = cellsci(dir.path()).args(["script", "live.lua"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    let page_path = dir.path().join("run_20260101_000001_999999999.html");
+    let page = std::fs::read_to_string(&page_path).unwrap();
+    assert_eq!(page.matches("<g class=\"dnode").count(), 4, "recorded and in-flight nodes: {page}");
+    assert_eq!(page.matches("data-status=\"RUNNING\"").count(), 4, "two nodes running (card and diagram)");
+    assert!(page.contains("data-iter=\"3\" data-status=\"RUNNING\" data-parent=\"1\""), "{page}");
+    assert!(page.contains("data-iter=\"2\" data-status=\"CANCELLED\" data-parent=\"1\""), "{page}");
+    assert!(page.contains("Criterion not met</b>: PCC 0.4 is below 0.5 <span class=\"muted\">(PCC &gt; 0.5)</span>"));
+    assert!(page.contains("in flight: <a href=\"#iter-3\">3</a>, <a href=\"#iter-4\">4</a>"), "{page}");
+    // the newest summary's page is run.html
+    crate::run_page::assert_latest(dir.path(), &page_path);
+    // the same run once over: in-flight nodes were cut short, and the page does not reload
+    let out = cellsci(dir.path()).arg("view").arg(&s).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    let page = std::fs::read_to_string(&page_path).unwrap();
+    assert!(page.contains("data-iter=\"3\" data-status=\"CUT SHORT\""), "{page}");
+    assert!(!page.contains("http-equiv=\"refresh\""));
+    let Some(browser) =
+        chromium_or_skip("view_builds_pages_of_a_first_round_kill_and_of_in_flight_and_cancelled_nodes")
+    else {
+        return;
+    };
+    let (dom, log) = browser_dom(&browser, &page_path);
+    assert!(!log.contains("CONSOLE") && !log.contains("Uncaught"), "console messages: {log}");
+    assert_eq!(dom.matches("<section class=\"node").count(), 4, "{dom}");
+}
+
+// The cards' statistics use the report's baseline policy (a user's report_policy.lua) when the page is
+// built from Lua, as the loop builds it.
+#[test]
+fn report_page_takes_the_baseline_from_the_report_policy() {
+    let dir = util::tempdir();
+    let t = dir.path().join("prompt/w_iter001");
+    let metrics = json!({"models": {
+        "ridge": {"per_fold": {"0": {"PCC": 0.1}, "1": {"PCC": 0.2}, "2": {"PCC": 0.15}}},
+        "deep": {"per_fold": {"0": {"PCC": 0.5}, "1": {"PCC": 0.7}, "2": {"PCC": 0.55}}}}});
+    util::write(&t, "metrics.json", &metrics.to_string());
+    util::write(&t, "events.jsonl", "");
+    let doc = json!({"primary_metric": "PCC", "direction": "higher", "finished_at": "2026-01-01T00:00:01",
+        "iterations": [{"iter": 1, "status": "VALID", "score": 0.58, "trial_dir": t}]});
+    let s = util::write(dir.path(), "phase2_loop_summary_20260101_000000_999999999.json", &doc.to_string());
+    let page_path = dir.path().join("run_20260101_000000_999999999.html");
+    let out = cellsci(dir.path()).arg("view").arg(&s).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    let page = std::fs::read_to_string(&page_path).unwrap();
+    assert!(page.contains("baseline ridge ·"), "the default rule: {page}");
+    util::write(
+        dir.path(),
+        "scripts/report_policy.lua",
+        "return { baseline = function(names) return names[#names] end }\n",
+    );
+    util::write(dir.path(), "page.lua", &format!("assert(require('report').page({:?}))\n", s.display().to_string()));
+    let out = cellsci(dir.path()).args(["script", "page.lua"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    let page = std::fs::read_to_string(&page_path).unwrap();
+    assert!(page.contains("baseline deep ·"), "the policy's baseline: {page}");
+    assert!(page.contains("<th>ridge</th><td class=\"num\">0.1500</td>"), "ridge compared with deep: {page}");
 }

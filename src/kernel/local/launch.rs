@@ -261,7 +261,7 @@ impl LocalKernel {
             if Instant::now() > deadline {
                 return Err(fail(&proc, &format!("did not start within {:?}", self.opts.startup_timeout)));
             }
-            if crate::signals::interrupted() {
+            if crate::signals::stopping() {
                 bail!(KernelError::Interrupted);
             }
             if listening(&info).await {
