@@ -12,8 +12,10 @@
 //!   `<metric>: <number>` (the template puts the score last). A stderr line has no marker prefix.
 //! - [`quote`]: what a script applies to one interpolated value (`log.quote`, `ctx:quote`): escaped,
 //!   clipped to a few hundred characters, and every runner phrase neutralized: the success phrases, the
-//!   phrases that mark an iteration buggy, `[TAG]`s (`[ARCHIVE]` becomes `(ARCHIVE)`), `Score:`, and every
-//!   `<name>: <number>` (`PCC: 0.99` becomes `PCC[:] 0.99`).
+//!   phrases that mark an iteration buggy, `[TAG]`s (`[ARCHIVE]` becomes `(ARCHIVE)`), `Score:`. A
+//!   `<name>: <number>` stays as written: the runner reads a score only from a `[CHECK]` line, which a
+//!   quoted value cannot start (its `[CHECK]` is neutralized), and the guard keeps only a `[CHECK]`
+//!   line's last one (the score, after any interpolated winner name).
 //!
 //! Neutralizing is a visible change of a few characters (a bracket, a space), never an invisible one, so
 //! a person reading the log still reads the text, and the runner's substring and regex rules no longer
@@ -244,24 +246,16 @@ fn replace_keys(s: &str, changes: &mut Vec<String>) -> String {
     out.into_owned()
 }
 
-/// Every `<name>: <number>` in `s` but the last `keep_last` becomes `<name>[:] <number>`. A file's
-/// `name.lua:12` (a name with a dot or a slash) is a place, not a score, and stays.
+/// Every `<name>: <number>` in `s` (a `[CHECK]` line) but the last `keep_last` becomes
+/// `<name>[:] <number>`.
 fn replace_metrics(s: &str, keep_last: usize, changes: &mut Vec<String>) -> String {
-    let is_score = |c: &regex::Captures| {
-        let start = c.get(1).map_or(0, |m| m.start());
-        let before = s[..start].chars().next_back();
-        !c[1].contains('.') && !matches!(before, Some('.' | '/' | '\\'))
-    };
-    let total = metric_re().captures_iter(s).filter(|c| is_score(c)).count();
+    let total = metric_re().find_iter(s).count();
     if total <= keep_last {
         return s.to_string();
     }
     let defang = total - keep_last;
     let mut k = 0;
     let out = metric_re().replace_all(s, |c: &regex::Captures| {
-        if !is_score(c) {
-            return c[0].to_string();
-        }
         k += 1;
         if k <= defang {
             format!("{}[:]{}", &c[1], &c[2])
@@ -288,7 +282,6 @@ pub fn quote(s: &str, max: usize) -> Cleaned {
         note(&mut changes, "neutralized [TAG]s".into());
     }
     let t = replace_phrases(&t, all_phrases_re(), &mut changes);
-    let t = replace_metrics(&t, 0, &mut changes);
     Cleaned { text: t, changes }
 }
 
@@ -334,8 +327,8 @@ mod tests {
             guard("[ARCHIVE] Saved run to: prompt_run_1", Stream::Stdout, false).text,
             "[ARCHIVE] Saved run to: prompt_run_1"
         );
-        let g = guard("[CHECK] evil | PCC: 0.99 | PCC: 0.3000", Stream::Stdout, false);
-        assert_eq!(g.text, "[CHECK] evil | PCC[:] 0.99 | PCC: 0.3000");
+        let g = guard("[CHECK] evil | PCC: 0.99 | x.PCC: 0.98 | PCC: 0.3000", Stream::Stdout, false);
+        assert_eq!(g.text, "[CHECK] evil | PCC[:] 0.99 | x.PCC[:] 0.98 | PCC: 0.3000");
         // on stderr nothing is a prefix
         let e = guard("[ARCHIVE] Saved run to: X", Stream::Stderr, false);
         assert!(!e.text.contains("[ARCHIVE]") && !e.text.contains("Saved run to:"), "{}", e.text);
@@ -347,7 +340,7 @@ mod tests {
     #[test]
     fn a_quoted_value_carries_no_runner_phrase_tag_or_score() {
         let q = quote("model [ARCHIVE] Success! Traceback Exception: x | PCC: 0.99 Score: 1", QUOTE_MAX);
-        for bad in ["[ARCHIVE]", "Success!", "Traceback", "Exception:", "PCC: 0.99", "Score:"] {
+        for bad in ["[ARCHIVE]", "Success!", "Traceback", "Exception:", "Score:"] {
             assert!(!q.text.contains(bad), "{bad} in {}", q.text);
         }
         assert_eq!(quote("ridge_baseline", QUOTE_MAX).text, "ridge_baseline");

@@ -46,6 +46,10 @@ pub const DEFAULT_MAX_REPLY_BYTES: u64 = 8 * 1024 * 1024;
 /// The longest silence of a stream by default (`llm.idle_timeout`), or `llm.timeout` when shorter.
 pub const DEFAULT_IDLE_TIMEOUT: f64 = 300.0;
 
+/// How many times `llm.timeout` a whole stream may last by default (with no idle timeout set and no
+/// `llm.stream_timeout`): a long reply that keeps coming gets room, a trickle that never ends does not.
+pub const STREAM_TIMEOUTS: u32 = 2;
+
 /// The largest error body read (a 4xx/5xx page is summarized in one line).
 const MAX_ERROR_BODY: u64 = 1024 * 1024;
 
@@ -152,7 +156,11 @@ async fn exchange(
         Some(i) => crate::duration_secs(i.max(0.001)),
         None => crate::duration_secs(DEFAULT_IDLE_TIMEOUT).min(t),
     };
-    let cap = t;
+    let (cap, cap_key) = match (opts.stream_timeout, opts.idle_timeout) {
+        (Some(s), _) => (crate::duration_secs(s.max(0.001)), "llm.stream_timeout"),
+        (None, Some(_)) => (t, "llm.timeout"),
+        (None, None) => (t * STREAM_TIMEOUTS, "2 x llm.timeout"),
+    };
     let headers_by = if stream { deadline.min(tokio::time::Instant::now() + idle) } else { deadline };
     let resp = match tokio::time::timeout_at(headers_by, rb.send()).await {
         Err(_) => {
@@ -184,7 +192,7 @@ async fn exchange(
         return Err(f);
     }
     if stream && ctype.contains("text/event-stream") {
-        return read_stream(resp, req, (idle, cap, opts.max_reply_bytes), started, spinner).await;
+        return read_stream(resp, req, (idle, cap, cap_key, opts.max_reply_bytes), started, spinner).await;
     }
     // a body holds the reply as JSON (quotes and line breaks escaped): it may be twice the reply's size
     let body_limit = if opts.max_reply_bytes > 0 { opts.max_reply_bytes.saturating_mul(2) + 65_536 } else { 0 };
@@ -481,7 +489,7 @@ impl StreamState {
 async fn read_stream(
     resp: reqwest::Response,
     req: &Request,
-    (idle, cap, max_bytes): (Duration, Duration, u64),
+    (idle, cap, cap_key, max_bytes): (Duration, Duration, &str, u64),
     started: Instant,
     spinner: &indicatif::ProgressBar,
 ) -> Result<Reply, Failure> {
@@ -507,7 +515,7 @@ async fn read_stream(
             Err(_) if stall >= end && last_data.elapsed() < idle.mul_f64(0.75) => {
                 let f = Failure::new(
                     Kind::Timeout,
-                    format!("the stream went on for more than {} (llm.timeout)", secs(cap.as_secs_f64())),
+                    format!("the stream went on for more than {} ({cap_key})", secs(cap.as_secs_f64())),
                 );
                 return Err(partial(&st, f));
             }

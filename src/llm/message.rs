@@ -257,6 +257,9 @@ pub struct CallOpts {
     pub idle_timeout: Option<f64>,
     /// The largest reply accepted, in bytes (body or stream, reasoning included); 0: no limit.
     pub max_reply_bytes: u64,
+    /// Streaming: the longest a whole stream may last (seconds). None: `timeout` when an idle timeout
+    /// is set, else [`super::client::STREAM_TIMEOUTS`] times `timeout`.
+    pub stream_timeout: Option<f64>,
     pub stream: bool,
     /// The trial's event log this call belongs to (its exchanges and usage go there), instead of the
     /// run's current one: concurrent branches each keep their own.

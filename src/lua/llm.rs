@@ -317,6 +317,7 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
         stream: o.bool("stream")?.unwrap_or_else(|| en.default_stream()),
         events,
         max_reply_bytes,
+        stream_timeout: en.settings.stream_timeout,
     };
     let retry = o.value("retry")?;
     match &retry {

@@ -48,7 +48,8 @@ function log.line(...) end
 ---escaped and clipped as a line is, and every runner phrase neutralized with a visible change:
 ---`Success threshold met` -> `Success threshold [met]`, `[ARCHIVE]` (any `[TAG]`) -> `(ARCHIVE)`,
 ---`Traceback` -> `Trace back`, `Exception:` -> `Exception[:]`, `ITERATION 2/3` -> `ITERATION 2 of 3`,
----`PCC: 0.99` (any `<name>: <number>`) -> `PCC[:] 0.99`. Returns the text and, when something changed,
+---`Score:` -> `Score[:]` (a `<name>: <number>` stays: in a `[CHECK]` line the guard keeps only the
+---last one, the score). Returns the text and, when something changed,
 ---the list of changes (recorded in the event log as a `neutralized` event when a phrase was neutralized).
 ---Use it on every untrusted fragment: `ctx:line("[CHECK] " .. ctx:quote(winner, "winner") .. " | ...")`.
 ---@param v any

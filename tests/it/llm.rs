@@ -792,7 +792,7 @@ fn the_configs_retry_options_shape_the_default_policy() {
 }
 
 #[test]
-fn a_stream_that_trickles_forever_is_cut_at_the_timeout() {
+fn a_stream_that_trickles_forever_is_cut_at_the_stream_timeout() {
     let srv = FakeLlm::start();
     let pieces: Vec<&str> = vec!["tick "; 100];
     srv.push_stream(&pieces, Duration::from_millis(100));
@@ -802,7 +802,7 @@ fn a_stream_that_trickles_forever_is_cut_at_the_timeout() {
         dir.path(),
         r#"
         local r, err = require("llm").chat{prompt = "x", stream = true, timeout = 1, retry = false}
-        assert(not r and err.kind == "timeout" and err.message:find("went on for more than 1s (llm.timeout)", 1, true), tostring(err))
+        assert(not r and err.kind == "timeout" and err.message:find("went on for more than 2s (2 x llm.timeout)", 1, true), tostring(err))
         "#,
         &[],
     );
@@ -1475,9 +1475,9 @@ fn a_reply_larger_than_max_reply_bytes_is_cut_off_streamed_or_not() {
 }
 
 /// Issue 26: a stream that never ends (keep-alive comments forever) was cut only at 6 x the timeout.
-/// With the defaults it is cut at the timeout; a stream that goes silent, at the idle gap.
+/// With the defaults it is cut at 2 x the timeout; `llm.stream_timeout` sets the bound itself.
 #[test]
-fn a_stream_that_never_ends_is_cut_at_the_timeout_by_default() {
+fn a_stream_that_never_ends_is_cut_at_twice_the_timeout_by_default() {
     let (url, _sent) = hostile_server(
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n",
         b": keep-alive\n\n".to_vec(),
@@ -1492,13 +1492,24 @@ fn a_stream_that_never_ends_is_cut_at_the_timeout_by_default() {
         r#"
         local r, err = require("llm").chat{prompt = "x", stream = true, retry = false}
         assert(not r and err.kind == "timeout", tostring(err))
-        assert(err.message:find("went on for more than 2s (llm.timeout)", 1, true), err.message)
+        assert(err.message:find("went on for more than 4s (2 x llm.timeout)", 1, true), err.message)
         "#,
         &[],
     );
     ok(&out);
     let secs = t0.elapsed().as_secs_f64();
-    assert!((1.9..6.0).contains(&secs), "cut at the timeout (2 s), not 12 s: {secs:.1} s");
+    assert!((3.9..8.0).contains(&secs), "cut at 2 x the timeout (4 s), not 12 s: {secs:.1} s");
+    config(dir.path(), &url, json!({"timeout": 2, "stream_timeout": 1}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x", stream = true, retry = false}
+        assert(not r and err.message:find("went on for more than 1s (llm.stream_timeout)", 1, true), tostring(err))
+        assert(require("llm").settings().stream_timeout == 1)
+        "#,
+        &[],
+    );
+    ok(&out);
 }
 
 /// Issue 26 item 10: budgets overshot under parallel branches (max_calls 5 gave 8 requests), since each
