@@ -548,7 +548,9 @@ function L:record(node, res, err, how)
   if err then
     rec.status, rec.error, rec.error_kind = "CRASH", tostring(err.message or err), err.kind
     -- "Exception:" marks the node as buggy for the runner's log parser.
-    ctx:line(string.format("[LOOP] Exception: iteration %d crashed: %s", node.iter, ctx:quote(tostring(err), "error")))
+    -- (the cause in full, up to 2000 characters: it names the key or path to fix)
+    local cause = log.quote(tostring(err), { what = "error", max = 2000, events = ctx.events })
+    ctx:line(string.format("[LOOP] Exception: iteration %d crashed: %s", node.iter, cause))
   elseif not res.executed.ok then
     rec.status, rec.error, rec.error_kind = "CRASH", res.executed.error, "cell_unfixable"
     if res.score ~= nil then rec.score = res.score end
