@@ -58,6 +58,15 @@ local function guarded(f, ...)
   return nil, M.as_error(r[2])
 end
 
+-- Text from a notebook or the LLM (cell ids and names, exception messages, model names, reply text) is
+-- never put into a line as it is: q(ctx, v, what) makes it safe (log.quote: escaped, clipped, runner
+-- marker phrases neutralized, recorded in the trial's event log). The runner reads our lines.
+local function q(ctx, v, what, max)
+  if ctx and ctx.quote and not max then return ctx:quote(v, what) end
+  return (log.quote(v, { what = what, max = max, events = ctx and ctx.events or nil }))
+end
+M.quote = q
+
 -- A trial context for steps called without one (the single commands, older strategies).
 local function context(trial, ctx)
   return ctx or require("trial").new(trial)
@@ -94,7 +103,8 @@ function M.load_prompt(explicit, name)
     if not text then raise("config", "cannot read prompt file " .. explicit .. ": " .. tostring(err)) end
     where = explicit
   else
-    text, where = host.bundled("prompts/" .. name)
+    -- prompts/<name> of a user's folder (--scripts, the current folder), else the bundled copy
+    text, where = host.lookup("prompts/" .. name)
     if not text then raise("config", "no bundled prompt prompts/" .. name) end
   end
   local doc, err = yaml.decode(text)
@@ -122,7 +132,7 @@ end
 function M.policy(module, fn, ...)
   local ok, mod = pcall(require, module)
   if not ok then
-    log.error(string.format("[POLICY] cannot load %s: %s", module, tostring(mod)))
+    log.error(string.format("[POLICY] cannot load %s: %s", module, q(nil, mod, "policy error", 1000)))
     return nil, module .. ".lua failed to load: " .. tostring(mod)
   end
   if type(mod) ~= "table" or type(mod[fn]) ~= "function" then
@@ -130,7 +140,7 @@ function M.policy(module, fn, ...)
   end
   local res = table.pack(pcall(mod[fn], ...))
   if not res[1] then
-    log.error(string.format("[POLICY] %s.%s failed: %s", module, fn, tostring(res[2])))
+    log.error(string.format("[POLICY] %s.%s failed: %s", module, fn, q(nil, res[2], "policy error", 1000)))
     return nil, module .. "." .. fn .. " failed: " .. tostring(res[2])
   end
   return table.unpack(res, 2, res.n)
@@ -162,7 +172,7 @@ local function read_ideas(p)
   if not text then return {} end
   local doc, err = json.decode(text)
   if type(doc) ~= "table" then
-    log.warn("[SETUP] cannot read " .. p .. ": " .. tostring(err))
+    log.warn("[SETUP] cannot read " .. p .. ": " .. q(nil, err, "idea.json error"))
     return {}
   end
   return doc.ideas or doc
@@ -229,17 +239,49 @@ M.stream_long = stream_long
 -- request (and generation_failure.json) as big as itself.
 -- Returns cells, hypergraph, attempts (errors, reply sizes and files).
 M.ECHO_BYTES = 8192
+
+-- A reply's reasoning (reasoning_content, <think>), kept whole in <trial>/generation_reply_<n>_reasoning.txt
+-- when the reply could not be used; returns the fields for generation_failure.json.
+local function keep_reasoning(trial, n, reasoning, ctx)
+  if type(reasoning) ~= "string" or reasoning == "" then return {} end
+  local file = path.join(trial, string.format("generation_reply_%d_reasoning.txt", n))
+  local saved, serr = fs.write(file, reasoning)
+  if not saved then ctx:warn("[GENERATE] cannot save the reply's reasoning: " .. tostring(serr)) end
+  return { reasoning = (llm.clip(reasoning, { head = 1000, tail = 1000 })), reasoning_bytes = #reasoning,
+    reasoning_file = saved and path.basename(file) or nil }
+end
+
+-- The last resort for a reply with no usable content: the notebook written in its reasoning (models that
+-- put their whole answer in reasoning_content). Returns cells, hypergraph, or nil.
+local function cells_from_reasoning(reasoning, n, ctx)
+  if type(reasoning) ~= "string" or not reasoning:find("%S") then return nil end
+  local parsed = llm.extract_json(reasoning)
+  if parsed == nil then return nil end
+  local cells, hg = M.cells_of(parsed)
+  if not cells then return nil end
+  ctx:info(string.format("[GENERATE] reply %d had no usable content; its notebook (%d cells) was read from the "
+    .. "model's reasoning, as a last resort", n, #cells))
+  ctx:event("reply_from_reasoning", { step = "generation", attempt = n, cells = #cells, reasoning_bytes = #reasoning })
+  return cells, hg
+end
+M.cells_from_reasoning = cells_from_reasoning
+
 local function request_notebook(system, user, trial, ctx)
   local pb = section("prompt_branch")
   local messages = { { role = "system", content = system }, { role = "user", content = user } }
   local attempts = {}
   local retries = tonumber(pb.json_retries) or 2
   for attempt = 0, retries do
-    host.reload()
+    host.reload({ events = ctx.events })
     local resp, err = llm.chat({ messages = messages, temperature = pb.temperature, max_tokens = pb.max_tokens,
       events = ctx.events, json_schema = structured() and M.GENERATION_SCHEMA or nil, stream = stream_long() })
     if not resp then
-      table.insert(attempts, { attempt = attempt + 1, error = tostring(err) })
+      local rec = { attempt = attempt + 1, error = tostring(err) }
+      local reasoning = type(err) == "table" and err.reasoning or nil
+      for k, v in pairs(keep_reasoning(trial, attempt + 1, reasoning, ctx)) do rec[k] = v end
+      table.insert(attempts, rec)
+      local cells, hg = cells_from_reasoning(reasoning, attempt + 1, ctx)
+      if cells then return cells, hg, attempts end
       return nil, nil, attempts, "the generation request failed: " .. tostring(err), err
     end
     local parsed, perr, repaired = llm.extract_json(resp.text)
@@ -250,14 +292,18 @@ local function request_notebook(system, user, trial, ctx)
     local cells, hg
     if parsed ~= nil then cells, hg = M.cells_of(parsed) end
     if cells then return cells, hg, attempts end
+    local rcells, rhg = cells_from_reasoning(resp.reasoning, attempt + 1, ctx)
+    if rcells then return rcells, rhg, attempts end
     local why = (llm.clip(parsed == nil and tostring(perr) or hg, { head = 2000, tail = 0 }))
     local reply_file = path.join(trial, string.format("generation_reply_%d.txt", attempt + 1))
     local saved, serr = fs.write(reply_file, resp.text)
     if not saved then ctx:warn("[GENERATE] cannot save the reply: " .. tostring(serr)) end
-    table.insert(attempts, { attempt = attempt + 1, error = why, finish_reason = resp.finish_reason,
+    local rec = { attempt = attempt + 1, error = why, finish_reason = resp.finish_reason,
       raw = (llm.clip(resp.text, { head = 1000, tail = 1000 })), raw_bytes = #resp.text,
-      raw_file = saved and path.basename(reply_file) or nil })
-    ctx:warn(string.format("[GENERATE] reply %d could not be used (%s)%s", attempt + 1, why,
+      raw_file = saved and path.basename(reply_file) or nil }
+    for k, v in pairs(keep_reasoning(trial, attempt + 1, resp.reasoning, ctx)) do rec[k] = v end
+    table.insert(attempts, rec)
+    ctx:warn(string.format("[GENERATE] reply %d could not be used (%s)%s", attempt + 1, q(ctx, why, "reply error"),
       attempt < retries and "; asking the model to reformat it" or ""))
     local echo, cut = llm.clip(resp.text, { head = M.ECHO_BYTES, tail = M.ECHO_BYTES })
     table.insert(messages, { role = "assistant", content = echo })
@@ -293,7 +339,7 @@ local function feedback_text(ctx)
   end
   local ok, text = pcall(function() return require("operators").request(op) end)
   if not ok then
-    ctx:warn("[GENERATE] the operator " .. tostring(op.kind) .. " failed: " .. tostring(text))
+    ctx:warn("[GENERATE] the operator " .. tostring(op.kind) .. " failed: " .. q(ctx, text, "operator error", 1000))
     return ""
   end
   return text or ""
@@ -327,7 +373,7 @@ function M.generate_step(trial, opts, s1, ctx)
     ctx.strategy_source = "attempt " .. tostring(ctx.parent.iter)
     ctx:info("[STRATEGY] research_strategy.md reused from attempt " .. tostring(ctx.parent.iter))
   elseif opts.use_idea then
-    host.reload()
+    host.reload({ events = ctx.events })
     local sprompt = M.load_prompt(section("prompt_branch").strategy_prompt_file, "strategy.yaml")
     local ideas = read_ideas(s1.idea)
     local info
@@ -352,7 +398,7 @@ function M.generate_step(trial, opts, s1, ctx)
     write_json(fail_path, { error = err, prompt_file = spec_path, attempts = attempts })
     if host.interrupted() then raise("interrupted", "interrupted") end
     -- The runner counts an iteration with this line as buggy (DESIGN: "Lines other tools read").
-    ctx:line("[GENERATE] Notebook Generation Failed: " .. err)
+    ctx:line("[GENERATE] Notebook Generation Failed: " .. q(ctx, err, "generation error"))
     -- An LLM failure keeps its kind (a rejected key is `client` whatever step met it).
     local kind = type(llm_err) == "table" and llm_err.kind
     -- an endpoint that cannot be reached once the retry policy gave up on it fails every node alike
@@ -450,7 +496,7 @@ local function start_with_retries(ctx, f)
       return nil, err
     end
     wait = tonumber(wait) or 0
-    ctx:warn(string.format("[EXEC] the kernel did not start (%s); trying again in %.1fs", tostring(err), wait))
+    ctx:warn(string.format("[EXEC] the kernel did not start (%s); trying again in %.1fs", q(ctx, err, "kernel error"), wait))
     ctx:event("kernel_start_failed", { error = tostring(err), kind = kind, wait = wait })
     if wait > 0 then time.sleep(wait) end
   end
@@ -561,7 +607,7 @@ local function replay(k, nb, done, i, ctx)
     table.insert(names, tostring(sub.id or ("cell " .. (j - 1))))
   end
   ctx:info(string.format("[EXEC] kernel restarted; replaying %s: %s", how == "all" and "every earlier cell"
-    or "the failing cell's ancestors", #names > 0 and table.concat(names, ", ") or "none"))
+    or "the failing cell's ancestors", #names > 0 and q(ctx, table.concat(names, ", "), "cell ids", 1000) or "none"))
   ctx:event("replay", { cell_index = i - 1, cells = names, rule = how })
   for _, j in ipairs(set) do
     local rr = run_cell(k, nb:cell(j).source, { timeout = tonumber(section("exec").timeout_seconds) })
@@ -617,8 +663,9 @@ function M.execute_step(trial, s1, ctx, pre)
       if cell.cell_type == "code" then
         local sub = (cell.metadata or {}).subtask or {}
         local id = tostring(sub.id or ("Cell_" .. (i - 1)))
-        ctx:info(string.format("[GRAPH] running node %s: %s (cell %d)", id, sub.name or "", i - 1))
-        bar:message(string.format("%s %s | %d tokens so far", id, sub.name or "", (llm.usage() or {}).total_tokens or 0))
+        local qid, qname = q(ctx, id, "cell id"), q(ctx, sub.name or "", "cell name")
+        ctx:info(string.format("[GRAPH] running node %s: %s (cell %d)", qid, qname, i - 1))
+        bar:message(string.format("%s %s | %d tokens so far", qid, qname, (llm.usage() or {}).total_tokens or 0))
         local r = run_cell(k, cell.source, { timeout = timeout })
         record(nb, i, r, exec_path)
         ctx:event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, ename = r.ename })
@@ -633,7 +680,7 @@ function M.execute_step(trial, s1, ctx, pre)
           return rok
         end
         while r.status ~= "ok" do
-          ctx:line(string.format("[GRAPH] Error in Node %s (cell %d): %s", id, i - 1, short(r)))
+          ctx:line(string.format("[GRAPH] Error in Node %s (cell %d): %s", qid, i - 1, q(ctx, short(r), "cell error")))
           if host.interrupted() then error("interrupted", 0) end
           -- A cell whose kernel (or kernel service) died is run again on a fresh kernel before anyone
           -- repairs its code: the code may never have failed. Once; a second death goes to the fix rounds.
@@ -641,13 +688,13 @@ function M.execute_step(trial, s1, ctx, pre)
             reran = true
             if not revive() then break end
             ctx:info(string.format("[EXEC] the kernel died during cell %d (%s); running it again on the fresh kernel",
-              i - 1, id))
+              i - 1, qid))
             ctx:event("rerun", { cell_index = i - 1, id = id, reason = short(r) })
             r = run_cell(k, nb:cell(i).source, { timeout = timeout })
             record(nb, i, r, exec_path)
             ctx:event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, rerun = true })
             if r.status == "ok" then break end
-            ctx:line(string.format("[GRAPH] Error in Node %s (cell %d): %s", id, i - 1, short(r)))
+            ctx:line(string.format("[GRAPH] Error in Node %s (cell %d): %s", qid, i - 1, q(ctx, short(r), "cell error")))
           end
           if round >= max_rounds then
             outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1,
@@ -655,8 +702,8 @@ function M.execute_step(trial, s1, ctx, pre)
             break
           end
           round = round + 1
-          host.reload()
-          ctx:line(string.format("[FIX] %s | Round %d/%d | %s", id, round, max_rounds, short(r)))
+          host.reload({ events = ctx.events })
+          ctx:line(string.format("[FIX] %s | Round %d/%d | %s", qid, round, max_rounds, q(ctx, short(r), "cell error")))
           if (r.status == "dead" or r.restarted or not k:alive()) and not revive() then break end
           local src = nb:cell(i).source
           local new, how = M.policy("autofix", "fix", {
@@ -671,12 +718,12 @@ function M.execute_step(trial, s1, ctx, pre)
           ctx:event("fix", { cell_index = i - 1, id = id, round = round, applied = new ~= nil, how = how,
             error = short(r), before = src, after = new })
           if not new then
-            ctx:line(string.format("[FIX] %s | no fix: %s", id, how))
+            ctx:line(string.format("[FIX] %s | no fix: %s", qid, q(ctx, how, "fix outcome")))
             outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1,
               error = string.format("cell %d (%s) could not be fixed (%s): %s", i - 1, id, how, short(r)) }
             break
           end
-          ctx:line(string.format("[FIX] %s | applied fix (%s); re-running", id, how))
+          ctx:line(string.format("[FIX] %s | applied fix (%s); re-running", qid, q(ctx, how, "fix outcome")))
           nb:set_source(i, new)
           r = run_cell(k, new, { timeout = timeout })
           record(nb, i, r, exec_path)
@@ -702,12 +749,12 @@ function M.execute_step(trial, s1, ctx, pre)
 
   if ex.enable_hypergraph_viz ~= false then
     local _, herr = report.hypergraph(nb, { path = path.join(trial, "hypergraph.json") })
-    if herr then ctx:warn("[EXEC] hypergraph.json: " .. tostring(herr)) end
+    if herr then ctx:warn("[EXEC] hypergraph.json: " .. q(ctx, herr, "hypergraph error")) end
     local _, merr = report.mermaid(nb, { path = path.join(trial, "hypergraph.md") })
-    if merr then ctx:warn("[EXEC] hypergraph.md: " .. tostring(merr)) end
+    if merr then ctx:warn("[EXEC] hypergraph.md: " .. q(ctx, merr, "hypergraph error")) end
   end
   M.list_intermediate(trial, ctx)
-  if not outcome.ok then ctx:warn("[EXEC] " .. outcome.error) end
+  if not outcome.ok then ctx:warn("[EXEC] " .. q(ctx, outcome.error, "cell error", 1000)) end
   return outcome
 end
 
@@ -718,7 +765,7 @@ M.INTERMEDIATE_LIMITS = { max_files = 100, max_depth = 8 }
 function M.list_intermediate(trial, ctx)
   ctx = context(trial, ctx)
   local w, err = fs.walk(path.join(trial, "intermediate"), M.INTERMEDIATE_LIMITS)
-  if not w and err.kind ~= "not_found" then ctx:warn("[EXEC] cannot list intermediate/: " .. tostring(err)) end
+  if not w and err.kind ~= "not_found" then ctx:warn("[EXEC] cannot list intermediate/: " .. q(ctx, err, "walk error")) end
   w = w or { files = {}, truncated = 0, too_deep = 0, unreadable = 0 }
   local files = {}
   for _, f in ipairs(w.files) do
@@ -729,9 +776,10 @@ function M.list_intermediate(trial, ctx)
   end
   for _, f in ipairs(files) do
     if f.kind == "link" then
-      ctx:info(string.format("[EXEC]   %-48s -> %s (symlink, not followed)", f.path, tostring(f.target)))
+      ctx:info(string.format("[EXEC]   %-48s -> %s (symlink, not followed)", q(ctx, f.path, "file name"),
+        q(ctx, f.target, "link target")))
     else
-      ctx:info(string.format("[EXEC]   %-48s %10d bytes", f.path, f.size))
+      ctx:info(string.format("[EXEC]   %-48s %10d bytes", q(ctx, f.path, "file name"), f.size))
     end
   end
   if w.truncated > 0 or w.too_deep > 0 then
@@ -790,14 +838,14 @@ function M.analyze_step(trial, ctx)
   local m, err = report.load_metrics(mpath)
   if not m then
     write_text(report_path, "# Experiment report\n\nmetrics.json could not be read: " .. tostring(err) .. "\n")
-    ctx:warn("[ANALYZE] metrics.json could not be read: " .. tostring(err))
+    ctx:warn("[ANALYZE] metrics.json could not be read: " .. q(ctx, err, "metrics.json error"))
     return {}
   end
   -- The narrative: the model explains numbers it is given (report.narrative_input), never writes them.
   local narrative, narrative_error
   local ok, rp = pcall(M.load_prompt, section("prompt_branch").report_prompt_file, "report.yaml")
   if ok then
-    host.reload()
+    host.reload({ events = ctx.events })
     -- the wording is report_policy.lua's (a user's copy that fails costs the narrative, not the report)
     local messages, merr = M.policy("report_policy", "narrative_messages", rp, m, { metric = pm, direction = dir })
     local resp, cerr
@@ -844,7 +892,7 @@ function M.generate(opts)
   local nb, err = M.generate_into(trial, opts, s1)
   if not nb then
     if err.kind == "generation_failed" then
-      log.error(tostring(err.message))
+      log.error(q(nil, err.message, "generation error", 1000))
       return 1
     end
     error(tostring(err), 0)
@@ -859,7 +907,7 @@ function M.execute(opts)
   local out, err = M.execute_trial(trial, s1)
   if not out then error(tostring(err), 0) end
   -- The executed notebook is saved either way; a cell that stayed broken is a result, not an error.
-  if not out.ok then log.line("[EXEC] finished with a failing cell: " .. tostring(out.error)) end
+  if not out.ok then log.line("[EXEC] finished with a failing cell: " .. q(nil, out.error, "cell error", 1000)) end
   return 0
 end
 
@@ -868,7 +916,7 @@ function M.analyze(opts)
   local res, err = M.analyze_trial(trial)
   if not res then error(tostring(err), 0) end
   if res.score ~= nil then
-    log.line(string.format("[CHECK] %s | %s: %.4f", tostring(res.winner), section("experiment").primary_metric or "PCC", res.score))
+    log.line(string.format("[CHECK] %s | %s: %.4f", q(nil, res.winner, "winner"), section("experiment").primary_metric or "PCC", res.score))
   end
   return 0
 end
@@ -957,7 +1005,7 @@ function M.confirm_seeds(ctx, opts, first_score, k)
     end
     ctx:event("seed_run", { seed = seed, score = run.score, error = run.error })
     ctx:info(string.format("[SEEDS] CELLSCI_SEED=%d: %s", seed,
-      run.score and string.format("%s %.4f", pm, run.score) or tostring(run.error)))
+      run.score and string.format("%s %.4f", pm, run.score) or q(ctx, run.error, "seed run error")))
     table.insert(runs, run)
   end
   return runs
@@ -1011,7 +1059,7 @@ function M.check_gateway()
     if err.kind == "auth" or err.kind == "config" or err.kind == "client" then
       error("config: exec.gateway_url: " .. tostring(err.message or err), 0)
     end
-    log.warn("[EXEC] the gateway " .. url .. " does not answer yet (" .. tostring(err.message or err)
+    log.warn("[EXEC] the gateway " .. url .. " does not answer yet (" .. q(nil, err.message or err, "gateway error")
       .. "); kernel starts will wait for it as the kernel retry policy says")
     return
   end

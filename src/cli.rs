@@ -169,7 +169,8 @@ pub fn main(cli: Cli) -> u8 {
     let code = match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", lua::describe_error(&e, verbose));
+            // a -v traceback keeps its lines; each is guarded like every stderr line
+            crate::ui::elines(&format!("error: {}", lua::describe_error(&e, verbose)));
             EXIT_ERROR
         }
     };
@@ -192,7 +193,7 @@ fn init_logging(cli: &Cli) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::ui::TracingWriter { ansi })
         .with_target(false)
         .with_ansi(ansi)
         .try_init();
@@ -215,10 +216,42 @@ fn load_config(cli: &Cli, required: bool) -> Result<Option<Arc<crate::config::Co
     Ok(Some(Arc::new(crate::config::load(&path)?)))
 }
 
-fn host_ctx(cli: &Cli, config: Option<Arc<crate::config::Config>>, script_dir: Option<&Path>) -> HostCtx {
+/// The folders `--scripts DIR` adds to the module search: DIR itself, and DIR/scripts and DIR/stdlib
+/// when they exist (the layout `cellsci scripts export DIR` writes). A DIR that is not a folder is a
+/// usage error; one that shadows no bundled file gets a warning (its files would change nothing).
+pub fn scripts_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    if !dir.is_dir() {
+        anyhow::bail!("--scripts {}: no such folder", dir.display());
+    }
+    let mut dirs = vec![dir.clone()];
+    for sub in ["scripts", "stdlib"] {
+        if dir.join(sub).is_dir() {
+            dirs.push(dir.join(sub));
+        }
+    }
+    // what a bundled file is found as under these folders: stdlib/x.lua as x.lua (or stdlib/x.lua),
+    // scripts/x.lua likewise, prompts/x.yaml as prompts/x.yaml
+    let shadows = crate::lua::embedded::files().iter().any(|(rel, _)| {
+        let short = rel.split_once('/').map(|(top, rest)| if top == "prompts" { *rel } else { rest }).unwrap_or(rel);
+        dirs.iter().any(|d| d.join(short).is_file()) || dir.join(rel).is_file()
+    });
+    if !shadows {
+        crate::ui::eline(&format!(
+            "warning: --scripts {}: nothing in it has the name of a bundled file (success.lua, retry.lua, \
+             pipeline.lua, prompts/generation.yaml, ... or the stdlib/, scripts/, prompts/ folders that \
+             `cellsci scripts export` writes), so it changes nothing the pipeline uses (`cellsci scripts list` \
+             shows the names)",
+            dir.display()
+        ));
+    }
+    Ok(dirs)
+}
+
+fn host_ctx(cli: &Cli, config: Option<Arc<crate::config::Config>>, script_dir: Option<&Path>) -> Result<HostCtx> {
     let mut ctx = HostCtx::new(config);
     if let Some(d) = &cli.scripts {
-        ctx.user_dirs.push(std::path::absolute(d).unwrap_or_else(|_| d.clone()));
+        ctx.user_dirs.extend(scripts_dirs(d)?);
     }
     if let Some(d) = script_dir {
         ctx.user_dirs.push(d.to_path_buf());
@@ -228,7 +261,7 @@ fn host_ctx(cli: &Cli, config: Option<Arc<crate::config::Config>>, script_dir: O
     crate::ui::enable_progress(ctx.progress);
     ctx.record = cli.record.clone();
     ctx.replay = cli.replay.clone();
-    ctx
+    Ok(ctx)
 }
 
 async fn dispatch(cli: Cli) -> Result<u8> {
@@ -258,7 +291,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             let config = load_config(&cli, false)?;
             let file = std::path::absolute(file).unwrap_or_else(|_| file.clone());
             let dir = file.parent().map(Path::to_path_buf);
-            let rt = Runtime::new(host_ctx(&cli, config, dir.as_deref()))?;
+            let rt = Runtime::new(host_ctx(&cli, config, dir.as_deref())?)?;
             let ret = rt.run_file(&file, args).await?;
             Ok(lua::exit_code_of(&ret))
         }
@@ -286,7 +319,7 @@ fn abs(p: &Path) -> String {
 
 async fn pipeline(cli: &Cli, command: &str, opts: serde_json::Value) -> Result<u8> {
     let config = load_config(cli, true)?;
-    let rt = Runtime::new(host_ctx(cli, config, None))?;
+    let rt = Runtime::new(host_ctx(cli, config, None)?)?;
     let ret = rt.run_pipeline(command, opts).await?;
     Ok(lua::exit_code_of(&ret))
 }
@@ -294,11 +327,11 @@ async fn pipeline(cli: &Cli, command: &str, opts: serde_json::Value) -> Result<u
 /// `cellsci view`: rebuild the page; a file that is not a loop summary is a usage error (exit 2).
 fn view(cli: &Cli, summary: &Path) -> Result<u8> {
     use crate::report::page::{self, Options, PageError};
-    let ctx = host_ctx(cli, None, None);
+    let ctx = host_ctx(cli, None, None)?;
     let doc = match page::read_summary(summary) {
         Ok(d) => d,
         Err(e @ PageError::NotSummary(_)) => {
-            eprintln!("error: {e}");
+            crate::ui::eline(&format!("error: {e}"));
             return Ok(crate::exit::EXIT_ERROR);
         }
         Err(e) => return Err(e.into()),

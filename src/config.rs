@@ -231,6 +231,7 @@ const SCHEMA: &[(&str, &str, Kind)] = &[
     ("exec", "gateway_paths", Kind::StrMap),
     ("exec", "gateway_reconnect_timeout", Kind::Num),
     ("exec", "local_slots", Kind::UInt),
+    ("exec", "max_output_bytes", Kind::UInt),
     ("search", "strategy", Kind::Str),
     ("search", "branches", Kind::Pos),
     ("search", "drafts", Kind::UInt),

@@ -93,7 +93,9 @@ impl EventLog {
             o.extend(f);
         }
         let mut line = match serde_json::to_string(&obj) {
-            Ok(l) => self.secret.mask(&l),
+            // JSON leaves U+2028/U+2029 raw inside strings; a reader splitting on them (Python's
+            // str.splitlines) would cut the line: escaped, as JSON allows.
+            Ok(l) => self.secret.mask(&l).replace('\u{2028}', "\\u2028").replace('\u{2029}', "\\u2029"),
             Err(e) => return tracing::warn!("event log: {e}"),
         };
         line.push('\n');

@@ -19,6 +19,7 @@ pub mod secret;
 pub mod signals;
 pub mod template;
 pub mod ui;
+pub mod untrusted;
 
 /// Seconds as a `Duration` that never panics: negative or NaN is zero, and anything longer than about a
 /// century (including infinity) is capped there, so `now + d` cannot overflow either.

@@ -432,7 +432,7 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
         let log = args.log_output;
         let pending = std::cell::RefCell::new(String::new());
         let raises = nb.has_tag(i, RAISES_TAG);
-        let mut eo = ExecOptions { timeout, silent: false, allow_errors: raises || args.allow_errors, on_output: None };
+        let mut eo = ExecOptions { timeout, allow_errors: raises || args.allow_errors, ..Default::default() };
         if log {
             crate::ui::line(&format!("--- cell {} ({}/{}) ---", i + 1, k + 1, code_cells.len()));
             let pending = &pending;
@@ -442,16 +442,17 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
                     // Print whole lines as they complete; keep a partial line for later.
                     p.push_str(o.get("text").and_then(Value::as_str).unwrap_or(""));
                     if let Some(cut) = p.rfind('\n') {
-                        crate::ui::line(&p[..cut]);
+                        // free text: one guarded stdout line per line of output
+                        crate::ui::plain(&p[..cut]);
                         p.drain(..=cut);
                     }
                     return;
                 }
                 if !p.is_empty() {
-                    crate::ui::line(&p);
+                    crate::ui::plain(&p);
                     p.clear();
                 }
-                crate::ui::line(summary(o).trim_end_matches('\n'));
+                crate::ui::plain(summary(o).trim_end_matches('\n'));
             }));
         }
         rec.ran = k + 1;
@@ -479,7 +480,7 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
             }
         };
         if !pending.borrow().is_empty() {
-            crate::ui::line(&pending.borrow());
+            crate::ui::plain(&pending.borrow());
         }
         let status = res.status;
         let (ename, evalue, tb, message) =
@@ -508,7 +509,7 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
             rec.failed.push(Failure { i, status: status.as_str(), count, ename: en, evalue: ev, id });
             crate::ui::eline(&format!("cell {} ({}/{}) failed: {what}", i + 1, k + 1, code_cells.len()));
             if !quiet && status == ExecStatus::Error && !tb.is_empty() {
-                crate::ui::eline(&tb);
+                crate::ui::elines(&tb);
             }
             if !args.allow_errors {
                 code = EXIT_NOT_MET;

@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::untrusted::{self, Cleaned, Stream};
+
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static QUIET: AtomicBool = AtomicBool::new(false);
 static MULTI: OnceLock<MultiProgress> = OnceLock::new();
@@ -67,11 +69,14 @@ pub fn spinner(msg: impl Into<String>) -> ProgressBar {
 }
 
 /// Print one plain line to stdout (an event line like `ITERATION 1/3`), without tearing progress bars,
-/// and flush it at once so a parent process reading the pipe sees it now.
-pub fn line(text: &str) {
+/// and flush it at once so a parent process reading the pipe sees it now. Every stdout line goes through
+/// here and is guarded (`untrusted::guard`): one line, clipped, a runner marker only as its own prefix.
+/// Returns what the guard changed (for the event log).
+pub fn line(text: &str) -> Cleaned {
+    let g = untrusted::guard(text, Stream::Stdout, false);
     let print = || {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}");
+        let _ = writeln!(out, "{}", g.text);
         let _ = out.flush();
     };
     if progress_enabled() {
@@ -79,14 +84,95 @@ pub fn line(text: &str) {
     } else {
         print();
     }
+    g
 }
 
-/// Print a message to stderr without tearing progress bars.
-pub fn eline(text: &str) {
-    let print = || eprintln!("{text}");
+/// Print free text to stdout (a script's `print`, a cell's output): each of its lines guarded, and none
+/// may carry a runner marker (only `line` prints those).
+pub fn plain(text: &str) {
+    for l in text.split('\n') {
+        let g = untrusted::guard(l, Stream::Plain, false);
+        let print = || {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", g.text);
+            let _ = out.flush();
+        };
+        if progress_enabled() {
+            multi().suspend(print);
+        } else {
+            print();
+        }
+    }
+}
+
+/// Print a message to stderr without tearing progress bars. Every stderr line goes through here (or
+/// `eline_styled`) and is guarded: one line, clipped, no runner marker at all (the runner merges stderr
+/// into the log it parses). Returns what the guard changed.
+pub fn eline(text: &str) -> Cleaned {
+    eline_with(text, false)
+}
+
+/// A message of several lines (a traceback) to stderr: each of its lines guarded as by `eline`.
+pub fn elines(text: &str) {
+    for l in text.lines() {
+        eline(l);
+    }
+}
+
+/// `eline` for cellsci's own styled output (tracing on a terminal): its colour codes are kept.
+pub fn eline_styled(text: &str) -> Cleaned {
+    eline_with(text, true)
+}
+
+fn eline_with(text: &str, keep_esc: bool) -> Cleaned {
+    let g = untrusted::guard(text, Stream::Stderr, keep_esc);
+    let print = || {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{}", g.text);
+        let _ = err.flush();
+    };
     if progress_enabled() {
         multi().suspend(print);
     } else {
         print();
+    }
+    g
+}
+
+/// The `MakeWriter` of the tracing subscriber: each formatted record is one guarded stderr line.
+pub struct TracingWriter {
+    pub ansi: bool,
+}
+
+/// One record being formatted; written as guarded lines when dropped.
+pub struct TracingRecord {
+    buf: Vec<u8>,
+    ansi: bool,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for TracingWriter {
+    type Writer = TracingRecord;
+    fn make_writer(&'a self) -> TracingRecord {
+        TracingRecord { buf: Vec::new(), ansi: self.ansi }
+    }
+}
+
+impl Write for TracingRecord {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for TracingRecord {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.buf);
+        let text = text.trim_end_matches('\n');
+        if !text.is_empty() {
+            eline_with(text, self.ansi);
+        }
     }
 }

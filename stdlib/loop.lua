@@ -185,7 +185,7 @@ function L:usage()
   local u, b = llm.usage() or {}, self.base_usage
   local d = function(k) return (u[k] or 0) - (b[k] or 0) end
   return { prompt = d("prompt_tokens"), completion = d("completion_tokens"), total = d("total_tokens"),
-    calls = d("calls"), latency = d("latency"), cost = d("cost") }
+    calls = d("requests"), latency = d("latency"), cost = d("cost") }
 end
 
 -- Write the summary (final: with finished_at). A failed write raises, or with `soft` returns nil, err.
@@ -274,7 +274,7 @@ function L:page(ctx)
   local ok, res, perr = pcall(report.page, self.summary_path)
   local why = not ok and tostring(res) or (res == nil and tostring(perr and perr.message or perr)) or nil
   if why and why ~= self.page_warned then
-    log.warn("[LOOP] cannot build the run page: " .. why)
+    log.warn("[LOOP] cannot build the run page: " .. log.quote(why))
   end
   -- every failure goes to the event log of the node being recorded (the warning only when it changes)
   if why and ctx then ctx:event("page_failed", { error = why }) end
@@ -304,7 +304,8 @@ function L:archive(trial, ctx)
     log.error("[LOOP] cannot write the loop summary " .. self.summary_path .. ": " .. tostring(err)
       .. (dest and ("; the best trial is archived all the same as " .. dest) or ""))
   elseif not planned then
-    log.warn("[LOOP] the archive plan could not be written first (" .. tostring(perr) .. "); the summary is now up to date")
+    log.warn("[LOOP] the archive plan could not be written first (" .. log.quote(tostring(perr))
+      .. "); the summary is now up to date")
   end
   return dest
 end
@@ -483,7 +484,7 @@ end
 -- with other seeds first (pipeline.confirm_seeds); its score becomes the mean of its runs, and the
 -- criterion sees every run (res.seeds).
 function L:attempt(node, opts)
-  host.reload()
+  host.reload({ events = node.ctx.events })
   opts = opts or self.opts
   local res, err = pipeline().attempt(node.ctx, opts)
   local k = math.floor(tonumber(section("experiment").confirm_seeds) or 0)
@@ -547,7 +548,9 @@ function L:record(node, res, err, how)
   if err then
     rec.status, rec.error, rec.error_kind = "CRASH", tostring(err.message or err), err.kind
     -- "Exception:" marks the node as buggy for the runner's log parser.
-    ctx:line(string.format("[LOOP] Exception: iteration %d crashed: %s", node.iter, tostring(err)))
+    -- (the cause in full, up to 2000 characters: it names the key or path to fix)
+    local cause = log.quote(tostring(err), { what = "error", max = 2000, events = ctx.events })
+    ctx:line(string.format("[LOOP] Exception: iteration %d crashed: %s", node.iter, cause))
   elseif not res.executed.ok then
     rec.status, rec.error, rec.error_kind = "CRASH", res.executed.error, "cell_unfixable"
     if res.score ~= nil then rec.score = res.score end
@@ -555,8 +558,8 @@ function L:record(node, res, err, how)
     rec.status, rec.error_kind = "NO_METRIC", "no_metrics"
   else
     rec.status, rec.score, rec.winner = "VALID", res.score, res.winner
-    ctx:line(string.format("[CHECK] %s | %s: %.4f", tostring(res.winner), pm, res.score))
-    host.reload()
+    ctx:line(string.format("[CHECK] %s | %s: %.4f", ctx:quote(res.winner, "winner"), pm, res.score))
+    host.reload({ events = ctx.events })
     local P = pipeline()
     local exp = section("experiment")
     local met, why, detail = P.policy("success", "judge", { score = res.score, threshold = self.threshold, metric = pm,
@@ -569,13 +572,13 @@ function L:record(node, res, err, how)
       -- a rerun that fails is not a robust result, whatever the mean of the others
       rec.criteria_met, rec.seed_failures = false, res.seed_failures
       rec.judgement = tostring(why) .. "; but " .. #res.seed_failures .. " seed rerun(s) failed ("
-        .. tostring(res.seed_failures[1].error):sub(1, 200) .. ")"
+        .. ctx:quote(tostring(res.seed_failures[1].error):sub(1, 200), "error") .. ")"
       if type(detail) == "table" then detail.met, detail.reason = false, rec.judgement end
     end
     if type(detail) == "table" then
       rec.verdict = detail
       local wrote, werr = P.policy("verdict", "write", node.trial, detail)
-      if not wrote then ctx:warn("[LOOP] cannot add the verdict to the report: " .. tostring(werr)) end
+      if not wrote then ctx:warn("[LOOP] cannot add the verdict to the report: " .. ctx:quote(tostring(werr), "error")) end
     else
       rec.verdict = { met = rec.criteria_met, reason = tostring(why), criterion = exp.criterion or "threshold" }
     end
@@ -754,7 +757,7 @@ function M.run(opts)
   if not L.nothing_left then
     local ok, err = pcall(strategy.run, L, opts)
     if not ok and not host.interrupted() then
-      log.error("[LOOP] the strategy " .. name .. " failed: " .. tostring(err))
+      log.error("[LOOP] the strategy " .. name .. " failed: " .. log.quote(tostring(err)))
       L.stopped = "strategy"
       M.stop_on.strategy = M.stop_on.strategy or "stop"
     end

@@ -146,7 +146,7 @@ function S:decide()
   local pol = self.get_policy()
   local ok, act = pcall(pol.choose, self)
   if not ok then
-    log.error("[SEARCH] the policy failed: " .. tostring(act) .. "; drafting a new node instead")
+    log.error("[SEARCH] the policy failed: " .. log.quote(tostring(act)) .. "; drafting a new node instead")
     return { kind = "draft" }
   end
   return act

@@ -34,7 +34,8 @@ function M.synthesize(t)
     local body = resp.text:gsub("^%s*<think>.-</think>%s*", "")
     return "# Research Strategy\n\n" .. body .. "\n\n## Ideas\n\n" .. listing .. "\n", { source = "llm" }
   end
-  log.warn("[STRATEGY] synthesis failed (" .. tostring(err) .. "); using the ideas as the strategy")
+  log.warn("[STRATEGY] synthesis failed (" .. (log.quote(err, { what = "strategy error", events = t.llm and t.llm.events }))
+    .. "); using the ideas as the strategy")
   return "# Research Strategy\n\n(The strategy could not be synthesized: " .. tostring(err and err.kind or "no reply")
     .. ". The ideas are used as they are.)\n\n## Ideas\n\n" .. listing .. "\n", { source = "ideas", error = tostring(err) }
 end

@@ -6,6 +6,11 @@
 --               lines and prints them together at ctx:flush(), so that the lines of parallel branches
 --               come out as one block per trial, as CellScientist's runner reads them.
 --   ctx:info(s), ctx:warn(s), ctx:error(s)  messages for the person (stderr), also in the event log
+--   ctx:quote(v, what)  a value from a notebook or the LLM (a cell id or name, an exception message, a
+--               model name, reply text) made safe to put into a line: escaped, clipped, runner marker
+--               phrases neutralized (log.quote), what was neutralized recorded in this trial's event log.
+--               Every line is one line and guarded anyway (log.line); quoting is what keeps a
+--               notebook's text from passing for cellsci's own words.
 --   ctx.kernel_pool  a kernel.pool to take the kernel from (else the step starts its own)
 --   ctx.feedback     text about earlier attempts for the generation prompt (or nil)
 --   ctx.parent       the node this one improves or debugs (or nil): {trial=, notebook=, score=, error=}
@@ -34,14 +39,22 @@ function M.new(trial, o)
   return c
 end
 
+-- Print one kept or direct line through the trial's own log, so that what the line guard neutralized
+-- is recorded in this trial's events.jsonl.
+local function out(self, stream, text)
+  if stream == "line" then self.events:line(text) else self.events:message(stream, text) end
+end
+
 local function emit(self, stream, text)
   if self.buffered then
     table.insert(self.pending, { stream, text })
-  elseif stream == "line" then
-    log.line(text)
   else
-    log[stream](text)
+    out(self, stream, text)
   end
+end
+
+function Ctx:quote(v, what)
+  return (self.events:quote(v, what))
 end
 
 function Ctx:line(text)
@@ -69,9 +82,9 @@ end
 
 -- Print what a buffered context kept, in order; first `header` (e.g. "ITERATION 3/8") when given.
 function Ctx:flush(header)
-  if header then log.line(header) end
+  if header then self.events:line(header) end
   for _, p in ipairs(self.pending) do
-    if p[1] == "line" then log.line(p[2]) else log[p[1]](p[2]) end
+    out(self, p[1], p[2])
   end
   self.pending = {}
 end

@@ -38,11 +38,13 @@ pub struct Cell {
 }
 
 impl Cell {
-    pub fn new(id: String, started: Instant) -> Cell {
+    /// `max_output`: what each stream of the cell may keep (bytes; 0: everything), see
+    /// [`super::outputs::DEFAULT_MAX_OUTPUT_BYTES`].
+    pub fn new(id: String, started: Instant, max_output: usize) -> Cell {
         Cell {
             id,
             started,
-            ob: OutputBuilder::default(),
+            ob: OutputBuilder::with_cap(max_output),
             timing: HashMap::new(),
             reply: None,
             idle: false,

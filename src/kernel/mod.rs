@@ -151,7 +151,6 @@ fn py_str(s: &str) -> String {
 }
 
 /// Options of one execution.
-#[derive(Default)]
 pub struct ExecOptions<'a> {
     pub timeout: Option<Duration>,
     /// Jupyter's silent execution: no execution count, no history, no execute_result (set-up code).
@@ -162,6 +161,21 @@ pub struct ExecOptions<'a> {
     /// Called with each output as it is created or changed, and the message type that did it.
     #[allow(clippy::type_complexity)]
     pub on_output: Option<Box<dyn FnMut(&Value, &str) + 'a>>,
+    /// Bytes each stream (stdout, stderr) of the cell keeps: the first and the last half, around a line
+    /// saying how much was dropped (0: everything). Default: [`outputs::DEFAULT_MAX_OUTPUT_BYTES`].
+    pub max_output_bytes: usize,
+}
+
+impl Default for ExecOptions<'_> {
+    fn default() -> Self {
+        ExecOptions {
+            timeout: None,
+            silent: false,
+            allow_errors: false,
+            on_output: None,
+            max_output_bytes: outputs::DEFAULT_MAX_OUTPUT_BYTES,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,9 +26,31 @@ pub struct Built {
     pub display_updates: Vec<DisplayUpdate>,
 }
 
+/// What one cell keeps of each stream (stdout, stderr) by default: a cell printing without end keeps
+/// its first and its last half of this, around a line saying how much was dropped (`exec.max_output_bytes`,
+/// `k:execute{max_output_bytes=}`; 0 keeps everything).
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
+
+/// One stream of a cell past its cap: the head stays in its output, the tail is kept here (at most twice
+/// its share, trimmed as it grows) and joins the head, after a marker, when the cell finishes.
+#[derive(Clone, Default, Debug)]
+struct Overflow {
+    /// The output holding the head.
+    at: usize,
+    tail: String,
+    /// Bytes dropped so far (those trimmed off the tail).
+    dropped: u64,
+}
+
 #[derive(Default)]
 pub struct OutputBuilder {
     pub outputs: Vec<Value>,
+    /// Bytes each stream may keep in this cell (0: no cap).
+    cap: usize,
+    /// Bytes each stream has kept in its head so far.
+    kept: HashMap<String, usize>,
+    /// Streams past their cap.
+    overflow: HashMap<String, Overflow>,
     clear_pending: bool,
     /// display_id → indices of outputs showing it.
     display: HashMap<String, Vec<usize>>,
@@ -50,7 +72,143 @@ fn take_obj(content: &mut Value, key: &str) -> Value {
     }
 }
 
+/// The largest char boundary of `s` at or below `i`.
+fn floor_boundary(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// A byte count for people: `45.2 MB`, `812 KB`, `17 bytes`.
+pub fn human_bytes(n: u64) -> String {
+    if n >= 1_000_000 {
+        format!("{:.1} MB", n as f64 / 1e6)
+    } else if n >= 10_000 {
+        format!("{} KB", n / 1000)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
 impl OutputBuilder {
+    /// A builder whose streams keep at most `cap` bytes each (0: everything).
+    pub fn with_cap(cap: usize) -> OutputBuilder {
+        OutputBuilder { cap, ..Default::default() }
+    }
+
+    /// Stream text for `name` under the cap: the part that fits the head goes on as usual; the rest goes
+    /// to the stream's tail. Returns (text for the head, whether the stream is past its cap).
+    fn admit(&mut self, name: &str, text: String) -> (String, Option<String>) {
+        if self.cap == 0 {
+            return (text, None);
+        }
+        if self.overflow.contains_key(name) {
+            return (String::new(), Some(text));
+        }
+        let head_budget = self.cap - self.cap / 2;
+        let kept = self.kept.entry(name.to_string()).or_default();
+        if *kept + text.len() <= head_budget {
+            *kept += text.len();
+            return (text, None);
+        }
+        // cut at the last line break that fits, else at a char boundary
+        let room = floor_boundary(&text, head_budget - *kept);
+        // (a piece with no line break that fits goes whole to the tail, unless the head is still empty)
+        let cut = text[..room].rfind('\n').map(|i| i + 1).unwrap_or(if *kept > 0 { 0 } else { room });
+        *kept += cut;
+        let mut head = text;
+        let rest = head.split_off(cut);
+        (head, Some(rest))
+    }
+
+    /// Keep `rest` in the tail of stream `name` (its head is in output `at`).
+    fn keep_in_tail(&mut self, name: &str, at: usize, rest: &str) {
+        let tail_budget = self.cap / 2;
+        let o = self.overflow.entry(name.to_string()).or_insert_with(|| Overflow { at, ..Default::default() });
+        o.tail.push_str(rest);
+        if o.tail.len() > tail_budget.saturating_mul(2).max(64) {
+            let cut = o.tail.len() - tail_budget;
+            let cut = (cut..=o.tail.len()).find(|&i| o.tail.is_char_boundary(i)).unwrap_or(o.tail.len());
+            o.tail.drain(..cut);
+            o.dropped += cut as u64;
+        }
+        if rest.contains(['\r', '\u{8}']) && !self.dirty_streams.contains(&at) {
+            self.dirty_streams.push(at);
+        }
+    }
+
+    /// Join each capped stream's tail to its head, after the line saying what was dropped.
+    fn close_overflows(outputs: &mut [Value], overflow: &HashMap<String, Overflow>, cap: usize) {
+        let tail_budget = cap / 2;
+        for (name, o) in overflow {
+            let mut tail = o.tail.as_str();
+            let mut dropped = o.dropped;
+            if tail.len() > tail_budget {
+                let cut = tail.len() - tail_budget;
+                let cut = (cut..=tail.len()).find(|&i| tail.is_char_boundary(i)).unwrap_or(tail.len());
+                tail = &tail[cut..];
+                dropped += cut as u64;
+            }
+            if dropped > 0 {
+                // start the tail at a line break when one is near
+                if let Some(nl) = tail.as_bytes().iter().take(4096).position(|&b| b == b'\n') {
+                    tail = &tail[nl + 1..];
+                    dropped += nl as u64 + 1;
+                }
+            }
+            let Some(Value::String(t)) = outputs.get_mut(o.at).and_then(|v| v.get_mut("text")) else { continue };
+            if dropped > 0 {
+                if !t.is_empty() && !t.ends_with('\n') {
+                    t.push('\n');
+                }
+                t.push_str(&format!(
+                    "\n[... cellsci: {} of {name} dropped here; this cell keeps the first and the last {} of each \
+                     stream (exec.max_output_bytes) ...]\n\n",
+                    human_bytes(dropped),
+                    human_bytes(tail_budget as u64)
+                ));
+            }
+            t.push_str(tail);
+        }
+    }
+
+    /// Append stream text: to the last output when it is the same stream, else as a new output.
+    fn push_stream(&mut self, name: &str, text: String) -> Option<usize> {
+        if let Some(last) = self.outputs.last_mut() {
+            if last.get("output_type").and_then(Value::as_str) == Some("stream")
+                && last.get("name").and_then(Value::as_str) == Some(name)
+            {
+                if let Some(Value::String(t)) = last.get_mut("text") {
+                    t.push_str(&text);
+                }
+                let i = self.outputs.len() - 1;
+                self.mark_dirty(i, &text);
+                return Some(i);
+            }
+        }
+        let dirty = text.contains(['\r', '\u{8}']);
+        self.outputs.push(obj(vec![
+            ("name", Value::String(name.to_string())),
+            ("output_type", json!("stream")),
+            ("text", Value::String(text)),
+        ]));
+        let i = self.outputs.len() - 1;
+        if dirty {
+            self.dirty_streams.push(i);
+        }
+        Some(i)
+    }
+
+    /// The last output of stream `name`.
+    fn last_stream(&self, name: &str) -> Option<usize> {
+        self.outputs.iter().rposition(|o| {
+            o.get("output_type").and_then(Value::as_str) == Some("stream")
+                && o.get("name").and_then(Value::as_str) == Some(name)
+        })
+    }
+
     /// Handle one iopub message. Returns the index of the output it created or changed (None when it
     /// changed nothing visible).
     pub fn handle(&mut self, msg_type: &str, mut content: Value) -> Option<usize> {
@@ -64,29 +222,23 @@ impl OutputBuilder {
                     Some(Value::String(s)) => std::mem::take(s),
                     _ => String::new(),
                 };
-                if let Some(last) = self.outputs.last_mut() {
-                    if last.get("output_type").and_then(Value::as_str) == Some("stream")
-                        && last.get("name").and_then(Value::as_str) == Some(name.as_str())
-                    {
-                        if let Some(Value::String(t)) = last.get_mut("text") {
-                            t.push_str(&text);
+                let (text, rest) = self.admit(&name, text);
+                if let Some(rest) = rest {
+                    // past the cap: the head's output gets the rest's tail when the cell finishes
+                    let at = match self.overflow.get(&name) {
+                        Some(o) => o.at,
+                        None => {
+                            let i =
+                                if text.is_empty() { self.last_stream(&name) } else { self.push_stream(&name, text) };
+                            let i = i.unwrap_or_else(|| self.push_stream(&name, String::new()).unwrap_or(0));
+                            self.keep_in_tail(&name, i, &rest);
+                            return Some(i);
                         }
-                        let i = self.outputs.len() - 1;
-                        self.mark_dirty(i, &text);
-                        return Some(i);
-                    }
+                    };
+                    self.keep_in_tail(&name, at, &rest);
+                    return Some(at);
                 }
-                let dirty = text.contains(['\r', '\u{8}']);
-                self.outputs.push(obj(vec![
-                    ("name", Value::String(name)),
-                    ("output_type", json!("stream")),
-                    ("text", Value::String(text)),
-                ]));
-                let i = self.outputs.len() - 1;
-                if dirty {
-                    self.dirty_streams.push(i);
-                }
-                Some(i)
+                self.push_stream(&name, text)
             }
             "display_data" => {
                 let display_id = display_id(&content);
@@ -180,6 +332,8 @@ impl OutputBuilder {
 
     fn clear(&mut self) {
         self.outputs.clear();
+        self.kept.clear();
+        self.overflow.clear();
         self.display.clear();
         self.dirty_streams.clear();
         self.clear_pending = false;
@@ -198,6 +352,7 @@ impl OutputBuilder {
 
     /// The finished outputs (carriage returns and backspaces applied).
     pub fn finish(mut self) -> Vec<Value> {
+        Self::close_overflows(&mut self.outputs, &self.overflow, self.cap);
         for i in std::mem::take(&mut self.dirty_streams) {
             if let Some(Value::String(t)) = self.outputs.get_mut(i).and_then(|o| o.get_mut("text")) {
                 *t = apply_control_chars(t);
@@ -211,6 +366,8 @@ impl OutputBuilder {
         let b = OutputBuilder {
             outputs: self.outputs.clone(),
             dirty_streams: self.dirty_streams.clone(),
+            cap: self.cap,
+            overflow: self.overflow.clone(),
             ..Default::default()
         };
         b.finish()
@@ -329,6 +486,41 @@ mod tests {
         b.handle("stream", json!({"name": "stdout", "text": "z"}));
         let out = b.finish();
         assert_eq!(out, vec![json!({"name": "stdout", "output_type": "stream", "text": "z"})]);
+    }
+
+    #[test]
+    fn a_capped_stream_keeps_head_and_tail_per_stream_and_a_clear_starts_over() {
+        let mut b = OutputBuilder::with_cap(1000);
+        for i in 0..1000 {
+            b.handle("stream", json!({"name": "stdout", "text": format!("out {i:04}\n")}));
+            b.handle("stream", json!({"name": "stderr", "text": format!("err {i:04}\n")}));
+        }
+        let snap = b.snapshot();
+        let out = b.finish();
+        assert_eq!(snap, out, "a partial result shows what the finished one will");
+        // alternating streams make an output each until their cap; past it, none
+        assert!(out.len() < 200, "{}", out.len());
+        for (sname, name) in [("stdout", "out"), ("stderr", "err")] {
+            let t: String = out.iter().filter(|o| o["name"] == sname).map(|o| o["text"].as_str().unwrap()).collect();
+            let t = t.as_str();
+            assert!(t.len() < 1200, "{}", t.len());
+            assert!(t.starts_with(&format!("{name} 0000\n")) && t.ends_with(&format!("{name} 0999\n")), "{t}");
+            assert!(t.contains("dropped here"), "{t}");
+            // whole lines on both sides of the marker
+            for l in t.lines().filter(|l| !l.is_empty() && !l.starts_with("[...")) {
+                assert_eq!(l.len(), 8, "{l:?} in {t}");
+            }
+        }
+        let mut b = OutputBuilder::with_cap(100);
+        b.handle("stream", json!({"name": "stdout", "text": "x".repeat(500)}));
+        b.handle("clear_output", json!({"wait": false}));
+        b.handle("stream", json!({"name": "stdout", "text": "fresh"}));
+        assert_eq!(b.finish()[0]["text"], "fresh");
+        // multi-byte text is cut at character boundaries
+        let mut b = OutputBuilder::with_cap(101);
+        b.handle("stream", json!({"name": "stdout", "text": "é".repeat(400)}));
+        let t = b.finish()[0]["text"].as_str().unwrap().to_string();
+        assert!(t.starts_with('é') && t.ends_with('é'), "{t}");
     }
 
     #[test]

@@ -39,6 +39,53 @@ impl Endpoint {
     }
 }
 
+/// The largest reply accepted by default (`llm.max_reply_bytes`): a whole generated notebook is a few
+/// hundred kilobytes; a runaway or hostile server must not fill the memory.
+pub const DEFAULT_MAX_REPLY_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The longest silence of a stream by default (`llm.idle_timeout`), or `llm.timeout` when shorter.
+pub const DEFAULT_IDLE_TIMEOUT: f64 = 300.0;
+
+/// How many times `llm.timeout` a whole stream may last by default (with no idle timeout set and no
+/// `llm.stream_timeout`): a long reply that keeps coming gets room, a trickle that never ends does not.
+pub const STREAM_TIMEOUTS: u32 = 2;
+
+/// The largest error body read (a 4xx/5xx page is summarized in one line).
+const MAX_ERROR_BODY: u64 = 1024 * 1024;
+
+fn too_large(limit: u64, what: &str) -> Failure {
+    Failure::new(
+        Kind::Truncated,
+        format!(
+            "{what} passed llm.max_reply_bytes ({}) and was cut off there (raise llm.max_reply_bytes for \
+             replies this long)",
+            crate::kernel::outputs::human_bytes(limit)
+        ),
+    )
+}
+
+/// A body read whole, at most `limit` bytes (0: no limit), by `deadline`. Err(None): over the limit.
+async fn bounded_body(
+    mut resp: reqwest::Response,
+    limit: u64,
+    deadline: tokio::time::Instant,
+) -> Result<Result<Vec<u8>, reqwest::Error>, Option<()>> {
+    let mut body = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, resp.chunk()).await {
+            Err(_) => return Err(Some(())),
+            Ok(Err(e)) => return Ok(Err(e)),
+            Ok(Ok(None)) => return Ok(Ok(body)),
+            Ok(Ok(Some(c))) => {
+                if limit > 0 && (body.len() + c.len()) as u64 > limit {
+                    return Err(None);
+                }
+                body.extend_from_slice(&c);
+            }
+        }
+    }
+}
+
 fn interrupted() -> Failure {
     Failure::new(Kind::Interrupted, "interrupted (Ctrl-C) while waiting for the LLM")
 }
@@ -103,10 +150,16 @@ async fn exchange(
     if stream {
         rb = rb.header(reqwest::header::ACCEPT, "text/event-stream");
     }
-    // streaming with an idle timeout: a server that says nothing at all for that long has stalled too
-    let (idle, cap) = match opts.idle_timeout.filter(|_| stream) {
-        Some(i) => (crate::duration_secs(i.max(0.001)), t),
-        None => (t, t * STREAM_CAP),
+    // streaming: a server that says nothing for `idle` has stalled; the whole reply, streamed or not,
+    // lasts at most the timeout
+    let idle = match opts.idle_timeout {
+        Some(i) => crate::duration_secs(i.max(0.001)),
+        None => crate::duration_secs(DEFAULT_IDLE_TIMEOUT).min(t),
+    };
+    let (cap, cap_key) = match (opts.stream_timeout, opts.idle_timeout) {
+        (Some(s), _) => (crate::duration_secs(s.max(0.001)), "llm.stream_timeout"),
+        (None, Some(_)) => (t, "llm.timeout"),
+        (None, None) => (t * STREAM_TIMEOUTS, "2 x llm.timeout"),
     };
     let headers_by = if stream { deadline.min(tokio::time::Instant::now() + idle) } else { deadline };
     let resp = match tokio::time::timeout_at(headers_by, rb.send()).await {
@@ -126,7 +179,7 @@ async fn exchange(
         .unwrap_or("")
         .to_ascii_lowercase();
     if !status.is_success() {
-        let body = match tokio::time::timeout_at(deadline, resp.bytes()).await {
+        let body = match bounded_body(resp, MAX_ERROR_BODY, deadline).await {
             // masked before it is summarized (cut short): a key echoed across the cut would not be found whole
             Ok(Ok(b)) => crate::secret::mask(&String::from_utf8_lossy(&b), key).into_bytes(),
             _ => Vec::new(),
@@ -139,16 +192,23 @@ async fn exchange(
         return Err(f);
     }
     if stream && ctype.contains("text/event-stream") {
-        let what = if opts.idle_timeout.is_some() { "the timeout" } else { "6 x the timeout" };
-        return read_stream(resp, req, (idle, cap, what), started, spinner).await;
+        return read_stream(resp, req, (idle, cap, cap_key, opts.max_reply_bytes), started, spinner).await;
     }
-    let body = match tokio::time::timeout_at(deadline, resp.bytes()).await {
-        Err(_) => {
+    // a body holds the reply as JSON (quotes and line breaks escaped): it may be twice the reply's size
+    let body_limit = if opts.max_reply_bytes > 0 { opts.max_reply_bytes.saturating_mul(2) + 65_536 } else { 0 };
+    if let Some(n) = resp.content_length().filter(|&n| body_limit > 0 && n > body_limit) {
+        let mut f = too_large(opts.max_reply_bytes, &format!("the reply ({})", crate::kernel::outputs::human_bytes(n)));
+        f.message = format!("{} (not read)", f.message);
+        return Err(f);
+    }
+    let body = match bounded_body(resp, body_limit, deadline).await {
+        Err(Some(())) => {
             return Err(Failure::new(
                 Kind::Timeout,
                 format!("the reply from {url} did not arrive in full within {}", secs(opts.timeout)),
             ))
         }
+        Err(None) => return Err(too_large(opts.max_reply_bytes, "the reply")),
         Ok(Err(e)) => return Err(from_reqwest(&e, &url)),
         Ok(Ok(b)) => b,
     };
@@ -426,13 +486,10 @@ impl StreamState {
     }
 }
 
-/// How many timeouts a whole streamed reply may last.
-const STREAM_CAP: u32 = 6;
-
 async fn read_stream(
     resp: reqwest::Response,
     req: &Request,
-    (idle, cap, what): (Duration, Duration, &str),
+    (idle, cap, cap_key, max_bytes): (Duration, Duration, &str, u64),
     started: Instant,
     spinner: &indicatif::ProgressBar,
 ) -> Result<Reply, Failure> {
@@ -447,20 +504,28 @@ async fn read_stream(
         f
     };
     // a server that trickles keep-alive bytes forever must not hold the run: the whole stream may
-    // last at most `cap` (the timeout with an idle timeout, else STREAM_CAP times the timeout)
+    // last at most `cap` (llm.timeout); its text and reasoning may hold at most `max_bytes`, and so may
+    // a line of it (the event framing of a token is often forty times the token: it is not counted)
+    let end = tokio::time::Instant::now() + cap.saturating_sub(started.elapsed());
+    let mut last_data = Instant::now();
     while !st.done {
-        if started.elapsed() > cap {
-            let f = Failure::new(
-                Kind::Timeout,
-                format!("the stream went on for more than {} ({what})", secs(cap.as_secs_f64())),
-            );
-            return Err(partial(&st, f));
-        }
-        let next = match tokio::time::timeout(idle, body.next()).await {
+        let stall = tokio::time::Instant::now() + idle;
+        let next = match tokio::time::timeout_at(stall.min(end), body.next()).await {
+            // the deadline came while data was still coming (the last silence well short of the idle gap)
+            Err(_) if stall >= end && last_data.elapsed() < idle.mul_f64(0.75) => {
+                let f = Failure::new(
+                    Kind::Timeout,
+                    format!("the stream went on for more than {} ({cap_key})", secs(cap.as_secs_f64())),
+                );
+                return Err(partial(&st, f));
+            }
             Err(_) => {
                 let f = Failure::new(
                     Kind::Timeout,
-                    format!("the stream stalled: no data for {}", secs(idle.as_secs_f64())),
+                    format!(
+                        "the stream stalled: no data for {}",
+                        secs(last_data.elapsed().as_secs_f64().min(idle.as_secs_f64()))
+                    ),
                 );
                 return Err(partial(&st, f));
             }
@@ -476,6 +541,7 @@ async fn read_stream(
                 return Err(partial(&st, f));
             }
             Some(Ok(bytes)) => {
+                last_data = Instant::now();
                 buf.extend_from_slice(&bytes);
                 let mut start = 0;
                 while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
@@ -486,6 +552,15 @@ async fn read_stream(
                     }
                 }
                 buf.drain(..start);
+                let kept = (st.text.len() + st.reasoning.len()).max(buf.len()) as u64;
+                if max_bytes > 0 && kept > max_bytes {
+                    let mut f = partial(&st, too_large(max_bytes, "the streamed reply"));
+                    // what came is kept for the failure files
+                    if let Ok(r) = std::mem::take(&mut st).finish(req, started) {
+                        f.reply = Some(Box::new(r));
+                    }
+                    return Err(f);
+                }
                 spinner.set_message(format!("{}: {} tokens so far", req.model, st.chunks));
             }
         }

@@ -33,6 +33,34 @@ pub struct Engine {
     adaptations: Mutex<std::collections::HashMap<String, Adapt>>,
     /// Prices per model: the price table with the config's `llm.prices` on top.
     prices: std::collections::BTreeMap<String, Price>,
+    /// What the requests sent and not yet answered are expected to use: budgets count them, so that
+    /// concurrent branches cannot all pass a budget check that only the finished requests had met.
+    in_flight: Mutex<InFlight>,
+}
+
+/// The expected use of the requests in flight.
+#[derive(Debug, Default)]
+struct InFlight {
+    requests: u64,
+    tokens: u64,
+    cost: f64,
+}
+
+/// One request's share of `InFlight`, given back when its attempt is over (its real use is then in
+/// the telemetry).
+struct Reservation<'a> {
+    engine: &'a Engine,
+    tokens: u64,
+    cost: f64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut f = self.engine.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        f.requests = f.requests.saturating_sub(1);
+        f.tokens = f.tokens.saturating_sub(self.tokens);
+        f.cost = (f.cost - self.cost).max(0.0);
+    }
 }
 
 impl Engine {
@@ -49,22 +77,31 @@ impl Engine {
             adaptations: Mutex::new(Default::default()),
             prices: settings.prices.clone(),
             settings,
+            in_flight: Mutex::new(InFlight::default()),
         }
     }
 
     /// Wait out a rate limit another attempt was told about (Ctrl-C ends the wait).
-    async fn honour_hold(&self) -> Result<(), Failure> {
+    async fn honour_hold(&self, model: &str) -> Result<(), Failure> {
         let until = *self.hold_until.lock().unwrap_or_else(|e| e.into_inner());
         let Some(until) = until else { return Ok(()) };
         let now = Instant::now();
         if until <= now {
             return Ok(());
         }
-        tokio::select! {
+        let wait = (until - now).as_secs_f64();
+        let line = format!("[LLM] {model}: waiting {wait:.1}s before sending: the API asked another request to wait (429, Retry-After)");
+        if wait >= 0.5 {
+            crate::ui::info(&line);
+        }
+        let bar = crate::ui::spinner(line);
+        let r = tokio::select! {
             _ = crate::signals::token().cancelled() => Err(Failure::new(
                 Kind::Interrupted, "interrupted (Ctrl-C) while waiting out the API's rate limit")),
             _ = tokio::time::sleep(until - now) => Ok(()),
-        }
+        };
+        bar.finish_and_clear();
+        r
     }
 
     fn tel(&self) -> std::sync::MutexGuard<'_, telemetry::Telemetry> {
@@ -137,47 +174,71 @@ impl Engine {
         after
     }
 
-    /// Check the budgets before sending a request.
-    fn check_budget(&self) -> Result<(), Failure> {
+    /// Check the budgets before sending a request, counting what the requests in flight are expected
+    /// to use (their prompt, estimated at 4 characters a token, and their max_tokens), and reserve this
+    /// request's share: a request is not sent once the budget is reached by what was used plus what is
+    /// on its way. Calls are counted as requests (retries and replays included), one way everywhere.
+    fn reserve(&self, req: &Request) -> Result<Reservation<'_>, Failure> {
         let t = self.tel();
+        let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         let s = &self.settings;
+        let pending = |n: u64| if n > 0 { format!(" (with {n} more in flight)") } else { String::new() };
         if let Some(max) = s.max_total_tokens {
-            if t.total.total_tokens >= max {
+            if t.total.total_tokens + f.tokens >= max {
                 return Err(Failure::new(
                     Kind::Budget,
                     format!(
-                        "LLM token budget used up: {} tokens used of llm.max_total_tokens = {max} (raise it or remove it \
-                         from the config to go on)",
-                        t.total.total_tokens
+                        "LLM token budget used up: {} tokens used{} of llm.max_total_tokens = {max} (raise it or \
+                         remove it from the config to go on)",
+                        t.total.total_tokens,
+                        pending(f.tokens)
                     ),
                 ));
             }
         }
         if let Some(max) = s.max_cost {
-            if t.total.cost >= max {
+            if t.total.cost + f.cost >= max {
                 return Err(Failure::new(
                     Kind::Budget,
                     format!(
-                        "LLM money budget used up: {:.4} spent of llm.max_cost = {max} (raise it or remove it from \
-                         the config to go on)",
-                        t.total.cost
+                        "LLM money budget used up: {:.4} spent{} of llm.max_cost = {max} (raise it or remove it \
+                         from the config to go on)",
+                        t.total.cost,
+                        if f.cost > 0.0 {
+                            format!(" (with {:.4} more expected in flight)", f.cost)
+                        } else {
+                            String::new()
+                        }
                     ),
                 ));
             }
         }
         if let Some(max) = s.max_calls {
-            if t.total.requests >= max {
+            if t.total.requests + f.requests >= max {
                 return Err(Failure::new(
                     Kind::Budget,
                     format!(
-                        "LLM call budget used up: {} requests made of llm.max_calls = {max} (raise it or remove it from \
-                         the config to go on)",
-                        t.total.requests
+                        "LLM call budget used up: {} requests made{} of llm.max_calls = {max} (raise it or remove it \
+                         from the config to go on)",
+                        t.total.requests,
+                        pending(f.requests)
                     ),
                 ));
             }
         }
-        Ok(())
+        let prompt = (req.chars() / 4) as u64;
+        let tokens = prompt + req.max_tokens.unwrap_or(0);
+        let usage = Usage {
+            prompt_tokens: prompt,
+            completion_tokens: req.max_tokens.unwrap_or(0),
+            total_tokens: tokens,
+            reasoning_tokens: 0,
+        };
+        let cost = self.cost(&req.model, &usage).unwrap_or(0.0);
+        f.requests += 1;
+        f.tokens += tokens;
+        f.cost += cost;
+        Ok(Reservation { engine: self, tokens, cost })
     }
 
     /// One attempt: budget check, replay or HTTP (+ record), telemetry and an event.
@@ -185,7 +246,7 @@ impl Engine {
         if let Some(e) = &self.settings_error {
             return Err(Failure::new(Kind::Config, e.clone()));
         }
-        self.check_budget()?;
+        let reservation = self.reserve(req)?;
         if self.settings.max_cost.is_some() && price_of(&self.prices, &req.model).is_none() {
             return Err(Failure::new(
                 Kind::Config,
@@ -197,7 +258,7 @@ impl Engine {
                 ),
             ));
         }
-        self.honour_hold().await?;
+        self.honour_hold(&req.model).await?;
         let started = Instant::now();
         let result = if self.settings.replay.is_some() {
             self.replay(req)
@@ -224,6 +285,7 @@ impl Engine {
             self.tel().record_attempt(&req.model, &result, latency, cost);
         }
         self.emit(req, &result, attempt, latency, cost, opts.events.as_ref());
+        drop(reservation);
         result
     }
 

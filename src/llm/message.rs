@@ -250,11 +250,16 @@ fn content_chars(c: &Value) -> usize {
 /// Per-call options that are not part of the request itself.
 #[derive(Debug, Clone)]
 pub struct CallOpts {
-    /// Seconds without a response (or, streaming, without a chunk) before the attempt is a timeout.
+    /// Seconds the whole exchange may last, streamed or not.
     pub timeout: f64,
-    /// Streaming: seconds without a byte before the attempt is a timeout; `timeout` then bounds the
-    /// whole exchange. None: `timeout` is the longest silence and a stream lasts at most 6 times it.
+    /// Streaming: seconds without a byte before the attempt is a stall. None:
+    /// [`super::client::DEFAULT_IDLE_TIMEOUT`] (or `timeout`, when shorter).
     pub idle_timeout: Option<f64>,
+    /// The largest reply accepted, in bytes (body or stream, reasoning included); 0: no limit.
+    pub max_reply_bytes: u64,
+    /// Streaming: the longest a whole stream may last (seconds). None: `timeout` when an idle timeout
+    /// is set, else [`super::client::STREAM_TIMEOUTS`] times `timeout`.
+    pub stream_timeout: Option<f64>,
     pub stream: bool,
     /// The trial's event log this call belongs to (its exchanges and usage go there), instead of the
     /// run's current one: concurrent branches each keep their own.

@@ -18,8 +18,13 @@ pub struct Settings {
     pub max_tokens: Option<u64>,
     pub temperature: Option<f64>,
     pub timeout: f64,
-    /// Streaming: the longest silence (seconds) before a stream is a stall; `timeout` is then the total.
+    /// Streaming: the longest silence (seconds) before a stream is a stall (None: 300 s, or `timeout`
+    /// when shorter); `timeout` bounds the whole reply, streamed or not.
     pub idle_timeout: Option<f64>,
+    /// The largest reply accepted (bytes, streamed or not); 0: no limit.
+    pub max_reply_bytes: u64,
+    /// The longest a whole streamed reply may last (seconds); None: see `CallOpts::stream_timeout`.
+    pub stream_timeout: Option<f64>,
     pub connect_timeout: f64,
     pub max_total_tokens: Option<u64>,
     pub max_calls: Option<u64>,
@@ -179,6 +184,15 @@ impl Settings {
                 Some(x) if x <= 0.0 => return Err(format!("llm.idle_timeout must be positive seconds, got {x}")),
                 x => x,
             },
+            stream_timeout: match num("stream_timeout")? {
+                Some(x) if x <= 0.0 => return Err(format!("llm.stream_timeout must be positive seconds, got {x}")),
+                x => x,
+            },
+            max_reply_bytes: match num("max_reply_bytes")? {
+                None => super::client::DEFAULT_MAX_REPLY_BYTES,
+                Some(x) if x >= 0.0 && x.fract() == 0.0 => x as u64,
+                Some(x) => return Err(format!("llm.max_reply_bytes must be a whole number of bytes >= 0, got {x}")),
+            },
             connect_timeout: num("connect_timeout")?.unwrap_or(10.0).max(0.001),
             max_total_tokens: num("max_total_tokens")?.map(|x| x as u64),
             max_calls: num("max_calls")?.map(|x| x as u64),
@@ -218,7 +232,7 @@ impl Settings {
         json!({
             "model": self.model, "base_url": self.base_url,
             "api_key": self.secret.masked(),
-            "max_tokens": self.max_tokens, "temperature": self.temperature, "timeout": self.timeout, "idle_timeout": self.idle_timeout,
+            "max_tokens": self.max_tokens, "temperature": self.temperature, "timeout": self.timeout, "idle_timeout": self.idle_timeout, "max_reply_bytes": self.max_reply_bytes, "stream_timeout": self.stream_timeout,
             "connect_timeout": self.connect_timeout, "max_total_tokens": self.max_total_tokens,
             "max_calls": self.max_calls, "max_cost": self.max_cost, "max_concurrency": self.max_concurrency, "stream": self.stream,
             "record": self.record.as_ref().map(|p| p.display().to_string()),

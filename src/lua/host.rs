@@ -5,6 +5,21 @@ use mlua::prelude::*;
 use super::boundary;
 use crate::lua::ctx::HostCtx;
 
+fn check_rel(lua: &Lua, func: &str, rel: &str) -> LuaResult<()> {
+    let rel_path = std::path::Path::new(rel);
+    if rel_path.is_absolute() || rel_path.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(boundary::misuse(lua, format!("{func}: '{rel}' must be a relative path like prompts/x.yaml")));
+    }
+    Ok(())
+}
+
+fn bundled(lua: &Lua, rel: &str) -> LuaResult<(LuaValue, LuaValue)> {
+    match crate::lua::embedded::get(rel) {
+        Some(text) => Ok((text.into_owned().into_lua(lua)?, format!("<bundled>/{rel}").into_lua(lua)?)),
+        None => boundary::fail(lua, "not_found", format!("no bundled file {rel}")),
+    }
+}
+
 pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
     let ctx = HostCtx::get(lua);
@@ -17,8 +32,23 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     if let Some(c) = &ctx.config {
         t.set("config_file", c.path.display().to_string())?;
     }
-    // host.reload() -> names, errors (see crate::lua::reload)
-    t.set("reload", lua.create_function(|lua, ()| crate::lua::reload::reload_lua(lua))?)?;
+    // host.reload{events = sink}? -> names, errors (see crate::lua::reload); the reload events go to
+    // `events` (the trial whose step is at the safe point), else the current event log
+    t.set(
+        "reload",
+        lua.create_function(|lua, opts: Option<LuaTable>| {
+            let o = boundary::Opts::new(lua, "host.reload", opts, &["events"])?;
+            let sink = match o.value("events")? {
+                LuaValue::Nil => None,
+                LuaValue::UserData(ud) => match ud.borrow::<super::log::Sink>() {
+                    Ok(s) => Some(s.0.clone()),
+                    Err(_) => return Err(o.invalid("events", "a log.sink", "another userdata")),
+                },
+                v => return Err(o.invalid("events", "a log.sink", v.type_name())),
+            };
+            crate::lua::reload::reload_lua(lua, sink.as_deref())
+        })?,
+    )?;
     t.set("version", env!("CARGO_PKG_VERSION"))?;
     // host.pid() -> this process's id
     t.set("pid", lua.create_function(|_, ()| Ok(std::process::id()))?)?;
@@ -52,19 +82,24 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set("interrupted", lua.create_function(|_, ()| Ok(crate::signals::stopping()))?)?;
     // host.verbosity: -1 quiet, 0 normal, 1+ verbose
     t.set("verbosity", ctx.verbosity)?;
-    // host.bundled(rel) -> text, where | nil, err: a bundled file such as "prompts/generation.yaml",
-    // shadowed by the same path in a user folder (the script's folder, --scripts) or the current folder.
+    // host.bundled(rel) -> text, where | nil, err: the copy of a bundled file such as
+    // "stdlib/success.lua" built into cellsci, always (a user's shadowing copy that starts from the
+    // bundled module must not get itself back).
     t.set(
         "bundled",
         lua.create_function(|lua, rel: String| {
+            check_rel(lua, "host.bundled", &rel)?;
+            bundled(lua, &rel)
+        })?,
+    )?;
+    // host.lookup(rel) -> text, where | nil, err: the file a user's folders give for `rel` (the
+    // script's folder, --scripts DIR, the current folder), else the bundled copy: how the pipeline
+    // finds prompts/x.yaml.
+    t.set(
+        "lookup",
+        lua.create_function(|lua, rel: String| {
+            check_rel(lua, "host.lookup", &rel)?;
             let ctx = HostCtx::get(lua);
-            let rel_path = std::path::Path::new(&rel);
-            if rel_path.is_absolute() || rel_path.components().any(|c| c == std::path::Component::ParentDir) {
-                return Err(boundary::misuse(
-                    lua,
-                    format!("host.bundled: '{rel}' must be a relative path like prompts/x.yaml"),
-                ));
-            }
             let dirs = ctx.user_dirs.iter().chain(std::iter::once(&ctx.project_dir));
             for d in dirs {
                 let p = d.join(&rel);
@@ -75,10 +110,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
                     };
                 }
             }
-            match crate::lua::embedded::get(&rel) {
-                Some(text) => Ok((text.into_owned().into_lua(lua)?, format!("<bundled>/{rel}").into_lua(lua)?)),
-                None => boundary::fail(lua, "not_found", format!("no bundled file {rel}")),
-            }
+            bundled(lua, &rel)
         })?,
     )?;
     // host.bundled_files() -> {"scripts/pipeline.lua", "stdlib/...", "prompts/...", ...}

@@ -219,12 +219,19 @@ impl LuaUserData for LuaKernel {
             let held = this.usable(&lua, F)?;
             drop(this);
             let code = string_arg(&lua, &code, F, "the code (a string)")?.to_string_lossy();
-            let o = Opts::from_value(&lua, F, opts, &["timeout", "on_output", "silent"])?;
+            let o = Opts::from_value(&lua, F, opts, &["timeout", "on_output", "silent", "max_output_bytes"])?;
             let mut timeout = None;
+            let mut max_output = crate::kernel::outputs::DEFAULT_MAX_OUTPUT_BYTES;
             if let Some(cfg) = &HostCtx::get(&lua).config {
                 if cfg.exec.timeout_seconds > 0.0 && cfg.exec.timeout_seconds.is_finite() {
                     timeout = Some(crate::duration_secs(cfg.exec.timeout_seconds));
                 }
+                if let Some(n) = cfg.get("exec.max_output_bytes").and_then(Value::as_u64) {
+                    max_output = usize::try_from(n).unwrap_or(usize::MAX);
+                }
+            }
+            if let Some(n) = o.u64("max_output_bytes")? {
+                max_output = usize::try_from(n).unwrap_or(usize::MAX);
             }
             match o.value("timeout")? {
                 LuaValue::Nil => {}
@@ -239,7 +246,7 @@ impl LuaUserData for LuaKernel {
             let mut k = held.kernel.lock().await;
             let Some(k) = k.as_mut() else { return fail(&lua, "kernel", NOT_RUNNING) };
             let cb_err: std::cell::RefCell<Option<LuaError>> = Default::default();
-            let mut eo = ExecOptions { timeout, silent, allow_errors: false, on_output: None };
+            let mut eo = ExecOptions { timeout, silent, max_output_bytes: max_output, ..Default::default() };
             if let Some(f) = on_output {
                 let lua2 = lua.clone();
                 let cb_err = &cb_err;

@@ -30,6 +30,7 @@ const CHAT_OPTS: &[&str] = &[
     "json_schema",
     "timeout",
     "idle_timeout",
+    "max_reply_bytes",
     "retry",
     "stream",
     "extra",
@@ -90,7 +91,9 @@ fn price_table(lua: &Lua) -> BTreeMap<String, crate::llm::Price> {
             Ok(p) => {
                 out.insert(model, p);
             }
-            Err(e) => crate::ui::eline(&format!("warning: {e}; that model is not priced")),
+            Err(e) => {
+                crate::ui::eline(&format!("warning: {e}; that model is not priced"));
+            }
         }
     }
     out
@@ -307,8 +310,15 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
             return Err(boundary::misuse(&lua, format!("llm.chat: 'idle_timeout' must be positive seconds, got {t}")))
         }
     };
-    let call =
-        CallOpts { timeout, idle_timeout, stream: o.bool("stream")?.unwrap_or_else(|| en.default_stream()), events };
+    let max_reply_bytes = o.u64("max_reply_bytes")?.unwrap_or(en.settings.max_reply_bytes);
+    let call = CallOpts {
+        timeout,
+        idle_timeout,
+        stream: o.bool("stream")?.unwrap_or_else(|| en.default_stream()),
+        events,
+        max_reply_bytes,
+        stream_timeout: en.settings.stream_timeout,
+    };
     let retry = o.value("retry")?;
     match &retry {
         LuaValue::Nil | LuaValue::Boolean(_) | LuaValue::Function(_) | LuaValue::Table(_) => {}
@@ -353,22 +363,38 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
         *counts.entry(f.kind.as_str()).or_default() += 1;
         // The policy decides every kind (its table says which are never retried); Ctrl-C is not a
         // decision: once the run is interrupted no further attempt starts, whatever the policy says.
-        if let Err(e) = crate::lua::reload::reload(&lua) {
+        if let Err(e) = crate::lua::reload::reload(&lua, call.events.as_deref()) {
             tracing::warn!("reload before the retry decision failed: {e}");
         }
-        let reason = match decide(&lua, &retry, &f, attempt, &counts, started, &req.model, &en).await? {
+        let (decision, allowed) = decide(&lua, &retry, &f, attempt, &counts, started, &req.model, &en).await?;
+        let reason = match decision {
             Ok(_) if crate::signals::token().is_cancelled() => Some("the run is interrupted (Ctrl-C)".into()),
             Ok(wait) => {
+                // one line per wait, so that a rate-limited run does not look hung (and on the bar)
+                let line = retry_line(&req.model, &f, attempt, allowed, wait, &en);
+                crate::ui::info(&line);
+                let ctx = HostCtx::get(&lua);
+                call.events.as_ref().unwrap_or(&ctx.events).emit(
+                    "llm_retry_wait",
+                    serde_json::json!({"model": req.model, "failure": f.kind.as_str(), "status": f.status,
+                        "attempt": attempt, "attempts_allowed": allowed, "wait": wait,
+                        "retry_after": f.retry_after, "message": en.settings.mask(&f.message)}),
+                );
                 if wait <= 0.0 {
                     continue;
                 }
+                let bar = crate::ui::spinner(line);
                 tokio::select! {
                     _ = crate::signals::token().cancelled() => {
                         f = Failure::new(Kind::Interrupted, format!(
                             "interrupted (Ctrl-C) while waiting to retry after: {}", f.message));
                     }
-                    _ = tokio::time::sleep(crate::duration_secs(wait)) => continue,
+                    _ = tokio::time::sleep(crate::duration_secs(wait)) => {
+                        bar.finish_and_clear();
+                        continue;
+                    }
                 }
+                bar.finish_and_clear();
                 None
             }
             Err(why) => Some(why),
@@ -376,6 +402,22 @@ async fn chat(lua: Lua, opts: LuaValue) -> LuaResult<(LuaValue, LuaValue)> {
         en.record_call(&req.model, false, attempt);
         return give_up(&lua, &f, attempt, started, reason, &req.model, &en);
     }
+}
+
+/// The stderr line of one retry wait: what failed (quoted: a server's text), attempt k of n, the wait.
+/// No runner marker word in it (it lands in the log the runner parses).
+fn retry_line(model: &str, f: &Failure, attempt: u32, allowed: Option<u32>, wait: f64, en: &Engine) -> String {
+    let what = crate::untrusted::quote(&en.settings.mask(&f.message), 200).text;
+    let of = allowed.map(|n| format!(" of at most {n}")).unwrap_or_default();
+    let why = match f.retry_after {
+        Some(ra) if f.kind == Kind::RateLimited => format!(" (the server asked for {ra:.0}s)"),
+        _ => String::new(),
+    };
+    format!(
+        "[LLM] {model}: attempt {attempt}{of} failed ({}: {what}); waiting {wait:.1}s before attempt {}{why}",
+        f.kind.as_str(),
+        attempt + 1
+    )
 }
 
 /// Adaptations one call may make (each answers one 400).
@@ -473,6 +515,11 @@ fn give_up(
     if let Some(rep) = &f.reply {
         extra["text"] = json!(rep.text);
         extra["finish_reason"] = json!(rep.finish_reason);
+        // a reply whose whole answer is in its reasoning (reasoning_content) came as `empty`: the
+        // caller may keep it, or read it as a last resort
+        if !rep.reasoning.is_empty() {
+            extra["reasoning"] = json!(en.settings.mask(&rep.reasoning));
+        }
         extra["usage"] = rep.usage.to_json();
     }
     boundary::fail_with(lua, f.kind.as_str(), en.settings.mask(&msg), &extra)
@@ -489,7 +536,7 @@ async fn decide(
     started: Instant,
     model: &str,
     en: &Engine,
-) -> LuaResult<Result<f64, String>> {
+) -> LuaResult<(Result<f64, String>, Option<u32>)> {
     let info = lua.create_table()?;
     info.set("kind", f.kind.as_str())?;
     info.set("status", f.status)?;
@@ -504,7 +551,7 @@ async fn decide(
     }
     info.set("counts", c)?;
     let (func, this): (LuaFunction, Option<LuaTable>) = match retry {
-        LuaValue::Boolean(false) => return Ok(Err("retries are off: retry = false".into())),
+        LuaValue::Boolean(false) => return Ok((Err("retries are off: retry = false".into()), Some(1))),
         LuaValue::Function(func) => (func.clone(), None),
         LuaValue::Table(t) => match t.get::<LuaValue>("decide")? {
             LuaValue::Function(func) => (func, Some(t.clone())),
@@ -526,6 +573,20 @@ async fn decide(
             (func, Some(policy))
         }
     };
+    // the attempts this policy allows for this kind (retry.lua's max_attempts and per_kind), if it says
+    let allowed = this.as_ref().and_then(|t| {
+        let max = t.get::<Option<u32>>("max_attempts").ok().flatten();
+        let per = t
+            .get::<Option<LuaTable>>("per_kind")
+            .ok()
+            .flatten()
+            .and_then(|p| p.get::<Option<u32>>(f.kind.as_str()).ok().flatten())
+            .map(|n| n.saturating_add(1));
+        match (max, per) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    });
     let ret: LuaMultiValue = match this {
         Some(t) => func.call_async((t, info)).await?,
         None => func.call_async(info).await?,
@@ -553,8 +614,8 @@ async fn decide(
     };
     if go {
         let w = wait.filter(|w| w.is_finite()).unwrap_or(0.0).clamp(0.0, 86_400.0);
-        Ok(Ok(w))
+        Ok((Ok(w), allowed))
     } else {
-        Ok(Err(reason.unwrap_or_else(|| "the retry policy said stop".into())))
+        Ok((Err(reason.unwrap_or_else(|| "the retry policy said stop".into())), allowed))
     }
 }

@@ -19,6 +19,59 @@ fn message(lua: &Lua, args: &LuaMultiValue) -> LuaResult<String> {
     Ok(parts.join(" "))
 }
 
+/// Record in `events` what the line guard or `quote` neutralized (escapes and clipping alone are not
+/// worth an event).
+fn record_neutralized(events: &EventLog, what: &str, original: &str, c: &crate::untrusted::Cleaned) {
+    if c.neutralized() {
+        // the event log is JSON: the text as it was (clipped), for the audit
+        let original: String = original.chars().take(2000).collect();
+        events.emit("neutralized", serde_json::json!({"what": what, "changes": c.changes, "original": original}));
+    }
+}
+
+/// `log.quote(v, {what=, max=, events=})` / `sink:quote(v, what)`: the value as safe text and what was
+/// changed (nil when nothing); the change is recorded in `events`.
+fn quote_value(lua: &Lua, v: &LuaValue, what: &str, max: usize, events: &EventLog) -> LuaResult<LuaMultiValue> {
+    let tostring: LuaFunction = lua.globals().get("tostring")?;
+    let text = HostCtx::get(lua).secret.mask(&tostring.call::<String>(v.clone())?);
+    let c = crate::untrusted::quote(&text, max);
+    record_neutralized(events, what, &text, &c);
+    let changes = if c.changes.is_empty() {
+        LuaValue::Nil
+    } else {
+        LuaValue::Table(lua.create_sequence_from(c.changes.clone())?)
+    };
+    Ok(LuaMultiValue::from_vec(vec![LuaValue::String(lua.create_string(&c.text)?), changes]))
+}
+
+/// A stdout line, guarded, with what was neutralized recorded in `events`.
+fn print_line(lua: &Lua, text: &str, events: &EventLog) {
+    let text = HostCtx::get(lua).secret.mask(text);
+    let c = crate::ui::line(&text);
+    record_neutralized(events, "stdout line", &text, &c);
+}
+
+/// A message at `level` on stderr (when the verbosity shows it), guarded, with what was neutralized
+/// recorded in `events`. Returns the masked message.
+fn print_message(lua: &Lua, level: &str, text: &str, events: &EventLog) -> LuaResult<String> {
+    let &(_, min, prefix) = LEVELS
+        .iter()
+        .find(|l| l.0 == level)
+        .ok_or_else(|| boundary::misuse(lua, format!("unknown level '{level}' (debug, info, warn, error)")))?;
+    let ctx = HostCtx::get(lua);
+    let msg = ctx.secret.mask(text);
+    if ctx.verbosity >= min {
+        let loc = if level == "debug" {
+            boundary::caller_location(lua).map(|l| format!("{l}: ")).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let c = crate::ui::eline(&format!("{prefix}{loc}{msg}"));
+        record_neutralized(events, "stderr line", &msg, &c);
+    }
+    Ok(msg)
+}
+
 /// (level name, minimum verbosity to show, prefix)
 const LEVELS: &[(&str, i8, &str)] =
     &[("debug", 1, "debug: "), ("info", 0, ""), ("warn", 0, "warning: "), ("error", -1, "error: ")];
@@ -36,6 +89,23 @@ impl LuaUserData for Sink {
             let fields = event_fields(lua, fields, "sink:event")?;
             this.0.emit(&kind.to_str()?, fields);
             Ok(())
+        });
+        // sink:line(text): a stdout line (as log.line), what the guard neutralized recorded here
+        m.add_method("line", |lua, this, text: LuaValue| {
+            let text = boundary::string_arg(lua, &text, "sink:line", "a string")?;
+            print_line(lua, &text.to_str()?, &this.0);
+            Ok(())
+        });
+        // sink:message(level, text): a stderr message (as log.info/warn/error/debug) without the "log"
+        // event; what the guard neutralized recorded here
+        m.add_method("message", |lua, this, (level, text): (String, LuaValue)| {
+            let text = boundary::string_arg(lua, &text, "sink:message", "a string")?;
+            print_message(lua, &level, &text.to_str()?, &this.0)?;
+            Ok(())
+        });
+        // sink:quote(v, what?) -> safe text, changes|nil (as log.quote, recorded here)
+        m.add_method("quote", |lua, this, (v, what): (LuaValue, Option<String>)| {
+            quote_value(lua, &v, what.as_deref().unwrap_or("value"), crate::untrusted::QUOTE_MAX, &this.0)
         });
         // sink:path() -> the file, or nil
         m.add_method("path", |_, this, ()| Ok(this.0.path().map(|p| p.display().to_string())));
@@ -89,22 +159,14 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
         })?,
     )?;
     t.set("progress", super::progress::create(lua)?)?;
-    for &(level, min, prefix) in LEVELS {
+    for &(level, _, _) in LEVELS {
         // log.debug(...), log.info(...), log.warn(...), log.error(...): values joined by spaces, like print
         t.set(
             level,
             lua.create_function(move |lua, args: LuaMultiValue| {
                 let ctx = HostCtx::get(lua);
                 // the key never reaches stderr or the event log, whatever a script passes
-                let msg = ctx.secret.mask(&message(lua, &args)?);
-                if ctx.verbosity >= min {
-                    let loc = if level == "debug" {
-                        boundary::caller_location(lua).map(|l| format!("{l}: ")).unwrap_or_default()
-                    } else {
-                        String::new()
-                    };
-                    crate::ui::eline(&format!("{prefix}{loc}{msg}"));
-                }
+                let msg = print_message(lua, level, &message(lua, &args)?, &ctx.events)?;
                 if level != "debug" {
                     ctx.events.emit("log", serde_json::json!({"level": level, "message": msg}));
                 }
@@ -112,12 +174,36 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
             })?,
         )?;
     }
-    // log.line(...) -> prints one plain line to stdout at once (ITERATION 1/3, [CHECK] ..., [FIX] ...)
+    // log.line(...) -> prints one plain line to stdout at once (ITERATION 1/3, [CHECK] ..., [FIX] ...):
+    // one line whatever it holds, a runner marker only as its own prefix (untrusted::guard)
     t.set(
         "line",
         lua.create_function(|lua, args: LuaMultiValue| {
-            crate::ui::line(&HostCtx::get(lua).secret.mask(&message(lua, &args)?));
+            print_line(lua, &message(lua, &args)?, &HostCtx::get(lua).events);
             Ok(())
+        })?,
+    )?;
+    // log.quote(v, {what=, max=, events=}) -> text, changes|nil: a value from a notebook or an LLM, safe
+    // to interpolate into a line (escaped, clipped, runner phrases neutralized; recorded in `events`,
+    // a log.sink, else the current event log)
+    t.set(
+        "quote",
+        lua.create_function(|lua, (v, opts): (LuaValue, Option<LuaTable>)| {
+            let o = boundary::Opts::new(lua, "log.quote", opts, &["what", "max", "events"])?;
+            let what = o.str("what")?.unwrap_or_else(|| "value".into());
+            let max = o.u64("max")?.map(|m| m.clamp(16, 100_000) as usize).unwrap_or(crate::untrusted::QUOTE_MAX);
+            let sink = match o.value("events")? {
+                LuaValue::Nil => None,
+                LuaValue::UserData(ud) => match ud.borrow::<Sink>() {
+                    Ok(s) => Some(s.0.clone()),
+                    Err(_) => return Err(o.invalid("events", "a log.sink", "another userdata")),
+                },
+                v => return Err(o.invalid("events", "a log.sink", v.type_name())),
+            };
+            match sink {
+                Some(s) => quote_value(lua, &v, &what, max, &s),
+                None => quote_value(lua, &v, &what, max, &HostCtx::get(lua).events),
+            }
         })?,
     )?;
     // log.event(kind, fields?) -> appends {"ts", "kind", ...fields} to the event log (if one is set)

@@ -3,9 +3,7 @@
 //! names that make tracebacks read `stdlib/retry.lua:12:`, and the instruction hook that lets Ctrl-C
 //! stop a script stuck in a CPU loop.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -53,18 +51,8 @@ pub const MODULES: &[(&str, Register)] = &[
     ("report", report::register),
 ];
 
-/// Where a `require`d Lua module came from; the reloader watches the files behind these.
-#[derive(Debug, Clone)]
-pub struct ModuleSource {
-    /// The file, when it is a real file (None for embedded copies).
-    pub file: Option<PathBuf>,
-    /// The chunk name without the leading `@`.
-    pub chunk: String,
-}
-
-/// Lua modules loaded through the searcher, by module name.
-#[derive(Default)]
-pub struct LoadedModules(pub RefCell<HashMap<String, ModuleSource>>);
+// What the searcher loaded, and from where: the reloader's own registry (it watches those files).
+pub use reload::{LoadedModules, ModuleSource};
 
 pub struct Runtime {
     pub lua: Lua,
@@ -104,7 +92,7 @@ impl Runtime {
     pub fn new(ctx: HostCtx) -> Result<Runtime> {
         let lua = Lua::new();
         lua.set_app_data(Arc::new(ctx));
-        lua.set_app_data(LoadedModules::default());
+        reload::install(&lua);
         boundary::remember_array_metatable(&lua);
         let package: LuaTable = lua.globals().get("package")?;
         let preload: LuaTable = package.get("preload")?;
@@ -118,10 +106,8 @@ impl Runtime {
                 Some((text, src)) => {
                     let f = compile(lua, &text, &src.chunk)?;
                     let chunk = src.chunk.clone();
-                    crate::lua::reload::on_require(lua, &name, &src);
-                    if let Some(loaded) = lua.app_data_ref::<LoadedModules>() {
-                        loaded.0.borrow_mut().insert(name, src);
-                    }
+                    // the reloader records the module and watches its file
+                    reload::on_require(lua, &name, src);
                     (f, chunk).into_lua_multi(lua)
                 }
                 None => format!(
@@ -137,7 +123,8 @@ impl Runtime {
         let print = lua.create_function(|lua, args: LuaMultiValue| {
             let tostring: LuaFunction = lua.globals().get("tostring")?;
             let parts = args.iter().map(|v| tostring.call::<String>(v.clone())).collect::<LuaResult<Vec<_>>>()?;
-            crate::ui::line(&HostCtx::get(lua).secret.mask(&parts.join("\t")));
+            // free text: each of its lines guarded, no runner marker (log.line prints those)
+            crate::ui::plain(&HostCtx::get(lua).secret.mask(&parts.join("\t")));
             Ok(())
         })?;
         lua.globals().set("print", print)?;

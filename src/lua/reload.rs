@@ -27,8 +27,28 @@ use mlua::prelude::*;
 use notify::{EventKind, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{new_debouncer_opt, DebounceEventResult, Debouncer, NoCache};
 
+use std::cell::RefCell;
+
+use crate::events::EventLog;
 use crate::lua::ctx::HostCtx;
-use crate::lua::{LoadedModules, ModuleSource};
+
+/// Where a `require`d Lua module came from; the reloader watches the files behind these.
+#[derive(Debug, Clone)]
+pub struct ModuleSource {
+    /// The file, when it is a real file (None for embedded copies).
+    pub file: Option<PathBuf>,
+    /// The chunk name without the leading `@`.
+    pub chunk: String,
+}
+
+/// Lua modules loaded through the searcher, by module name: what the reloader watches and swaps.
+#[derive(Default)]
+pub struct LoadedModules(pub RefCell<HashMap<String, ModuleSource>>);
+
+/// Set up the reloader's state on a fresh VM (before any `require`).
+pub fn install(lua: &Lua) {
+    lua.set_app_data(LoadedModules::default());
+}
 
 /// What identifies a version of a file on disk: (mtime, length, inode); None when it is missing.
 type Stamp = Option<(SystemTime, u64, u64)>;
@@ -77,10 +97,14 @@ pub struct ReloadError {
     pub message: String,
 }
 
-/// Called by the module searcher for each module it loads: remember the file's version and watch its
-/// folder.
-pub fn on_require(lua: &Lua, name: &str, src: &ModuleSource) {
-    let Some(file) = &src.file else { return };
+/// Called by the module searcher for each module it loads: record it, remember its file's version and
+/// watch its folder.
+pub fn on_require(lua: &Lua, name: &str, src: ModuleSource) {
+    let file = src.file.clone();
+    if let Some(loaded) = lua.app_data_ref::<LoadedModules>() {
+        loaded.0.borrow_mut().insert(name.to_string(), src);
+    }
+    let Some(file) = &file else { return };
     if lua.app_data_ref::<ReloadState>().is_none() {
         // try_: set_app_data panics while other app data is borrowed; losing one watch is not worth that.
         let _ = lua.try_set_app_data(ReloadState::default());
@@ -198,7 +222,7 @@ fn load_new(lua: &Lua, name: &str, file: &Path, chunk: &str, st: Stamp) -> Resul
     if text.trim().is_empty() {
         return Err(format!("{chunk}: the file is empty"));
     }
-    let f = crate::lua::compile(lua, &text, chunk).map_err(|e| lua_message(&e))?;
+    let f = lua.load(&text).set_name(format!("@{chunk}")).into_function().map_err(|e| lua_message(&e))?;
     match f.call::<LuaValue>((name, chunk)) {
         Ok(LuaValue::Table(t)) => Ok(t),
         Ok(other) => Err(format!("{chunk}: the module returned {} instead of a table", other.type_name())),
@@ -219,8 +243,9 @@ fn lua_message(e: &LuaError) -> String {
 }
 
 /// The safe point: swap in edited modules that load cleanly, keep the previous version of the others.
-/// Returns the names reloaded and the failures (each already printed to stderr).
-pub fn reload_report(lua: &Lua) -> LuaResult<(Vec<String>, Vec<ReloadError>)> {
+/// Returns the names reloaded and the failures (each already printed to stderr). Each is a `reload`
+/// event in `events` (the trial whose step reached the safe point), else in the current event log.
+pub fn reload_report(lua: &Lua, events: Option<&EventLog>) -> LuaResult<(Vec<String>, Vec<ReloadError>)> {
     let mut names = Vec::new();
     let mut errors = Vec::new();
     let changed = changed_modules(lua);
@@ -228,6 +253,7 @@ pub fn reload_report(lua: &Lua) -> LuaResult<(Vec<String>, Vec<ReloadError>)> {
         return Ok((names, errors));
     }
     let ctx = HostCtx::get(lua);
+    let events = events.unwrap_or(&ctx.events);
     let loaded: LuaTable = lua.globals().get::<LuaTable>("package")?.get("loaded")?;
     for (name, file, chunk, st) in changed {
         match load_new(lua, &name, &file, &chunk, st) {
@@ -236,12 +262,12 @@ pub fn reload_report(lua: &Lua) -> LuaResult<(Vec<String>, Vec<ReloadError>)> {
                 if ctx.verbosity >= 0 {
                     crate::ui::eline(&format!("reloaded {name} ({chunk})"));
                 }
-                ctx.events.emit("reload", serde_json::json!({"module": name, "file": chunk, "ok": true}));
+                events.emit("reload", serde_json::json!({"module": name, "file": chunk, "ok": true}));
                 names.push(name);
             }
             Err(message) => {
                 crate::ui::eline(&format!("{message} — keeping the previous version"));
-                ctx.events
+                events
                     .emit("reload", serde_json::json!({"module": name, "file": chunk, "ok": false, "error": message}));
                 errors.push(ReloadError { module: name, file: chunk, message });
             }
@@ -251,17 +277,18 @@ pub fn reload_report(lua: &Lua) -> LuaResult<(Vec<String>, Vec<ReloadError>)> {
 }
 
 /// The safe point, for Rust callers: returns the list of module names reloaded.
-pub fn reload(lua: &Lua) -> LuaResult<LuaTable> {
-    let (names, _) = reload_report(lua)?;
+pub fn reload(lua: &Lua, events: Option<&EventLog>) -> LuaResult<LuaTable> {
+    let (names, _) = reload_report(lua, events)?;
     let t = lua.create_sequence_from(names)?;
     t.set_metatable(Some(lua.array_metatable()))?;
     Ok(t)
 }
 
-/// `host.reload()` → `names, errors`: the modules reloaded, and `{module=, file=, message=}` for each
-/// edit that did not load (the previous version is kept).
-pub fn reload_lua(lua: &Lua) -> LuaResult<(LuaTable, LuaTable)> {
-    let (names, errors) = reload_report(lua)?;
+/// `host.reload{events = sink}` → `names, errors`: the modules reloaded, and `{module=, file=, message=}`
+/// for each edit that did not load (the previous version is kept); `events`: the trial's log the
+/// `reload` events go to.
+pub fn reload_lua(lua: &Lua, events: Option<&EventLog>) -> LuaResult<(LuaTable, LuaTable)> {
+    let (names, errors) = reload_report(lua, events)?;
     let n = lua.create_sequence_from(names)?;
     n.set_metatable(Some(lua.array_metatable()))?;
     let e = lua.create_table()?;

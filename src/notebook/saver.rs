@@ -148,7 +148,7 @@ pub fn saver_main(out: &Path) -> u8 {
     match saver_loop(out) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            crate::ui::eline(&format!("error: {e:#}"));
             2
         }
     }

@@ -123,6 +123,20 @@ function fs.copy(src, dst) end
 ---@return cellsci.FsError|nil err
 function fs.rename(src, dst) end
 
+---A held lock (`fs.lock`).
+---@class cellsci.fs.Lock
+local Lock = {}
+
+---Let the lock go (it also goes when the handle is collected or the process ends, however it ends).
+function Lock:release() end
+
+---Take an exclusive lock on `path` (created when missing; this process's id is written in it). Another
+---process holding it gives `nil, err` with `err.kind == "locked"` and `err.holder`, its process id.
+---@param path string
+---@return cellsci.fs.Lock|nil lock
+---@return cellsci.FsError|nil err
+function fs.lock(path) end
+
 ---What `fs.stat` returns.
 ---@class cellsci.fs.Stat
 ---@field size integer Bytes.

@@ -98,10 +98,13 @@ host.verbosity = 0
 ---The safe point: every `require`d Lua module whose file changed is loaded again, and swapped into
 ---`package.loaded` only if it loads cleanly and returns a table; otherwise the previous version is
 ---kept and the error printed. A `local m = require("m")` captured earlier keeps the old table: call
----`require` again after this to get the new one.
+---`require` again after this to get the new one. Each reload (and each failed one) is a `reload` event
+---in `opts.events` (the trial whose step reached the safe point: `host.reload{events = ctx.events}`),
+---else in the current event log (`log.set_event_file`).
+---@param opts? {events?: cellsci.log.Sink}
 ---@return string[] reloaded The names of the modules swapped in.
 ---@return cellsci.host.ReloadError[] errors The edits that did not load.
-function host.reload() end
+function host.reload(opts) end
 
 ---This process's id.
 ---@return integer pid
@@ -118,13 +121,21 @@ function host.expand(text, vars) end
 ---@return boolean
 function host.interrupted() end
 
----A bundled file such as `"prompts/generation.yaml"`: the same relative path in a user folder (the
----script's folder, `--scripts DIR`) or the current folder wins over the copy built into cellsci.
----Raises when `rel` is absolute or contains `..`.
+---The copy of a bundled file built into cellsci, such as `"stdlib/success.lua"`, always (never a
+---user's file of the same name: a shadowing `success.lua` that starts from the bundled module gets
+---the bundled module). Raises when `rel` is absolute or contains `..`.
+---@param rel string
+---@return string|nil text The file's contents.
+---@return string|cellsci.Error where On success `"<bundled>/<rel>"`; on failure the error (`kind = "not_found"`).
+function host.bundled(rel) end
+
+---The file a user's folders give for `rel` (the script's folder, `--scripts DIR`, the current folder),
+---else the bundled copy: how the pipeline finds `prompts/<name>.yaml`. Raises when `rel` is absolute or
+---contains `..`.
 ---@param rel string
 ---@return string|nil text The file's contents.
 ---@return string|cellsci.Error where On success, where it came from: a path, or `"<bundled>/<rel>"`; on failure the error (`kind = "not_found"` when no such file exists; an `fs` kind when a file exists but cannot be read).
-function host.bundled(rel) end
+function host.lookup(rel) end
 
 ---The relative paths of every file built into cellsci (`scripts/...`, `stdlib/...`, `prompts/...`).
 ---@return string[] paths

@@ -124,6 +124,7 @@ function Pool:shutdown() end
 ---@class cellsci.kernel.ExecOpts
 ---@field timeout? number|false Seconds before the cell is interrupted (`status = "timeout"`); `false` for none. Default: the config's `exec.timeout_seconds` (`3600`) when there is a config, else none.
 ---@field on_output? fun(output: table, msg_type: string) Called as outputs arrive: a stream piece `{output_type = "stream", name, text}` (the new text only) or the nbformat output as created/updated; `msg_type` is the Jupyter message type (`"stream"`, `"display_data"`, `"execute_result"`, `"error"`, `"update_display_data"`, ...). It must not call async functions; an error in it is raised by `k:execute`. Default: none.
+---@field max_output_bytes? integer Bytes each stream (stdout, stderr) of the cell keeps: a cell printing more keeps its first and its last half (whole lines), around a line `[... cellsci: 45.2 MB of stdout dropped here; ...]`; the kernel and the cell go on as usual. `0` keeps everything. Default: `exec.max_output_bytes`, else 4 MiB (4194304).
 ---@field silent? boolean Jupyter's silent execution: no execution count, no history, no execute_result (for set-up code). Default: `false`.
 
 ---The nbclient-style timestamps of an execution (ISO 8601 strings), as saved in a cell's

@@ -25,8 +25,9 @@ local llm = {}
 ---@field max_tokens? integer A positive integer (sent as `max_completion_tokens` to a model that refused `max_tokens`: `stdlib/adapt.lua`). Default: the config's `llm.max_tokens` (none: not sent).
 ---@field json? boolean Ask for a JSON object (`response_format = {type = "json_object"}`). Default: `false`.
 ---@field json_schema? {name?: string, schema: table, strict?: boolean, description?: string} Ask for JSON of this shape (`response_format = {type = "json_schema", json_schema = this}`; wins over `json`; a model that refuses it gets `json_object`: `stdlib/adapt.lua`). `name` defaults to `"reply"`. Default: none.
----@field timeout? number Seconds to wait for a reply (streaming without an idle timeout: the longest silence between chunks, a whole stream at most 6 times it). Default: the config's `llm.timeout` (`600`).
----@field idle_timeout? number Streaming: seconds without a byte before the attempt is a timeout; `timeout` then bounds the whole exchange. Default: the config's `llm.idle_timeout` (none).
+---@field timeout? number Seconds to wait for a reply (a non-streamed exchange lasts at most this; a whole stream at most the config's `llm.stream_timeout`, else 2 x this, or this when an idle timeout is set). Default: the config's `llm.timeout` (`600`).
+---@field idle_timeout? number Streaming: seconds without a byte before the attempt is a timeout ("the stream stalled"). Default: the config's `llm.idle_timeout`, else 300 (or `timeout` when shorter).
+---@field max_reply_bytes? integer The largest reply accepted (bytes, streamed or not): a bigger one fails as `truncated`; `0` accepts any size. Default: the config's `llm.max_reply_bytes`, else 8388608 (8 MiB).
 ---@field stream? boolean Stream the reply (shows tokens so far). Default: the config's `llm.stream`, else on when progress is shown (stderr is a terminal, not `-q`).
 ---@field retry? cellsci.llm.RetryPolicy|cellsci.llm.RetryFunction|boolean A policy table with `decide`, a function, `false` (one attempt), or `nil`/`true`: `require("retry")` (`retry.new(<config llm.retry>)` when the config has one). Default: `nil`.
 ---@field events? cellsci.log.Sink The trial event log this exchange (and its usage) belongs to: `log.sink(path)`, as a trial context's `ctx.events`. Default: the run's current event log (`log.set_event_file`).
@@ -190,7 +191,9 @@ function llm.usage_snapshot(opts) end
 ---@field max_tokens? integer
 ---@field temperature? number
 ---@field timeout number Seconds (default `600`).
----@field idle_timeout? number Streaming: the longest silence, seconds (absent: none).
+---@field idle_timeout? number Streaming: the longest silence, seconds (absent: 300, or `timeout` when shorter).
+---@field max_reply_bytes integer The largest reply accepted, bytes (0: any size; default 8388608).
+---@field stream_timeout? number The longest a whole stream may last, seconds (absent: 2 x `timeout`, or `timeout` with an idle timeout).
 ---@field connect_timeout number Seconds (default `10`).
 ---@field max_total_tokens? integer Token budget of the run.
 ---@field max_calls? integer Request budget of the run.

@@ -1123,3 +1123,40 @@ print("OK")
     let out = ok(&o);
     assert!(out.contains("OK"), "{out}");
 }
+
+/// The cap of what a cell keeps: `k:execute{max_output_bytes=}`, else `exec.max_output_bytes`; 0 keeps
+/// everything; each stream has its own.
+#[test]
+fn what_a_cell_keeps_of_a_stream_is_capped_by_option_and_by_config() {
+    let d = util::tempdir();
+    util::write(d.path(), "cfg.json", r#"{"exec": {"max_output_bytes": 10000}}"#);
+    let script = format!(
+        r#"local kernel = require('kernel')
+local k = assert(kernel.start{{python = {:?}}})
+local code = "import sys\nfor i in range(20000):\n    print(i)\n    print('e', i, file=sys.stderr)"
+local r = k:execute(code)
+assert(r.status == "ok", r.status)
+assert(#r.outputs == 2, #r.outputs)
+for _, o in ipairs(r.outputs) do
+  assert(#o.text < 10500, o.name .. " " .. #o.text)
+  assert(o.text:find("dropped here", 1, true), o.text)
+end
+local function stdout(res)
+  local parts = {{}}
+  for _, o in ipairs(res.outputs) do if o.name == "stdout" then table.insert(parts, o.text) end end
+  return table.concat(parts)
+end
+local out = stdout(r)
+assert(out:sub(1, 2) == "0\n" and out:sub(-6) == "19999\n", out:sub(-20))
+r = k:execute(code, {{max_output_bytes = 0}})
+assert(#stdout(r) > 100000 and not stdout(r):find("dropped here", 1, true))
+r = k:execute("print('x' * 5000)", {{max_output_bytes = 1000}})
+assert(#r.outputs[1].text < 1300, #r.outputs[1].text)
+assert(k:execute("print('still here')").outputs[1].text == "still here\n")
+k:shutdown()
+"#,
+        python().display().to_string()
+    );
+    let f = util::write(d.path(), "t.lua", &script);
+    ok(&util::cellsci(d.path()).args(["-c", "cfg.json", "script"]).arg(f).output().unwrap());
+}

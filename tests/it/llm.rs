@@ -114,7 +114,21 @@ fn rate_limited_429_waits_as_retry_after_says() {
         "#,
         &[],
     );
-    ok(&out);
+    // the wait is said on stderr, one line, with what failed and the attempts (issue 26: a rate-limited
+    // run looked hung), in no words the runner reads
+    let text = ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let waits: Vec<&str> = err.lines().filter(|l| l.contains("waiting")).collect();
+    assert_eq!(waits.len(), 1, "{text}");
+    let re = regex::Regex::new(
+        r"^\[LLM\] fake-model: attempt 1 of at most 11 failed \(rate_limited: HTTP 429 Too Many Requests: Rate limit reached\); waiting (\d+\.\d)s before attempt 2 \(the server asked for 1s\)$",
+    )
+    .unwrap();
+    let secs: f64 = re.captures(waits[0]).unwrap_or_else(|| panic!("{}", waits[0]))[1].parse().unwrap();
+    assert!((1.0..3.0).contains(&secs), "{secs}");
+    for marker in ["Exception:", "Traceback", "[FIX]", "Error in Node", "Success", "[CHECK]", "ITERATION"] {
+        assert!(!waits[0].contains(marker), "{marker} in {}", waits[0]);
+    }
     let rx = srv.received();
     assert_eq!(rx.len(), 2);
     let gap = rx[1].at.duration_since(rx[0].at);
@@ -686,7 +700,10 @@ fn events_of_each_exchange_are_logged_masked() {
     });
     let text = std::fs::read_to_string(&events).unwrap();
     assert!(!text.contains("SECRET123456789"), "{text}");
-    let evs: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let all: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // the wait between the attempts is an event too (issue 26 item 13), masked like the rest
+    assert_eq!(all.iter().filter(|e| e["kind"] == "llm_retry_wait").count(), 1, "{text}");
+    let evs: Vec<Value> = all.into_iter().filter(|e| e["kind"] == "llm").collect();
     assert_eq!(evs.len(), 2);
     assert_eq!(evs[0]["kind"], "llm");
     assert_eq!(evs[0]["outcome"], "error");
@@ -775,7 +792,7 @@ fn the_configs_retry_options_shape_the_default_policy() {
 }
 
 #[test]
-fn a_stream_that_trickles_forever_is_cut_at_six_timeouts() {
+fn a_stream_that_trickles_forever_is_cut_at_the_stream_timeout() {
     let srv = FakeLlm::start();
     let pieces: Vec<&str> = vec!["tick "; 100];
     srv.push_stream(&pieces, Duration::from_millis(100));
@@ -785,7 +802,7 @@ fn a_stream_that_trickles_forever_is_cut_at_six_timeouts() {
         dir.path(),
         r#"
         local r, err = require("llm").chat{prompt = "x", stream = true, timeout = 1, retry = false}
-        assert(not r and err.kind == "timeout" and err.message:find("went on for more than 6s"), tostring(err))
+        assert(not r and err.kind == "timeout" and err.message:find("went on for more than 2s (2 x llm.timeout)", 1, true), tostring(err))
         "#,
         &[],
     );
@@ -1253,7 +1270,7 @@ fn with_an_idle_timeout_the_timeout_bounds_the_whole_stream() {
         dir.path(),
         r#"local r, err = require("llm").chat{prompt = "x", stream = true, retry = false}
            assert(not r and err.kind == "timeout", tostring(err))
-           assert(err.message:find("went on for more than 1.5s (the timeout)", 1, true), err.message)"#,
+           assert(err.message:find("went on for more than 1.5s (llm.timeout)", 1, true), err.message)"#,
         &[],
     );
     ok(&out);
@@ -1324,4 +1341,234 @@ fn a_model_that_refuses_json_schema_gets_json_object_from_then_on() {
     for r in &rq[1..] {
         assert_eq!(r["response_format"], json!({"type": "json_object"}), "{r}");
     }
+}
+
+/// A hostile endpoint on loopback, written raw (no HTTP library between it and the client): it answers
+/// every request with `head` and then writes `chunk` again and again, `every` apart, until the client
+/// hangs up or `limit` bytes are out. Returns its URL and the count of body bytes it got out.
+fn hostile_server(
+    head: &'static str,
+    chunk: Vec<u8>,
+    every: Duration,
+    limit: u64,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", l.local_addr().unwrap());
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sent2 = sent.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { return };
+            let (sent, chunk) = (sent2.clone(), chunk.clone());
+            std::thread::spawn(move || {
+                // the request: headers, then as much body as Content-Length says
+                let mut req = Vec::new();
+                let mut b = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&b[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&req).to_ascii_lowercase();
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                    .unwrap_or(0);
+                let have = req.len() - (req.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4);
+                let mut left = len.saturating_sub(have);
+                while left > 0 {
+                    match c.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => left = left.saturating_sub(n),
+                    }
+                }
+                if c.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                while sent.load(std::sync::atomic::Ordering::SeqCst) < limit {
+                    if c.write_all(&chunk).is_err() {
+                        return;
+                    }
+                    sent.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::SeqCst);
+                    if !every.is_zero() {
+                        std::thread::sleep(every);
+                    }
+                }
+            });
+        }
+    });
+    (url, sent)
+}
+
+/// Issue 26: a streamed reply of 100 MB was accepted (309 MB of memory). A reply, streamed or not, is
+/// cut at llm.max_reply_bytes (8 MiB by default): the call fails at once as `truncated` (not retried:
+/// the same request would bring the same flood), the client hangs up, and a body announced larger is
+/// not read at all.
+#[test]
+fn a_reply_larger_than_max_reply_bytes_is_cut_off_streamed_or_not() {
+    let piece = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n", "x".repeat(65_000));
+    let (url, sent) = hostile_server(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n",
+        piece.into_bytes(),
+        Duration::ZERO,
+        100_000_000,
+    );
+    let dir = tempdir();
+    config(dir.path(), &url, json!({"timeout": 60}));
+    let t0 = std::time::Instant::now();
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x", stream = true}
+        assert(not r and err.kind == "truncated", tostring(err))
+        assert(err.message:find("passed llm.max_reply_bytes (8.4 MB)", 1, true), err.message)
+        assert(err.attempts == nil or err.attempts == 1, "not retried: " .. tostring(err.attempts))
+        print("cut: " .. err.message)
+        "#,
+        &[],
+    );
+    let secs = t0.elapsed().as_secs_f64();
+    ok(&out);
+    let n = sent.load(std::sync::atomic::Ordering::SeqCst);
+    println!("100 MB stream: cut after {n} bytes sent, {secs:.1} s");
+    assert!(n < 40_000_000, "the client hung up early: {n} bytes sent");
+    assert!(secs < 30.0, "{secs}");
+
+    // a body announced as 100 MB is refused unread; one with no length is cut while it comes
+    let (url, sent) = hostile_server(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000000\r\n\r\n",
+        vec![b' '; 65_536],
+        Duration::ZERO,
+        100_000_000,
+    );
+    config(dir.path(), &url, json!({"timeout": 60, "max_reply_bytes": 1000000}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x", stream = false}
+        assert(not r and err.kind == "truncated" and err.message:find("not read", 1, true), tostring(err))
+        local r2, err2 = require("llm").chat{prompt = "x", stream = false, max_reply_bytes = 0, timeout = 1, retry = false}
+        assert(not r2 and err2.kind ~= "truncated", "0 is no size limit: " .. tostring(err2))
+        "#,
+        &[],
+    );
+    ok(&out);
+    let _ = sent;
+    let (url, _sent) = hostile_server(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+        format!("{:x}\r\n{}\r\n", 65_536, " ".repeat(65_536)).into_bytes(),
+        Duration::ZERO,
+        100_000_000,
+    );
+    config(dir.path(), &url, json!({"timeout": 60, "max_reply_bytes": 1000000}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x", stream = false}
+        assert(not r and err.kind == "truncated" and err.message:find("(1.0 MB)", 1, true), tostring(err))
+        "#,
+        &[],
+    );
+    ok(&out);
+}
+
+/// Issue 26: a stream that never ends (keep-alive comments forever) was cut only at 6 x the timeout.
+/// With the defaults it is cut at 2 x the timeout; `llm.stream_timeout` sets the bound itself.
+#[test]
+fn a_stream_that_never_ends_is_cut_at_twice_the_timeout_by_default() {
+    let (url, _sent) = hostile_server(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n",
+        b": keep-alive\n\n".to_vec(),
+        Duration::from_millis(200),
+        u64::MAX,
+    );
+    let dir = tempdir();
+    config(dir.path(), &url, json!({"timeout": 2}));
+    let t0 = std::time::Instant::now();
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x", stream = true, retry = false}
+        assert(not r and err.kind == "timeout", tostring(err))
+        assert(err.message:find("went on for more than 4s (2 x llm.timeout)", 1, true), err.message)
+        "#,
+        &[],
+    );
+    ok(&out);
+    let secs = t0.elapsed().as_secs_f64();
+    assert!((3.9..8.0).contains(&secs), "cut at 2 x the timeout (4 s), not 12 s: {secs:.1} s");
+    config(dir.path(), &url, json!({"timeout": 2, "stream_timeout": 1}));
+    let out = run(
+        dir.path(),
+        r#"
+        local r, err = require("llm").chat{prompt = "x", stream = true, retry = false}
+        assert(not r and err.message:find("went on for more than 1s (llm.stream_timeout)", 1, true), tostring(err))
+        assert(require("llm").settings().stream_timeout == 1)
+        "#,
+        &[],
+    );
+    ok(&out);
+}
+
+/// Issue 26 item 10: budgets overshot under parallel branches (max_calls 5 gave 8 requests), since each
+/// branch checked the budget before the others' requests had come back. The requests in flight count:
+/// 8 branches at once against max_calls 5 send 5 requests, and the others are refused before sending,
+/// with a message that counts the way the usage does; a token budget holds the same way.
+#[test]
+fn budgets_hold_under_concurrent_branches() {
+    let srv = FakeLlm::start();
+    srv.set_default(Reply::Slow(Duration::from_millis(500), Box::new(Reply::text("done"))));
+    let dir = tempdir();
+    config(dir.path(), &srv.url(), json!({"max_calls": 5, "max_concurrency": 16}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm, task = require("llm"), require("task")
+        local fs, refused, msg = {}, 0, nil
+        for i = 1, 8 do
+          fs[i] = function()
+            local r, err = llm.chat{prompt = "branch " .. i, retry = false}
+            if not r then
+              assert(err.kind == "budget", tostring(err))
+              refused, msg = refused + 1, err.message
+            end
+          end
+        end
+        task.all(fs)
+        local u = llm.usage()
+        assert(refused == 3 and u.requests == 5, refused .. " refused, " .. u.requests .. " requests")
+        print("MSG " .. msg)
+        "#,
+        &[],
+    );
+    let text = ok(&out);
+    assert_eq!(srv.requests().len(), 5, "{text}");
+    assert!(text.contains("of llm.max_calls = 5"), "{text}");
+
+    // tokens: each request's prompt is ~250 tokens; a 600-token budget lets at most 3 go out at once
+    let srv = FakeLlm::start();
+    srv.set_default(Reply::Slow(Duration::from_millis(500), Box::new(Reply::text("done"))));
+    config(dir.path(), &srv.url(), json!({"max_total_tokens": 600, "max_concurrency": 16}));
+    let out = run(
+        dir.path(),
+        r#"
+        local llm, task = require("llm"), require("task")
+        local fs = {}
+        for i = 1, 8 do
+          fs[i] = function() llm.chat{prompt = string.rep("word ", 200) .. i, retry = false} end
+        end
+        task.all(fs)
+        print("TOKENS " .. llm.usage().total_tokens)
+        "#,
+        &[],
+    );
+    let text = ok(&out);
+    let sent = srv.requests().len();
+    println!("token budget 600 under 8 branches: {sent} requests sent");
+    assert!(sent <= 3, "{sent} requests sent: {text}");
+    let used: u64 = text.lines().find_map(|l| l.strip_prefix("TOKENS ")).unwrap().trim().parse().unwrap();
+    println!("tokens used: {used}");
+    assert!(used < 900, "the budget held within one request's overshoot: {used}");
 }

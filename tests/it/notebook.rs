@@ -1042,3 +1042,76 @@ fn notebook_run_records_a_kernel_that_did_not_start() {
     assert_eq!(r["not_run"], serde_json::json!([1, 2]));
     assert_eq!(r["error"], "the kernel did not start: python interpreter /nonexistent/python does not exist");
 }
+
+/// Issue 26: a cell printing without end made a 335 MB notebook. A cell keeps the first and the last
+/// 2 MiB of each stream (4 MiB in all) around a line saying how much was dropped, the kernel keeps
+/// running, the cell finishes normally and the next one runs.
+#[test]
+fn a_cell_printing_50_mb_keeps_its_head_and_tail_and_the_next_cell_runs() {
+    let d = util::tempdir();
+    write_nb(
+        d.path(),
+        "in.ipynb",
+        &[
+            "import sys\nfor i in range(50):\n    sys.stdout.write(''.join(f'line {i*10000+j:07d} ' + 'y'*86 + '\\n' for j in range(10000)))\nprint('end of the flood')",
+            "print('after the flood')",
+        ],
+    );
+    let t0 = std::time::Instant::now();
+    let o = util::cellsci(d.path())
+        .args(["notebook", "run", "in.ipynb", "out.ipynb", "--python"])
+        .arg(python())
+        .args(["--timeout", "120"])
+        .output()
+        .unwrap();
+    ok(&o);
+    let out = d.path().join("out.ipynb");
+    let size = std::fs::metadata(&out).unwrap().len();
+    println!("50 MB printed: notebook {size} bytes in {:.1} s", t0.elapsed().as_secs_f64());
+    assert!(size < 5_000_000, "the notebook stays small: {size} bytes");
+    validate(&out);
+    let v = read_json(&out);
+    let cells = v["cells"].as_array().unwrap();
+    let text = stdout_of(&cells[0]);
+    assert!(text.starts_with("line 0000000 yyy"), "the head is kept: {}", &text[..100]);
+    assert!(
+        text.ends_with(&("line 0499999 ".to_string() + &"y".repeat(86) + "\nend of the flood\n")),
+        "the tail is kept"
+    );
+    let marker =
+        regex::Regex::new(r"\n\[\.\.\. cellsci: (\d+\.\d) MB of stdout dropped here; .*exec\.max_output_bytes")
+            .unwrap();
+    let dropped: f64 = marker.captures(&text).expect("a marker of what was dropped")[1].parse().unwrap();
+    assert!((45.0..47.0).contains(&dropped), "about 50 MB - 4 MiB dropped: {dropped}");
+    // whole lines on both sides of the marker
+    let at = text.find("\n[... cellsci").unwrap();
+    assert!(text[..at].ends_with(&("y".repeat(86) + "\n")), "the head ends with a whole line");
+    assert_eq!(stdout_of(&cells[1]), "after the flood\n", "the kernel went on");
+}
+
+/// A cell that never stops printing is still stopped by its timeout (an output always waiting must not
+/// starve the timer), keeps a bounded output, and the next cell runs in the same kernel.
+#[test]
+fn an_endless_print_is_cut_by_its_timeout_with_a_bounded_notebook() {
+    let d = util::tempdir();
+    write_nb(
+        d.path(),
+        "in.ipynb",
+        &["x = 42\ni = 0\nwhile True:\n    print(f'line {i:09d} ' + 'y' * 84)\n    i += 1", "print('after', x)"],
+    );
+    let t0 = std::time::Instant::now();
+    let o = util::cellsci(d.path())
+        .args(["notebook", "run", "in.ipynb", "out.ipynb", "--allow-errors", "--timeout", "3", "--python"])
+        .arg(python())
+        .output()
+        .unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    let text = ok(&o);
+    assert!(text.contains("did not finish within 3.0 s"), "{text}");
+    let size = std::fs::metadata(d.path().join("out.ipynb")).unwrap().len();
+    println!("endless print, 3 s timeout: {secs:.1} s, notebook {size} bytes");
+    assert!(secs < 30.0, "the timeout fired: {secs:.1} s");
+    assert!(size < 5_000_000, "{size} bytes");
+    let v = read_json(&d.path().join("out.ipynb"));
+    assert_eq!(stdout_of(&v["cells"][1]), "after 42\n", "the same kernel went on");
+}

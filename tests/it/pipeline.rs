@@ -655,6 +655,16 @@ fn editing_success_lua_during_a_run_takes_effect_on_the_next_iteration() {
     assert_eq!(s["iterations"][0]["judgement"], "never");
     assert_eq!(s["iterations"][1]["judgement"], "edited: now met");
     assert_eq!(gens.load(Ordering::SeqCst), 2);
+    // the reload is recorded in the events.jsonl of the trial that was running (issue 26 item 15)
+    let trial = PathBuf::from(s["iterations"][1]["archived_as"].as_str().unwrap_or_else(|| panic!("{s:#}")));
+    let events = std::fs::read_to_string(trial.join("events.jsonl")).unwrap();
+    let reload: Vec<Value> =
+        events.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|e| e["kind"] == "reload").collect();
+    assert_eq!(reload.len(), 1, "{events}");
+    assert_eq!(reload[0]["module"], "success");
+    assert_eq!(reload[0]["ok"], true);
+    assert!(reload[0]["file"].as_str().unwrap().ends_with("policies/success.lua"), "{:?}", reload[0]);
+    assert!(util::text(&out).contains("reloaded success"), "{}", util::text(&out));
 }
 
 #[test]
@@ -1051,4 +1061,120 @@ fn a_kernel_retry_setting_the_policy_refuses_stops_run_with_exit_2_before_the_lo
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("exec.kernel_retry") && text.contains("unknown option 'bogus'"), "{text}");
     assert!(!text.contains("ITERATION"), "{text}");
+}
+
+/// Issue 26 item 14: a reasoning model that put the whole notebook in `reasoning_content` and left the
+/// content empty ended as `empty`, its reasoning saved nowhere. The pipeline reads the notebook from the
+/// reasoning as a last resort (and says so); when even that has no notebook, the reasoning is kept in
+/// the trial's failure files.
+#[test]
+fn a_reply_with_only_reasoning_content_is_read_from_it_or_kept_in_the_failure_files() {
+    let notebook = generation_reply(&[("T1", &metrics_cell(0.9))]);
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 1}, "prompt_branch": {"json_retries": 0},
+               "llm": {"retry": {"per_kind": {"empty": 0}}}}),
+        Box::new(move |kind, _req, _n| match kind {
+            Kind::Generation => Reply::Thinking {
+                reasoning: format!("Let me think it through. {notebook}"),
+                text: String::new(),
+                reasoning_tokens: 50,
+            },
+            Kind::Strategy => Reply::text("Test the dose response."),
+            _ => Reply::text("The better model wins."),
+        }),
+    );
+    let out = p.run(&["run"]);
+    let text = util::text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("its notebook (1 cells) was read from the model's reasoning, as a last resort"), "{text}");
+    assert!(text.contains("[CHECK] better | PCC: 0.9000"), "{text}");
+    let trial = p.archived().pop().expect("an archived trial");
+    let events = std::fs::read_to_string(trial.join("events.jsonl")).unwrap();
+    assert!(events.contains(r#""kind":"reply_from_reasoning""#), "{events}");
+    p.assert_key_hidden(&out);
+
+    // reasoning with no notebook in it: the generation fails, and the reasoning is in the failure files
+    let p = Project::new(
+        json!({"experiment": {"max_iterations": 1}, "prompt_branch": {"json_retries": 0},
+               "llm": {"retry": {"per_kind": {"empty": 0}}}}),
+        Box::new(move |kind, _req, _n| match kind {
+            Kind::Generation => Reply::Thinking {
+                reasoning: format!("I considered {} and ran out of room.", "many designs ".repeat(300)),
+                text: String::new(),
+                reasoning_tokens: 900,
+            },
+            _ => Reply::text("Plan."),
+        }),
+    );
+    let out = p.run(&["generate"]);
+    assert_eq!(out.status.code(), Some(1), "{}", util::text(&out));
+    let trial = &p.trials()[0];
+    let doc = read_json(&trial.join("generation_failure.json"));
+    let a = &doc["attempts"][0];
+    assert!(a["error"].as_str().unwrap().starts_with("empty:"), "{doc:#}");
+    assert_eq!(a["reasoning_file"], "generation_reply_1_reasoning.txt", "{doc:#}");
+    assert!(a["reasoning_bytes"].as_u64().unwrap() > 3000, "{doc:#}");
+    assert!(a["reasoning"].as_str().unwrap().starts_with("I considered many designs"), "{doc:#}");
+    let kept = std::fs::read_to_string(trial.join("generation_reply_1_reasoning.txt")).unwrap();
+    assert!(kept.ends_with("ran out of room."), "the whole reasoning is kept");
+}
+
+/// Issue 26 items 11 and 12. `cellsci scripts export .` and then the README's "start from the bundled
+/// module" success.lua: host.bundled gives the built-in copy, not the user's file (which loaded itself
+/// until the stack overflowed). And a folder laid out like the export works as `--scripts DIR`.
+#[test]
+fn an_exported_folder_works_as_is_and_as_scripts_dir_and_host_bundled_never_returns_the_users_file() {
+    let reply = generation_reply(&[("T1", &metrics_cell(0.7))]);
+    let p = Project::new(json!({"experiment": {"max_iterations": 1}}), simple_handler(vec![reply.clone()]));
+    let shadow = |marker: &str| {
+        format!(
+            r#"local host = require("host")
+local M = load(host.bundled("stdlib/success.lua"), "@<bundled>/stdlib/success.lua")()
+local judge = M.judge
+function M.judge(t)
+  local met, why = judge(t)
+  return met, "{marker} " .. tostring(why)
+end
+return M
+"#
+        )
+    };
+    // exported into the project folder: its stdlib/ is searched without --scripts
+    util::ok(&cellsci(p.path()).args(["scripts", "export", "."]).output().unwrap());
+    util::write(p.path(), "stdlib/success.lua", &shadow("FROM-EXPORT"));
+    let t0 = Instant::now();
+    let out = p.run(&["run"]);
+    let text = util::text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("FROM-EXPORT PCC 0.7000 > 0.5"), "the shadowing module ran, once: {text}");
+    assert!(t0.elapsed() < Duration::from_secs(60), "no recursion");
+
+    // exported into a folder of its own, used as --scripts: its stdlib/ and prompts/ count
+    let p = Project::new(json!({"experiment": {"max_iterations": 1}}), simple_handler(vec![reply]));
+    util::ok(&cellsci(p.path()).args(["scripts", "export", "mine"]).output().unwrap());
+    util::write(p.path(), "mine/stdlib/success.lua", &shadow("FROM-MINE"));
+    let prompt = std::fs::read_to_string(p.path().join("mine/prompts/generation.yaml")).unwrap();
+    util::write(
+        p.path(),
+        "mine/prompts/generation.yaml",
+        &prompt.replacen("system:", "system: |\n  MINE-PROMPT\n_was:", 1),
+    );
+    let out = p.run(&["--scripts", "mine", "run"]);
+    let text = util::text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("FROM-MINE PCC 0.7000"), "{text}");
+    assert!(!text.contains("shadows no") && !text.contains("changes nothing"), "{text}");
+    let gen = p.requests(Kind::Generation);
+    assert!(gen[0]["messages"][0]["content"].as_str().unwrap().contains("MINE-PROMPT"), "the folder's prompt was used");
+
+    // a folder that shadows nothing is warned about; one that does not exist is a usage error
+    std::fs::create_dir_all(p.path().join("empty")).unwrap();
+    util::write(p.path(), "empty/helper.lua", "return {}");
+    util::write(p.path(), "t.lua", "print('ran')");
+    let out = cellsci(p.path()).args(["--scripts", "empty", "script", "t.lua"]).output().unwrap();
+    let text = util::ok(&out);
+    assert!(text.contains("warning: --scripts") && text.contains("changes nothing the pipeline uses"), "{text}");
+    let out = cellsci(p.path()).args(["--scripts", "nowhere", "script", "t.lua"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", util::text(&out));
+    assert!(util::text(&out).contains("--scripts") && util::text(&out).contains("nowhere: no such folder"));
 }

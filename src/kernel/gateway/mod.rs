@@ -453,7 +453,7 @@ impl GatewayKernel {
             "stop_on_error": !opts.allow_errors,
         });
         let (id, text) = request(&self.session, "execute_request", "shell", content);
-        let mut cell = Cell::new(id, started);
+        let mut cell = Cell::new(id, started, opts.max_output_bytes);
         let mut pending = Some(text);
         let timeout_at = opts.timeout.map(|t| started + t);
         let mut grace_at: Option<Instant> = None;
@@ -485,8 +485,12 @@ impl GatewayKernel {
             let wake = grace_at.or(timeout_at).unwrap_or(far);
             let idle_by = cell.idle_deadline();
             let closed_now = c.is_closed();
+            // Ctrl-C and the cell's timeout first: a cell printing without end keeps a message always
+            // ready, and must not keep them from firing.
             let ev = tokio::select! {
                 biased;
+                _ = crate::signals::token().cancelled() => Ev::Cancel,
+                _ = tokio::time::sleep_until(wake.into()) => Ev::Wake,
                 m = c.iopub_rx.recv() => m.map_or(Ev::Closed, Ev::Iopub),
                 m = c.shell_rx.recv() => m.map_or(Ev::Closed, Ev::Shell),
                 _ = std::future::ready(()), if closed_now => Ev::Closed,
@@ -494,8 +498,6 @@ impl GatewayKernel {
                 _ = tokio::time::sleep_until(idle_by.unwrap_or(far).into()), if idle_by.is_some() => Ev::IdleLate,
                 _ = tokio::time::sleep_until(verify_at.unwrap_or(far).into()), if verify_at.is_some() => Ev::Verify,
                 _ = tokio::time::sleep_until(probe_at.into()) => Ev::Probe,
-                _ = tokio::time::sleep_until(wake.into()) => Ev::Wake,
-                _ = crate::signals::token().cancelled() => Ev::Cancel,
             };
             if matches!(ev, Ev::Iopub(_) | Ev::Shell(_)) {
                 probe_at = Instant::now() + PROBE_AFTER;
@@ -600,6 +602,10 @@ impl GatewayKernel {
                             tracing::warn!("interrupting the gateway kernel failed: {e:#}");
                         }
                         grace_at = Some(Instant::now() + self.opts.interrupt_grace);
+                    } else if cell.replied() {
+                        // The interrupt worked (the reply came): what it printed before is still
+                        // arriving; the idle status (or IOPUB_GRACE) ends the cell.
+                        grace_at = Some(far);
                     } else {
                         let mut r =
                             cell.cut(ExecStatus::Timeout, "CellTimeoutError", restarted_after_timeout(opts.timeout));

@@ -40,7 +40,7 @@ impl LocalKernel {
             },
             None,
         );
-        let mut cell = Cell::new(req.header.msg_id.clone(), started);
+        let mut cell = Cell::new(req.header.msg_id.clone(), started, opts.max_output_bytes);
         match p.shell.as_mut() {
             Some(s) => s.send(req).await?,
             None => {
@@ -58,8 +58,34 @@ impl LocalKernel {
         while !cell.done() {
             let wake = grace_at.or(timeout_at).unwrap_or(far);
             let idle_by = cell.idle_deadline();
+            // Ctrl-C and the cell's timeout first: a cell printing without end keeps a message always
+            // ready, and must not keep them from firing.
             tokio::select! {
                 biased;
+                _ = crate::signals::token().cancelled() => {
+                    let _ = self.shared.interrupt().await;
+                    // keep what the cell printed so far: the caller may still save it
+                    let r = cell.cut(ExecStatus::Error, "KeyboardInterrupt", "interrupted (Ctrl-C)".into());
+                    bail!(KernelError::InterruptedCell(Box::new(r)));
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    if grace_at.is_none() {
+                        tracing::debug!("cell timed out; interrupting the kernel");
+                        let _ = self.shared.interrupt().await;
+                        grace_at = Some(Instant::now() + self.opts.interrupt_grace);
+                    } else if cell.replied() {
+                        // The interrupt worked (the reply came): what it printed before is still
+                        // arriving; the idle status (or IOPUB_GRACE) ends the cell.
+                        grace_at = Some(far);
+                    } else {
+                        // The kernel ignored the interrupt: kill it and start a fresh one.
+                        let mut r = cell.cut(ExecStatus::Timeout, "CellTimeoutError", restarted_after_timeout(opts.timeout));
+                        r.restarted = true;
+                        self.restart().await.context("restarting the kernel after a timeout")?;
+                        r.duration = started.elapsed().as_secs_f64();
+                        return Ok(r);
+                    }
+                }
                 m = p.iopub_rx.recv() => {
                     let Some(m) = m else { dead = Some(wait_exit(p).await); break };
                     cell.iopub(m, &mut opts);
@@ -80,26 +106,6 @@ impl LocalKernel {
                     }
                     dead = p.exited();
                     break;
-                }
-                _ = tokio::time::sleep_until(wake.into()) => {
-                    if grace_at.is_none() {
-                        tracing::debug!("cell timed out; interrupting the kernel");
-                        let _ = self.shared.interrupt().await;
-                        grace_at = Some(Instant::now() + self.opts.interrupt_grace);
-                    } else {
-                        // The kernel ignored the interrupt: kill it and start a fresh one.
-                        let mut r = cell.cut(ExecStatus::Timeout, "CellTimeoutError", restarted_after_timeout(opts.timeout));
-                        r.restarted = true;
-                        self.restart().await.context("restarting the kernel after a timeout")?;
-                        r.duration = started.elapsed().as_secs_f64();
-                        return Ok(r);
-                    }
-                }
-                _ = crate::signals::token().cancelled() => {
-                    let _ = self.shared.interrupt().await;
-                    // keep what the cell printed so far: the caller may still save it
-                    let r = cell.cut(ExecStatus::Error, "KeyboardInterrupt", "interrupted (Ctrl-C)".into());
-                    bail!(KernelError::InterruptedCell(Box::new(r)));
                 }
             }
         }
