@@ -129,11 +129,8 @@ impl Drop for Tmpfs {
     }
 }
 
-#[test]
-fn a_full_disk_mid_notebook_is_never_reported_as_saved_or_archived() {
-    // On a full disk the executed notebook lost its last cells, yet the run said "[EXEC] Saved final state",
-    // archived it and exited 0.
-    let fill = r#"import os
+/// A cell that writes until the disk is full, then says so.
+pub(crate) const FILL_THE_DISK: &str = r#"import os
 chunk = b"x" * 65536
 try:
     with open(os.path.join(os.environ["OUTPUT_DIR"], "fill.bin"), "wb") as f:
@@ -142,6 +139,12 @@ try:
             f.flush()
 except OSError as e:
     print("disk full:", e.strerror)"#;
+
+#[test]
+fn a_full_disk_mid_notebook_is_never_reported_as_saved_or_archived() {
+    // On a full disk the executed notebook lost its last cells, yet the run said "[EXEC] Saved final state",
+    // archived it and exited 0.
+    let fill = FILL_THE_DISK;
     let p = Project::new(
         json!({"experiment": {"max_iterations": 2}}),
         simple_handler(vec![generation_reply(&[

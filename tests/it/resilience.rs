@@ -126,15 +126,7 @@ fn two_resumes_of_one_summary_never_run_at_once() {
 fn a_full_disk_still_archives_the_best_trial_and_resume_finishes_the_summary() {
     // The archive plan had to be written to the summary before the rename; on a full disk that write
     // failed, no rename happened and the best trial was lost to phase 3.
-    let fill = r#"import os
-chunk = b"x" * 65536
-try:
-    with open(os.path.join(os.environ["OUTPUT_DIR"], "fill.bin"), "wb") as f:
-        while True:
-            f.write(chunk)
-            f.flush()
-except OSError as e:
-    print("disk full:", e.strerror)"#;
+    let fill = crate::faults::FILL_THE_DISK;
     let p = Project::new(
         json!({"experiment": {"max_iterations": 3, "success_threshold": 0.99}}),
         simple_handler(vec![
