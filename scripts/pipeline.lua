@@ -693,8 +693,7 @@ function M.execute_step(trial, s1, ctx, pre)
             r = run_cell(k, nb:cell(i).source, { timeout = timeout })
             record(nb, i, r, exec_path)
             ctx:event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, rerun = true })
-            if r.status == "ok" then break end
-            ctx:line(string.format("[GRAPH] Error in Node %s (cell %d): %s", qid, i - 1, q(ctx, short(r), "cell error")))
+            goto next_try -- ok ends the loop; a failure is reported and goes to the fix rounds
           end
           if round >= max_rounds then
             outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1,
@@ -728,6 +727,7 @@ function M.execute_step(trial, s1, ctx, pre)
           r = run_cell(k, new, { timeout = timeout })
           record(nb, i, r, exec_path)
           ctx:event("cell", { cell_index = i - 1, id = id, status = r.status, duration = r.duration, round = round })
+          ::next_try::
         end
         if not outcome.ok then break end
         table.insert(done, i)

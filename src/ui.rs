@@ -74,34 +74,35 @@ pub fn spinner(msg: impl Into<String>) -> ProgressBar {
 /// Returns what the guard changed (for the event log).
 pub fn line(text: &str) -> Cleaned {
     let g = untrusted::guard(text, Stream::Stdout, false);
+    write_line(false, &g.text);
+    g
+}
+
+/// Write one (already guarded) line to stdout or stderr and flush it, without tearing progress bars.
+fn write_line(to_stderr: bool, text: &str) {
     let print = || {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", g.text);
-        let _ = out.flush();
+        if to_stderr {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{text}");
+            let _ = err.flush();
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+        }
     };
     if progress_enabled() {
         multi().suspend(print);
     } else {
         print();
     }
-    g
 }
 
 /// Print free text to stdout (a script's `print`, a cell's output): each of its lines guarded, and none
 /// may carry a runner marker (only `line` prints those).
 pub fn plain(text: &str) {
     for l in text.split('\n') {
-        let g = untrusted::guard(l, Stream::Plain, false);
-        let print = || {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", g.text);
-            let _ = out.flush();
-        };
-        if progress_enabled() {
-            multi().suspend(print);
-        } else {
-            print();
-        }
+        write_line(false, &untrusted::guard(l, Stream::Plain, false).text);
     }
 }
 
@@ -126,16 +127,7 @@ pub fn eline_styled(text: &str) -> Cleaned {
 
 fn eline_with(text: &str, keep_esc: bool) -> Cleaned {
     let g = untrusted::guard(text, Stream::Stderr, keep_esc);
-    let print = || {
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "{}", g.text);
-        let _ = err.flush();
-    };
-    if progress_enabled() {
-        multi().suspend(print);
-    } else {
-        print();
-    }
+    write_line(true, &g.text);
     g
 }
 

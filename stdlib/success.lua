@@ -122,17 +122,8 @@ function M.seed_stats(seeds)
   end
   local st = { n = #xs, runs = #seeds }
   if #xs == 0 then return st end
-  local sum, lo, hi = 0, math.huge, -math.huge
-  for _, v in ipairs(xs) do
-    sum = sum + v
-    lo, hi = math.min(lo, v), math.max(hi, v)
-  end
-  st.mean, st.min, st.max = sum / #xs, lo, hi
-  if #xs >= 2 then
-    local ss = 0
-    for _, v in ipairs(xs) do ss = ss + (v - st.mean) ^ 2 end
-    st.sd = math.sqrt(ss / (#xs - 1))
-  end
+  st.mean, st.sd = require("report").mean_sd(xs)
+  st.min, st.max = math.min(table.unpack(xs)), math.max(table.unpack(xs))
   return st
 end
 
@@ -198,17 +189,9 @@ M.criteria.threshold = {
   end,
 }
 
--- Holm's step-down adjustment of p-values (a list), in the input order.
+-- Holm's step-down adjustment of p-values (a list), in the input order (the host's, as compare uses).
 function M.holm(ps)
-  local m, order = #ps, {}
-  for i = 1, m do order[i] = i end
-  table.sort(order, function(a, b) return ps[a] < ps[b] end)
-  local out, running = {}, 0
-  for rank, i in ipairs(order) do
-    running = math.max(running, math.min(1, (m - rank + 1) * ps[i]))
-    out[i] = running
-  end
-  return out
+  return require("report").holm(ps)
 end
 
 -- The Holm-adjusted p of `name` in a compare table: compare's own (holm_p), else Holm over the models

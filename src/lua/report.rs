@@ -21,6 +21,10 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
     t.set("load_metrics", lua.create_function(load_metrics)?)?;
     t.set("compare", lua.create_function(compare)?)?;
     t.set("score", lua.create_function(score)?)?;
+    // report.holm({p1, p2, ...}) -> Holm-adjusted p-values in the same order (what compare's holm_p uses)
+    t.set("holm", lua.create_function(|lua, ps: Vec<f64>| array(lua, stats::holm(&ps)))?)?;
+    // report.mean_sd({x1, x2, ...}) -> mean, sample SD (nil when fewer than 1 / 2 values)
+    t.set("mean_sd", lua.create_function(|_, xs: Vec<f64>| Ok(stats::mean_sd(&xs)))?)?;
     t.set("markdown", lua.create_function(markdown)?)?;
     t.set("narrative_input", lua.create_function(narrative_input)?)?;
     t.set("narrative_messages", lua.create_function(narrative_messages)?)?;

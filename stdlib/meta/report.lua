@@ -284,4 +284,15 @@ function report.mermaid(nb, opts) end
 ---@return cellsci.report.Direction
 function report.direction(metric) end
 
+---Holm's step-down adjustment of p-values, in the input order (what `compare`'s `holm_p` uses).
+---@param ps number[]
+---@return number[]
+function report.holm(ps) end
+
+---Mean and sample SD of a list of numbers (nil when there are too few).
+---@param xs number[]
+---@return number|nil mean
+---@return number|nil sd
+function report.mean_sd(xs) end
+
 return report
