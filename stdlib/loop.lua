@@ -479,6 +479,16 @@ function L:node(o)
   return node
 end
 
+-- What the criterion (success.judge) is given for a node's result: the score and the threshold, the
+-- metrics and their comparison, the node's record, its seed runs when there are any.
+function L:evidence(node, res)
+  local exp = section("experiment")
+  return { score = res.score, threshold = self.threshold, metric = self.pm, direction = exp.direction,
+    criterion = exp.criterion, alpha = exp.alpha, metrics = res.metrics, compare = res.compare, winner = res.winner,
+    baseline = res.baseline, trial = node.trial, seeds = res.seeds,
+    record = { iter = node.iter, kind = node.kind, parent = node.parent } }
+end
+
 -- Generate, execute and analyze the node's trial (pipeline.attempt), after a reload of edited scripts.
 -- With experiment.confirm_seeds = k, a node whose score would meet the criterion is run again k times
 -- with other seeds first (pipeline.confirm_seeds); its score becomes the mean of its runs, and the
@@ -489,11 +499,7 @@ function L:attempt(node, opts)
   local res, err = pipeline().attempt(node.ctx, opts)
   local k = math.floor(tonumber(section("experiment").confirm_seeds) or 0)
   if res and k > 0 and res.score ~= nil and res.executed and res.executed.ok then
-    local exp = section("experiment")
-    local would = pipeline().policy("success", "judge", { score = res.score, threshold = self.threshold,
-      metric = self.pm, direction = exp.direction, criterion = exp.criterion, alpha = exp.alpha,
-      metrics = res.metrics, compare = res.compare, winner = res.winner, baseline = res.baseline, trial = node.trial,
-      record = { iter = node.iter, kind = node.kind, parent = node.parent } })
+    local would = pipeline().policy("success", "judge", self:evidence(node, res))
     if would then
       local runs = pipeline().confirm_seeds(node.ctx, opts, res.score, k)
       local scores, failed = {}, {}
@@ -562,10 +568,7 @@ function L:record(node, res, err, how)
     host.reload({ events = ctx.events })
     local P = pipeline()
     local exp = section("experiment")
-    local met, why, detail = P.policy("success", "judge", { score = res.score, threshold = self.threshold, metric = pm,
-      direction = exp.direction, criterion = exp.criterion, alpha = exp.alpha, metrics = res.metrics,
-      compare = res.compare, winner = res.winner, baseline = res.baseline, trial = node.trial, seeds = res.seeds,
-      record = { iter = node.iter, kind = node.kind, parent = node.parent } })
+    local met, why, detail = P.policy("success", "judge", self:evidence(node, res))
     rec.criteria_met, rec.judgement = met and true or false, why
     if res.seeds then rec.seeds, rec.first_score = res.seeds, res.first_score end
     if res.seed_failures then
