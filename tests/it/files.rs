@@ -2,7 +2,6 @@
 //! to `.`, a FIFO or a sparse giant as metrics.json, a full disk) must not lead the host astray. Each runs
 //! the real binary on real files; the assertions are what a user sees.
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::util::{self, cellsci, tempdir};
@@ -172,36 +171,12 @@ fn an_oversized_metrics_json_is_refused_before_it_is_read() {
 
 /// A small tmpfs mounted for a test, unmounted when dropped; None (with a printed reason) where this
 /// process may not mount one.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            println!("SKIPPED: cannot mount a tmpfs here (needs root): {}", util::text(&out).trim());
-            return None;
-        }
-        Some(Tmpfs(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// Regression: on ENOSPC the event log ended in a half line (unreadable for every tool that parses
 /// it); each line must be written whole or not at all, and the failure reported once.
 #[test]
 fn the_event_log_on_a_full_disk_keeps_whole_lines_and_warns_once() {
     let dir = tempdir();
-    let Some(_fs) = Tmpfs::mount(&dir.path().join("full"), "64k") else { return };
+    let Some(_fs) = crate::faults::Tmpfs::mount(&dir.path().join("full"), "64k") else { return };
     let (out, _) = script_within(
         dir.path(),
         r#"
