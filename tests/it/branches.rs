@@ -252,7 +252,14 @@ fn a_killed_tree_run_resumes_to_a_finished_archived_loop() {
     assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
     let s = read_json(&file);
     assert!(s["finished_at"].is_string());
-    assert_eq!(s["iterations_executed"], 6, "{s:#}");
+    // all six nodes, unless the chain of improvements met the 0.9 threshold first (the scheduler can get
+    // there in five: the nodes still running are then cancelled)
+    if s["criteria_met"] == true {
+        assert!(s["iterations_executed"].as_u64().unwrap() <= 6, "{s:#}");
+        assert_eq!(s["best_trial_dir"], s["archived_dir"], "{s:#}");
+    } else {
+        assert_eq!(s["iterations_executed"], 6, "{s:#}");
+    }
     assert!(s["best_score"].as_f64().unwrap() >= 0.45, "{s:#}");
     assert_eq!(p.archived().len(), 1);
     p.assert_no_kernel_left();
