@@ -1115,3 +1115,107 @@ fn an_endless_print_is_cut_by_its_timeout_with_a_bounded_notebook() {
     let v = read_json(&d.path().join("out.ipynb"));
     assert_eq!(stdout_of(&v["cells"][1]), "after 42\n", "the same kernel went on");
 }
+
+// ---- issue 24 item 5: nbclient's own test notebooks give what nbclient gives ----
+
+/// The notebooks of nbclient's `test_run_all_notebooks` that need nothing beyond ipykernel (its
+/// `Interrupt.ipynb` needs a timeout setting and `JupyterWidgets.ipynb` ipywidgets), with whether nbclient
+/// runs them with `allow_errors`.
+const NBCLIENT_SUITE: &[(&str, bool)] = &[
+    ("Other Comms.ipynb", false),
+    ("Clear Output.ipynb", false),
+    ("Empty Cell.ipynb", false),
+    ("Factorials.ipynb", false),
+    ("HelloWorld.ipynb", false),
+    ("Inline Image.ipynb", false),
+    ("Skip Exceptions with Cell Tags.ipynb", false),
+    ("Skip Exceptions.ipynb", true),
+    ("Skip Execution with Cell Tag.ipynb", false),
+    ("SVG.ipynb", false),
+    ("Unicode.ipynb", false),
+    ("UnicodePy3.ipynb", false),
+    ("update-display-id.ipynb", false),
+    ("Check History in Memory.ipynb", false),
+];
+
+/// The folder of nbclient's test notebooks that `.ci/run` unpacks from nbclient's source distribution,
+/// or None after saying the comparison is skipped (under `CI=true` its absence fails instead).
+fn nbclient_test_files() -> Option<std::path::PathBuf> {
+    let p = util::test_venv().join("share/nbclient-tests/files");
+    if p.join("HelloWorld.ipynb").is_file() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "CI=true: nbclient's test notebooks are missing from {} (.ci/run unpacks them)",
+        p.display()
+    );
+    eprintln!("SKIPPED: nbclient's test notebooks are not in {} (run .ci/run, which unpacks them)", p.display());
+    None
+}
+
+/// Every one of nbclient's test notebooks, run by nbclient and by `cellsci notebook run` in the same
+/// kernel (the test venv's), gives the same outputs and execution counts, compared as nbclient's test suite
+/// compares them (the notebooks' stored outputs come from older IPython versions, whose tracebacks
+/// nbclient itself no longer matches).
+#[test]
+fn nbclient_test_notebooks_give_the_outputs_nbclient_gives() {
+    let Some(files) = nbclient_test_files() else { return };
+    let d = util::tempdir();
+    let want_dir = d.path().join("nbclient");
+    let got_dir = d.path().join("cellsci");
+    std::fs::create_dir_all(&want_dir).unwrap();
+    std::fs::create_dir_all(&got_dir).unwrap();
+    let runner = util::repo().join("tests/data/notebooks/nbclient_suite/run_nbclient.py");
+    let names: Vec<String> =
+        NBCLIENT_SUITE.iter().map(|(n, ae)| if *ae { format!("{n}:allow_errors") } else { n.to_string() }).collect();
+    let o = std::process::Command::new(python())
+        .arg(&runner)
+        .arg(&files)
+        .arg(&want_dir)
+        .args(&names)
+        .env("JUPYTER_PLATFORM_DIRS", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "nbclient failed: {}", util::text(&o));
+    let mut differ = Vec::new();
+    for (name, allow_errors) in NBCLIENT_SUITE {
+        let out = got_dir.join(name);
+        let mut c = util::cellsci(&files);
+        c.args(["notebook", "run"]).arg(files.join(name)).arg(&out).arg("--python").arg(python());
+        if *allow_errors {
+            c.arg("--allow-errors");
+        }
+        let o = c.env("COLUMNS", "80").env("LINES", "24").output().unwrap();
+        ok(&o);
+        validate(&out);
+        let (want, got) = (read_json(&want_dir.join(name)), read_json(&out));
+        let (want, got) = (want["cells"].as_array().unwrap(), got["cells"].as_array().unwrap());
+        assert_eq!(want.len(), got.len(), "{name}: number of cells");
+        let norm = |c: &serde_json::Value| -> serde_json::Value {
+            serde_json::json!(c["outputs"]
+                .as_array()
+                .map(|a| a.iter().map(normalize_output).collect())
+                .unwrap_or_else(Vec::new))
+        };
+        for (i, (w, g)) in want.iter().zip(got).enumerate() {
+            if norm(w) != norm(g) || w["execution_count"] != g["execution_count"] {
+                differ.push(format!(
+                    "{name}, cell {}:\n  nbclient: {} (count {})\n  cellsci:  {} (count {})",
+                    i + 1,
+                    norm(w),
+                    w["execution_count"],
+                    norm(g),
+                    g["execution_count"]
+                ));
+            }
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "{} cells of {} notebooks differ from nbclient:\n{}",
+        differ.len(),
+        NBCLIENT_SUITE.len(),
+        differ.join("\n")
+    );
+}
