@@ -391,6 +391,7 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
         sink.send(nb, Change::Metadata { metadata: md })
     }
 
+    tracing::debug!("starting the kernel {:?} after cellsci started", t0.elapsed());
     let spin = crate::ui::spinner("starting kernel");
     let started_kernel = async {
         let spec = if opts.gateway.is_some() { None } else { Some(crate::kernel::resolve_spec(&opts).await?) };
@@ -527,7 +528,9 @@ pub async fn run(args: &NotebookRunArgs, quiet: bool) -> Result<u8> {
         }
     }
     bar.finish_and_clear();
+    let t_shut = Instant::now();
     kernel.shutdown().await;
+    tracing::debug!("kernel shut down in {:?}", t_shut.elapsed());
     // The banner: papermill's two markdown cells, one at the top and one just before the failed cell.
     let first_failed = rec.failed.first().map(|f| (f.i, f.count));
     let banner_at = first_failed.filter(|_| args.banner);

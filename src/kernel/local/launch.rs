@@ -265,6 +265,7 @@ impl LocalKernel {
                 bail!(KernelError::Interrupted);
             }
             if listening(&info).await {
+                tracing::debug!("kernel {} listening after {:?}", self.spec.name, started.elapsed());
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -310,13 +311,17 @@ impl LocalKernel {
                 // A reader that ended lost its socket: fail now rather than at the deadline.
                 m = proc.shell_rx.recv() => match m {
                     Some(m) => if ours(&m) && m.msg_type == "kernel_info_reply" {
+                        tracing::debug!("kernel_info_reply after {:?} ({} asked)", started.elapsed(), sent.len());
                         got_reply = true;
                         self.info = Some(m.content);
                     },
                     None => return Err(fail(&proc, "lost its shell connection while starting")),
                 },
                 m = proc.iopub_rx.recv() => match m {
-                    Some(m) => if ours(&m) { got_iopub = true },
+                    Some(m) => if ours(&m) && !got_iopub {
+                        tracing::debug!("iopub message after {:?} ({} asked)", started.elapsed(), sent.len());
+                        got_iopub = true
+                    },
                     None => return Err(fail(&proc, "lost its iopub connection while starting")),
                 },
                 _ = proc.exit_rx.changed() => return Err(fail(&proc, "exited while starting")),
