@@ -285,8 +285,7 @@ local function request_notebook(system, user, trial, ctx)
       if cells then return cells, hg, attempts end
       -- a content filter's refusal is said as what it is: rephrasing the ideas or the prompt is the fix
       if type(err) == "table" and err.kind == "content_filter" then
-        return nil, nil, attempts, "the provider's content filter refused the generation request (change the "
-          .. "prompt or the ideas, or the endpoint's content policy): " .. tostring(err.message), err
+        return nil, nil, attempts, "the generation request was refused: " .. tostring(err.message), err
       end
       return nil, nil, attempts, "the generation request failed: " .. tostring(err), err
     end

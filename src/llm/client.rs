@@ -450,7 +450,7 @@ fn content_filter_failure(msg: &str, categories: &str, did: &str) -> Failure {
     let cats = if categories.is_empty() { String::new() } else { format!(" (filtered: {categories})") };
     Failure::new(
         Kind::ContentFilter,
-        format!("the provider's content filter {did}{cats}: {msg}; not retried: the same request would be filtered again"),
+        format!("the provider's content filter {did}{cats}: {msg}"),
     )
 }
 
@@ -584,8 +584,7 @@ pub fn check_reply(reply: Reply, req: &Request) -> Result<Reply, Failure> {
         let mut f = Failure::new(
             Kind::ContentFilter,
             format!(
-                "the provider's content filter stopped the reply after {} chars (finish_reason content_filter); \
-                 not retried: the same request would be filtered again",
+                "the provider's content filter stopped the reply after {} chars (finish_reason content_filter)",
                 reply.text.chars().count()
             ),
         );
@@ -859,7 +858,7 @@ mod tests {
             f.message,
             "HTTP 400 Bad Request: the provider's content filter refused the prompt (filtered: hate (high), violence \
              (medium)): The response was filtered due to the prompt triggering Azure OpenAI's content management \
-             policy. Please modify your prompt and retry.; not retried: the same request would be filtered again"
+             policy. Please modify your prompt and retry."
         );
         let body = json!({"choices": [{"index": 0, "finish_reason": "content_filter",
             "message": {"role": "assistant", "content": "Step 1: the"},
