@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::pipeline::{generation_reply, merge, metrics_cell, read_json, simple_handler, walk, Project};
+use crate::pipeline::{generation_reply, merge, metrics_cell, read_json, simple_handler, walk, Kind, Project};
 use crate::util::fake_llm::{Received, Reply};
 use crate::util::{self, cellsci};
 
@@ -82,10 +82,46 @@ fn gemini_gate(key: &'static str) -> impl Fn(&Received) -> Option<Reply> + Send 
     }
 }
 
+/// A streamed completion as Azure OpenAI sends it: a first chunk with no choices holding the prompt's
+/// `prompt_filter_results`, then content chunks each with its `content_filter_results`, the finish, the
+/// usage chunk, `[DONE]`.
+fn azure_sse(text: &str) -> Reply {
+    let safe = json!({"hate": {"filtered": false, "severity": "safe"}, "self_harm": {"filtered": false, "severity": "safe"},
+                      "sexual": {"filtered": false, "severity": "safe"}, "violence": {"filtered": false, "severity": "safe"}});
+    let mut out = format!(
+        "data: {}\n\n",
+        json!({"choices": [], "created": 0, "id": "", "model": "", "object": "",
+               "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": safe}]})
+    );
+    let chunk = |delta: Value, finish: Value, filters: Value| {
+        json!({"choices": [{"content_filter_results": filters, "delta": delta, "finish_reason": finish, "index": 0,
+                            "logprobs": null}],
+               "created": 1733100000, "id": "chatcmpl-AZ", "model": "gpt-4o-2024-11-20", "object": "chat.completion.chunk",
+               "system_fingerprint": "fp_az"})
+    };
+    out += &format!("data: {}\n\n", chunk(json!({"content": "", "role": "assistant"}), Value::Null, json!({})));
+    let chars: Vec<char> = text.chars().collect();
+    for piece in chars.chunks(40) {
+        let piece: String = piece.iter().collect();
+        out += &format!("data: {}\n\n", chunk(json!({"content": piece}), Value::Null, safe.clone()));
+    }
+    out += &format!("data: {}\n\n", chunk(json!({}), json!("stop"), json!({})));
+    out += &format!(
+        "data: {}\n\ndata: [DONE]\n\n",
+        json!({"choices": [], "created": 1733100000, "id": "chatcmpl-AZ", "model": "gpt-4o-2024-11-20",
+               "object": "chat.completion.chunk", "usage": {"completion_tokens": 300, "prompt_tokens": 900, "total_tokens": 1200}})
+    );
+    Reply::Http { status: 200, headers: vec![("content-type".into(), "text/event-stream; charset=utf-8".into())], body: out.into_bytes() }
+}
+
 /// A pipeline project whose `llm` section is `llm` merged over the test default (`{ADDR}` is the fake
 /// server's host:port), and whose key is not in the config unless `llm` puts it there.
 fn project(llm: Value, gen: Vec<String>) -> Project {
-    let p = Project::new(json!({}), simple_handler(gen));
+    project_with(llm, simple_handler(gen))
+}
+
+fn project_with(llm: Value, handler: crate::pipeline::Handler) -> Project {
+    let p = Project::new(json!({}), handler);
     let path = p.path().join("generate_execution_config.json");
     let mut cfg = read_json(&path);
     let llm: Value = serde_json::from_str(&llm.to_string().replace("{ADDR}", &p._srv.addr().to_string())).unwrap();
@@ -130,9 +166,14 @@ fn stdout(o: &Output) -> String {
 
 #[test]
 fn a_run_through_azure_deployments_sends_api_key_and_api_version_and_waits_the_delay_azure_names() {
-    let p = project(
+    let gen = good_notebook().remove(0);
+    let p = project_with(
         json!({"provider": "azure", "base_url": "http://{ADDR}", "deployment": "gpt4o-lab", "model": "gpt-4o"}),
-        good_notebook(),
+        Box::new(move |kind, req, _| match kind {
+            Kind::Generation if req["stream"] == json!(true) => azure_sse(&gen),
+            Kind::Generation => Reply::text(&gen),
+            _ => Reply::text("The better model wins on every fold."),
+        }),
     );
     let srv = &p._srv;
     // the documented default api-version, the key from AZURE_OPENAI_API_KEY in the api-key header
@@ -166,8 +207,10 @@ fn a_run_through_azure_deployments_sends_api_key_and_api_version_and_waits_the_d
         assert_eq!(r.header("api-key"), Some(AZ_KEY));
         assert_eq!(r.header("authorization"), None);
     }
-    // the generation request streams (Azure's SSE), the narrative does not
+    // the generation request streams (read from Azure's SSE, with its filter results), the narrative does not
     assert_eq!(rx[1].body["stream"], json!(true), "{}", rx[1].body);
+    let s = p.summary();
+    assert_eq!(s["iterations"][0]["usage"]["prompt_tokens"].as_u64().map(|t| t >= 900), Some(true), "{s:#}");
     assert_eq!(rx[1].body["messages"][0]["role"], "system");
     assert_hidden(p.path(), &out, &[AZ_KEY]);
 }
