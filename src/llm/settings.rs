@@ -408,7 +408,7 @@ impl Settings {
     pub fn headers_authenticate(&self) -> bool {
         self.headers.iter().any(|(k, _)| {
             let k = k.to_ascii_lowercase();
-            k == "authorization" || k == "api-key" || k == "x-api-key"
+            ["auth", "key", "token"].iter().any(|w| k.contains(w))
         })
     }
 

@@ -499,3 +499,33 @@ fn an_azure_config_without_key_or_token_says_which_variables_it_reads() {
     assert!(t.contains("AZURE_OPENAI_API_KEY") && t.contains("AZURE_OPENAI_AD_TOKEN"), "{t}");
 }
 
+
+#[test]
+fn a_field_gemini_does_not_know_is_dropped_after_its_list_shaped_400() {
+    let srv = crate::util::fake_llm::FakeLlm::start();
+    srv.set_gate(gemini_gate(GEMINI_KEY));
+    srv.push_reply_with(json_reply(
+        400,
+        json!([{"error": {"code": 400, "message": "Invalid JSON payload received. Unknown name \"seed\": Cannot find field.",
+            "status": "INVALID_ARGUMENT", "details": [{"@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": [{"description": "Invalid JSON payload received. Unknown name \"seed\": Cannot find field."}]}]}}]),
+    ));
+    let url = srv.url().replace("/v1", "/v1beta/openai/");
+    let (out, dir) = script(
+        &srv,
+        json!({"model": "gemini-2.5-flash", "base_url": url, "api_key": GEMINI_KEY, "timeout": 10}),
+        r#"
+        local r, err = require("llm").chat{prompt = "x", extra = {seed = 7, top_p = 0.5}}
+        assert(r, tostring(err))
+        assert(r.attempts == 2, r.attempts)
+        "#,
+        &[],
+    );
+    let t = util::ok(&out);
+    assert!(t.contains("from now on for this model: seed not sent"), "{t}");
+    let b = srv.requests();
+    assert_eq!(b.len(), 2);
+    assert_eq!((b[0]["seed"].clone(), b[1].get("seed")), (json!(7), None));
+    assert_eq!(b[1]["top_p"], json!(0.5), "only the field named is dropped");
+    assert_hidden(dir.path(), &out, &[GEMINI_KEY]);
+}
