@@ -563,11 +563,17 @@ fn check(v: &Value, kind: Kind) -> Result<Option<Value>, std::borrow::Cow<'stati
             let m = v.as_object().ok_or("a mapping of HTTP header names to strings")?;
             for (k, x) in m {
                 if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
-                    return Err(format!("valid HTTP header names ('{}' is not one)", describe(&Value::String(k.clone())).trim_matches('"')).into());
+                    return Err(format!(
+                        "valid HTTP header names ('{}' is not one)",
+                        describe(&Value::String(k.clone())).trim_matches('"')
+                    )
+                    .into());
                 }
                 match x.as_str() {
                     Some(s) if reqwest::header::HeaderValue::from_str(s).is_ok() => {}
-                    Some(_) => return Err(format!("header values without line breaks or control characters ({k})").into()),
+                    Some(_) => {
+                        return Err(format!("header values without line breaks or control characters ({k})").into())
+                    }
                     None => return Err(format!("string header values ({k} is not a string)").into()),
                 }
             }

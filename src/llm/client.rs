@@ -408,7 +408,9 @@ fn content_filter_of(e: &Value) -> Option<String> {
     if !hit {
         return None;
     }
-    Some(filtered_categories(inner.and_then(|i| i.get("content_filter_result").or_else(|| i.get("content_filter_results")))))
+    Some(filtered_categories(
+        inner.and_then(|i| i.get("content_filter_result").or_else(|| i.get("content_filter_results"))),
+    ))
 }
 
 /// `hate (medium), jailbreak`: the categories a content filter result marks as filtered.
@@ -448,10 +450,7 @@ fn from_error_object(v: &Value, e: &Value, what: &str, status: Option<u16>) -> F
 
 fn content_filter_failure(msg: &str, categories: &str, did: &str) -> Failure {
     let cats = if categories.is_empty() { String::new() } else { format!(" (filtered: {categories})") };
-    Failure::new(
-        Kind::ContentFilter,
-        format!("the provider's content filter {did}{cats}: {msg}"),
-    )
+    Failure::new(Kind::ContentFilter, format!("the provider's content filter {did}{cats}: {msg}"))
 }
 
 fn one_line(s: &str) -> String {
@@ -832,18 +831,28 @@ mod tests {
     #[test]
     fn retry_delays_named_in_error_bodies() {
         let d = |b: &str| body_retry_delay(&serde_json::from_str(b).unwrap());
-        assert_eq!(d(r#"{"error": {"message": "Rate limit reached for gpt-4o. Please try again in 20s."}}"#), Some(20.0));
+        assert_eq!(
+            d(r#"{"error": {"message": "Rate limit reached for gpt-4o. Please try again in 20s."}}"#),
+            Some(20.0)
+        );
         assert_eq!(d(r#"{"error": {"message": "Please try again in 1.5s. Visit ..."}}"#), Some(1.5));
         assert_eq!(d(r#"{"error": {"message": "Limit 30000, Used 29950. Please try again in 120ms."}}"#), Some(0.12));
         assert_eq!(d(r#"{"error": {"message": "Please try again in 1m30s."}}"#), Some(90.0));
         assert_eq!(d(r#"[{"error": {"message": "Quota exceeded. Please retry in 1.527046s."}}]"#), Some(1.527046));
         assert_eq!(
-            d(r#"{"error": {"code": "429", "message": "Requests to the ChatCompletions_Create Operation have exceeded the rate limit. Please retry after 7 seconds."}}"#),
+            d(
+                r#"{"error": {"code": "429", "message": "Requests to the ChatCompletions_Create Operation have exceeded the rate limit. Please retry after 7 seconds."}}"#
+            ),
             Some(7.0)
         );
         assert_eq!(d(r#"{"error": {"message": "slow down", "retry_after": 12}}"#), Some(12.0));
         assert_eq!(d(r#"{"error": "slow down", "retry_after": "3"}"#), Some(3.0));
-        assert_eq!(d(r#"{"error": {"details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": {"seconds": 4, "nanos": 500000000}}]}}"#), Some(4.5));
+        assert_eq!(
+            d(
+                r#"{"error": {"details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": {"seconds": 4, "nanos": 500000000}}]}}"#
+            ),
+            Some(4.5)
+        );
         assert_eq!(d(r#"{"error": {"message": "Rate limit reached"}}"#), None);
         assert_eq!(d(r#"{"error": {"message": "retry in a moment"}}"#), None);
     }
@@ -866,7 +875,12 @@ mod tests {
             "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}});
         let f = parse_completion(body.to_string().as_bytes(), &req(), 0.1, 200).unwrap_err();
         assert_eq!(f.kind, Kind::ContentFilter);
-        assert!(f.message.contains("stopped the reply after 11 chars (filtered: violence (high); finish_reason content_filter)"), "{}", f.message);
+        assert!(
+            f.message
+                .contains("stopped the reply after 11 chars (filtered: violence (high); finish_reason content_filter)"),
+            "{}",
+            f.message
+        );
         assert_eq!(f.reply.unwrap().text, "Step 1: the");
     }
 

@@ -107,7 +107,10 @@ mod tests {
             "https://lab.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2025-04-01-preview"
         );
         let st = s("https://lab.openai.azure.com/openai/v1", json!({"deployment": "prod-4o"}));
-        assert_eq!((st.chat_url(&st.model), st.model.as_str()), ("https://lab.openai.azure.com/openai/v1/chat/completions".into(), "prod-4o"));
+        assert_eq!(
+            (st.chat_url(&st.model), st.model.as_str()),
+            ("https://lab.openai.azure.com/openai/v1/chat/completions".into(), "prod-4o")
+        );
         let st = s("https://api.openai.com", json!({}));
         assert_eq!(st.chat_url("gpt-4o"), "https://api.openai.com/v1/chat/completions");
     }

@@ -243,8 +243,11 @@ impl Settings {
             })
         };
         let azure = is_azure(llm);
-        let (base_url, provider, url_deployment, url_version) =
-            if azure { azure_base_url(&llm.base_url)? } else { (normalize_base_url(&llm.base_url)?, Provider::OpenAi, None, None) };
+        let (base_url, provider, url_deployment, url_version) = if azure {
+            azure_base_url(&llm.base_url)?
+        } else {
+            (normalize_base_url(&llm.base_url)?, Provider::OpenAi, None, None)
+        };
         let api_version = str_key(llm, "api_version").map(str::to_string).or(url_version);
         let deployment = str_key(llm, "deployment").map(str::to_string).or(url_deployment);
         let headers: Vec<(String, String)> = match extra.get("headers") {
@@ -378,7 +381,8 @@ impl Settings {
         use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
         let mut h = HeaderMap::new();
         let secret_value = |v: &str| -> Result<HeaderValue, String> {
-            let mut v = HeaderValue::from_str(v).map_err(|_| "the API key holds characters a header cannot carry".to_string())?;
+            let mut v = HeaderValue::from_str(v)
+                .map_err(|_| "the API key holds characters a header cannot carry".to_string())?;
             v.set_sensitive(true);
             Ok(v)
         };
@@ -391,12 +395,14 @@ impl Settings {
         }
         for (name, v) in [("openai-organization", &self.organization), ("openai-project", &self.project)] {
             if let Some(v) = v {
-                let v = HeaderValue::from_str(v).map_err(|_| format!("llm.{}: not a valid header value", &name[7..]))?;
+                let v =
+                    HeaderValue::from_str(v).map_err(|_| format!("llm.{}: not a valid header value", &name[7..]))?;
                 h.insert(name, v);
             }
         }
         for (k, v) in &self.headers {
-            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("llm.headers: '{k}' is not a header name"))?;
+            let name =
+                HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("llm.headers: '{k}' is not a header name"))?;
             let mut v = HeaderValue::from_str(v).map_err(|_| format!("llm.headers.{k}: not a valid header value"))?;
             v.set_sensitive(self.secret_headers.contains(k));
             h.insert(name, v);
@@ -464,7 +470,8 @@ pub fn azure_base_url(raw: &str) -> Result<(String, Provider, Option<String>, Op
     let version = url.query_pairs().find(|(k, _)| k == "api-version").map(|(_, v)| v.into_owned());
     url.set_query(None);
     url.set_fragment(None);
-    let segs: Vec<String> = url.path_segments().map(|p| p.filter(|s| !s.is_empty()).map(str::to_string).collect()).unwrap_or_default();
+    let segs: Vec<String> =
+        url.path_segments().map(|p| p.filter(|s| !s.is_empty()).map(str::to_string).collect()).unwrap_or_default();
     let mut segs = segs;
     for tail in [["chat", "completions"].as_slice(), ["completions"].as_slice()] {
         if segs.ends_with(&tail.iter().map(|s| s.to_string()).collect::<Vec<_>>()) {

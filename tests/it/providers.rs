@@ -71,7 +71,10 @@ fn azure_gate(path: String, auth: AzureAuth) -> impl Fn(&Received) -> Option<Rep
 fn gemini_gate(key: &'static str) -> impl Fn(&Received) -> Option<Reply> + Send + Sync {
     move |rx| {
         if rx.path != "/v1beta/openai/chat/completions" {
-            return Some(json_reply(404, json!([{"error": {"code": 404, "message": "Not found", "status": "NOT_FOUND"}}])));
+            return Some(json_reply(
+                404,
+                json!([{"error": {"code": 404, "message": "Not found", "status": "NOT_FOUND"}}]),
+            ));
         }
         (rx.header("authorization") != Some(format!("Bearer {key}").as_str())).then(|| {
             json_reply(
@@ -111,7 +114,11 @@ fn azure_sse(text: &str) -> Reply {
         json!({"choices": [], "created": 1733100000, "id": "chatcmpl-AZ", "model": "gpt-4o-2024-11-20",
                "object": "chat.completion.chunk", "usage": {"completion_tokens": 300, "prompt_tokens": 900, "total_tokens": 1200}})
     );
-    Reply::Http { status: 200, headers: vec![("content-type".into(), "text/event-stream; charset=utf-8".into())], body: out.into_bytes() }
+    Reply::Http {
+        status: 200,
+        headers: vec![("content-type".into(), "text/event-stream; charset=utf-8".into())],
+        body: out.into_bytes(),
+    }
 }
 
 /// A pipeline project whose `llm` section is `llm` merged over the test default (`{ADDR}` is the fake
@@ -330,10 +337,19 @@ fn a_content_filter_refusal_is_reported_as_such_and_not_retried() {
 }
 
 /// Write `cfg.json` with this llm section (`{URL}` is the server's base URL) and run `lua` as a script.
-fn script(srv: &crate::util::fake_llm::FakeLlm, llm: Value, lua: &str, env: &[(&str, &str)]) -> (Output, tempfile::TempDir) {
+fn script(
+    srv: &crate::util::fake_llm::FakeLlm,
+    llm: Value,
+    lua: &str,
+    env: &[(&str, &str)],
+) -> (Output, tempfile::TempDir) {
     let dir = util::tempdir();
     let llm: Value = serde_json::from_str(&llm.to_string().replace("{URL}", &srv.url())).unwrap();
-    util::write(dir.path(), "cfg.json", &serde_json::to_string_pretty(&json!({"dataset_name": "t", "llm": llm})).unwrap());
+    util::write(
+        dir.path(),
+        "cfg.json",
+        &serde_json::to_string_pretty(&json!({"dataset_name": "t", "llm": llm})).unwrap(),
+    );
     util::write(dir.path(), "t.lua", lua);
     let mut c = cellsci(dir.path());
     for (k, v) in env {
@@ -417,7 +433,11 @@ fn reasoning_effort_is_sent_and_adapted_away_when_the_model_refuses_it() {
 fn extra_headers_from_the_environment_are_sent_and_masked_and_openai_org_and_project_go_in_their_headers() {
     let srv = crate::util::fake_llm::FakeLlm::start();
     // a proxy that echoes its key in an error (as some do)
-    srv.push(502, &[("content-type", "application/json")], &format!(r#"{{"error": {{"message": "upstream refused key {PROXY_KEY}"}}}}"#));
+    srv.push(
+        502,
+        &[("content-type", "application/json")],
+        &format!(r#"{{"error": {{"message": "upstream refused key {PROXY_KEY}"}}}}"#),
+    );
     let (out, dir) = script(
         &srv,
         json!({"model": "openai/gpt-4o", "base_url": "{URL}", "api_key": GEMINI_KEY, "timeout": 10,
@@ -463,13 +483,21 @@ fn a_header_whose_variable_is_unset_or_a_bad_provider_is_a_config_error_naming_t
     );
     let t = util::text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
-    let line = regex::Regex::new(r"cfg\.json:\d+: llm\.headers\.X-Proxy-Key: \$\{CELLSCI_TEST_UNSET_VAR\} is not set in the environment").unwrap();
+    let line = regex::Regex::new(
+        r"cfg\.json:\d+: llm\.headers\.X-Proxy-Key: \$\{CELLSCI_TEST_UNSET_VAR\} is not set in the environment",
+    )
+    .unwrap();
     assert!(line.is_match(&t), "{t}");
     assert!(!t.contains("ran"), "{t}");
     let (out, _dir) = script(&srv, json!({"model": "m", "base_url": "{URL}", "provider": "azur"}), "print('ran')", &[]);
     let t = util::text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
-    assert!(regex::Regex::new(r#"cfg\.json:\d+: llm\.provider: expected one of "openai", "azure", got "azur""#).unwrap().is_match(&t), "{t}");
+    assert!(
+        regex::Regex::new(r#"cfg\.json:\d+: llm\.provider: expected one of "openai", "azure", got "azur""#)
+            .unwrap()
+            .is_match(&t),
+        "{t}"
+    );
     let (out, _dir) =
         script(&srv, json!({"model": "m", "base_url": "{URL}", "headers": {"Bad Header": "x"}}), "print('ran')", &[]);
     let t = util::text(&out);
@@ -498,7 +526,6 @@ fn an_azure_config_without_key_or_token_says_which_variables_it_reads() {
     let t = util::ok(&out);
     assert!(t.contains("AZURE_OPENAI_API_KEY") && t.contains("AZURE_OPENAI_AD_TOKEN"), "{t}");
 }
-
 
 #[test]
 fn a_field_gemini_does_not_know_is_dropped_after_its_list_shaped_400() {
