@@ -194,6 +194,7 @@ async fn exchange(
         // a delay in a header wins over one the body names
         f.retry_after = retry_after.or(f.retry_after);
         f.refused_stream = stream
+            && f.kind != Kind::ContentFilter
             && matches!(status.as_u16(), 400 | 404 | 405 | 406 | 415 | 422 | 501)
             && String::from_utf8_lossy(&body).to_ascii_lowercase().contains("stream");
         return Err(f);

@@ -79,6 +79,11 @@ mod tests {
             a("[azure](https://lab.openai.azure.com/openai/v1/)"),
             ("https://lab.openai.azure.com/openai/v1".into(), Provider::AzureV1, None, None)
         );
+        // behind an API gateway: what comes before `deployments` is kept as it is
+        assert_eq!(
+            a("https://apim.azure-api.net/aoai/deployments/d1?api-version=2024-06-01").0,
+            "https://apim.azure-api.net/aoai"
+        );
         assert!(azure_base_url("lab.openai.azure.com").is_err());
         let llm = |url: &str, extra: Value| {
             let mut c = crate::config::LlmConfig { base_url: url.into(), ..Default::default() };

@@ -71,14 +71,6 @@ pub enum Provider {
 }
 
 impl Provider {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::OpenAi => "openai",
-            Provider::AzureDeployments => "azure",
-            Provider::AzureV1 => "azure (v1)",
-        }
-    }
-
     pub fn is_azure(self) -> bool {
         self != Provider::OpenAi
     }
@@ -369,7 +361,7 @@ impl Settings {
             }
             seg.push("chat").push("completions");
         }
-        if let Some(v) = &self.api_version {
+        if let Some(v) = self.api_version.as_ref().filter(|_| self.provider.is_azure()) {
             url.query_pairs_mut().append_pair("api-version", v);
         }
         url.to_string()
@@ -429,7 +421,13 @@ impl Settings {
             })
             .collect();
         json!({
-            "provider": self.provider.as_str(), "chat_url": self.chat_url(&self.model),
+            "provider": if self.provider.is_azure() { "azure" } else { "openai" },
+            "azure_api": match self.provider {
+                Provider::AzureDeployments => Some("deployments"),
+                Provider::AzureV1 => Some("v1"),
+                Provider::OpenAi => None,
+            },
+            "chat_url": self.chat_url(&self.model),
             "api_version": self.api_version, "deployment": self.deployment,
             "auth": if !self.secret.is_set() { "none" } else if self.provider.is_azure() && !self.azure_ad { "api-key" } else { "bearer" },
             "reasoning_effort": self.reasoning_effort, "organization": self.organization, "project": self.project,
@@ -478,6 +476,8 @@ pub fn azure_base_url(raw: &str) -> Result<(String, Provider, Option<String>, Op
             segs.truncate(segs.len() - tail.len());
         }
     }
+    // a pasted deployment URL keeps what comes before `deployments` as it is (an API gateway may serve
+    // Azure's API under another prefix); a resource URL gets `/openai`, as Azure's SDKs add it
     let (form, deployment) = if let Some(i) = segs.iter().position(|s| s == "deployments") {
         let d = segs.get(i + 1).map(|d| percent_encoding::percent_decode_str(d).decode_utf8_lossy().into_owned());
         segs.truncate(i);
@@ -490,9 +490,6 @@ pub fn azure_base_url(raw: &str) -> Result<(String, Provider, Option<String>, Op
         }
         (Provider::AzureDeployments, None)
     };
-    if form == Provider::AzureDeployments && segs.last().is_none_or(|s| s != "openai") {
-        segs.push("openai".into());
-    }
     url.set_path(&segs.join("/"));
     Ok((url.to_string().trim_end_matches('/').to_string(), form, deployment, version))
 }
