@@ -227,7 +227,7 @@ fn a_run_through_azure_v1_sends_the_deployment_as_model_and_the_entra_token_as_b
     // detected from the resource's host name would need DNS: loopback says llm.provider instead
     let p = project(
         json!({"provider": "azure", "base_url": "http://{ADDR}/openai/v1/", "deployment": "gpt4o-lab",
-               "model": "gpt-4o", "api_key": AZ_KEY}),
+               "model": "gpt-4o", "api_key": AZ_KEY, "record": "cassette.jsonl"}),
         good_notebook(),
     );
     let srv = &p._srv;
@@ -243,7 +243,9 @@ fn a_run_through_azure_v1_sends_the_deployment_as_model_and_the_entra_token_as_b
         assert_eq!(r.body["model"], "gpt4o-lab", "v1 takes the deployment as the model");
         assert_eq!(r.header("authorization"), Some(format!("Bearer {AZ_TOKEN}").as_str()));
     }
-    // the token is sent; the key beside it is masked too
+    // the token is sent; the key beside it is masked too, in the cassette as everywhere
+    let cassette = std::fs::read_to_string(p.path().join("cassette.jsonl")).unwrap();
+    assert_eq!(cassette.lines().count(), rx.len(), "every exchange recorded");
     assert_hidden(p.path(), &out, &[AZ_TOKEN, AZ_KEY]);
 }
 
