@@ -24,7 +24,8 @@ local M = {}
 -- Typed errors: every step returns `result` or `nil, err` with `err.kind` (and `err.message`), so a
 -- loop or a strategy decides by kind (stdlib/loop.lua's stop table), never by searching the text.
 -- Kinds: config, generation_failed, kernel_start, cell_unfixable, no_metrics, budget, client,
--- replay_miss, interrupted, disk, io, error (anything else).
+-- replay_miss, content_filter (the provider refused the generation request), interrupted, disk, io, error
+-- (anything else).
 ---------------------------------------------------------------------------------------------------
 
 local Err = {}
@@ -282,6 +283,10 @@ local function request_notebook(system, user, trial, ctx)
       table.insert(attempts, rec)
       local cells, hg = cells_from_reasoning(reasoning, attempt + 1, ctx)
       if cells then return cells, hg, attempts end
+      -- a content filter's refusal is said as what it is: rephrasing the ideas or the prompt is the fix
+      if type(err) == "table" and err.kind == "content_filter" then
+        return nil, nil, attempts, "the generation request was refused: " .. tostring(err.message), err
+      end
       return nil, nil, attempts, "the generation request failed: " .. tostring(err), err
     end
     local parsed, perr, repaired = llm.extract_json(resp.text)
@@ -404,7 +409,7 @@ function M.generate_step(trial, opts, s1, ctx)
     -- an endpoint that cannot be reached once the retry policy gave up on it fails every node alike
     if kind == "connect" then kind = "unreachable" end
     if not (kind == "client" or kind == "budget" or kind == "config" or kind == "replay_miss" or kind == "interrupted"
-        or kind == "unreachable") then
+        or kind == "unreachable" or kind == "content_filter") then
       kind = "generation_failed"
     end
     raise(kind, "generation failed: " .. err .. " (every reply is saved in " .. fail_path .. ")")

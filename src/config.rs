@@ -66,6 +66,17 @@ pub struct LlmConfig {
     /// Extra keys (budgets, record/replay, concurrency...) kept for the llm module to read.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, Value>,
+    /// Names of the `llm.headers` whose values are secrets (taken from the environment with `${VAR}`, or
+    /// credentials by their name): masked like the key, and shown to scripts as `***`.
+    #[serde(skip)]
+    pub secret_headers: Vec<String>,
+}
+
+/// Whether a `llm.headers` value is a secret: it came from the environment (`${VAR}` as written), or
+/// its header carries credentials by its name (Authorization, api-key, X-…-Token...).
+pub fn is_secret_header(name: &str, raw: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    raw.contains("${") || ["auth", "key", "token", "secret", "cookie", "password"].iter().any(|w| n.contains(w))
 }
 
 impl Default for LlmConfig {
@@ -78,6 +89,7 @@ impl Default for LlmConfig {
             temperature: None,
             timeout: 600.0,
             extra: Default::default(),
+            secret_headers: Vec::new(),
         }
     }
 }
@@ -188,6 +200,8 @@ enum Kind {
     UIntList,
     /// A mapping of string to string (`exec.gateway_paths`).
     StrMap,
+    /// HTTP headers: a mapping of valid header names to valid header values (`llm.headers`).
+    Headers,
 }
 
 /// The keys the host reads, with their types. Keys not listed are kept as written.
@@ -202,6 +216,14 @@ const SCHEMA: &[(&str, &str, Kind)] = &[
     ("llm", "max_tokens", Kind::UInt),
     ("llm", "temperature", Kind::Num),
     ("llm", "timeout", Kind::Num),
+    ("llm", "provider", Kind::OneOf(&["openai", "azure"])),
+    ("llm", "api_version", Kind::Str),
+    ("llm", "deployment", Kind::Str),
+    ("llm", "azure_ad_token", Kind::Str),
+    ("llm", "reasoning_effort", Kind::Str),
+    ("llm", "organization", Kind::Str),
+    ("llm", "project", Kind::Str),
+    ("llm", "headers", Kind::Headers),
     ("experiment", "primary_metric", Kind::Str),
     ("experiment", "max_iterations", Kind::UInt),
     ("experiment", "success_threshold", Kind::Num),
@@ -317,6 +339,8 @@ fn from_text(path: &Path, shown: &str, text: &str, mut value: Value) -> anyhow::
         anyhow::bail!("{shown}: the config must be a JSON object, got {}", describe(&value));
     };
     let vars = top_level_vars(top, &dir);
+    // llm.headers as written: which values come from the environment (secrets) and which `${VAR}` is unset
+    let raw_headers = value.pointer("/llm/headers").cloned();
     expand_all(&mut value, &vars);
     // Types of the known keys.
     for section in SECTIONS {
@@ -349,11 +373,16 @@ fn from_text(path: &Path, shown: &str, text: &str, mut value: Value) -> anyhow::
             Ok(None) => {}
             Err(expected) => {
                 // Never echo a secret, even a mistyped one.
-                let got = if *key == "api_key" { "a value of another type".to_string() } else { describe(v) };
+                let got = if matches!(*key, "api_key" | "azure_ad_token") {
+                    "a value of another type".to_string()
+                } else {
+                    describe(v)
+                };
                 anyhow::bail!("{}: {section}.{key}: expected {expected}, got {got}", where_(&[section, key]))
             }
         }
     }
+    let secret_headers = check_headers(&value, raw_headers.as_ref(), &where_)?;
     resolve_paths(&mut value, &base);
     let section = |k: &str| value.get(k).cloned().unwrap_or(Value::Object(Default::default()));
     let typed = |k: &str, e: serde_json::Error| anyhow::anyhow!("{}: {k}: {e}", where_(&[k]));
@@ -362,6 +391,7 @@ fn from_text(path: &Path, shown: &str, text: &str, mut value: Value) -> anyhow::
     if llm.api_key.as_deref().is_some_and(|k| k.trim().is_empty() || k.contains("${")) {
         llm.api_key = None;
     }
+    llm.secret_headers = secret_headers;
     let cfg = Config {
         dataset_name: value.get("dataset_name").and_then(Value::as_str).unwrap_or("").to_string(),
         paths: serde_json::from_value(section("paths")).map_err(|e| typed("paths", e))?,
@@ -395,6 +425,12 @@ fn from_text(path: &Path, shown: &str, text: &str, mut value: Value) -> anyhow::
     }
     if let Some(llm) = top.get_mut("llm").and_then(Value::as_object_mut) {
         llm.remove("api_key");
+        llm.remove("azure_ad_token");
+        if let Some(h) = llm.get_mut("headers").and_then(Value::as_object_mut) {
+            for name in &cfg.llm.secret_headers {
+                h.insert(name.clone(), Value::String("***".into()));
+            }
+        }
     }
     // the gateway's token, like the API key, stays in the typed config: scripts never see it
     if let Some(exec) = top.get_mut("exec").and_then(Value::as_object_mut) {
@@ -402,6 +438,35 @@ fn from_text(path: &Path, shown: &str, text: &str, mut value: Value) -> anyhow::
     }
     top.entry("dataset_name").or_insert_with(|| Value::String(String::new()));
     Ok(Config { value, ..cfg })
+}
+
+/// `llm.headers` after expansion: a `${VAR}` still there names a variable that is not set (an error naming
+/// the header: a request without it would be refused, or worse, sent unauthenticated). Returns the
+/// names of the headers whose values are secrets.
+fn check_headers(
+    value: &Value,
+    raw: Option<&Value>,
+    where_: &dyn Fn(&[&str]) -> String,
+) -> anyhow::Result<Vec<String>> {
+    static VAR: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let var = VAR.get_or_init(|| regex::Regex::new(r"\$\{([^}]*)\}").expect("valid regex"));
+    let Some(h) = value.pointer("/llm/headers").and_then(Value::as_object) else { return Ok(Vec::new()) };
+    let mut secret = Vec::new();
+    for (name, v) in h {
+        let v = v.as_str().unwrap_or_default();
+        if let Some(c) = var.captures(v) {
+            anyhow::bail!(
+                "{}: llm.headers.{name}: ${{{}}} is not set in the environment (nor a top-level key of the config)",
+                where_(&["llm", "headers", name]),
+                &c[1]
+            );
+        }
+        let written = raw.and_then(|r| r.get(name)).and_then(Value::as_str).unwrap_or(v);
+        if is_secret_header(name, written) {
+            secret.push(name.clone());
+        }
+    }
+    Ok(secret)
 }
 
 /// The values `${name}` can refer to: top-level strings, numbers and booleans, themselves expanded
@@ -493,6 +558,26 @@ fn check(v: &Value, kind: Kind) -> Result<Option<Value>, std::borrow::Cow<'stati
                 Value::Number(n) if n.is_i64() || n.is_u64() => Ok(None),
                 _ => Ok(Some(serde_json::json!(x as i64))),
             }
+        }
+        Kind::Headers => {
+            let m = v.as_object().ok_or("a mapping of HTTP header names to strings")?;
+            for (k, x) in m {
+                if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                    return Err(format!(
+                        "valid HTTP header names ('{}' is not one)",
+                        describe(&Value::String(k.clone())).trim_matches('"')
+                    )
+                    .into());
+                }
+                match x.as_str() {
+                    Some(s) if reqwest::header::HeaderValue::from_str(s).is_ok() => {}
+                    Some(_) => {
+                        return Err(format!("header values without line breaks or control characters ({k})").into())
+                    }
+                    None => return Err(format!("string header values ({k} is not a string)").into()),
+                }
+            }
+            Ok(None)
         }
         Kind::StrMap => match v {
             Value::Object(m) if m.values().all(Value::is_string) => Ok(None),

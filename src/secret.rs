@@ -2,9 +2,10 @@
 //! engine and the Lua layer, so that every place that prints or writes text masks it the same way.
 //! It must never print the key: `Debug` shows `***` and the last four characters at most.
 
-/// The LLM's secret (the API key), when there is one.
+/// The LLM's secret (the API key), when there is one, and the other secret values of the same
+/// config (an Entra ID token, header values from the environment) that are masked like it.
 #[derive(Clone, Default)]
-pub struct Secret(Option<String>);
+pub struct Secret(Option<String>, Vec<String>);
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -17,7 +18,26 @@ impl std::fmt::Debug for Secret {
 
 impl Secret {
     pub fn new(key: Option<String>) -> Secret {
-        Secret(key.map(|k| k.trim().to_string()).filter(|k| !k.is_empty()))
+        Secret(key.map(|k| k.trim().to_string()).filter(|k| !k.is_empty()), Vec::new())
+    }
+
+    /// This secret, also masking `other` (a second credential, a secret header value) wherever it
+    /// masks the key. Values shorter than 4 characters are not masked (they would mangle any text).
+    pub fn also_masking(mut self, other: impl IntoIterator<Item = String>) -> Secret {
+        for o in other {
+            let o = o.trim().to_string();
+            if o.len() >= 4 && self.0.as_deref() != Some(o.as_str()) && !self.1.contains(&o) {
+                self.1.push(o);
+            }
+        }
+        // the longest first: a value that holds another is masked whole
+        self.1.sort_by_key(|o| std::cmp::Reverse(o.len()));
+        self
+    }
+
+    /// The other secret values masked with the key.
+    pub fn others(&self) -> &[String] {
+        &self.1
     }
 
     /// The key a run uses: the configured one (an unexpanded `${VAR}` is none), else `OPENAI_API_KEY`.
@@ -44,9 +64,24 @@ impl Secret {
         self.0.is_some()
     }
 
-    /// `s` with the key, bearer tokens and `sk-…` look-alikes replaced.
+    /// `s` with the key (and the other secret values), bearer tokens and `sk-…` look-alikes replaced.
     pub fn mask(&self, s: &str) -> String {
-        mask(s, self.expose())
+        self.mask_exact(&mask(s, self.expose()))
+    }
+
+    /// `s` with only the exact secret values replaced (no look-alike patterns: a cassette stores prompts
+    /// that must replay unchanged).
+    pub fn mask_exact(&self, s: &str) -> String {
+        let mut out = match self.0.as_deref() {
+            Some(k) if k.len() >= 4 => s.replace(k, "***"),
+            _ => s.to_string(),
+        };
+        for o in &self.1 {
+            if out.contains(o.as_str()) {
+                out = out.replace(o.as_str(), "***");
+            }
+        }
+        out
     }
 
     /// The key as a script or a log may show it (`***6789`).

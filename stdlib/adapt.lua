@@ -2,8 +2,8 @@
 -- parameters (today's reasoning models refuse `max_tokens` and any `temperature` but the default).
 --
 -- llm.chat calls `adapt:decide(info)` after a 400, before the retry policy (retry.lua) is asked.
--- info = {status, message, model, params = {body field names as sent}, response_format = "json_schema" |
--- "json_object" | nil}. It returns nil (nothing to adapt: the retry policy decides) or a table
+-- info = {status, kind, message, param (the field the error body names, when it does), model,
+-- params = {body field names as sent}, response_format = "json_schema" | "json_object" | nil}. It returns nil (nothing to adapt: the retry policy decides) or a table
 --   {rename = {from = to}, drop = {names}, set = {name = value}, stream = false}
 -- The request is sent again at once with the change, and the change is kept for that model for the rest
 -- of the run (said once on stderr and as an `llm_adapt` event). Every request stays a valid OpenAI chat
@@ -18,7 +18,8 @@ M.keep = { model = true, messages = true }
 
 -- Words that say a named parameter is refused rather than, say, too large.
 M.refusals = { "unsupported", "not supported", "does not support", "unrecognized", "unknown parameter",
-  "not permitted", "not allowed", "only the default", "invalid parameter", "extra inputs", "not available" }
+  "not permitted", "not allowed", "only the default", "invalid parameter", "extra inputs", "not available",
+  "unknown name", "cannot find field", "unsupported value" }
 
 local function names(msg, p)
   -- the parameter as a whole word ('max_tokens' is not found inside 'max_completion_tokens')
@@ -34,9 +35,12 @@ end
 
 function M:decide(info)
   local msg = (info.message or ""):lower()
-  if info.status ~= 400 or not refused(msg) then return nil end
+  -- a content filter's refusal names no parameter to change: nothing to adapt
+  if info.status ~= 400 or info.kind == "content_filter" or not refused(msg) then return nil end
   local sent = {}
   for _, p in ipairs(info.params or {}) do sent[p] = true end
+  -- the field the error body names (OpenAI's `param`) counts as named in the message
+  if type(info.param) == "string" and sent[info.param] then msg = msg .. " " .. info.param:lower() end
   -- the most specific first: a message about the format often names max_tokens or stream as well
   if sent.response_format and (names(msg, "response_format") or names(msg, "json_schema")
       or names(msg, "json_object")) then

@@ -3,7 +3,9 @@
 -- llm.chat calls `policy:decide(info)` after every failed attempt, whatever its kind (the kinds are
 -- in `per_kind` below; the ones that would fail the same way again are listed with 0 retries).
 -- Whatever a policy says, no attempt starts once the run is interrupted (Ctrl-C).
--- info = {kind, status, attempt, elapsed, retry_after, message, model, counts = {kind = failures so far}}. It returns `true, wait_seconds` to retry, or
+-- info = {kind, status, attempt, elapsed, retry_after, message, model, counts = {kind = failures so far}};
+-- retry_after is the server's Retry-After, or the delay its error body names (Gemini's retryDelay,
+-- "try again in 20s"). It returns `true, wait_seconds` to retry, or
 -- `false, 0, reason` to give up (a table {retry=, wait=, reason=} works too).
 --
 -- This module is itself a policy with the defaults below; `retry.new{...}` makes one with other
@@ -33,6 +35,8 @@ M.defaults = {
     truncated = 0,       -- the same request would be cut off again: raise max_tokens instead
     -- Never retried: trying again cannot pass.
     client = 0,          -- another 4xx: a bad model name, a rejected key, an exhausted quota
+    content_filter = 0,  -- the provider's content filter refused the prompt or cut the reply: the same
+                         -- request is refused again (a policy of yours may retry a cut reply once)
     budget = 0,          -- llm.max_total_tokens / llm.max_calls used up
     replay_miss = 0,     -- replaying a cassette that has no such request
     interrupted = 0,     -- Ctrl-C / SIGTERM

@@ -54,7 +54,12 @@ impl Recorder {
     ) -> std::io::Result<()> {
         let entry = match r {
             Ok(rep) => json!({"request": req.key(), "response": rep.to_json()}),
-            Err(f) if matches!(f.kind, Kind::Empty | Kind::Truncated | Kind::Client | Kind::BadBody) => {
+            Err(f)
+                if matches!(
+                    f.kind,
+                    Kind::Empty | Kind::Truncated | Kind::Client | Kind::BadBody | Kind::ContentFilter
+                ) =>
+            {
                 let mut e = json!({"request": req.key(),
                     "error": {"kind": f.kind.as_str(), "status": f.status, "message": f.message}});
                 if let Some(rep) = &f.reply {

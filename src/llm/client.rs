@@ -39,6 +39,15 @@ impl Endpoint {
     }
 }
 
+/// Where and how one request is sent: the chat completions URL (the provider's shape, Azure's
+/// `api-version` included), the headers (the credential in the provider's header, `llm.headers`), and the
+/// secrets to mask out of what comes back.
+pub struct Wire<'a> {
+    pub url: String,
+    pub headers: reqwest::header::HeaderMap,
+    pub secret: &'a crate::secret::Secret,
+}
+
 /// The largest reply accepted by default (`llm.max_reply_bytes`): a whole generated notebook is a few
 /// hundred kilobytes; a runaway or hostile server must not fill the memory.
 pub const DEFAULT_MAX_REPLY_BYTES: u64 = 8 * 1024 * 1024;
@@ -94,7 +103,7 @@ fn interrupted() -> Failure {
 /// asked again without it (and not asked to stream again).
 pub async fn chat(
     ep: &Endpoint,
-    key: Option<&str>,
+    wire: &Wire<'_>,
     req: &Request,
     adapt: &Adapt,
     opts: &CallOpts,
@@ -108,14 +117,14 @@ pub async fn chat(
     let stream = opts.stream && !adapt.no_stream && !ep.refuses_stream.load(Ordering::Relaxed);
     let mut r = tokio::select! {
         _ = token.cancelled() => Err(interrupted()),
-        r = exchange(ep, key, req, adapt, opts, stream, &spinner) => r,
+        r = exchange(ep, wire, req, adapt, opts, stream, &spinner) => r,
     };
     if stream && matches!(&r, Err(f) if f.refused_stream) {
         ep.refuses_stream.store(true, Ordering::Relaxed);
         tracing::info!("{} refuses streaming; asking again without it", ep.base_url);
         r = tokio::select! {
             _ = token.cancelled() => Err(interrupted()),
-            r = exchange(ep, key, req, adapt, opts, false, &spinner) => r,
+            r = exchange(ep, wire, req, adapt, opts, false, &spinner) => r,
         };
     }
     spinner.finish_and_clear();
@@ -132,21 +141,18 @@ fn secs(x: f64) -> String {
 
 async fn exchange(
     ep: &Endpoint,
-    key: Option<&str>,
+    wire: &Wire<'_>,
     req: &Request,
     adapt: &Adapt,
     opts: &CallOpts,
     stream: bool,
     spinner: &indicatif::ProgressBar,
 ) -> Result<Reply, Failure> {
-    let url = format!("{}/chat/completions", ep.base_url);
+    let url = wire.url.as_str();
     let t = crate::duration_secs(opts.timeout.max(0.001));
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + t;
-    let mut rb = ep.client.post(&url).json(&adapt.body(req, stream));
-    if let Some(k) = key {
-        rb = rb.bearer_auth(k);
-    }
+    let mut rb = ep.client.post(url).headers(wire.headers.clone()).json(&adapt.body(req, stream));
     if stream {
         rb = rb.header(reqwest::header::ACCEPT, "text/event-stream");
     }
@@ -167,7 +173,7 @@ async fn exchange(
             let waited = if headers_by < deadline { idle.as_secs_f64() } else { opts.timeout };
             return Err(Failure::new(Kind::Timeout, format!("no response from {url} within {}", secs(waited))));
         }
-        Ok(Err(e)) => return Err(from_reqwest(&e, &url)),
+        Ok(Err(e)) => return Err(from_reqwest(&e, url)),
         Ok(Ok(r)) => r,
     };
     let status = resp.status();
@@ -181,12 +187,14 @@ async fn exchange(
     if !status.is_success() {
         let body = match bounded_body(resp, MAX_ERROR_BODY, deadline).await {
             // masked before it is summarized (cut short): a key echoed across the cut would not be found whole
-            Ok(Ok(b)) => crate::secret::mask(&String::from_utf8_lossy(&b), key).into_bytes(),
+            Ok(Ok(b)) => wire.secret.mask(&String::from_utf8_lossy(&b)).into_bytes(),
             _ => Vec::new(),
         };
         let mut f = from_status(status, &body);
-        f.retry_after = retry_after;
+        // a delay in a header wins over one the body names
+        f.retry_after = retry_after.or(f.retry_after);
         f.refused_stream = stream
+            && f.kind != Kind::ContentFilter
             && matches!(status.as_u16(), 400 | 404 | 405 | 406 | 415 | 422 | 501)
             && String::from_utf8_lossy(&body).to_ascii_lowercase().contains("stream");
         return Err(f);
@@ -209,7 +217,7 @@ async fn exchange(
             ))
         }
         Err(None) => return Err(too_large(opts.max_reply_bytes, "the reply")),
-        Ok(Err(e)) => return Err(from_reqwest(&e, &url)),
+        Ok(Err(e)) => return Err(from_reqwest(&e, url)),
         Ok(Ok(b)) => b,
     };
     if stream && body.trim_ascii_start().starts_with(b"data:") {
@@ -263,6 +271,27 @@ fn retry_after(h: &reqwest::header::HeaderMap) -> Option<f64> {
     Some(secs.clamp(0.0, 86_400.0))
 }
 
+/// The error object of an error body: OpenAI's `{"error": {...}}`, Gemini's list `[{"error": {...}}]`,
+/// a bare `{"message": ...}`; None when the body holds none.
+fn error_object(v: &Value) -> Option<&Value> {
+    let v = match v {
+        Value::Array(items) => items.first()?,
+        v => v,
+    };
+    match v.get("error") {
+        Some(e @ Value::Object(_)) => Some(e),
+        Some(_) => Some(v),
+        None if v.get("message").is_some() || v.get("detail").is_some() => Some(v),
+        None => None,
+    }
+}
+
+/// What an error object says, in one line: its message (`error` when it is a plain string).
+fn error_message(e: &Value) -> Option<String> {
+    let m = e.get("message").or_else(|| e.get("detail")).or_else(|| e.get("error")).filter(|m| !m.is_null())?;
+    Some(m.as_str().map_or_else(|| m.to_string(), str::to_string))
+}
+
 /// What a body says, in one short line: an API error message, an HTML page's title, or its start.
 pub fn body_summary(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
@@ -271,13 +300,8 @@ pub fn body_summary(body: &[u8]) -> String {
         return "(empty body)".into();
     }
     if let Ok(v) = serde_json::from_str::<Value>(t) {
-        let m = v
-            .pointer("/error/message")
-            .or_else(|| v.get("error"))
-            .or_else(|| v.get("message"))
-            .or_else(|| v.get("detail"));
-        if let Some(m) = m {
-            return super::head(&one_line(&m.as_str().map_or_else(|| m.to_string(), str::to_string)), 300);
+        if let Some(m) = error_object(&v).and_then(error_message) {
+            return super::head(&one_line(&m), 300);
         }
         return super::head(&one_line(t), 200);
     }
@@ -295,6 +319,139 @@ pub fn body_summary(body: &[u8]) -> String {
         };
     }
     super::head(&one_line(t), 200)
+}
+
+/// A duration as providers write it: protobuf's `"30s"` / `"1.5s"`, Go's `"1m30s"`, `"250ms"`,
+/// `"20 seconds"`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Option<f64> {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(r"(?i)(\d+(?:\.\d+)?)\s*(milliseconds?|ms|minutes?|mins?|m|seconds?|secs?|s|hours?|h)?")
+            .expect("valid regex")
+    });
+    let s = s.trim();
+    let mut total = 0.0;
+    let mut end = 0;
+    let mut any = false;
+    for c in re.captures_iter(s) {
+        let m = c.get(0)?;
+        if !s[end..m.start()].trim().is_empty() {
+            break;
+        }
+        end = m.end();
+        let x: f64 = c[1].parse().ok()?;
+        let unit = c.get(2).map_or("s", |u| u.as_str()).to_ascii_lowercase();
+        total += x * match unit.as_str() {
+            "ms" | "millisecond" | "milliseconds" => 0.001,
+            u if u.starts_with('m') => 60.0,
+            u if u.starts_with('h') => 3600.0,
+            _ => 1.0,
+        };
+        any = true;
+    }
+    (any && total.is_finite()).then_some(total.clamp(0.0, 86_400.0))
+}
+
+/// The delay an error body asks for when no Retry-After header says it: Gemini's `RetryInfo`
+/// (`"retryDelay": "30s"` among `error.details`), a `retry_after` field (seconds), or a message saying
+/// "try again in 20s" / "Please retry in 1.5s" / "retry after 20 seconds".
+pub fn body_retry_delay(v: &Value) -> Option<f64> {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let e = error_object(v)?;
+    let details = e.get("details").and_then(Value::as_array).into_iter().flatten();
+    for d in details {
+        let t = d.get("@type").and_then(Value::as_str).unwrap_or("");
+        if let Some(r) = d.get("retryDelay").filter(|_| t.is_empty() || t.ends_with("RetryInfo")) {
+            let secs = match r {
+                Value::String(s) => parse_duration(s),
+                Value::Object(o) => Some(
+                    o.get("seconds").and_then(crate::pyjson::as_f64).unwrap_or(0.0)
+                        + o.get("nanos").and_then(crate::pyjson::as_f64).unwrap_or(0.0) / 1e9,
+                ),
+                other => crate::pyjson::as_f64(other),
+            };
+            if secs.is_some() {
+                return secs;
+            }
+        }
+    }
+    for holder in [e, v] {
+        for k in ["retry_after", "retryAfter", "retry_after_seconds"] {
+            if let Some(x) = holder.get(k) {
+                let secs = match x {
+                    Value::String(s) => parse_duration(s),
+                    other => crate::pyjson::as_f64(other).filter(|x| x.is_finite()).map(|x| x.clamp(0.0, 86_400.0)),
+                };
+                if secs.is_some() {
+                    return secs;
+                }
+            }
+        }
+    }
+    let msg = error_message(e)?;
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(
+            r"(?i)\b(?:try again|retry)\s+(?:in|after)\s+((?:\d+(?:\.\d+)?\s*(?:milliseconds?|ms|minutes?|mins?|m|seconds?|secs?|s|hours?|h)?\s*)+)",
+        )
+        .expect("valid regex")
+    });
+    parse_duration(re.captures(&msg)?.get(1)?.as_str())
+}
+
+/// A content filter's refusal in an error object: Azure's `code: "content_filter"` (its
+/// `innererror.code` `ResponsibleAIPolicyViolation`). Returns what was filtered (`hate (medium)`), when
+/// the body says.
+fn content_filter_of(e: &Value) -> Option<String> {
+    let code = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_ascii_lowercase).unwrap_or_default();
+    let inner = e.get("innererror").or_else(|| e.get("inner_error"));
+    let hit = code(e.get("code")) == "content_filter"
+        || code(inner.and_then(|i| i.get("code"))) == "responsibleaipolicyviolation";
+    if !hit {
+        return None;
+    }
+    Some(filtered_categories(
+        inner.and_then(|i| i.get("content_filter_result").or_else(|| i.get("content_filter_results"))),
+    ))
+}
+
+/// `hate (medium), jailbreak`: the categories a content filter result marks as filtered.
+fn filtered_categories(r: Option<&Value>) -> String {
+    let Some(Value::Object(m)) = r else { return String::new() };
+    m.iter()
+        .filter(|(_, v)| v.get("filtered").and_then(Value::as_bool) == Some(true))
+        .map(|(k, v)| match v.get("severity").and_then(Value::as_str) {
+            Some(sev) => format!("{k} ({sev})"),
+            None => k.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A failure from an error object (an error body, or one sent with HTTP 200 or in a stream): a content
+/// filter's refusal, a rate limit (code 429, `RESOURCE_EXHAUSTED`), or a server error; with the delay
+/// and the parameter it names.
+fn from_error_object(v: &Value, e: &Value, what: &str, status: Option<u16>) -> Failure {
+    let msg = super::head(&one_line(&error_message(e).unwrap_or_else(|| e.to_string())), 300);
+    let code = e.get("code").map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_string)).unwrap_or_default();
+    let gstatus = e.get("status").and_then(Value::as_str).unwrap_or("");
+    let mut f = if let Some(cats) = content_filter_of(e) {
+        content_filter_failure(&msg, &cats, "refused the prompt")
+    } else if code == "429" || gstatus == "RESOURCE_EXHAUSTED" || code == "rate_limit_exceeded" {
+        Failure::new(Kind::RateLimited, format!("{what}: {msg}"))
+    } else {
+        Failure::new(Kind::Server, format!("{what}: {msg}"))
+    };
+    f.retry_after = body_retry_delay(v);
+    f.param = e.get("param").and_then(Value::as_str).filter(|p| !p.is_empty()).map(str::to_string);
+    if let Some(s) = status {
+        f = f.with_status(s);
+    }
+    f
+}
+
+fn content_filter_failure(msg: &str, categories: &str, did: &str) -> Failure {
+    let cats = if categories.is_empty() { String::new() } else { format!(" (filtered: {categories})") };
+    Failure::new(Kind::ContentFilter, format!("the provider's content filter {did}{cats}: {msg}"))
 }
 
 fn one_line(s: &str) -> String {
@@ -330,7 +487,21 @@ fn from_status(status: reqwest::StatusCode, body: &[u8]) -> Failure {
         _ => Kind::Client,
     };
     let reason = status.canonical_reason().unwrap_or("");
-    Failure::new(kind, format!("HTTP {code} {reason}: {}", body_summary(body))).with_status(code)
+    let mut f = Failure::new(kind, format!("HTTP {code} {reason}: {}", body_summary(body))).with_status(code);
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        if let Some(e) = error_object(&v) {
+            if let Some(cats) = content_filter_of(e) {
+                let msg = error_message(e).unwrap_or_default();
+                let mut cf = content_filter_failure(&super::head(&one_line(&msg), 300), &cats, "refused the prompt");
+                cf.message = format!("HTTP {code} {reason}: {}", cf.message);
+                f.kind = cf.kind;
+                f.message = cf.message;
+            }
+            f.retry_after = body_retry_delay(&v);
+            f.param = e.get("param").and_then(Value::as_str).filter(|p| !p.is_empty()).map(str::to_string);
+        }
+    }
+    f
 }
 
 fn content_text(c: Option<&Value>) -> String {
@@ -358,9 +529,8 @@ pub fn parse_completion(body: &[u8], req: &Request, latency: f64, status: u16) -
         }
     };
     if v.get("choices").is_none() {
-        if v.get("error").is_some() {
-            return Err(Failure::new(Kind::Server, format!("HTTP {status} with an error: {}", body_summary(body)))
-                .with_status(status));
+        if let Some(e) = error_object(&v).filter(|_| v.is_array() || v.get("error").is_some()) {
+            return Err(from_error_object(&v, e, &format!("HTTP {status} with an error"), Some(status)));
         }
         return Err(Failure::new(
             Kind::BadBody,
@@ -389,7 +559,15 @@ pub fn parse_completion(body: &[u8], req: &Request, latency: f64, status: u16) -
         streamed: false,
         replayed: false,
     };
-    check_reply(reply, req).map_err(|f| f.with_status(status))
+    check_reply(reply, req).map_err(|mut f| {
+        if f.kind == Kind::ContentFilter {
+            let cats = filtered_categories(choice.get("content_filter_results"));
+            if !cats.is_empty() {
+                f.message = f.message.replacen(" (finish_reason", &format!(" (filtered: {cats}; finish_reason"), 1);
+            }
+        }
+        f.with_status(status)
+    })
 }
 
 fn join_reasoning(a: &str, b: &str) -> String {
@@ -400,8 +578,19 @@ fn join_reasoning(a: &str, b: &str) -> String {
     }
 }
 
-/// A completion that arrived but cannot be used: cut off, or no content.
+/// A completion that arrived but cannot be used: cut off, stopped by a content filter, or no content.
 pub fn check_reply(reply: Reply, req: &Request) -> Result<Reply, Failure> {
+    if reply.finish_reason == "content_filter" {
+        let mut f = Failure::new(
+            Kind::ContentFilter,
+            format!(
+                "the provider's content filter stopped the reply after {} chars (finish_reason content_filter)",
+                reply.text.chars().count()
+            ),
+        );
+        f.reply = Some(Box::new(reply));
+        return Err(f);
+    }
     if reply.finish_reason == "length" {
         let limit = req.max_tokens.map_or_else(|| "the server's limit".to_string(), |m| format!("max_tokens = {m}"));
         let mut f = Failure::new(
@@ -452,11 +641,10 @@ impl StreamState {
         let v: Value = serde_json::from_str(payload).map_err(|_| {
             Failure::new(Kind::BadBody, format!("a streamed chunk is not JSON: {}", super::head(payload, 160)))
         })?;
-        if v.get("error").is_some() && v.get("choices").is_none() {
-            return Err(Failure::new(
-                Kind::Server,
-                format!("the stream ended with an error: {}", body_summary(payload.as_bytes())),
-            ));
+        if v.get("choices").is_none() && (v.is_array() || v.get("error").is_some()) {
+            if let Some(e) = error_object(&v) {
+                return Err(from_error_object(&v, e, "the stream ended with an error", None));
+            }
         }
         if let Some(m) = v.get("model").and_then(Value::as_str) {
             self.model = Some(m.to_string());
@@ -604,6 +792,7 @@ impl StreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn an_https_client_builds_with_the_ring_provider() {
@@ -618,6 +807,94 @@ mod tests {
             "an HTML page titled '502 Bad Gateway'"
         );
         assert_eq!(body_summary(b""), "(empty body)");
+    }
+
+    const GEMINI_429: &str = r#"[{"error": {"code": 429, "message": "You exceeded your current quota, please check your plan and billing details.", "status": "RESOURCE_EXHAUSTED", "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests"}]}, {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "31s"}]}}]"#;
+
+    #[test]
+    fn gemini_list_shaped_errors_are_read_with_their_delay() {
+        assert_eq!(
+            body_summary(GEMINI_429.as_bytes()),
+            "You exceeded your current quota, please check your plan and billing details."
+        );
+        let f = from_status(reqwest::StatusCode::TOO_MANY_REQUESTS, GEMINI_429.as_bytes());
+        assert_eq!((f.kind, f.status, f.retry_after), (Kind::RateLimited, Some(429), Some(31.0)));
+        assert!(f.message.starts_with("HTTP 429 Too Many Requests: You exceeded your current quota"), "{}", f.message);
+        // a list-shaped error sent with HTTP 200 is an error, not "no choices"
+        let f = parse_completion(GEMINI_429.as_bytes(), &req(), 0.1, 200).unwrap_err();
+        assert_eq!((f.kind, f.retry_after), (Kind::RateLimited, Some(31.0)), "{}", f.message);
+        let bad = br#"[{"error": {"code": 400, "message": "Invalid JSON payload received. Unknown name \"seed\": Cannot find field.", "status": "INVALID_ARGUMENT"}}]"#;
+        let f = from_status(reqwest::StatusCode::BAD_REQUEST, bad);
+        assert_eq!(f.kind, Kind::Client);
+        assert!(f.message.contains("Unknown name \"seed\""), "{}", f.message);
+    }
+
+    #[test]
+    fn retry_delays_named_in_error_bodies() {
+        let d = |b: &str| body_retry_delay(&serde_json::from_str(b).unwrap());
+        assert_eq!(
+            d(r#"{"error": {"message": "Rate limit reached for gpt-4o. Please try again in 20s."}}"#),
+            Some(20.0)
+        );
+        assert_eq!(d(r#"{"error": {"message": "Please try again in 1.5s. Visit ..."}}"#), Some(1.5));
+        assert_eq!(d(r#"{"error": {"message": "Limit 30000, Used 29950. Please try again in 120ms."}}"#), Some(0.12));
+        assert_eq!(d(r#"{"error": {"message": "Please try again in 1m30s."}}"#), Some(90.0));
+        assert_eq!(d(r#"[{"error": {"message": "Quota exceeded. Please retry in 1.527046s."}}]"#), Some(1.527046));
+        assert_eq!(
+            d(
+                r#"{"error": {"code": "429", "message": "Requests to the ChatCompletions_Create Operation have exceeded the rate limit. Please retry after 7 seconds."}}"#
+            ),
+            Some(7.0)
+        );
+        assert_eq!(d(r#"{"error": {"message": "slow down", "retry_after": 12}}"#), Some(12.0));
+        assert_eq!(d(r#"{"error": "slow down", "retry_after": "3"}"#), Some(3.0));
+        assert_eq!(
+            d(
+                r#"{"error": {"details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": {"seconds": 4, "nanos": 500000000}}]}}"#
+            ),
+            Some(4.5)
+        );
+        assert_eq!(d(r#"{"error": {"message": "Rate limit reached"}}"#), None);
+        assert_eq!(d(r#"{"error": {"message": "retry in a moment"}}"#), None);
+    }
+
+    const AZURE_FILTER: &str = r#"{"error": {"message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy. Please modify your prompt and retry.", "type": null, "param": "prompt", "code": "content_filter", "status": 400, "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": {"hate": {"filtered": true, "severity": "high"}, "jailbreak": {"filtered": false, "detected": false}, "self_harm": {"filtered": false, "severity": "safe"}, "violence": {"filtered": true, "severity": "medium"}}}}}"#;
+
+    #[test]
+    fn a_content_filter_refusal_is_its_own_kind() {
+        let f = from_status(reqwest::StatusCode::BAD_REQUEST, AZURE_FILTER.as_bytes());
+        assert_eq!((f.kind, f.status), (Kind::ContentFilter, Some(400)));
+        assert_eq!(
+            f.message,
+            "HTTP 400 Bad Request: the provider's content filter refused the prompt (filtered: hate (high), violence \
+             (medium)): The response was filtered due to the prompt triggering Azure OpenAI's content management \
+             policy. Please modify your prompt and retry."
+        );
+        let body = json!({"choices": [{"index": 0, "finish_reason": "content_filter",
+            "message": {"role": "assistant", "content": "Step 1: the"},
+            "content_filter_results": {"violence": {"filtered": true, "severity": "high"}}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}});
+        let f = parse_completion(body.to_string().as_bytes(), &req(), 0.1, 200).unwrap_err();
+        assert_eq!(f.kind, Kind::ContentFilter);
+        assert!(
+            f.message
+                .contains("stopped the reply after 11 chars (filtered: violence (high); finish_reason content_filter)"),
+            "{}",
+            f.message
+        );
+        assert_eq!(f.reply.unwrap().text, "Step 1: the");
+    }
+
+    fn req() -> Request {
+        Request {
+            model: "m".into(),
+            messages: vec![json!({"role": "user", "content": "hi"})],
+            temperature: None,
+            max_tokens: None,
+            json: false,
+            json_schema: None,
+            extra: Default::default(),
+        }
     }
 
     #[test]

@@ -291,18 +291,25 @@ impl Engine {
 
     async fn http(&self, req: &Request, opts: &CallOpts) -> Result<Reply, Failure> {
         let s = &self.settings;
-        if !s.secret.is_set() && !crate::http::is_loopback(&s.base_url) {
+        if !s.secret.is_set() && !s.headers_authenticate() && !crate::http::is_loopback(&s.base_url) {
+            let how = if s.provider.is_azure() {
+                "set llm.api_key in the config or the AZURE_OPENAI_API_KEY environment variable (or an Entra ID \
+                 token in llm.azure_ad_token / AZURE_OPENAI_AD_TOKEN)"
+            } else {
+                "set llm.api_key in the config or the OPENAI_API_KEY environment variable"
+            };
             return Err(Failure::new(
                 Kind::Config,
-                format!(
-                    "no API key: set llm.api_key in the config or the OPENAI_API_KEY environment variable \
-                     (base_url {} is not a local endpoint, so it needs one)",
-                    s.base_url
-                ),
+                format!("no API key: {how} (base_url {} is not a local endpoint, so it needs one)", s.base_url),
             ));
         }
         let ep = self.endpoint().map_err(|e| Failure::new(Kind::Config, self.settings.mask(&e)))?;
-        client::chat(&ep, s.secret.expose(), req, &self.adaptation(&req.model), opts).await.map_err(|mut f| {
+        let wire = client::Wire {
+            url: s.chat_url(&req.model),
+            headers: s.request_headers().map_err(|e| Failure::new(Kind::Config, s.mask(&e)))?,
+            secret: &s.secret,
+        };
+        client::chat(&ep, &wire, req, &self.adaptation(&req.model), opts).await.map_err(|mut f| {
             f.message = s.mask(&f.message);
             f
         })
@@ -344,12 +351,9 @@ impl Engine {
             }
         }
         if let Some(rec) = guard.as_mut() {
-            // only the key itself: the look-alike patterns of `mask` could alter a prompt and break replay
-            let key = self.settings.secret.expose().map(str::to_string);
-            let exact = move |s: &str| match key.as_deref() {
-                Some(k) if k.len() >= 4 => s.replace(k, "***"),
-                _ => s.to_string(),
-            };
+            // only the secrets themselves: the look-alike patterns of `mask` could alter a prompt and break replay
+            let secret = self.settings.secret.clone();
+            let exact = move |s: &str| secret.mask_exact(s);
             if let Err(e) = rec.write(req, r, &exact) {
                 crate::ui::eline(&format!("warning: cannot record LLM exchange to {}: {e}", path.display()));
             }

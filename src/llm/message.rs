@@ -26,6 +26,9 @@ pub enum Kind {
     Truncated,
     /// Another 4xx: the request itself is wrong (bad model name, bad key...). Never retried.
     Client,
+    /// The provider's content filter refused the prompt (Azure's 400 `content_filter`) or cut the reply
+    /// (`finish_reason: "content_filter"`): the same request would be refused again.
+    ContentFilter,
     /// A configured budget (max_total_tokens, max_calls) is used up.
     Budget,
     /// Replaying a cassette that holds no exchange for this request.
@@ -48,6 +51,7 @@ impl Kind {
             Kind::Empty => "empty",
             Kind::Truncated => "truncated",
             Kind::Client => "client",
+            Kind::ContentFilter => "content_filter",
             Kind::Budget => "budget",
             Kind::ReplayMiss => "replay_miss",
             Kind::Interrupted => "interrupted",
@@ -66,6 +70,7 @@ impl Kind {
             "empty" => Kind::Empty,
             "truncated" => Kind::Truncated,
             "client" => Kind::Client,
+            "content_filter" => Kind::ContentFilter,
             "budget" => Kind::Budget,
             "replay_miss" => Kind::ReplayMiss,
             "interrupted" => Kind::Interrupted,
@@ -155,8 +160,11 @@ impl Reply {
 pub struct Failure {
     pub kind: Kind,
     pub status: Option<u16>,
-    /// Seconds the server asked us to wait (Retry-After / retry-after-ms).
+    /// Seconds the server asked us to wait (Retry-After / retry-after-ms, else the delay its error body
+    /// names: `retryDelay`, `retry_after`, "try again in 20s").
     pub retry_after: Option<f64>,
+    /// The request field the error body names (`error.param`), when it names one.
+    pub param: Option<String>,
     pub message: String,
     /// What did arrive, for `empty` and `truncated` (the partial text and the tokens paid for).
     pub reply: Option<Box<Reply>>,
@@ -166,7 +174,15 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(kind: Kind, message: impl Into<String>) -> Failure {
-        Failure { kind, status: None, retry_after: None, message: message.into(), reply: None, refused_stream: false }
+        Failure {
+            kind,
+            status: None,
+            retry_after: None,
+            param: None,
+            message: message.into(),
+            reply: None,
+            refused_stream: false,
+        }
     }
 
     pub fn with_status(mut self, status: u16) -> Failure {

@@ -26,7 +26,7 @@ pub use settings::*;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     #[test]
     fn clip_keeps_both_ends_and_whole_characters() {
@@ -63,6 +63,61 @@ mod tests {
         assert_eq!(n("http://h/api"), "http://h/api");
         assert!(normalize_base_url("api.openai.com").is_err());
         assert!(normalize_base_url("").is_err());
+    }
+
+    #[test]
+    fn azure_base_url_forms() {
+        let a = |s: &str| azure_base_url(s).unwrap();
+        let dep = Provider::AzureDeployments;
+        assert_eq!(a("https://lab.openai.azure.com"), ("https://lab.openai.azure.com/openai".into(), dep, None, None));
+        assert_eq!(a("https://lab.openai.azure.com/openai/").0, "https://lab.openai.azure.com/openai");
+        assert_eq!(
+            a("https://lab.openai.azure.com/openai/deployments/gpt-4o%20prod/chat/completions?api-version=2024-06-01"),
+            ("https://lab.openai.azure.com/openai".into(), dep, Some("gpt-4o prod".into()), Some("2024-06-01".into()))
+        );
+        assert_eq!(
+            a("[azure](https://lab.openai.azure.com/openai/v1/)"),
+            ("https://lab.openai.azure.com/openai/v1".into(), Provider::AzureV1, None, None)
+        );
+        // behind an API gateway: what comes before `deployments` is kept as it is
+        assert_eq!(
+            a("https://apim.azure-api.net/aoai/deployments/d1?api-version=2024-06-01").0,
+            "https://apim.azure-api.net/aoai"
+        );
+        assert!(azure_base_url("lab.openai.azure.com").is_err());
+        let llm = |url: &str, extra: Value| {
+            let mut c = crate::config::LlmConfig { base_url: url.into(), ..Default::default() };
+            if let Value::Object(m) = extra {
+                c.extra = m;
+            }
+            c
+        };
+        assert!(is_azure(&llm("https://lab.openai.azure.com", json!({}))));
+        assert!(is_azure(&llm("https://x.cognitiveservices.azure.com/openai/v1", json!({}))));
+        assert!(!is_azure(&llm("https://api.openai.com/v1", json!({}))));
+        assert!(is_azure(&llm("http://127.0.0.1:9/openai", json!({"provider": "azure"}))));
+        assert!(!is_azure(&llm("https://lab.openai.azure.com/openai/v1", json!({"provider": "openai"}))));
+        let s = |url: &str, extra: Value| {
+            Settings::from_llm_config(&llm(url, extra), None, crate::secret::Secret::default(), None, None).unwrap()
+        };
+        let st = s("https://lab.openai.azure.com", json!({"deployment": "prod-4o"}));
+        assert_eq!(
+            st.chat_url("gpt-4o"),
+            "https://lab.openai.azure.com/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21"
+        );
+        // no deployment: the request's model names it (as openai-python's AzureOpenAI does)
+        let st = s("https://lab.openai.azure.com/openai", json!({"api_version": "2025-04-01-preview"}));
+        assert_eq!(
+            st.chat_url("gpt-4o"),
+            "https://lab.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2025-04-01-preview"
+        );
+        let st = s("https://lab.openai.azure.com/openai/v1", json!({"deployment": "prod-4o"}));
+        assert_eq!(
+            (st.chat_url(&st.model), st.model.as_str()),
+            ("https://lab.openai.azure.com/openai/v1/chat/completions".into(), "prod-4o")
+        );
+        let st = s("https://api.openai.com", json!({}));
+        assert_eq!(st.chat_url("gpt-4o"), "https://api.openai.com/v1/chat/completions");
     }
 
     #[test]

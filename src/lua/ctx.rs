@@ -24,7 +24,8 @@ pub struct HostCtx {
     pub record: Option<PathBuf>,
     /// Replay LLM exchanges from this cassette instead of the network.
     pub replay: Option<PathBuf>,
-    /// The LLM's key (config or `OPENAI_API_KEY`), masked out of everything shown or written.
+    /// The LLM's key (config or `OPENAI_API_KEY`; Azure's key or token) and the section's other secrets,
+    /// masked out of everything shown or written.
     pub secret: Secret,
     /// The current trial's event log (shared with the LLM engine).
     pub events: Arc<EventLog>,
@@ -32,7 +33,10 @@ pub struct HostCtx {
 
 impl HostCtx {
     pub fn new(config: Option<Arc<Config>>) -> Self {
-        let secret = Secret::resolve(config.as_ref().and_then(|c| c.llm.api_key.as_deref()));
+        let secret = match &config {
+            Some(c) => crate::llm::resolve_secret(&c.llm),
+            None => Secret::resolve(None),
+        };
         HostCtx {
             config,
             user_dirs: Vec::new(),

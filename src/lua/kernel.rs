@@ -151,6 +151,7 @@ fn start_options(lua: &Lua, o: &Opts) -> LuaResult<StartOptions> {
         }
     }
     so.secrets.extend(ctx.secret.expose().map(str::to_string));
+    so.secrets.extend(ctx.secret.others().iter().cloned());
     // a gateway token from the config is as secret as the API key: no local kernel inherits a copy of it
     if let Some(cfg) = &ctx.config {
         let t = cfg.exec.extra.get("gateway_token").and_then(Value::as_str);

@@ -34,6 +34,7 @@ const CHAT_OPTS: &[&str] = &[
     "retry",
     "stream",
     "extra",
+    "reasoning_effort",
 ];
 
 /// The engine for a host context: settings from its config's `llm` section, its secret and CLI flags;
@@ -228,6 +229,25 @@ fn build_request(lua: &Lua, o: &boundary::Opts, en: &Engine) -> LuaResult<Reques
             return Err(boundary::misuse(lua, format!("llm.chat: 'extra' must be a table, got {}", other.type_name())))
         }
     };
+    // reasoning_effort: the call's (false: none), else llm.reasoning_effort; an `extra` field wins
+    let mut extra = extra;
+    let effort = match o.value("reasoning_effort")? {
+        LuaValue::Nil => s.reasoning_effort.clone(),
+        LuaValue::Boolean(false) => None,
+        LuaValue::String(e) => Some(e.to_string_lossy()).filter(|e| !e.is_empty()),
+        other => {
+            return Err(boundary::misuse(
+                lua,
+                format!(
+                    "llm.chat: 'reasoning_effort' must be a string (\"low\", \"medium\", \"high\"...) or false, got {}",
+                    other.type_name()
+                ),
+            ))
+        }
+    };
+    if let Some(e) = effort {
+        extra.entry("reasoning_effort").or_insert(json!(e));
+    }
     Ok(Request {
         model,
         messages,
@@ -435,6 +455,8 @@ async fn adapt_decision(
     let body = sent_with.body(req, call.stream);
     let info = lua.create_table()?;
     info.set("status", f.status)?;
+    info.set("kind", f.kind.as_str())?;
+    info.set("param", f.param.as_deref())?;
     info.set("message", en.settings.mask(&f.message))?;
     info.set("model", req.model.as_str())?;
     let params: Vec<String> = body.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();

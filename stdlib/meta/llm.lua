@@ -32,6 +32,7 @@ local llm = {}
 ---@field retry? cellsci.llm.RetryPolicy|cellsci.llm.RetryFunction|boolean A policy table with `decide`, a function, `false` (one attempt), or `nil`/`true`: `require("retry")` (`retry.new(<config llm.retry>)` when the config has one). Default: `nil`.
 ---@field events? cellsci.log.Sink The trial event log this exchange (and its usage) belongs to: `log.sink(path)`, as a trial context's `ctx.events`. Default: the run's current event log (`log.set_event_file`).
 ---@field extra? table<string, any> More request fields sent as given, e.g. `{top_p = 0.9, seed = 1, stop = {"\n\n"}}`. Default: none.
+---@field reasoning_effort? string|false Sent as `reasoning_effort` ("low", "medium", "high"...); `false` sends none. Default: `llm.reasoning_effort`.
 
 ---Token counts of one reply.
 ---@class cellsci.llm.TokenUsage
@@ -64,6 +65,7 @@ local llm = {}
 ---| "empty"        # a completion with no content; retried
 ---| "truncated"    # cut off by max_tokens (finish_reason "length"); `err.text` holds the partial text; not retried by default
 ---| "client"       # another 4xx (bad model, bad key, exhausted quota); never retried by default (`per_kind.client = 0`)
+---| "content_filter" # the provider's content filter refused the prompt (Azure's 400 `content_filter`) or cut the reply (finish_reason "content_filter"; `err.text` holds what came); never retried by default
 ---| "budget"       # llm.max_total_tokens / llm.max_calls / llm.max_cost used up; never retried by default
 ---| "replay_miss"  # replaying, and the cassette has no such request; never retried by default
 ---| "interrupted"  # Ctrl-C / SIGTERM; never retried (no attempt starts after Ctrl-C, whatever the policy says)
@@ -76,7 +78,7 @@ local llm = {}
 ---@field status? integer The HTTP status of the last attempt, when there was one.
 ---@field attempts integer Requests made.
 ---@field elapsed number Seconds of the whole call.
----@field retry_after? number Seconds the server asked to wait, when it did.
+---@field retry_after? number Seconds the server asked to wait (Retry-After, else the delay its error body names), when it did.
 ---@field model string The model asked for.
 ---@field text? string For `empty` / `truncated`: what did arrive.
 ---@field finish_reason? string For `empty` / `truncated`.
@@ -88,7 +90,7 @@ local llm = {}
 ---@field status? integer The HTTP status, when there was one.
 ---@field attempt integer The attempt that just failed (1-based).
 ---@field elapsed number Seconds since the first attempt.
----@field retry_after? number Seconds the server asked to wait, when it did.
+---@field retry_after? number Seconds the server asked to wait (Retry-After, else the delay its error body names), when it did.
 ---@field message string The failure (masked).
 ---@field model string
 ---@field counts table<string, integer> Failures so far by kind, this one included.

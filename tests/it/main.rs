@@ -10,6 +10,7 @@ mod kernel;
 mod llm;
 mod notebook;
 mod pipeline;
+mod providers;
 mod reload;
 mod report;
 mod resilience;

@@ -69,9 +69,13 @@ impl Received {
 }
 
 type Responder = std::sync::Arc<dyn Fn(&Value) -> Reply + Send + Sync>;
+type Gate = std::sync::Arc<dyn Fn(&Received) -> Option<Reply> + Send + Sync>;
 
 #[derive(Default)]
 struct State {
+    /// Asked first about every request (URL, headers, body): a dialect's own refusals (a wrong path,
+    /// a missing key) come from here, before the queue is touched.
+    gate: Option<Gate>,
     queue: VecDeque<Reply>,
     responder: Option<Responder>,
     default: Option<Reply>,
@@ -175,6 +179,13 @@ impl FakeLlm {
         self.state().responder = Some(std::sync::Arc::new(f));
     }
 
+    /// Ask `f` about every request first (its path with the query, headers, body): `Some(reply)` answers
+    /// it (a provider's 404 for a wrong URL, 401 for a missing key), `None` lets the queue and the
+    /// responder answer. This is how a test makes the server speak a provider's dialect.
+    pub fn set_gate(&self, f: impl Fn(&Received) -> Option<Reply> + Send + Sync + 'static) {
+        self.state().gate = Some(std::sync::Arc::new(f));
+    }
+
     /// Answer requests the queue does not cover with this reply (default: the text "fake reply").
     pub fn set_default(&self, r: Reply) {
         self.state().default = Some(r);
@@ -264,16 +275,18 @@ fn serve(conn: TcpStream, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>) {
         let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
         let reply = {
             let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-            st.received.push(Received {
+            let rx = Received {
                 method: req.method.clone(),
                 path: req.path.clone(),
                 headers: req.headers.clone(),
                 body: body.clone(),
                 at: Instant::now(),
-            });
+            };
+            let gated = st.gate.as_ref().and_then(|g| g(&rx));
+            st.received.push(rx);
             st.in_flight += 1;
             st.max_in_flight = st.max_in_flight.max(st.in_flight);
-            match st.queue.pop_front() {
+            match gated.or_else(|| st.queue.pop_front()) {
                 Some(r) => Ok(r),
                 None => match (&st.responder, &st.default) {
                     (Some(f), _) => Err(f.clone()),

@@ -30,7 +30,11 @@ pub fn test_venv() -> PathBuf {
 /// A command for the binary, run in `cwd`, with a clean LLM environment.
 pub fn cellsci(cwd: &Path) -> Command {
     let mut c = Command::new(bin());
-    c.current_dir(cwd).env_remove("OPENAI_API_KEY").env("NO_COLOR", "1");
+    c.current_dir(cwd)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("AZURE_OPENAI_API_KEY")
+        .env_remove("AZURE_OPENAI_AD_TOKEN")
+        .env("NO_COLOR", "1");
     c
 }
 
