@@ -1,13 +1,31 @@
 //! The bundled scripts, stdlib modules and prompts, embedded at build time (see `build.rs`).
 //!
 //! Debug builds prefer the source tree's copy when it exists, so editing `stdlib/` needs no rebuild
-//! while developing; release builds always use the embedded copy.
+//! while developing; release builds always use the embedded copy (and so does a build whose profile
+//! turns debug assertions off for this crate, like the `wheel-test` profile the wheel test builds).
 
 use std::borrow::Cow;
 
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
 }
+
+mod demo {
+    include!(concat!(env!("OUT_DIR"), "/demo.rs"));
+}
+
+/// The demo `cellsci demo` writes out, as (path relative to the demo folder, bytes): always the copy
+/// embedded at build time.
+pub fn demo_files() -> &'static [(&'static str, &'static [u8])] {
+    demo::DEMO
+}
+
+/// Where the bundled files come from, for `cellsci --version`.
+#[cfg(debug_assertions)]
+pub const SOURCE: &str =
+    concat!("read from ", env!("CARGO_MANIFEST_DIR"), " while that folder exists (a debug build), else embedded");
+#[cfg(not(debug_assertions))]
+pub const SOURCE: &str = "embedded in the binary";
 
 /// Every embedded file as (relative path like `stdlib/retry.lua`, contents).
 pub fn files() -> &'static [(&'static str, &'static str)] {
