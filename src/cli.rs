@@ -430,12 +430,17 @@ fn writer_alive(summary: &Path) -> bool {
     pid.is_some_and(|p| p > 0 && p != std::process::id() as i32 && unsafe { libc::kill(p, 0) } == 0)
 }
 
-/// Write the embedded scripts, stdlib and prompts into `dir`, keeping existing files unless `force`.
+/// The editor settings `scripts export` writes beside the files: LuaLS and EmmyLua find the type stubs
+/// (`stdlib/meta`) through it. The repository's own copy, for editing the bundled Lua here.
+const LUARC: &str = include_str!("../.luarc.json");
+
+/// Write the embedded scripts, stdlib and prompts (and a `.luarc.json` for editors) into `dir`, keeping
+/// existing files unless `force`.
 pub fn export_scripts(dir: &Path, force: bool) -> Result<()> {
     let mut written = 0;
     let mut kept = Vec::new();
-    for (rel, _) in crate::lua::embedded::files() {
-        let text = crate::lua::embedded::get(rel).unwrap_or_default();
+    let files = crate::lua::embedded::files().iter().map(|(rel, _)| (*rel, crate::lua::embedded::get(rel).unwrap_or_default()));
+    for (rel, text) in files.chain([(".luarc.json", std::borrow::Cow::Borrowed(LUARC))]) {
         let dest = dir.join(rel);
         if dest.exists() && !force {
             kept.push(rel.to_string());
