@@ -387,7 +387,10 @@ async fn demo(cli: &Cli, d: &DemoArgs) -> Result<u8> {
         anyhow::bail!("demo: --config is not for demo, which writes and uses a config of its own");
     }
     let cfg_path = crate::start::write_demo(&d.dir, d.python.as_deref())?;
-    println!("demo: wrote the demo (config, stage-1 data, recorded LLM replies) to {}", crate::files::display_path(&d.dir));
+    println!(
+        "demo: wrote the demo (config, stage-1 data, recorded LLM replies) to {}",
+        crate::files::display_path(&d.dir)
+    );
     if d.no_run {
         println!("demo: run it with: cellsci -c {} run --use-idea", crate::files::display_path(&cfg_path));
         return Ok(EXIT_OK);
@@ -439,7 +442,8 @@ const LUARC: &str = include_str!("../.luarc.json");
 pub fn export_scripts(dir: &Path, force: bool) -> Result<()> {
     let mut written = 0;
     let mut kept = Vec::new();
-    let files = crate::lua::embedded::files().iter().map(|(rel, _)| (*rel, crate::lua::embedded::get(rel).unwrap_or_default()));
+    let files =
+        crate::lua::embedded::files().iter().map(|(rel, _)| (*rel, crate::lua::embedded::get(rel).unwrap_or_default()));
     for (rel, text) in files.chain([(".luarc.json", std::borrow::Cow::Borrowed(LUARC))]) {
         let dest = dir.join(rel);
         if dest.exists() && !force {

@@ -89,7 +89,9 @@ pub fn demo_result(save_root: &Path) -> Option<DemoResult> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("phase2_loop_summary_") && n.ends_with(".json"))
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("phase2_loop_summary_") && n.ends_with(".json"))
         })
         .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())?;
     let doc: Value = crate::pyjson::parse(&std::fs::read_to_string(&summary).ok()?).ok()?;
@@ -149,7 +151,8 @@ pub fn write_init(dir: &Path) -> Result<Vec<PathBuf>> {
         let text = crate::lua::embedded::get(rel).unwrap_or_default();
         files.push((rel.to_string(), text.as_bytes().to_vec()));
     }
-    let taken: Vec<String> = files.iter().filter(|(rel, _)| dir.join(rel).exists()).map(|(rel, _)| rel.clone()).collect();
+    let taken: Vec<String> =
+        files.iter().filter(|(rel, _)| dir.join(rel).exists()).map(|(rel, _)| rel.clone()).collect();
     if !taken.is_empty() {
         bail!(
             "init {}: {} already exist{}; init never overwrites anything: remove {} or give another folder \

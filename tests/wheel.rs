@@ -94,12 +94,8 @@ fn the_wheel_installs_into_a_fresh_venv_and_runs_the_demo_from_its_path() {
     assert_eq!(util::ok(&out).trim(), venv.join("bin/cellsci").display().to_string(), "pip put cellsci on PATH");
     let out = run(&["--version"]).output().unwrap();
     let so = util::ok(&out);
-    assert!(
-        so.starts_with(&format!("cellsci {} (commit {})", env!("CARGO_PKG_VERSION"), head_commit())),
-        "{so}"
-    );
+    assert!(so.starts_with(&format!("cellsci {} (commit {})", env!("CARGO_PKG_VERSION"), head_commit())), "{so}");
     assert!(so.contains("bundled scripts, stdlib and prompts: embedded in the binary"), "{so}");
     let out = run(&["demo", "--python", &test_python().display().to_string()]).output().unwrap();
     assert_demo_succeeded(&out, &std::fs::canonicalize(work.path().join("cellsci-demo")).unwrap());
 }
-

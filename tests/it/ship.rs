@@ -30,15 +30,20 @@ fn demo_in_an_empty_folder_writes_the_demo_runs_it_offline_and_says_where_the_re
     let out = util::cellsci(d.path()).arg("demo").arg("--python").arg(test_python()).output().unwrap();
     let dir = d.path().join("cellsci-demo");
     assert_demo_succeeded(&out, &std::fs::canonicalize(&dir).unwrap());
-    for rel in ["generate_execution_config.json", "cassette.jsonl", "README.md", "stage1/reference/20261101_120000/idea.json"]
+    for rel in
+        ["generate_execution_config.json", "cassette.jsonl", "README.md", "stage1/reference/20261101_120000/idea.json"]
     {
         assert!(dir.join(rel).is_file(), "{rel} written");
     }
     // the stage-1 data is the demo's, byte for byte (it is embedded as bytes: HDF5)
     let rel = "stage1/reference/20261101_120000/REFERENCE_DATA.h5";
-    assert_eq!(std::fs::read(dir.join(rel)).unwrap(), std::fs::read(util::repo().join("examples/demo").join(rel)).unwrap());
+    assert_eq!(
+        std::fs::read(dir.join(rel)).unwrap(),
+        std::fs::read(util::repo().join("examples/demo").join(rel)).unwrap()
+    );
     // the written config names the interpreter given, instead of a venv provisioned from PyPI
-    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("generate_execution_config.json")).unwrap()).unwrap();
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("generate_execution_config.json")).unwrap()).unwrap();
     assert_eq!(cfg["exec"]["python"], test_python().display().to_string());
     assert!(cfg["exec"].get("kernel_packages").is_none(), "{cfg:#}");
 }
@@ -103,7 +108,13 @@ print(c.experiment.primary_metric, c.experiment.success_threshold, c.exec.max_fi
 print(c.paths.design_execution_root)
 "#,
     );
-    let out = util::cellsci(d.path()).arg("-c").arg("proj/generate_execution_config.json").arg("script").arg(&show).output().unwrap();
+    let out = util::cellsci(d.path())
+        .arg("-c")
+        .arg("proj/generate_execution_config.json")
+        .arg("script")
+        .arg(&show)
+        .output()
+        .unwrap();
     let so = util::ok(&out);
     let lines: Vec<&str> = so.lines().collect();
     assert_eq!(lines[0], proj.join("prompts/generation.yaml").display().to_string(), "{so}");
@@ -160,7 +171,8 @@ fn stubbed_functions() -> Vec<String> {
     let mut out = Vec::new();
     for (name, _) in cellsci::lua::MODULES {
         let file = util::repo().join(format!("stdlib/meta/{name}.lua"));
-        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}: every module needs its stubs", file.display()));
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}: every module needs its stubs", file.display()));
         let var = &word.captures(&text).unwrap_or_else(|| panic!("{}: no `return <table>`", file.display()))[1];
         let decl = regex::Regex::new(&format!(r"(?m)^function\s+{var}((?:\.\w+)+)\s*\(")).unwrap();
         for c in decl.captures_iter(&text) {
@@ -179,6 +191,115 @@ fn the_type_stubs_describe_exactly_the_functions_the_host_registers() {
     let real = registered_functions();
     let stubs = stubbed_functions();
     assert!(real.contains(&"llm.chat".to_string()) && real.len() > 40, "{real:?}");
+    let missing: Vec<&String> = real.iter().filter(|f| !stubs.contains(f)).collect();
+    let stale: Vec<&String> = stubs.iter().filter(|f| !real.contains(f)).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "registered but not in stdlib/meta: {missing:?}\nin stdlib/meta but not registered: {stale:?}"
+    );
+}
+
+/// The Rust type of each handle the host gives scripts, and its class in the stubs. A new handle type
+/// fails the test below until it is added here (and stubbed).
+const HANDLES: &[(&str, &str, &str)] = &[
+    // (Rust type, stub class, Lua that makes one: `d` is a temp folder, `py` the test venv's python)
+    ("Lock", "fs.Lock", "assert(require('fs').lock(d .. '/x.lock'))"),
+    ("Sink", "log.Sink", "require('log').sink(d .. '/events.jsonl')"),
+    ("Progress", "log.Progress", "require('log').progress{total = 1}"),
+    ("LuaNotebook", "notebook.Notebook", "require('notebook').new()"),
+    ("Canceller", "task.Canceller", "require('task').canceller()"),
+    ("LuaKernel", "kernel.Kernel", "assert(require('kernel').start{python = py})"),
+    ("LuaPool", "kernel.Pool", "assert(require('kernel').pool{size = 1, python = py})"),
+];
+
+/// The methods each handle type registers (`methods.add_method("name", ...)` and its async and mut
+/// forms in `impl LuaUserData for T` in src/lua/), as `class:name`.
+fn registered_methods() -> Vec<String> {
+    let imp = regex::Regex::new(r"(?m)^impl LuaUserData for (\w+) \{").unwrap();
+    let add = regex::Regex::new(r#"\.add_(?:async_)?method(?:_mut)?\(\s*"(\w+)""#).unwrap();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(util::repo().join("src/lua")).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        let starts: Vec<(usize, String)> =
+            imp.captures_iter(&text).map(|c| (c.get(0).unwrap().start(), c[1].to_string())).collect();
+        for (i, (at, ty)) in starts.iter().enumerate() {
+            // the impl block: up to the next item at column 0 that is not a closing brace
+            let rest = &text[*at..];
+            let end = rest.find("\n}\n").map(|e| e + 2).unwrap_or(rest.len());
+            let end = starts.get(i + 1).map(|(n, _)| (n - at).min(end)).unwrap_or(end);
+            let Some((_, class, _)) = HANDLES.iter().find(|(t, _, _)| t == ty) else {
+                panic!(
+                    "{}: the handle type {ty} is not in HANDLES of tests/it/ship.rs: add it (and its stubs)",
+                    e.path().display()
+                );
+            };
+            for c in add.captures_iter(&rest[..end]) {
+                out.push(format!("{class}:{}", &c[1]));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The methods the stubs declare on each class (`---@class cellsci.kernel.Kernel` ... `local Kernel = {}`
+/// ... `function Kernel:execute(code, opts)`), as `class:name`, for the classes of HANDLES.
+fn stubbed_methods() -> Vec<String> {
+    let class = regex::Regex::new(r"^---@class cellsci\.([\w.]+)").unwrap();
+    let local = regex::Regex::new(r"^local (\w+) = \{\}").unwrap();
+    let method = regex::Regex::new(r"^function (\w+):(\w+)\s*\(").unwrap();
+    let mut out = Vec::new();
+    for (name, _) in cellsci::lua::MODULES {
+        let text = std::fs::read_to_string(util::repo().join(format!("stdlib/meta/{name}.lua"))).unwrap();
+        let (mut last, mut vars) = (None::<String>, std::collections::HashMap::new());
+        for line in text.lines() {
+            if let Some(c) = class.captures(line) {
+                last = Some(c[1].to_string());
+            } else if let Some(c) = local.captures(line) {
+                vars.insert(c[1].to_string(), last.clone().unwrap_or_default());
+            } else if let Some(c) = method.captures(line) {
+                let cls = vars.get(&c[1]).cloned().unwrap_or_default();
+                if HANDLES.iter().any(|(_, k, _)| *k == cls) {
+                    out.push(format!("{cls}:{}", &c[2]));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The handles' methods, like the modules' functions: every method a handle type registers has a stub and
+/// every stubbed method exists. The list read from the source is checked against live handles (a kernel
+/// and a pool of the test venv included), so the parse cannot miss what a script can call.
+#[test]
+fn the_type_stubs_describe_exactly_the_methods_of_the_handles() {
+    let real = registered_methods();
+    assert!(real.contains(&"kernel.Kernel:execute".to_string()) && real.len() > 30, "{real:?}");
+    let d = util::tempdir();
+    let mut lua = format!(
+        "local d, py = {:?}, {:?}\nlocal bad = {{}}\n",
+        d.path().display().to_string(),
+        test_python().display().to_string()
+    );
+    for (_, class, make) in HANDLES {
+        let names: Vec<String> =
+            real.iter().filter_map(|m| m.strip_prefix(&format!("{class}:"))).map(|n| format!("{n:?}")).collect();
+        lua.push_str(&format!(
+            "do\n  local h = {make}\n  for _, m in ipairs({{ {} }}) do\n    local ok, f = pcall(function() return h[m] end)\n    \
+             if not ok or type(f) ~= 'function' then bad[#bad + 1] = '{class}:' .. m end\n  end\n  \
+             if h.shutdown then h:shutdown() end\nend\n",
+            names.join(", ")
+        ));
+    }
+    lua.push_str("print(table.concat(bad, ' '))\n");
+    let script = util::write(d.path(), "handles.lua", &lua);
+    let out = util::cellsci(d.path()).arg("script").arg(&script).output().unwrap();
+    assert_eq!(util::ok(&out).trim(), "", "methods read from src/lua/ that a live handle does not have");
+
+    let stubs = stubbed_methods();
     let missing: Vec<&String> = real.iter().filter(|f| !stubs.contains(f)).collect();
     let stale: Vec<&String> = stubs.iter().filter(|f| !real.contains(f)).collect();
     assert!(
@@ -220,7 +341,11 @@ fn the_bundled_lua_is_formatted_with_stylua() {
     let Some(stylua) = stylua() else {
         return skip_unless_ci("no stylua (cargo install stylua --features lua54, as .ci/run does, or set STYLUA)");
     };
-    let out = Command::new(&stylua).current_dir(util::repo()).args(["--check", "--output-format", "summary", "stdlib", "scripts"]).output().unwrap();
+    let out = Command::new(&stylua)
+        .current_dir(util::repo())
+        .args(["--check", "--output-format", "summary", "stdlib", "scripts"])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "these Lua files are not formatted as stylua.toml says (run `stylua stdlib scripts`):\n{}",

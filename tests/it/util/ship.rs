@@ -60,4 +60,3 @@ pub fn assert_demo_succeeded(out: &Output, dir: &Path) {
     assert!(results.join("notebook_prompt_exec.ipynb").is_file() && results.join("metrics.json").is_file());
     assert!(so.contains("cellsci -c ") && so.contains("generate_execution_config.json run --use-idea"), "{so}");
 }
-
