@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::process::Command;
 
 #[path = "it/util/mod.rs"]
-#[allow(dead_code)]
 mod util;
 
 use util::ship::{assert_demo_succeeded, head_commit, skip_unless_ci, test_python};

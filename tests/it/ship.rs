@@ -75,6 +75,11 @@ fn demo_with_a_python_that_does_not_exist_is_a_usage_error_naming_it() {
     assert_eq!(out.status.code(), Some(2), "{}", util::text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("demo --python /nonexistent/python3: no such file"));
     assert!(!d.path().join("here").exists(), "nothing written");
+    // the demo has a config of its own: one given is refused, not silently ignored
+    let out = util::cellsci(d.path()).args(["-c", "mine.json", "demo", "here"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", util::text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("demo: --config is not for demo"), "{}", util::text(&out));
+    assert!(!d.path().join("here").exists(), "nothing written");
 }
 
 #[test]
