@@ -357,3 +357,65 @@ fn the_bundled_lua_is_formatted_with_stylua() {
         util::text(&out)
     );
 }
+
+/// The project `cellsci init` writes is a working start: with phase 1's output put where its config says,
+/// the key in OPENAI_API_KEY and the endpoint set (here a loopback fake of an OpenAI-compatible server),
+/// `run --use-idea` goes to a met criterion, and the prompt sent is the project's own (edited) file.
+#[test]
+fn an_init_project_runs_with_its_own_prompt_files() {
+    use crate::pipeline::{generation_reply, kind_of, metrics_cell, Kind};
+    use crate::util::fake_llm::{FakeLlm, Reply};
+
+    let d = util::tempdir();
+    util::ok(&util::cellsci(d.path()).args(["init", "proj"]).output().unwrap());
+    let proj = d.path().join("proj");
+    let stage1 = proj.join("results/MY_DATASET/data_analysis/reference/20260101_000000");
+    util::write(&stage1, "REFERENCE_DATA.h5", "not really hdf5");
+    util::write(&stage1, "idea.json", r#"{"ideas": [{"title": "Dose matters", "description": "Model the dose."}]}"#);
+    // the user's edit of the generation prompt, which the run must send
+    let gen = proj.join("prompts/generation.yaml");
+    let text = std::fs::read_to_string(&gen).unwrap();
+    let text = text.replacen("system: |\n", "system: |\n  Project marker: init-7f3a.\n", 1);
+    assert!(text.contains("init-7f3a"), "the bundled generation prompt starts with a `system: |` block");
+    std::fs::write(&gen, text).unwrap();
+
+    let srv = FakeLlm::start();
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
+    let seen2 = seen.clone();
+    let reply = generation_reply(&[("T1", &metrics_cell(0.8))]);
+    srv.set_responder(move |req| {
+        seen2.lock().unwrap().push(req.clone());
+        match kind_of(req) {
+            Kind::Generation => Reply::text(&reply),
+            Kind::Strategy => Reply::text("Fit a dose-response baseline and one better model."),
+            Kind::Report => Reply::text("The better model wins on every fold."),
+            Kind::Fix => Reply::text("{}"),
+        }
+    });
+    let cfg_path = proj.join("generate_execution_config.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["llm"]["base_url"] = Value::String(srv.url());
+    cfg["exec"]["python"] = Value::String(test_python().display().to_string());
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+
+    let out = util::cellsci(d.path())
+        .env("OPENAI_API_KEY", "sk-test-INIT0123456789")
+        .args(["-c", "proj/generate_execution_config.json", "run", "--use-idea"])
+        .output()
+        .unwrap();
+    let so = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", util::text(&out));
+    assert!(so.contains("[SUCCESS] Success threshold met") && so.contains("[CHECK] better | PCC: 0.8000"), "{so}");
+    let archived: Vec<PathBuf> = std::fs::read_dir(proj.join("results/MY_DATASET/generate_execution/prompt"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("prompt_run_"))
+        .collect();
+    assert_eq!(archived.len(), 1, "{so}");
+    assert!(archived[0].join("experiment_report.md").is_file());
+    let reqs = seen.lock().unwrap();
+    let generation = reqs.iter().find(|r| kind_of(r) == Kind::Generation).expect("a generation request");
+    assert!(generation["messages"][0]["content"].as_str().unwrap().contains("Project marker: init-7f3a."));
+    assert!(!util::text(&out).contains("sk-test-INIT0123456789"), "the key is never printed");
+}
