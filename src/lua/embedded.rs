@@ -20,13 +20,6 @@ pub fn demo_files() -> &'static [(&'static str, &'static [u8])] {
     demo::DEMO
 }
 
-/// Where the bundled files come from, for `cellsci --version`.
-#[cfg(debug_assertions)]
-pub const SOURCE: &str =
-    concat!("read from ", env!("CARGO_MANIFEST_DIR"), " while that folder exists (a debug build), else embedded");
-#[cfg(not(debug_assertions))]
-pub const SOURCE: &str = "embedded in the binary";
-
 /// Every embedded file as (relative path like `stdlib/retry.lua`, contents).
 pub fn files() -> &'static [(&'static str, &'static str)] {
     generated::FILES
