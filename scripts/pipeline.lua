@@ -69,9 +69,7 @@ end
 M.quote = q
 
 -- A trial context for steps called without one (the single commands, older strategies).
-local function context(trial, ctx)
-  return ctx or require("trial").new(trial)
-end
+local function context(trial, ctx) return ctx or require("trial").new(trial) end
 
 ---------------------------------------------------------------------------------------------------
 -- Config and files
@@ -112,8 +110,13 @@ function M.load_prompt(explicit, name)
   if doc == nil then raise("config", "prompt file " .. where .. ": " .. tostring(err)) end
   -- a YAML list decodes to a table too: only a mapping has the keys a prompt needs
   if type(doc) ~= "table" or rawlen(doc) > 0 or getmetatable(doc) == getmetatable(json.array({})) then
-    raise("config", "prompt file " .. where .. ": expected a mapping of keys (system: ...), found a "
-      .. (type(doc) == "table" and "list" or type(doc)))
+    raise(
+      "config",
+      "prompt file "
+        .. where
+        .. ": expected a mapping of keys (system: ...), found a "
+        .. (type(doc) == "table" and "list" or type(doc))
+    )
   end
   return doc, where
 end
@@ -136,9 +139,7 @@ function M.policy(module, fn, ...)
     log.error(string.format("[POLICY] cannot load %s: %s", module, q(nil, mod, "policy error", 1000)))
     return nil, module .. ".lua failed to load: " .. tostring(mod)
   end
-  if type(mod) ~= "table" or type(mod[fn]) ~= "function" then
-    return nil, module .. ".lua has no function " .. fn
-  end
+  if type(mod) ~= "table" or type(mod[fn]) ~= "function" then return nil, module .. ".lua has no function " .. fn end
   local res = table.pack(pcall(mod[fn], ...))
   if not res[1] then
     log.error(string.format("[POLICY] %s.%s failed: %s", module, fn, q(nil, res[2], "policy error", 1000)))
@@ -158,7 +159,9 @@ function M.find_trial(named)
   for _, n in ipairs(fs.list(root) or {}) do
     local p = path.join(root, n)
     local st = fs.stat(p)
-    if st and st.is_dir and (not best_m or st.mtime >= best_m) then best, best_m = p, st.mtime end
+    if st and st.is_dir and (not best_m or st.mtime >= best_m) then
+      best, best_m = p, st.mtime
+    end
   end
   if not best then error("no trial folder under " .. root .. " (run `cellsci generate` first)", 0) end
   return best
@@ -207,21 +210,41 @@ M.GENERATION_SCHEMA = {
     additionalProperties = false,
     required = { "cells", "hypergraph" },
     properties = {
-      cells = { type = "array", items = {
-        type = "object", additionalProperties = false, required = { "id", "name", "purpose", "code" },
-        properties = { id = { type = "string" }, name = { type = "string" }, purpose = { type = "string" },
-          code = { type = "string" } } } },
-      hypergraph = { type = "object", additionalProperties = false, required = { "hyperedges" },
-        properties = { hyperedges = { type = "array", items = {
-          type = "object", additionalProperties = false, required = { "tail", "head" },
-          properties = { tail = { type = "array", items = { type = "string" } }, head = { type = "string" } } } } } },
+      cells = {
+        type = "array",
+        items = {
+          type = "object",
+          additionalProperties = false,
+          required = { "id", "name", "purpose", "code" },
+          properties = {
+            id = { type = "string" },
+            name = { type = "string" },
+            purpose = { type = "string" },
+            code = { type = "string" },
+          },
+        },
+      },
+      hypergraph = {
+        type = "object",
+        additionalProperties = false,
+        required = { "hyperedges" },
+        properties = {
+          hyperedges = {
+            type = "array",
+            items = {
+              type = "object",
+              additionalProperties = false,
+              required = { "tail", "head" },
+              properties = { tail = { type = "array", items = { type = "string" } }, head = { type = "string" } },
+            },
+          },
+        },
+      },
     },
   },
 }
 
-local function structured()
-  return (section("llm")).structured_outputs ~= false
-end
+local function structured() return (section("llm")).structured_outputs ~= false end
 M.structured = structured
 
 -- Long requests (a whole notebook, a cell's repair) stream by default: a proxy that drops a silent
@@ -248,8 +271,11 @@ local function keep_reasoning(trial, n, reasoning, ctx)
   local file = path.join(trial, string.format("generation_reply_%d_reasoning.txt", n))
   local saved, serr = fs.write(file, reasoning)
   if not saved then ctx:warn("[GENERATE] cannot save the reply's reasoning: " .. tostring(serr)) end
-  return { reasoning = (llm.clip(reasoning, { head = 1000, tail = 1000 })), reasoning_bytes = #reasoning,
-    reasoning_file = saved and path.basename(file) or nil }
+  return {
+    reasoning = (llm.clip(reasoning, { head = 1000, tail = 1000 })),
+    reasoning_bytes = #reasoning,
+    reasoning_file = saved and path.basename(file) or nil,
+  }
 end
 
 -- The last resort for a reply with no usable content: the notebook written in its reasoning (models that
@@ -260,8 +286,14 @@ local function cells_from_reasoning(reasoning, n, ctx)
   if parsed == nil then return nil end
   local cells, hg = M.cells_of(parsed)
   if not cells then return nil end
-  ctx:info(string.format("[GENERATE] reply %d had no usable content; its notebook (%d cells) was read from the "
-    .. "model's reasoning, as a last resort", n, #cells))
+  ctx:info(
+    string.format(
+      "[GENERATE] reply %d had no usable content; its notebook (%d cells) was read from the "
+        .. "model's reasoning, as a last resort",
+      n,
+      #cells
+    )
+  )
   ctx:event("reply_from_reasoning", { step = "generation", attempt = n, cells = #cells, reasoning_bytes = #reasoning })
   return cells, hg
 end
@@ -274,12 +306,20 @@ local function request_notebook(system, user, trial, ctx)
   local retries = tonumber(pb.json_retries) or 2
   for attempt = 0, retries do
     host.reload({ events = ctx.events })
-    local resp, err = llm.chat({ messages = messages, temperature = pb.temperature, max_tokens = pb.max_tokens,
-      events = ctx.events, json_schema = structured() and M.GENERATION_SCHEMA or nil, stream = stream_long() })
+    local resp, err = llm.chat({
+      messages = messages,
+      temperature = pb.temperature,
+      max_tokens = pb.max_tokens,
+      events = ctx.events,
+      json_schema = structured() and M.GENERATION_SCHEMA or nil,
+      stream = stream_long(),
+    })
     if not resp then
       local rec = { attempt = attempt + 1, error = tostring(err) }
       local reasoning = type(err) == "table" and err.reasoning or nil
-      for k, v in pairs(keep_reasoning(trial, attempt + 1, reasoning, ctx)) do rec[k] = v end
+      for k, v in pairs(keep_reasoning(trial, attempt + 1, reasoning, ctx)) do
+        rec[k] = v
+      end
       table.insert(attempts, rec)
       local cells, hg = cells_from_reasoning(reasoning, attempt + 1, ctx)
       if cells then return cells, hg, attempts end
@@ -295,7 +335,9 @@ local function request_notebook(system, user, trial, ctx)
       ctx:event("reply_repaired", { step = "generation", attempt = attempt + 1 })
     end
     local cells, hg
-    if parsed ~= nil then cells, hg = M.cells_of(parsed) end
+    if parsed ~= nil then
+      cells, hg = M.cells_of(parsed)
+    end
     if cells then return cells, hg, attempts end
     local rcells, rhg = cells_from_reasoning(resp.reasoning, attempt + 1, ctx)
     if rcells then return rcells, rhg, attempts end
@@ -303,18 +345,36 @@ local function request_notebook(system, user, trial, ctx)
     local reply_file = path.join(trial, string.format("generation_reply_%d.txt", attempt + 1))
     local saved, serr = fs.write(reply_file, resp.text)
     if not saved then ctx:warn("[GENERATE] cannot save the reply: " .. tostring(serr)) end
-    local rec = { attempt = attempt + 1, error = why, finish_reason = resp.finish_reason,
-      raw = (llm.clip(resp.text, { head = 1000, tail = 1000 })), raw_bytes = #resp.text,
-      raw_file = saved and path.basename(reply_file) or nil }
-    for k, v in pairs(keep_reasoning(trial, attempt + 1, resp.reasoning, ctx)) do rec[k] = v end
+    local rec = {
+      attempt = attempt + 1,
+      error = why,
+      finish_reason = resp.finish_reason,
+      raw = (llm.clip(resp.text, { head = 1000, tail = 1000 })),
+      raw_bytes = #resp.text,
+      raw_file = saved and path.basename(reply_file) or nil,
+    }
+    for k, v in pairs(keep_reasoning(trial, attempt + 1, resp.reasoning, ctx)) do
+      rec[k] = v
+    end
     table.insert(attempts, rec)
-    ctx:warn(string.format("[GENERATE] reply %d could not be used (%s)%s", attempt + 1, q(ctx, why, "reply error"),
-      attempt < retries and "; asking the model to reformat it" or ""))
+    ctx:warn(
+      string.format(
+        "[GENERATE] reply %d could not be used (%s)%s",
+        attempt + 1,
+        q(ctx, why, "reply error"),
+        attempt < retries and "; asking the model to reformat it" or ""
+      )
+    )
     local echo, cut = llm.clip(resp.text, { head = M.ECHO_BYTES, tail = M.ECHO_BYTES })
     table.insert(messages, { role = "assistant", content = echo })
-    table.insert(messages, { role = "user", content = "Your reply could not be used: " .. why
-      .. (cut > 0 and string.format(" (it was %d bytes long; the %d bytes in its middle are left out above)", #resp.text, cut) or "")
-      .. '. Reply again with only the JSON object {"cells": [...], "hypergraph": {...}} and no other text.' })
+    table.insert(messages, {
+      role = "user",
+      content = "Your reply could not be used: " .. why .. (cut > 0 and string.format(
+        " (it was %d bytes long; the %d bytes in its middle are left out above)",
+        #resp.text,
+        cut
+      ) or "") .. '. Reply again with only the JSON object {"cells": [...], "hypergraph": {...}} and no other text.',
+    })
   end
   return nil, nil, attempts, "no usable notebook after " .. #attempts .. " replies"
 end
@@ -324,8 +384,17 @@ function M.build_notebook(cells, hypergraph, strategy_md)
   local nb = notebook.new()
   if strategy_md then nb:push({ cell_type = "markdown", source = strategy_md }) end
   for i, c in ipairs(cells) do
-    nb:push({ cell_type = "code", source = c.code, metadata = { subtask = {
-      id = tostring(c.id or ("T" .. i)), name = c.name or ("Step " .. i), purpose = c.purpose or "" } } })
+    nb:push({
+      cell_type = "code",
+      source = c.code,
+      metadata = {
+        subtask = {
+          id = tostring(c.id or ("T" .. i)),
+          name = c.name or ("Step " .. i),
+          purpose = c.purpose or "",
+        },
+      },
+    })
   end
   local md = nb.metadata
   md.execution = md.execution or {}
@@ -339,8 +408,11 @@ end
 local function feedback_text(ctx)
   local op = ctx.op
   if not op then
-    op = { kind = ctx.parent and (ctx.parent.error and "debug" or "improve") or "draft", feedback = ctx.feedback,
-      parents = { ctx.parent } }
+    op = {
+      kind = ctx.parent and (ctx.parent.error and "debug" or "improve") or "draft",
+      feedback = ctx.feedback,
+      parents = { ctx.parent },
+    }
   end
   local ok, text = pcall(function() return require("operators").request(op) end)
   if not ok then
@@ -351,9 +423,7 @@ local function feedback_text(ctx)
 end
 
 -- Generate into `trial` (created). Returns the notebook path, or nil and a typed error.
-function M.generate_into(trial, opts, s1, ctx)
-  return guarded(M.generate_step, trial, opts, s1, context(trial, ctx))
-end
+function M.generate_into(trial, opts, s1, ctx) return guarded(M.generate_step, trial, opts, s1, context(trial, ctx)) end
 
 function M.generate_step(trial, opts, s1, ctx)
   local made, merr = fs.mkdir(trial)
@@ -363,14 +433,19 @@ function M.generate_step(trial, opts, s1, ctx)
   -- With exec.gpus a pool pins each kernel to one GPU, which the kernel then sees as cuda:0.
   local gpus = section("exec").gpus
   local device = (type(gpus) == "table" and #gpus > 0) and 0 or (section("exec").cuda_device_id or 0)
-  local vars = { cuda_device_str = "cuda:" .. tostring(device),
-    primary_metric = section("experiment").primary_metric, dataset_name = c.dataset_name }
+  local vars = {
+    cuda_device_str = "cuda:" .. tostring(device),
+    primary_metric = section("experiment").primary_metric,
+    dataset_name = c.dataset_name,
+  }
   local system = M.fill(spec.system or "", vars)
   spec.system = nil
 
   local strategy_md
   -- An improvement, a repair or a crossover keeps its parent's research strategy (no new synthesis call).
-  local inherited = opts.use_idea and ctx.parent and ctx.parent.trial
+  local inherited = opts.use_idea
+    and ctx.parent
+    and ctx.parent.trial
     and fs.read(path.join(ctx.parent.trial, "research_strategy.md"))
   if inherited then
     strategy_md = inherited
@@ -382,8 +457,11 @@ function M.generate_step(trial, opts, s1, ctx)
     local sprompt = M.load_prompt(section("prompt_branch").strategy_prompt_file, "strategy.yaml")
     local ideas = read_ideas(s1.idea)
     local info
-    strategy_md, info = M.policy("strategy", "synthesize", { ideas = ideas, system = M.fill(sprompt.system or "", vars),
-      llm = { events = ctx.events } })
+    strategy_md, info = M.policy(
+      "strategy",
+      "synthesize",
+      { ideas = ideas, system = M.fill(sprompt.system or "", vars), llm = { events = ctx.events } }
+    )
     if not strategy_md then
       strategy_md, info = "# Research Strategy\n\n(No strategy: " .. tostring(info) .. ")\n", { source = "none" }
     end
@@ -392,11 +470,17 @@ function M.generate_step(trial, opts, s1, ctx)
     ctx:info("[STRATEGY] research_strategy.md written (" .. info.source .. ")")
   end
 
-  local user = "Technical specification (YAML):\n\n" .. M.fill(yaml.encode(spec), vars)
-    .. "\n\nResearch strategy:\n\n" .. (strategy_md or "No research strategy was given: the design is freestyle.")
+  local user = "Technical specification (YAML):\n\n"
+    .. M.fill(yaml.encode(spec), vars)
+    .. "\n\nResearch strategy:\n\n"
+    .. (strategy_md or "No research strategy was given: the design is freestyle.")
     .. feedback_text(ctx)
     .. "\n\nReturn the notebook as the JSON object described in the system prompt."
-    .. (section("prompt_branch").strict_json_only ~= false and " Reply with that JSON object only: no prose before or after it." or "")
+    .. (
+      section("prompt_branch").strict_json_only ~= false
+        and " Reply with that JSON object only: no prose before or after it."
+      or ""
+    )
   local cells, hg, attempts, err, llm_err = request_notebook(system, user, trial, ctx)
   if not cells then
     local fail_path = path.join(trial, "generation_failure.json")
@@ -408,8 +492,17 @@ function M.generate_step(trial, opts, s1, ctx)
     local kind = type(llm_err) == "table" and llm_err.kind
     -- an endpoint that cannot be reached once the retry policy gave up on it fails every node alike
     if kind == "connect" then kind = "unreachable" end
-    if not (kind == "client" or kind == "budget" or kind == "config" or kind == "replay_miss" or kind == "interrupted"
-        or kind == "unreachable" or kind == "content_filter") then
+    if
+      not (
+        kind == "client"
+        or kind == "budget"
+        or kind == "config"
+        or kind == "replay_miss"
+        or kind == "interrupted"
+        or kind == "unreachable"
+        or kind == "content_filter"
+      )
+    then
       kind = "generation_failed"
     end
     raise(kind, "generation failed: " .. err .. " (every reply is saved in " .. fail_path .. ")")
@@ -418,8 +511,10 @@ function M.generate_step(trial, opts, s1, ctx)
   local nb_path = path.join(trial, "notebook_prompt.ipynb")
   local ok, werr = nb:write(nb_path)
   if ok == nil then error("cannot write " .. nb_path .. ": " .. tostring(werr), 0) end
-  ctx:event("generated", { notebook = nb_path, cells = #cells, prompt_file = spec_path,
-    parent = ctx.parent and ctx.parent.trial or nil })
+  ctx:event(
+    "generated",
+    { notebook = nb_path, cells = #cells, prompt_file = spec_path, parent = ctx.parent and ctx.parent.trial or nil }
+  )
   ctx:info(string.format("[GENERATE] %d cells -> %s", #cells, nb_path))
   return nb_path
 end
@@ -480,9 +575,7 @@ M.check_interrupt = check_interrupt
 -- the gateway cannot see (config) is never retried.
 M.KERNEL_RETRY = { per_kind = { start = 1 }, deadline = 300 }
 
-local function kernel_policy()
-  return require("retry").new(section("exec").kernel_retry or M.KERNEL_RETRY)
-end
+local function kernel_policy() return require("retry").new(section("exec").kernel_retry or M.KERNEL_RETRY) end
 
 -- f() -> kernel | nil, err, tried again for as long as the kernel retry policy says.
 local function start_with_retries(ctx, f)
@@ -493,15 +586,25 @@ local function start_with_retries(ctx, f)
     if k or host.interrupted() then return k, err end
     local kind = type(err) == "table" and err.kind or "start"
     counts[kind] = (counts[kind] or 0) + 1
-    local go, wait, why = policy:decide({ kind = kind, status = type(err) == "table" and err.status or nil,
-      attempt = attempt, elapsed = time.monotonic() - t0, message = tostring(err), counts = counts })
-    if type(go) == "table" then go, wait, why = go.retry, go.wait, go.reason end
+    local go, wait, why = policy:decide({
+      kind = kind,
+      status = type(err) == "table" and err.status or nil,
+      attempt = attempt,
+      elapsed = time.monotonic() - t0,
+      message = tostring(err),
+      counts = counts,
+    })
+    if type(go) == "table" then
+      go, wait, why = go.retry, go.wait, go.reason
+    end
     if not go then
       if attempt > 1 then ctx:event("kernel_start_gave_up", { kind = kind, reason = why, attempts = attempt }) end
       return nil, err
     end
     wait = tonumber(wait) or 0
-    ctx:warn(string.format("[EXEC] the kernel did not start (%s); trying again in %.1fs", q(ctx, err, "kernel error"), wait))
+    ctx:warn(
+      string.format("[EXEC] the kernel did not start (%s); trying again in %.1fs", q(ctx, err, "kernel error"), wait)
+    )
     ctx:event("kernel_start_failed", { error = tostring(err), kind = kind, wait = wait })
     if wait > 0 then time.sleep(wait) end
   end
@@ -513,7 +616,9 @@ end
 local function start_kernel(trial, s1, ctx, extra_env)
   local ex = section("exec")
   local env = { OUTPUT_DIR = trial }
-  for k, v in pairs(extra_env or {}) do env[k] = v end
+  for k, v in pairs(extra_env or {}) do
+    env[k] = v
+  end
   if s1.h5 then env.STAGE1_H5_PATH = s1.h5 end
   if s1.idea then env.STAGE1_IDEA_PATH = s1.idea end
   -- CUDA_VISIBLE_DEVICES is inherited, never set: the runner (or the user) chose the GPU, and
@@ -550,8 +655,14 @@ local function start_kernel(trial, s1, ctx, extra_env)
     raise(kind, "cannot start the kernel: " .. tostring(err))
   end
   local r = run_cell(k, M.GUARD, { silent = true })
-  if r.interrupted then give_back(); raise("interrupted", "interrupted") end
-  if r.status ~= "ok" then give_back(); raise("kernel_start", "kernel set-up failed: " .. tostring(r.evalue)) end
+  if r.interrupted then
+    give_back()
+    raise("interrupted", "interrupted")
+  end
+  if r.status ~= "ok" then
+    give_back()
+    raise("kernel_start", "kernel set-up failed: " .. tostring(r.evalue))
+  end
   return k, give_back
 end
 
@@ -569,7 +680,10 @@ function M.replay_set(nb, i, done)
   local ids, index = {}, {}
   for j = 1, nb:len() do
     local sub = (nb:cell(j).metadata or {}).subtask
-    if sub and sub.id then ids[j] = tostring(sub.id); index[tostring(sub.id)] = j end
+    if sub and sub.id then
+      ids[j] = tostring(sub.id)
+      index[tostring(sub.id)] = j
+    end
   end
   local hg = ((nb.metadata or {}).execution or {}).hypergraph
   local edges = type(hg) == "table" and hg.hyperedges or nil
@@ -590,7 +704,10 @@ function M.replay_set(nb, i, done)
   while #stack > 0 do
     local id = table.remove(stack)
     for _, p in ipairs(parents[id] or {}) do
-      if not need[p] then need[p] = true; table.insert(stack, p) end
+      if not need[p] then
+        need[p] = true
+        table.insert(stack, p)
+      end
     end
   end
   local out = {}
@@ -611,8 +728,13 @@ local function replay(k, nb, done, i, ctx)
     local sub = (nb:cell(j).metadata or {}).subtask or {}
     table.insert(names, tostring(sub.id or ("cell " .. (j - 1))))
   end
-  ctx:info(string.format("[EXEC] kernel restarted; replaying %s: %s", how == "all" and "every earlier cell"
-    or "the failing cell's ancestors", #names > 0 and q(ctx, table.concat(names, ", "), "cell ids", 1000) or "none"))
+  ctx:info(
+    string.format(
+      "[EXEC] kernel restarted; replaying %s: %s",
+      how == "all" and "every earlier cell" or "the failing cell's ancestors",
+      #names > 0 and q(ctx, table.concat(names, ", "), "cell ids", 1000) or "none"
+    )
+  )
   ctx:event("replay", { cell_index = i - 1, cells = names, rule = how })
   for _, j in ipairs(set) do
     local rr = run_cell(k, nb:cell(j).source, { timeout = tonumber(section("exec").timeout_seconds) })
@@ -639,9 +761,7 @@ end
 -- (a cell that stayed broken is a result: ok=false), or nil and a typed error when the notebook could
 -- not be run or saved.
 -- `kernel` (optional): {k=, give_back=} started ahead (M.attempt starts it while the notebook is generated).
-function M.execute_trial(trial, s1, ctx, kernel)
-  return guarded(M.execute_step, trial, s1, context(trial, ctx), kernel)
-end
+function M.execute_trial(trial, s1, ctx, kernel) return guarded(M.execute_step, trial, s1, context(trial, ctx), kernel) end
 
 function M.execute_step(trial, s1, ctx, pre)
   local ex = section("exec")
@@ -657,9 +777,15 @@ function M.execute_step(trial, s1, ctx, pre)
   if not made then error("cannot create " .. path.join(trial, "intermediate") .. ": " .. tostring(merr), 0) end
 
   local k, give_back
-  if pre and pre.k then k, give_back = pre.k, pre.give_back else k, give_back = start_kernel(trial, s1, ctx) end
+  if pre and pre.k then
+    k, give_back = pre.k, pre.give_back
+  else
+    k, give_back = start_kernel(trial, s1, ctx)
+  end
   local code_cells = 0
-  for i = 1, nb:len() do if nb:cell(i).cell_type == "code" then code_cells = code_cells + 1 end end
+  for i = 1, nb:len() do
+    if nb:cell(i).cell_type == "code" then code_cells = code_cells + 1 end
+  end
   local bar = log.progress({ total = code_cells, label = "cell" })
   local done, outcome = {}, { ok = true, exec_path = exec_path }
   local ok_run, run_err = pcall(function()
@@ -692,8 +818,13 @@ function M.execute_step(trial, s1, ctx, pre)
           if not reran and (r.status == "dead" or r.ename == "GatewayConnectionLost") then
             reran = true
             if not revive() then break end
-            ctx:info(string.format("[EXEC] the kernel died during cell %d (%s); running it again on the fresh kernel",
-              i - 1, qid))
+            ctx:info(
+              string.format(
+                "[EXEC] the kernel died during cell %d (%s); running it again on the fresh kernel",
+                i - 1,
+                qid
+              )
+            )
             ctx:event("rerun", { cell_index = i - 1, id = id, reason = short(r) })
             r = run_cell(k, nb:cell(i).source, { timeout = timeout })
             record(nb, i, r, exec_path)
@@ -701,8 +832,18 @@ function M.execute_step(trial, s1, ctx, pre)
             goto next_try -- ok ends the loop; a failure is reported and goes to the fix rounds
           end
           if round >= max_rounds then
-            outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1,
-              error = string.format("cell %d (%s) still fails after %d fix rounds: %s", i - 1, id, max_rounds, short(r)) }
+            outcome = {
+              ok = false,
+              exec_path = exec_path,
+              failed_cell = i - 1,
+              error = string.format(
+                "cell %d (%s) still fails after %d fix rounds: %s",
+                i - 1,
+                id,
+                max_rounds,
+                short(r)
+              ),
+            }
             break
           end
           round = round + 1
@@ -711,20 +852,39 @@ function M.execute_step(trial, s1, ctx, pre)
           if (r.status == "dead" or r.restarted or not k:alive()) and not revive() then break end
           local src = nb:cell(i).source
           local new, how = M.policy("autofix", "fix", {
-            cell_index = i - 1, source = src, result = r, round = round, max_rounds = max_rounds,
-            timeout = timeout, use_llm = ex.enable_llm_autofix ~= false,
-            system_prompt = fix_prompt.system_prompt or fix_prompt.system or "", events = ctx.events,
-            json_schema = structured() and require("autofix").FIX_SCHEMA or nil, trial = ctx,
+            cell_index = i - 1,
+            source = src,
+            result = r,
+            round = round,
+            max_rounds = max_rounds,
+            timeout = timeout,
+            use_llm = ex.enable_llm_autofix ~= false,
+            system_prompt = fix_prompt.system_prompt or fix_prompt.system or "",
+            events = ctx.events,
+            json_schema = structured() and require("autofix").FIX_SCHEMA or nil,
+            trial = ctx,
             llm = { stream = stream_long() },
           })
           check_interrupt()
           -- The error and both sources, so the run page (report.page) can show the edit as a diff.
-          ctx:event("fix", { cell_index = i - 1, id = id, round = round, applied = new ~= nil, how = how,
-            error = short(r), before = src, after = new })
+          ctx:event("fix", {
+            cell_index = i - 1,
+            id = id,
+            round = round,
+            applied = new ~= nil,
+            how = how,
+            error = short(r),
+            before = src,
+            after = new,
+          })
           if not new then
             ctx:line(string.format("[FIX] %s | no fix: %s", qid, q(ctx, how, "fix outcome")))
-            outcome = { ok = false, exec_path = exec_path, failed_cell = i - 1,
-              error = string.format("cell %d (%s) could not be fixed (%s): %s", i - 1, id, how, short(r)) }
+            outcome = {
+              ok = false,
+              exec_path = exec_path,
+              failed_cell = i - 1,
+              error = string.format("cell %d (%s) could not be fixed (%s): %s", i - 1, id, how, short(r)),
+            }
             break
           end
           ctx:line(string.format("[FIX] %s | applied fix (%s); re-running", qid, q(ctx, how, "fix outcome")))
@@ -770,26 +930,37 @@ M.INTERMEDIATE_LIMITS = { max_files = 100, max_depth = 8 }
 function M.list_intermediate(trial, ctx)
   ctx = context(trial, ctx)
   local w, err = fs.walk(path.join(trial, "intermediate"), M.INTERMEDIATE_LIMITS)
-  if not w and err.kind ~= "not_found" then ctx:warn("[EXEC] cannot list intermediate/: " .. q(ctx, err, "walk error")) end
+  if not w and err.kind ~= "not_found" then
+    ctx:warn("[EXEC] cannot list intermediate/: " .. q(ctx, err, "walk error"))
+  end
   w = w or { files = {}, truncated = 0, too_deep = 0, unreadable = 0 }
   local files = {}
   for _, f in ipairs(w.files) do
     table.insert(files, { path = "intermediate/" .. f.path, size = f.size, kind = f.kind, target = f.target })
   end
-  if #files == 0 and w.truncated == 0 then
-    ctx:info("[EXEC] the notebook wrote nothing under intermediate/")
-  end
+  if #files == 0 and w.truncated == 0 then ctx:info("[EXEC] the notebook wrote nothing under intermediate/") end
   for _, f in ipairs(files) do
     if f.kind == "link" then
-      ctx:info(string.format("[EXEC]   %-48s -> %s (symlink, not followed)", q(ctx, f.path, "file name"),
-        q(ctx, f.target, "link target")))
+      ctx:info(
+        string.format(
+          "[EXEC]   %-48s -> %s (symlink, not followed)",
+          q(ctx, f.path, "file name"),
+          q(ctx, f.target, "link target")
+        )
+      )
     else
       ctx:info(string.format("[EXEC]   %-48s %10d bytes", q(ctx, f.path, "file name"), f.size))
     end
   end
   if w.truncated > 0 or w.too_deep > 0 then
-    ctx:info(string.format("[EXEC]   ... and %d more entries not listed, %d folders deeper than %d levels not entered",
-      w.truncated, w.too_deep, M.INTERMEDIATE_LIMITS.max_depth))
+    ctx:info(
+      string.format(
+        "[EXEC]   ... and %d more entries not listed, %d folders deeper than %d levels not entered",
+        w.truncated,
+        w.too_deep,
+        M.INTERMEDIATE_LIMITS.max_depth
+      )
+    )
   end
   ctx:event("intermediate", { files = files, truncated = w.truncated, too_deep = w.too_deep })
   return files
@@ -813,7 +984,9 @@ local function results_table(m, pm)
     if type(v) ~= "number" then
       local sum, n = 0, 0
       for _, f in pairs(model.per_fold or {}) do
-        if type(f) == "table" and type(f[pm]) == "number" then sum, n = sum + f[pm], n + 1 end
+        if type(f) == "table" and type(f[pm]) == "number" then
+          sum, n = sum + f[pm], n + 1
+        end
       end
       if n > 0 then v = sum / n end
     end
@@ -826,9 +999,7 @@ end
 -- Write experiment_report.md for `trial`. Returns {score=, winner=, metrics=, table=, compare=, baseline=}
 -- (score nil without metrics; compare is report.compare's table for the primary metric, nil when it
 -- cannot be computed), or nil and a typed error when the report could not be written.
-function M.analyze_trial(trial, ctx)
-  return guarded(M.analyze_step, trial, context(trial, ctx))
-end
+function M.analyze_trial(trial, ctx) return guarded(M.analyze_step, trial, context(trial, ctx)) end
 
 function M.analyze_step(trial, ctx)
   local pm = section("experiment").primary_metric or "PCC"
@@ -836,7 +1007,10 @@ function M.analyze_step(trial, ctx)
   local report_path = path.join(trial, "experiment_report.md")
   local mpath = path.join(trial, "metrics.json")
   if not fs.exists(mpath) then
-    write_text(report_path, "# Experiment report\n\nThe notebook wrote no metrics.json, so there is nothing to score.\n")
+    write_text(
+      report_path,
+      "# Experiment report\n\nThe notebook wrote no metrics.json, so there is nothing to score.\n"
+    )
     ctx:info("[ANALYZE] no metrics.json in " .. trial)
     return {}
   end
@@ -854,8 +1028,16 @@ function M.analyze_step(trial, ctx)
     -- the wording is report_policy.lua's (a user's copy that fails costs the narrative, not the report)
     local messages, merr = M.policy("report_policy", "narrative_messages", rp, m, { metric = pm, direction = dir })
     local resp, cerr
-    if messages then resp, cerr = llm.chat({ messages = messages, events = ctx.events }) else cerr = merr end
-    if resp then narrative = resp.text else narrative_error = cerr end
+    if messages then
+      resp, cerr = llm.chat({ messages = messages, events = ctx.events })
+    else
+      cerr = merr
+    end
+    if resp then
+      narrative = resp.text
+    else
+      narrative_error = cerr
+    end
   else
     narrative_error = tostring(rp)
   end
@@ -864,29 +1046,47 @@ function M.analyze_step(trial, ctx)
   if report.plot_folds(m, { metric = pm, path = fold_svg, direction = dir }) then
     table.insert(plots, { title = pm .. " per fold", path = "fold_scores.svg" })
   end
-  local md = report.markdown({ metrics = m, metric = pm, direction = dir, narrative = narrative,
-    narrative_error = narrative_error, plots = plots, title = "Experiment report: " .. (cfg().dataset_name or "") })
+  local md = report.markdown({
+    metrics = m,
+    metric = pm,
+    direction = dir,
+    narrative = narrative,
+    narrative_error = narrative_error,
+    plots = plots,
+    title = "Experiment report: " .. (cfg().dataset_name or ""),
+  })
   -- What the LLM calls of this trial used so far (the narrative's included), from its own event log.
   local u = ctx.events:usage()
-  md = md .. string.format("\n## LLM use\n\n%d calls, %d tokens (%d prompt, %d completion), %.1f s of LLM time%s.\n",
-    u.calls, u.total_tokens, u.prompt_tokens, u.completion_tokens, u.latency,
-    u.cost > 0 and string.format(", cost $%.4f", u.cost) or "")
+  md = md
+    .. string.format(
+      "\n## LLM use\n\n%d calls, %d tokens (%d prompt, %d completion), %.1f s of LLM time%s.\n",
+      u.calls,
+      u.total_tokens,
+      u.prompt_tokens,
+      u.completion_tokens,
+      u.latency,
+      u.cost > 0 and string.format(", cost $%.4f", u.cost) or ""
+    )
   write_text(report_path, md)
   local sc = report.score(m, { metric = pm, direction = dir }) or {}
   -- The comparison the report shows, for the success criterion (nil when there is nothing to compare).
   local cmp = report.compare(m, { metric = pm, direction = dir })
   ctx:info("[ANALYZE] report written: " .. report_path)
-  return { score = sc.score, winner = sc.model, metrics = m, table = results_table(m, pm), compare = cmp,
-    baseline = cmp and cmp.baseline or nil }
+  return {
+    score = sc.score,
+    winner = sc.model,
+    metrics = m,
+    table = results_table(m, pm),
+    compare = cmp,
+    baseline = cmp and cmp.baseline or nil,
+  }
 end
 
 ---------------------------------------------------------------------------------------------------
 -- commands
 ---------------------------------------------------------------------------------------------------
 
-local function new_trial_name()
-  return string.format("prompt_run_%s_%d", time.stamp(), host.pid())
-end
+local function new_trial_name() return string.format("prompt_run_%s_%d", time.stamp(), host.pid()) end
 
 -- Exit codes of the four commands (README, "Exit codes"): 0 when the command did its work, whatever the
 -- result; 1 only where a command could not produce what it exists for (generate) or where asked
@@ -921,7 +1121,14 @@ function M.analyze(opts)
   local res, err = M.analyze_trial(trial)
   if not res then error(tostring(err), 0) end
   if res.score ~= nil then
-    log.line(string.format("[CHECK] %s | %s: %.4f", q(nil, res.winner, "winner"), section("experiment").primary_metric or "PCC", res.score))
+    log.line(
+      string.format(
+        "[CHECK] %s | %s: %.4f",
+        q(nil, res.winner, "winner"),
+        section("experiment").primary_metric or "PCC",
+        res.score
+      )
+    )
   end
   return 0
 end
@@ -944,7 +1151,11 @@ function M.attempt(ctx, opts)
     end,
     function()
       local ok, k, give_back = pcall(start_kernel, ctx.trial, s1, ctx)
-      if ok then kern.k, kern.give_back = k, give_back else kern.err = M.as_error(k) end
+      if ok then
+        kern.k, kern.give_back = k, give_back
+      else
+        kern.err = M.as_error(k)
+      end
       return true
     end,
   })
@@ -994,7 +1205,10 @@ function M.confirm_seeds(ctx, opts, first_score, k)
         local cell = nb:cell(i)
         if cell.cell_type == "code" then
           local r = run_cell(kern, cell.source, { timeout = timeout })
-          if r.interrupted then give_back(); raise("interrupted", "interrupted") end
+          if r.interrupted then
+            give_back()
+            raise("interrupted", "interrupted")
+          end
           if r.status ~= "ok" then
             run.error = string.format("cell %d failed: %s", i - 1, short(r))
             break
@@ -1005,12 +1219,21 @@ function M.confirm_seeds(ctx, opts, first_score, k)
       if not run.error then
         local m, merr = report.load_metrics(path.join(out, "metrics.json"))
         local sc = m and report.score(m, { metric = pm, direction = dir })
-        if sc and sc.score then run.score = sc.score else run.error = "no score: " .. tostring(merr or "no metrics.json") end
+        if sc and sc.score then
+          run.score = sc.score
+        else
+          run.error = "no score: " .. tostring(merr or "no metrics.json")
+        end
       end
     end
     ctx:event("seed_run", { seed = seed, score = run.score, error = run.error })
-    ctx:info(string.format("[SEEDS] CELLSCI_SEED=%d: %s", seed,
-      run.score and string.format("%s %.4f", pm, run.score) or q(ctx, run.error, "seed run error")))
+    ctx:info(
+      string.format(
+        "[SEEDS] CELLSCI_SEED=%d: %s",
+        seed,
+        run.score and string.format("%s %.4f", pm, run.score) or q(ctx, run.error, "seed run error")
+      )
+    )
     table.insert(runs, run)
   end
   return runs
@@ -1064,26 +1287,40 @@ function M.check_gateway()
     if err.kind == "auth" or err.kind == "config" or err.kind == "client" then
       error("config: exec.gateway_url: " .. tostring(err.message or err), 0)
     end
-    log.warn("[EXEC] the gateway " .. url .. " does not answer yet (" .. q(nil, err.message or err, "gateway error")
-      .. "); kernel starts will wait for it as the kernel retry policy says")
+    log.warn(
+      "[EXEC] the gateway "
+        .. url
+        .. " does not answer yet ("
+        .. q(nil, err.message or err, "gateway error")
+        .. "); kernel starts will wait for it as the kernel retry policy says"
+    )
     return
   end
   local want = ex.kernel_name ~= "" and ex.kernel_name or nil
   local names = {}
-  for _, s in ipairs(specs) do names[s.name] = true end
+  for _, s in ipairs(specs) do
+    names[s.name] = true
+  end
   if want and not names[want] then
     local have = {}
-    for _, s in ipairs(specs) do table.insert(have, s.name) end
-    error(string.format("config: exec.kernel_name: the gateway %s has no kernelspec '%s' (it has: %s)", url, want,
-      #have > 0 and table.concat(have, ", ") or "none"), 0)
+    for _, s in ipairs(specs) do
+      table.insert(have, s.name)
+    end
+    error(
+      string.format(
+        "config: exec.kernel_name: the gateway %s has no kernelspec '%s' (it has: %s)",
+        url,
+        want,
+        #have > 0 and table.concat(have, ", ") or "none"
+      ),
+      0
+    )
   end
   log.info(string.format("[EXEC] kernels run on the gateway %s (kernelspec %s)", url, want or "its default"))
 end
 
 -- `cellsci run [--strategy NAME|FILE.lua]`: the loop with its bookkeeping (stdlib/loop.lua) around a
 -- search strategy (stdlib/strategies/<name>.lua; serial by default).
-function M.run(opts)
-  return require("loop").run(opts)
-end
+function M.run(opts) return require("loop").run(opts) end
 
 return M

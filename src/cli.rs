@@ -14,10 +14,31 @@ use crate::lua::{self, Runtime};
 /// The config file a phase-2 user keeps next to their run.
 pub const DEFAULT_CONFIG: &str = "generate_execution_config.json";
 
+/// `cellsci -V`: the version and the commit it was built from (build.rs; "unknown" without git).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("CELLSCI_GIT_COMMIT"), ")");
+/// `cellsci --version`: also where the bundled scripts come from.
+#[cfg(debug_assertions)]
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CELLSCI_GIT_COMMIT"),
+    ")\nbundled scripts, stdlib and prompts: read from ",
+    env!("CARGO_MANIFEST_DIR"),
+    " while that folder exists (a debug build), else embedded"
+);
+#[cfg(not(debug_assertions))]
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CELLSCI_GIT_COMMIT"),
+    ")\nbundled scripts, stdlib and prompts: embedded in the binary"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "cellsci",
-    version,
+    version = VERSION,
+    long_version = LONG_VERSION,
     about = "Turn research ideas into executed, repaired and scored Jupyter notebooks; \
 policy in Lua scripts, mechanisms in Rust."
 )]
@@ -104,6 +125,14 @@ pub enum Command {
     /// Notebook tools.
     #[command(subcommand)]
     Notebook(NotebookCommand),
+    /// Write the bundled demo (config, stage-1 data, recorded LLM replies) into DIR and run it offline.
+    Demo(DemoArgs),
+    /// Start a project: write a commented phase-2 config and the bundled prompt files into DIR.
+    Init {
+        /// The folder (default: the current folder); files that exist are never overwritten.
+        #[arg(value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
     /// (Re)build the run page (run.html beside the summary) of a loop, finished or killed, and print its
     /// path.
     View {
@@ -118,6 +147,21 @@ pub enum Command {
     /// `notebook::saver`). Started by cellsci itself, never by a user.
     #[command(name = "__notebook-saver", hide = true)]
     NotebookSaver { out: PathBuf },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// The folder to write the demo into; it must not exist or be empty.
+    #[arg(value_name = "DIR", default_value = crate::start::DEFAULT_DEMO_DIR)]
+    pub dir: PathBuf,
+    /// A Python with ipykernel, numpy and h5py for the kernel (default: cellsci makes a venv with them
+    /// once, from PyPI, in ~/.cache/cellsci/kernels).
+    #[arg(long = "python", value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// Only write the demo's files; run it later with `cellsci -c DIR/generate_execution_config.json run
+    /// --use-idea`.
+    #[arg(long = "no-run")]
+    pub no_run: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -307,6 +351,19 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Notebook(NotebookCommand::Run(args)) => crate::notebook_run::run(args, cli.quiet).await,
         Command::View { summary } => view(&cli, summary),
+        Command::Demo(d) => demo(&cli, d).await,
+        Command::Init { dir } => {
+            let written = crate::start::write_init(dir)?;
+            for p in &written {
+                println!("wrote {}", crate::files::display_path(p));
+            }
+            println!(
+                "next: set OPENAI_API_KEY, put phase 1's output where paths.stage1_analysis_dir says, and run: \
+                 cellsci -c {} run --use-idea",
+                crate::files::display_path(&dir.join(crate::start::CONFIG))
+            );
+            Ok(EXIT_OK)
+        }
         Command::KernelReaper { .. } | Command::NotebookSaver { .. } => {
             unreachable!("handled before the runtime starts")
         }
@@ -322,6 +379,31 @@ async fn pipeline(cli: &Cli, command: &str, opts: serde_json::Value) -> Result<u
     let rt = Runtime::new(host_ctx(cli, config, None)?)?;
     let ret = rt.run_pipeline(command, opts).await?;
     Ok(lua::exit_code_of(&ret))
+}
+
+/// `cellsci demo`: write the demo, run it as `run --use-idea` with its own config, say where it all is.
+async fn demo(cli: &Cli, d: &DemoArgs) -> Result<u8> {
+    if cli.config.is_some() {
+        anyhow::bail!("demo: --config is not for demo, which writes and uses a config of its own");
+    }
+    let cfg_path = crate::start::write_demo(&d.dir, d.python.as_deref())?;
+    println!(
+        "demo: wrote the demo (config, stage-1 data, recorded LLM replies) to {}",
+        crate::files::display_path(&d.dir)
+    );
+    if d.no_run {
+        println!("demo: run it with: cellsci -c {} run --use-idea", crate::files::display_path(&cfg_path));
+        return Ok(EXIT_OK);
+    }
+    let config = Arc::new(crate::config::load(&cfg_path)?);
+    let save_root = config.save_root();
+    let rt = Runtime::new(host_ctx(cli, Some(config), None)?)?;
+    let ret = rt.run_pipeline("run", json!({ "use_idea": true })).await?;
+    let code = lua::exit_code_of(&ret);
+    if code != EXIT_INTERRUPTED {
+        crate::start::tell_demo(&d.dir, &save_root);
+    }
+    Ok(code)
 }
 
 /// `cellsci view`: rebuild the page; a file that is not a loop summary is a usage error (exit 2).
@@ -351,12 +433,18 @@ fn writer_alive(summary: &Path) -> bool {
     pid.is_some_and(|p| p > 0 && p != std::process::id() as i32 && unsafe { libc::kill(p, 0) } == 0)
 }
 
-/// Write the embedded scripts, stdlib and prompts into `dir`, keeping existing files unless `force`.
+/// The editor settings `scripts export` writes beside the files: LuaLS and EmmyLua find the type stubs
+/// (`stdlib/meta`) through it. The repository's own copy, for editing the bundled Lua here.
+const LUARC: &str = include_str!("../.luarc.json");
+
+/// Write the embedded scripts, stdlib and prompts (and a `.luarc.json` for editors) into `dir`, keeping
+/// existing files unless `force`.
 pub fn export_scripts(dir: &Path, force: bool) -> Result<()> {
     let mut written = 0;
     let mut kept = Vec::new();
-    for (rel, _) in crate::lua::embedded::files() {
-        let text = crate::lua::embedded::get(rel).unwrap_or_default();
+    let files =
+        crate::lua::embedded::files().iter().map(|(rel, _)| (*rel, crate::lua::embedded::get(rel).unwrap_or_default()));
+    for (rel, text) in files.chain([(".luarc.json", std::borrow::Cow::Borrowed(LUARC))]) {
         let dest = dir.join(rel);
         if dest.exists() && !force {
             kept.push(rel.to_string());

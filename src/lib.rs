@@ -17,6 +17,7 @@ pub mod pyjson;
 pub mod report;
 pub mod secret;
 pub mod signals;
+pub mod start;
 pub mod template;
 pub mod ui;
 pub mod untrusted;

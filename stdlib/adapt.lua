@@ -17,9 +17,22 @@ local M = {}
 M.keep = { model = true, messages = true }
 
 -- Words that say a named parameter is refused rather than, say, too large.
-M.refusals = { "unsupported", "not supported", "does not support", "unrecognized", "unknown parameter",
-  "not permitted", "not allowed", "only the default", "invalid parameter", "extra inputs", "not available",
-  "unknown name", "cannot find field", "unsupported value" }
+M.refusals = {
+  "unsupported",
+  "not supported",
+  "does not support",
+  "unrecognized",
+  "unknown parameter",
+  "not permitted",
+  "not allowed",
+  "only the default",
+  "invalid parameter",
+  "extra inputs",
+  "not available",
+  "unknown name",
+  "cannot find field",
+  "unsupported value",
+}
 
 local function names(msg, p)
   -- the parameter as a whole word ('max_tokens' is not found inside 'max_completion_tokens')
@@ -38,27 +51,23 @@ function M:decide(info)
   -- a content filter's refusal names no parameter to change: nothing to adapt
   if info.status ~= 400 or info.kind == "content_filter" or not refused(msg) then return nil end
   local sent = {}
-  for _, p in ipairs(info.params or {}) do sent[p] = true end
+  for _, p in ipairs(info.params or {}) do
+    sent[p] = true
+  end
   -- the field the error body names (OpenAI's `param`) counts as named in the message
   if type(info.param) == "string" and sent[info.param] then msg = msg .. " " .. info.param:lower() end
   -- the most specific first: a message about the format often names max_tokens or stream as well
-  if sent.response_format and (names(msg, "response_format") or names(msg, "json_schema")
-      or names(msg, "json_object")) then
-    if info.response_format == "json_schema" then
-      return { set = { response_format = { type = "json_object" } } }
-    end
+  if
+    sent.response_format
+    and (names(msg, "response_format") or names(msg, "json_schema") or names(msg, "json_object"))
+  then
+    if info.response_format == "json_schema" then return { set = { response_format = { type = "json_object" } } } end
     return { drop = { "response_format" } }
   end
-  if sent.max_tokens and names(msg, "max_tokens") then
-    return { rename = { max_tokens = "max_completion_tokens" } }
-  end
-  if sent.stream and names(msg, "stream") then
-    return { stream = false }
-  end
+  if sent.max_tokens and names(msg, "max_tokens") then return { rename = { max_tokens = "max_completion_tokens" } } end
+  if sent.stream and names(msg, "stream") then return { stream = false } end
   for p in pairs(sent) do
-    if not M.keep[p] and names(msg, p) then
-      return { drop = { p } }
-    end
+    if not M.keep[p] and names(msg, p) then return { drop = { p } } end
   end
   return nil
 end

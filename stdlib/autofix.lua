@@ -15,20 +15,43 @@ M.FIX_SCHEMA = {
   name = "cell_fix",
   strict = true,
   schema = {
-    type = "object", additionalProperties = false, required = { "edits" },
-    properties = { edits = { type = "array", items = {
-      type = "object", additionalProperties = false, required = { "cell_index", "source" },
-      properties = { cell_index = { type = "integer" }, source = { type = "string" } } } } },
+    type = "object",
+    additionalProperties = false,
+    required = { "edits" },
+    properties = {
+      edits = {
+        type = "array",
+        items = {
+          type = "object",
+          additionalProperties = false,
+          required = { "cell_index", "source" },
+          properties = { cell_index = { type = "integer" }, source = { type = "string" } },
+        },
+      },
+    },
   },
 }
 
 -- Well-known import aliases: `NameError: name 'np' is not defined` is fixed by importing it.
 M.aliases = {
-  np = "import numpy as np", pd = "import pandas as pd", plt = "import matplotlib.pyplot as plt",
-  os = "import os", sys = "import sys", json = "import json", math = "import math", re = "import re",
-  time = "import time", random = "import random", glob = "import glob", pickle = "import pickle",
-  h5py = "import h5py", sns = "import seaborn as sns", torch = "import torch", nn = "import torch.nn as nn",
-  Path = "from pathlib import Path", defaultdict = "from collections import defaultdict",
+  np = "import numpy as np",
+  pd = "import pandas as pd",
+  plt = "import matplotlib.pyplot as plt",
+  os = "import os",
+  sys = "import sys",
+  json = "import json",
+  math = "import math",
+  re = "import re",
+  time = "import time",
+  random = "import random",
+  glob = "import glob",
+  pickle = "import pickle",
+  h5py = "import h5py",
+  sns = "import seaborn as sns",
+  torch = "import torch",
+  nn = "import torch.nn as nn",
+  Path = "from pathlib import Path",
+  defaultdict = "from collections import defaultdict",
 }
 
 local function trim(s) return (s or ""):gsub("^%s+", ""):gsub("%s+$", "") end
@@ -40,9 +63,7 @@ function M.heuristic(ctx)
   if r.ename == "NameError" then
     local name = (r.evalue or ""):match("name '([%w_]+)' is not defined")
     local imp = name and M.aliases[name]
-    if imp and not ctx.source:find(imp, 1, true) then
-      return imp .. "\n" .. ctx.source, "added `" .. imp .. "`"
-    end
+    if imp and not ctx.source:find(imp, 1, true) then return imp .. "\n" .. ctx.source, "added `" .. imp .. "`" end
   end
   return nil
 end
@@ -50,10 +71,14 @@ end
 -- What went wrong, as the fix request's error text.
 local function describe(r, timeout)
   if r.status == "timeout" then
-    return string.format("TimeoutError: the cell did not finish within %s seconds and was interrupted; make it faster "
-      .. "(smaller search, fewer epochs, vectorised code)", tostring(timeout or "?"))
+    return string.format(
+      "TimeoutError: the cell did not finish within %s seconds and was interrupted; make it faster "
+        .. "(smaller search, fewer epochs, vectorised code)",
+      tostring(timeout or "?")
+    )
   elseif r.status == "dead" then
-    return "KernelDied: " .. (r.evalue or "the kernel process died while running this cell")
+    return "KernelDied: "
+      .. (r.evalue or "the kernel process died while running this cell")
       .. " (often out of memory: use less memory)"
   end
   return string.format("%s: %s", r.ename or "Error", r.evalue or "")
@@ -91,9 +116,7 @@ function M.pick_edit(reply, cell_index)
       return e.source
     end
   end
-  if #edits == 1 and type(edits[1]) == "table" and type(edits[1].source) == "string" then
-    return edits[1].source
-  end
+  if #edits == 1 and type(edits[1]) == "table" and type(edits[1].source) == "string" then return edits[1].source end
   return nil
 end
 
@@ -105,11 +128,16 @@ function M.fix(ctx)
   if src then return src, "heuristic: " .. how end
   if not ctx.use_llm then return nil, "LLM autofix is off (exec.enable_llm_autofix)" end
   local req = M.request(ctx)
-  local opts = { messages = {
-    { role = "system", content = ctx.system_prompt },
-    { role = "user", content = json.encode(req, { pretty = true }) },
-  }, temperature = 0 }
-  for k, v in pairs(ctx.llm or {}) do opts[k] = v end
+  local opts = {
+    messages = {
+      { role = "system", content = ctx.system_prompt },
+      { role = "user", content = json.encode(req, { pretty = true }) },
+    },
+    temperature = 0,
+  }
+  for k, v in pairs(ctx.llm or {}) do
+    opts[k] = v
+  end
   -- the trial's own event log: this exchange belongs to the trial whose cell it repairs
   if ctx.events ~= nil and opts.events == nil then opts.events = ctx.events end
   if ctx.json_schema ~= nil and opts.json_schema == nil then opts.json_schema = ctx.json_schema end

@@ -25,8 +25,16 @@ local report = require("report")
 
 local M = {}
 
-M.stop_on = { client = "stop", config = "stop", replay_miss = "stop", disk = "stop", io = "stop", budget = "end",
-  time_limit = "end", unreachable = "stop" }
+M.stop_on = {
+  client = "stop",
+  config = "stop",
+  replay_miss = "stop",
+  disk = "stop",
+  io = "stop",
+  budget = "end",
+  time_limit = "end",
+  unreachable = "stop",
+}
 
 -- What the original writes where a node (or the loop) has no score; the runner expects a number.
 M.NO_SCORE = -999.0
@@ -43,17 +51,26 @@ L.__index = L
 function L:describe()
   local exp = section("experiment")
   local P = pipeline()
-  local words = P.policy("success", "describe", { metric = self.pm, threshold = self.threshold,
-    direction = self.direction, criterion = exp.criterion, alpha = exp.alpha, confirm_seeds = exp.confirm_seeds })
+  local words = P.policy("success", "describe", {
+    metric = self.pm,
+    threshold = self.threshold,
+    direction = self.direction,
+    criterion = exp.criterion,
+    alpha = exp.alpha,
+    confirm_seeds = exp.confirm_seeds,
+  })
   if type(words) == "string" and words ~= "" then return words end
-  return string.format("%s %s %s (%s is better)", self.pm, self.direction == "lower" and "<" or ">",
-    tostring(self.threshold), self.direction)
+  return string.format(
+    "%s %s %s (%s is better)",
+    self.pm,
+    self.direction == "lower" and "<" or ">",
+    tostring(self.threshold),
+    self.direction
+  )
 end
 
 -- The lock file of a summary (held while a process runs its loop): hidden, beside it.
-function M.lock_path(summary)
-  return path.join(path.dirname(summary), "." .. path.basename(summary) .. ".lock")
-end
+function M.lock_path(summary) return path.join(path.dirname(summary), "." .. path.basename(summary) .. ".lock") end
 
 function L:unlock()
   if self.lock then
@@ -69,13 +86,21 @@ function M.open(opts)
   local exp = section("experiment")
   local P = pipeline()
   local self = setmetatable({
-    opts = opts, pm = exp.primary_metric or "PCC",
+    opts = opts,
+    pm = exp.primary_metric or "PCC",
     threshold = tonumber(exp.success_threshold) or 0,
     -- the node budget: search.max_nodes, else experiment.max_iterations (zero means zero)
     max_iters = math.max(0, math.floor(tonumber(section("search").max_nodes or exp.max_iterations) or 1)),
     time_limit = tonumber(section("search").time_limit),
-    stamp = time.stamp(), pid = host.pid(), started = time.now(), started_iso = time.iso(),
-    iters = {}, next_iter = 1, met_any = false, stopped = nil, nothing_left = false,
+    stamp = time.stamp(),
+    pid = host.pid(),
+    started = time.now(),
+    started_iso = time.iso(),
+    iters = {},
+    next_iter = 1,
+    met_any = false,
+    stopped = nil,
+    nothing_left = false,
     prior = { time = 0, prompt = 0, completion = 0, total = 0, calls = 0, latency = 0, cost = 0 },
     base_usage = llm.usage() or {},
   }, L)
@@ -93,8 +118,14 @@ function M.open(opts)
     -- one process per summary: a second `run --resume` of it would run the same nodes twice
     local lock, lerr = fs.lock(M.lock_path(opts.resume))
     if not lock then
-      error("config: " .. tostring(opts.resume) .. " is being resumed by another cellsci (process "
-        .. tostring(lerr.holder or "?") .. "); wait for it to end", 0)
+      error(
+        "config: "
+          .. tostring(opts.resume)
+          .. " is being resumed by another cellsci (process "
+          .. tostring(lerr.holder or "?")
+          .. "); wait for it to end",
+        0
+      )
     end
     self.lock = lock
     self:resume(opts.resume)
@@ -105,8 +136,14 @@ function M.open(opts)
   -- A summary from the start (before the first line): a loop killed during its first node can still be
   -- resumed.
   self:summary(false)
-  log.info(string.format("[LOOP] %d iterations at most; the criterion: %s; summary: %s", self.max_iters,
-    self:describe(), self.summary_path))
+  log.info(
+    string.format(
+      "[LOOP] %d iterations at most; the criterion: %s; summary: %s",
+      self.max_iters,
+      self:describe(),
+      self.summary_path
+    )
+  )
   self:page()
   return self
 end
@@ -117,15 +154,24 @@ function L:resume(file)
   local old = json.decode(text)
   if type(old) ~= "table" or type(old.iterations) ~= "table" then error(file .. ": not a phase-2 loop summary", 0) end
   self.summary_path, self.started_iso = file, old.started_at or self.started_iso
-  self.prior = { time = tonumber(old.total_time_sec) or 0, prompt = tonumber(old.prompt_tokens) or 0,
-    completion = tonumber(old.completion_tokens) or 0, total = tonumber(old.total_tokens) or 0,
-    calls = tonumber(old.llm_calls) or 0, latency = tonumber(old.llm_latency_sec) or 0,
-    cost = tonumber(old.total_cost_usd) or 0 }
+  self.prior = {
+    time = tonumber(old.total_time_sec) or 0,
+    prompt = tonumber(old.prompt_tokens) or 0,
+    completion = tonumber(old.completion_tokens) or 0,
+    total = tonumber(old.total_tokens) or 0,
+    calls = tonumber(old.llm_calls) or 0,
+    latency = tonumber(old.llm_latency_sec) or 0,
+    cost = tonumber(old.total_cost_usd) or 0,
+  }
   local met_rec, interrupted, last = nil, false, 0
   self.resumed = true
   for _, r in ipairs(old.iterations) do
     -- An interrupted node is done again; finished ones are kept as they were.
-    if r.status == "INTERRUPTED" then interrupted = true else table.insert(self.iters, r) end
+    if r.status == "INTERRUPTED" then
+      interrupted = true
+    else
+      table.insert(self.iters, r)
+    end
     if r.criteria_met then met_rec = r end
     if type(r.iter) == "number" and r.iter > last and r.status ~= "INTERRUPTED" then last = r.iter end
   end
@@ -133,7 +179,9 @@ function L:resume(file)
   -- Parallel nodes finish out of order: a kill can leave iteration 3 unrecorded while 4 is. Numbers below
   -- the last recorded one that have no record are done again, first.
   local have = {}
-  for _, r in ipairs(self.iters) do if type(r.iter) == "number" then have[r.iter] = true end end
+  for _, r in ipairs(self.iters) do
+    if type(r.iter) == "number" then have[r.iter] = true end
+  end
   self.redo = {}
   for i = 1, last - 1 do
     if not have[i] then table.insert(self.redo, i) end
@@ -161,7 +209,9 @@ function L:resume(file)
       end
     end
   end
-  if self.best_trial and not fs.exists(self.best_trial) then self.best_score, self.best_trial = nil, nil end
+  if self.best_trial and not fs.exists(self.best_trial) then
+    self.best_score, self.best_trial = nil, nil
+  end
   self:update_best()
   local stopped = str(old.stopped)
   if met_rec then
@@ -170,22 +220,39 @@ function L:resume(file)
     self:update_best()
     if not self.archived and self.best_trial and fs.exists(self.best_trial) then self:archive(self.best_trial) end
     self.nothing_left = true
-  elseif old.finished_at ~= nil and old.finished_at ~= json.null and not interrupted
-      and (stopped == nil or stopped == "interrupted") then
+  elseif
+    old.finished_at ~= nil
+    and old.finished_at ~= json.null
+    and not interrupted
+    and (stopped == nil or stopped == "interrupted")
+  then
     log.line("[RESUME] " .. path.basename(file) .. ": the loop had finished; nothing left to do")
     self.nothing_left = true
   else
     local redo = #self.redo > 0 and (" (redoing " .. table.concat(self.redo, ", ") .. ", cut short)") or ""
-    log.line(string.format("[RESUME] %s: %d iterations done, going on from %d%s", path.basename(file), #self.iters,
-      self.next_iter, redo))
+    log.line(
+      string.format(
+        "[RESUME] %s: %d iterations done, going on from %d%s",
+        path.basename(file),
+        #self.iters,
+        self.next_iter,
+        redo
+      )
+    )
   end
 end
 
 function L:usage()
   local u, b = llm.usage() or {}, self.base_usage
   local d = function(k) return (u[k] or 0) - (b[k] or 0) end
-  return { prompt = d("prompt_tokens"), completion = d("completion_tokens"), total = d("total_tokens"),
-    calls = d("requests"), latency = d("latency"), cost = d("cost") }
+  return {
+    prompt = d("prompt_tokens"),
+    completion = d("completion_tokens"),
+    total = d("total_tokens"),
+    calls = d("requests"),
+    latency = d("latency"),
+    cost = d("cost"),
+  }
 end
 
 -- Write the summary (final: with finished_at). A failed write raises, or with `soft` returns nil, err.
@@ -202,30 +269,53 @@ function L:summary(final, soft)
   if self.search then
     for _, f in ipairs(self.search:flying()) do
       local nd = self.search.in_flight[f.iter]
-      table.insert(flying, { iter = f.iter, kind = f.kind, parent = f.parent or json.null,
-        started_at = nd and nd.started_iso or json.null })
+      table.insert(flying, {
+        iter = f.iter,
+        kind = f.kind,
+        parent = f.parent or json.null,
+        started_at = nd and nd.started_iso or json.null,
+      })
     end
   end
   local ok, err = fs.write(self.summary_path, json.encode({
-    dataset = host.config.dataset_name, started_at = self.started_iso,
+    dataset = host.config.dataset_name,
+    started_at = self.started_iso,
     finished_at = final and time.iso() or json.null,
-    primary_metric = self.pm, direction = self.direction, success_threshold = self.threshold,
-    max_iterations = self.max_iters, iterations_executed = n, valid_iterations = valid,
-    criteria_met_iterations = met, success_rate = n > 0 and met / n or 0.0, validity_rate = n > 0 and valid / n or 0.0,
-    best_score = self.best_score or M.NO_SCORE, best_at_budget = self.best_score or M.NO_SCORE,
-    best_trial_dir = self.best_trial or json.null, archived_dir = self.archived or json.null,
+    primary_metric = self.pm,
+    direction = self.direction,
+    success_threshold = self.threshold,
+    max_iterations = self.max_iters,
+    iterations_executed = n,
+    valid_iterations = valid,
+    criteria_met_iterations = met,
+    success_rate = n > 0 and met / n or 0.0,
+    validity_rate = n > 0 and valid / n or 0.0,
+    best_score = self.best_score or M.NO_SCORE,
+    best_at_budget = self.best_score or M.NO_SCORE,
+    best_trial_dir = self.best_trial or json.null,
+    archived_dir = self.archived or json.null,
     archive_source = self.archive_source or json.null,
-    total_cost_tokens = p.prompt + u.prompt + p.completion + u.completion, total_cost_latency = p.latency + u.latency,
-    criteria_met = self.met_any, stopped = self.stopped or json.null, strategy = self.strategy_name,
-    total_tokens = p.total + u.total, prompt_tokens = p.prompt + u.prompt, completion_tokens = p.completion + u.completion,
-    llm_calls = p.calls + u.calls, llm_latency_sec = p.latency + u.latency, total_cost_usd = p.cost + u.cost,
+    total_cost_tokens = p.prompt + u.prompt + p.completion + u.completion,
+    total_cost_latency = p.latency + u.latency,
+    criteria_met = self.met_any,
+    stopped = self.stopped or json.null,
+    strategy = self.strategy_name,
+    total_tokens = p.total + u.total,
+    prompt_tokens = p.prompt + u.prompt,
+    completion_tokens = p.completion + u.completion,
+    llm_calls = p.calls + u.calls,
+    llm_latency_sec = p.latency + u.latency,
+    total_cost_usd = p.cost + u.cost,
     replies_repaired = (function()
       local n = 0
-      for _, r in ipairs(self.iters) do n = n + (tonumber(r.replies_repaired) or 0) end
+      for _, r in ipairs(self.iters) do
+        n = n + (tonumber(r.replies_repaired) or 0)
+      end
       return n
     end)(),
     total_time_sec = p.time + time.now() - self.started,
-    cancelled_iterations = cancelled, in_flight = flying,
+    cancelled_iterations = cancelled,
+    in_flight = flying,
     iterations = json.array(self.iters),
   }, { pretty = true }) .. "\n")
   if not ok then
@@ -242,8 +332,13 @@ function L:save(final)
   if ok then return true end
   if not self.save_failed then
     self.save_failed = true
-    log.error("[LOOP] cannot write the loop summary " .. self.summary_path .. ": " .. tostring(err)
-      .. "; ending the loop (what is on disk can be finished with --resume)")
+    log.error(
+      "[LOOP] cannot write the loop summary "
+        .. self.summary_path
+        .. ": "
+        .. tostring(err)
+        .. "; ending the loop (what is on disk can be finished with --resume)"
+    )
   end
   self.stopped = self.stopped or "disk"
   return false
@@ -273,9 +368,7 @@ end
 function L:page(ctx)
   local ok, res, perr = pcall(report.page, self.summary_path)
   local why = not ok and tostring(res) or (res == nil and tostring(perr and perr.message or perr)) or nil
-  if why and why ~= self.page_warned then
-    log.warn("[LOOP] cannot build the run page: " .. log.quote(why))
-  end
+  if why and why ~= self.page_warned then log.warn("[LOOP] cannot build the run page: " .. log.quote(why)) end
   -- every failure goes to the event log of the node being recorded (the warning only when it changes)
   if why and ctx then ctx:event("page_failed", { error = why }) end
   if not why then self.page_path = res end
@@ -301,24 +394,28 @@ function L:archive(trial, ctx)
   if self.best_trial == trial then self.best_trial = dest or trial end
   local ok, err = self:summary(false, true)
   if not ok then
-    log.error("[LOOP] cannot write the loop summary " .. self.summary_path .. ": " .. tostring(err)
-      .. (dest and ("; the best trial is archived all the same as " .. dest) or ""))
+    log.error(
+      "[LOOP] cannot write the loop summary "
+        .. self.summary_path
+        .. ": "
+        .. tostring(err)
+        .. (dest and ("; the best trial is archived all the same as " .. dest) or "")
+    )
   elseif not planned then
-    log.warn("[LOOP] the archive plan could not be written first (" .. log.quote(tostring(perr))
-      .. "); the summary is now up to date")
+    log.warn(
+      "[LOOP] the archive plan could not be written first ("
+        .. log.quote(tostring(perr))
+        .. "); the summary is now up to date"
+    )
   end
   return dest
 end
 
 -- How many more nodes may start (the node budget less what ran, and the iterations to redo).
-function L:nodes_left()
-  return math.max(0, self.max_iters - self.next_iter + 1) + #(self.redo or {})
-end
+function L:nodes_left() return math.max(0, self.max_iters - self.next_iter + 1) + #(self.redo or {}) end
 
 -- Whether search.time_limit (seconds of wall time, this process) is spent.
-function L:time_spent()
-  return self.time_limit ~= nil and time.now() - self.started >= self.time_limit
-end
+function L:time_spent() return self.time_limit ~= nil and time.now() - self.started >= self.time_limit end
 
 -- End the search for `why` (a key of M.stop_on, e.g. "time_limit"), saying so once on stdout.
 function L:end_search(why, line)
@@ -329,11 +426,12 @@ end
 
 function L:done()
   if not self.stopped and self:time_spent() then
-    self:end_search("time_limit", string.format("[LOOP] the search's time limit (%gs) is spent; ending the search here",
-      self.time_limit))
+    self:end_search(
+      "time_limit",
+      string.format("[LOOP] the search's time limit (%gs) is spent; ending the search here", self.time_limit)
+    )
   end
-  return self.met_any or self.stopped ~= nil or self.nothing_left or host.interrupted()
-    or self:nodes_left() == 0
+  return self.met_any or self.stopped ~= nil or self.nothing_left or host.interrupted() or self:nodes_left() == 0
 end
 
 -- A search setting: config `search.<key>`, else `default`.
@@ -344,9 +442,7 @@ function L:setting(key, default)
 end
 
 -- The records so far (kept in iteration order), e.g. for a tree strategy choosing what to expand.
-function L:records()
-  return self.iters
-end
+function L:records() return self.iters end
 
 local function by_iter(self, iter)
   for _, r in ipairs(self.iters) do
@@ -430,8 +526,14 @@ local function parent_info(p)
   local dir = p.archived_as or p.trial_dir
   local nbp = dir and path.join(dir, "notebook_prompt_exec.ipynb")
   if nbp and not fs.exists(nbp) then nbp = path.join(dir, "notebook_prompt.ipynb") end
-  return { iter = p.iter, trial = dir, notebook = nbp, score = scored(p) and p.score or nil,
-    error = p.status ~= "VALID" and (p.error or p.status) or nil, report_table = p.results_table }
+  return {
+    iter = p.iter,
+    trial = dir,
+    notebook = nbp,
+    score = scored(p) and p.score or nil,
+    error = p.status ~= "VALID" and (p.error or p.status) or nil,
+    report_table = p.results_table,
+  }
 end
 
 -- The next node: {iter=, trial=, ctx=, kind=, parent=}; nil when no node is left.
@@ -454,7 +556,9 @@ function L:node(o)
   local run_name = string.format("workspace_%s_%d_iter%03d", self.stamp, self.pid, i)
   local trial = path.join(pipeline().prompt_root(), run_name)
   local parents = {}
-  for _, p in ipairs(o.parents or (o.parent and { o.parent }) or {}) do table.insert(parents, parent_info(p)) end
+  for _, p in ipairs(o.parents or (o.parent and { o.parent }) or {}) do
+    table.insert(parents, parent_info(p))
+  end
   local feedback = o.feedback
   if feedback == nil and self:setting("feedback", false) == true then feedback = self:feedback_text() end
   local memory
@@ -464,15 +568,29 @@ function L:node(o)
     if recs and #recs > 0 then memory = require("operators").memory(recs, self.pm, limit) end
   end
   local kind = o.kind or "draft"
-  local op = { kind = kind, parents = parents, memory = memory, feedback = feedback, focus = o.focus,
-    siblings = o.siblings }
-  local ctx = require("trial").new(trial, { buffer = o.buffer, kernel_pool = o.pool, feedback = feedback,
-    parent = parents[1], op = op })
+  local op =
+    { kind = kind, parents = parents, memory = memory, feedback = feedback, focus = o.focus, siblings = o.siblings }
+  local ctx = require("trial").new(
+    trial,
+    { buffer = o.buffer, kernel_pool = o.pool, feedback = feedback, parent = parents[1], op = op }
+  )
   local pits = {}
-  for _, p in ipairs(parents) do table.insert(pits, p.iter) end
-  local node = { iter = i, run_name = run_name, trial = trial, ctx = ctx, kind = kind,
-    parent = o.parent and o.parent.iter or nil, parents = #pits > 1 and pits or nil, focus = o.focus,
-    t0 = time.now(), started_iso = time.iso(), header = string.format("ITERATION %d/%d", i, self.max_iters) }
+  for _, p in ipairs(parents) do
+    table.insert(pits, p.iter)
+  end
+  local node = {
+    iter = i,
+    run_name = run_name,
+    trial = trial,
+    ctx = ctx,
+    kind = kind,
+    parent = o.parent and o.parent.iter or nil,
+    parents = #pits > 1 and pits or nil,
+    focus = o.focus,
+    t0 = time.now(),
+    started_iso = time.iso(),
+    header = string.format("ITERATION %d/%d", i, self.max_iters),
+  }
   self.ctxs = self.ctxs or {}
   self.ctxs[trial] = ctx
   if not o.buffer then log.line(node.header) end
@@ -483,10 +601,21 @@ end
 -- metrics and their comparison, the node's record, its seed runs when there are any.
 function L:evidence(node, res)
   local exp = section("experiment")
-  return { score = res.score, threshold = self.threshold, metric = self.pm, direction = exp.direction,
-    criterion = exp.criterion, alpha = exp.alpha, metrics = res.metrics, compare = res.compare, winner = res.winner,
-    baseline = res.baseline, trial = node.trial, seeds = res.seeds,
-    record = { iter = node.iter, kind = node.kind, parent = node.parent } }
+  return {
+    score = res.score,
+    threshold = self.threshold,
+    metric = self.pm,
+    direction = exp.direction,
+    criterion = exp.criterion,
+    alpha = exp.alpha,
+    metrics = res.metrics,
+    compare = res.compare,
+    winner = res.winner,
+    baseline = res.baseline,
+    trial = node.trial,
+    seeds = res.seeds,
+    record = { iter = node.iter, kind = node.kind, parent = node.parent },
+  }
 end
 
 -- Generate, execute and analyze the node's trial (pipeline.attempt), after a reload of edited scripts.
@@ -504,11 +633,17 @@ function L:attempt(node, opts)
       local runs = pipeline().confirm_seeds(node.ctx, opts, res.score, k)
       local scores, failed = {}, {}
       for _, r in ipairs(runs) do
-        if r.score then table.insert(scores, { seed = r.seed, score = r.score }) else table.insert(failed, r) end
+        if r.score then
+          table.insert(scores, { seed = r.seed, score = r.score })
+        else
+          table.insert(failed, r)
+        end
       end
       res.seeds, res.seed_failures = scores, #failed > 0 and failed or nil
       local sum = 0
-      for _, r in ipairs(scores) do sum = sum + r.score end
+      for _, r in ipairs(scores) do
+        sum = sum + r.score
+      end
       res.first_score, res.score = res.score, sum / #scores
     end
   end
@@ -522,17 +657,37 @@ end
 function L:record(node, res, err, how)
   local ctx, pm = node.ctx, self.pm
   local u = ctx.events:usage()
-  local rec = { iter = node.iter, run_name = node.run_name, status = "CRASH", score = M.NO_SCORE,
-    trial_dir = node.trial, criteria_met = false, kind = node.kind, parent = node.parent, parents = node.parents,
-    focus = node.focus, duration_sec = time.now() - node.t0, started_at = node.started_iso,
-    t_start = node.t0, t_end = time.now(),
-    usage = { prompt_tokens = u.prompt_tokens, completion_tokens = u.completion_tokens,
-      total_tokens = u.total_tokens, total_latency_sec = u.latency, calls = u.calls, cost = u.cost },
+  local rec = {
+    iter = node.iter,
+    run_name = node.run_name,
+    status = "CRASH",
+    score = M.NO_SCORE,
+    trial_dir = node.trial,
+    criteria_met = false,
+    kind = node.kind,
+    parent = node.parent,
+    parents = node.parents,
+    focus = node.focus,
+    duration_sec = time.now() - node.t0,
+    started_at = node.started_iso,
+    t_start = node.t0,
+    t_end = time.now(),
+    usage = {
+      prompt_tokens = u.prompt_tokens,
+      completion_tokens = u.completion_tokens,
+      total_tokens = u.total_tokens,
+      total_latency_sec = u.latency,
+      calls = u.calls,
+      cost = u.cost,
+    },
     cost_usd = u.cost,
     -- LLM replies that needed the extractor's repairs to be read (fences, prose, Python literals...)
     replies_repaired = ctx.replies_repaired or 0,
     tokens = { prompt = u.prompt_tokens, completion = u.completion_tokens, total = u.total_tokens },
-    llm_calls = u.calls, llm_latency_sec = u.latency, strategy_source = ctx.strategy_source }
+    llm_calls = u.calls,
+    llm_latency_sec = u.latency,
+    strategy_source = ctx.strategy_source,
+  }
   if how and how.cancelled then
     rec.status, rec.cancelled, rec.error = "CANCELLED", true, "cancelled: " .. tostring(how.cancelled)
     ctx:event("cancelled", { reason = tostring(how.cancelled) })
@@ -570,25 +725,42 @@ function L:record(node, res, err, how)
     local exp = section("experiment")
     local met, why, detail = P.policy("success", "judge", self:evidence(node, res))
     rec.criteria_met, rec.judgement = met and true or false, why
-    if res.seeds then rec.seeds, rec.first_score = res.seeds, res.first_score end
+    if res.seeds then
+      rec.seeds, rec.first_score = res.seeds, res.first_score
+    end
     if res.seed_failures then
       -- a rerun that fails is not a robust result, whatever the mean of the others
       rec.criteria_met, rec.seed_failures = false, res.seed_failures
-      rec.judgement = tostring(why) .. "; but " .. #res.seed_failures .. " seed rerun(s) failed ("
-        .. ctx:quote(tostring(res.seed_failures[1].error):sub(1, 200), "error") .. ")"
-      if type(detail) == "table" then detail.met, detail.reason = false, rec.judgement end
+      rec.judgement = tostring(why)
+        .. "; but "
+        .. #res.seed_failures
+        .. " seed rerun(s) failed ("
+        .. ctx:quote(tostring(res.seed_failures[1].error):sub(1, 200), "error")
+        .. ")"
+      if type(detail) == "table" then
+        detail.met, detail.reason = false, rec.judgement
+      end
     end
     if type(detail) == "table" then
       rec.verdict = detail
       local wrote, werr = P.policy("verdict", "write", node.trial, detail)
-      if not wrote then ctx:warn("[LOOP] cannot add the verdict to the report: " .. ctx:quote(tostring(werr), "error")) end
+      if not wrote then
+        ctx:warn("[LOOP] cannot add the verdict to the report: " .. ctx:quote(tostring(werr), "error"))
+      end
     else
       rec.verdict = { met = rec.criteria_met, reason = tostring(why), criterion = exp.criterion or "threshold" }
     end
   end
   if res and res.table then rec.results_table = res.table end
-  ctx:line(string.format("[COST] Iteration %d: %d tokens | %.2fs LLM time%s", node.iter, rec.usage.total_tokens,
-    rec.usage.total_latency_sec, u.cost > 0 and string.format(" | $%.4f", u.cost) or ""))
+  ctx:line(
+    string.format(
+      "[COST] Iteration %d: %d tokens | %.2fs LLM time%s",
+      node.iter,
+      rec.usage.total_tokens,
+      rec.usage.total_latency_sec,
+      u.cost > 0 and string.format(" | $%.4f", u.cost) or ""
+    )
+  )
   local rule = rec.error_kind and M.stop_on[rec.error_kind]
   if rule == "end" then
     -- A spent budget ends the loop the way its last node would: the best trial is archived.
@@ -604,8 +776,11 @@ function L:record(node, res, err, how)
     ctx:line("[SUCCESS] Success threshold met (" .. tostring(rec.judgement) .. "); archiving and stopping")
   elseif rec.status == "VALID" and not rec.criteria_met then
     local crit = section("experiment").criterion
-    ctx:line("[CONTINUE] " .. ((crit == nil or crit == "threshold") and "Threshold not met: " or "Criterion not met: ")
-      .. tostring(rec.judgement))
+    ctx:line(
+      "[CONTINUE] "
+        .. ((crit == nil or crit == "threshold") and "Threshold not met: " or "Criterion not met: ")
+        .. tostring(rec.judgement)
+    )
   end
   table.insert(self.iters, rec)
   self:update_best()
@@ -631,8 +806,12 @@ function L:archive_best()
     if not old or not old.trial_dir or fs.exists(old.trial_dir) or not fs.rename(self.archived, old.trial_dir) then
       return self.archived
     end
-    log.info("[ARCHIVE] " .. path.basename(self.archived) .. " is no longer the best; renamed back to "
-      .. path.basename(old.trial_dir))
+    log.info(
+      "[ARCHIVE] "
+        .. path.basename(self.archived)
+        .. " is no longer the best; renamed back to "
+        .. path.basename(old.trial_dir)
+    )
     old.archived_as, self.archived = nil, nil
   end
   if not fs.exists(b.trial_dir) then return nil end
@@ -657,8 +836,13 @@ function L:close()
   if self.met_any then
     self:archive_best()
   elseif self.best_trial and self.best_trial ~= self.archived and fs.exists(self.best_trial) then
-    log.line(string.format("[LOOP] No iteration met the criterion; archiving the BEST run found (%s Score: %.4f)",
-      self.pm, self.best_score))
+    log.line(
+      string.format(
+        "[LOOP] No iteration met the criterion; archiving the BEST run found (%s Score: %.4f)",
+        self.pm,
+        self.best_score
+      )
+    )
     self:archive_best()
   elseif not self.archived then
     log.line("[LOOP] No iteration produced a score; nothing archived")
@@ -668,10 +852,18 @@ function L:close()
   if self.archived and fs.exists(self.archived) then
     local pts = {}
     for _, r in ipairs(self.iters) do
-      table.insert(pts, { iteration = r.iter, score = scored(r) and r.score or nil, status = r.status, met = r.criteria_met })
+      table.insert(
+        pts,
+        { iteration = r.iter, score = scored(r) and r.score or nil, status = r.status, met = r.criteria_met }
+      )
     end
     local svg = path.join(self.archived, "iterations.svg")
-    if report.plot_iterations(pts, { threshold = self.threshold, metric = self.pm, path = svg, direction = self.direction }) then
+    if
+      report.plot_iterations(
+        pts,
+        { threshold = self.threshold, metric = self.pm, path = svg, direction = self.direction }
+      )
+    then
       local rp = path.join(self.archived, "experiment_report.md")
       local text = fs.read(rp)
       local section_md = "\n## Iterations\n\n![" .. self.pm .. " per iteration](iterations.svg)\n"
@@ -696,8 +888,9 @@ function L:close()
     log.line(string.format("[LOOP] Finished: the criterion was met (%d of %d iterations run)", ran, self.max_iters))
     return 0
   end
-  log.line(string.format("[LOOP] Finished: no iteration met the criterion (%d of %d iterations run)", ran,
-    self.max_iters))
+  log.line(
+    string.format("[LOOP] Finished: no iteration met the criterion (%d of %d iterations run)", ran, self.max_iters)
+  )
   return self.opts.fail_if_unmet and 1 or 0
 end
 
@@ -717,7 +910,15 @@ function M.strategy(name)
     return mod
   end
   local ok, mod = pcall(require, "strategies." .. name)
-  if not ok then error("config: unknown strategy '" .. name .. "' (bundled: serial, best_of_n, greedy, tree, mcts, evolve): " .. tostring(mod), 0) end
+  if not ok then
+    error(
+      "config: unknown strategy '"
+        .. name
+        .. "' (bundled: serial, best_of_n, greedy, tree, mcts, evolve): "
+        .. tostring(mod),
+      0
+    )
+  end
   return mod
 end
 
@@ -736,13 +937,19 @@ function M.policy_file(file, mod)
       stamp = now
       local chunk, err = loadfile(file)
       local ok, m = false, err
-      if chunk then ok, m = pcall(chunk) end
+      if chunk then
+        ok, m = pcall(chunk)
+      end
       if ok and type(m) == "table" and type(m.choose) == "function" then
         cur = m
         log.info("reloaded " .. file)
       else
-        log.warn("[SEARCH] " .. file .. " was edited but cannot be used (keeping the last good version): "
-          .. tostring(ok and "it must return a table with choose(S)" or m))
+        log.warn(
+          "[SEARCH] "
+            .. file
+            .. " was edited but cannot be used (keeping the last good version): "
+            .. tostring(ok and "it must return a table with choose(S)" or m)
+        )
       end
     end
     return cur

@@ -32,9 +32,7 @@ local function code_of(p)
   return llm.clip(table.concat(code, "\n\n"), M.CODE_LIMIT)
 end
 
-local function results(p)
-  return p.report_table and ("\n\nIts computed results:\n\n" .. p.report_table) or ""
-end
+local function results(p) return p.report_table and ("\n\nIts computed results:\n\n" .. p.report_table) or "" end
 
 local function siblings_text(op)
   local s = {}
@@ -42,42 +40,77 @@ local function siblings_text(op)
     if c.focus then table.insert(s, string.format("- attempt %s: %s", tostring(c.iter), c.focus)) end
   end
   if #s == 0 then return "" end
-  return "\n\nOther attempts start from the same notebook; they change:\n" .. table.concat(s, "\n")
+  return "\n\nOther attempts start from the same notebook; they change:\n"
+    .. table.concat(s, "\n")
     .. "\nMake a different change from theirs."
 end
 
 function M.draft(op)
   local parts = {}
   if op.memory and op.memory ~= "" then
-    table.insert(parts, "Earlier attempts at this task (learn from them; do not repeat what failed):\n\n" .. op.memory
-      .. "\n\nWrite a new, complete solution that differs from them.")
+    table.insert(
+      parts,
+      "Earlier attempts at this task (learn from them; do not repeat what failed):\n\n"
+        .. op.memory
+        .. "\n\nWrite a new, complete solution that differs from them."
+    )
   end
   return table.concat(parts, "\n\n")
 end
 
 function M.debug(op)
   local p = op.parents[1]
-  return "Start from this earlier notebook (attempt " .. tostring(p.iter) .. "). It failed: " .. tostring(p.error)
-    .. "\nRepair it: keep what works, fix what failed." .. results(p) .. "\n\nIts code:\n\n" .. code_of(p)
+  return "Start from this earlier notebook (attempt "
+    .. tostring(p.iter)
+    .. "). It failed: "
+    .. tostring(p.error)
+    .. "\nRepair it: keep what works, fix what failed."
+    .. results(p)
+    .. "\n\nIts code:\n\n"
+    .. code_of(p)
 end
 
 function M.improve(op)
   local p = op.parents[1]
   local focus = op.focus and ("\nThis time change " .. op.focus .. ".") or ""
-  return "Start from this earlier notebook (attempt " .. tostring(p.iter) .. "). It scored " .. tostring(p.score)
-    .. ". Improve it: change one thing that should raise the score, and keep the metrics.json contract." .. focus
-    .. siblings_text(op) .. results(p) .. "\n\nIts code:\n\n" .. code_of(p)
+  return "Start from this earlier notebook (attempt "
+    .. tostring(p.iter)
+    .. "). It scored "
+    .. tostring(p.score)
+    .. ". Improve it: change one thing that should raise the score, and keep the metrics.json contract."
+    .. focus
+    .. siblings_text(op)
+    .. results(p)
+    .. "\n\nIts code:\n\n"
+    .. code_of(p)
 end
 
 function M.crossover(op)
   local a, b = op.parents[1], op.parents[2]
   if not b then return M.improve(op) end
-  return "Combine two earlier notebooks that both worked: attempt " .. tostring(a.iter) .. " scored "
-    .. tostring(a.score) .. " and attempt " .. tostring(b.iter) .. " scored " .. tostring(b.score)
+  return "Combine two earlier notebooks that both worked: attempt "
+    .. tostring(a.iter)
+    .. " scored "
+    .. tostring(a.score)
+    .. " and attempt "
+    .. tostring(b.iter)
+    .. " scored "
+    .. tostring(b.score)
     .. ". Write one notebook that keeps the strongest part of each (for example one's features with the other's"
-    .. " model), and keep the metrics.json contract." .. siblings_text(op)
-    .. "\n\nAttempt " .. tostring(a.iter) .. ":" .. results(a) .. "\n\nIts code:\n\n" .. code_of(a)
-    .. "\n\nAttempt " .. tostring(b.iter) .. ":" .. results(b) .. "\n\nIts code:\n\n" .. code_of(b)
+    .. " model), and keep the metrics.json contract."
+    .. siblings_text(op)
+    .. "\n\nAttempt "
+    .. tostring(a.iter)
+    .. ":"
+    .. results(a)
+    .. "\n\nIts code:\n\n"
+    .. code_of(a)
+    .. "\n\nAttempt "
+    .. tostring(b.iter)
+    .. ":"
+    .. results(b)
+    .. "\n\nIts code:\n\n"
+    .. code_of(b)
 end
 
 -- The memory of earlier attempts, as text: one line each (kind, parent, status, score, the first line of
@@ -88,8 +121,13 @@ function M.memory(records, metric, limit)
   local lines = {}
   for _, r in ipairs(records) do
     if r.status ~= "CANCELLED" and r.status ~= "INTERRUPTED" then
-      local s = string.format("- attempt %s (%s%s): %s", tostring(r.iter), tostring(r.kind or "draft"),
-        r.parent and (" of " .. tostring(r.parent)) or "", tostring(r.status))
+      local s = string.format(
+        "- attempt %s (%s%s): %s",
+        tostring(r.iter),
+        tostring(r.kind or "draft"),
+        r.parent and (" of " .. tostring(r.parent)) or "",
+        tostring(r.status)
+      )
       if r.status == "VALID" and type(r.score) == "number" then s = s .. string.format(", %s %.4f", metric, r.score) end
       if r.focus then s = s .. "; changed " .. r.focus end
       if r.error then s = s .. "; " .. (tostring(r.error):match("^[^\n]*") or ""):sub(1, 240) end

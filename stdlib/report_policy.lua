@@ -13,8 +13,25 @@ local M = {}
 -- Metric names built on one of these words (as a whole word: MSE, DEG_RMSE_20, val_loss,
 -- mean_absolute_error) are lower-is-better; so is any name containing "loss" or ending in "mse".
 M.lower_is_better = {
-  "mse", "rmse", "mae", "mape", "smape", "msle", "rmsle", "medae", "loss", "error", "err", "nll",
-  "logloss", "crossentropy", "deviance", "perplexity", "brier", "wer", "cer",
+  "mse",
+  "rmse",
+  "mae",
+  "mape",
+  "smape",
+  "msle",
+  "rmsle",
+  "medae",
+  "loss",
+  "error",
+  "err",
+  "nll",
+  "logloss",
+  "crossentropy",
+  "deviance",
+  "perplexity",
+  "brier",
+  "wer",
+  "cer",
 }
 
 -- A first word "neg" (scikit-learn's negated errors, neg_mse) means higher-is-better whatever follows.
@@ -24,10 +41,14 @@ M.higher_prefix = "neg"
 function M.direction(metric)
   local lower = string.lower(metric or "")
   local words = {}
-  for w in lower:gmatch("%w+") do words[#words + 1] = w end
+  for w in lower:gmatch("%w+") do
+    words[#words + 1] = w
+  end
   if words[1] == M.higher_prefix then return "higher", "inferred from the name" end
   local is_error = {}
-  for _, w in ipairs(M.lower_is_better) do is_error[w] = true end
+  for _, w in ipairs(M.lower_is_better) do
+    is_error[w] = true
+  end
   for _, w in ipairs(words) do
     if is_error[w] then return "lower", "inferred from the name" end
   end
@@ -89,7 +110,9 @@ function M.narrative_messages(prompt, metrics, opts)
     local text, rerr = require("fs").read(prompt)
     if not text then return fail("io", "cannot read report prompt " .. prompt .. ": " .. tostring(rerr)) end
     local doc, yerr = require("yaml").decode(text)
-    if doc == nil and yerr then return fail("parse", "report prompt " .. prompt .. " is not valid YAML: " .. tostring(yerr)) end
+    if doc == nil and yerr then
+      return fail("parse", "report prompt " .. prompt .. " is not valid YAML: " .. tostring(yerr))
+    end
     if type(doc) ~= "table" or rawlen(doc) > 0 then
       return fail("parse", "report prompt " .. prompt .. " must be a mapping with system and user_template")
     end

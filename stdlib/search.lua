@@ -113,7 +113,9 @@ function S:next_focus(iter)
   end
   local best, n = nil, math.huge
   for _, f in ipairs(M.FOCUS) do
-    if (taken[f] or 0) < n then best, n = f, taken[f] or 0 end
+    if (taken[f] or 0) < n then
+      best, n = f, taken[f] or 0
+    end
   end
   return best
 end
@@ -136,7 +138,10 @@ function S:stop_reason()
     if L:setting("on_success", "stop") == "finish" then return nil end
     return "the criterion was met"
   end
-  if L.stopped then return L.stopped == "time_limit" and "the search's time limit is spent" or ("the search stopped (" .. L.stopped .. ")") end
+  if L.stopped then
+    return L.stopped == "time_limit" and "the search's time limit is spent"
+      or ("the search stopped (" .. L.stopped .. ")")
+  end
   return nil
 end
 
@@ -181,8 +186,15 @@ local function worker(self, opts)
       if self.n_flying == 0 then break end -- nothing running and nothing to start: the search is over
       time.sleep(0.05)
     else
-      local node = L:node({ buffer = self.slots > 1, pool = self.pool, kind = act.kind or "draft", parent = act.parent,
-        parents = act.parents, focus = act.focus, siblings = act.parent and self:children(act.parent.iter) or nil })
+      local node = L:node({
+        buffer = self.slots > 1,
+        pool = self.pool,
+        kind = act.kind or "draft",
+        parent = act.parent,
+        parents = act.parents,
+        focus = act.focus,
+        siblings = act.parent and self:children(act.parent.iter) or nil,
+      })
       if not node then break end
       self:launch(node, act, opts)
     end
@@ -194,8 +206,10 @@ local function watchdog(self)
   local L = self.L
   while self.workers > 0 do
     if L:time_spent() then
-      L:end_search("time_limit", string.format("[LOOP] the search's time limit (%gs) is spent; ending the search here",
-        L.time_limit))
+      L:end_search(
+        "time_limit",
+        string.format("[LOOP] the search's time limit (%gs) is spent; ending the search here", L.time_limit)
+      )
       self:cancel_all("the search's time limit is spent")
       return
     end
@@ -218,8 +232,8 @@ function M.run(L, opts, policy, o)
   local seed = L:setting("seed", nil)
   if seed then math.randomseed(math.floor(tonumber(seed) or 0)) end
   local get_policy = type(policy) == "function" and policy or function() return policy end
-  local self = setmetatable({ L = L, slots = slots, in_flight = {}, n_flying = 0, get_policy = get_policy,
-    workers = slots }, S)
+  local self =
+    setmetatable({ L = L, slots = slots, in_flight = {}, n_flying = 0, get_policy = get_policy, workers = slots }, S)
   L.search = self
   if slots > 1 and type(kernel.pool) == "function" and L:nodes_left() > 0 then
     -- one spare kernel while more nodes than slots are to run: a node that frees its slot gives back a
@@ -239,7 +253,10 @@ function M.run(L, opts, policy, o)
       return true
     end)
   end
-  if L.time_limit then table.insert(fns, function() watchdog(self); return true end) end
+  if L.time_limit then table.insert(fns, function()
+    watchdog(self)
+    return true
+  end) end
   local ok, err = pcall(task.all, fns)
   L.search = nil
   if self.pool then self.pool:shutdown() end

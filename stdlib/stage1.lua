@@ -9,9 +9,7 @@ local log = require("log")
 local M = {}
 
 local function h5_in(dir)
-  if fs.exists(path.join(dir, "REFERENCE_DATA.h5")) then
-    return path.join(dir, "REFERENCE_DATA.h5")
-  end
+  if fs.exists(path.join(dir, "REFERENCE_DATA.h5")) then return path.join(dir, "REFERENCE_DATA.h5") end
   local names = fs.list(dir) or {}
   for _, n in ipairs(names) do
     if n:match("%.h5$") then return path.join(dir, n) end

@@ -21,23 +21,35 @@ function M.synthesize(t)
   local ideas = t.ideas or {}
   if #ideas == 0 then
     return "# Research Strategy\n\nNo phase-1 ideas were available: the design is freestyle, guided only by the "
-      .. "technical specification.\n", { source = "freestyle" }
+      .. "technical specification.\n",
+      { source = "freestyle" }
   end
   local listing = M.ideas_markdown(ideas)
-  local opts = { messages = {
-    { role = "system", content = t.system },
-    { role = "user", content = "Research ideas from phase 1:\n\n" .. listing },
-  } }
-  for k, v in pairs(t.llm or {}) do opts[k] = v end
+  local opts = {
+    messages = {
+      { role = "system", content = t.system },
+      { role = "user", content = "Research ideas from phase 1:\n\n" .. listing },
+    },
+  }
+  for k, v in pairs(t.llm or {}) do
+    opts[k] = v
+  end
   local resp, err = llm.chat(opts)
   if resp and resp.text and resp.text:match("%S") then
     local body = resp.text:gsub("^%s*<think>.-</think>%s*", "")
     return "# Research Strategy\n\n" .. body .. "\n\n## Ideas\n\n" .. listing .. "\n", { source = "llm" }
   end
-  log.warn("[STRATEGY] synthesis failed (" .. (log.quote(err, { what = "strategy error", events = t.llm and t.llm.events }))
-    .. "); using the ideas as the strategy")
-  return "# Research Strategy\n\n(The strategy could not be synthesized: " .. tostring(err and err.kind or "no reply")
-    .. ". The ideas are used as they are.)\n\n## Ideas\n\n" .. listing .. "\n", { source = "ideas", error = tostring(err) }
+  log.warn(
+    "[STRATEGY] synthesis failed ("
+      .. (log.quote(err, { what = "strategy error", events = t.llm and t.llm.events }))
+      .. "); using the ideas as the strategy"
+  )
+  return "# Research Strategy\n\n(The strategy could not be synthesized: "
+    .. tostring(err and err.kind or "no reply")
+    .. ". The ideas are used as they are.)\n\n## Ideas\n\n"
+    .. listing
+    .. "\n",
+    { source = "ideas", error = tostring(err) }
 end
 
 return M

@@ -42,9 +42,7 @@ local M = {}
 -- decides (by default from the name: lower is better for MSE, RMSE, MAE, MAPE, loss, error, NLL and
 -- names built on them), so the report and the criterion always agree.
 function M.direction(metric, configured)
-  if configured == "higher" or configured == "lower" then
-    return configured
-  end
+  if configured == "higher" or configured == "lower" then return configured end
   return (require("report_policy").direction(metric or ""))
 end
 
@@ -96,9 +94,7 @@ function M.clean(text)
   return text
 end
 
-local function finite(x)
-  return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge
-end
+local function finite(x) return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge end
 
 -- A p-value as the report prints it: 0.310, 0.0625, 7.0e-7 (below 0.001), 1 (from 0.9995).
 function M.fmt_p(p)
@@ -130,10 +126,17 @@ end
 -- The parts of detail every criterion shares.
 local function base_detail(t, name)
   return {
-    criterion = name, score = t.score, threshold = t.threshold or 0, metric = t.metric or "score",
-    direction = M.direction(t.metric, t.direction), alpha = t.alpha or M.DEFAULT_ALPHA,
-    winner = t.winner, baseline = t.baseline, trial = t.trial,
-    seeds = t.seeds, seed_stats = M.seed_stats(t.seeds),
+    criterion = name,
+    score = t.score,
+    threshold = t.threshold or 0,
+    metric = t.metric or "score",
+    direction = M.direction(t.metric, t.direction),
+    alpha = t.alpha or M.DEFAULT_ALPHA,
+    winner = t.winner,
+    baseline = t.baseline,
+    trial = t.trial,
+    seeds = t.seeds,
+    seed_stats = M.seed_stats(t.seeds),
   }
 end
 
@@ -141,9 +144,7 @@ end
 local function threshold_verdict(t)
   local score, threshold = t.score, t.threshold or 0
   local dir = M.direction(t.metric, t.direction)
-  if not finite(score) then
-    return false, "no usable score"
-  end
+  if not finite(score) then return false, "no usable score" end
   -- The explanation states the comparison as it came out ("PCC 0.7586 <= 0.9" when not met).
   local name = t.metric or "score"
   if dir == "lower" then
@@ -184,15 +185,18 @@ M.criteria.threshold = {
   end,
   describe = function(t)
     local dir = M.direction(t.metric, t.direction)
-    return string.format("%s %s %s (%s is better)", t.metric or "score", dir == "lower" and "<" or ">",
-      tostring(t.threshold or 0), dir)
+    return string.format(
+      "%s %s %s (%s is better)",
+      t.metric or "score",
+      dir == "lower" and "<" or ">",
+      tostring(t.threshold or 0),
+      dir
+    )
   end,
 }
 
 -- Holm's step-down adjustment of p-values (a list), in the input order (the host's, as compare uses).
-function M.holm(ps)
-  return require("report").holm(ps)
-end
+function M.holm(ps) return require("report").holm(ps) end
 
 -- The Holm-adjusted p of `name` in a compare table: compare's own (holm_p), else Holm over the models
 -- compared with the baseline that have a paired t-test p-value.
@@ -227,13 +231,14 @@ M.criteria.significant = {
     -- what the test says, also when the threshold is missed (the report shows it)
     local cmp, cerr = t.compare, nil
     if type(cmp) ~= "table" and type(t.metrics) == "table" then
-      cmp, cerr = require("report").compare(t.metrics, { metric = t.metric, baseline = t.baseline,
-        direction = d.direction })
+      cmp, cerr =
+        require("report").compare(t.metrics, { metric = t.metric, baseline = t.baseline, direction = d.direction })
     end
     local why_not
     if type(cmp) ~= "table" or type(cmp.models) ~= "table" then
       why_not = "no comparison with a baseline ("
-        .. (cerr and tostring(cerr.message or cerr) or "the trial's metrics were not given") .. ")"
+        .. (cerr and tostring(cerr.message or cerr) or "the trial's metrics were not given")
+        .. ")"
     else
       d.baseline = cmp.baseline or t.baseline -- the model the test was against
       d.winner = t.winner or (type(t.metrics) == "table" and t.metrics.winner) or cmp.best
@@ -245,24 +250,46 @@ M.criteria.significant = {
       elseif not e then
         why_not = "the winner " .. tostring(d.winner) .. " is not among the models compared"
       elseif not finite(e.p_value) then
-        why_not = "no paired test against " .. tostring(d.baseline) .. " ("
-          .. tostring(e.no_test_reason or "no per-fold values") .. ")"
+        why_not = "no paired test against "
+          .. tostring(d.baseline)
+          .. " ("
+          .. tostring(e.no_test_reason or "no per-fold values")
+          .. ")"
       else
         d.test, d.n, d.p = e.test or "paired t", e.n_paired, e.p_value
         d.p_holm = holm_of(cmp, d.winner)
         d.mean_diff, d.ci95, d.cohens_dz, d.delta_pct = e.mean_diff, e.ci95, e.cohens_dz, e.delta_pct
-        local better = finite(e.mean_diff) and ((d.direction == "lower" and e.mean_diff < 0)
-          or (d.direction ~= "lower" and e.mean_diff > 0))
+        local better = finite(e.mean_diff)
+          and ((d.direction == "lower" and e.mean_diff < 0) or (d.direction ~= "lower" and e.mean_diff > 0))
         local how = string.format("(%s, %d folds)", d.test, d.n)
         if not better then
-          why_not = string.format("not better than %s: mean difference %+.4g over %d folds (p_holm %s)",
-            d.baseline, e.mean_diff or 0, d.n, M.fmt_p(d.p_holm))
+          why_not = string.format(
+            "not better than %s: mean difference %+.4g over %d folds (p_holm %s)",
+            d.baseline,
+            e.mean_diff or 0,
+            d.n,
+            M.fmt_p(d.p_holm)
+          )
         elseif d.p_holm >= d.alpha then
-          why_not = string.format("not significant vs %s: p_holm %s >= %s %s", d.baseline, M.fmt_p(d.p_holm),
-            tostring(d.alpha), how)
+          why_not = string.format(
+            "not significant vs %s: p_holm %s >= %s %s",
+            d.baseline,
+            M.fmt_p(d.p_holm),
+            tostring(d.alpha),
+            how
+          )
         elseif tmet then
-          return verdict(true, string.format("%s and better than %s: p_holm %s < %s %s", twhy, d.baseline,
-            M.fmt_p(d.p_holm), tostring(d.alpha), how))
+          return verdict(
+            true,
+            string.format(
+              "%s and better than %s: p_holm %s < %s %s",
+              twhy,
+              d.baseline,
+              M.fmt_p(d.p_holm),
+              tostring(d.alpha),
+              how
+            )
+          )
         else
           -- significant, but the threshold decides: today's words
           return verdict(false, twhy)
@@ -274,15 +301,20 @@ M.criteria.significant = {
     return verdict(false, twhy .. " but " .. why_not)
   end,
   describe = function(t)
-    return string.format("%s and better than the baseline at p < %s (paired t-test over folds, Holm)",
-      M.criteria.threshold.describe(t), tostring(t.alpha or M.DEFAULT_ALPHA))
+    return string.format(
+      "%s and better than the baseline at p < %s (paired t-test over folds, Holm)",
+      M.criteria.threshold.describe(t),
+      tostring(t.alpha or M.DEFAULT_ALPHA)
+    )
   end,
 }
 
 -- The bundled and user criteria's names, sorted, for messages.
 local function names()
   local out = {}
-  for k in pairs(M.criteria) do table.insert(out, string.format("%q", k)) end
+  for k in pairs(M.criteria) do
+    table.insert(out, string.format("%q", k))
+  end
   table.sort(out)
   return table.concat(out, ", ")
 end
@@ -300,9 +332,13 @@ local function resolve(c)
   if entry ~= nil then
     return nil, "experiment.criterion: M.criteria." .. c .. " in success.lua must be a function or {judge = function}"
   end
-  return nil, string.format(
-    "experiment.criterion: unknown criterion %q (valid: %s; add your own as M.criteria.%s in success.lua)",
-    c, names(), c:match("^[%a_][%w_]*$") and c or "NAME")
+  return nil,
+    string.format(
+      "experiment.criterion: unknown criterion %q (valid: %s; add your own as M.criteria.%s in success.lua)",
+      c,
+      names(),
+      c:match("^[%a_][%w_]*$") and c or "NAME"
+    )
 end
 
 -- Can the loop use this criterion (and alpha)? true, or nil and a message naming the key.
@@ -329,8 +365,15 @@ function M.judge(t)
   end
   detail.criterion = detail.criterion or name
   detail.met, detail.reason = met, why
-  detail.description = detail.description or M.describe({ metric = t.metric, threshold = t.threshold,
-    direction = t.direction, criterion = t.criterion, alpha = t.alpha, confirm_seeds = t.seeds and #t.seeds or nil })
+  detail.description = detail.description
+    or M.describe({
+      metric = t.metric,
+      threshold = t.threshold,
+      direction = t.direction,
+      criterion = t.criterion,
+      alpha = t.alpha,
+      confirm_seeds = t.seeds and #t.seeds or nil,
+    })
   return met, why, detail
 end
 
@@ -350,8 +393,12 @@ function M.describe(t)
   end
   local k = tonumber(t.confirm_seeds) or 0
   if k > 0 then
-    words = string.format("%s, confirmed by %d rerun%s with other seeds (CELLSCI_SEED; the score is their mean)",
-      words, k, k == 1 and "" or "s")
+    words = string.format(
+      "%s, confirmed by %d rerun%s with other seeds (CELLSCI_SEED; the score is their mean)",
+      words,
+      k,
+      k == 1 and "" or "s"
+    )
   end
   return M.clean(words)
 end

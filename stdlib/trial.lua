@@ -42,7 +42,11 @@ end
 -- Print one kept or direct line through the trial's own log, so that what the line guard neutralized
 -- is recorded in this trial's events.jsonl.
 local function out(self, stream, text)
-  if stream == "line" then self.events:line(text) else self.events:message(stream, text) end
+  if stream == "line" then
+    self.events:line(text)
+  else
+    self.events:message(stream, text)
+  end
 end
 
 local function emit(self, stream, text)
@@ -53,13 +57,9 @@ local function emit(self, stream, text)
   end
 end
 
-function Ctx:quote(v, what)
-  return (self.events:quote(v, what))
-end
+function Ctx:quote(v, what) return (self.events:quote(v, what)) end
 
-function Ctx:line(text)
-  emit(self, "line", text)
-end
+function Ctx:line(text) emit(self, "line", text) end
 
 function Ctx:info(text)
   emit(self, "info", text)
@@ -76,9 +76,7 @@ function Ctx:error(text)
   self.events:event("log", { level = "error", message = text })
 end
 
-function Ctx:event(kind, fields)
-  self.events:event(kind, fields)
-end
+function Ctx:event(kind, fields) self.events:event(kind, fields) end
 
 -- Print what a buffered context kept, in order; first `header` (e.g. "ITERATION 3/8") when given.
 function Ctx:flush(header)

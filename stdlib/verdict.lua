@@ -15,9 +15,7 @@ local M = {}
 
 M.HEADING = "## Verdict"
 
-local function finite(x)
-  return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge
-end
+local function finite(x) return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge end
 
 -- Text safe inside a markdown table cell or a line: no table breaks, emphasis, code, links or HTML tags;
 -- "p < 0.05" and "PCC > 0.5" stay as they are.
@@ -31,9 +29,7 @@ local function num(x)
   return string.format("%.4f", x)
 end
 
-local function fmt_p(p)
-  return require("success").fmt_p(p)
-end
+local function fmt_p(p) return require("success").fmt_p(p) end
 
 -- The "## Verdict" section.
 function M.section(d)
@@ -66,11 +62,26 @@ function M.section(d)
       if type(d.ci95) == "table" and finite(d.ci95.lo) and finite(d.ci95.hi) then
         ci = string.format(" [95%% CI %s, %s]", num(d.ci95.lo), num(d.ci95.hi))
       end
-      add(string.format("| Against the baseline %s | mean difference %s%s over %s folds (%s-test) |",
-        e(d.baseline or "—"), num(d.mean_diff), ci, tostring(d.n or "—"), e(d.test or "paired t")))
+      add(
+        string.format(
+          "| Against the baseline %s | mean difference %s%s over %s folds (%s-test) |",
+          e(d.baseline or "—"),
+          num(d.mean_diff),
+          ci,
+          tostring(d.n or "—"),
+          e(d.test or "paired t")
+        )
+      )
       local alpha = d.alpha or 0.05
-      add(string.format("| p | %s (Holm-adjusted %s; %s %s) |", fmt_p(d.p), fmt_p(d.p_holm),
-        (finite(d.p_holm) and d.p_holm < alpha) and "<" or ">=", tostring(alpha)))
+      add(
+        string.format(
+          "| p | %s (Holm-adjusted %s; %s %s) |",
+          fmt_p(d.p),
+          fmt_p(d.p_holm),
+          (finite(d.p_holm) and d.p_holm < alpha) and "<" or ">=",
+          tostring(alpha)
+        )
+      )
       if finite(d.cohens_dz) then add(string.format("| Cohen's d_z | %.2f |", d.cohens_dz)) end
     else
       add(string.format("| Against the baseline %s | no paired test |", e(d.baseline or "—")))
@@ -89,10 +100,18 @@ function M.section(d)
     add("")
     local st = d.seed_stats or {}
     if st.mean then
-      add(string.format("Mean %s, SD %s, range %s to %s over %d run%s%s.", num(st.mean),
-        st.sd and num(st.sd) or "— (one run)",
-        num(st.min), num(st.max), st.n, st.n == 1 and "" or "s",
-        (st.runs and st.runs > st.n) and string.format(" (%d without a usable score)", st.runs - st.n) or ""))
+      add(
+        string.format(
+          "Mean %s, SD %s, range %s to %s over %d run%s%s.",
+          num(st.mean),
+          st.sd and num(st.sd) or "— (one run)",
+          num(st.min),
+          num(st.max),
+          st.n,
+          st.n == 1 and "" or "s",
+          (st.runs and st.runs > st.n) and string.format(" (%d without a usable score)", st.runs - st.n) or ""
+        )
+      )
     else
       add("No seed run gave a usable score.")
     end

@@ -27,7 +27,6 @@ local kernel = {}
 ---@return cellsci.kernel.Error|nil err For a gateway: `kind = "auth"`, `"server"`, `"connect"`, `"timeout"`, ...
 function kernel.specs(opts) end
 
-
 ---Options of `kernel.start`. Any other key raises.
 ---@class cellsci.kernel.StartOpts
 ---@field name? string The kernelspec. Default: the config's `exec.kernel_name`, else `"python3"`. Giving it drops the config's `exec.python`.

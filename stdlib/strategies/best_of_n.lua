@@ -6,9 +6,7 @@ local search = require("search")
 
 local M = {}
 
-function M.choose(_S)
-  return { kind = "draft" }
-end
+function M.choose(_S) return { kind = "draft" } end
 
 function M.run(L, opts)
   search.run(L, opts, function() return require("strategies.best_of_n") end)

@@ -9,9 +9,7 @@ local M = {}
 
 M.DEFAULTS = { population = 5, crossover_prob = 0.5, debug_prob = 0.3, max_debug_depth = 3 }
 
-local function setting(S, key)
-  return tonumber(S.L:setting(key, M.DEFAULTS[key])) or M.DEFAULTS[key]
-end
+local function setting(S, key) return tonumber(S.L:setting(key, M.DEFAULTS[key])) or M.DEFAULTS[key] end
 
 -- The population: the best valid nodes, best first.
 function M.population(S)
@@ -21,7 +19,9 @@ function M.population(S)
   end
   table.sort(valid, function(a, b) return S:value(a) > S:value(b) end)
   local out = {}
-  for i = 1, math.min(#valid, setting(S, "population")) do out[i] = valid[i] end
+  for i = 1, math.min(#valid, setting(S, "population")) do
+    out[i] = valid[i]
+  end
   return out
 end
 

@@ -8,16 +8,17 @@ local M = {}
 
 M.DEFAULTS = { drafts = 5, debug_prob = 0.5, max_debug_depth = 3 }
 
-local function setting(S, key)
-  return tonumber(S.L:setting(key, M.DEFAULTS[key])) or M.DEFAULTS[key]
-end
+local function setting(S, key) return tonumber(S.L:setting(key, M.DEFAULTS[key])) or M.DEFAULTS[key] end
 
 -- Buggy records with no child yet (done or in flight) that may be repaired once more.
 function M.debuggable(S, max_depth)
   local out = {}
   for _, r in ipairs(S.L:records()) do
-    if (r.status == "CRASH" or r.status == "NO_METRIC") and #S:children(r.iter) == 0
-        and S:debug_depth(r) < max_depth then
+    if
+      (r.status == "CRASH" or r.status == "NO_METRIC")
+      and #S:children(r.iter) == 0
+      and S:debug_depth(r) < max_depth
+    then
       table.insert(out, r)
     end
   end

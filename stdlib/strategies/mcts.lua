@@ -12,9 +12,7 @@ local M = {}
 
 M.DEFAULTS = { drafts = 5, num_children = 3, max_debug_depth = 3, exploration = 0.25 }
 
-local function setting(S, key)
-  return tonumber(S.L:setting(key, M.DEFAULTS[key])) or M.DEFAULTS[key]
-end
+local function setting(S, key) return tonumber(S.L:setting(key, M.DEFAULTS[key])) or M.DEFAULTS[key] end
 
 -- The tree: children by parent iteration (nil = root), records and nodes in flight alike.
 local function tree(S)
@@ -28,13 +26,16 @@ local function tree(S)
   for _, r in ipairs(S.L:records()) do
     if r.status ~= "CANCELLED" then add(r) end
   end
-  for _, f in ipairs(S:flying()) do add({ iter = f.iter, kind = f.kind, parent = f.parent, flying = true }) end
+  for _, f in ipairs(S:flying()) do
+    add({ iter = f.iter, kind = f.kind, parent = f.parent, flying = true })
+  end
   return kids, node
 end
 
 function M.choose(S)
   local kids, _ = tree(S)
-  local max_children, max_depth, c = setting(S, "num_children"), setting(S, "max_debug_depth"), setting(S, "exploration")
+  local max_children, max_depth, c =
+    setting(S, "num_children"), setting(S, "max_debug_depth"), setting(S, "exploration")
   local stats = {}
   -- visits and summed value of each subtree
   local function walk(n)
@@ -47,7 +48,9 @@ function M.choose(S)
     return visits, value
   end
   local total = 0
-  for _, d in ipairs(kids.root) do total = total + walk(d) end
+  for _, d in ipairs(kids.root) do
+    total = total + walk(d)
+  end
   local function expandable(n)
     if n.flying then return false end
     if n.status == "VALID" then return #(kids[n.iter] or {}) < max_children end
@@ -60,7 +63,9 @@ function M.choose(S)
   local function has_open(n)
     if open[n.iter] ~= nil then return open[n.iter] end
     local o = expandable(n)
-    for _, ch in ipairs(kids[n.iter] or {}) do o = has_open(ch) or o end
+    for _, ch in ipairs(kids[n.iter] or {}) do
+      o = has_open(ch) or o
+    end
     open[n.iter] = o
     return o
   end
@@ -71,7 +76,9 @@ function M.choose(S)
       if has_open(ch) then
         local st = stats[ch.iter]
         local u = st.q + c * math.sqrt(math.log(math.max(parent_n, 1)) / st.n)
-        if bu == nil or u > bu then best, bu = ch, u end
+        if bu == nil or u > bu then
+          best, bu = ch, u
+        end
       end
     end
     return best

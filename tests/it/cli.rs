@@ -306,7 +306,8 @@ fn scripts_export_round_trip() {
     let files: Vec<&str> = list.lines().collect();
     assert!(files.contains(&"scripts/pipeline.lua"), "{list}");
     let out = run_ok(dir, &["scripts", "export", "exp"]);
-    assert!(out.contains(&format!("wrote {} files", files.len())), "{out}");
+    // the bundled files and the editors' .luarc.json
+    assert!(out.contains(&format!("wrote {} files", files.len() + 1)), "{out}");
     for rel in &files {
         let exported = std::fs::read(dir.join("exp").join(rel)).unwrap();
         let bundled = std::fs::read(util::repo().join(rel)).unwrap();

@@ -17,6 +17,7 @@ mod resilience;
 mod run_page;
 mod runner;
 mod search;
+mod ship;
 mod util;
 mod verdict;
 mod view;

@@ -3,6 +3,7 @@
 
 pub mod fake_llm;
 pub mod gateway;
+pub mod ship;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
