@@ -230,6 +230,8 @@ const SCHEMA: &[(&str, &str, Kind)] = &[
     ("exec", "gateway_token", Kind::Str),
     ("exec", "gateway_paths", Kind::StrMap),
     ("exec", "gateway_reconnect_timeout", Kind::Num),
+    ("exec", "gateway_kind", Kind::OneOf(&["auto", "kernel", "enterprise"])),
+    ("exec", "gateway_username", Kind::Str),
     ("exec", "local_slots", Kind::UInt),
     ("exec", "max_output_bytes", Kind::UInt),
     ("search", "strategy", Kind::Str),

@@ -134,6 +134,11 @@ fn gateway_target(lua: &Lua, o: &Opts) -> LuaResult<Option<Target>> {
     if let Some(s) = extra("gateway_reconnect_timeout").and_then(|v| v.as_f64()).filter(|s| *s > 0.0 && s.is_finite()) {
         t.reconnect_timeout = crate::duration_secs(s);
     }
+    // both checked when the config loads (gateway_kind is one of its words)
+    if let Some(k) = extra("gateway_kind").and_then(|v| v.as_str().map(str::to_string)) {
+        t.kind = k.parse().map_err(|e| misuse(lua, format!("config exec.gateway_kind: {e}")))?;
+    }
+    t.username = extra("gateway_username").and_then(|v| v.as_str().map(str::to_string)).filter(|s| !s.trim().is_empty());
     Ok(Some(t))
 }
 
@@ -326,6 +331,8 @@ impl LuaUserData for LuaKernel {
         // from the shared state, not the kernel: the kernel is locked while a cell runs
         methods.add_method("pid", |_, this, ()| Ok(if this.held.released() { None } else { this.interrupter.pid() }));
         methods.add_method("gpu", |_, this, ()| Ok(this.gpu));
+        // where a gateway kernel runs (the host its SSH launch reached, else its host name); nil here
+        methods.add_method("host", |_, this, ()| Ok(if this.held.released() { None } else { this.interrupter.host() }));
         methods.add_meta_method(LuaMetaMethod::ToString, |_, this, ()| {
             let mut s = format!("kernel ({}", this.name);
             if let Some(g) = &this.gateway {

@@ -4,6 +4,7 @@ mod cli;
 mod extract;
 mod faults;
 mod files;
+mod enterprise;
 mod gateway;
 mod gateway_harness;
 mod kernel;

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fake_llm;
+pub mod enterprise;
 pub mod gateway;
 
 use std::path::{Path, PathBuf};
