@@ -473,7 +473,9 @@ M.check_interrupt = check_interrupt
 -- answering 5xx, unreachable or timing out is waited for (retry.lua's server/connect/timeout/reset
 -- allowances and its backoff); a refused token (auth), a missing kernelspec (client) or a trial folder
 -- the gateway cannot see (config) is never retried.
-M.KERNEL_RETRY = { per_kind = { start = 1 }, deadline = 300 }
+-- Enterprise Gateway's launch timeout (the kernel never reported back) is tried twice more; a user
+-- it refuses (unauthorized) or a kernelspec it does not have (no_such_kernel) is a config error.
+M.KERNEL_RETRY = { per_kind = { start = 1, launch_timeout = 2 }, deadline = 300 }
 
 local function kernel_policy()
   return require("retry").new(section("exec").kernel_retry or M.KERNEL_RETRY)
@@ -539,7 +541,8 @@ local function start_kernel(trial, s1, ctx, extra_env)
     if host.interrupted() then raise("interrupted", "interrupted") end
     -- a gateway that refuses the token or cannot see the trial folder fails every iteration alike
     local ek = type(err) == "table" and err.kind
-    local kind = (ek == "auth" or ek == "config") and "config" or "kernel_start"
+    local kind = (ek == "auth" or ek == "config" or ek == "unauthorized" or ek == "no_such_kernel") and "config"
+      or "kernel_start"
     -- a kernel service that cannot be reached once the kernel retry policy gave up fails every node alike
     if ek == "connect" and section("exec").gateway_url then kind = "unreachable" end
     raise(kind, "cannot start the kernel: " .. tostring(err))
@@ -547,6 +550,8 @@ local function start_kernel(trial, s1, ctx, extra_env)
   local r = run_cell(k, M.GUARD, { silent = true })
   if r.interrupted then give_back(); raise("interrupted", "interrupted") end
   if r.status ~= "ok" then give_back(); raise("kernel_start", "kernel set-up failed: " .. tostring(r.evalue)) end
+  -- where the trial's kernel runs (a gateway's kernels may land on several hosts)
+  if k.gateway then ctx:event("kernel_host", { gateway = k.gateway, host = k:host(), kernel = k.name }) end
   return k, give_back
 end
 
@@ -1056,7 +1061,7 @@ function M.check_gateway()
   if type(url) ~= "string" or url == "" then return end
   local specs, err = kernel.specs({ gateway = url })
   if not specs then
-    if err.kind == "auth" or err.kind == "config" or err.kind == "client" then
+    if err.kind == "auth" or err.kind == "config" or err.kind == "client" or err.kind == "no_such_kernel" then
       error("config: exec.gateway_url: " .. tostring(err.message or err), 0)
     end
     log.warn("[EXEC] the gateway " .. url .. " does not answer yet (" .. q(nil, err.message or err, "gateway error")
@@ -1071,6 +1076,26 @@ function M.check_gateway()
     for _, s in ipairs(specs) do table.insert(have, s.name) end
     error(string.format("config: exec.kernel_name: the gateway %s has no kernelspec '%s' (it has: %s)", url, want,
       #have > 0 and table.concat(have, ", ") or "none"), 0)
+  end
+  -- Enterprise Gateway refuses users (root by default) and unknown kernelspecs only when a kernel
+  -- starts: one start now, so that a refusal that would fail every iteration stops before the loop
+  if specs[1] and specs[1].gateway_kind == "enterprise" then
+    local k, kerr = kernel.start({ gateway = url, name = want })
+    if k then
+      log.info(string.format("[EXEC] the Enterprise Gateway %s started a kernel on %s", url, tostring(k:host())))
+      k:shutdown()
+    elseif kerr.kind == "unauthorized" then
+      error("config: exec.gateway_username: " .. tostring(kerr.message), 0)
+    elseif kerr.kind == "no_such_kernel" then
+      error("config: exec.kernel_name: " .. tostring(kerr.message), 0)
+    elseif kerr.kind == "auth" or kerr.kind == "config" then
+      error("config: exec.gateway_url: " .. tostring(kerr.message), 0)
+    elseif kerr.kind == "interrupted" then
+      error("interrupted", 0)
+    else
+      log.warn("[EXEC] a first kernel on the Enterprise Gateway " .. url .. " did not start ("
+        .. q(nil, kerr.message or kerr, "gateway error") .. "); kernel starts will be tried as the kernel retry policy says")
+    end
   end
   log.info(string.format("[EXEC] kernels run on the gateway %s (kernelspec %s)", url, want or "its default"))
 end

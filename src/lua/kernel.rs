@@ -486,10 +486,19 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
         lua.create_async_function(|lua, opts: LuaValue| async move {
             let o = Opts::from_value(&lua, "kernel.specs", opts, &["gateway"])?;
             if let Some(target) = gateway_target(&lua, &o)? {
-                // the gateway's kernelspecs: {name, display_name, language, gateway}
-                let listed = async { gateway::Rest::new(&target.url, target.token.clone())?.specs().await }.await;
+                // the gateway's kernelspecs: {name, display_name, language, gateway, gateway_kind}
+                let listed = async {
+                    let rest = gateway::Rest::new(&target.url, target.token.clone())?;
+                    let specs = rest.specs().await?;
+                    let kind = match target.kind {
+                        gateway::GatewayKind::Auto => gateway::detect(&rest).await?.0,
+                        k => k,
+                    };
+                    Ok::<_, gateway::GatewayError>((specs, kind))
+                }
+                .await;
                 return match listed {
-                    Ok(v) => {
+                    Ok((v, kind)) => {
                         let mut specs: Vec<Value> = v
                             .get("kernelspecs")
                             .and_then(Value::as_object)
@@ -503,6 +512,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
                                             "language": spec.get("language"),
                                             "argv": spec.get("argv"),
                                             "gateway": target.url,
+                                            "gateway_kind": kind.as_str(),
                                         })
                                     })
                                     .collect()

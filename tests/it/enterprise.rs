@@ -21,24 +21,21 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The Lua snippet's prelude: `kernel`, `json`, `URL` (EG).
-fn script(dir: &Path, url: &str, body: &str) -> std::process::Command {
-    let src = format!("local kernel = require('kernel')\nlocal json = require('json')\nlocal URL = {url:?}\n{body}\n");
+/// `cellsci --config <exec> script` of a Lua snippet whose prelude is `kernel`, `json`, `URL` (EG),
+/// with EG's token in CELLSCI_GATEWAY_TOKEN.
+fn script(dir: &Path, eg: &Enterprise, exec: &Value, body: &str) -> std::process::Command {
+    let src =
+        format!("local kernel = require('kernel')\nlocal json = require('json')\nlocal URL = {:?}\n{body}\n", eg.url);
     let f = util::write(dir, "t.lua", &src);
+    let cfg = util::write(dir, "cfg.json", &json!({"dataset_name": "x", "exec": exec}).to_string());
     let mut c = util::cellsci(dir);
-    c.arg("script").arg(f);
+    c.arg("--config").arg(cfg).arg("script").arg(f).env("CELLSCI_GATEWAY_TOKEN", &eg.token).env_remove("KERNEL_USERNAME");
     c
 }
 
-/// Run a snippet against `eg` with its token in CELLSCI_GATEWAY_TOKEN, a config in `dir` (`exec`).
+/// Run a snippet against `eg` with a config whose `exec` section is `exec`.
 fn lua_with(dir: &Path, eg: &Enterprise, exec: Value, body: &str) -> Output {
-    let cfg = util::write(dir, "cfg.json", &json!({"dataset_name": "x", "exec": exec}).to_string());
-    let o = script(dir, &eg.url, body)
-        .arg("--config")
-        .arg(cfg)
-        .env("CELLSCI_GATEWAY_TOKEN", &eg.token)
-        .output()
-        .expect("run cellsci");
+    let o = script(dir, eg, &exec, body).output().expect("run cellsci");
     assert!(!util::text(&o).contains(&eg.token), "the token never shows:\n{}", util::text(&o));
     o
 }
@@ -110,4 +107,162 @@ fn enterprise_harness_launches_kernels_over_ssh_on_127_0_0_2() {
     assert!(!pids.is_empty());
     assert_eq!(eg.delete_kernel(&id), 204);
     util::wait_until("the SSH-launched kernel to end", 30, || pids.iter().all(|&p| !pid_alive(p)));
+}
+
+/// The config of the tests that are not about the user: EG (run as root here) accepts `alice`.
+fn as_alice() -> Value {
+    json!({"gateway_username": "alice"})
+}
+
+#[test]
+fn a_kernel_through_enterprise_gateway_runs_cells_says_its_host_and_is_deleted_on_shutdown() {
+    let Some(eg) = Enterprise::start() else { return };
+    let out = passes(
+        &eg,
+        as_alice(),
+        r#"
+local specs = assert(kernel.specs{gateway = URL})
+assert(specs[1].gateway_kind == "enterprise", json.encode(specs))
+local k = assert(kernel.start{gateway = URL, name = "python3_local", env = {MY_VAR = "hello"}, startup_timeout = 40})
+local r = k:execute("import os, socket\nprint(os.environ['MY_VAR'], os.environ['KERNEL_USERNAME'], os.environ['KERNEL_LAUNCH_TIMEOUT'])\nprint(socket.gethostname())\nprint(bool(os.environ.get('PATH')), bool(os.environ.get('HOME')))\n6 * 7")
+assert(r.status == "ok", json.encode(r))
+-- no SSH here: the host is the kernel's host name; EG gives a kernel started with an environment no
+-- PATH or HOME: the set-up filled them in
+assert(k:host() and r.outputs[1].text == "hello alice 40\n" .. k:host() .. "\nTrue True\n", tostring(k:host()) .. json.encode(r.outputs))
+assert(r.outputs[2].data["text/plain"] == "42")
+r = k:execute("import time\nprint('before', flush=True)\ntime.sleep(60)", {timeout = 1})
+assert(r.status == "timeout" and r.outputs[1].text == "before\n", json.encode(r))
+assert(k:execute("1").status == "ok", "the kernel survived the interrupt")
+assert(k:restart())
+r = k:execute("print('r' in dir(), os.environ.get('MY_VAR') if 'os' in dir() else __import__('os').environ['MY_VAR'])")
+assert(r.outputs[1].text == "False hello\n", json.encode(r.outputs))
+print("HOST", k:host())
+k:shutdown()
+print("OK")
+"#,
+    );
+    assert!(out.contains("HOST\t"), "{out}");
+    assert!(eg.kernels().is_empty(), "shutdown deleted the kernel: {:?}", eg.kernels());
+    util::wait_until("the kernel's process to end", 15, || eg.kernel_pids().is_empty());
+}
+
+#[test]
+fn enterprise_gateway_refusing_root_is_kind_unauthorized_naming_exec_gateway_username() {
+    if !is_root() {
+        eprintln!("SKIPPED: EG refuses root only, and these tests do not run as root");
+        return;
+    }
+    let Some(eg) = Enterprise::start() else { return };
+    // no gateway_username: cellsci sends the user running it, root, which EG refuses
+    let out = passes(
+        &eg,
+        json!({}),
+        r#"
+local k, err = kernel.start{gateway = URL}
+assert(not k and err.kind == "unauthorized", tostring(err and err.kind) .. ": " .. tostring(err))
+print("MSG", err.message)
+print("OK")
+"#,
+    );
+    assert!(out.contains("'root'") && out.contains("exec.gateway_username"), "{out}");
+    // the user named in the config: accepted, and the kernel knows it
+    passes(
+        &eg,
+        json!({"gateway_username": "alice"}),
+        r#"
+local k = assert(kernel.start{gateway = URL})
+assert(k:execute("import os; print(os.environ['KERNEL_USERNAME'])").outputs[1].text == "alice\n")
+print("OK")
+"#,
+    );
+    // an EG whose operator lets root start kernels: root is sent, and accepted
+    let eg2 = Enterprise::start_with(EgOpts::default().allow_root()).unwrap();
+    passes(
+        &eg2,
+        json!({}),
+        r#"
+local k = assert(kernel.start{gateway = URL})
+assert(k:execute("import os; print(os.environ['KERNEL_USERNAME'])").outputs[1].text == "root\n")
+print("OK")
+"#,
+    );
+}
+
+#[test]
+fn enterprise_gateway_launch_timeout_unknown_kernelspec_and_long_values_are_what_they_are() {
+    let Some(eg) = Enterprise::start() else { return };
+    let out = passes(
+        &eg,
+        as_alice(),
+        r#"
+-- a kernel that never reports back: EG's KERNEL_LAUNCH_TIMEOUT is our start timeout
+local t0 = os.time()
+local k, err = kernel.start{gateway = URL, name = "sleeper", startup_timeout = 3}
+assert(not k and err.kind == "launch_timeout", tostring(err and err.kind) .. ": " .. tostring(err))
+print("LAUNCH", err.message)
+k, err = kernel.start{gateway = URL, name = "no-such-spec"}
+assert(not k and err.kind == "no_such_kernel", tostring(err and err.kind) .. ": " .. tostring(err))
+print("NOSPEC", err.message)
+-- a value EG would refuse with a 400: a config error naming the variable, nothing sent
+k, err = kernel.start{gateway = URL, env = {LONG_ONE = string.rep("x", 5000)}}
+assert(not k and err.kind == "config", tostring(err and err.kind) .. ": " .. tostring(err))
+print("LONG", err.message)
+print("OK")
+"#,
+    );
+    assert!(out.contains("did not report back within its launch timeout (3 s") && out.contains("Waited too long"), "{out}");
+    assert!(out.contains("no kernelspec named 'no-such-spec'") && out.contains("python3_local"), "{out}");
+    assert!(out.contains("LONG_ONE is 5000 characters long") && out.contains("4096"), "{out}");
+    assert!(!eg.log().contains("LONG_ONE"), "the long value was never sent");
+    util::wait_until("no kernel left", 30, || eg.kernel_pids().is_empty() && eg.kernels().is_empty());
+}
+
+#[test]
+fn a_remote_kernel_killed_on_enterprise_gateway_is_dead_and_a_restart_brings_a_fresh_one() {
+    let Some(eg) = Enterprise::start() else { return };
+    passes(
+        &eg,
+        as_alice(),
+        r#"
+local k = assert(kernel.start{gateway = URL, name = "python3_launcher"})
+k:execute("state = 1")
+local r = k:execute("import os, signal\nprint('going', flush=True)\nos.kill(os.getpid(), signal.SIGKILL)")
+assert(r.status == "dead", json.encode(r))
+assert(not k:alive())
+assert(k:restart())
+r = k:execute("print('state' in dir())")
+assert(r.status == "ok" and r.outputs[1].text == "False\n", json.encode(r))
+print("OK")
+"#,
+    );
+    util::wait_until("no kernel left", 30, || eg.kernel_pids().is_empty() && eg.kernels().is_empty());
+}
+
+#[test]
+fn enterprise_gateway_killed_mid_cell_is_dead_and_a_restart_uses_the_restarted_gateway() {
+    let Some(mut eg) = Enterprise::start() else { return };
+    let d = util::tempdir();
+    let marker = d.path().join("started");
+    let body = r#"
+local k = assert(kernel.start{gateway = URL, name = "python3_local"})
+local r = k:execute("import time\nprint('begin', flush=True)\nopen('{m}', 'w').write('x')\ntime.sleep(30)")
+print("STATUS", r.status, r.message)
+assert(r.status == "dead", json.encode(r))
+assert(r.outputs[1] and r.outputs[1].text == "begin\n", json.encode(r.outputs))
+assert(k:restart())
+r = k:execute("print('on the new gateway')")
+assert(r.status == "ok" and r.outputs[1].text == "on the new gateway\n", json.encode(r))
+print("OK")
+"#
+    .replace("{m}", &marker.display().to_string());
+    let mut cmd = script(d.path(), &eg, &as_alice(), &body);
+    let run = util::Running::start(&mut cmd);
+    util::wait_until("the cell to start", 60, || marker.exists());
+    eg.kill();
+    eg.restart();
+    let (status, out) = run.finish();
+    assert!(status.success(), "{out}\n{}", eg.log_tail());
+    assert!(out.contains("no longer has the kernel") || out.contains("died"), "{out}");
+    assert!(out.contains("OK"), "{out}");
+    util::wait_until("no kernel left", 30, || eg.kernels().is_empty());
 }

@@ -313,13 +313,24 @@ impl GatewayKernel {
         self.shared.host.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// `KERNEL_USERNAME` on Enterprise Gateway: the target's (`exec.gateway_username`), else
+    /// `KERNEL_USERNAME` from cellsci's environment (as Jupyter's own gateway client sends it), else
+    /// the user running cellsci.
+    fn username(&self) -> String {
+        self.target
+            .username
+            .clone()
+            .or_else(|| std::env::var("KERNEL_USERNAME").ok().filter(|s| !s.trim().is_empty()))
+            .unwrap_or_else(os_user)
+    }
+
     /// The body's `env` of a kernel start, and how long the POST may take. On Enterprise Gateway:
     /// `KERNEL_USERNAME` and `KERNEL_LAUNCH_TIMEOUT` added, every value checked against its limit.
     fn start_request(&self) -> Result<(Value, Duration)> {
         let mut env = self.env();
         let mut timeout = self.opts.startup_timeout.max(Duration::from_secs(30));
         if self.enterprise {
-            let user = self.target.username.clone().unwrap_or_else(os_user);
+            let user = self.username();
             let launch = self.opts.startup_timeout.as_secs_f64().ceil().max(1.0) as u64;
             env.retain(|(k, _)| k != "KERNEL_USERNAME" && k != "KERNEL_LAUNCH_TIMEOUT");
             env.push(("KERNEL_USERNAME".into(), user));
@@ -369,7 +380,7 @@ impl GatewayKernel {
     fn explain(&self, mut e: GatewayError) -> GatewayError {
         match e.kind {
             "unauthorized" => {
-                let user = self.target.username.clone().unwrap_or_else(os_user);
+                let user = self.username();
                 let default = if self.target.username.is_none() { " (the user running cellsci)" } else { "" };
                 e.message = format!(
                     "the Enterprise Gateway at {} refuses to start kernels for the user '{user}'{default}: set \
