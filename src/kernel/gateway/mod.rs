@@ -534,6 +534,16 @@ impl GatewayKernel {
     pub async fn restart(&mut self) -> Result<()> {
         self.down = None;
         let Some(id) = self.shared.id() else { return self.create().await };
+        if self.enterprise {
+            // On Enterprise Gateway a restart is a kill and a new launch anyway, and one whose launch
+            // fails (its SSH host gone) leaves a kernel EG can no longer delete (3.3.0: DELETE answers
+            // 500 "Cannot interrupt kernel. No kernel is running!" until EG restarts). A new kernel
+            // instead: the old one deleted while it still runs, and the new one may land on another host.
+            self.conn = None;
+            delete_with_retries(&self.shared.rest, &id).await;
+            self.shared.set_id(None);
+            return self.create().await;
+        }
         let restarted = tokio::select! {
             r = self.shared.rest.restart(&id, self.opts.startup_timeout.max(Duration::from_secs(30))) => r,
             _ = crate::signals::token().cancelled() => bail!(KernelError::Interrupted),
