@@ -518,7 +518,14 @@ local function start_kernel(trial, s1, ctx, extra_env)
   -- pins each of its kernels to one GPU itself.
   local k, err, give_back
   if ctx.kernel_pool then
-    k, err = start_with_retries(ctx, function() return ctx.kernel_pool:acquire() end)
+    -- before each take, and after a failed one: the host policy reads the pool's failed launches
+    local hosts = require("hosts").for_pool(ctx.kernel_pool)
+    k, err = start_with_retries(ctx, function()
+      hosts:observe(ctx.kernel_pool)
+      local pk, perr = ctx.kernel_pool:acquire()
+      if not pk then hosts:observe(ctx.kernel_pool) end
+      return pk, perr
+    end)
     if k then
       give_back = function() ctx.kernel_pool:release(k) end
       -- what a kernel started for the trial gets from its start (DESIGN: execution environment): the

@@ -232,6 +232,7 @@ const SCHEMA: &[(&str, &str, Kind)] = &[
     ("exec", "gateway_reconnect_timeout", Kind::Num),
     ("exec", "gateway_kind", Kind::OneOf(&["auto", "kernel", "enterprise"])),
     ("exec", "gateway_username", Kind::Str),
+    ("exec", "gateway_hosts", Kind::StrList),
     ("exec", "local_slots", Kind::UInt),
     ("exec", "max_output_bytes", Kind::UInt),
     ("search", "strategy", Kind::Str),

@@ -499,6 +499,14 @@ impl Kernel {
         }
     }
 
+    /// Pin the next (re)start of a gateway kernel to one host of an Enterprise Gateway's remote hosts
+    /// (`KERNEL_REMOTE_HOST`; None: the gateway chooses). No effect on a local kernel.
+    pub fn pin_host(&mut self, host: Option<&str>) {
+        if let Kernel::Gateway(k) = self {
+            k.pin_host(host);
+        }
+    }
+
     /// Forget [`Kernel::enter`]: the next restart starts the kernel as it was first started.
     pub fn leave(&mut self) {
         match self {

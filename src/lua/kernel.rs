@@ -445,6 +445,39 @@ impl LuaUserData for LuaPool {
             Ok(true)
         });
         methods.add_method("remote", |_, this, ()| Ok(this.pool.remote()));
+        // pool:hosts() -> {{host =, avoided_for = seconds}...}: the gateway hosts its slots are spread over
+        methods.add_method("hosts", |lua, this, ()| {
+            let list: Vec<Value> = this
+                .pool
+                .hosts()
+                .into_iter()
+                .map(|(h, left)| json!({"host": h, "avoided_for": left.as_secs_f64()}))
+                .collect();
+            to_lua(lua, &Value::Array(list))
+        });
+        // pool:avoid(host, seconds): no new start goes to host for that long (0: again now); the slots
+        // whose start failed start again at once on the other hosts
+        methods.add_method("avoid", |lua, this, (host, secs): (LuaValue, LuaValue)| {
+            const F: &str = "pool:avoid";
+            let host = string_arg(lua, &host, F, "a host (a string)")?.to_string_lossy();
+            let secs = match secs {
+                LuaValue::Integer(i) if i >= 0 => i as f64,
+                LuaValue::Number(x) if x >= 0.0 && x.is_finite() => x,
+                other => return Err(misuse(lua, format!("{F}: expected seconds (a number >= 0), got {}", other.type_name()))),
+            };
+            this.pool.avoid(&host, crate::duration_secs(secs));
+            Ok(true)
+        });
+        // pool:failures() -> {{slot =, host =, kind =, message =}...}: the failed starts since the last call
+        methods.add_method("failures", |lua, this, ()| {
+            let list: Vec<Value> = this
+                .pool
+                .failures()
+                .into_iter()
+                .map(|f| json!({"slot": f.slot + 1, "host": f.host, "kind": f.kind, "message": f.message}))
+                .collect();
+            to_lua(lua, &Value::Array(list))
+        });
         methods.add_meta_method(LuaMetaMethod::ToString, |_, this, ()| {
             let (n, remote) = (this.pool.size(), this.pool.remote());
             let on = if remote == 0 { String::new() } else { format!(", {remote} on a gateway") };
@@ -545,7 +578,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
         "pool",
         lua.create_async_function(|lua, opts: LuaValue| async move {
             const F: &str = "kernel.pool";
-            let keys: Vec<&str> = START_KEYS.iter().copied().chain(["size", "gpus", "local_slots"]).collect();
+            let keys: Vec<&str> = START_KEYS.iter().copied().chain(["size", "gpus", "local_slots", "hosts"]).collect();
             let o = Opts::from_value(&lua, F, opts, &keys)?;
             let so = start_options(&lua, &o)?;
             let gpus = pool_gpus(&lua, &o)?;
@@ -584,7 +617,17 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
                     Plan { spec: if i < local_slots { spec.clone() } else { None }, opts, gpu }
                 })
                 .collect();
-            let pool = LuaPool { pool: Pool::new(plans) };
+            // the gateway's hosts to spread the slots over: hosts=, else exec.gateway_hosts
+            let hosts = match o.strings("hosts")? {
+                Some(h) => h,
+                None => {
+                    let cfg = HostCtx::get(&lua).config.clone();
+                    let list = cfg.as_ref().and_then(|c| c.exec.extra.get("gateway_hosts").and_then(Value::as_array).cloned());
+                    list.unwrap_or_default().iter().filter_map(Value::as_str).map(str::to_string).collect()
+                }
+            };
+            let pool = Pool::new_with_hosts(plans, hosts);
+            let pool = LuaPool { pool };
             Ok((LuaValue::UserData(lua.create_userdata(pool)?), LuaValue::Nil))
         })?,
     )?;

@@ -266,3 +266,54 @@ print("OK")
     assert!(out.contains("OK"), "{out}");
     util::wait_until("no kernel left", 30, || eg.kernels().is_empty());
 }
+
+#[test]
+fn a_pool_spread_over_enterprise_gateway_hosts_knows_each_kernels_host_and_avoids_a_failing_one() {
+    let Some(eg) = Enterprise::start_with(EgOpts::default().ssh()) else { return };
+    passes(
+        &eg,
+        as_alice(),
+        r#"
+local hosts = require("hosts")
+local time = require("time")
+-- 127.0.0.4 has no sshd: its launches fail
+local pool = assert(kernel.pool{gateway = URL, name = "python3_ssh_hosts", size = 3,
+                                hosts = {"127.0.0.4", "127.0.0.2", "127.0.0.3"}})
+local a, b = assert(pool:acquire()), assert(pool:acquire())
+local on = {}
+for _, k in ipairs({a, b}) do
+  local r = k:execute("import os; print(os.environ['SSH_CONNECTION'].split()[2])")
+  assert(r.status == "ok" and r.outputs[1].text == k:host() .. "\n", tostring(k:host()) .. " " .. json.encode(r))
+  on[k:host()] = true
+end
+assert(on["127.0.0.2"] and on["127.0.0.3"], "one kernel on each good host: " .. json.encode(on))
+-- the policy reads the failed launch (EG named the host) and avoids it
+local policy = hosts.new{failures = 1, cooldown = 600}
+local newly = {}
+for _ = 1, 150 do
+  newly = policy:observe(pool)
+  if #newly > 0 then break end
+  time.sleep(0.2)
+end
+assert(newly[1] == "127.0.0.4", json.encode(newly))
+local listed = {}
+for _, h in ipairs(pool:hosts()) do listed[h.host] = h.avoided_for end
+assert(listed["127.0.0.4"] > 500 and listed["127.0.0.2"] == 0, json.encode(pool:hosts()))
+-- from now on every kernel lands on the two good hosts: the failed slot started again at once
+pool:release(a); pool:release(b)
+local got, counts = {}, {}
+for i = 1, 3 do
+  got[i] = assert(pool:acquire())
+  local h = got[i]:host()
+  assert(h == "127.0.0.2" or h == "127.0.0.3", tostring(h))
+  counts[h] = (counts[h] or 0) + 1
+end
+print("HOSTS", json.encode(counts))
+for _, k in ipairs(got) do pool:release(k) end
+pool:shutdown()
+print("OK")
+"#,
+    );
+    util::wait_until("EG's kernels to be deleted", 60, || eg.kernels().is_empty());
+    util::wait_until("no kernel process left on either host", 60, || eg.kernel_pids().is_empty());
+}

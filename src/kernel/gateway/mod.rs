@@ -524,6 +524,14 @@ impl GatewayKernel {
         self.setup().await
     }
 
+    /// Pin the next (re)start to `host` of EG's remote hosts (`KERNEL_REMOTE_HOST`), or let EG choose.
+    pub fn pin_host(&mut self, host: Option<&str>) {
+        self.opts.env.retain(|(k, _)| k != "KERNEL_REMOTE_HOST");
+        if let Some(h) = host {
+            self.opts.env.push(("KERNEL_REMOTE_HOST".into(), h.to_string()));
+        }
+    }
+
     /// Forget `enter`: the next restart starts the kernel as it was first started.
     pub fn leave(&mut self) {
         self.opts.leave(&mut self.base);

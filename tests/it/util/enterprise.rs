@@ -9,11 +9,14 @@
 //! - `python3_local`: LocalProcessProxy, the test venv's ipykernel (what KG would run);
 //! - `python3_launcher`: DistributedProcessProxy on `localhost` (no SSH), with EG's launcher;
 //! - `sleeper`: DistributedProcessProxy on `localhost` whose argv never reports back (a launch timeout);
-//! - `python3_ssh` (with [`EgOpts::ssh`]): DistributedProcessProxy on 127.0.0.2 through the sshd.
+//! - `python3_ssh` (with [`EgOpts::ssh`]): DistributedProcessProxy on 127.0.0.2 through the sshd;
+//! - `python3_ssh_hosts` (with [`EgOpts::ssh`]): the same over two hosts, 127.0.0.2 and 127.0.0.3 (the
+//!   sshd listens on both), for pools spread over hosts; 127.0.0.4 has no sshd (a host that is down).
 //!
 //! The launcher (`launch_ipykernel.py`) is not in EG's wheel; it is taken from EG's sdist that `.ci/run`
 //! downloads next to the venv (`.venv-eg/src/jupyter_enterprise_gateway-3.3.0.tar.gz`), and patched to
-//! bind the kernel's ports to a loopback address instead of its hard-coded 0.0.0.0. Launcher kernels
+//! bind the kernel's ports to the loopback address its SSH launch came in on (127.0.0.1 without SSH)
+//! instead of its hard-coded 0.0.0.0. Launcher kernels
 //! run on the EG venv's python, which has what the launcher imports (pycryptodomex) and ipykernel 6.
 //!
 //! Found while building it (EG 3.3.0):
@@ -79,7 +82,7 @@ impl EgOpts {
     }
 }
 
-/// An sshd on 127.0.0.2:<port> that accepts the harness's key for the user running the tests.
+/// An sshd on 127.0.0.2:<port> and 127.0.0.3:<port> that accepts the harness's key for the user running the tests.
 pub struct Sshd {
     pub addr: String,
     pub port: u16,
@@ -115,14 +118,16 @@ impl Sshd {
         std::fs::copy(home_ssh.join("id_ed25519.pub"), s.join("authorized_keys")).unwrap();
         let host_pub = std::fs::read_to_string(s.join("host_ed25519.pub")).unwrap();
         let host_key: Vec<&str> = host_pub.split_whitespace().take(2).collect();
-        std::fs::write(home_ssh.join("known_hosts"), format!("[127.0.0.2]:{port} {}\n", host_key.join(" "))).unwrap();
+        let key = host_key.join(" ");
+        std::fs::write(home_ssh.join("known_hosts"), format!("[127.0.0.2]:{port} {key}\n[127.0.0.3]:{port} {key}\n"))
+            .unwrap();
         // privilege separation needs it (root); as another user sshd runs unprivileged without it
         let _ = std::fs::create_dir_all("/run/sshd");
         let config = s.join("sshd_config");
         std::fs::write(
             &config,
             format!(
-                "Port {port}\nListenAddress 127.0.0.2\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
+                "Port {port}\nListenAddress 127.0.0.2\nListenAddress 127.0.0.3\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
                  AuthorizedKeysFile {d}/authorized_keys\nUsePAM no\nStrictModes no\nPasswordAuthentication no\n\
                  KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n\
                  LogLevel VERBOSE\n",
@@ -232,7 +237,8 @@ impl Enterprise {
         for sub in ["runtime", "data", "config", "logs", "home", "jp/kernels"] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
-        let launcher = |ip: &str| -> Option<PathBuf> {
+        // one launcher for every host: it binds the address its SSH launch came in on (127.0.0.1 without SSH)
+        let launcher = || -> Option<PathBuf> {
             let sdist = venv.join("src/jupyter_enterprise_gateway-3.3.0.tar.gz");
             let member = "jupyter_enterprise_gateway-3.3.0/etc/kernel-launchers/python/scripts/launch_ipykernel.py";
             let out = dir.path().join("launcher");
@@ -245,8 +251,10 @@ impl Enterprise {
                     sdist.display()
                 ));
             }
-            let src = String::from_utf8_lossy(&o.stdout).replace("\"0.0.0.0\"", &format!("\"{ip}\""));
-            let p = out.join(format!("launch_ipykernel_{ip}.py"));
+            let bind = "(os.environ.get('SSH_CONNECTION') or '127.0.0.1 0 127.0.0.1 0').split()[2]";
+            let src = String::from_utf8_lossy(&o.stdout).replace("\"0.0.0.0\"", bind);
+            assert!(src.contains(bind), "the launcher binds 0.0.0.0 no more: patch it otherwise");
+            let p = out.join("launch_ipykernel.py");
             std::fs::write(&p, src).unwrap();
             Some(p)
         };
@@ -269,10 +277,10 @@ impl Enterprise {
                    "--response-address", "{response_address}", "--public-key", "{public_key}",
                    "--kernel-class-name", "ipykernel.ipkernel.IPythonKernel"])
         };
-        let local_launcher = launcher("127.0.0.1")?;
+        let the_launcher = launcher()?;
         spec(
             "python3_launcher",
-            json!({"argv": launcher_argv(&local_launcher), "display_name": "Python 3 (EG launcher)", "language": "python",
+            json!({"argv": launcher_argv(&the_launcher), "display_name": "Python 3 (EG launcher)", "language": "python",
                    "metadata": {"process_proxy": {"class_name": distributed, "config": {"remote_hosts": "localhost"}}}}),
         );
         // never reports back; its command line names our dir, so the cleanup finds it
@@ -284,11 +292,16 @@ impl Enterprise {
         );
         let sshd = if opts.ssh {
             let s = Sshd::start(dir.path())?;
-            let ssh_launcher = launcher("127.0.0.2")?;
             spec(
                 "python3_ssh",
-                json!({"argv": launcher_argv(&ssh_launcher), "display_name": "Python 3 (over SSH)", "language": "python",
+                json!({"argv": launcher_argv(&the_launcher), "display_name": "Python 3 (over SSH)", "language": "python",
                        "metadata": {"process_proxy": {"class_name": distributed, "config": {"remote_hosts": "127.0.0.2"}}}}),
+            );
+            spec(
+                "python3_ssh_hosts",
+                json!({"argv": launcher_argv(&the_launcher), "display_name": "Python 3 (over SSH, two hosts)", "language": "python",
+                       "metadata": {"process_proxy": {"class_name": distributed,
+                                                      "config": {"remote_hosts": "127.0.0.2,127.0.0.3"}}}}),
             );
             Some(s)
         } else {
