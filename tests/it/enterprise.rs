@@ -317,3 +317,71 @@ print("OK")
     util::wait_until("EG's kernels to be deleted", 60, || eg.kernels().is_empty());
     util::wait_until("no kernel process left on either host", 60, || eg.kernel_pids().is_empty());
 }
+
+#[test]
+fn a_websocket_dropped_during_a_20_mb_output_on_enterprise_gateway_reconnects_and_the_output_arrives_whole() {
+    let Some(eg) = Enterprise::start() else { return };
+    let proxy = crate::gateway::CutProxy::start(eg.port);
+    let d = util::tempdir();
+    let marker = d.path().join("half");
+    // EG 3.3 has no IOPub rate limit (its settings carry none): 20 MB come through whole
+    let body = r#"
+local k = assert(kernel.start{gateway = URL, name = "python3_local"})
+local r = k:execute("import sys, time\nfor i in range(10):\n    sys.stdout.write(str(i % 10) * 1000000)\nsys.stdout.flush()\nopen('{m}', 'w').write('x')\ntime.sleep(3)\nfor i in range(10, 20):\n    sys.stdout.write(str(i % 10) * 1000000)\nsys.stdout.flush()\n'done'", {max_output_bytes = 0})
+local text = ""
+for _, o in ipairs(r.outputs) do if o.name == "stdout" then text = text .. o.text end end
+print("STATUS", r.status, #text)
+assert(r.status == "ok", json.encode(r.status) .. tostring(r.evalue))
+assert(#text == 20000000 and text:sub(-1) == "9", "all 20 MB, in order: " .. #text)
+assert(r.outputs[#r.outputs].data["text/plain"] == "'done'")
+print("OK")
+"#
+    .replace("URL", &format!("{:?}", proxy.url))
+    .replace("{m}", &marker.display().to_string());
+    let mut cmd = script(d.path(), &eg, &as_alice(), &body);
+    let run = util::Running::start(&mut cmd);
+    util::wait_until("the first 10 MB", 120, || marker.exists());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    proxy.cut();
+    let (status, out) = run.finish();
+    assert!(status.success(), "{out}\n{}", eg.log_tail());
+    assert!(out.contains("reconnecting"), "the drop is reported:\n{out}");
+    assert!(out.contains("OK"), "{out}");
+    util::wait_until("the kernel deleted", 30, || eg.kernels().is_empty());
+}
+
+#[test]
+fn notebook_run_executes_a_notebook_on_an_enterprise_gateway_kernel() {
+    let Some(eg) = Enterprise::start() else { return };
+    let d = util::tempdir();
+    let nb = json!({
+        "cells": [
+            {"cell_type": "code", "execution_count": null, "id": "a", "metadata": {}, "outputs": [],
+             "source": "import os\nprint(os.getppid(), os.environ['KERNEL_USERNAME'])"},
+            {"cell_type": "code", "execution_count": null, "id": "b", "metadata": {}, "outputs": [],
+             "source": "21 * 2"}
+        ],
+        "metadata": {"kernelspec": {"name": "python3_local", "display_name": "Python 3", "language": "python"}},
+        "nbformat": 4, "nbformat_minor": 5
+    });
+    let input = util::write(d.path(), "nb.ipynb", &nb.to_string());
+    // no config here: the user comes from KERNEL_USERNAME, as Jupyter's own gateway client takes it
+    let o = util::cellsci(d.path())
+        .args(["notebook", "run", "--gateway", &eg.url])
+        .arg(&input)
+        .env("CELLSCI_GATEWAY_TOKEN", &eg.token)
+        .env("KERNEL_USERNAME", "alice")
+        .output()
+        .unwrap();
+    let out = ok(&o);
+    assert!(!out.contains(&eg.token));
+    let done: Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("nb.out.ipynb")).unwrap()).unwrap();
+    let text = |v: &Value| match v {
+        Value::Array(parts) => parts.iter().filter_map(Value::as_str).collect::<String>(),
+        v => v.as_str().unwrap_or_default().to_string(),
+    };
+    let first = text(&done["cells"][0]["outputs"][0]["text"]);
+    assert_eq!(first.trim(), format!("{} alice", eg.pid().unwrap()), "a child of EG, for alice: {out}");
+    assert_eq!(text(&done["cells"][1]["outputs"][0]["data"]["text/plain"]), "42");
+    util::wait_until("the kernel deleted at the end", 30, || eg.kernels().is_empty());
+}
