@@ -216,9 +216,8 @@ impl Pool {
         let n = hosts.len();
         let start = self.0.next_host.get();
         let free = (0..n).map(|k| (start + k) % n).find(|&i| avoid.get(&hosts[i]).is_none_or(|u| *u <= now));
-        let i = free.unwrap_or_else(|| {
-            (0..n).min_by_key(|&i| avoid.get(&hosts[i]).copied().unwrap_or(now)).unwrap_or(0)
-        });
+        let i =
+            free.unwrap_or_else(|| (0..n).min_by_key(|&i| avoid.get(&hosts[i]).copied().unwrap_or(now)).unwrap_or(0));
         self.0.next_host.set(i + 1);
         Some(hosts[i].clone())
     }

@@ -138,7 +138,8 @@ fn gateway_target(lua: &Lua, o: &Opts) -> LuaResult<Option<Target>> {
     if let Some(k) = extra("gateway_kind").and_then(|v| v.as_str().map(str::to_string)) {
         t.kind = k.parse().map_err(|e| misuse(lua, format!("config exec.gateway_kind: {e}")))?;
     }
-    t.username = extra("gateway_username").and_then(|v| v.as_str().map(str::to_string)).filter(|s| !s.trim().is_empty());
+    t.username =
+        extra("gateway_username").and_then(|v| v.as_str().map(str::to_string)).filter(|s| !s.trim().is_empty());
     Ok(Some(t))
 }
 
@@ -463,7 +464,12 @@ impl LuaUserData for LuaPool {
             let secs = match secs {
                 LuaValue::Integer(i) if i >= 0 => i as f64,
                 LuaValue::Number(x) if x >= 0.0 && x.is_finite() => x,
-                other => return Err(misuse(lua, format!("{F}: expected seconds (a number >= 0), got {}", other.type_name()))),
+                other => {
+                    return Err(misuse(
+                        lua,
+                        format!("{F}: expected seconds (a number >= 0), got {}", other.type_name()),
+                    ))
+                }
             };
             this.pool.avoid(&host, crate::duration_secs(secs));
             Ok(true)
@@ -622,7 +628,8 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
                 Some(h) => h,
                 None => {
                     let cfg = HostCtx::get(&lua).config.clone();
-                    let list = cfg.as_ref().and_then(|c| c.exec.extra.get("gateway_hosts").and_then(Value::as_array).cloned());
+                    let list =
+                        cfg.as_ref().and_then(|c| c.exec.extra.get("gateway_hosts").and_then(Value::as_array).cloned());
                     list.unwrap_or_default().iter().filter_map(Value::as_str).map(str::to_string).collect()
                 }
             };

@@ -29,7 +29,12 @@ fn script(dir: &Path, eg: &Enterprise, exec: &Value, body: &str) -> std::process
     let f = util::write(dir, "t.lua", &src);
     let cfg = util::write(dir, "cfg.json", &json!({"dataset_name": "x", "exec": exec}).to_string());
     let mut c = util::cellsci(dir);
-    c.arg("--config").arg(cfg).arg("script").arg(f).env("CELLSCI_GATEWAY_TOKEN", &eg.token).env_remove("KERNEL_USERNAME");
+    c.arg("--config")
+        .arg(cfg)
+        .arg("script")
+        .arg(f)
+        .env("CELLSCI_GATEWAY_TOKEN", &eg.token)
+        .env_remove("KERNEL_USERNAME");
     c
 }
 
@@ -71,8 +76,8 @@ fn enterprise_harness_pins_what_the_client_relies_on() {
     }
     // values longer than 4096 characters are refused
     let long = "x".repeat(4097);
-    let (st, body) =
-        eg.post("/api/kernels", &json!({"name": "python3_local", "env": {"KERNEL_USERNAME": "alice", "KERNEL_X": long}}));
+    let (st, body) = eg
+        .post("/api/kernels", &json!({"name": "python3_local", "env": {"KERNEL_USERNAME": "alice", "KERNEL_X": long}}));
     assert_eq!(st, 400, "{body}");
     // an unknown kernelspec is a 500 with NoSuchKernel, not a 404
     let (st, body) = eg.post("/api/kernels", &json!({"name": "nope", "env": {"KERNEL_USERNAME": "alice"}}));
@@ -210,7 +215,10 @@ print("LONG", err.message)
 print("OK")
 "#,
     );
-    assert!(out.contains("did not report back within its launch timeout (3 s") && out.contains("Waited too long"), "{out}");
+    assert!(
+        out.contains("did not report back within its launch timeout (3 s") && out.contains("Waited too long"),
+        "{out}"
+    );
     assert!(out.contains("no kernelspec named 'no-such-spec'") && out.contains("python3_local"), "{out}");
     assert!(out.contains("LONG_ONE is 5000 characters long") && out.contains("4096"), "{out}");
     assert!(!eg.log().contains("LONG_ONE"), "the long value was never sent");

@@ -1,10 +1,10 @@
 //! Integration tests: one binary, modules by area. Helpers live in `util`.
 mod branches;
 mod cli;
+mod enterprise;
 mod extract;
 mod faults;
 mod files;
-mod enterprise;
 mod gateway;
 mod gateway_harness;
 mod kernel;

@@ -654,7 +654,8 @@ fn under_the_runner_an_enterprise_gateway_refusing_root_exits_2_before_the_loop_
     let Some(eg) = Enterprise::start() else { return };
     let c = Checkout::new(2, |_| eg_notebook(0.9, 0.0));
     c.set_exec(json!({"gateway_url": eg.url, "gateway_token": eg.token, "kernel_name": "python3_local"}));
-    let (code, log) = c.command(&[]).env_remove("KERNEL_USERNAME").output().map(|o| (o.status.code(), util::text(&o))).unwrap();
+    let (code, log) =
+        c.command(&[]).env_remove("KERNEL_USERNAME").output().map(|o| (o.status.code(), util::text(&o))).unwrap();
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("exec.gateway_username") && log.contains("'root'"), "{log}");
     assert!(!log.contains("ITERATION"), "stopped before the loop:\n{log}");
@@ -702,7 +703,8 @@ fn under_the_runner_the_ssh_host_going_away_mid_run_ends_the_nodes_with_the_caus
     let run = util::Running::start(&mut cmd);
     let results = c.save_root().parent().unwrap().to_path_buf();
     util::wait_until("a first cell to run", 120, || {
-        std::fs::read_dir(&results).is_ok_and(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with("started-")))
+        std::fs::read_dir(&results)
+            .is_ok_and(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with("started-")))
     });
     eg.sshd.as_mut().unwrap().stop();
     let (status, log) = run.finish_within(std::time::Duration::from_secs(240));

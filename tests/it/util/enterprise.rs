@@ -273,9 +273,20 @@ impl Enterprise {
                    "metadata": {"process_proxy": {"class_name": local_proxy}}}),
         );
         let launcher_argv = |script: &Path| {
-            json!([egpy, script, "--kernel-id", "{kernel_id}", "--port-range", "{port_range}",
-                   "--response-address", "{response_address}", "--public-key", "{public_key}",
-                   "--kernel-class-name", "ipykernel.ipkernel.IPythonKernel"])
+            json!([
+                egpy,
+                script,
+                "--kernel-id",
+                "{kernel_id}",
+                "--port-range",
+                "{port_range}",
+                "--response-address",
+                "{response_address}",
+                "--public-key",
+                "{public_key}",
+                "--kernel-class-name",
+                "ipykernel.ipkernel.IPythonKernel"
+            ])
         };
         let the_launcher = launcher()?;
         spec(

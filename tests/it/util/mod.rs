@@ -1,8 +1,8 @@
 //! Shared test helpers: a temp dir per test, running the real binary, the loopback fake LLM server.
 #![allow(dead_code)]
 
-pub mod fake_llm;
 pub mod enterprise;
+pub mod fake_llm;
 pub mod gateway;
 
 use std::path::{Path, PathBuf};
