@@ -104,7 +104,9 @@ fn enterprise_harness_pins_what_the_client_relies_on() {
 fn enterprise_harness_launches_kernels_over_ssh_on_127_0_0_2() {
     let Some(eg) = Enterprise::start_with(EgOpts::default().ssh()) else { return };
     let user = "alice";
+    let t = std::time::Instant::now();
     let (st, k) = eg.post("/api/kernels", &json!({"name": "python3_ssh", "env": {"KERNEL_USERNAME": user}}));
+    eprintln!("POST /api/kernels over SSH answered in {:.2} s", t.elapsed().as_secs_f64());
     assert_eq!(st, 201, "{k}\n{}\n{}", eg.log_tail(), eg.sshd.as_ref().unwrap().log());
     let id = k["id"].as_str().unwrap().to_string();
     assert!(eg.log().contains("127.0.0.2"), "{}", eg.log_tail());
