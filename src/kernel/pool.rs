@@ -398,3 +398,28 @@ impl Pool {
         self.0.slots.borrow().iter().filter(|s| matches!(s, Slot::Ready(k) if k.alive())).count()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_starts_go_to_the_hosts_in_turn_skipping_avoided_ones_until_their_time_is_up() {
+        let pool = Pool::new_with_hosts(Vec::new(), vec!["a".into(), "b".into(), "c".into()]);
+        let next = || pool.next_host().unwrap();
+        assert_eq!([next(), next(), next(), next()], ["a", "b", "c", "a"]);
+        pool.avoid("b", Duration::from_secs(60));
+        assert_eq!([next(), next(), next()], ["c", "a", "c"]);
+        let left: Vec<(String, bool)> =
+            pool.hosts().into_iter().map(|(h, d)| (h, d > Duration::from_secs(50))).collect();
+        assert_eq!(left, [("a".into(), false), ("b".into(), true), ("c".into(), false)]);
+        // every host avoided: the one free soonest
+        pool.avoid("a", Duration::from_secs(30));
+        pool.avoid("c", Duration::from_secs(90));
+        assert_eq!(next(), "a");
+        // zero: no longer avoided
+        pool.avoid("b", Duration::ZERO);
+        assert_eq!(next(), "b");
+        assert!(Pool::new(Vec::new()).next_host().is_none(), "without hosts the gateway chooses");
+    }
+}
