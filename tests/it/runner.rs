@@ -687,6 +687,22 @@ fn under_the_runner_best_of_n_runs_its_pool_on_kernels_enterprise_gateway_launch
         let hosts = kernel_hosts(trial);
         assert!(hosts.iter().any(|h| h.to_string().contains("\"127.0.0.2\"")), "{trial:?}: {hosts:?}");
     }
+    // and the run page says it for each node
+    let page = std::fs::read_dir(c.save_root())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "html"))
+        .expect("a run page");
+    let html = std::fs::read_to_string(page).unwrap();
+    // (the page escapes the URL's slashes)
+    let said = format!("kernel on 127.0.0.2 ({})", eg.url.replace('/', "&#x2f;"));
+    assert_eq!(
+        html.matches(&said).count(),
+        4,
+        "one per node: {:?}",
+        html.match_indices("kernel on").collect::<Vec<_>>()
+    );
     util::wait_until("EG's kernels to be deleted", 30, || eg.kernels().is_empty());
     util::wait_until("no kernel process left on the SSH host", 30, || eg.kernel_pids().is_empty());
 }
