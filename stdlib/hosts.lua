@@ -18,8 +18,8 @@ local M = {}
 M.__index = M
 
 M.defaults = {
-  failures = 2,   -- failed launches on one host ...
-  window = 300,   -- ... within this many seconds ...
+  failures = 2, -- failed launches on one host ...
+  window = 300, -- ... within this many seconds ...
   cooldown = 120, -- ... keep new kernels away from it this long
 }
 
@@ -36,7 +36,9 @@ end
 -- A policy with some settings changed: hosts.new{failures = 1}.
 function M.new(opts)
   local p = setmetatable({ seen = {}, avoided = {} }, M)
-  for k, v in pairs(M.defaults) do p[k] = v end
+  for k, v in pairs(M.defaults) do
+    p[k] = v
+  end
   for k, v in pairs(opts or {}) do
     if M.defaults[k] == nil then error("hosts.new: unknown setting '" .. tostring(k) .. "'", 2) end
     if type(v) ~= "number" or v < 0 then error("hosts.new: " .. k .. " must be a number >= 0", 2) end
@@ -66,8 +68,15 @@ function M:observe(pool, now)
         self.seen[h] = {}
         pool:avoid(h, self.cooldown)
         newly[#newly + 1] = h
-        log.warn(string.format("[EXEC] the host %s failed %d kernel launches in %.0f s; new kernels avoid it for %.0f s",
-          h, #recent, self.window, self.cooldown))
+        log.warn(
+          string.format(
+            "[EXEC] the host %s failed %d kernel launches in %.0f s; new kernels avoid it for %.0f s",
+            h,
+            #recent,
+            self.window,
+            self.cooldown
+          )
+        )
       end
     end
   end

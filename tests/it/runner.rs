@@ -621,8 +621,11 @@ fn under_the_runner_every_kernel_runs_on_an_enterprise_gateway_as_the_configured
     use crate::util::enterprise::Enterprise;
     let Some(eg) = Enterprise::start() else { return };
     let c = Checkout::new(2, |n| eg_notebook(if n == 0 { 0.3 } else { 0.9 }, 0.0));
+    // EG's side names the results folder otherwise: the trial folder is reached through gateway_paths
+    let remote = c.share_results_as("mnt/share");
     c.set_exec(json!({"gateway_url": eg.url, "gateway_token": eg.token, "gateway_username": "alice",
-                      "kernel_name": "python3_local"}));
+                      "kernel_name": "python3_local",
+                      "gateway_paths": {"../results": remote.display().to_string()}}));
     let (code, log) = c.run(&[]);
     assert_eq!(code, Some(0), "{log}\n{}", eg.log_tail());
     assert!(!log.contains(&eg.token), "the gateway token never shows:\n{log}");
@@ -637,6 +640,7 @@ fn under_the_runner_every_kernel_runs_on_an_enterprise_gateway_as_the_configured
     for (trial, s) in &seen {
         assert_eq!(s["ppid"].as_i64().map(|p| p as i32), eg.pid(), "{s}");
         assert_eq!(s["user"], "alice", "{s}");
+        assert!(s["out"].as_str().unwrap().starts_with(&remote.display().to_string()), "mapped: {s}");
         let hosts = kernel_hosts(trial);
         assert!(!hosts.is_empty() && hosts[0].to_string().contains(&eg.url), "{trial:?}: {hosts:?}");
     }
