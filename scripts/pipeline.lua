@@ -1064,6 +1064,11 @@ function M.check_gateway()
   local ok, perr = pcall(kernel_policy)
   if not ok then error("config: exec.kernel_retry: " .. tostring(perr), 0) end
   local ex = section("exec")
+  if ex.host_policy ~= nil then
+    local hok, herr = pcall(require("hosts").new, ex.host_policy)
+    if type(ex.host_policy) ~= "table" then hok, herr = false, "expected a table {failures=, window=, cooldown=}" end
+    if not hok then error("config: exec.host_policy: " .. tostring(herr), 0) end
+  end
   local url = ex.gateway_url
   if type(url) ~= "string" or url == "" then return end
   local specs, err = kernel.specs({ gateway = url })

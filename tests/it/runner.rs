@@ -746,3 +746,13 @@ fn under_the_runner_the_ssh_host_going_away_mid_run_ends_the_nodes_with_the_caus
     }
     util::wait_until("no kernel process left on the SSH host", 60, || eg.kernel_pids().is_empty());
 }
+
+#[test]
+fn under_the_runner_a_misspelt_host_policy_setting_exits_2_naming_the_key() {
+    let c = Checkout::new(1, |_| notebook(0.9));
+    c.set_exec(json!({"host_policy": {"failrues": 1}}));
+    let (code, log) = c.run(&[]);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("exec.host_policy: hosts.new: unknown setting 'failrues'"), "{log}");
+    assert!(!log.contains("ITERATION"), "{log}");
+}
