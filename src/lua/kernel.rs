@@ -530,7 +530,11 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
                     let rest = gateway::Rest::new(&target.url, target.token.clone())?;
                     let specs = rest.specs().await?;
                     let kind = match target.kind {
-                        gateway::GatewayKind::Auto => gateway::detect(&rest).await?.0,
+                        gateway::GatewayKind::Auto => match gateway::detect(&rest).await {
+                            Ok((k, _)) => k,
+                            Err(e) if matches!(e.kind, "not_found" | "client") => gateway::GatewayKind::Kernel,
+                            Err(e) => return Err(e),
+                        },
                         k => k,
                     };
                     Ok::<_, gateway::GatewayError>((specs, kind))

@@ -242,7 +242,12 @@ impl GatewayKernel {
         let enterprise = match target.kind {
             GatewayKind::Enterprise => true,
             GatewayKind::Kernel => false,
-            GatewayKind::Auto => detect(&rest).await?.0 == GatewayKind::Enterprise,
+            GatewayKind::Auto => match detect(&rest).await {
+                Ok((kind, _)) => kind == GatewayKind::Enterprise,
+                // a server without `/api` (behind a proxy that maps only the kernel routes): not EG
+                Err(e) if matches!(e.kind, "not_found" | "client") => false,
+                Err(e) => return Err(e.into()),
+            },
         };
         let shared = Arc::new(Shared { rest, id: Mutex::new(None), host: Mutex::new(None) });
         let session = uuid::Uuid::new_v4().to_string();
@@ -332,8 +337,12 @@ impl GatewayKernel {
         if self.enterprise {
             let user = self.username();
             let launch = self.opts.startup_timeout.as_secs_f64().ceil().max(1.0) as u64;
-            env.retain(|(k, _)| k != "KERNEL_USERNAME" && k != "KERNEL_LAUNCH_TIMEOUT");
-            env.push(("KERNEL_USERNAME".into(), user));
+            // the start's own KERNEL_USERNAME (kernel.start{env=}) wins; the launch timeout is ours,
+            // to match the wait below
+            env.retain(|(k, _)| k != "KERNEL_LAUNCH_TIMEOUT");
+            if !env.iter().any(|(k, _)| k == "KERNEL_USERNAME") {
+                env.push(("KERNEL_USERNAME".into(), user));
+            }
             env.push(("KERNEL_LAUNCH_TIMEOUT".into(), launch.to_string()));
             // EG holds the POST until the kernel reported back (or KERNEL_LAUNCH_TIMEOUT passed, then
             // it kills it): our side must wait longer, or the answer is lost with a kernel behind it
