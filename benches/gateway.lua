@@ -1,4 +1,5 @@
--- Local kernel vs Jupyter Kernel Gateway kernel: per-cell round trip and one large output.
+-- Local kernel vs Jupyter Kernel Gateway kernel (and Enterprise Gateway, CELLSCI_EG_URL): per-cell round trip
+-- and one large output.
 -- Run by benches/gateway.py, which starts the gateway and sets CELLSCI_GATEWAY_URL, CELLSCI_GATEWAY_TOKEN
 -- (read by kernel.start{gateway=}) and CELLSCI_BENCH_PYTHON (the venv's python for the local kernel).
 -- Prints a small table on stdout; any failure raises (non-zero exit, message on stderr).
@@ -41,7 +42,8 @@ local function run(label, opts)
   table.sort(rtt)
 
   local t = time.monotonic()
-  r = k:execute(("print('x' * %d)"):format(BIG))
+  -- all of it kept (the default max_output_bytes keeps the first and last 2 MB of a stream)
+  r = k:execute(("print('x' * %d)"):format(BIG), { max_output_bytes = 0 })
   local big_s = time.monotonic() - t
   assert(r.status == 'ok', ('%s: big cell: %s %s'):format(label, tostring(r.status), tostring(r.evalue)))
   local got, kinds = 0, {}
@@ -66,7 +68,13 @@ local function run(label, opts)
 end
 
 local rows, failed = {}, {}
-for _, c in ipairs({ { 'local', { python = PY } }, { 'gateway', { gateway = URL } } }) do
+local cases = { { 'local', { python = PY } }, { 'kernel gateway', { gateway = URL } } }
+-- set by benches/gateway.py when it started an Enterprise Gateway too (same token)
+local EG = env.get('CELLSCI_EG_URL')
+if EG and EG ~= '' then
+  cases[#cases + 1] = { 'enterprise gateway', { gateway = EG, name = 'python3_local' } }
+end
+for _, c in ipairs(cases) do
   local ok, res = pcall(run, c[1], c[2])
   if ok then
     rows[#rows + 1] = res

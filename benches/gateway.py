@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
-"""A local kernel against a Jupyter Kernel Gateway kernel: per-cell round trip (median, p95 of 200 trivial
-cells) and one cell that prints 20 MB (wall seconds, whether it arrived whole).
+"""A local kernel against a Jupyter Kernel Gateway kernel and an Enterprise Gateway kernel: per-cell round trip
+(median, p95 of 200 trivial cells) and one cell that prints 20 MB (wall seconds, whether it arrived whole).
+
+With --eg-venv (default .venv-eg, when it holds jupyter-enterprisegateway) it also starts an Enterprise Gateway
+3.3 on 127.0.0.1 with the same token and a LocalProcessProxy kernelspec (the --venv python's ipykernel), and the
+script adds its row (KERNEL_USERNAME=bench: EG run as root refuses root). EG has no IOPub rate limit.
 
 Starts a real kernel gateway (jupyter_kernel_gateway from the venv) on 127.0.0.1 with a random token, then
 runs `cellsci script benches/gateway.lua` with CELLSCI_GATEWAY_URL, CELLSCI_GATEWAY_TOKEN and
@@ -77,7 +81,7 @@ class Gateway:
                                             headers={"Authorization": f"token {self.token}"})
                 with urllib.request.urlopen(rq, timeout=5) as r:
                     specs = json.load(r)
-                if "python3" not in specs.get("kernelspecs", {}):
+                if not {"python3", "python3_local"} & set(specs.get("kernelspecs", {})):
                     sys.exit(f"the gateway offers no python3 kernel: {specs}")
                 return
             except (urllib.error.URLError, ConnectionError, OSError):
@@ -112,6 +116,38 @@ class Gateway:
                 pass
 
 
+class Enterprise:
+    """Enterprise Gateway from its own venv, one LocalProcessProxy kernelspec `python3_local`."""
+
+    def __init__(self, eg_venv, venv, token):
+        self.dir = tempfile.mkdtemp(prefix="cellsci-bench-eg-")
+        self.runtime = os.path.join(self.dir, "runtime")
+        spec_dir = os.path.join(self.dir, "jp", "kernels", "python3_local")
+        os.makedirs(spec_dir)
+        os.makedirs(self.runtime)
+        with open(os.path.join(spec_dir, "kernel.json"), "w") as f:
+            json.dump({"argv": [os.path.join(venv, "bin", "python"), "-m", "ipykernel_launcher", "-f",
+                                "{connection_file}"], "display_name": "Python 3", "language": "python",
+                       "metadata": {"process_proxy": {"class_name":
+                           "enterprise_gateway.services.processproxies.processproxy.LocalProcessProxy"}}}, f)
+        self.log = os.path.join(self.dir, "eg.log")
+        self.port = free_port()
+        self.token = token
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, JUPYTER_PATH=os.path.join(self.dir, "jp"), JUPYTER_RUNTIME_DIR=self.runtime,
+                   EG_AUTH_TOKEN=token, EG_RESPONSE_PORT=str(free_port()), EG_KERNEL_LOG_DIR=self.dir,
+                   PYTHONUNBUFFERED="1")
+        cmd = [os.path.join(eg_venv, "bin", "jupyter-enterprisegateway"), "--ip=127.0.0.1", f"--port={self.port}",
+               "--port_retries=0", "--EnterpriseGatewayApp.default_kernel_name=python3_local"]
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(cmd, cwd=self.dir, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    wait_ready = Gateway.wait_ready
+    kernel_pids = Gateway.kernel_pids
+    stop = Gateway.stop
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cellsci", default="target/release/cellsci")
@@ -120,12 +156,20 @@ def main():
     ap.add_argument("--cells", type=int, default=200)
     ap.add_argument("--rate-limit", action="store_true", help="keep the gateway's default IOPub rate limit")
     ap.add_argument("--gateway-arg", action="append", default=[], help="one more gateway argument (repeatable)")
+    ap.add_argument("--eg-venv", default=os.environ.get("CELLSCI_EG_VENV", ".venv-eg"),
+                    help="the Enterprise Gateway venv (no EG row when it has no jupyter-enterprisegateway)")
     a = ap.parse_args()
     venv, cellsci = os.path.abspath(a.venv), os.path.abspath(a.cellsci)
     if not os.path.isfile(cellsci):
         sys.exit(f"no cellsci binary at {cellsci} (cargo build --release, or --cellsci PATH)")
     extra = ([] if a.rate_limit else ["--ZMQChannelsWebsocketConnection.iopub_data_rate_limit=0"]) + a.gateway_arg
     g = Gateway(venv, extra)
+    eg_venv = os.path.abspath(a.eg_venv)
+    eg = None
+    if os.path.isfile(os.path.join(eg_venv, "bin", "jupyter-enterprisegateway")):
+        eg = Enterprise(eg_venv, venv, g.token)
+    else:
+        print(f"no Enterprise Gateway in {eg_venv}: no EG row", file=sys.stderr)
     ok = False  # the temp dir (gateway log) is kept when anything failed
     try:
         g.wait_ready()
@@ -133,6 +177,10 @@ def main():
         env = dict(os.environ, CELLSCI_GATEWAY_URL=g.url, CELLSCI_GATEWAY_TOKEN=g.token,
                    CELLSCI_BENCH_PYTHON=os.path.join(venv, "bin", "python"), CELLSCI_BENCH_CELLS=str(a.cells),
                    NO_COLOR="1")
+        if eg:
+            eg.wait_ready()
+            print(f"enterprise gateway {eg.url} (log {eg.log})", file=sys.stderr)
+            env.update(CELLSCI_EG_URL=eg.url, KERNEL_USERNAME="bench")
         t = time.monotonic()
         p = subprocess.run([cellsci, "script", a.script], env=env, capture_output=True, text=True)
         wall = time.monotonic() - t
@@ -142,6 +190,8 @@ def main():
             print(f"\nFAILED: `cellsci script {a.script}` exited {p.returncode} after {wall:.1f} s", file=sys.stderr)
             print(f"--- its stderr ---\n{p.stderr}", file=sys.stderr)
             print(f"--- gateway log ({g.log}), last lines ---\n{tail(g.log)}", file=sys.stderr)
+            if eg:
+                print(f"--- enterprise gateway log ({eg.log}), last lines ---\n{tail(eg.log)}", file=sys.stderr)
             sys.exit(1)
         if p.stderr.strip():
             print(p.stderr, end="", file=sys.stderr)
@@ -149,8 +199,12 @@ def main():
         ok = True
     finally:
         g.stop()
+        if eg:
+            eg.stop()
     if ok:
         shutil.rmtree(g.dir, ignore_errors=True)
+        if eg:
+            shutil.rmtree(eg.dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -573,7 +573,9 @@ M.check_interrupt = check_interrupt
 -- answering 5xx, unreachable or timing out is waited for (retry.lua's server/connect/timeout/reset
 -- allowances and its backoff); a refused token (auth), a missing kernelspec (client) or a trial folder
 -- the gateway cannot see (config) is never retried.
-M.KERNEL_RETRY = { per_kind = { start = 1 }, deadline = 300 }
+-- Enterprise Gateway's launch timeout (the kernel never reported back) is tried twice more; a user
+-- it refuses (unauthorized) or a kernelspec it does not have (no_such_kernel) is a config error.
+M.KERNEL_RETRY = { per_kind = { start = 1, launch_timeout = 2 }, deadline = 300 }
 
 local function kernel_policy() return require("retry").new(section("exec").kernel_retry or M.KERNEL_RETRY) end
 
@@ -626,7 +628,14 @@ local function start_kernel(trial, s1, ctx, extra_env)
   -- pins each of its kernels to one GPU itself.
   local k, err, give_back
   if ctx.kernel_pool then
-    k, err = start_with_retries(ctx, function() return ctx.kernel_pool:acquire() end)
+    -- before each take, and after a failed one: the host policy reads the pool's failed launches
+    local hosts = require("hosts").for_pool(ctx.kernel_pool)
+    k, err = start_with_retries(ctx, function()
+      hosts:observe(ctx.kernel_pool)
+      local pk, perr = ctx.kernel_pool:acquire()
+      if not pk then hosts:observe(ctx.kernel_pool) end
+      return pk, perr
+    end)
     if k then
       give_back = function() ctx.kernel_pool:release(k) end
       -- what a kernel started for the trial gets from its start (DESIGN: execution environment): the
@@ -649,7 +658,8 @@ local function start_kernel(trial, s1, ctx, extra_env)
     if host.interrupted() then raise("interrupted", "interrupted") end
     -- a gateway that refuses the token or cannot see the trial folder fails every iteration alike
     local ek = type(err) == "table" and err.kind
-    local kind = (ek == "auth" or ek == "config") and "config" or "kernel_start"
+    local kind = (ek == "auth" or ek == "config" or ek == "unauthorized" or ek == "no_such_kernel") and "config"
+      or "kernel_start"
     -- a kernel service that cannot be reached once the kernel retry policy gave up fails every node alike
     if ek == "connect" and section("exec").gateway_url then kind = "unreachable" end
     raise(kind, "cannot start the kernel: " .. tostring(err))
@@ -663,6 +673,8 @@ local function start_kernel(trial, s1, ctx, extra_env)
     give_back()
     raise("kernel_start", "kernel set-up failed: " .. tostring(r.evalue))
   end
+  -- where the trial's kernel runs (a gateway's kernels may land on several hosts)
+  if k.gateway then ctx:event("kernel_host", { gateway = k.gateway, host = k:host(), kernel = k.name }) end
   return k, give_back
 end
 
@@ -1280,11 +1292,18 @@ function M.check_gateway()
   local ok, perr = pcall(kernel_policy)
   if not ok then error("config: exec.kernel_retry: " .. tostring(perr), 0) end
   local ex = section("exec")
+  if ex.host_policy ~= nil then
+    local hok, herr = pcall(require("hosts").new, ex.host_policy)
+    if type(ex.host_policy) ~= "table" then
+      hok, herr = false, "expected a table {failures=, window=, cooldown=}"
+    end
+    if not hok then error("config: exec.host_policy: " .. tostring(herr), 0) end
+  end
   local url = ex.gateway_url
   if type(url) ~= "string" or url == "" then return end
   local specs, err = kernel.specs({ gateway = url })
   if not specs then
-    if err.kind == "auth" or err.kind == "config" or err.kind == "client" then
+    if err.kind == "auth" or err.kind == "config" or err.kind == "client" or err.kind == "no_such_kernel" then
       error("config: exec.gateway_url: " .. tostring(err.message or err), 0)
     end
     log.warn(
@@ -1315,6 +1334,31 @@ function M.check_gateway()
       ),
       0
     )
+  end
+  -- Enterprise Gateway refuses users (root by default) and unknown kernelspecs only when a kernel
+  -- starts: one start now, so that a refusal that would fail every iteration stops before the loop
+  if specs[1] and specs[1].gateway_kind == "enterprise" then
+    local k, kerr = kernel.start({ gateway = url, name = want })
+    if k then
+      log.info(string.format("[EXEC] the Enterprise Gateway %s started a kernel on %s", url, tostring(k:host())))
+      k:shutdown()
+    elseif kerr.kind == "unauthorized" then
+      error("config: exec.gateway_username: " .. tostring(kerr.message), 0)
+    elseif kerr.kind == "no_such_kernel" then
+      error("config: exec.kernel_name: " .. tostring(kerr.message), 0)
+    elseif kerr.kind == "auth" or kerr.kind == "config" then
+      error("config: exec.gateway_url: " .. tostring(kerr.message), 0)
+    elseif kerr.kind == "interrupted" then
+      error("interrupted", 0)
+    else
+      log.warn(
+        "[EXEC] a first kernel on the Enterprise Gateway "
+          .. url
+          .. " did not start ("
+          .. q(nil, kerr.message or kerr, "gateway error")
+          .. "); kernel starts will be tried as the kernel retry policy says"
+      )
+    end
   end
   log.info(string.format("[EXEC] kernels run on the gateway %s (kernelspec %s)", url, want or "its default"))
 end

@@ -355,7 +355,8 @@ pub async fn start(opts: StartOptions) -> Result<Kernel> {
 }
 
 /// The kind of a failed start a retry policy branches on: a gateway's classification (`auth`, `server`,
-/// `connect`, `timeout`, `reset`, `client`, `protocol`, `config`), `interrupted` after Ctrl-C, else
+/// `connect`, `timeout`, `reset`, `client`, `protocol`, `config`, and Enterprise Gateway's
+/// `unauthorized`, `launch_timeout`, `no_such_kernel`), `interrupted` after Ctrl-C, else
 /// `start`.
 pub fn start_failure_kind(e: &anyhow::Error) -> &'static str {
     for c in e.chain() {
@@ -398,6 +399,14 @@ impl Interrupter {
         match self {
             Interrupter::Local(i) => i.pid(),
             Interrupter::Gateway(_) => None,
+        }
+    }
+
+    /// Where a gateway kernel runs, as it said at its last (re)start; None for a local kernel.
+    pub fn host(&self) -> Option<String> {
+        match self {
+            Interrupter::Local(_) => None,
+            Interrupter::Gateway(i) => i.host(),
         }
     }
 }
@@ -487,6 +496,14 @@ impl Kernel {
         match self {
             Kernel::Local(k) => k.enter(cwd, env).await,
             Kernel::Gateway(k) => k.enter(cwd, env).await,
+        }
+    }
+
+    /// Pin the next (re)start of a gateway kernel to one host of an Enterprise Gateway's remote hosts
+    /// (`KERNEL_REMOTE_HOST`; None: the gateway chooses). No effect on a local kernel.
+    pub fn pin_host(&mut self, host: Option<&str>) {
+        if let Kernel::Gateway(k) = self {
+            k.pin_host(host);
         }
     }
 

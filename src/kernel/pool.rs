@@ -9,6 +9,12 @@
 //! Each slot has its own start plan, so one pool can mix kernels on this machine with kernels on a
 //! gateway (a restart of a gateway kernel goes through the gateway and keeps its place there).
 //!
+//! On an Enterprise Gateway with several remote hosts the pool may be given them ([`Pool::set_hosts`]):
+//! each start of a gateway slot is then pinned to one (`KERNEL_REMOTE_HOST`), the next one in turn
+//! that is not avoided. Which host to avoid, and for how long, is the caller's decision (a Lua policy,
+//! `stdlib/hosts.lua`): the pool only records every failed start ([`Pool::failures`]) with the host it
+//! was pinned to, and keeps away from a host while [`Pool::avoid`] says so.
+//!
 //! Slot i may be pinned to one GPU: its kernel gets `CUDA_VISIBLE_DEVICES=<gpu>`, so inside it that GPU
 //! is `cuda:0`. The pool and its background starts live on the thread of the Lua VM (a `LocalSet`);
 //! dropping the pool kills its idle and starting kernels at once, and a kernel handed out dies with its
@@ -16,7 +22,9 @@
 //! its leases are gone.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use tokio::sync::Notify;
@@ -56,6 +64,24 @@ struct Inner {
     slots: RefCell<Vec<Slot>>,
     changed: Notify,
     closed: Cell<bool>,
+    /// The gateway's hosts the gateway slots are spread over (empty: the gateway chooses).
+    hosts: RefCell<Vec<String>>,
+    /// Hosts avoided until then.
+    avoid: RefCell<HashMap<String, Instant>>,
+    /// The next host to try, an index into `hosts`.
+    next_host: Cell<usize>,
+    /// Failed starts not yet taken by [`Pool::failures`].
+    failures: RefCell<Vec<StartFailure>>,
+}
+
+/// A failed start of a slot's kernel.
+#[derive(Clone, Debug)]
+pub struct StartFailure {
+    pub slot: usize,
+    /// The host it was pinned to ([`Pool::set_hosts`]), if any.
+    pub host: Option<String>,
+    pub kind: &'static str,
+    pub message: String,
 }
 
 /// A handle to a pool; clones share it.
@@ -104,12 +130,21 @@ impl Pool {
     /// A pool of one kernel per plan. Returns at once: the kernels start in the background. Must be
     /// called on a `LocalSet`.
     pub fn new(plans: Vec<Plan>) -> Pool {
+        Pool::new_with_hosts(plans, Vec::new())
+    }
+
+    /// [`Pool::new`] with the gateway slots spread over `hosts` from their first start.
+    pub fn new_with_hosts(plans: Vec<Plan>, hosts: Vec<String>) -> Pool {
         let size = plans.len();
         let inner = Rc::new(Inner {
             plans,
             slots: RefCell::new((0..size).map(|_| Slot::Failed(String::new(), "start")).collect()),
             changed: Notify::new(),
             closed: Cell::new(false),
+            hosts: RefCell::new(hosts),
+            avoid: RefCell::new(HashMap::new()),
+            next_host: Cell::new(0),
+            failures: RefCell::new(Vec::new()),
         });
         let pool = Pool(inner);
         for i in 0..size {
@@ -125,6 +160,66 @@ impl Pool {
     /// The GPU slot `i` is pinned to.
     pub fn gpu(&self, slot: usize) -> Option<u32> {
         self.0.plans.get(slot).and_then(|p| p.gpu)
+    }
+
+    /// Spread the gateway slots' next starts over `hosts` (in turn, skipping avoided ones).
+    pub fn set_hosts(&self, hosts: Vec<String>) {
+        *self.0.hosts.borrow_mut() = hosts;
+    }
+
+    /// The hosts, each with how long it is still avoided.
+    pub fn hosts(&self) -> Vec<(String, Duration)> {
+        let now = Instant::now();
+        let avoid = self.0.avoid.borrow();
+        let left = |h: &String| avoid.get(h).map(|u| u.saturating_duration_since(now)).unwrap_or_default();
+        self.0.hosts.borrow().iter().map(|h| (h.clone(), left(h))).collect()
+    }
+
+    /// Keep new starts away from `host` for `for_` (zero: no longer); slots whose start failed are
+    /// started again at once, on the hosts left.
+    pub fn avoid(&self, host: &str, for_: Duration) {
+        if for_.is_zero() {
+            self.0.avoid.borrow_mut().remove(host);
+        } else {
+            self.0.avoid.borrow_mut().insert(host.to_string(), Instant::now() + for_);
+        }
+        let failed: Vec<usize> = self
+            .0
+            .slots
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, Slot::Failed(m, _) if !m.is_empty()))
+            .map(|(i, _)| i)
+            .collect();
+        if !self.0.closed.get() {
+            for i in failed {
+                self.start(i, None);
+            }
+        }
+    }
+
+    /// The failed starts since the last call.
+    pub fn failures(&self) -> Vec<StartFailure> {
+        std::mem::take(&mut *self.0.failures.borrow_mut())
+    }
+
+    /// The host the next gateway start goes to: the next in turn not avoided; when every one is, the
+    /// one free soonest. None without hosts.
+    fn next_host(&self) -> Option<String> {
+        let hosts = self.0.hosts.borrow();
+        if hosts.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        let avoid = self.0.avoid.borrow();
+        let n = hosts.len();
+        let start = self.0.next_host.get();
+        let free = (0..n).map(|k| (start + k) % n).find(|&i| avoid.get(&hosts[i]).is_none_or(|u| *u <= now));
+        let i =
+            free.unwrap_or_else(|| (0..n).min_by_key(|&i| avoid.get(&hosts[i]).copied().unwrap_or(now)).unwrap_or(0));
+        self.0.next_host.set(i + 1);
+        Some(hosts[i].clone())
     }
 
     /// How many slots start their kernel on a gateway.
@@ -145,11 +240,19 @@ impl Pool {
             opts.env.retain(|(k, _)| k != "CUDA_VISIBLE_DEVICES");
             opts.env.push(("CUDA_VISIBLE_DEVICES".into(), g.to_string()));
         }
+        let host = if opts.gateway.is_some() { self.next_host() } else { None };
+        if let Some(h) = &host {
+            opts.env.retain(|(k, _)| k != "KERNEL_REMOTE_HOST");
+            opts.env.push(("KERNEL_REMOTE_HOST".into(), h.clone()));
+        }
         let task = tokio::task::spawn_local(async move {
             let r = match prev {
                 Some(mut k) => {
                     // fresh for the next taker: not in the last one's folder or environment
                     k.leave();
+                    if host.is_some() {
+                        k.pin_host(host.as_deref());
+                    }
                     k.restart().await.map(|()| k)
                 }
                 None => Kernel::launch(spec, opts).await,
@@ -164,7 +267,15 @@ impl Pool {
                 Ok(k) => Slot::Ready(Box::new(k)),
                 Err(e) => {
                     tracing::warn!("kernel pool: slot {} could not start: {e:#}", i + 1);
-                    Slot::Failed(format!("{e:#}"), super::start_failure_kind(&e))
+                    let (message, kind) = (format!("{e:#}"), super::start_failure_kind(&e));
+                    let mut f = inner.failures.borrow_mut();
+                    f.push(StartFailure { slot: i, host, kind, message: message.clone() });
+                    // nobody reads them: keep the latest
+                    if f.len() > 100 {
+                        f.remove(0);
+                    }
+                    drop(f);
+                    Slot::Failed(message, kind)
                 }
             };
             drop(slots);
@@ -285,5 +396,30 @@ impl Pool {
     /// How many slots have an idle, live kernel ready to hand out.
     pub fn ready(&self) -> usize {
         self.0.slots.borrow().iter().filter(|s| matches!(s, Slot::Ready(k) if k.alive())).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_starts_go_to_the_hosts_in_turn_skipping_avoided_ones_until_their_time_is_up() {
+        let pool = Pool::new_with_hosts(Vec::new(), vec!["a".into(), "b".into(), "c".into()]);
+        let next = || pool.next_host().unwrap();
+        assert_eq!([next(), next(), next(), next()], ["a", "b", "c", "a"]);
+        pool.avoid("b", Duration::from_secs(60));
+        assert_eq!([next(), next(), next()], ["c", "a", "c"]);
+        let left: Vec<(String, bool)> =
+            pool.hosts().into_iter().map(|(h, d)| (h, d > Duration::from_secs(50))).collect();
+        assert_eq!(left, [("a".into(), false), ("b".into(), true), ("c".into(), false)]);
+        // every host avoided: the one free soonest
+        pool.avoid("a", Duration::from_secs(30));
+        pool.avoid("c", Duration::from_secs(90));
+        assert_eq!(next(), "a");
+        // zero: no longer avoided
+        pool.avoid("b", Duration::ZERO);
+        assert_eq!(next(), "b");
+        assert!(Pool::new(Vec::new()).next_host().is_none(), "without hosts the gateway chooses");
     }
 }

@@ -134,6 +134,12 @@ fn gateway_target(lua: &Lua, o: &Opts) -> LuaResult<Option<Target>> {
     if let Some(s) = extra("gateway_reconnect_timeout").and_then(|v| v.as_f64()).filter(|s| *s > 0.0 && s.is_finite()) {
         t.reconnect_timeout = crate::duration_secs(s);
     }
+    // both checked when the config loads (gateway_kind is one of its words)
+    if let Some(k) = extra("gateway_kind").and_then(|v| v.as_str().map(str::to_string)) {
+        t.kind = k.parse().map_err(|e| misuse(lua, format!("config exec.gateway_kind: {e}")))?;
+    }
+    t.username =
+        extra("gateway_username").and_then(|v| v.as_str().map(str::to_string)).filter(|s| !s.trim().is_empty());
     Ok(Some(t))
 }
 
@@ -327,6 +333,8 @@ impl LuaUserData for LuaKernel {
         // from the shared state, not the kernel: the kernel is locked while a cell runs
         methods.add_method("pid", |_, this, ()| Ok(if this.held.released() { None } else { this.interrupter.pid() }));
         methods.add_method("gpu", |_, this, ()| Ok(this.gpu));
+        // where a gateway kernel runs (the host its SSH launch reached, else its host name); nil here
+        methods.add_method("host", |_, this, ()| Ok(if this.held.released() { None } else { this.interrupter.host() }));
         methods.add_meta_method(LuaMetaMethod::ToString, |_, this, ()| {
             let mut s = format!("kernel ({}", this.name);
             if let Some(g) = &this.gateway {
@@ -439,6 +447,44 @@ impl LuaUserData for LuaPool {
             Ok(true)
         });
         methods.add_method("remote", |_, this, ()| Ok(this.pool.remote()));
+        // pool:hosts() -> {{host =, avoided_for = seconds}...}: the gateway hosts its slots are spread over
+        methods.add_method("hosts", |lua, this, ()| {
+            let list: Vec<Value> = this
+                .pool
+                .hosts()
+                .into_iter()
+                .map(|(h, left)| json!({"host": h, "avoided_for": left.as_secs_f64()}))
+                .collect();
+            to_lua(lua, &Value::Array(list))
+        });
+        // pool:avoid(host, seconds): no new start goes to host for that long (0: again now); the slots
+        // whose start failed start again at once on the other hosts
+        methods.add_method("avoid", |lua, this, (host, secs): (LuaValue, LuaValue)| {
+            const F: &str = "pool:avoid";
+            let host = string_arg(lua, &host, F, "a host (a string)")?.to_string_lossy();
+            let secs = match secs {
+                LuaValue::Integer(i) if i >= 0 => i as f64,
+                LuaValue::Number(x) if x >= 0.0 && x.is_finite() => x,
+                other => {
+                    return Err(misuse(
+                        lua,
+                        format!("{F}: expected seconds (a number >= 0), got {}", other.type_name()),
+                    ))
+                }
+            };
+            this.pool.avoid(&host, crate::duration_secs(secs));
+            Ok(true)
+        });
+        // pool:failures() -> {{slot =, host =, kind =, message =}...}: the failed starts since the last call
+        methods.add_method("failures", |lua, this, ()| {
+            let list: Vec<Value> = this
+                .pool
+                .failures()
+                .into_iter()
+                .map(|f| json!({"slot": f.slot + 1, "host": f.host, "kind": f.kind, "message": f.message}))
+                .collect();
+            to_lua(lua, &Value::Array(list))
+        });
         methods.add_meta_method(LuaMetaMethod::ToString, |_, this, ()| {
             let (n, remote) = (this.pool.size(), this.pool.remote());
             let on = if remote == 0 { String::new() } else { format!(", {remote} on a gateway") };
@@ -480,10 +526,23 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
         lua.create_async_function(|lua, opts: LuaValue| async move {
             let o = Opts::from_value(&lua, "kernel.specs", opts, &["gateway"])?;
             if let Some(target) = gateway_target(&lua, &o)? {
-                // the gateway's kernelspecs: {name, display_name, language, gateway}
-                let listed = async { gateway::Rest::new(&target.url, target.token.clone())?.specs().await }.await;
+                // the gateway's kernelspecs: {name, display_name, language, gateway, gateway_kind}
+                let listed = async {
+                    let rest = gateway::Rest::new(&target.url, target.token.clone())?;
+                    let specs = rest.specs().await?;
+                    let kind = match target.kind {
+                        gateway::GatewayKind::Auto => match gateway::detect(&rest).await {
+                            Ok((k, _)) => k,
+                            Err(e) if matches!(e.kind, "not_found" | "client") => gateway::GatewayKind::Kernel,
+                            Err(e) => return Err(e),
+                        },
+                        k => k,
+                    };
+                    Ok::<_, gateway::GatewayError>((specs, kind))
+                }
+                .await;
                 return match listed {
-                    Ok(v) => {
+                    Ok((v, kind)) => {
                         let mut specs: Vec<Value> = v
                             .get("kernelspecs")
                             .and_then(Value::as_object)
@@ -497,6 +556,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
                                             "language": spec.get("language"),
                                             "argv": spec.get("argv"),
                                             "gateway": target.url,
+                                            "gateway_kind": kind.as_str(),
                                         })
                                     })
                                     .collect()
@@ -529,7 +589,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
         "pool",
         lua.create_async_function(|lua, opts: LuaValue| async move {
             const F: &str = "kernel.pool";
-            let keys: Vec<&str> = START_KEYS.iter().copied().chain(["size", "gpus", "local_slots"]).collect();
+            let keys: Vec<&str> = START_KEYS.iter().copied().chain(["size", "gpus", "local_slots", "hosts"]).collect();
             let o = Opts::from_value(&lua, F, opts, &keys)?;
             let so = start_options(&lua, &o)?;
             let gpus = pool_gpus(&lua, &o)?;
@@ -568,7 +628,18 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
                     Plan { spec: if i < local_slots { spec.clone() } else { None }, opts, gpu }
                 })
                 .collect();
-            let pool = LuaPool { pool: Pool::new(plans) };
+            // the gateway's hosts to spread the slots over: hosts=, else exec.gateway_hosts
+            let hosts = match o.strings("hosts")? {
+                Some(h) => h,
+                None => {
+                    let cfg = HostCtx::get(&lua).config.clone();
+                    let list =
+                        cfg.as_ref().and_then(|c| c.exec.extra.get("gateway_hosts").and_then(Value::as_array).cloned());
+                    list.unwrap_or_default().iter().filter_map(Value::as_str).map(str::to_string).collect()
+                }
+            };
+            let pool = Pool::new_with_hosts(plans, hosts);
+            let pool = LuaPool { pool };
             Ok((LuaValue::UserData(lua.create_userdata(pool)?), LuaValue::Nil))
         })?,
     )?;

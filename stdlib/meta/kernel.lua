@@ -48,7 +48,10 @@ function kernel.specs(opts) end
 ---| "connect"     # a gateway could not be reached
 ---| "timeout"     # a gateway did not answer in time
 ---| "reset"       # a gateway connection broke
----| "client"      # a gateway refused the request otherwise (no such kernelspec)
+---| "client"      # a gateway refused the request otherwise
+---| "no_such_kernel" # the gateway has no kernelspec of that name (Enterprise Gateway: a 500 with NoSuchKernel)
+---| "unauthorized" # Enterprise Gateway refuses the user (`exec.gateway_username`; root by default)
+---| "launch_timeout" # Enterprise Gateway: the kernel did not report back within KERNEL_LAUNCH_TIMEOUT (the start timeout)
 ---| "config"      # a bad gateway URL, or a gateway kernel that cannot see its working folder
 
 ---The error of a kernel call.
@@ -67,6 +70,7 @@ function kernel.start(opts) end
 ---@class cellsci.kernel.PoolOpts: cellsci.kernel.StartOpts
 ---@field size? integer Number of kernels (slots). Default: the number of `gpus`, else `1`.
 ---@field local_slots? integer With a gateway: the first n slots start their kernels on this machine. Default: the config's `exec.local_slots`, else `0`.
+---@field hosts? string[] Enterprise Gateway: the remote hosts to spread the gateway slots over, each start pinned to the next one in turn that is not avoided (`KERNEL_REMOTE_HOST`). Default: the config's `exec.gateway_hosts`, else none (EG places the kernels).
 ---@field gpus? integer[] Slot i's kernel gets `CUDA_VISIBLE_DEVICES=<gpus[i]>` (inside it, that GPU is `cuda:0`); more slots than GPUs share them in turn. `{}` for none. Default: the config's `exec.gpus`, else none (kernels inherit the environment).
 
 ---A pool of kernels started ahead, in the background and concurrently, so a branch with a free slot
@@ -113,6 +117,21 @@ function Pool:remote() end
 ---Slots whose idle kernel is live and ready to hand out now.
 ---@return integer
 function Pool:ready() end
+
+---The hosts given (`hosts` / `exec.gateway_hosts`), each with how many seconds it is still avoided.
+---@return {host: string, avoided_for: number}[]
+function Pool:hosts() end
+
+---Keep new kernel starts away from `host` for `seconds` (`0`: no longer); slots whose start failed are
+---started again at once, on the other hosts. The decision is the caller's (`stdlib/hosts.lua`).
+---@param host string
+---@param seconds number
+---@return true
+function Pool:avoid(host, seconds) end
+
+---The failed kernel starts since the last call (at most the latest 100), with the host each was pinned to.
+---@return {slot: integer, host: string|nil, kind: cellsci.kernel.ErrorKind, message: string}[]
+function Pool:failures() end
 
 ---Shut down the pool's idle kernels and stop starting new ones; kernels handed out are shut down when
 ---given back. Later `acquire` calls raise.
@@ -200,5 +219,11 @@ function Kernel:enter(opts) end
 ---`kernel.start{}` and for pools without `gpus`.
 ---@return integer|nil gpu
 function Kernel:gpu() end
+
+---Where a gateway kernel runs, as the kernel said at its last (re)start: the address its SSH launch came
+---in on (`SSH_CONNECTION`, Enterprise Gateway's DistributedProcessProxy), else its host name; nil for a
+---kernel on this machine.
+---@return string|nil host
+function Kernel:host() end
 
 return kernel

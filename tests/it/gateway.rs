@@ -151,14 +151,14 @@ print("OK")
 
 /// A loopback TCP proxy in front of the gateway whose open connections the test can cut, as a network
 /// or a proxy dropping a WebSocket would; new connections keep working.
-struct CutProxy {
-    url: String,
+pub(crate) struct CutProxy {
+    pub(crate) url: String,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
 }
 
 impl CutProxy {
-    fn start(target_port: u16) -> CutProxy {
+    pub(crate) fn start(target_port: u16) -> CutProxy {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
@@ -191,7 +191,7 @@ impl CutProxy {
     }
 
     /// Reset every open connection.
-    fn cut(&self) {
+    pub(crate) fn cut(&self) {
         for c in self.conns.lock().unwrap().drain(..) {
             let _ = c.shutdown(std::net::Shutdown::Both);
         }

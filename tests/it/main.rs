@@ -1,6 +1,7 @@
 //! Integration tests: one binary, modules by area. Helpers live in `util`.
 mod branches;
 mod cli;
+mod enterprise;
 mod extract;
 mod faults;
 mod files;

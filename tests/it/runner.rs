@@ -569,3 +569,190 @@ open(os.path.join(os.environ["OUTPUT_DIR"], "gpu.txt"), "w").write(os.environ.ge
     );
     println!("--- phase2.log of the forged run ---\n{log}");
 }
+
+/// A generation reply for an Enterprise Gateway run: one cell that records what its kernel sees (its
+/// parent process, the user EG was told, the SSH connection it was launched over, OUTPUT_DIR) and
+/// writes metrics with `score`; `{sleep}` seconds of sleep after a marker file in the save root's
+/// parent (`started-<pid>`), for a test to act meanwhile.
+fn eg_notebook(score: f64, sleep: f64) -> String {
+    let code = format!(
+        r#"import json, os, time
+out = os.environ["OUTPUT_DIR"]
+open(os.path.join(out, "seen.json"), "w").write(json.dumps({{"ppid": os.getppid(), "out": out,
+    "user": os.environ.get("KERNEL_USERNAME"), "ssh": os.environ.get("SSH_CONNECTION")}}))
+open(os.path.join(out, "..", "..", "..", "started-%d" % os.getpid()), "w").write("x")
+time.sleep({sleep})
+folds = {{"0": {score}, "1": {score}}}
+models = {{"ridge_baseline": {{"per_fold": {{f: {{"PCC": 0.1}} for f in folds}}}},
+          "model": {{"per_fold": {{f: {{"PCC": v}} for f, v in folds.items()}}}}}}
+json.dump({{"models": models, "winner": "model"}}, open(os.path.join(out, "metrics.json"), "w"))"#
+    );
+    json!({"cells": [{"id": "T1", "name": "all", "purpose": "everything", "code": code}]}).to_string()
+}
+
+/// The trial folders of a run that hold what their kernel saw, and those records.
+fn seen_trials(c: &Checkout) -> Vec<(PathBuf, Value)> {
+    let mut v: Vec<(PathBuf, Value)> = std::fs::read_dir(c.save_root().join("prompt"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("seen.json").is_file())
+        .map(|p| {
+            let s = serde_json::from_str(&std::fs::read_to_string(p.join("seen.json")).unwrap()).unwrap();
+            (p, s)
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// The `kernel_host` events of a trial folder.
+fn kernel_hosts(trial: &Path) -> Vec<Value> {
+    std::fs::read_to_string(trial.join("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["kind"] == "kernel_host" || e["event"] == "kernel_host" || e.to_string().contains("kernel_host"))
+        .collect()
+}
+
+#[test]
+fn under_the_runner_every_kernel_runs_on_an_enterprise_gateway_as_the_configured_user() {
+    use crate::util::enterprise::Enterprise;
+    let Some(eg) = Enterprise::start() else { return };
+    let c = Checkout::new(2, |n| eg_notebook(if n == 0 { 0.3 } else { 0.9 }, 0.0));
+    // EG's side names the results folder otherwise: the trial folder is reached through gateway_paths
+    let remote = c.share_results_as("mnt/share");
+    c.set_exec(json!({"gateway_url": eg.url, "gateway_token": eg.token, "gateway_username": "alice",
+                      "kernel_name": "python3_local",
+                      "gateway_paths": {"../results": remote.display().to_string()}}));
+    let (code, log) = c.run(&[]);
+    assert_eq!(code, Some(0), "{log}\n{}", eg.log_tail());
+    assert!(!log.contains(&eg.token), "the gateway token never shows:\n{log}");
+    let s = score_log(&log, "PCC");
+    let got: Vec<_> = s.iterations.iter().map(|i| (i.0, i.1, i.2, i.3)).collect();
+    assert_eq!(got, vec![(1, false, Some(0.3), false), (2, false, Some(0.9), true)], "{log}");
+    let dir = c.save_root().join("prompt").join(s.output.as_deref().expect("an [ARCHIVE] line"));
+    assert!(dir.join("notebook_prompt_exec.ipynb").is_file() && dir.join("metrics.json").is_file(), "{log}");
+    // every cell ran in a kernel EG started (its child) for alice
+    let seen = seen_trials(&c);
+    assert_eq!(seen.len(), 2, "{log}");
+    for (trial, s) in &seen {
+        assert_eq!(s["ppid"].as_i64().map(|p| p as i32), eg.pid(), "{s}");
+        assert_eq!(s["user"], "alice", "{s}");
+        assert!(s["out"].as_str().unwrap().starts_with(&remote.display().to_string()), "mapped: {s}");
+        let hosts = kernel_hosts(trial);
+        assert!(!hosts.is_empty() && hosts[0].to_string().contains(&eg.url), "{trial:?}: {hosts:?}");
+    }
+    util::wait_until("EG's kernels to be deleted", 30, || eg.kernels().is_empty());
+}
+
+#[test]
+fn under_the_runner_an_enterprise_gateway_refusing_root_exits_2_before_the_loop_naming_gateway_username() {
+    use crate::util::enterprise::Enterprise;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: EG refuses root only, and these tests do not run as root");
+        return;
+    }
+    let Some(eg) = Enterprise::start() else { return };
+    let c = Checkout::new(2, |_| eg_notebook(0.9, 0.0));
+    c.set_exec(json!({"gateway_url": eg.url, "gateway_token": eg.token, "kernel_name": "python3_local"}));
+    let (code, log) =
+        c.command(&[]).env_remove("KERNEL_USERNAME").output().map(|o| (o.status.code(), util::text(&o))).unwrap();
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("exec.gateway_username") && log.contains("'root'"), "{log}");
+    assert!(!log.contains("ITERATION"), "stopped before the loop:\n{log}");
+    assert!(!log.contains(&eg.token), "{log}");
+    assert!(eg.kernels().is_empty() && eg.kernel_pids().is_empty());
+}
+
+#[test]
+fn under_the_runner_best_of_n_runs_its_pool_on_kernels_enterprise_gateway_launched_over_ssh() {
+    use crate::util::enterprise::{EgOpts, Enterprise};
+    let Some(eg) = Enterprise::start_with(EgOpts::default().ssh()) else { return };
+    let ssh_port = eg.sshd.as_ref().unwrap().port;
+    let c = Checkout::new(4, |n| eg_notebook(0.2 + 0.1 * n as f64, 0.0));
+    c.set_exec(json!({"gateway_url": eg.url, "gateway_token": eg.token, "gateway_username": "alice",
+                      "kernel_name": "python3_ssh"}));
+    c.set_section("search", json!({"branches": 2}));
+    let (code, log) = c.run(&["--strategy", "best_of_n"]);
+    assert_eq!(code, Some(0), "{log}\n{}", eg.log_tail());
+    let s = score_log(&log, "PCC");
+    assert_eq!(s.iterations.len(), 4, "{log}");
+    assert!(s.iterations.iter().all(|i| !i.1 && i.2.is_some()), "every branch scored: {log}");
+    let seen = seen_trials(&c);
+    assert_eq!(seen.len(), 4, "{log}");
+    for (trial, s) in &seen {
+        // launched over SSH: sshd on 127.0.0.2 saw EG come from 127.0.0.1
+        let ssh = s["ssh"].as_str().unwrap_or_else(|| panic!("no SSH_CONNECTION: {s}"));
+        let f: Vec<&str> = ssh.split_whitespace().collect();
+        assert_eq!((f[0], f[2], f[3]), ("127.0.0.1", "127.0.0.2", ssh_port.to_string().as_str()), "{s}");
+        let hosts = kernel_hosts(trial);
+        assert!(hosts.iter().any(|h| h.to_string().contains("\"127.0.0.2\"")), "{trial:?}: {hosts:?}");
+    }
+    // and the run page says it for each node
+    let page = std::fs::read_dir(c.save_root())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "html"))
+        .expect("a run page");
+    let html = std::fs::read_to_string(page).unwrap();
+    // (the page escapes the URL's slashes)
+    let said = format!("kernel on 127.0.0.2 ({})", eg.url.replace('/', "&#x2f;"));
+    assert_eq!(
+        html.matches(&said).count(),
+        4,
+        "one per node: {:?}",
+        html.match_indices("kernel on").collect::<Vec<_>>()
+    );
+    util::wait_until("EG's kernels to be deleted", 30, || eg.kernels().is_empty());
+    util::wait_until("no kernel process left on the SSH host", 30, || eg.kernel_pids().is_empty());
+}
+
+#[test]
+fn under_the_runner_the_ssh_host_going_away_mid_run_ends_the_nodes_with_the_cause_and_leaves_nothing_running() {
+    use crate::util::enterprise::{EgOpts, Enterprise};
+    let Some(mut eg) = Enterprise::start_with(EgOpts::default().ssh()) else { return };
+    let c = Checkout::new(4, |n| eg_notebook(0.2 + 0.1 * n as f64, 3.0));
+    c.set_exec(json!({"gateway_url": eg.url, "gateway_token": eg.token, "gateway_username": "alice",
+                      "kernel_name": "python3_ssh", "kernel_retry": {"deadline": 3.0, "base": 0.2, "max_wait": 0.5}}));
+    c.set_section("search", json!({"branches": 2}));
+    let mut cmd = c.command(&["--strategy", "best_of_n"]);
+    let run = util::Running::start(&mut cmd);
+    let results = c.save_root().parent().unwrap().to_path_buf();
+    util::wait_until("a first cell to run", 120, || {
+        std::fs::read_dir(&results)
+            .is_ok_and(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with("started-")))
+    });
+    eg.sshd.as_mut().unwrap().stop();
+    let (status, log) = run.finish_within(std::time::Duration::from_secs(240));
+    eprintln!("exit {:?}\n{log}", status.code());
+    assert!(!log.contains(&eg.token), "{log}");
+    let sm = c.summary();
+    let iters = sm["iterations"].as_array().unwrap();
+    // the nodes whose kernel could not be launched any more are recorded with why
+    let crashed: Vec<&Value> = iters.iter().filter(|i| i["status"] == "CRASH").collect();
+    assert!(!crashed.is_empty(), "{sm:#}\n{log}");
+    for i in &crashed {
+        let e = i["error"].as_str().unwrap_or_default();
+        assert!(e.contains("kernel"), "the cause is recorded: {i}");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !eg.kernels().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "EG still has {:?}\n{}", eg.kernels(), eg.log_tail());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    util::wait_until("no kernel process left on the SSH host", 60, || eg.kernel_pids().is_empty());
+}
+
+#[test]
+fn under_the_runner_a_misspelt_host_policy_setting_exits_2_naming_the_key() {
+    let c = Checkout::new(1, |_| notebook(0.9));
+    c.set_exec(json!({"host_policy": {"failrues": 1}}));
+    let (code, log) = c.run(&[]);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("exec.host_policy: hosts.new: unknown setting 'failrues'"), "{log}");
+    assert!(!log.contains("ITERATION"), "{log}");
+}

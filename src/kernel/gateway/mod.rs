@@ -12,6 +12,18 @@
 //! start the kernel must find a probe file cellsci just wrote there, or the start fails with kind
 //! `config`, naming both paths and the setting.
 //!
+//! **Enterprise Gateway.** Detected from `GET /api` (its `gateway_version`) unless [`Target::kind`]
+//! says which it is. A kernel start on EG always sends `KERNEL_USERNAME` ([`Target::username`], else
+//! the user running cellsci: EG refuses root by default) and `KERNEL_LAUNCH_TIMEOUT` (the start
+//! timeout, as EG wants it: a string of seconds), and waits on the POST longer than that, since EG
+//! answers it only once the remote kernel reported back. Every value sent is checked against EG's
+//! limit (strings of at most [`EG_MAX_ENV_VALUE`] characters) before anything is sent: a value that
+//! cannot go is a `config` error naming the variable, never an HTTP 400 in the middle of a run. EG
+//! gives a kernel no `PATH` or `HOME` of its own when the request carries an environment, so the
+//! set-up cell fills in the kernel host's defaults when they are missing. Where a gateway kernel runs
+//! ([`GatewayKernel::host`]) is asked from the kernel itself at each (re)start: the address its SSH
+//! launch came in on (`SSH_CONNECTION`, EG's DistributedProcessProxy), else its host name.
+//!
 //! **Faults.** A dropped WebSocket is opened again with the same session, so the gateway replays what
 //! it buffered; a cell whose reply is still missing once the kernel is idle again is reported as
 //! lost, never waited on forever. `dead` means the kernel is really gone: the gateway says it no
@@ -44,11 +56,80 @@ pub struct Target {
     pub paths: Vec<(PathBuf, String)>,
     /// How long a lost gateway is waited for before its kernel is taken as dead.
     pub reconnect_timeout: Duration,
+    /// Which kind of gateway this is (`exec.gateway_kind`); `Auto` asks `GET /api`.
+    pub kind: GatewayKind,
+    /// `KERNEL_USERNAME` on Enterprise Gateway (`exec.gateway_username`); None: the user running cellsci.
+    pub username: Option<String>,
+}
+
+/// The kind of gateway: Jupyter Kernel Gateway, Enterprise Gateway, or found out from `GET /api`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum GatewayKind {
+    #[default]
+    Auto,
+    Kernel,
+    Enterprise,
+}
+
+impl std::str::FromStr for GatewayKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<GatewayKind, String> {
+        match s {
+            "auto" | "" => Ok(GatewayKind::Auto),
+            "kernel" => Ok(GatewayKind::Kernel),
+            "enterprise" => Ok(GatewayKind::Enterprise),
+            other => Err(format!("expected \"auto\", \"kernel\" or \"enterprise\", got {other:?}")),
+        }
+    }
+}
+
+impl GatewayKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GatewayKind::Auto => "auto",
+            GatewayKind::Kernel => "kernel",
+            GatewayKind::Enterprise => "enterprise",
+        }
+    }
+}
+
+/// The longest environment value Enterprise Gateway 3.3 accepts in a kernel start (HTTP 400 beyond).
+pub const EG_MAX_ENV_VALUE: usize = 4096;
+
+/// What `GET /api` says the gateway at `rest` is (an answer without `gateway_version` is Kernel
+/// Gateway, or another Jupyter Server); with its version.
+pub async fn detect(rest: &Rest) -> std::result::Result<(GatewayKind, Option<String>), GatewayError> {
+    let v = rest.api().await?;
+    Ok(match v.get("gateway_version").and_then(Value::as_str) {
+        Some(ver) => (GatewayKind::Enterprise, Some(ver.to_string())),
+        None => (GatewayKind::Kernel, v.get("version").and_then(Value::as_str).map(str::to_string)),
+    })
+}
+
+/// The name of the user running cellsci (what `KERNEL_USERNAME` defaults to).
+pub fn os_user() -> String {
+    // SAFETY: getpwuid returns a pointer into static storage or null; read at once, on this thread.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if !pw.is_null() && !(*pw).pw_name.is_null() {
+            if let Ok(s) = std::ffi::CStr::from_ptr((*pw).pw_name).to_str() {
+                return s.to_string();
+            }
+        }
+    }
+    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
 }
 
 impl Target {
     pub fn new(url: &str, token: Secret) -> Target {
-        Target { url: url.to_string(), token, paths: Vec::new(), reconnect_timeout: Duration::from_secs(60) }
+        Target {
+            url: url.to_string(),
+            token,
+            paths: Vec::new(),
+            reconnect_timeout: Duration::from_secs(60),
+            kind: GatewayKind::Auto,
+            username: None,
+        }
     }
 
     /// `p` as the gateway's side names it: the longest local prefix of `paths` that matches whole folder
@@ -82,6 +163,8 @@ pub fn resolve_token(configured: Option<&str>) -> Secret {
 struct Shared {
     rest: Rest,
     id: Mutex<Option<String>>,
+    /// Where the kernel runs, as it said at its last (re)start.
+    host: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -117,6 +200,11 @@ impl Interrupter {
     pub async fn interrupt(&self) -> Result<()> {
         self.0.interrupt().await
     }
+
+    /// Where the kernel runs (see [`GatewayKernel::host`]).
+    pub fn host(&self) -> Option<String> {
+        self.0.host.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 pub struct GatewayKernel {
@@ -133,6 +221,8 @@ pub struct GatewayKernel {
     down: Option<String>,
     /// The content of the kernel's `kernel_info_reply` at the last handshake.
     info: Option<Value>,
+    /// Enterprise Gateway (detected at the start, or as the target says).
+    enterprise: bool,
 }
 
 /// How a lost connection ended.
@@ -149,10 +239,30 @@ impl GatewayKernel {
             Some(n) => n.clone(),
             None => rest.specs().await?.get("default").and_then(Value::as_str).unwrap_or("python3").to_string(),
         };
-        let shared = Arc::new(Shared { rest, id: Mutex::new(None) });
+        let enterprise = match target.kind {
+            GatewayKind::Enterprise => true,
+            GatewayKind::Kernel => false,
+            GatewayKind::Auto => match detect(&rest).await {
+                Ok((kind, _)) => kind == GatewayKind::Enterprise,
+                // a server without `/api` (behind a proxy that maps only the kernel routes): not EG
+                Err(e) if matches!(e.kind, "not_found" | "client") => false,
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let shared = Arc::new(Shared { rest, id: Mutex::new(None), host: Mutex::new(None) });
         let session = uuid::Uuid::new_v4().to_string();
-        let mut k =
-            GatewayKernel { target, opts, name, session, base: None, shared, conn: None, down: None, info: None };
+        let mut k = GatewayKernel {
+            target,
+            opts,
+            name,
+            session,
+            base: None,
+            shared,
+            conn: None,
+            down: None,
+            info: None,
+            enterprise,
+        };
         k.create().await?;
         Ok(k)
     }
@@ -197,14 +307,71 @@ impl GatewayKernel {
         env
     }
 
+    /// Whether the kernel is on an Enterprise Gateway.
+    pub fn enterprise(&self) -> bool {
+        self.enterprise
+    }
+
+    /// Where the kernel runs: the address its SSH launch came in on (EG's DistributedProcessProxy),
+    /// else the kernel's host name; None before it answered.
+    pub fn host(&self) -> Option<String> {
+        self.shared.host.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// `KERNEL_USERNAME` on Enterprise Gateway: the target's (`exec.gateway_username`), else
+    /// `KERNEL_USERNAME` from cellsci's environment (as Jupyter's own gateway client sends it), else
+    /// the user running cellsci.
+    fn username(&self) -> String {
+        self.target
+            .username
+            .clone()
+            .or_else(|| std::env::var("KERNEL_USERNAME").ok().filter(|s| !s.trim().is_empty()))
+            .unwrap_or_else(os_user)
+    }
+
+    /// The body's `env` of a kernel start, and how long the POST may take. On Enterprise Gateway:
+    /// `KERNEL_USERNAME` and `KERNEL_LAUNCH_TIMEOUT` added, every value checked against its limit.
+    fn start_request(&self) -> Result<(Value, Duration)> {
+        let mut env = self.env();
+        let mut timeout = self.opts.startup_timeout.max(Duration::from_secs(30));
+        if self.enterprise {
+            let user = self.username();
+            let launch = self.opts.startup_timeout.as_secs_f64().ceil().max(1.0) as u64;
+            // the start's own KERNEL_USERNAME (kernel.start{env=}) wins; the launch timeout is ours,
+            // to match the wait below
+            env.retain(|(k, _)| k != "KERNEL_LAUNCH_TIMEOUT");
+            if !env.iter().any(|(k, _)| k == "KERNEL_USERNAME") {
+                env.push(("KERNEL_USERNAME".into(), user));
+            }
+            env.push(("KERNEL_LAUNCH_TIMEOUT".into(), launch.to_string()));
+            // EG holds the POST until the kernel reported back (or KERNEL_LAUNCH_TIMEOUT passed, then
+            // it kills it): our side must wait longer, or the answer is lost with a kernel behind it
+            timeout = Duration::from_secs(launch + 30);
+            if let Some((k, v)) = env.iter().find(|(_, v)| v.chars().count() > EG_MAX_ENV_VALUE) {
+                return Err(anyhow!(GatewayError::new(
+                    "config",
+                    None,
+                    format!(
+                        "the kernel's environment variable {k} is {} characters long, and the Enterprise Gateway \
+                         at {} takes values of at most {EG_MAX_ENV_VALUE} (it would answer HTTP 400): shorten it \
+                         (a path: a shorter results folder, or exec.gateway_paths)",
+                        v.chars().count(),
+                        self.target.url
+                    )
+                )));
+            }
+        }
+        let env: serde_json::Map<String, Value> = env.into_iter().map(|(k, v)| (k, json!(v))).collect();
+        Ok((Value::Object(env), timeout))
+    }
+
     /// Start a new kernel on the gateway and make it ready; a kernel that fails half-way is deleted.
     async fn create(&mut self) -> Result<()> {
-        let env: serde_json::Map<String, Value> = self.env().into_iter().map(|(k, v)| (k, json!(v))).collect();
-        let env = Value::Object(env);
+        let (env, timeout) = self.start_request()?;
         let rest = self.shared.rest.clone();
-        let create = rest.create(&self.name, &env, self.opts.startup_timeout.max(Duration::from_secs(30)));
+        let create = rest.create(&self.name, &env, timeout);
         let id = tokio::select! {
-            r = create => r?,
+            r = create => r.map_err(|e| self.explain(e))?,
             _ = crate::signals::token().cancelled() => bail!(KernelError::Interrupted),
         };
         self.shared.set_id(Some(id.clone()));
@@ -216,6 +383,34 @@ impl GatewayKernel {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// A failed start told in terms of what to change.
+    fn explain(&self, mut e: GatewayError) -> GatewayError {
+        match e.kind {
+            "unauthorized" => {
+                let user = self.username();
+                let default = if self.target.username.is_none() { " (the user running cellsci)" } else { "" };
+                e.message = format!(
+                    "the Enterprise Gateway at {} refuses to start kernels for the user '{user}'{default}: set \
+                     exec.gateway_username to a user it accepts (EG refuses root unless its operator changes \
+                     EG_UNAUTHORIZED_USERS). It said: {}",
+                    self.target.url, e.message
+                );
+            }
+            "launch_timeout" => {
+                e.message = format!(
+                    "the kernel '{}' on the Enterprise Gateway {} did not report back within its launch timeout \
+                     ({:.0} s, the kernel start timeout; the gateway killed it): {}",
+                    self.name,
+                    self.target.url,
+                    self.opts.startup_timeout.as_secs_f64().ceil(),
+                    e.message
+                );
+            }
+            _ => {}
+        }
+        e
     }
 
     /// Connect (again), wait until the kernel answers, then give it its folder and environment.
@@ -292,10 +487,13 @@ impl GatewayKernel {
         let probe = cwd.as_ref().map(|c| c.join(&name)).filter(|p| {
             p.parent().is_some_and(Path::is_dir) && crate::files::write_atomic(p, self.session.as_bytes()).is_ok()
         });
-        let code = super::setup_code(
-            remote.as_deref(),
-            &self.env(),
-            probe.as_ref().map(|_| (name.as_str(), self.session.as_str())),
+        let code = format!(
+            "{HOST_DEFAULTS}{}{HOST_PROBE}",
+            super::setup_code(
+                remote.as_deref(),
+                &self.env(),
+                probe.as_ref().map(|_| (name.as_str(), self.session.as_str())),
+            )
         );
         let eo = ExecOptions { timeout: Some(self.opts.startup_timeout), silent: true, ..Default::default() };
         // boxed: run may restart the kernel (a timeout), which runs this set-up again
@@ -305,6 +503,9 @@ impl GatewayKernel {
         }
         let r = r?;
         if r.status == ExecStatus::Ok {
+            let said: String = r.outputs.iter().filter_map(|o| o.get("text").and_then(Value::as_str)).collect();
+            let host = said.lines().find_map(|l| l.strip_prefix(HOST_MARK)).map(|h| h.trim().to_string());
+            *self.shared.host.lock().unwrap_or_else(|e| e.into_inner()) = host.filter(|h| !h.is_empty());
             return Ok(());
         }
         let why = format!("{}: {}", r.ename.unwrap_or_default(), r.evalue.unwrap_or_default());
@@ -332,6 +533,14 @@ impl GatewayKernel {
         self.setup().await
     }
 
+    /// Pin the next (re)start to `host` of EG's remote hosts (`KERNEL_REMOTE_HOST`), or let EG choose.
+    pub fn pin_host(&mut self, host: Option<&str>) {
+        self.opts.env.retain(|(k, _)| k != "KERNEL_REMOTE_HOST");
+        if let Some(h) = host {
+            self.opts.env.push(("KERNEL_REMOTE_HOST".into(), h.to_string()));
+        }
+    }
+
     /// Forget `enter`: the next restart starts the kernel as it was first started.
     pub fn leave(&mut self) {
         self.opts.leave(&mut self.base);
@@ -342,6 +551,16 @@ impl GatewayKernel {
     pub async fn restart(&mut self) -> Result<()> {
         self.down = None;
         let Some(id) = self.shared.id() else { return self.create().await };
+        if self.enterprise {
+            // On Enterprise Gateway a restart is a kill and a new launch anyway, and one whose launch
+            // fails (its SSH host gone) leaves a kernel EG can no longer delete (3.3.0: DELETE answers
+            // 500 "Cannot interrupt kernel. No kernel is running!" until EG restarts). A new kernel
+            // instead: the old one deleted while it still runs, and the new one may land on another host.
+            self.conn = None;
+            delete_with_retries(&self.shared.rest, &id).await;
+            self.shared.set_id(None);
+            return self.create().await;
+        }
         let restarted = tokio::select! {
             r = self.shared.rest.restart(&id, self.opts.startup_timeout.max(Duration::from_secs(30))) => r,
             _ = crate::signals::token().cancelled() => bail!(KernelError::Interrupted),
@@ -667,6 +886,21 @@ async fn delete_with_retries(rest: &Rest, id: &str) {
         }
     }
 }
+
+/// Before the set-up: what a process expects and Enterprise Gateway does not give a kernel started with
+/// an environment (no PATH, no HOME), from the kernel host's own defaults.
+const HOST_DEFAULTS: &str = "import os as _c_os, pwd as _c_pwd\n\
+_c_os.environ.setdefault('PATH', _c_os.defpath)\n\
+_c_os.environ.setdefault('HOME', _c_pwd.getpwuid(_c_os.getuid()).pw_dir)\n\
+del _c_os, _c_pwd\n";
+
+/// The line of the set-up's output that says where the kernel runs.
+const HOST_MARK: &str = "cellsci-kernel-host: ";
+
+/// After the set-up: where the kernel runs (the address its SSH launch came in on, else its host name).
+const HOST_PROBE: &str = "import os as _c_os, socket as _c_socket\n\
+print('cellsci-kernel-host: ' + ((_c_os.environ.get('SSH_CONNECTION') or '').split()[2:3] or [_c_socket.gethostname()])[0])\n\
+del _c_os, _c_socket\n";
 
 /// How long a running cell may go without a message before the gateway is asked about its kernel.
 const PROBE_AFTER: Duration = Duration::from_secs(5);

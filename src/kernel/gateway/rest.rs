@@ -1,7 +1,11 @@
 //! The gateway's REST API (`/api/kernelspecs`, `/api/kernels[/<id>[/interrupt|/restart]]`), with every
 //! failure classified so that a script's retry policy can decide (as for LLM calls): `auth` (the token
 //! was refused), `server` (5xx, or the gateway's kernel limit), `connect` (unreachable), `timeout`,
-//! `client` (another 4xx: an unknown kernelspec), `protocol` (an answer that is not what the API says).
+//! `client` (another 4xx), `protocol` (an answer that is not what the API says), and what Enterprise
+//! Gateway says in its own way: `no_such_kernel` (an unknown kernelspec: EG answers 500 with a
+//! `NoSuchKernel` traceback, KG 404), `unauthorized` (EG's 403 "User … is not authorized", its
+//! `EG_UNAUTHORIZED_USERS` holding root by default), `launch_timeout` (EG's 500 "Waited too long": the
+//! kernel did not report back within `KERNEL_LAUNCH_TIMEOUT`).
 //! The token travels in the `Authorization` header only, never in a URL, so no error message or log
 //! line can carry it.
 
@@ -99,16 +103,19 @@ impl Rest {
         if (200..300).contains(&status) {
             return Ok((status, v));
         }
-        let said = v
-            .get("message")
-            .or_else(|| v.get("reason"))
-            .and_then(Value::as_str)
+        // Enterprise Gateway may say it in `reason` with an empty `message`
+        let said = ["message", "reason"]
+            .iter()
+            .find_map(|k| v.get(*k).and_then(Value::as_str).filter(|s| !s.trim().is_empty()))
             .map(str::to_string)
             .unwrap_or_else(|| text.chars().take(300).collect());
         let said = self.token.mask(said.trim());
         let kind = match status {
             401 => "auth",
             403 if said.contains("Limit") => "server",
+            403 if said.contains("not authorized") => "unauthorized",
+            500 if said.contains("Waited too long") || said.contains("launch timeout") => "launch_timeout",
+            500 if text.contains("NoSuchKernel") || said.contains("No such kernel") => "no_such_kernel",
             403 => "auth",
             404 => "not_found",
             s if s >= 500 => "server",
@@ -143,6 +150,11 @@ impl Rest {
         GatewayError::new(kind, None, self.token.mask(&message))
     }
 
+    /// `GET /api`: `{version}` (Jupyter Server's), with `gateway_version` on Enterprise Gateway.
+    pub async fn api(&self) -> Result<Value, GatewayError> {
+        Ok(self.call(reqwest::Method::GET, "/api", None, CALL_TIMEOUT).await?.1)
+    }
+
     /// `GET /api/kernelspecs`: `{default, kernelspecs: {name: {name, spec, resources}}}`.
     pub async fn specs(&self) -> Result<Value, GatewayError> {
         Ok(self.call(reqwest::Method::GET, "/api/kernelspecs", None, CALL_TIMEOUT).await?.1)
@@ -152,10 +164,10 @@ impl Rest {
     pub async fn create(&self, name: &str, env: &Value, timeout: Duration) -> Result<String, GatewayError> {
         let body = json!({"name": name, "env": env});
         let (_, v) = match self.call(reqwest::Method::POST, "/api/kernels", Some(body), timeout).await {
-            Err(e) if e.kind == "not_found" || (e.status == Some(500) && e.message.contains("No such kernel")) => {
+            Err(e) if e.kind == "not_found" || e.kind == "no_such_kernel" => {
                 let known = self.spec_names().await.unwrap_or_default();
                 return Err(GatewayError::new(
-                    "client",
+                    "no_such_kernel",
                     e.status,
                     format!(
                         "the gateway at {} has no kernelspec named '{name}' (it has: {})",

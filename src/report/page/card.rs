@@ -71,6 +71,8 @@ pub struct Card {
     pub plots: Vec<Plot>,
     pub messages: Vec<Message>,
     pub notes: Vec<String>,
+    /// Where the node's gateway kernel ran (its last `kernel_host` event): "host (gateway URL)".
+    pub kernel_host: String,
 }
 
 #[derive(Serialize, Default)]
@@ -616,6 +618,14 @@ fn event(ev: &Value, cells: &mut BTreeMap<i64, Cell>, card: &mut Card) {
                 error: clip(&s(ev.get("error"))),
                 diff,
             });
+        }
+        ("kernel_host", _) => {
+            let (host, gw) = (s(ev.get("host")), s(ev.get("gateway")));
+            card.kernel_host = match (host.is_empty(), gw.is_empty()) {
+                (false, false) => format!("{host} ({gw})"),
+                (false, true) => host,
+                (true, _) => gw,
+            };
         }
         ("log", _) => {
             let level = s(ev.get("level"));

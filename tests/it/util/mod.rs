@@ -1,6 +1,7 @@
 //! Shared test helpers: a temp dir per test, running the real binary, the loopback fake LLM server.
 #![allow(dead_code)]
 
+pub mod enterprise;
 pub mod fake_llm;
 pub mod gateway;
 pub mod ship;
