@@ -255,7 +255,8 @@ fn enterprise_gateway_killed_mid_cell_is_dead_and_a_restart_uses_the_restarted_g
     let marker = d.path().join("started");
     let body = r#"
 local k = assert(kernel.start{gateway = URL, name = "python3_local"})
-local r = k:execute("import time\nprint('begin', flush=True)\nopen('{m}', 'w').write('x')\ntime.sleep(30)")
+-- the pause lets 'begin' travel through EG's WebSocket before the marker says the gateway may be killed
+local r = k:execute("import time\nprint('begin', flush=True)\ntime.sleep(1)\nopen('{m}', 'w').write('x')\ntime.sleep(30)")
 print("STATUS", r.status, r.message)
 assert(r.status == "dead", json.encode(r))
 assert(r.outputs[1] and r.outputs[1].text == "begin\n", json.encode(r.outputs))
