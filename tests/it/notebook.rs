@@ -1196,7 +1196,7 @@ fn nbclient_test_notebooks_give_the_outputs_nbclient_gives() {
             serde_json::json!(c["outputs"]
                 .as_array()
                 .map(|a| a.iter().map(normalize_output).collect())
-                .unwrap_or_else(Vec::new))
+                .unwrap_or_default())
         };
         for (i, (w, g)) in want.iter().zip(got).enumerate() {
             if norm(w) != norm(g) || w["execution_count"] != g["execution_count"] {
