@@ -1195,7 +1195,7 @@ fn nbclient_test_notebooks_give_the_outputs_nbclient_gives() {
         let norm = |c: &serde_json::Value| -> serde_json::Value {
             serde_json::json!(c["outputs"]
                 .as_array()
-                .map(|a| a.iter().map(normalize_output).collect())
+                .map(|a| a.iter().map(normalize_output).collect::<Vec<_>>())
                 .unwrap_or_default())
         };
         for (i, (w, g)) in want.iter().zip(got).enumerate() {
