@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::gateway::pid_alive;
+use super::gateway::{free_port, Server};
 
 /// The venv holding Enterprise Gateway (`CELLSCI_EG_VENV`, else the checkout's `.venv-eg`).
 pub fn eg_venv() -> PathBuf {
@@ -195,23 +195,10 @@ impl Drop for Sshd {
 }
 
 pub struct Enterprise {
-    /// `http://127.0.0.1:PORT`
-    pub url: String,
-    pub token: String,
-    pub port: u16,
+    server: Server,
     response_port: u16,
     opts: EgOpts,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
     pub sshd: Option<Sshd>,
-    rt: tokio::runtime::Runtime,
-    http: reqwest::Client,
-}
-
-const READY_SECS: u64 = 60;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
 }
 
 impl Enterprise {
@@ -318,231 +305,82 @@ impl Enterprise {
         } else {
             None
         };
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-        let http = reqwest::Client::builder().no_proxy().build().expect("reqwest client");
-        let port = free_port();
+        let needle = dir.path().to_path_buf();
         let mut g = Enterprise {
-            url: format!("http://127.0.0.1:{port}"),
-            token: uuid::Uuid::new_v4().simple().to_string(),
-            port,
+            server: Server::new("Enterprise Gateway", dir, "eg.log", needle),
             response_port: free_port(),
             opts,
-            dir,
-            child: None,
             sshd,
-            rt,
-            http,
         };
-        g.spawn_until_ready(Duration::from_secs(0));
+        let (opts, port, sshd) = (&g.opts, g.response_port, g.sshd.as_ref());
+        g.server.spawn_until_ready(|s| Enterprise::command(s, opts, port, sshd), Duration::from_secs(0));
         Some(g)
     }
 
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("eg.log")
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    pub fn log_tail(&self) -> String {
-        let l = self.log();
-        let lines: Vec<&str> = l.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    pub fn pid(&self) -> Option<i32> {
-        self.child.as_ref().map(|c| c.id() as i32)
-    }
-
-    fn command(&self) -> Command {
+    /// EG's command line and environment for `s` (its port, token, temp dir).
+    fn command(s: &Server, opts: &EgOpts, response_port: u16, sshd: Option<&Sshd>) -> Command {
         let mut c = Command::new(eg_venv().join("bin/jupyter-enterprisegateway"));
         c.args([
             "--ip=127.0.0.1".to_string(),
-            format!("--port={}", self.port),
+            format!("--port={}", s.port),
             "--port_retries=0".to_string(),
             "--EnterpriseGatewayApp.default_kernel_name=python3_local".to_string(),
         ]);
-        c.args(&self.opts.args);
-        let d = self.dir.path();
+        c.args(&opts.args);
+        let d = s.dir();
         c.current_dir(d)
             .env("JUPYTER_PATH", d.join("jp"))
             .env("JUPYTER_RUNTIME_DIR", d.join("runtime"))
             .env("JUPYTER_DATA_DIR", d.join("data"))
             .env("JUPYTER_CONFIG_DIR", d.join("config"))
             .env_remove("JUPYTER_CONFIG_PATH")
-            .env("EG_AUTH_TOKEN", &self.token)
+            .env("EG_AUTH_TOKEN", &s.token)
             .env("EG_LIST_KERNELS", "True")
             .env("EG_RESPONSE_IP", "127.0.0.1")
-            .env("EG_RESPONSE_PORT", self.response_port.to_string())
+            .env("EG_RESPONSE_PORT", response_port.to_string())
             .env("EG_KERNEL_LOG_DIR", d.join("logs"))
             .env("HOME", d.join("home"))
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
             .process_group(0);
-        if self.opts.allow_root {
+        if opts.allow_root {
             c.env("EG_UNAUTHORIZED_USERS", "nobody");
         }
-        if let Some(s) = &self.sshd {
-            c.env("EG_SSH_PORT", s.port.to_string());
+        if let Some(sshd) = sshd {
+            c.env("EG_SSH_PORT", sshd.port.to_string());
         }
-        for (k, v) in &self.opts.env {
+        for (k, v) in &opts.env {
             c.env(k, v);
         }
         c
     }
 
-    #[track_caller]
-    fn spawn_until_ready(&mut self, retry_bind: Duration) {
-        let first = Instant::now();
-        loop {
-            let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("eg log");
-            let child = self
-                .command()
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("start Enterprise Gateway from {}: {e}", eg_venv().display()));
-            self.child = Some(child);
-            let deadline = Instant::now() + Duration::from_secs(READY_SECS);
-            loop {
-                if let Some(st) = self.child.as_mut().unwrap().try_wait().expect("wait") {
-                    self.child = None;
-                    if first.elapsed() < retry_bind {
-                        std::thread::sleep(Duration::from_millis(200));
-                        break;
-                    }
-                    panic!("Enterprise Gateway exited ({st}) before it was ready; its log:\n{}", self.log_tail());
-                }
-                if self.get("/api/kernelspecs").0 == 200 {
-                    return;
-                }
-                if Instant::now() > deadline {
-                    self.stop();
-                    panic!("Enterprise Gateway did not answer within {READY_SECS} s; its log:\n{}", self.log_tail());
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-
-    /// SIGKILL EG alone (a crash). Reaps it.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
     /// Start it again on the same port with the same token; wait until it answers.
     #[track_caller]
     pub fn restart(&mut self) {
-        self.kill();
-        self.spawn_until_ready(Duration::from_secs(10));
+        self.server.kill();
+        let (opts, port, sshd) = (&self.opts, self.response_port, self.sshd.as_ref());
+        self.server.spawn_until_ready(|s| Enterprise::command(s, opts, port, sshd), Duration::from_secs(10));
     }
+}
 
-    /// SIGTERM EG's process group (SIGKILL after 5 s), then SIGKILL every process that names our temp
-    /// dir (kernels, launchers, sleepers; not the sshd) and wait until they are gone. Idempotent.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let pgid = c.id() as i32;
-            // SAFETY: kill(2) on the process group of the child we started (process_group(0)).
-            unsafe { libc::kill(-pgid, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            // SAFETY: as above.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            let _ = c.wait();
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let pids = self.kernel_pids();
-            if pids.is_empty() || Instant::now() > deadline {
-                break;
-            }
-            for pid in pids {
-                // SAFETY: kill(2) on a process whose command line names our own temp dir.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+/// EG's url, token, port, log, REST API, `kill()`, `stop()`, `kernel_pids()`.
+impl std::ops::Deref for Enterprise {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.server
     }
+}
 
-    /// Live processes other than EG and the sshd whose command line names our temp dir: the kernels
-    /// (their connection file in our runtime dir, or our launcher), however they were launched.
-    pub fn kernel_pids(&self) -> Vec<i32> {
-        let needle = self.dir.path().display().to_string();
-        let skip: Vec<i32> = [self.pid(), self.sshd.as_ref().and_then(Sshd::pid)].into_iter().flatten().collect();
-        let mut out = Vec::new();
-        let Ok(rd) = std::fs::read_dir("/proc") else { return out };
-        for e in rd.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            if skip.contains(&pid) || pid as u32 == std::process::id() {
-                continue;
-            }
-            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            // sshd's own session processes name the config, not a kernel
-            if cmd.contains(&needle) && !cmd.contains("sshd") && pid_alive(pid) {
-                out.push(pid);
-            }
-        }
-        out.sort();
-        out
-    }
-
-    /// One request with `token` (None: none); the status and JSON body (Null when none). 0: no answer.
-    pub fn request(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
-        let mut rq = self.http.request(method, format!("{}{path}", self.url)).timeout(Duration::from_secs(90));
-        if let Some(t) = token {
-            rq = rq.header("Authorization", format!("token {t}"));
-        }
-        if let Some(b) = body {
-            rq = rq.json(b);
-        }
-        self.rt.block_on(async move {
-            match rq.send().await {
-                Ok(r) => {
-                    let st = r.status().as_u16();
-                    let bytes = r.bytes().await.unwrap_or_default();
-                    (st, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-                }
-                Err(_) => (0, Value::Null),
-            }
-        })
-    }
-
-    pub fn get(&self, path: &str) -> (u16, Value) {
-        self.request("GET", path, Some(&self.token), None)
-    }
-
-    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.request("POST", path, Some(&self.token), Some(body))
-    }
-
-    pub fn delete_kernel(&self, id: &str) -> u16 {
-        self.request("DELETE", &format!("/api/kernels/{id}"), Some(&self.token), None).0
-    }
-
-    /// `GET /api/kernels` (which must answer 200).
-    #[track_caller]
-    pub fn kernels(&self) -> Vec<Value> {
-        let (st, v) = self.get("/api/kernels");
-        assert_eq!(st, 200, "GET /api/kernels: {v}");
-        v.as_array().cloned().unwrap_or_default()
+impl std::ops::DerefMut for Enterprise {
+    fn deref_mut(&mut self) -> &mut Server {
+        &mut self.server
     }
 }
 
 impl Drop for Enterprise {
     fn drop(&mut self) {
-        self.stop();
+        self.server.stop();
         if let Some(s) = self.sshd.as_mut() {
             s.stop();
         }

@@ -64,19 +64,17 @@ impl GatewayOpts {
 }
 
 pub struct Gateway {
-    /// `http://127.0.0.1:PORT`
-    pub url: String,
-    pub token: String,
-    pub port: u16,
+    server: Server,
     opts: GatewayOpts,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    rt: tokio::runtime::Runtime,
-    http: reqwest::Client,
 }
 
-/// The failsafe of every wait for the gateway to answer (not a timing assertion).
+/// The failsafe of every wait for a gateway to answer (not a timing assertion).
 const READY_SECS: u64 = 60;
+
+/// A free port on 127.0.0.1 (free when asked).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
+}
 
 impl Gateway {
     /// A gateway with default options (no culler), ready to answer.
@@ -87,9 +85,6 @@ impl Gateway {
 
     #[track_caller]
     pub fn start_with(opts: GatewayOpts) -> Gateway {
-        // reqwest is built with rustls-no-provider: a client needs a process-wide provider, even for http://.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port();
         let dir = tempfile::Builder::new().prefix("cellsci-gateway-").tempdir().expect("temp dir");
         for sub in ["runtime", "data", "config"] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
@@ -105,80 +100,45 @@ impl Gateway {
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("kernel.json"), spec.to_string()).unwrap();
         }
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-        let http = reqwest::Client::builder().no_proxy().build().expect("reqwest client");
-        let mut g = Gateway {
-            url: format!("http://127.0.0.1:{port}"),
-            token: uuid::Uuid::new_v4().simple().to_string(),
-            port,
-            opts,
-            dir,
-            child: None,
-            rt,
-            http,
-        };
-        g.spawn_until_ready(Duration::from_secs(0));
+        let runtime = dir.path().join("runtime");
+        let mut g = Gateway { server: Server::new("the kernel gateway", dir, "gateway.log", runtime), opts };
+        g.server.spawn_until_ready(|s| Gateway::command(s, &g.opts), Duration::from_secs(0));
         g
-    }
-
-    /// The gateway's temp dir (its working dir; holds `runtime/`, `gateway.log`).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// `JUPYTER_RUNTIME_DIR`: the kernels' connection files are here.
     pub fn runtime_dir(&self) -> PathBuf {
-        self.dir.path().join("runtime")
+        self.dir().join("runtime")
     }
 
-    pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("gateway.log")
-    }
-
-    /// Everything the gateway printed (stdout and stderr, every start).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    fn log_tail(&self) -> String {
-        let l = self.log();
-        let lines: Vec<&str> = l.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    /// The gateway's pid while it runs.
-    pub fn pid(&self) -> Option<i32> {
-        self.child.as_ref().map(|c| c.id() as i32)
-    }
-
-    fn command(&self) -> Command {
+    fn command(s: &Server, opts: &GatewayOpts) -> Command {
         let venv = super::test_venv();
         let mut c = Command::new(venv.join("bin/python"));
         c.args(["-m", "kernel_gateway"]);
         // traitlets refuses an option given twice: an extra argument replaces ours.
         let mut ours = vec![
             "--KernelGatewayApp.ip=127.0.0.1".to_string(),
-            format!("--KernelGatewayApp.port={}", self.port),
+            format!("--KernelGatewayApp.port={}", s.port),
             "--KernelGatewayApp.port_retries=0".to_string(),
-            format!("--KernelGatewayApp.auth_token={}", self.token),
+            format!("--KernelGatewayApp.auth_token={}", s.token),
             "--JupyterWebsocketPersonality.list_kernels=True".to_string(),
         ];
-        if let Some(n) = self.opts.cull_idle_timeout {
+        if let Some(n) = opts.cull_idle_timeout {
             ours.push(format!("--MappingKernelManager.cull_idle_timeout={n}"));
         }
-        if let Some(n) = self.opts.cull_interval {
+        if let Some(n) = opts.cull_interval {
             ours.push(format!("--MappingKernelManager.cull_interval={n}"));
         }
         for a in ours {
             let key = a.split('=').next().unwrap_or_default().to_string() + "=";
-            if !self.opts.args.iter().any(|x| x.starts_with(&key)) {
+            if !opts.args.iter().any(|x| x.starts_with(&key)) {
                 c.arg(a);
             }
         }
-        c.args(&self.opts.args);
-        let d = self.dir.path();
+        c.args(&opts.args);
+        let d = s.dir();
         c.current_dir(d)
-            .env("JUPYTER_RUNTIME_DIR", self.runtime_dir())
+            .env("JUPYTER_RUNTIME_DIR", s.dir().join("runtime"))
             .env("JUPYTER_DATA_DIR", d.join("data"))
             .env("JUPYTER_CONFIG_DIR", d.join("config"))
             .env_remove("JUPYTER_PATH")
@@ -189,19 +149,112 @@ impl Gateway {
         c
     }
 
-    /// Start the process; wait until `GET /api/kernelspecs` answers 200. When it exits before (the port
-    /// still taken: we pass port_retries=0), start it again for `retry_bind`. Panics with the log's tail.
+    /// Start it again on the same port, with the same token and runtime dir; wait until it answers.
     #[track_caller]
-    fn spawn_until_ready(&mut self, retry_bind: Duration) {
+    pub fn restart(&mut self) {
+        self.server.kill();
+        self.server.spawn_until_ready(|s| Gateway::command(s, &self.opts), Duration::from_secs(10));
+    }
+}
+
+/// The gateway's url, token, port, log, REST API, `kill()`, `stop()`, `kernel_pids()`.
+impl std::ops::Deref for Gateway {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl std::ops::DerefMut for Gateway {
+    fn deref_mut(&mut self) -> &mut Server {
+        &mut self.server
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.server.stop();
+    }
+}
+
+/// What the two gateway harnesses share (Kernel Gateway here, Enterprise Gateway in `util::enterprise`):
+/// the server process in its own process group with its temp dir and log, started until it answers,
+/// killed (a crash), stopped with every kernel process that names its folder, and its REST API.
+pub struct Server {
+    /// "the kernel gateway", "Enterprise Gateway": for messages
+    what: &'static str,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    pub token: String,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    log_name: &'static str,
+    /// The folder a kernel's command line names (its connection file's, or its launcher's).
+    needle: PathBuf,
+    child: Option<Child>,
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+impl Server {
+    /// A server (not started) on a free loopback port with a random token; `dir` is its temp dir,
+    /// `log_name` its log file there, `needle` the folder its kernels' command lines name.
+    pub fn new(what: &'static str, dir: tempfile::TempDir, log_name: &'static str, needle: PathBuf) -> Server {
+        // reqwest is built with rustls-no-provider: a client needs a process-wide provider, even for http://.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let port = free_port();
+        Server {
+            what,
+            url: format!("http://127.0.0.1:{port}"),
+            token: uuid::Uuid::new_v4().simple().to_string(),
+            port,
+            dir,
+            log_name,
+            needle,
+            child: None,
+            rt: tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime"),
+            http: reqwest::Client::builder().no_proxy().build().expect("reqwest client"),
+        }
+    }
+
+    /// The server's temp dir (its working dir; holds its log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join(self.log_name)
+    }
+
+    /// Everything the server printed (stdout and stderr, every start).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let l = self.log();
+        let lines: Vec<&str> = l.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// The server's pid while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Start `command(self)`; wait until `GET /api/kernelspecs` answers 200. When it exits before (the
+    /// port still taken: the harnesses pass port_retries=0), start it again for `retry_bind`. Panics with
+    /// the log's tail.
+    #[track_caller]
+    pub fn spawn_until_ready(&mut self, command: impl Fn(&Server) -> Command, retry_bind: Duration) {
         let first = Instant::now();
         loop {
-            let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("gateway log");
-            let child = self
-                .command()
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("server log");
+            let child = command(self)
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
                 .spawn()
-                .unwrap_or_else(|e| panic!("start the kernel gateway from {}: {e}", super::test_venv().display()));
+                .unwrap_or_else(|e| panic!("start {}: {e}", self.what));
             self.child = Some(child);
             let deadline = Instant::now() + Duration::from_secs(READY_SECS);
             loop {
@@ -211,21 +264,22 @@ impl Gateway {
                         std::thread::sleep(Duration::from_millis(200));
                         break;
                     }
-                    panic!("the kernel gateway exited ({st}) before it was ready; its log:\n{}", self.log_tail());
+                    panic!("{} exited ({st}) before it was ready; its log:\n{}", self.what, self.log_tail());
                 }
                 if self.get("/api/kernelspecs").0 == 200 {
                     return;
                 }
                 if Instant::now() > deadline {
                     self.stop();
-                    panic!("the kernel gateway did not answer within {READY_SECS} s; its log:\n{}", self.log_tail());
+                    panic!("{} did not answer within {READY_SECS} s; its log:\n{}", self.what, self.log_tail());
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
     }
 
-    /// SIGKILL the gateway alone (a crash): its kernels keep running, orphaned. Reaps it.
+    /// SIGKILL the server alone (a crash): kernels it started in their own sessions keep running,
+    /// orphaned. Reaps it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -233,15 +287,8 @@ impl Gateway {
         }
     }
 
-    /// Start it again on the same port, with the same token and runtime dir; wait until it answers.
-    #[track_caller]
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn_until_ready(Duration::from_secs(10));
-    }
-
-    /// SIGTERM the gateway's process group (SIGKILL after 5 s), then SIGKILL every kernel left in its
-    /// runtime dir and wait until they are gone. Idempotent.
+    /// SIGTERM the server's process group (SIGKILL after 5 s), then SIGKILL every kernel process left
+    /// (see `kernel_pids`) and wait until they are gone. Idempotent.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let pgid = c.id() as i32;
@@ -262,27 +309,28 @@ impl Gateway {
                 break;
             }
             for pid in pids {
-                // SAFETY: kill(2) on a process whose command line names our own runtime dir.
+                // SAFETY: kill(2) on a process whose command line names our own temp dir.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// Live processes (not zombies, not the gateway) whose command line mentions the runtime dir: the
-    /// kernels this gateway started (`... -f <runtime>/kernel-<id>.json`), orphaned or not.
+    /// Live processes (not zombies, not the server, no sshd session) whose command
+    /// line names `needle`: the kernels this server started, orphaned or not, however launched.
     pub fn kernel_pids(&self) -> Vec<i32> {
-        let needle = self.runtime_dir().display().to_string();
+        let needle = self.needle.display().to_string();
         let me = self.pid();
         let mut out = Vec::new();
-        let Ok(rd) = std::fs::read_dir("/proc") else { return out };
-        for e in rd.flatten() {
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
             if Some(pid) == me || pid as u32 == std::process::id() {
                 continue;
             }
             let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-            if String::from_utf8_lossy(&cmd).contains(&needle) && pid_alive(pid) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            // sshd's own session processes name its config, not a kernel
+            if cmd.contains(&needle) && !cmd.contains("sshd") && pid_alive(pid) {
                 out.push(pid);
             }
         }
@@ -294,7 +342,7 @@ impl Gateway {
     /// (`Value::Null` when there is none or it is not JSON). Status 0: no answer (connection refused...).
     pub fn request(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
-        let mut rq = self.http.request(method, format!("{}{path}", self.url)).timeout(Duration::from_secs(30));
+        let mut rq = self.http.request(method, format!("{}{path}", self.url)).timeout(Duration::from_secs(90));
         if let Some(t) = token {
             rq = rq.header("Authorization", format!("token {t}"));
         }
@@ -348,12 +396,6 @@ impl Gateway {
         let (st, v) = self.post("/api/kernels", &serde_json::json!({"name": name}));
         assert_eq!(st, 201, "POST /api/kernels: {v}\n{}", self.log_tail());
         v["id"].as_str().expect("a kernel id").to_string()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

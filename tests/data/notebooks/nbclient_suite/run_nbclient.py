@@ -9,23 +9,15 @@ Usage: run_nbclient.py FILES_DIR OUT_DIR NAME[:allow_errors] ...
 nbclient stores each stream message as its own output; Jupyter's frontends, and cellsci, merge
 consecutive outputs of the same stream, so the outputs written here are merged that way.
 """
-import copy
 import os
 import sys
 
 import nbformat
 from nbclient import NotebookClient
 
-
-def merge_streams(outputs):
-    merged = []
-    for o in outputs:
-        if (o["output_type"] == "stream" and merged and merged[-1]["output_type"] == "stream"
-                and merged[-1]["name"] == o["name"]):
-            merged[-1]["text"] += o["text"]
-        else:
-            merged.append(copy.deepcopy(o))
-    return merged
+# the stream merging of the nbclient-style notebooks' generator
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "nbclient_style"))
+from make import merge_streams  # noqa: E402
 
 
 def main():
