@@ -159,9 +159,8 @@ impl LocalKernel {
         // As nbclient and papermill do: an IPython kernel keeps its input history in memory. The default
         // SQLite file on disk costs a synced write per cell (half of a trivial cell's time) and locks
         // up when several kernels run at once.
-        if argv.iter().any(|a| a.starts_with("ipykernel"))
-            && !argv.iter().any(|a| a.contains("HistoryManager.hist_file"))
-        {
+        let ipykernel = argv.iter().any(|a| a.starts_with("ipykernel"));
+        if ipykernel && !argv.iter().any(|a| a.contains("HistoryManager.hist_file")) {
             argv.push("--HistoryManager.hist_file=:memory:".into());
         }
         let mut cmd = tokio::process::Command::new(&argv[0]);
@@ -174,6 +173,14 @@ impl LocalKernel {
         // ipykernel exits on its own when this parent dies, even by SIGKILL (jupyter_client sets it too);
         // but its poller needs the GIL, so a kernel inside a long C call lives on: see pre_exec below.
         cmd.env("JPY_PARENT_PID", std::process::id().to_string());
+        // ipykernel imports debugpy at start, which warns on fd 2 about frozen modules. ipykernel turns
+        // that into a stderr stream message whose flush is still pending when our first cell runs (we
+        // start cells the moment the kernel is ready), so that cell's own stderr went out with it, ahead
+        // of the stdout it printed first. The variable is pydevd's own switch for that warning (what
+        // editors that start kernels set); a value the user gave wins.
+        if ipykernel && std::env::var_os("PYDEVD_DISABLE_FILE_VALIDATION").is_none() {
+            cmd.env("PYDEVD_DISABLE_FILE_VALIDATION", "1");
+        }
         for name in secret_env_names(&self.opts.secrets) {
             cmd.env_remove(name);
         }

@@ -140,6 +140,7 @@ pub(super) fn reader<S: SocketRecv + Send + 'static>(
                     continue;
                 }
             };
+            tracing::trace!(msg_type = %msg.msg_type, parent = ?msg.parent_id, "kernel message");
             if tx.send(msg).is_err() {
                 break;
             }
