@@ -45,8 +45,7 @@ pub fn eg_venv() -> PathBuf {
 /// Say why a test cannot run its real part and return None; under `CI=true`, fail instead.
 #[track_caller]
 pub fn skip<T>(why: &str) -> Option<T> {
-    assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true and {why}");
-    eprintln!("SKIPPED: {why}");
+    super::skip_unless_ci(why);
     None
 }
 
@@ -389,12 +388,5 @@ impl Drop for Enterprise {
 
 /// The name of the user running the tests (what cellsci sends as `KERNEL_USERNAME` by default).
 pub fn os_user_for_tests() -> String {
-    // SAFETY: getpwuid returns static storage or null; read at once.
-    unsafe {
-        let pw = libc::getpwuid(libc::geteuid());
-        if !pw.is_null() {
-            return std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned();
-        }
-    }
-    std::env::var("USER").unwrap_or_default()
+    cellsci::kernel::gateway::os_user()
 }

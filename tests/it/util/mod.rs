@@ -10,6 +10,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The cellsci binary built for these tests.
+/// Whether this is CI (`CI=true`), where every test must run its real part.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// A real part a test cannot do without is missing (a binary, a server, root): under CI=true that fails
+/// the test; elsewhere it says `SKIPPED: why` loudly and the caller returns.
+#[track_caller]
+pub fn skip_unless_ci(why: &str) {
+    assert!(!under_ci(), "CI=true: {why}");
+    eprintln!("SKIPPED: {why}");
+    println!("SKIPPED: {why}");
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cellsci"))
 }

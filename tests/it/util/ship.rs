@@ -1,5 +1,5 @@
 //! Helpers of the tests of what ships (tests/it/ship.rs, tests/wheel.rs): what a finished demo shows,
-//! the commit `--version` names, and the CI rule for a tool a test cannot do without.
+//! and the commit `--version` names.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -10,18 +10,7 @@ pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-pub fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// A tool a test cannot do without: under CI=true its absence fails the test, elsewhere it is skipped
-/// loudly (CI must run the real part).
-#[track_caller]
-pub fn skip_unless_ci(why: &str) {
-    assert!(!under_ci(), "CI=true: {why}");
-    eprintln!("SKIPPED: {why}");
-    println!("SKIPPED: {why}");
-}
+pub use util::skip_unless_ci;
 
 /// The commit `cellsci --version` must name: the repository's HEAD, "unknown" without git.
 pub fn head_commit() -> String {
