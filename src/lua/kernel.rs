@@ -530,14 +530,7 @@ pub fn register(lua: &Lua) -> LuaResult<LuaTable> {
                 let listed = async {
                     let rest = gateway::Rest::new(&target.url, target.token.clone())?;
                     let specs = rest.specs().await?;
-                    let kind = match target.kind {
-                        gateway::GatewayKind::Auto => match gateway::detect(&rest).await {
-                            Ok((k, _)) => k,
-                            Err(e) if matches!(e.kind, "not_found" | "client") => gateway::GatewayKind::Kernel,
-                            Err(e) => return Err(e),
-                        },
-                        k => k,
-                    };
+                    let kind = gateway::resolve_kind(&rest, target.kind).await?;
                     Ok::<_, gateway::GatewayError>((specs, kind))
                 }
                 .await;

@@ -106,6 +106,30 @@ pub async fn detect(rest: &Rest) -> std::result::Result<(GatewayKind, Option<Str
     })
 }
 
+/// `kind` as it is: `Auto` asked of the gateway at `rest` (`GET /api`); a server without `/api` (behind
+/// a proxy that maps only the kernel routes) is Kernel Gateway.
+pub async fn resolve_kind(rest: &Rest, kind: GatewayKind) -> std::result::Result<GatewayKind, GatewayError> {
+    match kind {
+        GatewayKind::Auto => match detect(rest).await {
+            Ok((k, _)) => Ok(k),
+            Err(e) if matches!(e.kind, "not_found" | "client") => Ok(GatewayKind::Kernel),
+            Err(e) => Err(e),
+        },
+        k => Ok(k),
+    }
+}
+
+/// The remote host an Enterprise Gateway's message about a failed launch names ("starting kernel on
+/// 'HOST'", "kernel log (HOST:...)"), if any.
+pub fn host_named_in(message: &str) -> Option<String> {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(r"starting kernel on '([^']+)'|kernel log \(([^:\s]+):").expect("valid regex")
+    });
+    let c = re.captures(message)?;
+    c.get(1).or_else(|| c.get(2)).map(|m| m.as_str().to_string())
+}
+
 /// The name of the user running cellsci (what `KERNEL_USERNAME` defaults to).
 pub fn os_user() -> String {
     // SAFETY: getpwuid returns a pointer into static storage or null; read at once, on this thread.
@@ -239,16 +263,7 @@ impl GatewayKernel {
             Some(n) => n.clone(),
             None => rest.specs().await?.get("default").and_then(Value::as_str).unwrap_or("python3").to_string(),
         };
-        let enterprise = match target.kind {
-            GatewayKind::Enterprise => true,
-            GatewayKind::Kernel => false,
-            GatewayKind::Auto => match detect(&rest).await {
-                Ok((kind, _)) => kind == GatewayKind::Enterprise,
-                // a server without `/api` (behind a proxy that maps only the kernel routes): not EG
-                Err(e) if matches!(e.kind, "not_found" | "client") => false,
-                Err(e) => return Err(e.into()),
-            },
-        };
+        let enterprise = resolve_kind(&rest, target.kind).await? == GatewayKind::Enterprise;
         let shared = Arc::new(Shared { rest, id: Mutex::new(None), host: Mutex::new(None) });
         let session = uuid::Uuid::new_v4().to_string();
         let mut k = GatewayKernel {
@@ -488,12 +503,13 @@ impl GatewayKernel {
             p.parent().is_some_and(Path::is_dir) && crate::files::write_atomic(p, self.session.as_bytes()).is_ok()
         });
         let code = format!(
-            "{HOST_DEFAULTS}{}{HOST_PROBE}",
+            "{HOST_DEFAULTS}{}{}",
             super::setup_code(
                 remote.as_deref(),
                 &self.env(),
                 probe.as_ref().map(|_| (name.as_str(), self.session.as_str())),
-            )
+            ),
+            host_probe()
         );
         let eo = ExecOptions { timeout: Some(self.opts.startup_timeout), silent: true, ..Default::default() };
         // boxed: run may restart the kernel (a timeout), which runs this set-up again
@@ -897,10 +913,15 @@ del _c_os, _c_pwd\n";
 /// The line of the set-up's output that says where the kernel runs.
 const HOST_MARK: &str = "cellsci-kernel-host: ";
 
-/// After the set-up: where the kernel runs (the address its SSH launch came in on, else its host name).
-const HOST_PROBE: &str = "import os as _c_os, socket as _c_socket\n\
-print('cellsci-kernel-host: ' + ((_c_os.environ.get('SSH_CONNECTION') or '').split()[2:3] or [_c_socket.gethostname()])[0])\n\
-del _c_os, _c_socket\n";
+/// After the set-up: where the kernel runs (the address its SSH launch came in on, else its host name),
+/// on a line starting with [`HOST_MARK`].
+fn host_probe() -> String {
+    format!(
+        "import os as _c_os, socket as _c_socket\n\
+         print({HOST_MARK:?} + ((_c_os.environ.get('SSH_CONNECTION') or '').split()[2:3] or [_c_socket.gethostname()])[0])\n\
+         del _c_os, _c_socket\n"
+    )
+}
 
 /// How long a running cell may go without a message before the gateway is asked about its kernel.
 const PROBE_AFTER: Duration = Duration::from_secs(5);
@@ -908,6 +929,15 @@ const PROBE_AFTER: Duration = Duration::from_secs(5);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_a_failed_launch_names() {
+        let m = "launch timeout due to: Waited too long (5.0s) to get connection file. Check Enterprise Gateway log \
+                 and kernel log (127.0.0.2:/tmp/eg/logs/kernel-1.log) for more information.";
+        assert_eq!(host_named_in(m).as_deref(), Some("127.0.0.2"));
+        assert_eq!(host_named_in("Failure occurred starting kernel on '10.0.0.7': ...").as_deref(), Some("10.0.0.7"));
+        assert_eq!(host_named_in("HTTP 500: NoSuchKernel"), None);
+    }
 
     #[test]
     fn paths_map_by_their_longest_prefix() {
