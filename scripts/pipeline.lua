@@ -1293,9 +1293,9 @@ function M.check_gateway()
   if not ok then error("config: exec.kernel_retry: " .. tostring(perr), 0) end
   local ex = section("exec")
   if ex.host_policy ~= nil then
-    local hok, herr = pcall(require("hosts").new, ex.host_policy)
-    if type(ex.host_policy) ~= "table" then
-      hok, herr = false, "expected a table {failures=, window=, cooldown=}"
+    local hok, herr = false, "expected a table {failures=, window=, cooldown=}"
+    if type(ex.host_policy) == "table" then
+      hok, herr = pcall(require("hosts").new, ex.host_policy)
     end
     if not hok then error("config: exec.host_policy: " .. tostring(herr), 0) end
   end

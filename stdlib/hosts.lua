@@ -2,12 +2,11 @@
 --
 -- A pool given the gateway's hosts (kernel.pool{hosts = ...}, else the config's exec.gateway_hosts)
 -- pins each start of a slot's kernel to one of them in turn (KERNEL_REMOTE_HOST) and records every
--- failed start with its host. This policy reads those failures before each kernel is taken from the
--- pool (`observe`): a host that failed `failures` launches within `window` seconds is avoided for
--- `cooldown` seconds (pool:avoid), after which it gets its chance again. A failure that names no
--- host of its own is attributed from what Enterprise Gateway said ("starting kernel on 'HOST'",
--- "kernel log (HOST:...)"). Ctrl-C and configuration errors (a refused user or token, an unknown
--- kernelspec) say nothing about a host and are not counted.
+-- failed start with its host (an unpinned one with the host EG's message names). This policy reads
+-- those failures before each kernel is taken from the pool (`observe`): a host that failed `failures`
+-- launches within `window` seconds is avoided for `cooldown` seconds (pool:avoid), after which it gets
+-- its chance again. Ctrl-C and configuration errors (a refused user or token, an unknown kernelspec)
+-- say nothing about a host and are not counted.
 --
 -- The settings come from the config's exec.host_policy table when it has one. Copy this file next to
 -- your script (or into --scripts DIR) to change the policy. No side effects at the top level.
@@ -26,11 +25,9 @@ M.defaults = {
 -- Kinds that are not the host's fault.
 local NOT_THE_HOST = { interrupted = true, unauthorized = true, no_such_kernel = true, auth = true, config = true }
 
--- The host a failed start was on: its pin, else the one Enterprise Gateway named.
+-- The host a failed start was on (its pin, else the one Enterprise Gateway's message named).
 function M.host_of(f)
   if type(f.host) == "string" and f.host ~= "" then return f.host end
-  local msg = tostring(f.message or "")
-  return msg:match("starting kernel on '([^']+)'") or msg:match("kernel log %(([^:%s]+):")
 end
 
 -- A policy with some settings changed: hosts.new{failures = 1}.

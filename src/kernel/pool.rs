@@ -78,7 +78,7 @@ struct Inner {
 #[derive(Clone, Debug)]
 pub struct StartFailure {
     pub slot: usize,
-    /// The host it was pinned to ([`Pool::set_hosts`]), if any.
+    /// The host it was pinned to ([`Pool::set_hosts`]), else the one the gateway's message names, if any.
     pub host: Option<String>,
     pub kind: &'static str,
     pub message: String,
@@ -269,6 +269,8 @@ impl Pool {
                     tracing::warn!("kernel pool: slot {} could not start: {e:#}", i + 1);
                     let (message, kind) = (format!("{e:#}"), super::start_failure_kind(&e));
                     let mut f = inner.failures.borrow_mut();
+                    // unpinned: the host EG's message names, if it does
+                    let host = host.or_else(|| super::gateway::host_named_in(&message));
                     f.push(StartFailure { slot: i, host, kind, message: message.clone() });
                     // nobody reads them: keep the latest
                     if f.len() > 100 {
